@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Usage: scripts/test.sh [nextest args...]
+# The one test command: installs what the tests need on a fresh machine, then runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+    echo "installing cargo-nextest" >&2
+    cargo install --locked cargo-nextest
+fi
+
+cargo fmt --all -- --check
+cargo build --workspace --all-targets --locked
+cargo nextest run --workspace --locked --no-fail-fast "$@"
+# Doc tests are not run by nextest.
+cargo test --workspace --doc --locked

@@ -1,0 +1,1 @@
+//! Point payloads and search filters.

@@ -1,0 +1,30 @@
+//! vaultvec storage engine: per-tenant encrypted, memory-mapped vector collections with HNSW search.
+//!
+//! # Layout on disk
+//!
+//! ```text
+//! <data>/tenants/<tenant>/<collection>/
+//!     MANIFEST-<n>   encrypted, atomically replaced: config, live segments, WAL files, tombstones
+//!     wal-<n>        append-only encrypted frames (one frame per group commit)
+//!     seg-<n>        sealed, immutable: header + encrypted sections (ids, vectors, payloads, graph)
+//! ```
+//!
+//! The byte-level formats are documented in `FORMAT.md` beside this crate's `Cargo.toml`.
+//!
+//! # Invariants
+//!
+//! - Plaintext vectors, payloads and graphs never reach persistent storage, the WAL included.
+//! - Every sealed block and every wrapped key is bound by its AES-GCM associated data to its tenant,
+//!   collection, file, section and position; a (key, nonce) pair is never used twice.
+//! - Only `sys` contains `unsafe` code.
+//! - This crate knows nothing about networking or SQLite.
+
+pub mod error;
+pub mod filter;
+pub mod ids;
+pub mod index;
+pub mod secure;
+#[allow(unsafe_code)]
+mod sys;
+
+pub use error::{Error, Result};

@@ -19,6 +19,8 @@
 //! - Only `sys` contains `unsafe` code.
 //! - This crate knows nothing about networking or SQLite.
 
+pub mod crypto;
+pub mod disk;
 pub mod error;
 pub mod filter;
 pub mod ids;

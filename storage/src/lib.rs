@@ -19,14 +19,21 @@
 //! - Only `sys` contains `unsafe` code.
 //! - This crate knows nothing about networking or SQLite.
 
+pub mod collection;
 pub mod crypto;
 pub mod disk;
 pub mod error;
 pub mod filter;
 pub mod ids;
 pub mod index;
+pub mod manifest;
+pub mod sealed;
 pub mod secure;
 #[allow(unsafe_code)]
 mod sys;
+pub mod wal;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod tests;

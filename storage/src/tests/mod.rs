@@ -1,0 +1,24 @@
+//! In-crate integration tests: whole files and collections on a real filesystem.
+
+mod format;
+mod wal;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::crypto::{LocalKeyFile, LocalKeyService};
+use crate::ids::TenantId;
+
+pub(crate) fn tenant(name: &str) -> TenantId {
+    TenantId::parse(name).unwrap()
+}
+
+/// A key service over a fresh root key in `dir`, with the given tenants created.
+pub(crate) fn keys(dir: &Path, tenants: &[&str]) -> Arc<LocalKeyService> {
+    let root = LocalKeyFile::open_or_generate(&dir.join("root.key")).unwrap();
+    let keys = LocalKeyService::open(Arc::new(root), &dir.join("keks")).unwrap();
+    for name in tenants {
+        keys.ensure_tenant(&tenant(name)).unwrap();
+    }
+    Arc::new(keys)
+}

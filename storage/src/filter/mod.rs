@@ -63,6 +63,8 @@ mod json;
 mod parse;
 mod payload;
 
+#[cfg(test)]
+mod tests;
 
 pub use condition::Filter;
 pub use payload::{Payload, PayloadLimits};

@@ -1,6 +1,25 @@
 //! Vector indexes: distance metrics, exact search and HNSW.
+//!
+//! - [`Graph`] (`hnsw`): vaultvec's own HNSW graph, used for growing and sealed segments alike.
+//! - [`exact_search`] and [`exact_search_ids`] (`flat`): full scans, the oracle the graph is tested
+//!   against and the plan for tiny segments and very selective filters.
+//! - [`Vectors`]: the borrowed row-major vectors both search; node id = row index.
+
+mod flat;
+mod hit;
+mod hnsw;
+mod vectors;
+mod visited;
+
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
+
+pub use flat::{exact_search, exact_search_ids};
+pub use hit::Hit;
+pub use hnsw::{DEFAULT_EF, Graph, HnswParams};
+pub use vectors::Vectors;
 
 use crate::sys::simd;
 

@@ -1,0 +1,972 @@
+//! Tests for payloads and filters: semantics tables over a fixed corpus, rendered error messages,
+//! hostile input, and properties checked against a small reference evaluator.
+
+use expect_test::{Expect, expect};
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+
+use super::*;
+
+/// Named points; `None` is a point without a payload.
+const CORPUS: &[(&str, Option<&str>)] = &[
+    ("none", None),
+    ("empty", Some("{}")),
+    (
+        "red",
+        Some(r#"{"color": "red", "price": 3, "stock": true, "tags": ["sale", "new"]}"#),
+    ),
+    (
+        "blue",
+        Some(r#"{"color": "blue", "price": 10.5, "stock": false, "tags": []}"#),
+    ),
+    (
+        "green",
+        Some(r#"{"color": "green", "price": 3.0, "tags": "new"}"#),
+    ),
+    (
+        "shop",
+        Some(r#"{"shop": {"city": "Oslo", "items": [{"price": 1}, {"price": [20, 30]}]}}"#),
+    ),
+    ("nulls", Some(r#"{"color": null, "tags": [null]}"#)),
+    (
+        "big",
+        Some(r#"{"price": 18446744073709551615, "id": -9223372036854775808}"#),
+    ),
+    ("strings", Some(r#"{"color": "3", "price": "3"}"#)),
+];
+
+fn payload(json: &str) -> Payload {
+    Payload::from_json_bytes(json.as_bytes(), &PayloadLimits::default()).unwrap()
+}
+
+fn filter(json: &str) -> Filter {
+    Filter::from_json_bytes(json.as_bytes(), &FilterLimits::default()).unwrap()
+}
+
+/// Renders the names of the corpus points that `filter_json` matches.
+#[track_caller]
+fn check(filter_json: &str, expect: Expect) {
+    let filter = filter(filter_json);
+    let matched: Vec<&str> = CORPUS
+        .iter()
+        .filter(|(_, json)| filter.matches(json.map(payload).as_ref()))
+        .map(|(name, _)| *name)
+        .collect();
+    expect.assert_eq(&matched.join(" "));
+}
+
+#[track_caller]
+fn check_filter_err(filter_json: &str, expect: Expect) {
+    check_filter_err_with(filter_json, &FilterLimits::default(), expect);
+}
+
+#[track_caller]
+fn check_filter_err_with(filter_json: &str, limits: &FilterLimits, expect: Expect) {
+    let err = Filter::from_json_bytes(filter_json.as_bytes(), limits).unwrap_err();
+    assert!(err.is_user_error());
+    expect.assert_eq(&err.to_string());
+}
+
+#[track_caller]
+fn check_payload_err(json: &[u8], limits: &PayloadLimits, expect: Expect) {
+    let err = Payload::from_json_bytes(json, limits).unwrap_err();
+    assert!(err.is_user_error());
+    expect.assert_eq(&err.to_string());
+}
+
+#[test]
+fn empty_filter_matches_everything() {
+    check(
+        "{}",
+        expect!["none empty red blue green shop nulls big strings"],
+    );
+    check(
+        r#"{"must": [], "should": null, "must_not": [], "min_should": null}"#,
+        expect!["none empty red blue green shop nulls big strings"],
+    );
+    assert!(filter("{}").is_empty());
+    assert!(!filter(r#"{"must_not": [{}]}"#).is_empty());
+}
+
+#[test]
+fn match_value_compares_by_kind() {
+    check(
+        r#"{"must": [{"key": "color", "match": {"value": "red"}}]}"#,
+        expect!["red"],
+    );
+    // Integers match integers only: not 3.0, not "3".
+    check(
+        r#"{"must": [{"key": "price", "match": {"value": 3}}]}"#,
+        expect!["red"],
+    );
+    check(
+        r#"{"must": [{"key": "color", "match": {"value": "3"}}]}"#,
+        expect!["strings"],
+    );
+    check(
+        r#"{"must": [{"key": "stock", "match": {"value": false}}]}"#,
+        expect!["blue"],
+    );
+    check(
+        r#"{"must": [{"key": "price", "match": {"value": 18446744073709551615}}]}"#,
+        expect!["big"],
+    );
+    check(
+        r#"{"must": [{"key": "id", "match": {"value": -9223372036854775808}}]}"#,
+        expect!["big"],
+    );
+    // Arrays: any element; a plain string and a one-element array behave alike.
+    check(
+        r#"{"must": [{"key": "tags", "match": {"value": "new"}}]}"#,
+        expect!["red green"],
+    );
+}
+
+#[test]
+fn match_any_and_except() {
+    check(
+        r#"{"must": [{"key": "color", "match": {"any": ["blue", "red", "blue", 3, true]}}]}"#,
+        expect!["red blue"],
+    );
+    check(
+        r#"{"must": [{"key": "price", "match": {"any": [1, 3, "3"]}}]}"#,
+        expect!["red strings"],
+    );
+    // Some string, integer or boolean value outside the list; nulls and missing keys never pass.
+    check(
+        r#"{"must": [{"key": "color", "match": {"except": ["red"]}}]}"#,
+        expect!["blue green strings"],
+    );
+    check(
+        r#"{"must": [{"key": "tags", "match": {"except": ["sale"]}}]}"#,
+        expect!["red green"],
+    );
+    // Floats are not in the except domain: green's 3.0 and blue's 10.5 do not pass.
+    check(
+        r#"{"must": [{"key": "price", "match": {"except": [1]}}]}"#,
+        expect!["red big strings"],
+    );
+    // None of the tags is "new".
+    check(
+        r#"{"must_not": [{"key": "tags", "match": {"any": ["new"]}}]}"#,
+        expect!["none empty blue shop nulls big strings"],
+    );
+}
+
+#[test]
+fn range_compares_numbers_exactly() {
+    check(
+        r#"{"must": [{"key": "price", "range": {"gte": 3, "lt": 10.5}}]}"#,
+        expect!["red green"],
+    );
+    check(
+        r#"{"must": [{"key": "price", "range": {"gt": 3}}]}"#,
+        expect!["blue big"],
+    );
+    check(
+        r#"{"must": [{"key": "price", "range": {"lte": 3.0, "gt": null}}]}"#,
+        expect!["red green"],
+    );
+    // 2^64 - 1 rounds to 2^64 as a float; compared exactly it is still below 2^64.
+    check(
+        r#"{"must": [{"key": "price", "range": {"lt": 18446744073709551616.0, "gt": 18446744073709551614}}]}"#,
+        expect!["big"],
+    );
+    // Impossible ranges are accepted and match nothing.
+    check(
+        r#"{"must": [{"key": "price", "range": {"gt": 5, "lt": 1}}]}"#,
+        expect![""],
+    );
+    // Strings are not numbers.
+    check(
+        r#"{"must": [{"key": "color", "range": {"gte": 0}}]}"#,
+        expect![""],
+    );
+}
+
+#[test]
+fn is_empty_ignores_nulls() {
+    check(
+        r#"{"must": [{"key": "tags", "is_empty": true}]}"#,
+        expect!["none empty blue shop nulls big strings"],
+    );
+    check(
+        r#"{"must": [{"key": "tags", "is_empty": false}]}"#,
+        expect!["red green"],
+    );
+    check(
+        r#"{"must": [{"key": "shop.items", "is_empty": false}]}"#,
+        expect!["shop"],
+    );
+}
+
+#[test]
+fn nested_paths_descend_into_arrays() {
+    check(
+        r#"{"must": [{"key": "shop.items.price", "match": {"value": 30}}]}"#,
+        expect!["shop"],
+    );
+    check(
+        r#"{"must": [{"key": "shop.items.price", "range": {"gt": 5, "lt": 25}}]}"#,
+        expect!["shop"],
+    );
+    check(
+        r#"{"must": [{"key": "shop.city", "match": {"value": "Oslo"}}]}"#,
+        expect!["shop"],
+    );
+    // A path through a scalar finds nothing.
+    check(
+        r#"{"must": [{"key": "color.name", "is_empty": false}]}"#,
+        expect![""],
+    );
+}
+
+#[test]
+fn combinators() {
+    check(
+        r#"{"should": [{"key": "color", "match": {"value": "red"}}, {"key": "stock", "match": {"value": false}}]}"#,
+        expect!["red blue"],
+    );
+    check(
+        r#"{"should": [{"key": "price", "range": {"gte": 3}}, {"key": "tags", "match": {"value": "new"}}], "min_should": 2}"#,
+        expect!["red green"],
+    );
+    check(
+        r#"{"should": [{"key": "color", "match": {"value": "red"}}], "min_should": 0}"#,
+        expect!["none empty red blue green shop nulls big strings"],
+    );
+    check(
+        r#"{"must_not": [{"key": "color", "is_empty": true}, {"key": "price", "range": {"gt": 5}}]}"#,
+        expect!["red green strings"],
+    );
+    check(
+        r#"{"must": [{"key": "price", "range": {"gte": 1}}],
+            "should": [{"must": [{"key": "color", "match": {"value": "blue"}}]},
+                       {"must_not": [{"key": "tags", "is_empty": true}], "must": [{"key": "stock", "match": {"value": true}}]}],
+            "must_not": [{"key": "color", "match": {"value": "green"}}]}"#,
+        expect!["red blue"],
+    );
+    // A nested filter of only negations matches points without payload.
+    check(
+        r#"{"must": [{"must_not": [{"key": "color", "match": {"any": ["red", "blue"]}}]}]}"#,
+        expect!["none empty green shop nulls big strings"],
+    );
+}
+
+#[test]
+fn get_path_flattens_arrays() {
+    let payload = payload(CORPUS[5].1.unwrap());
+    let render = |key: &str| {
+        let values: Vec<String> = payload
+            .get_path(key)
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        values.join(" ")
+    };
+    expect!["1 20 30"].assert_eq(&render("shop.items.price"));
+    expect![[r#"{"price":1} {"price":[20,30]}"#]].assert_eq(&render("shop.items"));
+    expect![[r#""Oslo""#]].assert_eq(&render("shop.city"));
+    expect![""].assert_eq(&render("shop.missing"));
+    expect![""].assert_eq(&render("shop.city.name"));
+}
+
+#[test]
+fn filter_errors() {
+    check_filter_err(
+        "[]",
+        expect!["invalid filter: expected a JSON object, got an array"],
+    );
+    check_filter_err(
+        r#"{"mustt": []}"#,
+        expect![[
+            r#"invalid filter: unknown field "mustt", expected one of must, should, must_not, min_should"#
+        ]],
+    );
+    check_filter_err(
+        r#"{"must": {"key": "a", "match": {"value": 1}}}"#,
+        expect!["invalid filter: must: expected an array of conditions, got an object"],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "match": {"value": 1}}, 7]}"#,
+        expect!["invalid filter: must[1]: expected a condition object, got the integer 7"],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "mach": {"value": 1}}]}"#,
+        expect![[
+            r#"invalid filter: must[0]: unknown field "mach", expected one of key, match, range, is_empty"#
+        ]],
+    );
+    check_filter_err(
+        r#"{"must": [{"kee": "a"}]}"#,
+        expect![[
+            r#"invalid filter: must[0]: unknown field "kee", expected a field condition (key with one of match, range, is_empty) or a nested filter (must, should, must_not, min_should)"#
+        ]],
+    );
+    check_filter_err(
+        r#"{"must": [{"match": {"value": 1}}]}"#,
+        expect!["invalid filter: must[0]: key is required with match"],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a"}]}"#,
+        expect![[
+            r#"invalid filter: must[0]: a condition on key "a" needs one of match, range, is_empty"#
+        ]],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "match": {"value": 1}, "range": {"gt": 1}}]}"#,
+        expect![
+            "invalid filter: must[0]: has both match and range, expected one of match, range, is_empty"
+        ],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": 5, "is_empty": true}]}"#,
+        expect!["invalid filter: must[0].key: expected a string, got the integer 5"],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "", "is_empty": true}]}"#,
+        expect!["invalid filter: must[0].key: must not be empty"],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a..b", "is_empty": true}]}"#,
+        expect![[r#"invalid filter: must[0].key: "a..b" has an empty segment"#]],
+    );
+    check_filter_err(
+        &format!(
+            r#"{{"must": [{{"key": "{}", "is_empty": true}}]}}"#,
+            "k".repeat(300)
+        ),
+        expect!["invalid filter: must[0].key is 300 bytes, limit 256"],
+    );
+    check_filter_err(
+        r#"{"should": [{"key": "a", "is_empty": 1}]}"#,
+        expect!["invalid filter: should[0].is_empty: expected true or false, got the integer 1"],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "match": {"value": 1.5}}]}"#,
+        expect![
+            "invalid filter: must[0].match.value: expected a string, integer or boolean, got the float 1.5; use range for floats"
+        ],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "match": {"value": null}}]}"#,
+        expect![
+            "invalid filter: must[0].match.value: expected a string, integer or boolean, got null"
+        ],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "match": {"vale": 1}}]}"#,
+        expect![[
+            r#"invalid filter: must[0].match: unknown field "vale", expected one of value, any, except"#
+        ]],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "match": {}}]}"#,
+        expect!["invalid filter: must[0].match: expected one of value, any, except"],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "match": {"value": 1, "any": [1]}}]}"#,
+        expect![
+            "invalid filter: must[0].match: has both value and any, expected one of value, any, except"
+        ],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "match": "red"}]}"#,
+        expect![[
+            r#"invalid filter: must[0].match: expected an object with one of value, any, except, got the string "red""#
+        ]],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "match": {"any": []}}]}"#,
+        expect!["invalid filter: must[0].match.any: must not be empty"],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "match": {"any": "red"}}]}"#,
+        expect![[
+            r#"invalid filter: must[0].match.any: expected an array of strings, integers or booleans, got the string "red""#
+        ]],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "match": {"except": ["x", ["y"]]}}]}"#,
+        expect![
+            "invalid filter: must[0].match.except[1]: expected a string, integer or boolean, got an array"
+        ],
+    );
+    let many: Vec<usize> = (0..2000).collect();
+    check_filter_err(
+        &json!({"must": [{"key": "a", "match": {"any": many}}]}).to_string(),
+        expect!["invalid filter: must[0].match.any has 2000 values, limit 1024"],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "range": {}}]}"#,
+        expect!["invalid filter: must[0].range: at least one of gt, gte, lt, lte is required"],
+    );
+    check_filter_err(
+        r#"{"must": [{}, {}, {"key": "a", "range": {"gt": null}}]}"#,
+        expect!["invalid filter: must[2].range: at least one of gt, gte, lt, lte is required"],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "range": {"gt": "5"}}]}"#,
+        expect![[
+            r#"invalid filter: must[0].range.gt: expected a finite number, got the string "5""#
+        ]],
+    );
+    check_filter_err(
+        r#"{"must": [{"key": "a", "range": {"gtt": 5}}]}"#,
+        expect![[
+            r#"invalid filter: must[0].range: unknown field "gtt", expected one of gt, gte, lt, lte"#
+        ]],
+    );
+    check_filter_err(
+        r#"{"should": [{"key": "a", "is_empty": true}], "min_should": 2}"#,
+        expect!["invalid filter: min_should is 2 but should has 1 conditions"],
+    );
+    check_filter_err(
+        r#"{"must": [{"min_should": -1}]}"#,
+        expect![
+            "invalid filter: must[0].min_should: expected a non-negative integer, got the integer -1"
+        ],
+    );
+    check_filter_err(
+        r#"{"must": [], "must": [{"key": "a", "is_empty": true}]}"#,
+        expect![[r#"invalid filter: duplicate key "must" at line 1 column 19"#]],
+    );
+    check_filter_err(
+        r#"{"must": [}"#,
+        expect!["invalid filter: malformed JSON: expected value at line 1 column 11"],
+    );
+    check_filter_err(
+        r#"{} {}"#,
+        expect!["invalid filter: malformed JSON: trailing characters at line 1 column 4"],
+    );
+}
+
+#[test]
+fn filter_limit_errors() {
+    let nested = |depth: usize| {
+        let mut filter = json!({"key": "a", "is_empty": true});
+        for _ in 0..depth {
+            filter = json!({"must": [filter]});
+        }
+        filter.to_string()
+    };
+    filter(&nested(8));
+    check_filter_err(
+        &nested(9),
+        expect![
+            "invalid filter: must[0].must[0].must[0].must[0].must[0].must[0].must[0].must[0]: filter nested 9 levels deep, limit 8"
+        ],
+    );
+    // Far too deep for the filter limits: rejected on the raw bytes, before parsing.
+    check_filter_err(
+        &nested(50),
+        expect!["invalid filter: JSON nested too deeply at byte 90: filters nest at most 8 levels"],
+    );
+    let conditions: Vec<Value> = (0..200)
+        .map(|_| json!({"key": "a", "is_empty": true}))
+        .collect();
+    check_filter_err(
+        &json!({"must": conditions, "should": [{"must": conditions}]}).to_string(),
+        expect![
+            "invalid filter: too many conditions: should[0].must brings the total to 401, limit 256 counting nested filters"
+        ],
+    );
+    let tight = FilterLimits {
+        max_conditions: 2,
+        max_depth: 2,
+        max_any: 2,
+        max_key_bytes: 3,
+    };
+    check_filter_err_with(
+        r#"{"must": [{"key": "a", "match": {"except": [1, 2, 3]}}]}"#,
+        &tight,
+        expect!["invalid filter: must[0].match.except has 3 values, limit 2"],
+    );
+    check_filter_err_with(
+        r#"{"must": [{"key": "abcd", "is_empty": true}]}"#,
+        &tight,
+        expect!["invalid filter: must[0].key is 4 bytes, limit 3"],
+    );
+}
+
+/// `validate` with tighter limits reports what parsing with those limits would have.
+#[test]
+fn validate_matches_parse() {
+    let tight = FilterLimits {
+        max_conditions: 3,
+        max_depth: 2,
+        max_any: 2,
+        max_key_bytes: 3,
+    };
+    let cases = [
+        r#"{"must": [{"key": "a", "match": {"any": [1, 2, 3]}}]}"#,
+        r#"{"must": [{"key": "abcd", "is_empty": true}]}"#,
+        r#"{"must": [{"must": [{"must": []}]}]}"#,
+        r#"{"must": [{}], "should": [{}, {}], "must_not": [{}]}"#,
+        r#"{"must": [{"key": "a", "match": {"any": [1, 2]}}]}"#,
+    ];
+    let rendered: Vec<String> = cases
+        .iter()
+        .map(|case| {
+            let by_parse = Filter::from_json_bytes(case.as_bytes(), &tight).map(drop);
+            let by_validate = filter(case).validate(&tight);
+            assert_eq!(
+                by_parse.as_ref().map_err(ToString::to_string),
+                by_validate.as_ref().map_err(ToString::to_string)
+            );
+            match by_validate {
+                Ok(()) => "ok".to_owned(),
+                Err(err) => err.to_string(),
+            }
+        })
+        .collect();
+    expect![[r#"
+        invalid filter: must[0].match.any has 3 values, limit 2
+        invalid filter: must[0].key is 4 bytes, limit 3
+        invalid filter: must[0].must[0]: filter nested 3 levels deep, limit 2
+        invalid filter: too many conditions: must_not brings the total to 4, limit 3 counting nested filters
+        ok"#]]
+    .assert_eq(&rendered.join("\n"));
+}
+
+#[test]
+fn payload_errors() {
+    let limits = PayloadLimits::default();
+    check_payload_err(
+        b"[1, 2]",
+        &limits,
+        expect!["invalid payload: expected a JSON object, got an array"],
+    );
+    check_payload_err(
+        br#""text""#,
+        &limits,
+        expect![[r#"invalid payload: expected a JSON object, got the string "text""#]],
+    );
+    check_payload_err(
+        br#"{"a": 1"#,
+        &limits,
+        expect!["invalid payload: malformed JSON: EOF while parsing an object at line 1 column 7"],
+    );
+    check_payload_err(
+        br#"{"a": 1, "a": 2}"#,
+        &limits,
+        expect![[r#"invalid payload: duplicate key "a" at line 1 column 12"#]],
+    );
+    check_payload_err(
+        &vec![b' '; 70_000],
+        &limits,
+        expect!["payload is 70000 bytes, over the 65536 byte limit"],
+    );
+    let tight = PayloadLimits {
+        max_bytes: 20,
+        max_depth: 2,
+    };
+    check_payload_err(
+        br#"{"a": {"b": [1]}}"#,
+        &tight,
+        expect!["invalid payload: nested deeper than the limit of 2 levels (at byte 12)"],
+    );
+    // Depth 2 exactly is fine, and brackets inside strings do not count.
+    Payload::from_json_bytes(
+        br#"{"a": {"b": "[[{\"{"}}"#,
+        &PayloadLimits {
+            max_bytes: 100,
+            max_depth: 2,
+        },
+    )
+    .unwrap();
+    // The input fits, but its canonical encoding `{"a":100000000.0}` does not.
+    check_payload_err(
+        br#"{"a":1e8}"#,
+        &PayloadLimits {
+            max_bytes: 12,
+            max_depth: 2,
+        },
+        expect!["payload is 17 bytes, over the 12 byte limit"],
+    );
+    let err = Payload::from_value(json!({"a": [[[]]]}), &tight).unwrap_err();
+    expect!["invalid payload: nested deeper than the limit of 2 levels"]
+        .assert_eq(&err.to_string());
+    let err = Payload::from_value(json!({"a": "0123456789abcdef"}), &tight).unwrap_err();
+    expect!["payload is 24 bytes, over the 20 byte limit"].assert_eq(&err.to_string());
+    let err = Payload::from_value(json!(null), &tight).unwrap_err();
+    expect!["invalid payload: expected a JSON object, got null"].assert_eq(&err.to_string());
+    let err = Payload::decode(b"[]").unwrap_err();
+    expect!["invalid payload: expected a JSON object, got an array"].assert_eq(&err.to_string());
+}
+
+#[test]
+fn payload_encode_decode() {
+    let payload = payload(r#"{ "b": [1, 2.5, "x", null], "a": {"c": true} }"#);
+    let bytes = payload.encode();
+    expect![[r#"{"a":{"c":true},"b":[1,2.5,"x",null]}"#]]
+        .assert_eq(std::str::from_utf8(&bytes).unwrap());
+    assert_eq!(Payload::decode(&bytes).unwrap(), payload);
+    let value = payload.clone().into_value();
+    assert_eq!(
+        Payload::from_value(value, &PayloadLimits::default()).unwrap(),
+        payload
+    );
+    assert_eq!(payload.as_map().len(), 2);
+}
+
+/// Deep nesting is rejected without overflowing the stack, however deep.
+#[test]
+fn deep_nesting_is_rejected() {
+    let huge = PayloadLimits {
+        max_bytes: 1 << 20,
+        max_depth: usize::MAX,
+    };
+    for bytes in [
+        "[".repeat(100_000),
+        r#"{"a":"#.repeat(100_000),
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+    ] {
+        let bytes = bytes.as_bytes();
+        // serde_json's recursion limit of 128 applies under a generous depth limit.
+        let err = Payload::from_json_bytes(bytes, &huge).unwrap_err();
+        assert!(
+            err.to_string().contains("recursion limit exceeded"),
+            "{err}"
+        );
+        let err = Payload::from_json_bytes(
+            bytes,
+            &PayloadLimits {
+                max_bytes: 1 << 20,
+                ..PayloadLimits::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("nested deeper"), "{err}");
+        let err = Filter::from_json_bytes(bytes, &FilterLimits::default()).unwrap_err();
+        assert!(err.to_string().contains("nested too deeply"), "{err}");
+        let huge_filter = FilterLimits {
+            max_depth: usize::MAX,
+            ..FilterLimits::default()
+        };
+        let err = Filter::from_json_bytes(bytes, &huge_filter).unwrap_err();
+        assert!(
+            err.to_string().contains("recursion limit exceeded"),
+            "{err}"
+        );
+    }
+    // A deep value built in memory is measured without recursion.
+    let mut deep = json!(1);
+    for _ in 0..500 {
+        deep = json!({ "a": deep });
+    }
+    let err = Payload::from_value(deep, &PayloadLimits::default()).unwrap_err();
+    expect!["invalid payload: nested deeper than the limit of 32 levels"]
+        .assert_eq(&err.to_string());
+}
+
+#[test]
+fn filter_serde_round_trip() {
+    let json = r#"{"must": [{"key": "tags", "match": {"any": [3, "b", true, "a", "b"]}},
+                            {"key": "price", "range": {"gte": 1, "lt": 2.5}}],
+                   "should": [{"must_not": [{"key": "x.y", "is_empty": false}]},
+                              {"key": "c", "match": {"except": [false]}}],
+                   "min_should": 1}"#;
+    let filter = filter(json);
+    let canonical = serde_json::to_string(&filter).unwrap();
+    expect![[
+        r#"{"min_should":1,"must":[{"key":"tags","match":{"any":["a","b","b",3,true]}},{"key":"price","range":{"gte":1,"lt":2.5}}],"should":[{"must_not":[{"is_empty":false,"key":"x.y"}]},{"key":"c","match":{"except":[false]}}]}"#
+    ]]
+    .assert_eq(&canonical);
+    let back: Filter = serde_json::from_str(&canonical).unwrap();
+    assert_eq!(back, filter);
+    // Deserialize applies the default limits and the same messages.
+    let err = serde_json::from_str::<Filter>(r#"{"must": [{"key": ""}]}"#).unwrap_err();
+    expect!["invalid filter: must[0].key: must not be empty"].assert_eq(&err.to_string());
+}
+
+// Property tests. The reference evaluator below reads the JSON grammar directly and is written
+// independently of the compiled form, with plain f64 comparisons (exact for the small numbers
+// generated here).
+
+const PAYLOAD_KEYS: [&str; 3] = ["a", "b", "c"];
+const FILTER_KEYS: [&str; 6] = ["a", "b", "c", "a.b", "a.c", "b.a.c"];
+
+fn arb_scalar() -> impl Strategy<Value = Value> + Clone {
+    prop_oneof![
+        prop::sample::select(vec!["x", "y", "z"]).prop_map(Value::from),
+        (-3i64..4).prop_map(Value::from),
+        any::<bool>().prop_map(Value::from),
+    ]
+}
+
+fn arb_payload_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        arb_scalar(),
+        prop::sample::select(vec![-1.5, 0.0, -0.0, 2.0, 2.5]).prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(prop::sample::select(PAYLOAD_KEYS.to_vec()), inner, 0..3)
+                .prop_map(|m| Value::Object(
+                    m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                )),
+        ]
+    })
+}
+
+fn arb_payload() -> impl Strategy<Value = Option<Map<String, Value>>> {
+    prop::option::weighted(
+        0.9,
+        prop::collection::btree_map(
+            prop::sample::select(PAYLOAD_KEYS.to_vec()),
+            arb_payload_value(),
+            0..4,
+        )
+        .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+    )
+}
+
+fn arb_field_condition() -> impl Strategy<Value = Value> {
+    let key = prop::sample::select(FILTER_KEYS.to_vec());
+    let list = prop::collection::vec(arb_scalar(), 1..4);
+    let bound = prop::option::of(prop_oneof![
+        (-3i64..4).prop_map(Value::from),
+        prop::sample::select(vec![-1.5, 0.0, 2.0, 2.5]).prop_map(Value::from),
+    ]);
+    let bounds = (bound.clone(), bound.clone(), bound.clone(), bound)
+        .prop_filter("a range needs a bound", |b| {
+            b.0.is_some() || b.1.is_some() || b.2.is_some() || b.3.is_some()
+        })
+        .prop_map(|(gt, gte, lt, lte)| {
+            let mut range = Map::new();
+            for (name, bound) in [("gt", gt), ("gte", gte), ("lt", lt), ("lte", lte)] {
+                if let Some(bound) = bound {
+                    range.insert(name.to_owned(), bound);
+                }
+            }
+            Value::Object(range)
+        });
+    let test = prop_oneof![
+        arb_scalar().prop_map(|v| json!({"match": {"value": v}})),
+        list.clone().prop_map(|v| json!({"match": {"any": v}})),
+        list.prop_map(|v| json!({"match": {"except": v}})),
+        bounds.prop_map(|r| json!({"range": r})),
+        any::<bool>().prop_map(|b| json!({"is_empty": b})),
+    ];
+    (key, test).prop_map(|(key, mut test)| {
+        test["key"] = Value::from(key);
+        test
+    })
+}
+
+fn filter_object(conditions: impl Strategy<Value = Value> + Clone) -> impl Strategy<Value = Value> {
+    let list = prop::collection::vec(conditions, 0..3);
+    (
+        list.clone(),
+        list.clone(),
+        list,
+        prop::option::of(0usize..3),
+    )
+        .prop_map(|(must, should, must_not, min_should)| {
+            let mut obj = Map::new();
+            obj.insert("must".to_owned(), Value::Array(must));
+            obj.insert("must_not".to_owned(), Value::Array(must_not));
+            if let Some(n) = min_should {
+                obj.insert("min_should".to_owned(), Value::from(n.min(should.len())));
+            }
+            obj.insert("should".to_owned(), Value::Array(should));
+            Value::Object(obj)
+        })
+}
+
+fn arb_filter() -> impl Strategy<Value = Value> {
+    let condition = arb_field_condition().prop_recursive(3, 24, 3, filter_object);
+    filter_object(condition)
+}
+
+fn ref_values<'a>(value: &'a Value, segments: &[&str], out: &mut Vec<&'a Value>) {
+    if let Value::Array(items) = value {
+        for item in items {
+            ref_values(item, segments, out);
+        }
+    } else if segments.is_empty() {
+        out.push(value);
+    } else if let Some(next) = value.get(segments[0]) {
+        ref_values(next, &segments[1..], out);
+    }
+}
+
+fn ref_same_scalar(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => !x.is_f64() && !y.is_f64() && x == y,
+        (Value::String(_), Value::String(_)) | (Value::Bool(_), Value::Bool(_)) => a == b,
+        _ => false,
+    }
+}
+
+fn ref_matches(filter: &Value, payload: Option<&Map<String, Value>>) -> bool {
+    let list = |name: &str| filter[name].as_array().cloned().unwrap_or_default();
+    let should = list("should");
+    let needed = match filter["min_should"].as_u64() {
+        Some(n) => n as usize,
+        None => usize::from(!should.is_empty()),
+    };
+    list("must").iter().all(|c| ref_condition(c, payload))
+        && !list("must_not").iter().any(|c| ref_condition(c, payload))
+        && should.iter().filter(|c| ref_condition(c, payload)).count() >= needed
+}
+
+fn ref_condition(condition: &Value, payload: Option<&Map<String, Value>>) -> bool {
+    let Some(key) = condition["key"].as_str() else {
+        return ref_matches(condition, payload);
+    };
+    let segments: Vec<&str> = key.split('.').collect();
+    let mut values = Vec::new();
+    if let Some(first) = payload.and_then(|map| map.get(segments[0])) {
+        ref_values(first, &segments[1..], &mut values);
+    }
+    let is_scalar = |v: &Value| v.is_string() || v.is_boolean() || v.is_i64() || v.is_u64();
+    let in_list = |list: &Value, v: &Value| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| ref_same_scalar(s, v))
+    };
+    let m = &condition["match"];
+    if !m["value"].is_null() {
+        values.iter().any(|v| ref_same_scalar(&m["value"], v))
+    } else if !m["any"].is_null() {
+        values.iter().any(|v| in_list(&m["any"], v))
+    } else if !m["except"].is_null() {
+        values
+            .iter()
+            .any(|v| is_scalar(v) && !in_list(&m["except"], v))
+    } else if let Some(range) = condition["range"].as_object() {
+        values.iter().any(|v| {
+            let Some(x) = v.as_f64() else {
+                return false;
+            };
+            let bound = |name: &str| range.get(name).and_then(Value::as_f64);
+            bound("gt").is_none_or(|b| x > b)
+                && bound("gte").is_none_or(|b| x >= b)
+                && bound("lt").is_none_or(|b| x < b)
+                && bound("lte").is_none_or(|b| x <= b)
+        })
+    } else {
+        let empty = condition["is_empty"].as_bool().unwrap();
+        empty == values.iter().all(|v| v.is_null())
+    }
+}
+
+/// JSON-looking text, to reach deeper into the parsers than random bytes do.
+fn arb_json_ish() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop::sample::select(vec![
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"",
+            "\\",
+            " ",
+            "0",
+            "-1",
+            "2.5",
+            "1e999",
+            "null",
+            "true",
+            "\"must\"",
+            "\"should\"",
+            "\"must_not\"",
+            "\"key\"",
+            "\"a.b\"",
+            "\"match\"",
+            "\"value\"",
+            "\"any\"",
+            "\"except\"",
+            "\"range\"",
+            "\"gt\"",
+            "\"is_empty\"",
+            "\"min_should\"",
+            "\"\"",
+        ]),
+        0..64,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn matches_agrees_with_reference(filter_json in arb_filter(), payloads in prop::collection::vec(arb_payload(), 1..8)) {
+        let filter = Filter::from_value(filter_json.clone(), &FilterLimits::default()).unwrap();
+        for map in payloads {
+            let payload = map.clone().map(|m| Payload::from_value(Value::Object(m), &PayloadLimits::default()).unwrap());
+            prop_assert_eq!(
+                filter.matches(payload.as_ref()),
+                ref_matches(&filter_json, map.as_ref()),
+                "payload {:?}", map
+            );
+        }
+    }
+
+    #[test]
+    fn filter_round_trips(filter_json in arb_filter()) {
+        let filter = Filter::from_value(filter_json, &FilterLimits::default()).unwrap();
+        let bytes = serde_json::to_vec(&filter).unwrap();
+        let back = Filter::from_json_bytes(&bytes, &FilterLimits::default()).unwrap();
+        prop_assert_eq!(&back, &filter);
+        prop_assert_eq!(serde_json::to_vec(&back).unwrap(), bytes);
+    }
+
+    #[test]
+    fn validate_agrees_with_parse(
+        filter_json in arb_filter(),
+        max_conditions in 0usize..12,
+        max_depth in 1usize..4,
+        max_any in 1usize..4,
+        max_key_bytes in 1usize..6,
+    ) {
+        let limits = FilterLimits { max_conditions, max_depth, max_any, max_key_bytes };
+        let by_parse = Filter::from_value(filter_json.clone(), &limits).map(drop);
+        let by_validate = Filter::from_value(filter_json, &FilterLimits::default()).unwrap().validate(&limits);
+        prop_assert_eq!(by_parse.map_err(|e| e.to_string()), by_validate.map_err(|e| e.to_string()));
+    }
+
+    #[test]
+    fn payload_round_trips(map in arb_payload()) {
+        let payload = Payload::from_value(Value::Object(map.unwrap_or_default()), &PayloadLimits::default()).unwrap();
+        let bytes = payload.encode();
+        prop_assert_eq!(Payload::decode(&bytes).unwrap(), payload.clone());
+        prop_assert_eq!(Payload::from_json_bytes(&bytes, &PayloadLimits::default()).unwrap(), payload);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = Payload::from_json_bytes(&bytes, &PayloadLimits::default());
+        let _ = Payload::decode(&bytes);
+        let _ = Filter::from_json_bytes(&bytes, &FilterLimits::default());
+    }
+
+    #[test]
+    fn json_ish_text_never_panics(text in arb_json_ish()) {
+        let tight = PayloadLimits { max_bytes: 64, max_depth: 3 };
+        let _ = Payload::from_json_bytes(text.as_bytes(), &PayloadLimits::default());
+        let _ = Payload::from_json_bytes(text.as_bytes(), &tight);
+        if let Ok(filter) = Filter::from_json_bytes(text.as_bytes(), &FilterLimits::default()) {
+            let _ = filter.matches(None);
+            filter.validate(&FilterLimits::default()).unwrap();
+        }
+    }
+
+    #[test]
+    fn arbitrary_values_never_panic(value in arb_payload_value(), filter_json in arb_filter()) {
+        let _ = Payload::from_value(value.clone(), &PayloadLimits::default());
+        let _ = Filter::from_value(value.clone(), &FilterLimits::default());
+        // A filter with a payload value spliced in somewhere it does not belong.
+        let mut spliced = filter_json;
+        spliced["must"] = json!([{"key": "a", "match": {"any": [value.clone()]}}, {"key": "a", "range": {"gt": value}}]);
+        let _ = Filter::from_value(spliced, &FilterLimits::default());
+    }
+}

@@ -1,0 +1,648 @@
+//! vaultvec's HNSW graph, shaped after hnswlib: flat adjacency arrays, per-node locks for writers,
+//! lock-free readers, and hnswlib's neighbour-selection heuristic.
+//!
+//! One implementation serves both the growing segment (nodes are inserted one by one, from many
+//! threads, while searches run) and sealed segments (built in bulk, then encoded next to the
+//! vectors and decoded on open). The byte layout of [`Graph::encode`] is documented in `format.rs`.
+//!
+//! # Layout
+//!
+//! - Level 0 is one array of `capacity * (1 + 2M)` `u32`s: for each node a neighbour count followed
+//!   by room for `2M` neighbour ids.
+//! - Levels above 0 live in a second flat array. A node's level is a pure function of
+//!   `(seed, node)`, so `Graph::new` lays out every node's upper lists (`1 + M` slots per level)
+//!   up front and no allocation happens during an insert.
+//! - Unused slots hold `u32::MAX`, which is never a node id (capacity is at most `u32::MAX`).
+//!
+//! # Concurrency
+//!
+//! Every slot is an `AtomicU32`. Readers load a list's count with `Acquire` and its ids with
+//! `Relaxed` and take no lock; a writer holds the owning node's mutex while it rewrites a list,
+//! stores the ids and then publishes the count with `Release`. A reader racing a rewrite therefore
+//! sees, for every slot, either an old or a new id, each of which names a node that was inserted
+//! (or is being inserted), which is all a graph walk needs. A writer holds at most one node lock at
+//! a time, so writers cannot deadlock. An insert whose node becomes the new top of the hierarchy
+//! holds the entry-point mutex for its whole duration, as in hnswlib.
+//!
+//! # Snapshots
+//!
+//! Searches and inserts see the vectors through a [`Vectors`] snapshot. Any neighbour id at or past
+//! the snapshot's end (linked by a concurrent insert of a newer node) is skipped. An insert
+//! requires the snapshot to contain the node being inserted; when it meets a full neighbour list
+//! that names a node it cannot see, it leaves that list unchanged instead of guessing.
+
+mod format;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use super::hit::Scored;
+use super::visited::{Scratch, ScratchPool};
+use super::{Hit, Metric, Vectors};
+use crate::sys::simd;
+
+/// The search depth used when a caller has no better value.
+pub const DEFAULT_EF: usize = 64;
+
+/// The highest level a node can have. Levels past ~10 only occur for tiny `M`; the cap keeps the
+/// per-node layout bounded.
+pub(crate) const MAX_LEVEL: usize = 24;
+
+/// An id that never names a node.
+const NO_NODE: u32 = u32::MAX;
+
+/// `entry` value of an empty graph.
+const EMPTY: u64 = u64::MAX;
+
+/// Graph-shape parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswParams {
+    /// Links per node on levels above 0; level 0 keeps `2 * m`. The caller keeps it in `2..=64`.
+    pub m: usize,
+    /// Candidate-list size while inserting. The caller keeps it in `4..=1024`.
+    pub ef_construction: usize,
+}
+
+impl HnswParams {
+    /// The range-limited copy of these parameters that a graph actually uses.
+    fn clamped(self) -> HnswParams {
+        HnswParams {
+            m: self.m.clamp(2, 64),
+            ef_construction: self.ef_construction.clamp(1, 4096),
+        }
+    }
+}
+
+/// A hierarchical navigable small world graph over nodes `0..capacity`.
+///
+/// The graph stores only links; the vectors are passed in as a [`Vectors`] snapshot on each call.
+pub struct Graph {
+    params: HnswParams,
+    metric: Metric,
+    capacity: usize,
+    seed: u64,
+    /// Count + `2M` ids per node.
+    level0: Box<[AtomicU32]>,
+    /// Upper-level lists, `1 + M` slots per level, node by node.
+    upper: Box<[AtomicU32]>,
+    /// `upper_start[node]..upper_start[node + 1]` is `node`'s part of `upper`; its length divided by
+    /// `1 + M` is the node's level.
+    upper_start: Box<[usize]>,
+    inserted: Box<[AtomicBool]>,
+    locks: Box<[Mutex<()>]>,
+    /// `(level << 32) | node` of the entry point, or `EMPTY`.
+    entry: AtomicU64,
+    /// Serialises changes of the entry point.
+    entry_lock: Mutex<()>,
+    len: AtomicUsize,
+    scratch: ScratchPool,
+}
+
+impl Graph {
+    /// An empty graph with room for nodes `0..capacity`.
+    ///
+    /// Parameters outside their documented ranges are clamped into them, and `capacity` is capped
+    /// at `u32::MAX`. Levels are drawn from `seed`, so the same inserts give the same graph shape.
+    pub fn new(params: HnswParams, metric: Metric, capacity: usize, seed: u64) -> Graph {
+        let params = params.clamped();
+        let capacity = capacity.min(NO_NODE as usize);
+        let mult = 1.0 / (params.m as f64).ln();
+        Graph::with_levels(params, metric, seed, capacity, |node| {
+            random_level(seed, node, mult)
+        })
+    }
+
+    /// Inserts `node`, whose vector is `vectors.get(node)`.
+    ///
+    /// Callable from many threads at once and concurrently with [`Graph::search`]. Nodes may be
+    /// inserted in any order; inserting a node a second time does nothing.
+    ///
+    /// # Panics
+    ///
+    /// If `node >= self.capacity()` or `node >= vectors.len()`: both are checked by the caller,
+    /// which owns the id space.
+    pub fn insert(&self, vectors: &Vectors, node: u32) {
+        let index = node as usize;
+        assert!(
+            index < self.capacity && index < vectors.len(),
+            "node {node} outside the graph's capacity {} or the vectors' length {}",
+            self.capacity,
+            vectors.len()
+        );
+        if self.inserted[index].swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let level = self.level(node);
+        let limit = self.limit(vectors);
+        let query = vectors.get(node);
+
+        let mut entry = self.entry.load(Ordering::Acquire);
+        let mut top_guard = None;
+        if entry == EMPTY || level > unpack(entry).0 {
+            let guard = self.entry_lock.lock();
+            entry = self.entry.load(Ordering::Acquire);
+            if entry == EMPTY {
+                self.entry.store(pack(level, node), Ordering::Release);
+                self.len.fetch_add(1, Ordering::Release);
+                return;
+            }
+            if level > unpack(entry).0 {
+                // This node becomes the new top: keep other new tops out until it is linked.
+                top_guard = Some(guard);
+            }
+        }
+        let (entry_level, entry_node) = unpack(entry);
+
+        let mut scratch = self.scratch.take();
+        let mut current = entry_node;
+        let mut current_distance = self.distance_or_inf(vectors, limit, query, entry_node);
+        for layer in (level + 1..=entry_level).rev() {
+            (current, current_distance) =
+                self.greedy(vectors, limit, query, current, current_distance, layer);
+        }
+        for layer in (0..=level.min(entry_level)).rev() {
+            self.search_layer(
+                &mut scratch,
+                vectors,
+                limit,
+                query,
+                (current, current_distance),
+                self.params.ef_construction,
+                layer,
+                None,
+            );
+            let Scratch {
+                results,
+                sorted,
+                selected,
+                ..
+            } = &mut scratch;
+            sorted.clear();
+            sorted.extend(results.drain().filter(|scored| scored.node != node));
+            sorted.sort_unstable();
+            if let Some(nearest) = sorted.first() {
+                (current, current_distance) = (nearest.node, nearest.distance);
+            }
+            self.select_neighbours(vectors, sorted, self.params.m, selected);
+            {
+                let _lock = self.locks[index].lock();
+                write_list(
+                    self.links(node, layer),
+                    selected.iter().map(|scored| scored.node),
+                );
+            }
+            let chosen = std::mem::take(selected);
+            for neighbour in &chosen {
+                self.link_back(&mut scratch, vectors, limit, *neighbour, node, layer);
+            }
+            scratch.selected = chosen;
+        }
+        if top_guard.is_some() {
+            self.entry.store(pack(level, node), Ordering::Release);
+        }
+        drop(top_guard);
+        self.len.fetch_add(1, Ordering::Release);
+        self.scratch.give_back(scratch);
+    }
+
+    /// Builds a graph over all of `vectors` with `threads` threads (a dedicated rayon pool).
+    ///
+    /// Node 0 is inserted first, then the threads take the remaining nodes in ascending order from
+    /// a shared counter, as hnswlib's `addItems` does.
+    pub fn build(
+        params: HnswParams,
+        metric: Metric,
+        vectors: &Vectors,
+        threads: usize,
+        seed: u64,
+    ) -> Graph {
+        let graph = Graph::new(params, metric, vectors.len(), seed);
+        let n_nodes = graph.capacity;
+        if n_nodes == 0 {
+            return graph;
+        }
+        graph.insert(vectors, 0);
+        let next = AtomicUsize::new(1);
+        let work = || {
+            loop {
+                let node = next.fetch_add(1, Ordering::Relaxed);
+                if node >= n_nodes {
+                    break;
+                }
+                graph.insert(vectors, node as u32);
+            }
+        };
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("hnsw-build-{i}"))
+            .build()
+        {
+            Ok(pool) => {
+                pool.broadcast(|_| work());
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "no thread pool for the graph build; building on one thread");
+                work();
+            }
+        }
+        graph
+    }
+
+    /// The `k` nearest inserted nodes to `query` among those `accept` keeps (all when `None`),
+    /// nearest first, ties by the smaller node id.
+    ///
+    /// `ef` is the candidate-list size (raised to `k` if smaller); larger is slower and more
+    /// accurate. With a filter, rejected nodes are still walked through but never returned, and
+    /// the walk continues until `ef` accepted nodes were found or the reachable graph is exhausted
+    /// (hnswlib's filter semantics); for very selective filters [`super::exact_search_ids`] over
+    /// the accepted ids is faster.
+    ///
+    /// Nodes at or past `vectors.len()` are ignored. Returns nothing when `k == 0`, the graph is
+    /// empty or `query` does not have `vectors.dim()` components.
+    pub fn search(
+        &self,
+        vectors: &Vectors,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<Hit> {
+        let entry = self.entry.load(Ordering::Acquire);
+        if k == 0 || query.len() != vectors.dim() || entry == EMPTY {
+            return Vec::new();
+        }
+        let limit = self.limit(vectors);
+        let (entry_level, entry_node) = unpack(entry);
+        let mut current = entry_node;
+        let mut current_distance = self.distance_or_inf(vectors, limit, query, entry_node);
+        for layer in (1..=entry_level).rev() {
+            (current, current_distance) =
+                self.greedy(vectors, limit, query, current, current_distance, layer);
+        }
+        let mut scratch = self.scratch.take();
+        self.search_layer(
+            &mut scratch,
+            vectors,
+            limit,
+            query,
+            (current, current_distance),
+            ef.max(k),
+            0,
+            accept,
+        );
+        let Scratch {
+            results, sorted, ..
+        } = &mut scratch;
+        sorted.clear();
+        sorted.extend(results.drain());
+        sorted.sort_unstable();
+        let hits = sorted.iter().take(k).map(|scored| scored.hit()).collect();
+        self.scratch.give_back(scratch);
+        hits
+    }
+
+    /// Number of nodes inserted so far.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// True when no node was inserted yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when `node` was inserted (or its insert is in progress).
+    pub fn contains(&self, node: u32) -> bool {
+        self.inserted
+            .get(node as usize)
+            .is_some_and(|flag| flag.load(Ordering::Acquire))
+    }
+
+    /// Number of node ids the graph has room for.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The graph's parameters (after clamping).
+    pub fn params(&self) -> HnswParams {
+        self.params
+    }
+
+    /// The graph's metric.
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// Bytes of heap memory held by the graph, search scratch space included.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Graph>()
+            + self.level0.len() * std::mem::size_of::<AtomicU32>()
+            + self.upper.len() * std::mem::size_of::<AtomicU32>()
+            + self.upper_start.len() * std::mem::size_of::<usize>()
+            + self.inserted.len() * std::mem::size_of::<AtomicBool>()
+            + self.locks.len() * std::mem::size_of::<Mutex<()>>()
+            + self.scratch.memory_bytes()
+    }
+
+    /// Allocates a graph whose nodes have the given levels.
+    fn with_levels(
+        params: HnswParams,
+        metric: Metric,
+        seed: u64,
+        capacity: usize,
+        level_of: impl Fn(u32) -> usize,
+    ) -> Graph {
+        let stride0 = 1 + 2 * params.m;
+        let stride = 1 + params.m;
+        let level0 = (0..capacity * stride0)
+            .map(|slot| AtomicU32::new(if slot % stride0 == 0 { 0 } else { NO_NODE }))
+            .collect();
+        let mut upper_start = Vec::with_capacity(capacity + 1);
+        let mut end = 0;
+        upper_start.push(end);
+        for node in 0..capacity as u32 {
+            end += level_of(node).min(MAX_LEVEL) * stride;
+            upper_start.push(end);
+        }
+        let upper = (0..end)
+            .map(|slot| AtomicU32::new(if slot % stride == 0 { 0 } else { NO_NODE }))
+            .collect();
+        Graph {
+            params,
+            metric,
+            capacity,
+            seed,
+            level0,
+            upper,
+            upper_start: upper_start.into_boxed_slice(),
+            inserted: (0..capacity).map(|_| AtomicBool::new(false)).collect(),
+            locks: (0..capacity).map(|_| Mutex::new(())).collect(),
+            entry: AtomicU64::new(EMPTY),
+            entry_lock: Mutex::new(()),
+            len: AtomicUsize::new(0),
+            scratch: ScratchPool::default(),
+        }
+    }
+
+    /// Node ids below this are both in the graph's range and in the snapshot.
+    #[inline]
+    fn limit(&self, vectors: &Vectors) -> u32 {
+        vectors.len().min(self.capacity) as u32
+    }
+
+    /// The level of `node` (< capacity).
+    #[inline]
+    fn level(&self, node: u32) -> usize {
+        let node = node as usize;
+        (self.upper_start[node + 1] - self.upper_start[node]) / (1 + self.params.m)
+    }
+
+    /// The list of `node` (< capacity) on `layer`: a count slot then the id slots. Empty when the
+    /// node does not reach that layer.
+    #[inline]
+    fn links(&self, node: u32, layer: usize) -> &[AtomicU32] {
+        let node = node as usize;
+        if layer == 0 {
+            let stride0 = 1 + 2 * self.params.m;
+            &self.level0[node * stride0..(node + 1) * stride0]
+        } else {
+            let stride = 1 + self.params.m;
+            let start = self.upper_start[node] + (layer - 1) * stride;
+            self.upper
+                .get(start..start + stride)
+                .filter(|_| start + stride <= self.upper_start[node + 1])
+                .unwrap_or(&[])
+        }
+    }
+
+    #[inline]
+    fn distance_or_inf(&self, vectors: &Vectors, limit: u32, query: &[f32], node: u32) -> f32 {
+        if node < limit {
+            self.metric.distance(query, vectors.get(node))
+        } else {
+            f32::INFINITY
+        }
+    }
+
+    /// Walks `layer` greedily from `start` to a local minimum of the distance to `query`.
+    fn greedy(
+        &self,
+        vectors: &Vectors,
+        limit: u32,
+        query: &[f32],
+        start: u32,
+        start_distance: f32,
+        layer: usize,
+    ) -> (u32, f32) {
+        let (mut current, mut current_distance) = (start, start_distance);
+        loop {
+            let mut changed = false;
+            for slot in neighbours(self.links(current, layer)) {
+                let id = slot.load(Ordering::Relaxed);
+                if id >= limit {
+                    continue;
+                }
+                let distance = self.metric.distance(query, vectors.get(id));
+                if distance < current_distance {
+                    (current, current_distance) = (id, distance);
+                    changed = true;
+                }
+            }
+            if !changed {
+                return (current, current_distance);
+            }
+        }
+    }
+
+    /// Best-first search of one layer from `entry` with a candidate list of `ef`, leaving the
+    /// (at most `ef`) best accepted nodes in `scratch.results` (hnswlib's `searchBaseLayerST`).
+    #[allow(clippy::too_many_arguments)]
+    fn search_layer(
+        &self,
+        scratch: &mut Scratch,
+        vectors: &Vectors,
+        limit: u32,
+        query: &[f32],
+        (entry, entry_distance): (u32, f32),
+        ef: usize,
+        layer: usize,
+        accept: Option<&dyn Fn(u32) -> bool>,
+    ) {
+        let Scratch {
+            visited,
+            candidates,
+            results,
+            batch,
+            ..
+        } = scratch;
+        visited.clear(self.capacity);
+        candidates.clear();
+        results.clear();
+        visited.insert(entry);
+        let mut bound = f32::INFINITY;
+        if entry < limit && accept.is_none_or(|accept| accept(entry)) {
+            results.push(Scored::new(entry_distance, entry));
+            bound = entry_distance;
+        }
+        candidates.push(std::cmp::Reverse(Scored::new(entry_distance, entry)));
+
+        while let Some(std::cmp::Reverse(current)) = candidates.pop() {
+            if current.distance > bound && (results.len() >= ef || accept.is_none()) {
+                break;
+            }
+            batch.clear();
+            for slot in neighbours(self.links(current.node, layer)) {
+                let id = slot.load(Ordering::Relaxed);
+                if id < limit && visited.insert(id) {
+                    simd::prefetch(vectors.get(id), 1);
+                    batch.push(id);
+                }
+            }
+            for &id in batch.iter() {
+                let distance = self.metric.distance(query, vectors.get(id));
+                if results.len() < ef || distance < bound {
+                    candidates.push(std::cmp::Reverse(Scored::new(distance, id)));
+                    if accept.is_none_or(|accept| accept(id)) {
+                        results.push(Scored::new(distance, id));
+                        if results.len() > ef {
+                            results.pop();
+                        }
+                    }
+                    if let Some(worst) = results.peek() {
+                        bound = worst.distance;
+                    }
+                }
+            }
+        }
+    }
+
+    /// hnswlib's `getNeighborsByHeuristic2`: walks `candidates` nearest first and keeps one only
+    /// if it is nearer to the base point than to every neighbour kept so far, up to `m`.
+    fn select_neighbours(
+        &self,
+        vectors: &Vectors,
+        candidates: &[Scored],
+        m: usize,
+        out: &mut Vec<Scored>,
+    ) {
+        out.clear();
+        if candidates.len() < m {
+            out.extend_from_slice(candidates);
+            return;
+        }
+        for candidate in candidates {
+            if out.len() >= m {
+                break;
+            }
+            let vector = vectors.get(candidate.node);
+            let diverse = out.iter().all(|kept| {
+                self.metric.distance(vector, vectors.get(kept.node)) >= candidate.distance
+            });
+            if diverse {
+                out.push(*candidate);
+            }
+        }
+    }
+
+    /// Adds `node` to `neighbour`'s list on `layer`, shrinking the list with the heuristic when it
+    /// is full (hnswlib's `mutuallyConnectNewElement`, second half).
+    fn link_back(
+        &self,
+        scratch: &mut Scratch,
+        vectors: &Vectors,
+        limit: u32,
+        neighbour: Scored,
+        node: u32,
+        layer: usize,
+    ) {
+        let links = self.links(neighbour.node, layer);
+        let Some((count_slot, id_slots)) = links.split_first() else {
+            return;
+        };
+        let max = id_slots.len();
+        let _lock = self.locks[neighbour.node as usize].lock();
+        let count = (count_slot.load(Ordering::Acquire) as usize).min(max);
+        let existing = &id_slots[..count];
+        if existing
+            .iter()
+            .any(|slot| slot.load(Ordering::Relaxed) == node)
+        {
+            return;
+        }
+        if count < max {
+            id_slots[count].store(node, Ordering::Relaxed);
+            count_slot.store(count as u32 + 1, Ordering::Release);
+            return;
+        }
+        let base = vectors.get(neighbour.node);
+        let Scratch {
+            sorted, selected, ..
+        } = scratch;
+        sorted.clear();
+        sorted.push(Scored::new(neighbour.distance, node));
+        for slot in existing {
+            let id = slot.load(Ordering::Relaxed);
+            if id >= limit {
+                // A neighbour this snapshot cannot see: keep the list as it is.
+                return;
+            }
+            sorted.push(Scored::new(self.metric.distance(base, vectors.get(id)), id));
+        }
+        sorted.sort_unstable();
+        self.select_neighbours(vectors, sorted, max, selected);
+        write_list(links, selected.iter().map(|scored| scored.node));
+    }
+}
+
+/// The id slots of a list, as many as its count says (clamped to the list's room).
+#[inline]
+fn neighbours(links: &[AtomicU32]) -> &[AtomicU32] {
+    match links.split_first() {
+        Some((count, ids)) => {
+            let count = (count.load(Ordering::Acquire) as usize).min(ids.len());
+            &ids[..count]
+        }
+        None => &[],
+    }
+}
+
+/// Stores `ids` into a list (count slot first), publishing the new count last. The caller holds
+/// the owning node's lock and passes at most as many ids as the list has room for.
+fn write_list(links: &[AtomicU32], ids: impl Iterator<Item = u32>) {
+    let Some((count_slot, id_slots)) = links.split_first() else {
+        return;
+    };
+    let mut count = 0;
+    for (slot, id) in id_slots.iter().zip(ids) {
+        slot.store(id, Ordering::Relaxed);
+        count += 1;
+    }
+    count_slot.store(count, Ordering::Release);
+}
+
+#[inline]
+fn pack(level: usize, node: u32) -> u64 {
+    ((level as u64) << 32) | node as u64
+}
+
+#[inline]
+fn unpack(entry: u64) -> (usize, u32) {
+    ((entry >> 32) as usize, entry as u32)
+}
+
+/// hnswlib's level distribution, `floor(-ln(u) / ln(M))` for `u` uniform in (0, 1], with `u`
+/// derived from a hash of `(seed, node)` so that levels do not depend on insertion order.
+fn random_level(seed: u64, node: u32, mult: f64) -> usize {
+    let bits = splitmix64(seed ^ splitmix64(u64::from(node)));
+    let uniform = ((bits >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    let level = -uniform.ln() * mult;
+    (level as usize).min(MAX_LEVEL)
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

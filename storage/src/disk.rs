@@ -108,6 +108,11 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Replaces `path` with `bytes` atomically: write a temporary file, fsync, rename, fsync the directory.
 pub fn write_atomic(disk: &dyn Disk, path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_parts(disk, path, &[bytes])
+}
+
+/// As [`write_atomic`], with the content given in parts.
+pub fn write_atomic_parts(disk: &dyn Disk, path: &Path, parts: &[&[u8]]) -> Result<()> {
     let tmp = tmp_path(path);
     let dir = path.parent().unwrap_or(Path::new("."));
     // A temporary file left by an earlier crash is garbage.
@@ -115,7 +120,9 @@ pub fn write_atomic(disk: &dyn Disk, path: &Path, bytes: &[u8]) -> Result<()> {
         disk.remove_file(&tmp).map_err(Error::io(&tmp))?;
     }
     let mut file = disk.create(&tmp).map_err(Error::io(&tmp))?;
-    file.append(bytes).map_err(Error::io(&tmp))?;
+    for part in parts {
+        file.append(part).map_err(Error::io(&tmp))?;
+    }
     file.sync().map_err(Error::io(&tmp))?;
     drop(file);
     disk.rename(&tmp, path).map_err(Error::io(path))?;

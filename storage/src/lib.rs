@@ -22,6 +22,7 @@
 pub mod collection;
 pub mod crypto;
 pub mod disk;
+pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod ids;
@@ -33,6 +34,10 @@ pub mod secure;
 mod sys;
 pub mod wal;
 
+pub use collection::{
+    Collection, CollectionConfig, Limits, PointInput, Record, ScoredPoint, SearchRequest,
+};
+pub use engine::Engine;
 pub use error::{Error, Result};
 
 #[cfg(test)]

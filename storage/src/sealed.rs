@@ -480,19 +480,6 @@ impl SealedFile {
         header.wrapped_dek = wrapped;
         let encoded = header.encode();
         let body = &self.map[encoded.len()..];
-        let tmp = tmp_path(&self.path);
-        if tmp.exists() {
-            disk.remove_file(&tmp).map_err(Error::io(&tmp))?;
-        }
-        let mut file = disk.create(&tmp).map_err(Error::io(&tmp))?;
-        file.append(&encoded).map_err(Error::io(&tmp))?;
-        file.append(body).map_err(Error::io(&tmp))?;
-        file.sync().map_err(Error::io(&tmp))?;
-        drop(file);
-        disk.rename(&tmp, &self.path)
-            .map_err(Error::io(&self.path))?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        disk.sync_dir(dir).map_err(Error::io(dir))?;
-        Ok(())
+        crate::disk::write_atomic_parts(disk, &self.path, &[&encoded, body])
     }
 }

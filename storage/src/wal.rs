@@ -370,3 +370,31 @@ fn has_valid_frame_after(bytes: &[u8], at: usize, seq: u64) -> bool {
             && check_frame(bytes, start, frame_seq).is_some()
     })
 }
+
+/// Re-wraps a WAL file's DEK under the tenant's KEK version `current` (KEK rotation): a copy with a
+/// new header and the frames unchanged replaces the file atomically. Only for WAL files no writer
+/// appends to any more.
+pub fn rewrite_key(
+    disk: &dyn Disk,
+    path: &Path,
+    tenant: &TenantId,
+    collection: &str,
+    file_id: u64,
+    keys: &dyn KeyService,
+    current: u32,
+) -> Result<()> {
+    let (mut header, bytes) = read_header(path, tenant, collection)?;
+    if header.wrapped_dek.kek_version == current {
+        return Ok(());
+    }
+    header.wrapped_dek = keys.rewrap_data_key(
+        tenant,
+        DekContext {
+            collection,
+            file_id,
+        },
+        &header.wrapped_dek,
+    )?;
+    let encoded = header.encode();
+    crate::disk::write_atomic_parts(disk, path, &[&encoded, &bytes[encoded.len()..]])
+}

@@ -50,6 +50,34 @@ impl AppendVectors {
         })
     }
 
+    /// Wraps `n` vectors already in `buf` (a loaded sealed segment), all published, capacity `n`.
+    pub(crate) fn from_buf(
+        mut buf: SecureBuf,
+        dim: usize,
+        n: usize,
+    ) -> std::io::Result<AppendVectors> {
+        if dim.checked_mul(n).and_then(|f| f.checked_mul(4)) != Some(buf.len()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "vector section has the wrong length",
+            ));
+        }
+        let base = buf.as_mut_f32().as_mut_ptr();
+        Ok(AppendVectors {
+            buf,
+            base,
+            dim,
+            capacity: n,
+            len: AtomicUsize::new(n),
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// Bytes of plaintext memory held.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Number of published vectors.
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Acquire)
@@ -101,11 +129,6 @@ impl AppendVectors {
         let len = self.len.load(Ordering::Acquire);
         // SAFETY: as in `get`, for every slot below `len`.
         unsafe { std::slice::from_raw_parts(self.base, len * self.dim) }
-    }
-
-    #[allow(dead_code)]
-    fn buf(&self) -> &SecureBuf {
-        &self.buf
     }
 }
 

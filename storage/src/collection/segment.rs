@@ -1,0 +1,424 @@
+//! One segment in memory: vectors, ids, payloads, tombstones and its HNSW graph.
+//!
+//! The same type serves the growing (mutable) segment, a full segment waiting to be sealed, and a
+//! sealed segment loaded from disk. Only the collection's writer appends, under its lock; searches
+//! read the published prefix without locks on the vectors or the graph.
+//!
+//! A segment file (`seg-<file id>`, a sealed file of kind Segment) has four sections:
+//!
+//! ```text
+//! 1 ids       n point ids, `ids::PointId` encoding, concatenated
+//! 2 vectors   n * dim f32 LE, row i = slot i
+//! 3 payloads  per slot: len u32 LE (u32::MAX = none), then len bytes of compact JSON
+//! 4 graph     `index::Graph::encode`
+//! ```
+
+use std::collections::{BTreeSet, BinaryHeap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use zeroize::Zeroizing;
+
+use super::CollectionConfig;
+use super::bitset::Tombstones;
+use crate::crypto::{DekContext, FileOpener, FileSealer, KeyService};
+use crate::disk::Disk;
+use crate::filter::{Filter, Payload};
+use crate::ids::{PointId, TenantId};
+use crate::index::{Graph, Hit, HnswParams, Vectors};
+use crate::sealed::{self, BLOCK_BYTES, FileKind, Header, SealedFile};
+use crate::sys::append::AppendVectors;
+use crate::{Error, Result};
+
+const IDS: u32 = 1;
+const VECTORS: u32 = 2;
+const PAYLOADS: u32 = 3;
+const GRAPH: u32 = 4;
+const NO_PAYLOAD: u32 = u32::MAX;
+
+/// Points sampled to estimate how selective a filter is.
+const FILTER_SAMPLE: usize = 256;
+/// A filter estimated to match at most this fraction of a segment's points is answered by an exact
+/// scan over the matching points instead of a graph walk (see ARCHITECTURE.md for the measurement).
+pub(crate) const FILTER_EXACT_FRACTION: f64 = 0.05;
+
+pub(crate) struct Segment {
+    /// Unique within one open collection; the id map refers to segments by it.
+    pub(crate) id: u64,
+    /// The file id once sealed, 0 before.
+    file_id: AtomicU64,
+    pub(crate) vectors: AppendVectors,
+    pub(crate) ids: RwLock<Vec<PointId>>,
+    pub(crate) payloads: RwLock<Vec<Option<Payload>>>,
+    pub(crate) deleted: Tombstones,
+    pub(crate) graph: Graph,
+    /// Slots `0..indexed` are in the graph; the rest are scanned exactly.
+    pub(crate) indexed: AtomicUsize,
+    /// WAL files whose operations went into this segment.
+    pub(crate) wals: Mutex<BTreeSet<u64>>,
+    /// No more appends: full, and waiting to be sealed (or sealed).
+    is_frozen: AtomicBool,
+}
+
+fn params(config: &CollectionConfig) -> HnswParams {
+    HnswParams {
+        m: config.m,
+        ef_construction: config.ef_construction,
+    }
+}
+
+impl Segment {
+    /// An empty growing segment with room for `capacity` points.
+    pub(crate) fn new_mutable(
+        id: u64,
+        config: &CollectionConfig,
+        capacity: usize,
+    ) -> Result<Segment> {
+        let vectors =
+            AppendVectors::new(config.dim, capacity).map_err(Error::io("<plaintext arena>"))?;
+        Ok(Segment {
+            id,
+            file_id: AtomicU64::new(0),
+            vectors,
+            ids: RwLock::new(Vec::new()),
+            payloads: RwLock::new(Vec::new()),
+            deleted: Tombstones::new(capacity),
+            graph: Graph::new(params(config), config.metric, capacity, id),
+            indexed: AtomicUsize::new(0),
+            wals: Mutex::new(BTreeSet::new()),
+            is_frozen: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.vectors.len()
+    }
+
+    pub(crate) fn file_id(&self) -> Option<u64> {
+        match self.file_id.load(Ordering::Acquire) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    pub(crate) fn set_sealed(&self, file_id: u64) {
+        self.file_id.store(file_id, Ordering::Release);
+    }
+
+    pub(crate) fn freeze(&self) {
+        self.is_frozen.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_frozen(&self) -> bool {
+        self.is_frozen.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.len() >= self.vectors.capacity()
+    }
+
+    pub(crate) fn is_fully_indexed(&self) -> bool {
+        self.indexed.load(Ordering::Acquire) >= self.len()
+    }
+
+    /// Appends a point. Only the collection's writer calls this. Ids and payloads are pushed before
+    /// the vector is published, so any slot a reader can see has both.
+    pub(crate) fn push(
+        &self,
+        id: PointId,
+        vector: &[f32],
+        payload: Option<Payload>,
+    ) -> Option<u32> {
+        if self.is_full() || self.is_frozen() {
+            return None;
+        }
+        self.ids.write().push(id);
+        self.payloads.write().push(payload);
+        let slot = self.vectors.push(vector);
+        debug_assert!(slot.is_some());
+        slot
+    }
+
+    /// Indexes slots `indexed..target` on the current rayon pool, then publishes the new prefix.
+    pub(crate) fn index_up_to(&self, target: usize) {
+        use rayon::prelude::*;
+        let start = self.indexed.load(Ordering::Acquire);
+        let data = self.vectors.published();
+        let vectors = Vectors::new(data, self.vectors.dim());
+        let target = target.min(vectors.len());
+        if target <= start {
+            return;
+        }
+        (start as u32..target as u32)
+            .into_par_iter()
+            .for_each(|node| self.graph.insert(&vectors, node));
+        self.indexed.store(target, Ordering::Release);
+    }
+
+    /// The `k` nearest live points accepted by `filter`, nearest first.
+    pub(crate) fn search(
+        &self,
+        config: &CollectionConfig,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: Option<&Filter>,
+    ) -> Vec<Hit> {
+        let data = self.vectors.published();
+        let vectors = Vectors::new(data, config.dim);
+        let n = vectors.len();
+        if n == 0 || k == 0 {
+            return Vec::new();
+        }
+        let payloads = filter.map(|_| self.payloads.read());
+        let accept = |slot: u32| -> bool {
+            !self.deleted.contains(slot)
+                && match (filter, &payloads) {
+                    (Some(filter), Some(payloads)) => {
+                        filter.matches(payloads.get(slot as usize).and_then(Option::as_ref))
+                    }
+                    _ => true,
+                }
+        };
+        let indexed = self.indexed.load(Ordering::Acquire).min(n);
+        let is_selective = filter.is_some() && {
+            let step = (n / FILTER_SAMPLE).max(1);
+            let sampled = n.div_ceil(step);
+            let matched = (0..n)
+                .step_by(step)
+                .filter(|&slot| accept(slot as u32))
+                .count();
+            (matched as f64) <= FILTER_EXACT_FRACTION * sampled as f64
+        };
+        if is_selective || indexed == 0 {
+            return exact_top_k(&vectors, config, query, k, 0..n, &accept);
+        }
+        let needs_accept = filter.is_some() || self.deleted.len() > 0;
+        let accept_dyn: &dyn Fn(u32) -> bool = &accept;
+        let mut hits = self.graph.search(
+            &vectors,
+            query,
+            k,
+            ef.max(k),
+            needs_accept.then_some(accept_dyn),
+        );
+        if indexed < n {
+            // Acknowledged points the graph does not hold yet; a concurrent insert may have linked
+            // some of them already, so drop duplicates.
+            let tail = exact_top_k(&vectors, config, query, k, indexed..n, &accept);
+            hits.retain(|hit| (hit.node as usize) < indexed);
+            hits.extend(tail);
+            hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.node.cmp(&b.node)));
+            hits.truncate(k);
+        }
+        hits
+    }
+
+    /// Writes this segment as `<dir>/seg-<file_id>`.
+    pub(crate) fn write_file(
+        &self,
+        disk: &dyn Disk,
+        dir: &Path,
+        tenant: &TenantId,
+        collection: &str,
+        config: &CollectionConfig,
+        file_id: u64,
+        keys: &dyn KeyService,
+    ) -> Result<()> {
+        let n = self.len();
+        let ids = self.ids.read();
+        let payloads = self.payloads.read();
+        let mut id_bytes = Zeroizing::new(Vec::with_capacity(n * 9));
+        for id in &ids[..n] {
+            id.encode_into(&mut id_bytes);
+        }
+        let mut payload_bytes = Zeroizing::new(Vec::with_capacity(n * 4));
+        for payload in &payloads[..n] {
+            match payload {
+                Some(payload) => {
+                    let encoded = Zeroizing::new(payload.encode());
+                    payload_bytes.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+                    payload_bytes.extend_from_slice(&encoded);
+                }
+                None => payload_bytes.extend_from_slice(&NO_PAYLOAD.to_le_bytes()),
+            }
+        }
+        drop((ids, payloads));
+        let graph = Zeroizing::new(self.graph.encode());
+        let vectors: &[u8] = bytemuck::cast_slice(&self.vectors.published()[..n * config.dim]);
+        let (dek, wrapped) = keys.generate_data_key(
+            tenant,
+            DekContext {
+                collection,
+                file_id,
+            },
+        )?;
+        let header = Header {
+            kind: FileKind::Segment,
+            file_id,
+            block_bytes: BLOCK_BYTES,
+            wrapped_dek: wrapped,
+            tenant: tenant.to_string(),
+            collection: collection.to_owned(),
+            dim: config.dim as u32,
+            metric: config.metric.code(),
+            n_points: n as u64,
+            sections: Vec::new(),
+        };
+        sealed::write(
+            disk,
+            &segment_path(dir, file_id),
+            header,
+            tenant,
+            FileSealer::new(dek),
+            &[
+                (IDS, &id_bytes),
+                (VECTORS, vectors),
+                (PAYLOADS, &payload_bytes),
+                (GRAPH, &graph),
+            ],
+        )
+    }
+
+    /// Loads and authenticates `<dir>/seg-<file_id>`.
+    pub(crate) fn load(
+        dir: &Path,
+        tenant: &TenantId,
+        collection: &str,
+        config: &CollectionConfig,
+        file_id: u64,
+        id: u64,
+        keys: &dyn KeyService,
+    ) -> Result<Segment> {
+        let path = segment_path(dir, file_id);
+        let file = SealedFile::open(&path, FileKind::Segment, tenant, collection)?;
+        let header = file.header();
+        let corrupt = |reason: String| Error::Corrupt {
+            path: path.clone(),
+            offset: 0,
+            reason,
+        };
+        if header.file_id != file_id
+            || header.dim as usize != config.dim
+            || header.metric != config.metric.code()
+        {
+            return Err(corrupt("segment header does not match the manifest".into()));
+        }
+        let n = usize::try_from(header.n_points)
+            .map_err(|_| corrupt("point count overflows".into()))?;
+        let dek = keys.decrypt_data_key(
+            tenant,
+            DekContext {
+                collection,
+                file_id,
+            },
+            &header.wrapped_dek,
+        )?;
+        let opener = FileOpener::new(dek);
+        let vector_buf = file.read_section(&opener, tenant, VECTORS)?;
+        let vectors = AppendVectors::from_buf(vector_buf, config.dim, n)
+            .map_err(|_| corrupt("vector section has the wrong length".into()))?;
+        let id_buf = file.read_section(&opener, tenant, IDS)?;
+        let mut ids = Vec::with_capacity(n);
+        let mut at = 0;
+        while at < id_buf.len() {
+            let (point, used) = PointId::decode(&id_buf.as_bytes()[at..])
+                .ok_or_else(|| corrupt(format!("bad point id at {at}")))?;
+            ids.push(point);
+            at += used;
+        }
+        if ids.len() != n {
+            return Err(corrupt(format!("{} ids for {n} points", ids.len())));
+        }
+        let payload_buf = file.read_section(&opener, tenant, PAYLOADS)?;
+        let payloads = decode_payloads(payload_buf.as_bytes(), n)
+            .ok_or_else(|| corrupt("bad payload section".into()))?;
+        let graph_buf = file.read_section(&opener, tenant, GRAPH)?;
+        let graph = Graph::decode(graph_buf.as_bytes(), params(config), config.metric, n)
+            .map_err(|err| corrupt(format!("bad graph: {err}")))?;
+        Ok(Segment {
+            id,
+            file_id: AtomicU64::new(file_id),
+            vectors,
+            ids: RwLock::new(ids),
+            payloads: RwLock::new(payloads),
+            deleted: Tombstones::new(n),
+            graph,
+            indexed: AtomicUsize::new(n),
+            wals: Mutex::new(BTreeSet::new()),
+            is_frozen: AtomicBool::new(true),
+        })
+    }
+
+    /// Plaintext bytes held (vectors and graph; ids and payloads are estimated).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.vectors.memory_bytes() + self.graph.memory_bytes() + self.len() * 48
+    }
+}
+
+fn decode_payloads(buf: &[u8], n: usize) -> Option<Vec<Option<Payload>>> {
+    let mut out = Vec::with_capacity(n);
+    let mut at = 0usize;
+    for _ in 0..n {
+        let len = u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len == NO_PAYLOAD {
+            out.push(None);
+        } else {
+            let bytes = buf.get(at..at.checked_add(len as usize)?)?;
+            out.push(Some(Payload::decode(bytes).ok()?));
+            at += len as usize;
+        }
+    }
+    (at == buf.len()).then_some(out)
+}
+
+/// Path of a segment file.
+pub(crate) fn segment_path(dir: &Path, file_id: u64) -> std::path::PathBuf {
+    dir.join(format!("seg-{file_id}"))
+}
+
+#[derive(PartialEq)]
+struct HeapHit(Hit);
+impl Eq for HeapHit {}
+impl PartialOrd for HeapHit {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for HeapHit {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0
+            .distance
+            .total_cmp(&other.0.distance)
+            .then(self.0.node.cmp(&other.0.node))
+    }
+}
+
+/// Exact top-k over `slots`, nearest first, ties by smaller slot.
+pub(crate) fn exact_top_k(
+    vectors: &Vectors,
+    config: &CollectionConfig,
+    query: &[f32],
+    k: usize,
+    slots: std::ops::Range<usize>,
+    accept: &dyn Fn(u32) -> bool,
+) -> Vec<Hit> {
+    let mut heap: BinaryHeap<HeapHit> = BinaryHeap::with_capacity(k + 1);
+    for slot in slots {
+        let node = slot as u32;
+        if !accept(node) {
+            continue;
+        }
+        let distance = config.metric.distance(query, vectors.get(node));
+        let hit = HeapHit(Hit { distance, node });
+        if heap.len() < k {
+            heap.push(hit);
+        } else if heap.peek().is_some_and(|worst| hit < *worst) {
+            heap.pop();
+            heap.push(hit);
+        }
+    }
+    heap.into_sorted_vec().into_iter().map(|h| h.0).collect()
+}

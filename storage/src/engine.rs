@@ -1,0 +1,237 @@
+//! The engine: every tenant's collections on one worker.
+//!
+//! ```text
+//! <data>/tenants/<tenant>/<collection>/{MANIFEST, wal-<n>, seg-<n>}
+//! ```
+//!
+//! Every operation names its tenant, and a tenant's collections are found only under its own
+//! directory, so no call can reach another tenant's data. A tenant is loaded on first use and can be
+//! unloaded, which drops its plaintext (zeroized as the last reference goes).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::collection::{Collection, CollectionConfig, CollectionInfo, Context, Limits};
+use crate::crypto::KeyService;
+use crate::disk::{Disk, StdDisk};
+use crate::ids::{CollectionName, TenantId};
+use crate::{Error, Result};
+
+type Collections = BTreeMap<CollectionName, Arc<Collection>>;
+
+/// All tenants and collections under one data directory.
+pub struct Engine {
+    root: PathBuf,
+    ctx: Context,
+    tenants: RwLock<HashMap<TenantId, Arc<RwLock<Collections>>>>,
+}
+
+impl Engine {
+    /// Opens the engine over `data_dir`, creating it if needed. Tenants load on first use.
+    pub fn open(data_dir: &Path, keys: Arc<dyn KeyService>, limits: Limits) -> Result<Engine> {
+        Engine::open_with_disk(data_dir, keys, limits, Arc::new(StdDisk))
+    }
+
+    /// As [`Engine::open`], writing through `disk`.
+    pub fn open_with_disk(
+        data_dir: &Path,
+        keys: Arc<dyn KeyService>,
+        limits: Limits,
+        disk: Arc<dyn Disk>,
+    ) -> Result<Engine> {
+        if limits.segment_points < limits.max_batch || limits.segment_points == 0 {
+            return Err(Error::invalid(format!(
+                "segment_points ({}) must be at least max_batch ({})",
+                limits.segment_points, limits.max_batch
+            )));
+        }
+        let root = data_dir.join("tenants");
+        disk.create_dir_all(&root).map_err(Error::io(&root))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(limits.index_threads.max(1))
+            .thread_name(|i| format!("vv-index-{i}"))
+            .build()
+            .map_err(|err| Error::invalid(format!("cannot start index threads: {err}")))?;
+        Ok(Engine {
+            root,
+            ctx: Context {
+                keys,
+                disk,
+                limits,
+                pool: Arc::new(pool),
+            },
+            tenants: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.ctx.limits
+    }
+
+    fn tenant_dir(&self, tenant: &TenantId) -> PathBuf {
+        self.root.join(tenant.as_str())
+    }
+
+    /// Loads every collection of `tenant` (decrypting its segments and replaying its WALs).
+    pub fn load_tenant(&self, tenant: &TenantId) -> Result<()> {
+        self.tenant(tenant).map(|_| ())
+    }
+
+    fn tenant(&self, tenant: &TenantId) -> Result<Arc<RwLock<Collections>>> {
+        if let Some(collections) = self.tenants.read().get(tenant) {
+            return Ok(collections.clone());
+        }
+        let mut tenants = self.tenants.write();
+        if let Some(collections) = tenants.get(tenant) {
+            return Ok(collections.clone());
+        }
+        let dir = self.tenant_dir(tenant);
+        let mut collections = Collections::new();
+        if dir.exists() {
+            for entry in std::fs::read_dir(&dir).map_err(Error::io(&dir))? {
+                let entry = entry.map_err(Error::io(&dir))?;
+                let raw = entry.file_name().to_string_lossy().into_owned();
+                let Ok(name) = CollectionName::parse(&raw) else {
+                    continue;
+                };
+                if !entry.path().is_dir() {
+                    continue;
+                }
+                let collection = Collection::open(&entry.path(), tenant, &name, self.ctx.clone())?;
+                collections.insert(name, Arc::new(collection));
+            }
+        }
+        let collections = Arc::new(RwLock::new(collections));
+        tenants.insert(tenant.clone(), collections.clone());
+        Ok(collections)
+    }
+
+    /// Unloads a tenant: stops its background work and drops its plaintext.
+    pub fn unload_tenant(&self, tenant: &TenantId) -> Result<()> {
+        let removed = self.tenants.write().remove(tenant);
+        if let Some(collections) = removed {
+            for collection in collections.read().values() {
+                collection.close();
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the tenant's collections are in memory.
+    pub fn is_loaded(&self, tenant: &TenantId) -> bool {
+        self.tenants.read().contains_key(tenant)
+    }
+
+    /// Creates a collection.
+    pub fn create_collection(
+        &self,
+        tenant: &TenantId,
+        name: &CollectionName,
+        config: CollectionConfig,
+    ) -> Result<Arc<Collection>> {
+        config.validate(&self.ctx.limits)?;
+        let collections = self.tenant(tenant)?;
+        let mut collections = collections.write();
+        if collections.contains_key(name) {
+            return Err(Error::CollectionExists(name.to_string()));
+        }
+        let tenant_dir = self.tenant_dir(tenant);
+        self.ctx
+            .disk
+            .create_dir_all(&tenant_dir)
+            .map_err(Error::io(&tenant_dir))?;
+        let collection = Arc::new(Collection::create(
+            &tenant_dir.join(name.as_str()),
+            tenant,
+            name,
+            config,
+            self.ctx.clone(),
+        )?);
+        collections.insert(name.clone(), collection.clone());
+        Ok(collection)
+    }
+
+    /// An open collection of `tenant`. A name of another tenant's collection answers exactly like a
+    /// name that does not exist.
+    pub fn collection(&self, tenant: &TenantId, name: &CollectionName) -> Result<Arc<Collection>> {
+        self.tenant(tenant)?
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))
+    }
+
+    /// The tenant's collections with their figures, by name.
+    pub fn list_collections(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(CollectionName, CollectionInfo)>> {
+        Ok(self
+            .tenant(tenant)?
+            .read()
+            .iter()
+            .map(|(name, c)| (name.clone(), c.info()))
+            .collect())
+    }
+
+    /// Drops a collection and deletes its files.
+    pub fn drop_collection(&self, tenant: &TenantId, name: &CollectionName) -> Result<()> {
+        let collections = self.tenant(tenant)?;
+        let removed = collections
+            .write()
+            .remove(name)
+            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))?;
+        removed.close();
+        remove_tree(&self.tenant_dir(tenant).join(name.as_str()))
+    }
+
+    /// Re-wraps every file of the tenant under its current KEK (after the key service rotated it).
+    /// When this returns, no file of the tenant needs an older KEK version.
+    pub fn rewrap_tenant(&self, tenant: &TenantId) -> Result<()> {
+        let collections = self.tenant(tenant)?;
+        let collections: Vec<Arc<Collection>> = collections.read().values().cloned().collect();
+        for collection in collections {
+            collection.rewrap_keys()?;
+        }
+        Ok(())
+    }
+
+    /// Unloads the tenant and deletes all its files. With its KEKs destroyed by the key service,
+    /// any copy of them left elsewhere is unreadable.
+    pub fn delete_tenant(&self, tenant: &TenantId) -> Result<()> {
+        self.unload_tenant(tenant)?;
+        remove_tree(&self.tenant_dir(tenant))
+    }
+
+    /// Stops every collection's background work.
+    pub fn close(&self) {
+        let tenants: Vec<_> = self.tenants.write().drain().collect();
+        for (_, collections) in tenants {
+            for collection in collections.read().values() {
+                collection.close();
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn remove_tree(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(Error::io(dir)(err)),
+    }
+    if let Some(parent) = dir.parent() {
+        crate::disk::sync_dir(parent)?;
+    }
+    Ok(())
+}

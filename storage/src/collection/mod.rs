@@ -706,6 +706,12 @@ impl Collection {
     }
 }
 
+impl std::fmt::Debug for Collection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Collection({}/{})", self.inner.tenant, self.inner.name)
+    }
+}
+
 impl Drop for Collection {
     fn drop(&mut self) {
         self.close();

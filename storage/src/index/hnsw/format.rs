@@ -42,7 +42,12 @@ impl Graph {
     /// inserts is still safe and decodable, but may leave out the nodes in flight.
     pub fn encode(&self) -> Vec<u8> {
         let entry = self.entry.load(Ordering::Acquire);
-        let levels: Vec<u8> = (0..self.capacity as u32)
+        // A segment frozen before it filled up has spare capacity; only the used prefix is stored.
+        let n_nodes = (0..self.capacity)
+            .rev()
+            .find(|&node| self.inserted[node].load(Ordering::Acquire))
+            .map_or(0, |node| node + 1);
+        let levels: Vec<u8> = (0..n_nodes as u32)
             .map(|node| {
                 if self.inserted[node as usize].load(Ordering::Acquire) {
                     self.level(node) as u8
@@ -74,7 +79,7 @@ impl Graph {
             &(self.params.ef_construction.min(u16::MAX as usize) as u16).to_le_bytes(),
         );
         out.extend_from_slice(&self.seed.to_le_bytes());
-        out.extend_from_slice(&(self.capacity as u32).to_le_bytes());
+        out.extend_from_slice(&(n_nodes as u32).to_le_bytes());
         out.extend_from_slice(&(n_inserted as u32).to_le_bytes());
         out.extend_from_slice(&entry_node.to_le_bytes());
         out.extend_from_slice(&entry_level.to_le_bytes());

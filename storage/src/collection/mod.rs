@@ -25,7 +25,7 @@ mod bitset;
 mod config;
 mod segment;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -158,6 +158,18 @@ struct Writer {
     is_poisoned: bool,
 }
 
+/// One caller's validated write, waiting for the group commit that makes it durable.
+struct Pending {
+    ops: Vec<Op>,
+    applies: Vec<Apply>,
+    n_upserts: usize,
+    bytes: usize,
+    done: std::sync::mpsc::SyncSender<Result<()>>,
+}
+
+/// Most bytes of operations one group commit gathers from waiting callers.
+const GROUP_MAX_BYTES: usize = 64 << 20;
+
 /// A typed operation as applied to memory.
 enum Apply {
     Upsert {
@@ -180,6 +192,8 @@ struct Inner {
     disk: Arc<dyn Disk>,
     pool: Arc<rayon::ThreadPool>,
     writer: Mutex<Writer>,
+    /// Validated writes waiting for a group commit, oldest first.
+    queue: Mutex<VecDeque<Pending>>,
     state: RwLock<State>,
     next_segment_id: AtomicU64,
     wake: Condvar,
@@ -333,6 +347,7 @@ impl Collection {
                 manifest: manifest.clone(),
                 is_poisoned: false,
             }),
+            queue: Mutex::new(VecDeque::new()),
             state: RwLock::new(State { segments, ids }),
             next_segment_id: AtomicU64::new(next_segment_id + 1),
             wake: Condvar::new(),
@@ -437,7 +452,7 @@ impl Collection {
                 payload: point.payload,
             });
         }
-        inner.log_and_apply(&ops, applies)
+        inner.log_and_apply(ops, applies)
     }
 
     /// Deletes points by id; ids that do not exist are ignored. Returns how many existed.
@@ -452,7 +467,7 @@ impl Collection {
             .iter()
             .map(|id| Apply::Delete { id: id.clone() })
             .collect();
-        self.inner.log_and_apply(&ops, applies)?;
+        self.inner.log_and_apply(ops, applies)?;
         Ok(existing)
     }
 
@@ -696,6 +711,12 @@ impl Collection {
         res
     }
 
+    /// Writes waiting for a group commit (for tests).
+    #[cfg(test)]
+    pub(crate) fn queued_writes(&self) -> usize {
+        self.inner.queue.lock().len()
+    }
+
     /// Stops background work and waits for it. Also done on drop.
     pub fn close(&self) {
         self.inner.stop.store(true, Ordering::Release);
@@ -841,9 +862,87 @@ impl Inner {
         }
     }
 
-    fn log_and_apply(&self, ops: &[Op], applies: Vec<Apply>) -> Result<()> {
+    /// Makes `ops` durable and applies them, sharing one WAL frame and one fsync with every other
+    /// caller waiting at the same time (group commit). Whoever holds the writer lock leads: it takes
+    /// the waiting writes in arrival order, logs them as one frame, applies them, and answers each.
+    fn log_and_apply(&self, ops: Vec<Op>, applies: Vec<Apply>) -> Result<()> {
+        let (done, answer) = std::sync::mpsc::sync_channel(1);
+        let n_upserts = applies
+            .iter()
+            .filter(|a| matches!(a, Apply::Upsert { .. }))
+            .count();
+        let bytes = ops
+            .iter()
+            .map(|op| match op {
+                Op::Upsert {
+                    vector, payload, ..
+                } => 160 + vector.len() * 4 + payload.as_ref().map_or(0, Vec::len),
+                Op::Delete { .. } => 140,
+            })
+            .sum();
+        if bytes > wal::MAX_FRAME_BYTES / 2 {
+            return Err(Error::invalid(format!(
+                "a write of about {bytes} bytes is over the {} byte limit",
+                wal::MAX_FRAME_BYTES / 2
+            )));
+        }
+        self.queue.lock().push_back(Pending {
+            ops,
+            applies,
+            n_upserts,
+            bytes,
+            done,
+        });
         let mut writer = self.writer.lock();
-        self.log_and_apply_locked(&mut writer, ops, applies)
+        loop {
+            if let Ok(res) = answer.try_recv() {
+                return res;
+            }
+            let group = self.take_group();
+            if group.is_empty() {
+                // Another leader took our write; its answer is on the way.
+                drop(writer);
+                return answer
+                    .recv()
+                    .unwrap_or_else(|_| Err(Error::Poisoned(self.name.to_string())));
+            }
+            let mut ops = Vec::new();
+            let mut applies = Vec::new();
+            let mut answers = Vec::with_capacity(group.len());
+            for pending in group {
+                ops.extend(pending.ops);
+                applies.extend(pending.applies);
+                answers.push(pending.done);
+            }
+            let res = self.log_and_apply_locked(&mut writer, &ops, applies);
+            for done in answers {
+                let copy = match &res {
+                    Ok(()) => Ok(()),
+                    Err(err) if err.is_user_error() => Err(Error::invalid(err.to_string())),
+                    Err(_) => Err(Error::Poisoned(self.name.to_string())),
+                };
+                let _ = done.send(copy);
+            }
+        }
+    }
+
+    /// Waiting writes for one group commit: oldest first, at least one, bounded so the group fits in
+    /// an empty growing segment and a frame.
+    fn take_group(&self) -> Vec<Pending> {
+        let mut queue = self.queue.lock();
+        let mut group = Vec::new();
+        let (mut n_upserts, mut bytes) = (0, 0);
+        while let Some(next) = queue.front() {
+            let fits = n_upserts + next.n_upserts <= self.limits.segment_points
+                && bytes + next.bytes <= GROUP_MAX_BYTES;
+            if !group.is_empty() && !fits {
+                break;
+            }
+            n_upserts += next.n_upserts;
+            bytes += next.bytes;
+            group.push(queue.pop_front().expect("front exists"));
+        }
+        group
     }
 
     fn log_and_apply_locked(

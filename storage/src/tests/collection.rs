@@ -859,3 +859,142 @@ fn searches_run_while_writes_seal_segments() {
     assert_eq!(c.count(None), 3000);
     assert!(c.info().sealed_segments >= 5);
 }
+
+/// (is closed, syncs waiting) and the condition variable both sides wait on.
+type Gate = Arc<(parking_lot::Mutex<(bool, usize)>, parking_lot::Condvar)>;
+
+/// A disk whose WAL fsyncs wait at a gate the test opens.
+#[derive(Clone, Default)]
+struct GateDisk {
+    gate: Gate,
+}
+
+struct GateFile {
+    inner: Box<dyn crate::disk::DiskFile>,
+    gate: Option<Gate>,
+}
+
+impl crate::disk::DiskFile for GateFile {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.append(bytes)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        if let Some(gate) = &self.gate {
+            let mut state = gate.0.lock();
+            state.1 += 1;
+            gate.1.notify_all();
+            while state.0 {
+                gate.1.wait(&mut state);
+            }
+            state.1 -= 1;
+        }
+        self.inner.sync()
+    }
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+}
+
+impl crate::disk::Disk for GateDisk {
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn crate::disk::DiskFile>> {
+        let is_wal = path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("wal-");
+        Ok(Box::new(GateFile {
+            inner: crate::disk::StdDisk.create(path)?,
+            gate: is_wal.then(|| self.gate.clone()),
+        }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        crate::disk::StdDisk.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        crate::disk::StdDisk.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        crate::disk::StdDisk.sync_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        crate::disk::StdDisk.create_dir_all(dir)
+    }
+}
+
+#[test]
+fn concurrent_writers_share_one_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["a"]);
+    let t = tenant("a");
+    let disk = GateDisk::default();
+    let engine = Engine::open_with_disk(
+        &dir.path().join("data"),
+        keys.clone(),
+        limits(),
+        Arc::new(disk.clone()),
+    )
+    .unwrap();
+    let c = engine
+        .create_collection(&t, &name("docs"), CollectionConfig::new(4, Metric::L2))
+        .unwrap();
+    let point = |i: u64| PointInput {
+        id: PointId::Num(i),
+        vector: vec![i as f32, 1.0, 2.0, 3.0],
+        payload: None,
+    };
+    c.upsert(vec![point(0)]).unwrap(); // creates the WAL while the gate is open
+    disk.gate.0.lock().0 = true;
+    std::thread::scope(|scope| {
+        let leader = scope.spawn(|| c.upsert(vec![point(1)]));
+        // Wait until the leader holds the writer lock and is parked in its fsync.
+        {
+            let mut state = disk.gate.0.lock();
+            while state.1 == 0 {
+                disk.gate.1.wait(&mut state);
+            }
+        }
+        // These seven queue behind it.
+        let followers: Vec<_> = (2..9)
+            .map(|i| {
+                let c = &c;
+                scope.spawn(move || c.upsert(vec![point(i)]))
+            })
+            .collect();
+        while c.queued_writes() < 7 {
+            std::thread::yield_now();
+        }
+        disk.gate.0.lock().0 = false;
+        disk.gate.1.notify_all();
+        leader.join().unwrap().unwrap();
+        for follower in followers {
+            follower.join().unwrap().unwrap();
+        }
+    });
+    assert_eq!(c.count(None), 9);
+    drop(c);
+    drop(engine);
+    // Three frames: the first write, the leader's, and one for all seven followers.
+    let coll_dir = dir.path().join("data/tenants/a/docs");
+    let mut frames = Vec::new();
+    for entry in std::fs::read_dir(&coll_dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(id) = name.strip_prefix("wal-") {
+            let id: u64 = id.parse().unwrap();
+            crate::wal::replay(
+                &coll_dir.join(&name),
+                &t,
+                "docs",
+                id,
+                keys.as_ref(),
+                |ops| {
+                    frames.push(ops.len());
+                    Ok(())
+                },
+            )
+            .unwrap();
+        }
+    }
+    assert_eq!(frames, vec![1, 1, 7]);
+    let engine = self::engine(dir.path(), &keys, limits());
+    assert_eq!(engine.collection(&t, &name("docs")).unwrap().count(None), 9);
+}

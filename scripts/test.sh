@@ -10,6 +10,12 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 
 cargo fmt --all -- --check
+# INV-17: floats are never sorted with a comparison that can panic on NaN.
+if grep -rnE 'partial_cmp\([^)]*\)\.unwrap\(\)' --include='*.rs' storage/src; then
+    echo "error: partial_cmp().unwrap() found; use f32::total_cmp" >&2
+    exit 1
+fi
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 # Doc tests are not run by nextest.

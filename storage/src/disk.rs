@@ -38,6 +38,10 @@ pub trait DiskFile: Send {
     fn sync(&mut self) -> io::Result<()>;
     /// Current length in bytes.
     fn len(&self) -> u64;
+    /// Whether nothing was written.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The real filesystem.

@@ -151,15 +151,13 @@ mod tests {
         let mut in_range = false;
         let mut found = false;
         for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((lo, hi)) = range.split_once('-') {
-                    if let (Ok(lo), Ok(hi)) =
-                        (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-                    {
-                        in_range = (lo..hi).contains(&addr);
-                        continue;
-                    }
-                }
+            if let Some((range, _)) = line.split_once(' ')
+                && let Some((lo, hi)) = range.split_once('-')
+                && let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                in_range = (lo..hi).contains(&addr);
+                continue;
             }
             if in_range && line.starts_with("VmFlags:") {
                 assert!(line.contains(" dd"), "no dd flag: {line}");

@@ -673,7 +673,7 @@ impl Collection {
                     .segments
                     .iter()
                     .any(|s| !s.is_fully_indexed() || (s.is_frozen() && s.file_id().is_none()));
-                !busy && !self.inner.compaction_candidate(&state).is_some()
+                !busy && self.inner.compaction_candidate(&state).is_none()
             };
             if is_idle {
                 return Ok(());
@@ -955,11 +955,11 @@ impl Inner {
             return Err(Error::Poisoned(self.name.to_string()));
         }
         let res = self.log_and_apply_inner(writer, ops, applies);
-        if let Err(err) = &res {
-            if !err.is_user_error() {
-                writer.is_poisoned = true;
-                tracing::error!(tenant = %self.tenant, collection = %self.name, error = %err, "write failed; collection stops acknowledging writes");
-            }
+        if let Err(err) = &res
+            && !err.is_user_error()
+        {
+            writer.is_poisoned = true;
+            tracing::error!(tenant = %self.tenant, collection = %self.name, error = %err, "write failed; collection stops acknowledging writes");
         }
         res
     }
@@ -1009,10 +1009,10 @@ impl Inner {
                 vector,
                 payload,
             } => {
-                if let Some(old) = state.ids.get(&id).copied() {
-                    if let Some(segment) = state.segment(old.segment) {
-                        segment.deleted.insert(old.slot);
-                    }
+                if let Some(old) = state.ids.get(&id).copied()
+                    && let Some(segment) = state.segment(old.segment)
+                {
+                    segment.deleted.insert(old.slot);
                 }
                 if state.mutable().is_full() {
                     // Only during replay: live writes rotate before they log.
@@ -1032,10 +1032,10 @@ impl Inner {
                 );
             }
             Apply::Delete { id } => {
-                if let Some(old) = state.ids.remove(&id) {
-                    if let Some(segment) = state.segment(old.segment) {
-                        segment.deleted.insert(old.slot);
-                    }
+                if let Some(old) = state.ids.remove(&id)
+                    && let Some(segment) = state.segment(old.segment)
+                {
+                    segment.deleted.insert(old.slot);
                 }
             }
         }
@@ -1360,18 +1360,17 @@ impl Inner {
                 let ids = new.ids.read();
                 for (new_slot, &old_slot) in live.iter().enumerate() {
                     let loc = state.ids.get_mut(&ids[new_slot]);
-                    if let Some(loc) = loc {
-                        if *loc
+                    if let Some(loc) = loc
+                        && *loc
                             == (Loc {
                                 segment: old.id,
                                 slot: old_slot,
                             })
-                        {
-                            *loc = Loc {
-                                segment: new.id,
-                                slot: new_slot as u32,
-                            };
-                        }
+                    {
+                        *loc = Loc {
+                            segment: new.id,
+                            slot: new_slot as u32,
+                        };
                     }
                 }
                 drop(ids);

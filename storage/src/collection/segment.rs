@@ -216,6 +216,7 @@ impl Segment {
     }
 
     /// Writes this segment as `<dir>/seg-<file_id>`.
+    #[allow(clippy::too_many_arguments)] // the file's full identity; a struct would only rename them
     pub(crate) fn write_file(
         &self,
         disk: &dyn Disk,

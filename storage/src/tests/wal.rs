@@ -179,7 +179,7 @@ fn a_wal_of_another_tenant_or_file_id_is_refused() {
 fn any_op() -> impl Strategy<Value = Op> {
     let id = prop_oneof![
         any::<u64>().prop_map(PointId::Num),
-        "[a-z]{1,20}".prop_map(|s| PointId::Str(s))
+        "[a-z]{1,20}".prop_map(PointId::Str)
     ];
     prop_oneof![
         (

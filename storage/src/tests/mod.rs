@@ -2,6 +2,7 @@
 
 mod collection;
 mod format;
+mod hygiene;
 mod wal;
 
 use std::path::Path;

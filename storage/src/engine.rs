@@ -20,7 +20,26 @@ use crate::disk::{Disk, StdDisk};
 use crate::ids::{CollectionName, TenantId};
 use crate::{Error, Result};
 
-type Collections = BTreeMap<CollectionName, Arc<Collection>>;
+/// A tenant's collections: open ones, and those that failed to load with the reason.
+type Collections = BTreeMap<CollectionName, Slot>;
+
+#[derive(Clone)]
+enum Slot {
+    Open(Arc<Collection>),
+    Failed(String),
+}
+
+impl Slot {
+    fn open(&self, name: &CollectionName) -> Result<&Arc<Collection>> {
+        match self {
+            Slot::Open(collection) => Ok(collection),
+            Slot::Failed(reason) => Err(Error::CollectionUnavailable {
+                name: name.to_string(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
 
 /// All tenants and collections under one data directory.
 pub struct Engine {
@@ -101,8 +120,20 @@ impl Engine {
                 if !entry.path().is_dir() {
                     continue;
                 }
-                let collection = Collection::open(&entry.path(), tenant, &name, self.ctx.clone())?;
-                collections.insert(name, Arc::new(collection));
+                let started = std::time::Instant::now();
+                // One damaged collection must not take the tenant's others down with it.
+                let slot = match Collection::open(&entry.path(), tenant, &name, self.ctx.clone()) {
+                    Ok(collection) => {
+                        let info = collection.info();
+                        tracing::info!(tenant = %tenant, collection = %name, points = info.points, segments = info.segments, elapsed_ms = started.elapsed().as_millis() as u64, "loaded collection");
+                        Slot::Open(Arc::new(collection))
+                    }
+                    Err(err) => {
+                        tracing::error!(tenant = %tenant, collection = %name, error = %err, "collection failed to load; the tenant's other collections keep serving");
+                        Slot::Failed(err.to_string())
+                    }
+                };
+                collections.insert(name, slot);
             }
         }
         let collections = Arc::new(RwLock::new(collections));
@@ -114,8 +145,10 @@ impl Engine {
     pub fn unload_tenant(&self, tenant: &TenantId) -> Result<()> {
         let removed = self.tenants.write().remove(tenant);
         if let Some(collections) = removed {
-            for collection in collections.read().values() {
-                collection.close();
+            for slot in collections.read().values() {
+                if let Slot::Open(collection) = slot {
+                    collection.close();
+                }
             }
         }
         Ok(())
@@ -151,30 +184,31 @@ impl Engine {
             config,
             self.ctx.clone(),
         )?);
-        collections.insert(name.clone(), collection.clone());
+        collections.insert(name.clone(), Slot::Open(collection.clone()));
         Ok(collection)
     }
 
     /// An open collection of `tenant`. A name of another tenant's collection answers exactly like a
     /// name that does not exist.
     pub fn collection(&self, tenant: &TenantId, name: &CollectionName) -> Result<Arc<Collection>> {
-        self.tenant(tenant)?
-            .read()
+        let collections = self.tenant(tenant)?;
+        let collections = collections.read();
+        let slot = collections
             .get(name)
-            .cloned()
-            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))
+            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))?;
+        slot.open(name).cloned()
     }
 
-    /// The tenant's collections with their figures, by name.
+    /// The tenant's collections by name, with their figures or the reason they are unavailable.
     pub fn list_collections(
         &self,
         tenant: &TenantId,
-    ) -> Result<Vec<(CollectionName, CollectionInfo)>> {
+    ) -> Result<Vec<(CollectionName, Result<CollectionInfo>)>> {
         Ok(self
             .tenant(tenant)?
             .read()
             .iter()
-            .map(|(name, c)| (name.clone(), c.info()))
+            .map(|(name, slot)| (name.clone(), slot.open(name).map(|c| c.info())))
             .collect())
     }
 
@@ -185,7 +219,9 @@ impl Engine {
             .write()
             .remove(name)
             .ok_or_else(|| Error::CollectionNotFound(name.to_string()))?;
-        removed.close();
+        if let Slot::Open(collection) = removed {
+            collection.close();
+        }
         remove_tree(&self.tenant_dir(tenant).join(name.as_str()))
     }
 
@@ -193,9 +229,15 @@ impl Engine {
     /// When this returns, no file of the tenant needs an older KEK version.
     pub fn rewrap_tenant(&self, tenant: &TenantId) -> Result<()> {
         let collections = self.tenant(tenant)?;
-        let collections: Vec<Arc<Collection>> = collections.read().values().cloned().collect();
-        for collection in collections {
-            collection.rewrap_keys()?;
+        let slots: Vec<(CollectionName, Slot)> = collections
+            .read()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (name, slot) in slots {
+            // A collection that cannot be loaded cannot be re-wrapped either: say so, so the caller
+            // keeps the old KEK instead of destroying it.
+            slot.open(&name)?.rewrap_keys()?;
         }
         Ok(())
     }
@@ -211,8 +253,10 @@ impl Engine {
     pub fn close(&self) {
         let tenants: Vec<_> = self.tenants.write().drain().collect();
         for (_, collections) in tenants {
-            for collection in collections.read().values() {
-                collection.close();
+            for slot in collections.read().values() {
+                if let Slot::Open(collection) = slot {
+                    collection.close();
+                }
             }
         }
     }

@@ -64,6 +64,15 @@ pub enum Error {
     /// A collection of that name already exists.
     #[error("collection {0} already exists")]
     CollectionExists(String),
+    /// A collection exists but could not be loaded (damaged, or its keys are gone). The tenant's
+    /// other collections keep serving.
+    #[error("collection {name} is unavailable: {reason}")]
+    CollectionUnavailable {
+        /// The collection.
+        name: String,
+        /// Why it could not be loaded.
+        reason: String,
+    },
     /// The tenant is not loaded or does not exist.
     #[error("tenant {0} not found")]
     TenantNotFound(String),

@@ -393,6 +393,7 @@ impl Collection {
                 }
                 Ok(())
             })?;
+            tracing::info!(tenant = %tenant, collection = %name, wal = wal_id, frames = report.frames, ops = report.ops, "replayed WAL");
             if let Some((offset, bytes)) = report.torn_tail {
                 tracing::warn!(tenant = %tenant, collection = %name, wal = wal_id, offset, bytes, "recovered past a torn WAL tail");
             }

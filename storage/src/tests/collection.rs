@@ -795,6 +795,38 @@ fn tenants_cannot_reach_each_other() {
         missing.replace("nowhere", "X")
     );
     assert_eq!(engine.list_collections(&a).unwrap().len(), 1);
+    drop((ca, cb));
+    drop(engine);
+    // A damaged collection of tenant B answers with its error; B's other collection and tenant A serve.
+    let manifest = dir.path().join("data/tenants/b/shared-name/MANIFEST");
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x80;
+    std::fs::write(&manifest, &bytes).unwrap();
+    let engine = self::engine(dir.path(), &keys, limits());
+    let err = engine.collection(&b, &name("shared-name")).unwrap_err();
+    assert!(matches!(err, Error::CollectionUnavailable { .. }), "{err}");
+    assert!(!err.is_user_error());
+    engine
+        .collection(&b, &name("only-b"))
+        .unwrap()
+        .upsert(vec![PointInput {
+            id: PointId::Num(5),
+            vector: vec![0.0, 1.0, 0.0, 0.0],
+            payload: None,
+        }])
+        .unwrap();
+    assert_eq!(
+        engine
+            .collection(&a, &name("shared-name"))
+            .unwrap()
+            .count(None),
+        1
+    );
+    assert!(matches!(
+        engine.rewrap_tenant(&b),
+        Err(Error::CollectionUnavailable { .. })
+    ));
     // Tenant B's files are encrypted under B's key: tenant A's key service context cannot open them.
     let b_dir = dir.path().join("data/tenants/b/shared-name");
     assert!(

@@ -36,6 +36,35 @@ pub struct SecureBuf {
     len: usize,
     is_locked: bool,
     is_dontdump: bool,
+    /// Bytes counted in the process-wide figures (all of `len`, or 0 for a reservation).
+    accounted: usize,
+}
+
+/// Adds `bytes` of plaintext to the process-wide figures, warning once if `mlock` refused.
+pub(crate) fn account(bytes: usize, is_locked: bool) {
+    let counter = if is_locked {
+        &LOCKED_BYTES
+    } else {
+        &UNLOCKED_BYTES
+    };
+    counter.fetch_add(bytes as u64, Ordering::Relaxed);
+    if !is_locked && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            bytes,
+            "mlock refused for plaintext memory (RLIMIT_MEMLOCK); it may be swapped out. \
+             Raise the limit (systemd: LimitMEMLOCK=infinity) to keep plaintext in RAM"
+        );
+    }
+}
+
+/// Removes `bytes` of plaintext from the process-wide figures.
+pub(crate) fn unaccount(bytes: usize, is_locked: bool) {
+    let counter = if is_locked {
+        &LOCKED_BYTES
+    } else {
+        &UNLOCKED_BYTES
+    };
+    counter.fetch_sub(bytes as u64, Ordering::Relaxed);
 }
 
 impl SecureBuf {
@@ -45,24 +74,28 @@ impl SecureBuf {
         let map = memmap2::MmapMut::map_anon(len.max(1))?;
         let is_dontdump = map.advise(memmap2::Advice::DontDump).is_ok();
         let is_locked = map.lock().is_ok();
-        let counter = if is_locked {
-            &LOCKED_BYTES
-        } else {
-            &UNLOCKED_BYTES
-        };
-        counter.fetch_add(len as u64, Ordering::Relaxed);
-        if !is_locked && !WARNED.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                bytes = len,
-                "mlock refused for plaintext memory (RLIMIT_MEMLOCK); it may be swapped out. \
-                 Raise the limit (systemd: LimitMEMLOCK=infinity) to keep plaintext in RAM"
-            );
-        }
+        account(len, is_locked);
         Ok(SecureBuf {
             map,
             len,
             is_locked,
             is_dontdump,
+            accounted: len,
+        })
+    }
+
+    /// Reserves `len` bytes of address space without locking or touching it: pages are backed only
+    /// when written. The owner locks what it fills and zeroizes what it wrote (see `sys::append`);
+    /// dropping the reservation zeroizes nothing itself.
+    pub(crate) fn reserve(len: usize) -> std::io::Result<SecureBuf> {
+        let map = memmap2::MmapMut::map_anon(len.max(1))?;
+        let is_dontdump = map.advise(memmap2::Advice::DontDump).is_ok();
+        Ok(SecureBuf {
+            map,
+            len,
+            is_locked: false,
+            is_dontdump,
+            accounted: 0,
         })
     }
 
@@ -103,6 +136,11 @@ impl SecureBuf {
         &mut self.map[..self.len]
     }
 
+    /// Pointer to the first byte, without touching any page (for `sys::append`).
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
     /// The buffer as f32s. The length must be a multiple of 4 (the mapping is page-aligned).
     pub fn as_f32(&self) -> &[f32] {
         bytemuck::cast_slice(self.as_bytes())
@@ -116,13 +154,10 @@ impl SecureBuf {
 
 impl Drop for SecureBuf {
     fn drop(&mut self) {
-        self.map.zeroize();
-        let counter = if self.is_locked {
-            &LOCKED_BYTES
-        } else {
-            &UNLOCKED_BYTES
-        };
-        counter.fetch_sub(self.len as u64, Ordering::Relaxed);
+        if self.accounted > 0 {
+            self.map.zeroize();
+            unaccount(self.accounted, self.is_locked);
+        }
     }
 }
 

@@ -8,12 +8,20 @@
 //! readers only take slots `< len`), then publishes it with a `Release` store. [`AppendVectors::get`]
 //! loads `len` with `Acquire` and hands out only slots below it, which are never written again. So
 //! no byte is ever read and written concurrently, and every read happens after its write.
+//!
+//! The arena is a reservation: its pages are backed only when written. The writer `mlock`s the
+//! filled prefix in steps (a range inside the mapping this struct owns; `mlock` has no effect on
+//! memory safety), and `Drop`, which has exclusive access, zeroizes the written prefix.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
+use zeroize::Zeroize;
 
-use crate::secure::SecureBuf;
+use crate::secure::{self, SecureBuf};
+
+/// The written prefix is locked in steps of this many bytes (a multiple of the page size).
+const LOCK_STEP: usize = 1 << 20;
 
 /// Fixed-capacity append-only vector storage in locked, non-dumpable memory.
 pub(crate) struct AppendVectors {
@@ -23,7 +31,16 @@ pub(crate) struct AppendVectors {
     dim: usize,
     capacity: usize,
     len: AtomicUsize,
-    writer: Mutex<()>,
+    /// The writer's lock; it guards how far the prefix is locked and how much of it `mlock` refused.
+    writer: Mutex<Locked>,
+}
+
+#[derive(Default)]
+struct Locked {
+    /// Bytes from the start that were passed to `mlock` (successfully or not).
+    upto: usize,
+    locked: usize,
+    unlocked: usize,
 }
 
 // SAFETY: the raw pointer is only dereferenced under the discipline described in the module docs:
@@ -38,15 +55,16 @@ impl AppendVectors {
         let n_floats = dim.checked_mul(capacity).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "arena size overflows")
         })?;
-        let mut buf = SecureBuf::new(n_floats * 4)?;
-        let base = buf.as_mut_f32().as_mut_ptr();
+        let mut buf = SecureBuf::reserve(n_floats * 4)?;
+        // Taking the pointer writes nothing; the pages stay unbacked until a vector lands in them.
+        let base = buf.as_mut_ptr().cast::<f32>();
         Ok(AppendVectors {
             buf,
             base,
             dim,
             capacity,
             len: AtomicUsize::new(0),
-            writer: Mutex::new(()),
+            writer: Mutex::new(Locked::default()),
         })
     }
 
@@ -63,13 +81,19 @@ impl AppendVectors {
             ));
         }
         let base = buf.as_mut_f32().as_mut_ptr();
+        // `buf` is fully locked and zeroizes itself; nothing for this struct to lock or wipe.
+        let locked = Locked {
+            upto: usize::MAX,
+            locked: 0,
+            unlocked: 0,
+        };
         Ok(AppendVectors {
             buf,
             base,
             dim,
             capacity: n,
             len: AtomicUsize::new(n),
-            writer: Mutex::new(()),
+            writer: Mutex::new(locked),
         })
     }
 
@@ -97,10 +121,26 @@ impl AppendVectors {
     /// which callers have validated.
     pub(crate) fn push(&self, vector: &[f32]) -> Option<u32> {
         assert_eq!(vector.len(), self.dim, "caller validates the dimension");
-        let _writer = self.writer.lock();
+        let mut locked = self.writer.lock();
         let slot = self.len.load(Ordering::Relaxed);
         if slot >= self.capacity {
             return None;
+        }
+        let end = (slot + 1) * self.dim * 4;
+        if end > locked.upto {
+            let upto = end.next_multiple_of(LOCK_STEP).min(self.buf.len());
+            let start = locked.upto;
+            // SAFETY: `start..upto` lies inside the mapping `buf` owns (`upto <= buf.len()`), and
+            // `mlock` only pins pages; it reads and writes no memory.
+            let is_locked =
+                unsafe { libc::mlock(self.base.cast::<u8>().add(start).cast(), upto - start) } == 0;
+            secure::account(upto - start, is_locked);
+            if is_locked {
+                locked.locked += upto - start;
+            } else {
+                locked.unlocked += upto - start;
+            }
+            locked.upto = upto;
         }
         // SAFETY: `slot < capacity`, so the range is inside `buf`; `slot >= len` as seen by any
         // reader, so no reader holds a reference into it; the writer lock excludes other writers.
@@ -132,6 +172,21 @@ impl AppendVectors {
     }
 }
 
+impl Drop for AppendVectors {
+    fn drop(&mut self) {
+        let locked = self.writer.get_mut();
+        if locked.upto == usize::MAX {
+            return; // a loaded buffer, wiped by its own drop
+        }
+        let written = *self.len.get_mut() * self.dim;
+        // SAFETY: `&mut self` excludes every reader and the writer; the first `written` floats
+        // are inside `buf`, which is still alive.
+        unsafe { std::slice::from_raw_parts_mut(self.base, written) }.zeroize();
+        secure::unaccount(locked.locked, true);
+        secure::unaccount(locked.unlocked, false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +215,22 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(arena.published().len(), 4000);
+    }
+
+    #[test]
+    fn a_large_empty_arena_pins_no_memory() {
+        let before = secure::plaintext_stats();
+        // 200,000 vectors of 384 dimensions: 307 MB reserved.
+        let arena = AppendVectors::new(384, 200_000).unwrap();
+        arena.push(&[1.0; 384]).unwrap();
+        let after = secure::plaintext_stats();
+        let grew = (after.locked_bytes + after.unlocked_bytes) as i64
+            - (before.locked_bytes + before.unlocked_bytes) as i64;
+        // One lock step, not the whole reservation (other tests may run alongside, hence the margin).
+        assert!(
+            grew < 64 << 20,
+            "an arena holding one vector accounts {grew} bytes"
+        );
+        assert_eq!(arena.get(0).unwrap(), &[1.0; 384]);
     }
 }

@@ -1,6 +1,7 @@
 //! In-crate integration tests: whole files and collections on a real filesystem.
 
 mod collection;
+mod crash;
 mod format;
 mod hygiene;
 mod wal;

@@ -569,3 +569,39 @@ fn a_segment_sealed_before_it_is_full_reopens() {
         .unwrap_or_else(|err| panic!("seed {seed}: does not reopen: {err}"));
     check(&collection, &model, &Pending::Nothing, &format!("seed {seed}"));
 }
+
+#[test]
+fn an_interrupted_collection_creation_does_not_block_its_tenant() {
+    let seed = seed();
+    let dir = scratch();
+    let t = tenant(TENANT);
+    let other = CollectionName::parse("other").unwrap();
+    let sim = SimDisk::new();
+    let model = {
+        let keys = super::keys(dir.path(), &[TENANT]);
+        let engine =
+            Engine::open_with_disk(&dir.path().join("data"), keys, limits(), Arc::new(sim.clone()))
+                .unwrap();
+        let collection = engine
+            .create_collection(&t, &collection_name(), config())
+            .unwrap();
+        let model = upsert_ids(&collection, seed, 0..20);
+        // Die after the new collection's directory exists but before its manifest does.
+        sim.fail_at(sim.ops() + 2);
+        assert!(engine.create_collection(&t, &other, config()).is_err());
+        model
+    };
+    sim.crash(false).unwrap();
+    let (_keys, engine) = reopen(dir.path());
+    let collection = engine
+        .collection(&t, &collection_name())
+        .unwrap_or_else(|err| panic!("seed {seed}: the tenant does not open: {err}"));
+    check(&collection, &model, &Pending::Nothing, &format!("seed {seed}"));
+    assert!(matches!(
+        engine.collection(&t, &other),
+        Err(Error::CollectionNotFound(_))
+    ));
+    engine
+        .create_collection(&t, &other, config())
+        .unwrap_or_else(|err| panic!("seed {seed}: the name stays taken: {err}"));
+}

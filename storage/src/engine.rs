@@ -18,6 +18,7 @@ use crate::collection::{Collection, CollectionConfig, CollectionInfo, Context, L
 use crate::crypto::KeyService;
 use crate::disk::{Disk, StdDisk};
 use crate::ids::{CollectionName, TenantId};
+use crate::manifest::MANIFEST_NAME;
 use crate::{Error, Result};
 
 /// A tenant's collections: open ones, and those that failed to load with the reason.
@@ -118,6 +119,15 @@ impl Engine {
                     continue;
                 };
                 if !entry.path().is_dir() {
+                    continue;
+                }
+                if !entry.path().join(MANIFEST_NAME).exists() {
+                    // A creation that crashed before its first manifest was durable: never
+                    // acknowledged, and it would keep the name taken.
+                    tracing::info!(tenant = %tenant, collection = %name, "removing an interrupted collection creation");
+                    if let Err(err) = remove_tree(&entry.path()) {
+                        tracing::warn!(tenant = %tenant, collection = %name, error = %err, "could not remove an interrupted collection creation");
+                    }
                     continue;
                 }
                 let started = std::time::Instant::now();

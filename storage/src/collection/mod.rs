@@ -12,7 +12,8 @@
 //! move to a new WAL file. A background thread indexes new points into the growing segment's graph
 //! (searches scan the not-yet-indexed tail exactly, so an acknowledged point is visible at once), seals
 //! frozen segments to `seg-<id>` files, and compacts sealed segments with many deleted points. Each
-//! segment records which WAL files fed it; a WAL is retired once every segment it fed is sealed.
+//! segment records which WAL files fed it points or tombstones; a WAL is retired once every segment it
+//! fed is sealed.
 //!
 //! # Durability
 //!
@@ -750,6 +751,18 @@ fn check_batch(n: usize, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
+/// Marks a slot deleted by an operation logged in `wal_id`. An unsealed segment's tombstones are
+/// durable only in the WAL files that carried them, so the segment keeps that WAL from retiring
+/// until it is sealed (the seal's manifest then holds the tombstone).
+fn tombstone(state: &State, old: Loc, wal_id: u64) {
+    if let Some(segment) = state.segment(old.segment) {
+        segment.deleted.insert(old.slot);
+        if segment.file_id().is_none() {
+            segment.wals.lock().insert(wal_id);
+        }
+    }
+}
+
 fn wal_path(dir: &Path, file_id: u64) -> PathBuf {
     dir.join(format!("wal-{file_id}"))
 }
@@ -1010,10 +1023,8 @@ impl Inner {
                 vector,
                 payload,
             } => {
-                if let Some(old) = state.ids.get(&id).copied()
-                    && let Some(segment) = state.segment(old.segment)
-                {
-                    segment.deleted.insert(old.slot);
+                if let Some(old) = state.ids.get(&id).copied() {
+                    tombstone(state, old, wal_id);
                 }
                 if state.mutable().is_full() {
                     // Only during replay: live writes rotate before they log.
@@ -1033,10 +1044,8 @@ impl Inner {
                 );
             }
             Apply::Delete { id } => {
-                if let Some(old) = state.ids.remove(&id)
-                    && let Some(segment) = state.segment(old.segment)
-                {
-                    segment.deleted.insert(old.slot);
+                if let Some(old) = state.ids.remove(&id) {
+                    tombstone(state, old, wal_id);
                 }
             }
         }

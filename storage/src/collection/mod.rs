@@ -1283,6 +1283,7 @@ impl Inner {
             if writer.is_poisoned {
                 return Err(Error::Poisoned(self.name.to_string()));
             }
+            self.rewrap_segment_file(file_id)?;
             let state = self.state.read();
             let retired = self.retirable_wals(&writer, &state, frozen);
             let wals: Vec<u64> = writer
@@ -1353,6 +1354,9 @@ impl Inner {
             if writer.is_poisoned {
                 return Err(Error::Poisoned(self.name.to_string()));
             }
+            if !live.is_empty() {
+                self.rewrap_segment_file(file_id)?;
+            }
             let state = self.state.upgradable_read();
             // Deletes that happened while the copy was built carry over.
             for (new_slot, &old_slot) in live.iter().enumerate() {
@@ -1403,6 +1407,29 @@ impl Inner {
         Ok(())
     }
 
+    /// Re-wraps a segment file's DEK under the tenant's current KEK if it is under an older one.
+    ///
+    /// Seal and compaction write their file outside the writer lock and call this under it, just
+    /// before listing the file: a re-wrap that ran meanwhile could not see the unlisted file, and
+    /// must not leave it under a KEK the caller is about to destroy.
+    fn rewrap_segment_file(&self, file_id: u64) -> Result<()> {
+        let current = self.keys.current_kek_version(&self.tenant)?;
+        let collection = self.name.as_str();
+        let path = segment::segment_path(&self.dir, file_id);
+        let file = SealedFile::open(&path, FileKind::Segment, &self.tenant, collection)?;
+        if file.header().wrapped_dek.kek_version != current {
+            let ctx = DekContext {
+                collection,
+                file_id,
+            };
+            let wrapped = self
+                .keys
+                .rewrap_data_key(&self.tenant, ctx, &file.header().wrapped_dek)?;
+            file.rewrite_key(self.disk.as_ref(), wrapped)?;
+        }
+        Ok(())
+    }
+
     fn rewrap_locked(&self, writer: &mut Writer) -> Result<()> {
         let current = self.keys.current_kek_version(&self.tenant)?;
         // New writes go to a WAL under the new KEK.
@@ -1411,18 +1438,7 @@ impl Inner {
         }
         let collection = self.name.as_str();
         for entry in writer.manifest.segments.clone() {
-            let path = segment::segment_path(&self.dir, entry.file_id);
-            let file = SealedFile::open(&path, FileKind::Segment, &self.tenant, collection)?;
-            if file.header().wrapped_dek.kek_version != current {
-                let ctx = DekContext {
-                    collection,
-                    file_id: entry.file_id,
-                };
-                let wrapped =
-                    self.keys
-                        .rewrap_data_key(&self.tenant, ctx, &file.header().wrapped_dek)?;
-                file.rewrite_key(self.disk.as_ref(), wrapped)?;
-            }
+            self.rewrap_segment_file(entry.file_id)?;
         }
         for wal_id in writer.manifest.wals.clone() {
             let path = wal_path(&self.dir, wal_id);

@@ -200,9 +200,20 @@ impl LocalKeyService {
                 .ok_or_else(|| Error::Key(format!("tenant {tenant} has no keys")))?;
             tenants.insert(tenant.clone(), keks);
         }
+        // Change a copy and adopt it only once it is durable: a KEK version that failed to persist
+        // must never wrap a DEK, or the files under it are lost with the next restart.
         let keks = tenants.get_mut(tenant).expect("inserted above");
-        let res = f(keks)?;
-        self.store(tenant, keks)?;
+        let mut changed = TenantKeks {
+            current: keks.current,
+            versions: keks
+                .versions
+                .iter()
+                .map(|(version, kek)| (*version, Kek::from_bytes(*version, kek.key().clone())))
+                .collect(),
+        };
+        let res = f(&mut changed)?;
+        self.store(tenant, &changed)?;
+        *keks = changed;
         Ok(res)
     }
 

@@ -839,3 +839,114 @@ fn a_failed_kek_rotation_does_not_wrap_new_files_under_the_lost_kek() {
         .unwrap_or_else(|err| panic!("seed {seed}: does not open: {err}"));
     check(&collection, &model, &Pending::Nothing, &format!("seed {seed}"));
 }
+
+/// Where each frame of the WAL file `bytes` ends.
+fn frame_ends(bytes: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut at = Header::encoded_len(0);
+    while let Some(head) = bytes.get(at..at + 4) {
+        let len = u32::from_le_bytes(head.try_into().unwrap()) as usize;
+        at += 16 + len;
+        assert!(at <= bytes.len(), "the WAL ends inside a frame");
+        ends.push(at);
+    }
+    ends
+}
+
+/// The newest WAL file of a collection directory, by file id.
+fn newest_wal(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?;
+            let id: u64 = name.strip_prefix("wal-")?.parse().ok()?;
+            Some((id, path))
+        })
+        .max()
+        .expect("a WAL file")
+        .1
+}
+
+#[test]
+fn every_prefix_of_the_newest_wal_opens_with_exactly_its_complete_frames() {
+    let seed = seed();
+    let dir = scratch();
+    let t = tenant(TENANT);
+    // No sealing, and a few frames per WAL file, so older WAL files are replayed whole first.
+    let limits = Limits {
+        segment_points: 1000,
+        wal_bytes: 1200,
+        ..limits()
+    };
+    let batch = |version: u64, ids: Range<u64>| -> Vec<(PointId, Point)> {
+        ids.map(|id| {
+            let point = (vector(seed, id, version), payload(id, version));
+            (PointId::Num(id), point)
+        })
+        .collect()
+    };
+    // One model per acknowledged batch: states[k] holds the first k batches.
+    let mut states = vec![Model::new()];
+    {
+        let keys = super::keys(dir.path(), &[TENANT]);
+        let engine = Engine::open(&dir.path().join("data"), keys, limits).unwrap();
+        let collection = engine
+            .create_collection(&t, &collection_name(), config())
+            .unwrap();
+        for round in 0..4u64 {
+            let mut model = states.last().unwrap().clone();
+            let points = batch(round, round * 3..round * 3 + 5);
+            collection
+                .upsert(
+                    points
+                        .iter()
+                        .map(|(id, (vector, payload))| PointInput {
+                            id: id.clone(),
+                            vector: vector.clone(),
+                            payload: payload.clone(),
+                        })
+                        .collect(),
+                )
+                .unwrap();
+            model.extend(points);
+            states.push(model.clone());
+            let deleted = [PointId::Num(round * 3 + 1), PointId::Num(500)];
+            collection.delete(&deleted).unwrap();
+            for id in &deleted {
+                model.remove(id);
+            }
+            states.push(model);
+        }
+    }
+    let collection_dir = dir.path().join("data/tenants").join(TENANT).join(COLLECTION);
+    let path = newest_wal(&collection_dir);
+    let full = std::fs::read(&path).unwrap();
+    let ends = frame_ends(&full);
+    let n_batches = states.len() - 1;
+    assert!(
+        (1..n_batches).contains(&ends.len()),
+        "seed {seed}: the newest WAL should hold some but not all of the {n_batches} batches, \
+         it holds {}",
+        ends.len()
+    );
+    // The batches before the newest WAL's first frame are in older files.
+    let first = n_batches - ends.len();
+    eprintln!(
+        "seed {seed}: cutting {} ({} bytes, {} of {n_batches} batches) at every byte",
+        path.display(),
+        full.len(),
+        ends.len()
+    );
+    for len in Header::encoded_len(0)..=full.len() {
+        std::fs::write(&path, &full[..len]).unwrap();
+        let complete = ends.iter().filter(|&&end| end <= len).count();
+        let ctx = format!("seed {seed}: WAL {} cut to {len} bytes", path.display());
+        let keys = super::keys(dir.path(), &[TENANT]);
+        let engine = Engine::open(&dir.path().join("data"), keys, limits).unwrap();
+        let collection = engine
+            .collection(&t, &collection_name())
+            .unwrap_or_else(|err| panic!("{ctx}: does not open: {err}"));
+        check(&collection, &states[first + complete], &Pending::Nothing, &ctx);
+    }
+}

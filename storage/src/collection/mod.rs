@@ -1422,9 +1422,9 @@ impl Inner {
                 collection,
                 file_id,
             };
-            let wrapped = self
-                .keys
-                .rewrap_data_key(&self.tenant, ctx, &file.header().wrapped_dek)?;
+            let wrapped =
+                self.keys
+                    .rewrap_data_key(&self.tenant, ctx, &file.header().wrapped_dek)?;
             file.rewrite_key(self.disk.as_ref(), wrapped)?;
         }
         Ok(())

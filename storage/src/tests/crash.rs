@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use super::{keys, tenant};
+use crate::Error;
 use crate::collection::{Collection, CollectionConfig, Limits, PointInput, SearchRequest};
 use crate::crypto::{LocalKeyFile, LocalKeyService};
 use crate::disk::SimDisk;
@@ -26,7 +27,6 @@ use crate::filter::{Filter, FilterLimits, Payload, PayloadLimits};
 use crate::ids::{CollectionName, PointId, TenantId};
 use crate::index::Metric;
 use crate::sealed::Header;
-use crate::Error;
 
 const DIM: usize = 8;
 const TENANT: &str = "acme";
@@ -169,6 +169,9 @@ enum Pending {
     DeleteEach(Vec<PointId>),
 }
 
+/// Most searches `check` makes, each for a stored point's own vector.
+const SELF_SEARCHES: usize = 256;
+
 /// Checks that `collection` holds exactly `model`, plus possibly `pending` applied whole. Returns
 /// what it holds.
 #[track_caller]
@@ -178,9 +181,9 @@ fn check(collection: &Collection, model: &Model, pending: &Pending, ctx: &str) -
     match pending {
         Pending::Nothing => {}
         Pending::Upsert(points) => {
-            let is_applied = points.iter().any(|(id, point)| {
-                stored.get(id) == Some(point) && model.get(id) != Some(point)
-            });
+            let is_applied = points
+                .iter()
+                .any(|(id, point)| stored.get(id) == Some(point) && model.get(id) != Some(point));
             if is_applied {
                 expected.extend(points.iter().cloned());
             }
@@ -213,7 +216,9 @@ fn check(collection: &Collection, model: &Model, pending: &Pending, ctx: &str) -
         stored.len() as u64,
         "{ctx}: count() differs from the visible points"
     );
-    for (id, (vector, _)) in &stored {
+    // Every point of a small collection, an even sample of a large one.
+    let step = stored.len().div_ceil(SELF_SEARCHES).max(1);
+    for (id, (vector, _)) in stored.iter().step_by(step) {
         let hits = collection
             .search(&SearchRequest {
                 vector: vector.clone(),
@@ -269,7 +274,12 @@ fn scenario() -> Vec<Step> {
         new_points(64..80),
         WaitIdle,
         // Updates of sealed points and new points in one batch.
-        Upsert((0..8).map(|id| (id, 1)).chain((80..88).map(|id| (id, 0))).collect()),
+        Upsert(
+            (0..8)
+                .map(|id| (id, 1))
+                .chain((80..88).map(|id| (id, 0)))
+                .collect(),
+        ),
         Delete((8..14).chain([64, 65, 999]).collect()),
         // With this the first segment is over 30% deleted and is compacted.
         DeleteGroup(1),
@@ -280,9 +290,19 @@ fn scenario() -> Vec<Step> {
         Delete(vec![70, 71, 105]),
         RotateKek,
         Rewrap,
-        Upsert((120..132).map(|id| (id, 0)).chain([(66, 1), (67, 1), (104, 1)]).collect()),
+        Upsert(
+            (120..132)
+                .map(|id| (id, 0))
+                .chain([(66, 1), (67, 1), (104, 1)])
+                .collect(),
+        ),
         DestroyOldKeks,
-        Upsert((136..144).map(|id| (id, 0)).chain((16..24).map(|id| (id, 1))).collect()),
+        Upsert(
+            (136..144)
+                .map(|id| (id, 0))
+                .chain((16..24).map(|id| (id, 1)))
+                .collect(),
+        ),
         Flush,
         // Many segments over the compaction threshold at once.
         DeleteGroup(2),
@@ -415,7 +435,10 @@ fn run_scenario(dir: &Path, sim: &SimDisk, seed: u64) -> Outcome {
                 let again = collection.upsert(vec![probe]);
                 let ctx = out.failure.as_deref().unwrap_or_default();
                 if is_key_op {
-                    assert!(again.is_err(), "{ctx}: a write was acknowledged after a failure");
+                    assert!(
+                        again.is_err(),
+                        "{ctx}: a write was acknowledged after a failure"
+                    );
                 } else {
                     assert!(
                         matches!(again, Err(Error::Poisoned(_))),
@@ -481,7 +504,9 @@ fn recover(dir: &Path, outcome: &Outcome, ctx: &str) {
     let collection = engine
         .collection(&t, &collection_name())
         .unwrap_or_else(|err| {
-            panic!("{ctx}: after re-wrap and destroying old KEKs, the collection does not open: {err}")
+            panic!(
+                "{ctx}: after re-wrap and destroying old KEKs, the collection does not open: {err}"
+            )
         });
     let ctx = format!("{ctx}, second restart");
     check(&collection, &stored, &Pending::Nothing, &ctx);
@@ -519,7 +544,10 @@ fn a_crash_at_every_write_step_loses_no_acknowledged_write() {
         return;
     }
     let (n_ops, failure) = crash_at(seed, None, false);
-    assert_eq!(failure, None, "seed {seed}: the scenario fails without a fault");
+    assert_eq!(
+        failure, None,
+        "seed {seed}: the scenario fails without a fault"
+    );
     eprintln!("crash test seed {seed}: the scenario performs {n_ops} write-side operations");
     // Background work interleaves with the scenario, so the count varies a little between runs;
     // the margin covers faults that fire late.
@@ -592,7 +620,12 @@ fn a_segment_sealed_before_it_is_full_reopens() {
     let collection = engine
         .collection(&t, &collection_name())
         .unwrap_or_else(|err| panic!("seed {seed}: does not reopen: {err}"));
-    check(&collection, &model, &Pending::Nothing, &format!("seed {seed}"));
+    check(
+        &collection,
+        &model,
+        &Pending::Nothing,
+        &format!("seed {seed}"),
+    );
 }
 
 #[test]
@@ -604,9 +637,13 @@ fn an_interrupted_collection_creation_does_not_block_its_tenant() {
     let sim = SimDisk::new();
     let model = {
         let keys = super::keys(dir.path(), &[TENANT]);
-        let engine =
-            Engine::open_with_disk(&dir.path().join("data"), keys, limits(), Arc::new(sim.clone()))
-                .unwrap();
+        let engine = Engine::open_with_disk(
+            &dir.path().join("data"),
+            keys,
+            limits(),
+            Arc::new(sim.clone()),
+        )
+        .unwrap();
         let collection = engine
             .create_collection(&t, &collection_name(), config())
             .unwrap();
@@ -621,7 +658,12 @@ fn an_interrupted_collection_creation_does_not_block_its_tenant() {
     let collection = engine
         .collection(&t, &collection_name())
         .unwrap_or_else(|err| panic!("seed {seed}: the tenant does not open: {err}"));
-    check(&collection, &model, &Pending::Nothing, &format!("seed {seed}"));
+    check(
+        &collection,
+        &model,
+        &Pending::Nothing,
+        &format!("seed {seed}"),
+    );
     assert!(matches!(
         engine.collection(&t, &other),
         Err(Error::CollectionNotFound(_))
@@ -764,12 +806,22 @@ fn a_delete_survives_when_its_wal_outlives_the_seal_of_another_segment() {
         model.extend(upsert_ids(&collection, seed, 80..96));
         drop(guard);
         collection.wait_idle().unwrap();
-        check(&collection, &model, &Pending::Nothing, &format!("seed {seed}, before restart"));
+        check(
+            &collection,
+            &model,
+            &Pending::Nothing,
+            &format!("seed {seed}, before restart"),
+        );
         model
     };
     let (_keys, engine) = reopen(dir.path());
     let collection = engine.collection(&t, &collection_name()).unwrap();
-    check(&collection, &model, &Pending::Nothing, &format!("seed {seed}, after restart"));
+    check(
+        &collection,
+        &model,
+        &Pending::Nothing,
+        &format!("seed {seed}, after restart"),
+    );
 }
 
 #[test]
@@ -803,7 +855,12 @@ fn a_segment_sealed_during_a_rewrap_is_rewrapped_before_the_old_kek_goes() {
         .unwrap_or_else(|err| {
             panic!("seed {seed}: after re-wrap and destroying KEK 1, does not open: {err}")
         });
-    check(&collection, &model, &Pending::Nothing, &format!("seed {seed}"));
+    check(
+        &collection,
+        &model,
+        &Pending::Nothing,
+        &format!("seed {seed}"),
+    );
 }
 
 #[test]
@@ -837,7 +894,12 @@ fn a_failed_kek_rotation_does_not_wrap_new_files_under_the_lost_kek() {
     let collection = engine
         .collection(&t, &collection_name())
         .unwrap_or_else(|err| panic!("seed {seed}: does not open: {err}"));
-    check(&collection, &model, &Pending::Nothing, &format!("seed {seed}"));
+    check(
+        &collection,
+        &model,
+        &Pending::Nothing,
+        &format!("seed {seed}"),
+    );
 }
 
 /// Where each frame of the WAL file `bytes` ends.
@@ -919,7 +981,11 @@ fn every_prefix_of_the_newest_wal_opens_with_exactly_its_complete_frames() {
             states.push(model);
         }
     }
-    let collection_dir = dir.path().join("data/tenants").join(TENANT).join(COLLECTION);
+    let collection_dir = dir
+        .path()
+        .join("data/tenants")
+        .join(TENANT)
+        .join(COLLECTION);
     let path = newest_wal(&collection_dir);
     let full = std::fs::read(&path).unwrap();
     let ends = frame_ends(&full);
@@ -947,6 +1013,139 @@ fn every_prefix_of_the_newest_wal_opens_with_exactly_its_complete_frames() {
         let collection = engine
             .collection(&t, &collection_name())
             .unwrap_or_else(|err| panic!("{ctx}: does not open: {err}"));
-        check(&collection, &states[first + complete], &Pending::Nothing, &ctx);
+        check(
+            &collection,
+            &states[first + complete],
+            &Pending::Nothing,
+            &ctx,
+        );
+    }
+}
+
+const SIGKILL_DIR_VAR: &str = "VV_SIGKILL_DIR";
+const SIGKILL_START_VAR: &str = "VV_SIGKILL_START";
+const SIGKILL_SEED_VAR: &str = "VV_SIGKILL_SEED";
+/// A child never writes more batches than this, even if its parent is gone.
+const SIGKILL_MAX_BATCHES: u64 = 100_000;
+
+/// Batch `batch` of the SIGKILL test: 16 new points.
+fn sigkill_batch(seed: u64, batch: u64) -> Vec<(PointId, Point)> {
+    let per_batch = limits().max_batch as u64;
+    (batch * per_batch..(batch + 1) * per_batch)
+        .map(|id| (PointId::Num(id), (vector(seed, id, 0), payload(id, 0))))
+        .collect()
+}
+
+/// The child half of `sigkill_loses_no_acknowledged_batch`, which runs this test binary again with
+/// only this test selected. Returns at once unless that test started it.
+#[test]
+fn sigkill_child() {
+    let Some(dir) = std::env::var_os(SIGKILL_DIR_VAR) else {
+        return;
+    };
+    let var = |name: &str| -> u64 { std::env::var(name).unwrap().parse().unwrap() };
+    let (start, seed) = (var(SIGKILL_START_VAR), var(SIGKILL_SEED_VAR));
+    let (_keys, engine) = reopen(Path::new(&dir));
+    let t = tenant(TENANT);
+    let collection = match engine.collection(&t, &collection_name()) {
+        Ok(collection) => collection,
+        Err(Error::CollectionNotFound(_)) => engine
+            .create_collection(&t, &collection_name(), config())
+            .unwrap(),
+        Err(err) => panic!("the collection does not open: {err}"),
+    };
+    // Straight to the process's stdout, past the test harness's capture. A write fails once the
+    // parent is gone, which ends this loop too.
+    let mut stdout = std::io::stdout();
+    for batch in start..start + SIGKILL_MAX_BATCHES {
+        let points = sigkill_batch(seed, batch)
+            .into_iter()
+            .map(|(id, (vector, payload))| PointInput {
+                id,
+                vector,
+                payload,
+            })
+            .collect();
+        collection.upsert(points).unwrap();
+        writeln!(stdout, "\nACK {batch}").unwrap();
+        stdout.flush().unwrap();
+    }
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_batch() {
+    let seed = seed();
+    let dir = scratch();
+    let t = tenant(TENANT);
+    // Acknowledgements to wait for before each kill. A segment holds 4 batches, so kills land at
+    // every phase of filling, rotating and sealing; 0 kills the child while it starts and recovers.
+    let rounds = [1u64, 5, 0, 3, 4, 9, 2, 6, 13, 1, 7];
+    let mut next = 0u64;
+    for (round, &k) in rounds.iter().enumerate() {
+        let ctx = format!(
+            "seed {seed} round {round} (kill after {k} acknowledgements from batch {next})"
+        );
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::crash::sigkill_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SIGKILL_DIR_VAR, dir.path())
+            .env(SIGKILL_START_VAR, next.to_string())
+            .env(SIGKILL_SEED_VAR, seed.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        let mut acked = Vec::new();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        while (acked.len() as u64) < k {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(batch) = line.strip_prefix("ACK ") {
+                acked.push(batch.trim().parse::<u64>().unwrap());
+            }
+        }
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        drop(lines);
+        let stderr = stderr.join().unwrap();
+        assert_eq!(
+            acked,
+            (next..next + k).collect::<Vec<_>>(),
+            "{ctx}: the child stopped early ({status}); its stderr:\n{stderr}"
+        );
+
+        let (_keys, engine) = reopen(dir.path());
+        let collection = match engine.collection(&t, &collection_name()) {
+            Ok(collection) => collection,
+            // Killed before it created the collection: nothing was acknowledged.
+            Err(Error::CollectionNotFound(_)) if next == 0 && k == 0 => continue,
+            Err(err) => panic!("{ctx}: the collection does not open: {err}"),
+        };
+        let stored = read_all(&collection);
+        // Every acknowledged batch, and after them whichever batches the child finished before the
+        // kill landed (acknowledged to nobody, but each must be whole).
+        let mut expected = Model::new();
+        let mut batch = 0;
+        loop {
+            let points = sigkill_batch(seed, batch);
+            if batch >= next + k && !stored.contains_key(&points[0].0) {
+                break;
+            }
+            expected.extend(points);
+            batch += 1;
+        }
+        check(&collection, &expected, &Pending::Nothing, &ctx);
+        eprintln!("{ctx}: {batch} batches present");
+        next = batch;
     }
 }

@@ -312,6 +312,9 @@ fn scenario() -> Vec<Step> {
     ]
 }
 
+/// The id of the write tried after a failure, which must be refused.
+const PROBE: u64 = 1_000_000;
+
 /// What running the scenario until its first failure left.
 #[derive(Default)]
 struct Outcome {
@@ -428,8 +431,8 @@ fn run_scenario(dir: &Path, sim: &SimDisk, seed: u64) -> Outcome {
                 out.pending = pending;
                 // A collection that failed a write acknowledges nothing more.
                 let probe = PointInput {
-                    id: PointId::Num(1_000_000),
-                    vector: vector(seed, 1_000_000, 0),
+                    id: PointId::Num(PROBE),
+                    vector: vector(seed, PROBE, 0),
                     payload: None,
                 };
                 let again = collection.upsert(vec![probe]);
@@ -464,9 +467,90 @@ fn destroy_old_keks(keys: &LocalKeyService, t: &TenantId) -> crate::Result<()> {
 
 /// Opens the engine on `dir` as a restarted process would, with the key files as they are on disk.
 fn reopen(dir: &Path) -> (Arc<LocalKeyService>, Engine) {
-    let keys = super::keys(dir, &[TENANT]);
+    let keys = keys(dir, &[TENANT]);
     let engine = Engine::open(&dir.join("data"), keys.clone(), limits()).unwrap();
     (keys, engine)
+}
+
+/// Opens the collection after a crash and checks it against `outcome`. `None` if it is absent,
+/// which is allowed only if its creation was not acknowledged.
+fn open_and_check(
+    engine: &Engine,
+    outcome: &Outcome,
+    ctx: &str,
+) -> crate::Result<Option<(Arc<Collection>, Model)>> {
+    let t = tenant(TENANT);
+    engine.load_tenant(&t)?;
+    let collection = match engine.collection(&t, &collection_name()) {
+        Ok(collection) => collection,
+        Err(Error::CollectionNotFound(_)) if !outcome.is_created => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let stored = check(&collection, &outcome.model, &outcome.pending, ctx);
+    assert!(
+        !stored.contains_key(&PointId::Num(PROBE)),
+        "{ctx}: a write refused after the failure was stored"
+    );
+    Ok(Some((collection, stored)))
+}
+
+/// A restart that itself crashes: recovery (and the recovery work after it) runs on a disk that
+/// fails its `fail_at`-th operation, then power is lost again. Returns what the collection held
+/// when it opened, if it got that far.
+fn recover_interrupted(
+    dir: &Path,
+    outcome: &Outcome,
+    fail_at: Option<u64>,
+    torn: bool,
+    ctx: &str,
+) -> (Option<Model>, u64) {
+    let t = tenant(TENANT);
+    let sim = SimDisk::new();
+    if let Some(n) = fail_at {
+        sim.fail_at(n);
+    }
+    let mut observed = None;
+    let root = Arc::new(LocalKeyFile::open(&dir.join("root.key")).unwrap());
+    if let Ok(keys) =
+        LocalKeyService::open_with_disk(root, &dir.join("keks"), Arc::new(sim.clone()))
+    {
+        let keys = Arc::new(keys);
+        let engine = keys.ensure_tenant(&t).and_then(|()| {
+            Engine::open_with_disk(
+                &dir.join("data"),
+                keys.clone(),
+                limits(),
+                Arc::new(sim.clone()),
+            )
+        });
+        if let Ok(engine) = engine {
+            // With the disk failing, opening may fail (removing debris writes); it must not lie.
+            if let Ok(Some((collection, stored))) = open_and_check(&engine, outcome, ctx) {
+                observed = Some(stored);
+                let _ = collection
+                    .wait_idle()
+                    .and_then(|()| collection.rewrap_keys())
+                    .and_then(|()| destroy_old_keks(&keys, &t));
+            }
+        }
+    }
+    let ops = sim.ops();
+    sim.crash(torn).unwrap();
+    (observed, ops)
+}
+
+/// Copies a directory tree.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// Recovers after a crash and checks the collection against `outcome`. Then finishes background
@@ -474,20 +558,11 @@ fn reopen(dir: &Path) -> (Arc<LocalKeyService>, Engine) {
 fn recover(dir: &Path, outcome: &Outcome, ctx: &str) {
     let t = tenant(TENANT);
     let (keys, engine) = reopen(dir);
-    if let Err(err) = engine.load_tenant(&t) {
-        panic!("{ctx}: the tenant does not open after the crash: {err}");
-    }
-    let collection = match engine.collection(&t, &collection_name()) {
-        Ok(collection) => collection,
-        Err(Error::CollectionNotFound(_)) if !outcome.is_created => return,
+    let (collection, stored) = match open_and_check(&engine, outcome, ctx) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return,
         Err(err) => panic!("{ctx}: the collection does not open after the crash: {err}"),
     };
-    let stored = check(&collection, &outcome.model, &outcome.pending, ctx);
-    let probe = PointId::Num(1_000_000);
-    assert!(
-        !stored.contains_key(&probe),
-        "{ctx}: a write refused after the failure was stored"
-    );
     collection
         .wait_idle()
         .unwrap_or_else(|err| panic!("{ctx}: background work after recovery failed: {err}"));
@@ -529,6 +604,28 @@ fn crash_at(seed: u64, fail_at: Option<u64>, torn: bool) -> (u64, Option<String>
         outcome.failure.as_deref().unwrap_or("nothing")
     );
     sim.crash(torn).unwrap();
+    // The first restart crashes too, at a write picked from those a restart makes here (counted
+    // on a copy); the second must still recover every acknowledged write, and whatever the first
+    // one saw.
+    let copy = scratch();
+    copy_dir(dir.path(), copy.path());
+    let (_, recovery_ops) = recover_interrupted(copy.path(), &outcome, None, false, &ctx);
+    drop(copy);
+    let recovery_fail_at = splitmix(seed ^ fail_at.unwrap_or(u64::MAX)) % recovery_ops.max(1);
+    let ctx = format!(
+        "{ctx}; the first restart crashed at its operation {recovery_fail_at} of {recovery_ops}"
+    );
+    let interrupted =
+        recover_interrupted(dir.path(), &outcome, Some(recovery_fail_at), !torn, &ctx);
+    let outcome = match interrupted.0 {
+        Some(stored) => Outcome {
+            model: stored,
+            pending: Pending::Nothing,
+            is_created: true,
+            failure: outcome.failure,
+        },
+        None => outcome,
+    };
     recover(dir.path(), &outcome, &ctx);
     (ops, outcome.failure)
 }
@@ -636,7 +733,7 @@ fn an_interrupted_collection_creation_does_not_block_its_tenant() {
     let other = CollectionName::parse("other").unwrap();
     let sim = SimDisk::new();
     let model = {
-        let keys = super::keys(dir.path(), &[TENANT]);
+        let keys = keys(dir.path(), &[TENANT]);
         let engine = Engine::open_with_disk(
             &dir.path().join("data"),
             keys,
@@ -790,7 +887,7 @@ fn a_delete_survives_when_its_wal_outlives_the_seal_of_another_segment() {
         ..limits()
     };
     let model = {
-        let keys = GatedKeys::new(super::keys(dir.path(), &[TENANT]));
+        let keys = GatedKeys::new(keys(dir.path(), &[TENANT]));
         let engine = Engine::open(&dir.path().join("data"), keys.clone(), limits).unwrap();
         let collection = engine
             .create_collection(&t, &collection_name(), config())
@@ -830,7 +927,7 @@ fn a_segment_sealed_during_a_rewrap_is_rewrapped_before_the_old_kek_goes() {
     let dir = scratch();
     let t = tenant(TENANT);
     let model = {
-        let inner = super::keys(dir.path(), &[TENANT]);
+        let inner = keys(dir.path(), &[TENANT]);
         let keys = GatedKeys::new(inner.clone());
         let engine = Engine::open(&dir.path().join("data"), keys.clone(), limits()).unwrap();
         let collection = engine
@@ -951,7 +1048,7 @@ fn every_prefix_of_the_newest_wal_opens_with_exactly_its_complete_frames() {
     // One model per acknowledged batch: states[k] holds the first k batches.
     let mut states = vec![Model::new()];
     {
-        let keys = super::keys(dir.path(), &[TENANT]);
+        let keys = keys(dir.path(), &[TENANT]);
         let engine = Engine::open(&dir.path().join("data"), keys, limits).unwrap();
         let collection = engine
             .create_collection(&t, &collection_name(), config())
@@ -1008,7 +1105,7 @@ fn every_prefix_of_the_newest_wal_opens_with_exactly_its_complete_frames() {
         std::fs::write(&path, &full[..len]).unwrap();
         let complete = ends.iter().filter(|&&end| end <= len).count();
         let ctx = format!("seed {seed}: WAL {} cut to {len} bytes", path.display());
-        let keys = super::keys(dir.path(), &[TENANT]);
+        let keys = keys(dir.path(), &[TENANT]);
         let engine = Engine::open(&dir.path().join("data"), keys, limits).unwrap();
         let collection = engine
             .collection(&t, &collection_name())

@@ -329,7 +329,7 @@ struct Outcome {
 }
 
 /// Runs the scenario on `sim` until the first error, recording only acknowledged writes.
-fn run_scenario(dir: &Path, sim: &SimDisk, seed: u64) -> Outcome {
+fn run_scenario(dir: &Path, sim: &SimDisk, seed: u64, limits: Limits) -> Outcome {
     let mut out = Outcome::default();
     let t = tenant(TENANT);
     let root = Arc::new(LocalKeyFile::open_or_generate(&dir.join("root.key")).unwrap());
@@ -348,7 +348,7 @@ fn run_scenario(dir: &Path, sim: &SimDisk, seed: u64) -> Outcome {
     let engine = match Engine::open_with_disk(
         &dir.join("data"),
         keys.clone(),
-        limits(),
+        limits,
         Arc::new(sim.clone()),
     ) {
         Ok(engine) => engine,
@@ -467,8 +467,12 @@ fn destroy_old_keks(keys: &LocalKeyService, t: &TenantId) -> crate::Result<()> {
 
 /// Opens the engine on `dir` as a restarted process would, with the key files as they are on disk.
 fn reopen(dir: &Path) -> (Arc<LocalKeyService>, Engine) {
+    reopen_with(dir, limits())
+}
+
+fn reopen_with(dir: &Path, limits: Limits) -> (Arc<LocalKeyService>, Engine) {
     let keys = keys(dir, &[TENANT]);
-    let engine = Engine::open(&dir.join("data"), keys.clone(), limits()).unwrap();
+    let engine = Engine::open(&dir.join("data"), keys.clone(), limits).unwrap();
     (keys, engine)
 }
 
@@ -503,6 +507,7 @@ fn recover_interrupted(
     fail_at: Option<u64>,
     torn: bool,
     ctx: &str,
+    limits: Limits,
 ) -> (Option<Model>, u64) {
     let t = tenant(TENANT);
     let sim = SimDisk::new();
@@ -519,7 +524,7 @@ fn recover_interrupted(
             Engine::open_with_disk(
                 &dir.join("data"),
                 keys.clone(),
-                limits(),
+                limits,
                 Arc::new(sim.clone()),
             )
         });
@@ -555,9 +560,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Recovers after a crash and checks the collection against `outcome`. Then finishes background
 /// work, re-runs the KEK re-wrap, destroys old KEKs, restarts again and checks that nothing moved.
-fn recover(dir: &Path, outcome: &Outcome, ctx: &str) {
+fn recover(dir: &Path, outcome: &Outcome, ctx: &str, limits: Limits) {
     let t = tenant(TENANT);
-    let (keys, engine) = reopen(dir);
+    let (keys, engine) = reopen_with(dir, limits);
     let (collection, stored) = match open_and_check(&engine, outcome, ctx) {
         Ok(Some(opened)) => opened,
         Ok(None) => return,
@@ -575,7 +580,7 @@ fn recover(dir: &Path, outcome: &Outcome, ctx: &str) {
     drop(engine);
     drop(keys);
 
-    let (_keys, engine) = reopen(dir);
+    let (_keys, engine) = reopen_with(dir, limits);
     let collection = engine
         .collection(&t, &collection_name())
         .unwrap_or_else(|err| {
@@ -589,13 +594,13 @@ fn recover(dir: &Path, outcome: &Outcome, ctx: &str) {
 
 /// Runs the scenario with a fault at operation `fail_at` (none if `None`), crashes and recovers.
 /// Returns the operations performed and where the scenario failed.
-fn crash_at(seed: u64, fail_at: Option<u64>, torn: bool) -> (u64, Option<String>) {
+fn crash_at(seed: u64, fail_at: Option<u64>, torn: bool, limits: Limits) -> (u64, Option<String>) {
     let dir = scratch();
     let sim = SimDisk::new();
     if let Some(n) = fail_at {
         sim.fail_at(n);
     }
-    let outcome = run_scenario(dir.path(), &sim, seed);
+    let outcome = run_scenario(dir.path(), &sim, seed, limits);
     let ops = sim.ops();
     let ctx = format!(
         "seed {seed} failpoint {fail_at:?} torn {torn} (rerun with VV_CRASH_SEED={seed} \
@@ -609,14 +614,20 @@ fn crash_at(seed: u64, fail_at: Option<u64>, torn: bool) -> (u64, Option<String>
     // one saw.
     let copy = scratch();
     copy_dir(dir.path(), copy.path());
-    let (_, recovery_ops) = recover_interrupted(copy.path(), &outcome, None, false, &ctx);
+    let (_, recovery_ops) = recover_interrupted(copy.path(), &outcome, None, false, &ctx, limits);
     drop(copy);
     let recovery_fail_at = splitmix(seed ^ fail_at.unwrap_or(u64::MAX)) % recovery_ops.max(1);
     let ctx = format!(
         "{ctx}; the first restart crashed at its operation {recovery_fail_at} of {recovery_ops}"
     );
-    let interrupted =
-        recover_interrupted(dir.path(), &outcome, Some(recovery_fail_at), !torn, &ctx);
+    let interrupted = recover_interrupted(
+        dir.path(),
+        &outcome,
+        Some(recovery_fail_at),
+        !torn,
+        &ctx,
+        limits,
+    );
     let outcome = match interrupted.0 {
         Some(stored) => Outcome {
             model: stored,
@@ -626,21 +637,38 @@ fn crash_at(seed: u64, fail_at: Option<u64>, torn: bool) -> (u64, Option<String>
         },
         None => outcome,
     };
-    recover(dir.path(), &outcome, &ctx);
+    recover(dir.path(), &outcome, &ctx, limits);
     (ops, outcome.failure)
 }
 
 #[test]
 fn a_crash_at_every_write_step_loses_no_acknowledged_write() {
+    every_failpoint(limits());
+}
+
+/// The same with every frame in a WAL file of its own: more WAL creation and retirement, WAL files
+/// holding only deletes, and more manifests.
+#[test]
+fn a_crash_at_every_write_step_loses_no_acknowledged_write_with_a_wal_per_frame() {
+    every_failpoint(Limits {
+        wal_bytes: 1,
+        segment_points: 48,
+        ..limits()
+    });
+}
+
+/// Runs the scenario with a fault at every write-side operation in turn, each with and without a
+/// torn tail, and recovers. `VV_CRASH_FAILPOINT` runs one.
+fn every_failpoint(limits: Limits) {
     let seed = seed();
     if let Ok(raw) = std::env::var("VV_CRASH_FAILPOINT") {
         let n: u64 = raw.parse().expect("VV_CRASH_FAILPOINT is a u64");
         for torn in [false, true] {
-            crash_at(seed, Some(n), torn);
+            crash_at(seed, Some(n), torn, limits);
         }
         return;
     }
-    let (n_ops, failure) = crash_at(seed, None, false);
+    let (n_ops, failure) = crash_at(seed, None, false, limits);
     assert_eq!(
         failure, None,
         "seed {seed}: the scenario fails without a fault"
@@ -652,7 +680,7 @@ fn a_crash_at_every_write_step_loses_no_acknowledged_write() {
     let mut failed_steps: BTreeMap<String, u64> = BTreeMap::new();
     for n in 0..last {
         for torn in [false, true] {
-            let (_, failure) = crash_at(seed, Some(n), torn);
+            let (_, failure) = crash_at(seed, Some(n), torn, limits);
             // "step 4 Upsert([...]): error" becomes "step 4 Upsert".
             let step = failure.map_or("no step (the scenario completed)".to_owned(), |failure| {
                 let end = failure.find(['(', ':']).unwrap_or(failure.len());

@@ -93,7 +93,7 @@ fn vector(seed: u64, id: u64, version: u64) -> Vec<f32> {
 
 /// Points whose id is a multiple of 7 have no payload; the rest carry their group (`id % 4`).
 fn payload(id: u64, version: u64) -> Option<Payload> {
-    (id % 7 != 0).then(|| {
+    (!id.is_multiple_of(7)).then(|| {
         let json = format!(r#"{{"group":{},"version":{version}}}"#, id % 4);
         Payload::from_json_bytes(json.as_bytes(), &PayloadLimits::default()).unwrap()
     })
@@ -109,10 +109,10 @@ fn group_filter(group: u64) -> Filter {
 fn scratch() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     let builder = tempfile::Builder::new().prefix("vv-crash-").clone();
-    if shm.is_dir() {
-        if let Ok(dir) = builder.tempdir_in(shm) {
-            return dir;
-        }
+    if shm.is_dir()
+        && let Ok(dir) = builder.tempdir_in(shm)
+    {
+        return dir;
     }
     builder.tempdir().unwrap()
 }

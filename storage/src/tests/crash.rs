@@ -793,10 +793,11 @@ fn an_interrupted_collection_creation_does_not_block_its_tenant() {
         &Pending::Nothing,
         &format!("seed {seed}"),
     );
-    assert!(matches!(
-        engine.collection(&t, &other),
-        Err(Error::CollectionNotFound(_))
-    ));
+    let res = engine.collection(&t, &other);
+    assert!(
+        matches!(res, Err(Error::CollectionNotFound(_))),
+        "seed {seed}: the never acknowledged collection answers {res:?}"
+    );
     engine
         .create_collection(&t, &other, config())
         .unwrap_or_else(|err| panic!("seed {seed}: the name stays taken: {err}"));

@@ -70,6 +70,7 @@ impl Engine {
         }
         let root = data_dir.join("tenants");
         disk.create_dir_all(&root).map_err(Error::io(&root))?;
+        Engine::finish_removals(&root)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(limits.index_threads.max(1))
             .thread_name(|i| format!("vv-index-{i}"))
@@ -115,6 +116,13 @@ impl Engine {
             for entry in std::fs::read_dir(&dir).map_err(Error::io(&dir))? {
                 let entry = entry.map_err(Error::io(&dir))?;
                 let raw = entry.file_name().to_string_lossy().into_owned();
+                if raw.starts_with(DROPPED_PREFIX) {
+                    // A drop that crashed after its durable rename: finish it.
+                    if let Err(err) = remove_tree(&entry.path()) {
+                        tracing::warn!(tenant = %tenant, dir = %raw, error = %err, "could not finish removing a dropped collection");
+                    }
+                    continue;
+                }
                 let Ok(name) = CollectionName::parse(&raw) else {
                     continue;
                 };
@@ -232,7 +240,7 @@ impl Engine {
         if let Slot::Open(collection) = removed {
             collection.close();
         }
-        remove_tree(&self.tenant_dir(tenant).join(name.as_str()))
+        self.remove_durably(&self.tenant_dir(tenant).join(name.as_str()))
     }
 
     /// Re-wraps every file of the tenant under its current KEK (after the key service rotated it).
@@ -256,7 +264,7 @@ impl Engine {
     /// any copy of them left elsewhere is unreadable.
     pub fn delete_tenant(&self, tenant: &TenantId) -> Result<()> {
         self.unload_tenant(tenant)?;
-        remove_tree(&self.tenant_dir(tenant))
+        self.remove_durably(&self.tenant_dir(tenant))
     }
 
     /// Stops every collection's background work.
@@ -275,6 +283,47 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Names starting with this are directories being removed; no tenant or collection name can start
+/// with a dot.
+const DROPPED_PREFIX: &str = ".dropped-";
+
+impl Engine {
+    /// Removes a directory so that a crash at any point leaves either all of it or none of it
+    /// visible: first a durable rename to a hidden name, then the removal, which the next load
+    /// finishes if it was cut short.
+    fn remove_durably(&self, dir: &Path) -> Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let mut random = [0u8; 8];
+        crate::crypto::fill_random(&mut random);
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        let hidden = parent.join(format!(
+            "{DROPPED_PREFIX}{name}-{}",
+            u64::from_le_bytes(random)
+        ));
+        self.ctx.disk.rename(dir, &hidden).map_err(Error::io(dir))?;
+        self.ctx.disk.sync_dir(parent).map_err(Error::io(parent))?;
+        remove_tree(&hidden)
+    }
+
+    /// Finishes removals a crash cut short under the tenants directory (deleted tenants).
+    fn finish_removals(root: &Path) -> Result<()> {
+        for entry in std::fs::read_dir(root).map_err(Error::io(root))? {
+            let entry = entry.map_err(Error::io(root))?;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(DROPPED_PREFIX)
+            {
+                remove_tree(&entry.path())?;
+            }
+        }
+        Ok(())
     }
 }
 

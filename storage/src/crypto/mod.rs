@@ -23,6 +23,7 @@ mod provider;
 mod seal;
 mod service;
 
+pub(crate) use key::fill_random;
 pub use key::{DataKey, KEY_BYTES, Kek, WRAPPED_KEY_BYTES, WrappedDek};
 pub use provider::{KeyProvider, LocalKeyFile};
 pub use seal::{FileOpener, FileSealer, NONCE_BUDGET, TAG_BYTES};

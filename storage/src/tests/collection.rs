@@ -1030,3 +1030,76 @@ fn concurrent_writers_share_one_group_commit() {
     let engine = self::engine(dir.path(), &keys, limits());
     assert_eq!(engine.collection(&t, &name("docs")).unwrap().count(None), 9);
 }
+
+#[test]
+fn a_drop_is_all_or_nothing_across_a_crash() {
+    use crate::disk::SimDisk;
+    for fail_after in 0..3u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys(dir.path(), &["a"]);
+        let t = tenant("a");
+        let sim = SimDisk::new();
+        let engine = Engine::open_with_disk(
+            &dir.path().join("data"),
+            keys.clone(),
+            limits(),
+            Arc::new(sim.clone()),
+        )
+        .unwrap();
+        let c = engine
+            .create_collection(&t, &name("docs"), CollectionConfig::new(4, Metric::L2))
+            .unwrap();
+        c.upsert(vec![PointInput {
+            id: PointId::Num(1),
+            vector: vec![1.0; 4],
+            payload: None,
+        }])
+        .unwrap();
+        c.flush().unwrap();
+        drop(c);
+        sim.fail_at(sim.ops() + fail_after);
+        let dropped = engine.drop_collection(&t, &name("docs")).is_ok();
+        drop(engine);
+        sim.crash(fail_after % 2 == 1).unwrap();
+        let engine = self::engine(dir.path(), &keys, limits());
+        match engine.collection(&t, &name("docs")) {
+            Ok(c) => {
+                assert!(
+                    !dropped,
+                    "failpoint {fail_after}: an acknowledged drop came back"
+                );
+                assert_eq!(c.count(None), 1, "failpoint {fail_after}");
+            }
+            Err(Error::CollectionNotFound(_)) => {
+                // The name is free again.
+                engine
+                    .create_collection(&t, &name("docs"), CollectionConfig::new(4, Metric::L2))
+                    .unwrap();
+            }
+            Err(other) => panic!("failpoint {fail_after}: a half-dropped collection: {other}"),
+        }
+        let hidden: Vec<_> = std::fs::read_dir(dir.path().join("data/tenants/a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(
+            hidden.is_empty(),
+            "failpoint {fail_after}: leftovers {hidden:?}"
+        );
+    }
+    // A removal cut short after its durable rename is finished by the next load, for collections
+    // and for whole tenants.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["a"]);
+    let half_collection = dir.path().join("data/tenants/a/.dropped-docs-7");
+    let half_tenant = dir.path().join("data/tenants/.dropped-b-9/docs");
+    for half in [&half_collection, &half_tenant] {
+        std::fs::create_dir_all(half).unwrap();
+        std::fs::write(half.join("seg-3"), b"leftover").unwrap();
+    }
+    let engine = self::engine(dir.path(), &keys, limits());
+    assert!(!half_tenant.parent().unwrap().exists());
+    engine.load_tenant(&tenant("a")).unwrap();
+    assert!(!half_collection.exists());
+}

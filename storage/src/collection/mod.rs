@@ -193,6 +193,9 @@ struct Inner {
     disk: Arc<dyn Disk>,
     pool: Arc<rayon::ThreadPool>,
     writer: Mutex<Writer>,
+    /// Held for the whole of a seal, a compaction or a key re-wrap, so a re-wrap never overlaps a
+    /// file being written under a DEK from the KEK it is replacing. Taken before `writer`.
+    maintenance: Mutex<()>,
     /// Validated writes waiting for a group commit, oldest first.
     queue: Mutex<VecDeque<Pending>>,
     state: RwLock<State>,
@@ -349,6 +352,7 @@ impl Collection {
                 is_poisoned: false,
             }),
             queue: Mutex::new(VecDeque::new()),
+            maintenance: Mutex::new(()),
             state: RwLock::new(State { segments, ids }),
             next_segment_id: AtomicU64::new(next_segment_id + 1),
             wake: Condvar::new(),
@@ -702,6 +706,9 @@ impl Collection {
     /// under the old and the new KEK both open until the caller destroys the old one.
     pub fn rewrap_keys(&self) -> Result<()> {
         let inner = &self.inner;
+        // Waits for a seal or compaction in flight: its new file must be re-wrapped too before the
+        // caller may destroy the old KEK.
+        let _maintenance = inner.maintenance.lock();
         let mut writer = inner.writer.lock();
         if writer.is_poisoned {
             return Err(Error::Poisoned(inner.name.to_string()));
@@ -1263,6 +1270,7 @@ impl Inner {
     }
 
     fn seal(&self, frozen: &Arc<Segment>) -> Result<()> {
+        let _maintenance = self.maintenance.lock();
         let file_id = {
             let mut writer = self.writer.lock();
             let id = writer.manifest.next_file_id;
@@ -1312,6 +1320,7 @@ impl Inner {
     }
 
     fn compact(&self, old: &Arc<Segment>) -> Result<()> {
+        let _maintenance = self.maintenance.lock();
         let old_file = old.file_id().expect("only sealed segments are compacted");
         let live: Vec<u32> = (0..old.len() as u32)
             .filter(|slot| !old.deleted.contains(*slot))

@@ -972,8 +972,13 @@ fn a_segment_sealed_during_a_rewrap_is_rewrapped_before_the_old_kek_goes() {
         // The seal holds a DEK wrapped under KEK 1 and has not listed its file yet.
         keys.wait_holding();
         inner.rotate_kek(&t).unwrap();
-        collection.rewrap_keys().unwrap();
-        drop(guard);
+        // The re-wrap waits for the seal in flight, so it runs on its own thread while this one
+        // lets the seal go on.
+        std::thread::scope(|scope| {
+            let rewrap = scope.spawn(|| collection.rewrap_keys());
+            drop(guard);
+            rewrap.join().unwrap().unwrap();
+        });
         collection.wait_idle().unwrap();
         // The re-wrap returned, so KEK 1 must no longer be needed.
         inner.destroy_kek(&t, 1).unwrap();

@@ -49,6 +49,9 @@ pub const DEFAULT_EF: usize = 64;
 /// per-node layout bounded.
 pub(crate) const MAX_LEVEL: usize = 24;
 
+const PREFETCH_FIRST: usize = 1;
+const PREFETCH_AHEAD: usize = 64;
+
 /// An id that never names a node.
 const NO_NODE: u32 = u32::MAX;
 
@@ -491,15 +494,21 @@ impl Graph {
             if current.distance > bound && (results.len() >= ef || accept.is_none()) {
                 break;
             }
+            if let Some(std::cmp::Reverse(next)) = candidates.peek() {
+                simd::prefetch(self.links(next.node, layer), 3);
+            }
             batch.clear();
             for slot in neighbours(self.links(current.node, layer)) {
                 let id = slot.load(Ordering::Relaxed);
                 if id < limit && visited.insert(id) {
-                    simd::prefetch(vectors.get(id), 1);
+                    simd::prefetch(vectors.get(id), PREFETCH_FIRST);
                     batch.push(id);
                 }
             }
-            for &id in batch.iter() {
+            for (i, &id) in batch.iter().enumerate() {
+                if let Some(&ahead) = batch.get(i + 1) {
+                    simd::prefetch(vectors.get(ahead), PREFETCH_AHEAD);
+                }
                 let distance = self.metric.distance(query, vectors.get(id));
                 if results.len() < ef || distance < bound {
                     candidates.push(std::cmp::Reverse(Scored::new(distance, id)));

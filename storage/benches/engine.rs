@@ -365,16 +365,19 @@ fn tune_qps(data: &Dataset, ef: usize, search: &(dyn Fn(&[f32], usize) -> Vec<u3
             .unwrap_or(0)
     };
     let queries = data.queries();
-    let pass = || {
+    // The kernel accounts CPU time in scheduler ticks here, so a pass must last many ticks.
+    let pass = |reps: u32| {
         let start = cpu_ns();
-        for query in &queries {
-            std::hint::black_box(search(query, ef));
+        for _ in 0..reps {
+            for query in &queries {
+                std::hint::black_box(search(query, ef));
+            }
         }
         cpu_ns() - start
     };
-    pass();
-    let best = (0..3).map(|_| pass()).min().unwrap_or(1).max(1);
-    queries.len() as f64 / (best as f64 / 1e9)
+    let reps = (1e9 / pass(1).max(1) as f64).ceil() as u32;
+    let best = (0..3).map(|_| pass(reps)).min().unwrap_or(1).max(1);
+    queries.len() as f64 * reps as f64 / (best as f64 / 1e9)
 }
 
 /// Passes per sample so that a sample lasts at least `MIN_SAMPLE`.

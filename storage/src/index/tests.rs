@@ -582,3 +582,38 @@ fn graph_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Graph>();
 }
+
+#[test]
+fn scored_order_is_total_cmp_then_node() {
+    use super::hit::Scored;
+    let values = [
+        f32::NEG_INFINITY,
+        -3.5,
+        -1e-30,
+        -0.0,
+        0.0,
+        1e-30,
+        0.5,
+        2.0,
+        f32::MAX,
+        f32::INFINITY,
+        f32::NAN,
+        -f32::NAN,
+    ];
+    for &a in &values {
+        let scored = Scored::new(a, 7);
+        assert_eq!(
+            scored.distance().to_bits(),
+            a.to_bits(),
+            "{a} does not round-trip"
+        );
+        assert_eq!(scored.node(), 7);
+        for &b in &values {
+            for (node_a, node_b) in [(1, 2), (2, 1), (3, 3)] {
+                let want = a.total_cmp(&b).then(node_a.cmp(&node_b));
+                let got = Scored::new(a, node_a).cmp(&Scored::new(b, node_b));
+                assert_eq!(got, want, "({a}, {node_a}) vs ({b}, {node_b})");
+            }
+        }
+    }
+}

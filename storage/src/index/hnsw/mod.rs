@@ -182,17 +182,17 @@ impl Graph {
                 ..
             } = &mut scratch;
             sorted.clear();
-            sorted.extend(results.drain().filter(|scored| scored.node != node));
+            sorted.extend(results.drain().filter(|scored| scored.node() != node));
             sorted.sort_unstable();
             if let Some(nearest) = sorted.first() {
-                (current, current_distance) = (nearest.node, nearest.distance);
+                (current, current_distance) = (nearest.node(), nearest.distance());
             }
             self.select_neighbours(vectors, sorted, self.params.m, selected);
             {
                 let _lock = self.locks[index].lock();
                 write_list(
                     self.links(node, layer),
-                    selected.iter().map(|scored| scored.node),
+                    selected.iter().map(|scored| scored.node()),
                 );
             }
             let chosen = std::mem::take(selected);
@@ -491,14 +491,14 @@ impl Graph {
         candidates.push(std::cmp::Reverse(Scored::new(entry_distance, entry)));
 
         while let Some(std::cmp::Reverse(current)) = candidates.pop() {
-            if current.distance > bound && (results.len() >= ef || accept.is_none()) {
+            if current.distance() > bound && (results.len() >= ef || accept.is_none()) {
                 break;
             }
             if let Some(std::cmp::Reverse(next)) = candidates.peek() {
-                simd::prefetch(self.links(next.node, layer), 3);
+                simd::prefetch(self.links(next.node(), layer), 3);
             }
             batch.clear();
-            for slot in neighbours(self.links(current.node, layer)) {
+            for slot in neighbours(self.links(current.node(), layer)) {
                 let id = slot.load(Ordering::Relaxed);
                 if id < limit && visited.insert(id) {
                     simd::prefetch(vectors.get(id), PREFETCH_FIRST);
@@ -519,7 +519,7 @@ impl Graph {
                         }
                     }
                     if let Some(worst) = results.peek() {
-                        bound = worst.distance;
+                        bound = worst.distance();
                     }
                 }
             }
@@ -544,9 +544,9 @@ impl Graph {
             if out.len() >= m {
                 break;
             }
-            let vector = vectors.get(candidate.node);
+            let vector = vectors.get(candidate.node());
             let diverse = out.iter().all(|kept| {
-                self.metric.distance(vector, vectors.get(kept.node)) >= candidate.distance
+                self.metric.distance(vector, vectors.get(kept.node())) >= candidate.distance()
             });
             if diverse {
                 out.push(*candidate);
@@ -565,12 +565,12 @@ impl Graph {
         node: u32,
         layer: usize,
     ) {
-        let links = self.links(neighbour.node, layer);
+        let links = self.links(neighbour.node(), layer);
         let Some((count_slot, id_slots)) = links.split_first() else {
             return;
         };
         let max = id_slots.len();
-        let _lock = self.locks[neighbour.node as usize].lock();
+        let _lock = self.locks[neighbour.node() as usize].lock();
         let count = (count_slot.load(Ordering::Acquire) as usize).min(max);
         let existing = &id_slots[..count];
         if existing
@@ -584,12 +584,12 @@ impl Graph {
             count_slot.store(count as u32 + 1, Ordering::Release);
             return;
         }
-        let base = vectors.get(neighbour.node);
+        let base = vectors.get(neighbour.node());
         let Scratch {
             sorted, selected, ..
         } = scratch;
         sorted.clear();
-        sorted.push(Scored::new(neighbour.distance, node));
+        sorted.push(Scored::new(neighbour.distance(), node));
         for slot in existing {
             let id = slot.load(Ordering::Relaxed);
             if id >= limit {
@@ -600,7 +600,7 @@ impl Graph {
         }
         sorted.sort_unstable();
         self.select_neighbours(vectors, sorted, max, selected);
-        write_list(links, selected.iter().map(|scored| scored.node));
+        write_list(links, selected.iter().map(|scored| scored.node()));
     }
 }
 

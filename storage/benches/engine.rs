@@ -624,6 +624,8 @@ mod reference {
 
 /// A reader for `.npy` files holding little-endian `f4`/`i4` arrays in C order.
 mod npy {
+    use std::fs::File;
+    use std::io::{Read, Seek, SeekFrom};
     use std::path::Path;
 
     use anyhow::{Context, Result, anyhow, bail};
@@ -663,13 +665,60 @@ mod npy {
     }
 
     /// Reads and validates `path`: magic, version, header dict (`descr` `<f4` or `<i4`,
-    /// `fortran_order` False, `shape`), and a data size that matches the shape exactly.
+    /// `fortran_order` False, `shape`), and a data size that matches the shape exactly. The data
+    /// is read straight into the returned vector, so the file is never held twice in memory.
     pub(crate) fn read(path: &Path) -> Result<Array> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        parse(&bytes).map_err(|err| anyhow!("{}: {err}", path.display()))
+        let context = || format!("reading {}", path.display());
+        let mut file = File::open(path).with_context(context)?;
+        let file_len = file.metadata().with_context(context)?.len();
+        let mut prefix = vec![0u8; (file_len.min(1 << 16)) as usize];
+        file.read_exact(&mut prefix).with_context(context)?;
+        let header = parse_header(&prefix).map_err(|err| anyhow!("{}: {err}", path.display()))?;
+        let count = header
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .context("shape overflows")?;
+        let data_len = file_len.saturating_sub(header.data_start as u64);
+        if count.checked_mul(4).map(|n| n as u64) != Some(data_len) {
+            bail!(
+                "{}: data is {data_len} bytes, shape {:?} needs {count} x 4",
+                path.display(),
+                header.shape
+            );
+        }
+        file.seek(SeekFrom::Start(header.data_start as u64))
+            .with_context(context)?;
+        let data = if header.is_float {
+            let mut values = vec![0f32; count];
+            file.read_exact(bytemuck::cast_slice_mut(&mut values))
+                .with_context(context)?;
+            for value in &mut values {
+                *value = f32::from_bits(u32::from_le(value.to_bits()));
+            }
+            Data::F32(values)
+        } else {
+            let mut values = vec![0i32; count];
+            file.read_exact(bytemuck::cast_slice_mut(&mut values))
+                .with_context(context)?;
+            for value in &mut values {
+                *value = i32::from_le(*value);
+            }
+            Data::I32(values)
+        };
+        Ok(Array {
+            shape: header.shape,
+            data,
+        })
     }
 
-    pub(crate) fn parse(bytes: &[u8]) -> std::result::Result<Array, String> {
+    struct Header {
+        is_float: bool,
+        shape: Vec<usize>,
+        data_start: usize,
+    }
+
+    fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
         if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
             return Err("not an .npy file".into());
         }
@@ -684,7 +733,7 @@ mod npy {
         let data_start = header_start
             .checked_add(header_len)
             .filter(|&end| end <= bytes.len())
-            .ok_or("truncated header")?;
+            .ok_or("truncated or oversized header")?;
         let header = std::str::from_utf8(&bytes[header_start..data_start])
             .map_err(|_| "header is not text")?;
         let descr = dict_value(header, "descr").ok_or("no descr")?;
@@ -707,30 +756,21 @@ mod npy {
                     .map_err(|_| format!("bad shape entry {part:?}"))
             })
             .collect::<std::result::Result<Vec<usize>, String>>()?;
-        let count = shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or("shape overflows")?;
-        let body = &bytes[data_start..];
-        if Some(body.len()) != count.checked_mul(4) {
-            return Err(format!(
-                "data is {} bytes, shape {shape:?} needs {} x 4",
-                body.len(),
-                count
-            ));
-        }
-        let words = body.chunks_exact(4).map(|b| [b[0], b[1], b[2], b[3]]);
-        let data = if descr.starts_with("'<f4'") {
-            Data::F32(words.map(f32::from_le_bytes).collect())
+        let is_float = if descr.starts_with("'<f4'") {
+            true
         } else if descr.starts_with("'<i4'") {
-            Data::I32(words.map(i32::from_le_bytes).collect())
+            false
         } else {
             return Err(format!(
                 "unsupported dtype {}",
                 descr.split(',').next().unwrap_or("")
             ));
         };
-        Ok(Array { shape, data })
+        Ok(Header {
+            is_float,
+            shape,
+            data_start,
+        })
     }
 
     /// The text after `'key':` in a Python dict literal, leading spaces removed.

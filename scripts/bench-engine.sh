@@ -77,6 +77,11 @@ engines += [(n, merged["peers_build_s"][n], rows) for n, rows in merged["peers"]
 
 print(f"\n## {ours['dataset']} (n={ours['n_base']}, dim={ours['dim']}, metric={ours['metric']}, "
       f"queries={ours['n_query']}, M={ours['m']}, efc={ours['ef_construction']}, build threads={ours['threads']})\n")
+noise = {"vaultvec": ours.get("foreign_cpu_share"), **merged["peers_noise"]}
+busy = {name: share for name, share in noise.items() if share and share > 0.05}
+if busy:
+    print("other processes' share of the cores during each run (> 5% makes QPS unreliable): "
+          + ", ".join(f"{name} {share:.0%}" for name, share in busy.items()) + "\n")
 print("| engine | build s | ef | recall@10 | QPS 1t | QPS 2t | p50 us | p99 us |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for name, build, rows in engines:

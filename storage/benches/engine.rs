@@ -123,6 +123,8 @@ struct Report {
     build_s: f64,
     graph_bytes: usize,
     peak_rss_mb: f64,
+    /// Share of the cores other processes used while the engine was built and measured.
+    foreign_cpu_share: f64,
     engine: Vec<Point>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hnsw_rs_build_s: Option<f64>,
@@ -392,6 +394,63 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * scale).round() / scale
 }
 
+/// CPU use by other processes, to tell a quiet measurement from a disturbed one (the same figure
+/// as `peers.py`'s `noise.foreign_share_of_cores`).
+struct ForeignLoad {
+    start: Instant,
+    busy_ticks: u64,
+    own_ticks: u64,
+}
+
+impl ForeignLoad {
+    fn start() -> ForeignLoad {
+        let (busy_ticks, own_ticks) = ForeignLoad::ticks();
+        ForeignLoad {
+            start: Instant::now(),
+            busy_ticks,
+            own_ticks,
+        }
+    }
+
+    /// Share of all cores' time that other processes used since `start`, in 0..=1.
+    fn share(&self) -> f64 {
+        let (busy, own) = ForeignLoad::ticks();
+        let foreign =
+            busy.saturating_sub(self.busy_ticks) as f64 - own.saturating_sub(self.own_ticks) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // USER_HZ, the unit of /proc/stat and /proc/self/stat, is 100 on Linux.
+        let capacity = self.start.elapsed().as_secs_f64() * 100.0 * cores;
+        round((foreign / capacity.max(1.0)).clamp(0.0, 1.0), 3)
+    }
+
+    /// (non-idle ticks of all CPUs, ticks of this process).
+    fn ticks() -> (u64, u64) {
+        let busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| {
+                let fields: Vec<u64> = stat
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|field| field.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal
+                Some(fields.iter().take(8).sum::<u64>() - fields.get(3)? - fields.get(4)?)
+            })
+            .unwrap_or(0);
+        let own = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| {
+                let after_name = &stat[stat.rfind(')')? + 2..];
+                let fields: Vec<&str> = after_name.split_whitespace().collect();
+                Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        (busy, own)
+    }
+}
+
 /// Peak resident set size of this process so far, in MiB (`VmHWM`).
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -430,6 +489,7 @@ fn run() -> Result<()> {
         params.ef_construction,
         args.threads
     );
+    let load = ForeignLoad::start();
     let start = Instant::now();
     let cached = args.graph_cache.as_ref().filter(|path| path.exists());
     let graph = match cached {
@@ -492,6 +552,7 @@ fn run() -> Result<()> {
         build_s: round(build_s, 2),
         graph_bytes: graph.memory_bytes(),
         peak_rss_mb: peak_rss_mb(),
+        foreign_cpu_share: load.share(),
         engine,
         hnsw_rs_build_s: None,
         hnsw_rs: None,
@@ -525,6 +586,12 @@ fn print_table(report: &Report) {
         report.ef_construction,
         report.threads
     );
+    if report.foreign_cpu_share > 0.05 {
+        println!(
+            "(other processes used {:.0}% of the cores while vaultvec was measured)\n",
+            report.foreign_cpu_share * 100.0
+        );
+    }
     println!(
         "| engine | build s | graph MiB | peak RSS MiB | ef | recall@10 | QPS 1t | QPS 2t | p50 us | p99 us |"
     );

@@ -306,6 +306,40 @@ fn concurrent_inserts_while_searching() {
 }
 
 #[test]
+fn inserts_through_snapshots_that_end_at_their_node() {
+    // As the collection does it: each node is inserted through a snapshot taken right after its
+    // vector was appended, so it lacks the nodes a concurrent insert is linking at the same time.
+    let n = 6_000;
+    let data = Dataset::clustered(n, N_QUERY, 16, Metric::L2, seed() ^ 3);
+    let graph = Graph::new(PARAMS, Metric::L2, n, 5);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                loop {
+                    let node = next.fetch_add(1, Ordering::Relaxed);
+                    if node >= n {
+                        break;
+                    }
+                    let snapshot = Vectors::new(&data.base[..(node + 1) * data.dim], data.dim);
+                    graph.insert(&snapshot, node as u32);
+                }
+            });
+        }
+    });
+    assert_eq!(graph.len(), n);
+    let full = data.vectors();
+    let recall = recall(
+        &data,
+        Metric::L2,
+        |query| nodes(&graph.search(&full, query, K, DEFAULT_EF, None)),
+        None,
+    );
+    eprintln!("inserts through their own snapshots: recall@{K} {recall:.4}");
+    assert!(recall >= 0.95, "recall@{K} = {recall:.4}");
+}
+
+#[test]
 fn filtered_search_returns_only_accepted_nodes() {
     let fixture = fixture(Metric::L2);
     let vectors = fixture.data.vectors();

@@ -121,6 +121,11 @@ impl Graph {
     /// Callable from many threads at once and concurrently with [`Graph::search`]. Nodes may be
     /// inserted in any order; inserting a node a second time does nothing.
     ///
+    /// `vectors` should hold every node inserted before this one. Nodes it lacks (those that
+    /// concurrent inserts are linking) are skipped by the walk, which is harmless for the few
+    /// nodes in flight at any moment, but a snapshot missing much of the graph leaves the new node
+    /// poorly linked.
+    ///
     /// # Panics
     ///
     /// If `node >= self.capacity()` or `node >= vectors.len()`: both are checked by the caller,

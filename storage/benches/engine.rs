@@ -121,6 +121,8 @@ struct Report {
     ef_construction: usize,
     threads: usize,
     build_s: f64,
+    /// CPU seconds of all build threads; steadier than `build_s` on a busy machine.
+    build_cpu_s: f64,
     graph_bytes: usize,
     peak_rss_mb: f64,
     /// Share of the cores other processes used while the engine was built and measured.
@@ -490,6 +492,7 @@ fn run() -> Result<()> {
         args.threads
     );
     let load = ForeignLoad::start();
+    let cpu_start = ForeignLoad::ticks().1;
     let start = Instant::now();
     let cached = args.graph_cache.as_ref().filter(|path| path.exists());
     let graph = match cached {
@@ -501,6 +504,7 @@ fn run() -> Result<()> {
         }
         None => Graph::build(params, data.metric, &vectors, args.threads, args.seed),
     };
+    let build_cpu_s = (ForeignLoad::ticks().1 - cpu_start) as f64 / 100.0;
     let build_s = if cached.is_some() {
         0.0
     } else {
@@ -511,7 +515,7 @@ fn run() -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!(
-        "built in {build_s:.2} s, graph {:.1} MiB",
+        "built in {build_s:.2} s ({build_cpu_s:.1} CPU s), graph {:.1} MiB",
         graph.memory_bytes() as f64 / (1 << 20) as f64
     );
 
@@ -550,6 +554,7 @@ fn run() -> Result<()> {
         ef_construction: params.ef_construction,
         threads: args.threads,
         build_s: round(build_s, 2),
+        build_cpu_s: round(build_cpu_s, 2),
         graph_bytes: graph.memory_bytes(),
         peak_rss_mb: peak_rss_mb(),
         foreign_cpu_share: load.share(),

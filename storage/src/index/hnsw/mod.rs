@@ -49,7 +49,14 @@ pub const DEFAULT_EF: usize = 64;
 /// per-node layout bounded.
 pub(crate) const MAX_LEVEL: usize = 24;
 
+/// Cache lines of each unvisited neighbour's vector requested while a list is scanned, so that
+/// the loads of all of them overlap.
 const PREFETCH_FIRST: usize = 1;
+
+/// Cache lines of the next neighbour's vector requested while the current one is scored (64 lines
+/// cover a 1024-dimensional vector). On the 384-dimensional bench set this and `PREFETCH_FIRST`
+/// together gave about 10% more single-thread QPS than the first line alone; the next candidate's
+/// list (3 lines) is requested the same way.
 const PREFETCH_AHEAD: usize = 64;
 
 /// An id that never names a node.

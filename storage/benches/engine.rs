@@ -1,0 +1,854 @@
+//! Engine benchmark: builds vaultvec's HNSW graph over a bench-kit dataset and reports build time,
+//! memory, and per-`ef` recall@10, QPS on one and two threads and per-query latency.
+//!
+//! ```text
+//! cargo bench -p storage --bench engine -- DATASET [--json FILE] [--hnsw-rs] [--threads 2]
+//!     [--ef 16,32,64,128,256] [--n-query N] [--m 16] [--efc 200] [--runs 3] [--seed 1]
+//!     [--graph-cache FILE]
+//! ```
+//!
+//! `DATASET` is a directory in the `shared/bench` format: `base.npy`, `query.npy`, `gt_ids.npy`,
+//! `gt_dist.npy` and `meta.json` (which names the metric). Recall is counted the ann-benchmarks
+//! way, like `benchlib.recall_at_k`: a returned id counts when its exact distance is within the
+//! 10th ground-truth distance plus 1e-5, so ties are not penalised. QPS is the best of `--runs`
+//! timed passes over the queries after one warm-up pass, one query at a time per thread; a pass is
+//! repeated until it lasts at least 0.5 s. `--hnsw-rs` also builds hnsw_rs (same M, ef_construction
+//! and thread count) and reports the same rows. `--graph-cache FILE` is for tuning the search: it
+//! decodes the graph from FILE when it exists (the build time is then reported as 0) and otherwise
+//! builds it and writes it there.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+use storage::index::{Graph, HnswParams, Metric, Vectors};
+
+const K: usize = 10;
+const MIN_SAMPLE: Duration = Duration::from_millis(500);
+
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("engine bench: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Command-line options.
+struct Args {
+    dataset: PathBuf,
+    json: Option<PathBuf>,
+    hnsw_rs: bool,
+    threads: usize,
+    ef: Vec<usize>,
+    n_query: usize,
+    m: usize,
+    ef_construction: usize,
+    runs: usize,
+    seed: u64,
+    graph_cache: Option<PathBuf>,
+    tune: bool,
+}
+
+impl Args {
+    fn parse() -> Result<Args> {
+        let mut args = Args {
+            dataset: PathBuf::new(),
+            json: None,
+            hnsw_rs: false,
+            threads: 2,
+            ef: vec![16, 32, 64, 128, 256],
+            n_query: 0,
+            m: 16,
+            ef_construction: 200,
+            runs: 3,
+            seed: 1,
+            graph_cache: None,
+            tune: false,
+        };
+        let mut raw = std::env::args().skip(1);
+        let mut dataset = None;
+        while let Some(arg) = raw.next() {
+            let mut value =
+                |name: &str| raw.next().with_context(|| format!("{name} needs a value"));
+            match arg.as_str() {
+                // `cargo bench` appends `--bench` to the arguments of every bench target.
+                "--bench" => {}
+                "--json" => args.json = Some(PathBuf::from(value("--json")?)),
+                "--hnsw-rs" => args.hnsw_rs = true,
+                "--tune" => args.tune = true,
+                "--graph-cache" => args.graph_cache = Some(PathBuf::from(value("--graph-cache")?)),
+                "--threads" => args.threads = number(&value("--threads")?)?,
+                "--n-query" => args.n_query = number(&value("--n-query")?)?,
+                "--m" => args.m = number(&value("--m")?)?,
+                "--efc" => args.ef_construction = number(&value("--efc")?)?,
+                "--runs" => args.runs = number::<usize>(&value("--runs")?)?.max(1),
+                "--seed" => args.seed = number(&value("--seed")?)?,
+                "--ef" => {
+                    args.ef = value("--ef")?
+                        .split(',')
+                        .filter(|part| !part.is_empty())
+                        .map(number)
+                        .collect::<Result<_>>()?
+                }
+                flag if flag.starts_with("--") => bail!("unknown option {flag}"),
+                path if dataset.is_none() => dataset = Some(PathBuf::from(path)),
+                extra => bail!("unexpected argument {extra}"),
+            }
+        }
+        args.dataset = dataset.context("usage: engine DATASET [--json FILE] [--hnsw-rs] ...")?;
+        Ok(args)
+    }
+}
+
+fn number<T: std::str::FromStr>(raw: &str) -> Result<T> {
+    raw.parse().map_err(|_| anyhow!("not a number: {raw}"))
+}
+
+/// Everything the benchmark measured, written as JSON with `--json`.
+///
+/// The collection layer's figures (reopen time, decrypt throughput, upsert rate) are meant to be
+/// added here as further optional fields.
+#[derive(Serialize)]
+struct Report {
+    dataset: String,
+    n_base: usize,
+    n_query: usize,
+    dim: usize,
+    metric: String,
+    m: usize,
+    ef_construction: usize,
+    threads: usize,
+    build_s: f64,
+    /// CPU seconds of all build threads; steadier than `build_s` on a busy machine.
+    build_cpu_s: f64,
+    graph_bytes: usize,
+    peak_rss_mb: f64,
+    /// Share of the cores other processes used while the engine was built and measured.
+    foreign_cpu_share: f64,
+    engine: Vec<Point>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hnsw_rs_build_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hnsw_rs: Option<Vec<Point>>,
+}
+
+/// The measurements at one `ef`.
+#[derive(Serialize, Clone)]
+struct Point {
+    ef: usize,
+    recall_at_10: f64,
+    qps_1t: f64,
+    qps_2t: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// The dataset, with the base and queries as the index sees them (normalised for cosine) and the
+/// ground truth's 10th distances.
+struct Dataset {
+    name: String,
+    metric: Metric,
+    dim: usize,
+    base: Vec<f32>,
+    queries: Vec<f32>,
+    /// Exact distance of each query's 10th neighbour, from `gt_dist.npy`.
+    kth_distance: Vec<f32>,
+}
+
+impl Dataset {
+    fn load(dir: &Path, n_query: usize) -> Result<Dataset> {
+        let meta: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join("meta.json"))
+                .with_context(|| format!("reading {}/meta.json", dir.display()))?,
+        )
+        .context("parsing meta.json")?;
+        let metric = match meta["metric"].as_str() {
+            Some("cosine") => Metric::Cosine,
+            Some("l2") => Metric::L2,
+            Some("dot" | "ip") => Metric::Dot,
+            other => bail!("meta.json: unknown metric {other:?}"),
+        };
+        let name = meta["name"].as_str().map(str::to_owned).unwrap_or_else(|| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let base = npy::read(&dir.join("base.npy"))?.into_f32_matrix()?;
+        let queries = npy::read(&dir.join("query.npy"))?.into_f32_matrix()?;
+        let gt_dist = npy::read(&dir.join("gt_dist.npy"))?.into_f32_matrix()?;
+        let gt_ids = npy::read(&dir.join("gt_ids.npy"))?;
+        let dim = base.1;
+        if queries.1 != dim {
+            bail!("queries have {} dimensions, base {dim}", queries.1);
+        }
+        let n_query_all = queries.0.len() / dim.max(1);
+        if gt_dist.1 < K
+            || gt_dist.0.len() / gt_dist.1 != n_query_all
+            || gt_ids.shape.first() != Some(&n_query_all)
+        {
+            bail!("ground truth does not match the queries or has fewer than 10 columns");
+        }
+        let n_base = base.0.len() / dim.max(1);
+        if gt_ids
+            .into_i32()?
+            .iter()
+            .any(|&id| id < 0 || id as usize >= n_base)
+        {
+            bail!("gt_ids.npy names ids outside the base");
+        }
+        let n_query = if n_query == 0 {
+            n_query_all
+        } else {
+            n_query.min(n_query_all)
+        };
+        let kth_distance = (0..n_query)
+            .map(|q| gt_dist.0[q * gt_dist.1 + K - 1])
+            .collect();
+        let mut base = base.0;
+        let mut queries = queries.0;
+        queries.truncate(n_query * dim);
+        if metric == Metric::Cosine {
+            normalise(&mut base, dim);
+            normalise(&mut queries, dim);
+        }
+        Ok(Dataset {
+            name,
+            metric,
+            dim,
+            base,
+            queries,
+            kth_distance,
+        })
+    }
+
+    fn vectors(&self) -> Vectors<'_> {
+        Vectors::new(&self.base, self.dim)
+    }
+
+    fn n_base(&self) -> usize {
+        self.base.len() / self.dim.max(1)
+    }
+
+    fn queries(&self) -> Vec<&[f32]> {
+        self.queries.chunks_exact(self.dim).collect()
+    }
+
+    /// ann-benchmarks recall@10 of `results` (one id list per query), distances in f64.
+    fn recall(&self, results: &[Vec<u32>]) -> f64 {
+        let mut found = 0;
+        for ((query, ids), &kth) in self.queries().iter().zip(results).zip(&self.kth_distance) {
+            let threshold = kth as f64
+                + match self.metric {
+                    Metric::L2 => 1e-5 * (kth as f64).max(1.0),
+                    _ => 1e-5,
+                };
+            let mut seen = HashSet::new();
+            for &id in ids.iter().take(K) {
+                if (id as usize) < self.n_base()
+                    && self.exact_distance(query, self.vectors().get(id)) <= threshold
+                    && seen.insert(id)
+                {
+                    found += 1;
+                }
+            }
+        }
+        found as f64 / (results.len() * K).max(1) as f64
+    }
+
+    fn exact_distance(&self, a: &[f32], b: &[f32]) -> f64 {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        match self.metric {
+            Metric::Cosine => {
+                let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                1.0 - dot / (norm(a) * norm(b))
+            }
+            Metric::Dot => -dot,
+            Metric::L2 => a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+                .sum(),
+        }
+    }
+}
+
+fn normalise(data: &mut [f32], dim: usize) {
+    for row in data.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            row.iter_mut().for_each(|x| *x /= norm);
+        }
+    }
+}
+
+/// Measures one searcher at one `ef`: recall, QPS on 1 and 2 threads, latency percentiles.
+fn measure(
+    data: &Dataset,
+    ef: usize,
+    runs: usize,
+    search: &(dyn Fn(&[f32], usize) -> Vec<u32> + Sync),
+) -> Point {
+    let queries = data.queries();
+    // Warm-up pass; its answers give the recall.
+    let results: Vec<Vec<u32>> = queries.iter().map(|q| search(q, ef)).collect();
+    let recall = data.recall(&results);
+
+    let mut latencies = Vec::with_capacity(queries.len());
+    let one_pass = |latencies: &mut Vec<Duration>| {
+        latencies.clear();
+        let start = Instant::now();
+        for query in &queries {
+            let t = Instant::now();
+            std::hint::black_box(search(query, ef));
+            latencies.push(t.elapsed());
+        }
+        start.elapsed()
+    };
+    let reps = repetitions(one_pass(&mut latencies));
+    let mut best_1t = Duration::MAX;
+    let mut best_latencies = Vec::new();
+    for _ in 0..runs {
+        let mut total = Duration::ZERO;
+        for _ in 0..reps {
+            total += one_pass(&mut latencies);
+        }
+        if total < best_1t {
+            best_1t = total;
+            best_latencies.clone_from(&latencies);
+        }
+    }
+    best_latencies.sort_unstable();
+
+    let two_threads = || {
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for part in 0..2 {
+                let queries = &queries;
+                scope.spawn(move || {
+                    for query in queries.iter().skip(part).step_by(2) {
+                        std::hint::black_box(search(query, ef));
+                    }
+                });
+            }
+        });
+        start.elapsed()
+    };
+    let reps_2t = repetitions(two_threads());
+    let best_2t = (0..runs)
+        .map(|_| (0..reps_2t).map(|_| two_threads()).sum::<Duration>())
+        .min()
+        .unwrap_or(Duration::MAX);
+
+    let n = queries.len() as f64;
+    let percentile = |p: f64| {
+        let index = ((best_latencies.len() as f64 - 1.0) * p).round() as usize;
+        best_latencies
+            .get(index)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    Point {
+        ef,
+        recall_at_10: round(recall, 4),
+        qps_1t: round(n * reps as f64 / best_1t.as_secs_f64(), 1),
+        qps_2t: round(n * reps_2t as f64 / best_2t.as_secs_f64(), 1),
+        p50_us: round(percentile(0.50), 1),
+        p99_us: round(percentile(0.99), 1),
+    }
+}
+
+/// Single-thread QPS by this thread's CPU time (from `/proc/thread-self/schedstat`), best of 3
+/// passes, so that time spent preempted by other processes does not count. For comparing versions
+/// of the code on a busy machine, not for reports.
+fn tune_qps(data: &Dataset, ef: usize, search: &(dyn Fn(&[f32], usize) -> Vec<u32> + Sync)) -> f64 {
+    let cpu_ns = || {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let queries = data.queries();
+    // The kernel accounts CPU time in scheduler ticks here, so a pass must last many ticks.
+    let pass = |reps: u32| {
+        let start = cpu_ns();
+        for _ in 0..reps {
+            for query in &queries {
+                std::hint::black_box(search(query, ef));
+            }
+        }
+        cpu_ns() - start
+    };
+    let reps = (1e9 / pass(1).max(1) as f64).ceil() as u32;
+    let best = (0..3).map(|_| pass(reps)).min().unwrap_or(1).max(1);
+    queries.len() as f64 * reps as f64 / (best as f64 / 1e9)
+}
+
+/// Passes per sample so that a sample lasts at least `MIN_SAMPLE`.
+fn repetitions(one: Duration) -> u32 {
+    (MIN_SAMPLE.as_secs_f64() / one.as_secs_f64().max(1e-6))
+        .ceil()
+        .max(1.0) as u32
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+/// CPU use by other processes, to tell a quiet measurement from a disturbed one (the same figure
+/// as `peers.py`'s `noise.foreign_share_of_cores`).
+struct ForeignLoad {
+    start: Instant,
+    busy_ticks: u64,
+    own_ticks: u64,
+}
+
+impl ForeignLoad {
+    fn start() -> ForeignLoad {
+        let (busy_ticks, own_ticks) = ForeignLoad::ticks();
+        ForeignLoad {
+            start: Instant::now(),
+            busy_ticks,
+            own_ticks,
+        }
+    }
+
+    /// Share of all cores' time that other processes used since `start`, in 0..=1.
+    fn share(&self) -> f64 {
+        let (busy, own) = ForeignLoad::ticks();
+        let foreign =
+            busy.saturating_sub(self.busy_ticks) as f64 - own.saturating_sub(self.own_ticks) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // USER_HZ, the unit of /proc/stat and /proc/self/stat, is 100 on Linux.
+        let capacity = self.start.elapsed().as_secs_f64() * 100.0 * cores;
+        round((foreign / capacity.max(1.0)).clamp(0.0, 1.0), 3)
+    }
+
+    /// (non-idle ticks of all CPUs, ticks of this process).
+    fn ticks() -> (u64, u64) {
+        let busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| {
+                let fields: Vec<u64> = stat
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|field| field.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal
+                Some(fields.iter().take(8).sum::<u64>() - fields.get(3)? - fields.get(4)?)
+            })
+            .unwrap_or(0);
+        let own = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| {
+                let after_name = &stat[stat.rfind(')')? + 2..];
+                let fields: Vec<&str> = after_name.split_whitespace().collect();
+                Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        (busy, own)
+    }
+}
+
+/// Peak resident set size of this process so far, in MiB (`VmHWM`).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+        })
+        .map_or(0.0, |kib| round(kib / 1024.0, 1))
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse()?;
+    let data = Dataset::load(&args.dataset, args.n_query)?;
+    let vectors = data.vectors();
+    let params = HnswParams {
+        m: args.m,
+        ef_construction: args.ef_construction,
+    };
+    eprintln!(
+        "{}: {} x {} {:?}, {} queries; building with M={} efc={} on {} threads",
+        data.name,
+        data.n_base(),
+        data.dim,
+        data.metric,
+        data.kth_distance.len(),
+        params.m,
+        params.ef_construction,
+        args.threads
+    );
+    let load = ForeignLoad::start();
+    let cpu_start = ForeignLoad::ticks().1;
+    let start = Instant::now();
+    let cached = args.graph_cache.as_ref().filter(|path| path.exists());
+    let graph = match cached {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Graph::decode(&bytes, params, data.metric, data.n_base())
+                .with_context(|| format!("decoding {}", path.display()))?
+        }
+        None => Graph::build(params, data.metric, &vectors, args.threads, args.seed),
+    };
+    let build_cpu_s = (ForeignLoad::ticks().1 - cpu_start) as f64 / 100.0;
+    let build_s = if cached.is_some() {
+        0.0
+    } else {
+        start.elapsed().as_secs_f64()
+    };
+    if let Some(path) = args.graph_cache.as_ref().filter(|_| cached.is_none()) {
+        std::fs::write(path, graph.encode())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!(
+        "built in {build_s:.2} s ({build_cpu_s:.1} CPU s), graph {:.1} MiB",
+        graph.memory_bytes() as f64 / (1 << 20) as f64
+    );
+
+    let ours = |query: &[f32], ef: usize| {
+        graph
+            .search(&vectors, query, K, ef, None)
+            .iter()
+            .map(|hit| hit.node)
+            .collect()
+    };
+    if args.tune {
+        for &ef in &args.ef {
+            eprintln!(
+                "  tune ef={ef}: {:.1} QPS (1 thread, by CPU time)",
+                tune_qps(&data, ef, &ours)
+            );
+        }
+        return Ok(());
+    }
+    let mut engine = Vec::new();
+    for &ef in &args.ef {
+        let point = measure(&data, ef, args.runs, &ours);
+        eprintln!(
+            "  vaultvec ef={ef}: {}",
+            serde_json::to_string(&point).unwrap_or_default()
+        );
+        engine.push(point);
+    }
+    let mut report = Report {
+        dataset: data.name.clone(),
+        n_base: data.n_base(),
+        n_query: data.kth_distance.len(),
+        dim: data.dim,
+        metric: format!("{:?}", data.metric).to_lowercase(),
+        m: params.m,
+        ef_construction: params.ef_construction,
+        threads: args.threads,
+        build_s: round(build_s, 2),
+        build_cpu_s: round(build_cpu_s, 2),
+        graph_bytes: graph.memory_bytes(),
+        peak_rss_mb: peak_rss_mb(),
+        foreign_cpu_share: load.share(),
+        engine,
+        hnsw_rs_build_s: None,
+        hnsw_rs: None,
+    };
+    drop(graph);
+
+    if args.hnsw_rs {
+        let (build_s, points) = reference::run(&data, params, &args)?;
+        report.hnsw_rs_build_s = Some(round(build_s, 2));
+        report.hnsw_rs = Some(points);
+    }
+
+    print_table(&report);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "## {} (n={}, dim={}, metric={}, queries={}, M={}, efc={}, build threads={})\n",
+        report.dataset,
+        report.n_base,
+        report.dim,
+        report.metric,
+        report.n_query,
+        report.m,
+        report.ef_construction,
+        report.threads
+    );
+    if report.foreign_cpu_share > 0.05 {
+        println!(
+            "(other processes used {:.0}% of the cores while vaultvec was measured)\n",
+            report.foreign_cpu_share * 100.0
+        );
+    }
+    println!(
+        "| engine | build s | graph MiB | peak RSS MiB | ef | recall@10 | QPS 1t | QPS 2t | p50 us | p99 us |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let rows = |name: &str, build: String, graph: String, rss: String, points: &[Point]| {
+        for (i, p) in points.iter().enumerate() {
+            let head = if i == 0 {
+                format!("| {name} | {build} | {graph} | {rss} ")
+            } else {
+                "| | | | ".to_owned()
+            };
+            println!(
+                "{head}| {} | {:.4} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                p.ef, p.recall_at_10, p.qps_1t, p.qps_2t, p.p50_us, p.p99_us
+            );
+        }
+    };
+    rows(
+        "vaultvec",
+        format!("{:.1}", report.build_s),
+        format!("{:.0}", report.graph_bytes as f64 / (1 << 20) as f64),
+        format!("{:.0}", report.peak_rss_mb),
+        &report.engine,
+    );
+    if let (Some(build), Some(points)) = (report.hnsw_rs_build_s, &report.hnsw_rs) {
+        rows(
+            "hnsw_rs",
+            format!("{build:.1}"),
+            String::new(),
+            String::new(),
+            points,
+        );
+    }
+    println!();
+}
+
+/// hnsw_rs on the same data and parameters, the design vaultvec measured itself against.
+mod reference {
+    use hnsw_rs::prelude::{DistCosine, DistDot, DistL2, Hnsw};
+
+    use anyhow::{Context, Result};
+
+    use super::{Args, Dataset, K, Point, measure};
+    use storage::index::{HnswParams, Metric};
+
+    pub(crate) fn run(
+        data: &Dataset,
+        params: HnswParams,
+        args: &Args,
+    ) -> Result<(f64, Vec<Point>)> {
+        // hnsw_rs inserts on rayon's global pool.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(args.threads)
+            .build_global()
+            .context("configuring rayon's global pool")?;
+        match data.metric {
+            Metric::Cosine => run_with(data, params, args, DistCosine),
+            Metric::Dot => run_with(data, params, args, DistDot),
+            Metric::L2 => run_with(data, params, args, DistL2),
+        }
+    }
+
+    fn run_with<D>(
+        data: &Dataset,
+        params: HnswParams,
+        args: &Args,
+        distance: D,
+    ) -> Result<(f64, Vec<Point>)>
+    where
+        D: hnsw_rs::prelude::Distance<f32> + Send + Sync,
+    {
+        let rows: Vec<(&[f32], usize)> = data.base.chunks_exact(data.dim).zip(0..).collect();
+        let start = std::time::Instant::now();
+        let index = Hnsw::<f32, D>::new(params.m, rows.len(), 16, params.ef_construction, distance);
+        index.parallel_insert_slice(&rows);
+        let build_s = start.elapsed().as_secs_f64();
+        eprintln!("hnsw_rs built in {build_s:.2} s");
+        let search = |query: &[f32], ef: usize| {
+            index
+                .search(query, K, ef)
+                .iter()
+                .map(|n| n.d_id as u32)
+                .collect::<Vec<u32>>()
+        };
+        let mut points = Vec::new();
+        for &ef in &args.ef {
+            let point = measure(data, ef, args.runs, &search);
+            eprintln!(
+                "  hnsw_rs ef={ef}: {}",
+                serde_json::to_string(&point).unwrap_or_default()
+            );
+            points.push(point);
+        }
+        Ok((build_s, points))
+    }
+}
+
+/// A reader for `.npy` files holding little-endian `f4`/`i4` arrays in C order.
+mod npy {
+    use std::fs::File;
+    use std::io::{Read, Seek, SeekFrom};
+    use std::path::Path;
+
+    use anyhow::{Context, Result, anyhow, bail};
+
+    /// An array read from a `.npy` file.
+    pub(crate) struct Array {
+        pub(crate) shape: Vec<usize>,
+        pub(crate) data: Data,
+    }
+
+    pub(crate) enum Data {
+        F32(Vec<f32>),
+        I32(Vec<i32>),
+    }
+
+    impl Array {
+        /// The array as an `f32` matrix: (row-major data, columns). A 1-d array is one column.
+        pub(crate) fn into_f32_matrix(self) -> Result<(Vec<f32>, usize)> {
+            let cols = match self.shape.as_slice() {
+                [_] => 1,
+                [_, cols] => *cols,
+                other => bail!("expected a matrix, got shape {other:?}"),
+            };
+            match self.data {
+                Data::F32(values) => Ok((values, cols)),
+                Data::I32(_) => bail!("expected float32 data, got int32"),
+            }
+        }
+
+        /// The values of an `i32` array, in C order.
+        pub(crate) fn into_i32(self) -> Result<Vec<i32>> {
+            match self.data {
+                Data::I32(values) => Ok(values),
+                Data::F32(_) => bail!("expected int32 data, got float32"),
+            }
+        }
+    }
+
+    /// Reads and validates `path`: magic, version, header dict (`descr` `<f4` or `<i4`,
+    /// `fortran_order` False, `shape`), and a data size that matches the shape exactly. The data
+    /// is read straight into the returned vector, so the file is never held twice in memory.
+    pub(crate) fn read(path: &Path) -> Result<Array> {
+        let context = || format!("reading {}", path.display());
+        let mut file = File::open(path).with_context(context)?;
+        let file_len = file.metadata().with_context(context)?.len();
+        let mut prefix = vec![0u8; (file_len.min(1 << 16)) as usize];
+        file.read_exact(&mut prefix).with_context(context)?;
+        let header = parse_header(&prefix).map_err(|err| anyhow!("{}: {err}", path.display()))?;
+        let count = header
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .context("shape overflows")?;
+        let data_len = file_len.saturating_sub(header.data_start as u64);
+        if count.checked_mul(4).map(|n| n as u64) != Some(data_len) {
+            bail!(
+                "{}: data is {data_len} bytes, shape {:?} needs {count} x 4",
+                path.display(),
+                header.shape
+            );
+        }
+        file.seek(SeekFrom::Start(header.data_start as u64))
+            .with_context(context)?;
+        let data = if header.is_float {
+            let mut values = vec![0f32; count];
+            file.read_exact(bytemuck::cast_slice_mut(&mut values))
+                .with_context(context)?;
+            for value in &mut values {
+                *value = f32::from_bits(u32::from_le(value.to_bits()));
+            }
+            Data::F32(values)
+        } else {
+            let mut values = vec![0i32; count];
+            file.read_exact(bytemuck::cast_slice_mut(&mut values))
+                .with_context(context)?;
+            for value in &mut values {
+                *value = i32::from_le(*value);
+            }
+            Data::I32(values)
+        };
+        Ok(Array {
+            shape: header.shape,
+            data,
+        })
+    }
+
+    struct Header {
+        is_float: bool,
+        shape: Vec<usize>,
+        data_start: usize,
+    }
+
+    fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
+        if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+            return Err("not an .npy file".into());
+        }
+        let (header_len, header_start) = match bytes[6] {
+            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
+            2 | 3 if bytes.len() >= 12 => (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            ),
+            version => return Err(format!("unsupported .npy version {version}")),
+        };
+        let data_start = header_start
+            .checked_add(header_len)
+            .filter(|&end| end <= bytes.len())
+            .ok_or("truncated or oversized header")?;
+        let header = std::str::from_utf8(&bytes[header_start..data_start])
+            .map_err(|_| "header is not text")?;
+        let descr = dict_value(header, "descr").ok_or("no descr")?;
+        let fortran = dict_value(header, "fortran_order").ok_or("no fortran_order")?;
+        if !fortran.starts_with("False") {
+            return Err("Fortran-order arrays are not supported".into());
+        }
+        let shape_text = dict_value(header, "shape").ok_or("no shape")?;
+        let shape_text = shape_text
+            .strip_prefix('(')
+            .and_then(|rest| rest.split_once(')'))
+            .map(|(inside, _)| inside)
+            .ok_or("shape is not a tuple")?;
+        let shape = shape_text
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.parse::<usize>()
+                    .map_err(|_| format!("bad shape entry {part:?}"))
+            })
+            .collect::<std::result::Result<Vec<usize>, String>>()?;
+        let is_float = if descr.starts_with("'<f4'") {
+            true
+        } else if descr.starts_with("'<i4'") {
+            false
+        } else {
+            return Err(format!(
+                "unsupported dtype {}",
+                descr.split(',').next().unwrap_or("")
+            ));
+        };
+        Ok(Header {
+            is_float,
+            shape,
+            data_start,
+        })
+    }
+
+    /// The text after `'key':` in a Python dict literal, leading spaces removed.
+    fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+        let at = header.find(&format!("'{key}'"))?;
+        let rest = &header[at + key.len() + 2..];
+        Some(rest.trim_start().strip_prefix(':')?.trim_start())
+    }
+}

@@ -1,5 +1,10 @@
 //! Engine benchmark: builds vaultvec's HNSW graph over a bench-kit dataset and reports build time,
-//! memory, and per-`ef` recall@10, QPS on one and two threads and per-query latency.
+//! memory, and per-`ef` recall@10, QPS on one and two threads and per-query latency (`index` rows).
+//! Then it runs the whole engine: the dataset goes in through `Collection::upsert` in batches of
+//! 1,000 (each acknowledged after its WAL fsync, background indexing running alongside), the
+//! segment is sealed, the collection is reopened from its encrypted files, and searches go through
+//! `Collection::search` (`engine` rows). Reopening is timed next to a pure AES-GCM decryption of the
+//! same files. `--skip-engine` leaves the engine phase out.
 //!
 //! ```text
 //! cargo bench -p storage --bench engine -- DATASET [--json FILE] [--hnsw-rs] [--threads 2]
@@ -49,6 +54,7 @@ struct Args {
     seed: u64,
     graph_cache: Option<PathBuf>,
     tune: bool,
+    skip_engine: bool,
 }
 
 impl Args {
@@ -66,6 +72,7 @@ impl Args {
             seed: 1,
             graph_cache: None,
             tune: false,
+            skip_engine: false,
         };
         let mut raw = std::env::args().skip(1);
         let mut dataset = None;
@@ -78,6 +85,7 @@ impl Args {
                 "--json" => args.json = Some(PathBuf::from(value("--json")?)),
                 "--hnsw-rs" => args.hnsw_rs = true,
                 "--tune" => args.tune = true,
+                "--skip-engine" => args.skip_engine = true,
                 "--graph-cache" => args.graph_cache = Some(PathBuf::from(value("--graph-cache")?)),
                 "--threads" => args.threads = number(&value("--threads")?)?,
                 "--n-query" => args.n_query = number(&value("--n-query")?)?,
@@ -127,7 +135,30 @@ struct Report {
     peak_rss_mb: f64,
     /// Share of the cores other processes used while the engine was built and measured.
     foreign_cpu_share: f64,
+    /// The raw graph: `Graph::build` and `Graph::search`.
+    index: Vec<Point>,
+    /// The whole engine: `Collection::search` over the sealed, reopened collection.
     engine: Vec<Point>,
+    /// Acknowledged upserts per second (1,000-point batches, WAL fsync included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upsert_pps: Option<f64>,
+    /// Points per second moved into the graph by background indexing, from the first upsert until
+    /// every point was indexed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index_pps: Option<f64>,
+    /// Seconds to seal the indexed segment to its encrypted file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seal_s: Option<f64>,
+    /// Seconds to reopen the sealed collection from disk (decrypt, decode, id map; no rebuild).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reopen_s: Option<f64>,
+    /// Seconds to AES-GCM-decrypt every section of the collection's segment files, alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decrypt_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decrypt_gbps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segment_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hnsw_rs_build_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -535,14 +566,14 @@ fn run() -> Result<()> {
         }
         return Ok(());
     }
-    let mut engine = Vec::new();
+    let mut index = Vec::new();
     for &ef in &args.ef {
         let point = measure(&data, ef, args.runs, &ours);
         eprintln!(
-            "  vaultvec ef={ef}: {}",
+            "  vaultvec index ef={ef}: {}",
             serde_json::to_string(&point).unwrap_or_default()
         );
-        engine.push(point);
+        index.push(point);
     }
     let mut report = Report {
         dataset: data.name.clone(),
@@ -558,11 +589,23 @@ fn run() -> Result<()> {
         graph_bytes: graph.memory_bytes(),
         peak_rss_mb: peak_rss_mb(),
         foreign_cpu_share: load.share(),
-        engine,
+        index,
+        engine: Vec::new(),
+        upsert_pps: None,
+        index_pps: None,
+        seal_s: None,
+        reopen_s: None,
+        decrypt_s: None,
+        decrypt_gbps: None,
+        segment_bytes: None,
         hnsw_rs_build_s: None,
         hnsw_rs: None,
     };
     drop(graph);
+    if !args.skip_engine {
+        engine_phase::run(&data, params, &args, &mut report)?;
+        report.peak_rss_mb = peak_rss_mb();
+    }
 
     if args.hnsw_rs {
         let (build_s, points) = reference::run(&data, params, &args)?;
@@ -615,10 +658,17 @@ fn print_table(report: &Report) {
         }
     };
     rows(
-        "vaultvec",
+        "vaultvec index",
         format!("{:.1}", report.build_s),
         format!("{:.0}", report.graph_bytes as f64 / (1 << 20) as f64),
         format!("{:.0}", report.peak_rss_mb),
+        &report.index,
+    );
+    rows(
+        "vaultvec engine",
+        String::new(),
+        String::new(),
+        String::new(),
         &report.engine,
     );
     if let (Some(build), Some(points)) = (report.hnsw_rs_build_s, &report.hnsw_rs) {
@@ -631,6 +681,192 @@ fn print_table(report: &Report) {
         );
     }
     println!();
+    if let (Some(upsert), Some(index), Some(seal), Some(reopen), Some(decrypt), Some(gbps)) = (
+        report.upsert_pps,
+        report.index_pps,
+        report.seal_s,
+        report.reopen_s,
+        report.decrypt_s,
+        report.decrypt_gbps,
+    ) {
+        println!(
+            "engine: upserts acknowledged {upsert:.0} points/s (1,000-point batches, fsync each); \
+             background indexing {index:.0} points/s; seal {seal:.2} s; \
+             reopen {reopen:.2} s vs AES-GCM decrypt alone {decrypt:.2} s ({gbps:.2} GB/s), ratio {:.2}\n",
+            reopen / decrypt
+        );
+    }
+}
+
+/// The whole engine on the dataset: ingest, seal, reopen, search through `Collection`.
+mod engine_phase {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use anyhow::{Context, Result};
+    use storage::Engine;
+    use storage::collection::{CollectionConfig, Limits, PointInput, SearchRequest};
+    use storage::crypto::{DekContext, FileOpener, KeyService, LocalKeyFile, LocalKeyService};
+    use storage::ids::{CollectionName, PointId, TenantId};
+    use storage::index::HnswParams;
+    use storage::sealed::{FileKind, SealedFile};
+
+    use super::{Args, Dataset, K, Report, measure, round};
+
+    const BATCH: usize = 1000;
+
+    pub(crate) fn run(
+        data: &Dataset,
+        params: HnswParams,
+        args: &Args,
+        report: &mut Report,
+    ) -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("vaultvec-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let res = run_in(&dir, data, params, args, report);
+        let _ = std::fs::remove_dir_all(&dir);
+        res
+    }
+
+    fn run_in(
+        dir: &std::path::Path,
+        data: &Dataset,
+        params: HnswParams,
+        args: &Args,
+        report: &mut Report,
+    ) -> Result<()> {
+        let root = LocalKeyFile::generate(&dir.join("root.key"))?;
+        let keys = Arc::new(LocalKeyService::open(Arc::new(root), &dir.join("keks"))?);
+        let tenant = TenantId::parse("bench")?;
+        keys.ensure_tenant(&tenant)?;
+        let n = data.n_base();
+        // One segment for the whole dataset, like the peers' single index.
+        let limits = Limits {
+            segment_points: n.max(BATCH),
+            max_batch: BATCH,
+            index_threads: args.threads,
+            ..Limits::default()
+        };
+        let name = CollectionName::parse("bench")?;
+        let config = CollectionConfig {
+            dim: data.dim,
+            metric: data.metric,
+            m: params.m,
+            ef_construction: params.ef_construction,
+            ef: 64,
+        };
+        let data_dir = dir.join("data");
+        {
+            let engine = Engine::open(&data_dir, keys.clone(), limits)?;
+            let collection = engine.create_collection(&tenant, &name, config)?;
+            let start = Instant::now();
+            for (batch, rows) in data.base.chunks(BATCH * data.dim).enumerate() {
+                let points = rows
+                    .chunks_exact(data.dim)
+                    .enumerate()
+                    .map(|(i, v)| PointInput {
+                        id: PointId::Num((batch * BATCH + i) as u64),
+                        vector: v.to_vec(),
+                        payload: None,
+                    })
+                    .collect();
+                collection.upsert(points)?;
+                if batch % 20 == 19 {
+                    eprint!(
+                        "\r  ingest: {} / {n} points acknowledged",
+                        (batch + 1) * BATCH
+                    );
+                }
+            }
+            let upsert_s = start.elapsed().as_secs_f64();
+            eprintln!(
+                "\r  ingest: {n} points acknowledged in {upsert_s:.2} s; waiting for background indexing"
+            );
+            collection.wait_idle()?;
+            let index_s = start.elapsed().as_secs_f64();
+            let seal_start = Instant::now();
+            collection.flush()?;
+            let seal_s = seal_start.elapsed().as_secs_f64();
+            eprintln!(
+                "  indexed by {index_s:.2} s after the first upsert; sealed in {seal_s:.2} s"
+            );
+            report.upsert_pps = Some(round(n as f64 / upsert_s, 0));
+            report.index_pps = Some(round(n as f64 / index_s, 0));
+            report.seal_s = Some(round(seal_s, 3));
+        }
+        // Decrypt the segment files alone, as the reopen will.
+        let coll_dir = data_dir.join("tenants").join("bench").join("bench");
+        let mut decrypt_s = 0.0;
+        let mut segment_bytes = 0u64;
+        for entry in std::fs::read_dir(&coll_dir)? {
+            let path = entry?.path();
+            if !path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("seg-"))
+            {
+                continue;
+            }
+            let file = SealedFile::open(&path, FileKind::Segment, &tenant, "bench")?;
+            let header = file.header().clone();
+            segment_bytes += std::fs::metadata(&path)?.len();
+            let dek = keys.decrypt_data_key(
+                &tenant,
+                DekContext {
+                    collection: "bench",
+                    file_id: header.file_id,
+                },
+                &header.wrapped_dek,
+            )?;
+            let opener = FileOpener::new(dek);
+            let start = Instant::now();
+            for section in &header.sections {
+                std::hint::black_box(file.read_section(&opener, &tenant, section.id)?);
+            }
+            decrypt_s += start.elapsed().as_secs_f64();
+        }
+        let start = Instant::now();
+        let engine = Engine::open(&data_dir, keys.clone(), limits)?;
+        let collection = engine.collection(&tenant, &name)?;
+        let reopen_s = start.elapsed().as_secs_f64();
+        eprintln!(
+            "  reopened {:.0} MB in {reopen_s:.2} s; decrypting alone took {decrypt_s:.2} s",
+            segment_bytes as f64 / 1e6
+        );
+        report.reopen_s = Some(round(reopen_s, 3));
+        report.decrypt_s = Some(round(decrypt_s, 3));
+        report.decrypt_gbps = Some(round(segment_bytes as f64 / decrypt_s / 1e9, 2));
+        report.segment_bytes = Some(segment_bytes);
+
+        let search = |query: &[f32], ef: usize| {
+            let req = SearchRequest {
+                vector: query.to_vec(),
+                top_k: K,
+                ef: Some(ef),
+                ..Default::default()
+            };
+            collection
+                .search(&req)
+                .map(|hits| {
+                    hits.into_iter()
+                        .map(|hit| match hit.id {
+                            PointId::Num(id) => id as u32,
+                            PointId::Str(_) => u32::MAX,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for &ef in &args.ef {
+            let point = measure(data, ef, args.runs, &search);
+            eprintln!(
+                "  vaultvec engine ef={ef}: {}",
+                serde_json::to_string(&point).unwrap_or_default()
+            );
+            report.engine.push(point);
+        }
+        Ok(())
+    }
 }
 
 /// hnsw_rs on the same data and parameters, the design vaultvec measured itself against.

@@ -5,6 +5,8 @@
 //! - `mmap`: read-only maps of sealed, immutable files (ciphertext only).
 //! - `append`: an append-only, fixed-capacity vector arena that one writer fills while many readers
 //!   read the already-published prefix.
+//! - `zeroed`: large zero-filled atomic arrays allocated with `alloc_zeroed`, so a growing
+//!   segment's graph costs memory only as it fills.
 //! - `simd`: distance kernels compiled for AVX2+FMA, called only after the CPU was checked at run time.
 //!
 //! If one of these arguments weakens, replace the code with a safe equivalent (`pread`, a lock,
@@ -13,3 +15,4 @@
 pub(crate) mod append;
 pub(crate) mod mmap;
 pub(crate) mod simd;
+pub(crate) mod zeroed;

@@ -1103,3 +1103,76 @@ fn a_drop_is_all_or_nothing_across_a_crash() {
     engine.load_tenant(&tenant("a")).unwrap();
     assert!(!half_collection.exists());
 }
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Child half of `an_empty_growing_segment_costs_little_memory`: prints the RSS growth of creating
+/// a collection (whose growing segment has room for 200,000 384-d points) and upserting one point.
+#[test]
+fn rss_child() {
+    if std::env::var_os("VV_RSS_CHILD").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["a"]);
+    let engine = engine(
+        dir.path(),
+        &keys,
+        Limits {
+            segment_points: 200_000,
+            ..Limits::default()
+        },
+    );
+    let before = rss_kib();
+    let c = engine
+        .create_collection(
+            &tenant("a"),
+            &name("docs"),
+            CollectionConfig::new(384, Metric::Cosine),
+        )
+        .unwrap();
+    c.upsert(vec![PointInput {
+        id: PointId::Num(1),
+        vector: vec![1.0; 384],
+        payload: None,
+    }])
+    .unwrap();
+    c.wait_idle().unwrap();
+    println!("RSS_GROWTH_KIB {}", rss_kib() - before);
+}
+
+#[test]
+fn an_empty_growing_segment_costs_little_memory() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tests::collection::rss_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("VV_RSS_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let growth: u64 = stdout
+        .lines()
+        .find_map(|l| l.split("RSS_GROWTH_KIB ").nth(1))
+        .unwrap_or_else(|| {
+            panic!(
+                "child printed no figure: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .trim()
+        .parse()
+        .unwrap();
+    // Fully backed, the vectors alone would be 307 MB and the graph 26 MB.
+    assert!(
+        growth < 16 * 1024,
+        "a collection holding one point grew RSS by {growth} KiB"
+    );
+}

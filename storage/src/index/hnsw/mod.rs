@@ -370,9 +370,10 @@ impl Graph {
     ) -> Graph {
         let stride0 = 1 + 2 * params.m;
         let stride = 1 + params.m;
-        let level0 = (0..capacity * stride0)
-            .map(|slot| AtomicU32::new(if slot % stride0 == 0 { 0 } else { NO_NODE }))
-            .collect();
+        // All zero: a count of 0 in every list. Slots past a list's count are never read (counts
+        // are published after the ids they cover), so they need no sentinel, and zeroed memory
+        // lets a growing segment's preallocated graph stay unbacked until it fills.
+        let level0 = crate::sys::zeroed::zeroed_atomic_u32(capacity * stride0);
         let mut upper_start = Vec::with_capacity(capacity + 1);
         let mut end = 0;
         upper_start.push(end);
@@ -380,9 +381,7 @@ impl Graph {
             end += level_of(node).min(MAX_LEVEL) * stride;
             upper_start.push(end);
         }
-        let upper = (0..end)
-            .map(|slot| AtomicU32::new(if slot % stride == 0 { 0 } else { NO_NODE }))
-            .collect();
+        let upper = crate::sys::zeroed::zeroed_atomic_u32(end);
         Graph {
             params,
             metric,

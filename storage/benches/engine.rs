@@ -4,7 +4,8 @@
 //! 1,000 (each acknowledged after its WAL fsync, background indexing running alongside), the
 //! segment is sealed, the collection is reopened from its encrypted files, and searches go through
 //! `Collection::search` (`engine` rows). Reopening is timed next to a pure AES-GCM decryption of the
-//! same files. `--skip-engine` leaves the engine phase out.
+//! same files. `--skip-engine` leaves the engine phase out. `--filter-sweep` instead times filtered
+//! graph walks against exact scans at selectivities from 0.1% to 50% (the filter switch point).
 //!
 //! ```text
 //! cargo bench -p storage --bench engine -- DATASET [--json FILE] [--hnsw-rs] [--threads 2]
@@ -55,6 +56,7 @@ struct Args {
     graph_cache: Option<PathBuf>,
     tune: bool,
     skip_engine: bool,
+    filter_sweep: bool,
 }
 
 impl Args {
@@ -73,6 +75,7 @@ impl Args {
             graph_cache: None,
             tune: false,
             skip_engine: false,
+            filter_sweep: false,
         };
         let mut raw = std::env::args().skip(1);
         let mut dataset = None;
@@ -86,6 +89,7 @@ impl Args {
                 "--hnsw-rs" => args.hnsw_rs = true,
                 "--tune" => args.tune = true,
                 "--skip-engine" => args.skip_engine = true,
+                "--filter-sweep" => args.filter_sweep = true,
                 "--graph-cache" => args.graph_cache = Some(PathBuf::from(value("--graph-cache")?)),
                 "--threads" => args.threads = number(&value("--threads")?)?,
                 "--n-query" => args.n_query = number(&value("--n-query")?)?,
@@ -557,6 +561,10 @@ fn run() -> Result<()> {
             .map(|hit| hit.node)
             .collect()
     };
+    if args.filter_sweep {
+        filter_sweep(&data, &graph);
+        return Ok(());
+    }
     if args.tune {
         for &ef in &args.ef {
             eprintln!(
@@ -694,6 +702,61 @@ fn print_table(report: &Report) {
              background indexing {index:.0} points/s; seal {seal:.2} s; \
              reopen {reopen:.2} s vs AES-GCM decrypt alone {decrypt:.2} s ({gbps:.2} GB/s), ratio {:.2}\n",
             reopen / decrypt
+        );
+    }
+}
+
+/// For the filtered-search switch point: at each selectivity, the time per query and recall@10 of
+/// the filtered graph walk (ef 64) against the exact scan over the matching points, which is also
+/// the truth. The filter is a hash of the node id, so matches are spread without structure.
+fn filter_sweep(data: &Dataset, graph: &Graph) {
+    use storage::index::exact_search;
+    let vectors = data.vectors();
+    let queries: Vec<&[f32]> = data.queries().into_iter().take(200).collect();
+    println!("| matching | graph us/query | graph recall@10 | exact us/query | faster |");
+    println!("|---:|---:|---:|---:|---|");
+    for per_mille in [1u64, 2, 5, 10, 20, 50, 100, 200, 500] {
+        let accept = move |node: u32| {
+            (u64::from(node).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 1000 < per_mille
+        };
+        let start = Instant::now();
+        let truth: Vec<Vec<u32>> = queries
+            .iter()
+            .map(|q| {
+                exact_search(&vectors, data.metric, q, K, Some(&accept))
+                    .iter()
+                    .map(|h| h.node)
+                    .collect()
+            })
+            .collect();
+        let exact_us = start.elapsed().as_secs_f64() * 1e6 / queries.len() as f64;
+        let start = Instant::now();
+        let found: Vec<Vec<u32>> = queries
+            .iter()
+            .map(|q| {
+                graph
+                    .search(&vectors, q, K, 64, Some(&accept))
+                    .iter()
+                    .map(|h| h.node)
+                    .collect()
+            })
+            .collect();
+        let graph_us = start.elapsed().as_secs_f64() * 1e6 / queries.len() as f64;
+        let hits: usize = found
+            .iter()
+            .zip(&truth)
+            .map(|(f, t)| f.iter().filter(|n| t.contains(n)).count())
+            .sum();
+        let total: usize = truth.iter().map(Vec::len).sum();
+        let recall = hits as f64 / total.max(1) as f64;
+        let faster = if exact_us < graph_us {
+            "exact"
+        } else {
+            "graph"
+        };
+        println!(
+            "| {:.1}% | {graph_us:.0} | {recall:.3} | {exact_us:.0} | {faster} |",
+            per_mille as f64 / 10.0
         );
     }
 }

@@ -39,9 +39,20 @@ const NO_PAYLOAD: u32 = u32::MAX;
 
 /// Points sampled to estimate how selective a filter is.
 const FILTER_SAMPLE: usize = 256;
-/// A filter estimated to match at most this fraction of a segment's points is answered by an exact
-/// scan over the matching points instead of a graph walk (see ARCHITECTURE.md for the measurement).
-pub(crate) const FILTER_EXACT_FRACTION: f64 = 0.05;
+/// Calibrates where a filtered search switches from the graph walk to an exact scan of the matching
+/// points. A filtered walk costs about `ef / s` distance computations at selectivity `s`, an exact
+/// scan about `n * s`; they cross at `s* = sqrt(C * ef / n)`. `C` was fitted where the two costs
+/// crossed on wordnet-minilm-384-cosine (n = 163,888, ef = 64: 7.5%) and checked on two synthetic
+/// L2 sets it was not fitted to (n = 30,000: measured 13%, predicted 17.5%; and 20-50%, predicted
+/// 21%). `cargo bench -p storage --bench engine -- DATASET --filter-sweep` measures it.
+pub(crate) const FILTER_EXACT_C: f64 = 14.0;
+
+/// The selectivity at or below which an exact scan beats the filtered graph walk.
+pub(crate) fn exact_switch_fraction(n: usize, ef: usize) -> f64 {
+    (FILTER_EXACT_C * ef as f64 / n.max(1) as f64)
+        .sqrt()
+        .min(1.0)
+}
 
 pub(crate) struct Segment {
     /// Unique within one open collection; the id map refers to segments by it.
@@ -189,7 +200,7 @@ impl Segment {
                 .step_by(step)
                 .filter(|&slot| accept(slot as u32))
                 .count();
-            (matched as f64) <= FILTER_EXACT_FRACTION * sampled as f64
+            (matched as f64) <= exact_switch_fraction(n, ef) * sampled as f64
         };
         if is_selective || indexed == 0 {
             return exact_top_k(&vectors, config, query, k, 0..n, &accept);

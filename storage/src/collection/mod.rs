@@ -575,7 +575,7 @@ impl Collection {
     /// The nearest points to `req.vector`.
     pub fn search(&self, req: &SearchRequest) -> Result<Vec<ScoredPoint>> {
         let inner = &self.inner;
-        let query = inner.check_vector(req.vector.clone())?;
+        // Bounds first, before anything is allocated for the request.
         if req.top_k == 0 || req.top_k > inner.limits.max_top_k {
             return Err(Error::invalid(format!(
                 "top_k {} is outside 1..={}",
@@ -589,6 +589,13 @@ impl Collection {
                 inner.limits.max_ef
             )));
         }
+        if req.vector.len() != inner.config.dim {
+            return Err(Error::DimensionMismatch {
+                expected: inner.config.dim,
+                got: req.vector.len(),
+            });
+        }
+        let query = inner.check_vector(req.vector.clone())?;
         let segments = inner.state.read().segments.clone();
         let mut hits = Vec::with_capacity(req.top_k * segments.len());
         for segment in &segments {

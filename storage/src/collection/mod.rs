@@ -1276,15 +1276,18 @@ impl Inner {
         Ok(())
     }
 
-    fn seal(&self, frozen: &Arc<Segment>) -> Result<()> {
-        let _maintenance = self.maintenance.lock();
-        let file_id = {
-            let mut writer = self.writer.lock();
-            let id = writer.manifest.next_file_id;
-            writer.manifest.next_file_id += 1;
-            id
-        };
-        frozen.write_file(
+    /// Takes the next file id. It becomes durable with the next manifest; if that never happens,
+    /// the id is not reused anyway, since open starts above every id found on disk.
+    fn allocate_file_id(&self) -> u64 {
+        let mut writer = self.writer.lock();
+        let id = writer.manifest.next_file_id;
+        writer.manifest.next_file_id += 1;
+        id
+    }
+
+    /// Writes `segment` as `seg-<file_id>` in this collection's directory.
+    fn write_segment(&self, segment: &Segment, file_id: u64) -> Result<()> {
+        segment.write_file(
             self.disk.as_ref(),
             &self.dir,
             &self.tenant,
@@ -1292,7 +1295,13 @@ impl Inner {
             &self.config,
             file_id,
             self.keys.as_ref(),
-        )?;
+        )
+    }
+
+    fn seal(&self, frozen: &Arc<Segment>) -> Result<()> {
+        let _maintenance = self.maintenance.lock();
+        let file_id = self.allocate_file_id();
+        self.write_segment(frozen, file_id)?;
         let retired = {
             let mut writer = self.writer.lock();
             if writer.is_poisoned {
@@ -1348,22 +1357,9 @@ impl Inner {
         }
         new.freeze();
         self.pool.install(|| new.index_up_to(new.len()));
-        let file_id = {
-            let mut writer = self.writer.lock();
-            let id = writer.manifest.next_file_id;
-            writer.manifest.next_file_id += 1;
-            id
-        };
+        let file_id = self.allocate_file_id();
         if !live.is_empty() {
-            new.write_file(
-                self.disk.as_ref(),
-                &self.dir,
-                &self.tenant,
-                self.name.as_str(),
-                &self.config,
-                file_id,
-                self.keys.as_ref(),
-            )?;
+            self.write_segment(&new, file_id)?;
         }
         {
             let mut writer = self.writer.lock();

@@ -35,6 +35,16 @@ const SECTION_B: &[u8] = b"second: vectors vectors vectors vectors vectors vecto
 
 /// Writes a two-section file with 16-byte blocks, so that a small file has many blocks.
 fn write_small(dir: &Path, keys: &dyn KeyService, tenant_name: &str, file_id: u64) -> PathBuf {
+    write_small_in(dir, keys, tenant_name, "docs", file_id)
+}
+
+fn write_small_in(
+    dir: &Path,
+    keys: &dyn KeyService,
+    tenant_name: &str,
+    collection: &str,
+    file_id: u64,
+) -> PathBuf {
     let t = tenant(tenant_name);
     let (dek, wrapped) = keys
         .generate_data_key(
@@ -45,11 +55,14 @@ fn write_small(dir: &Path, keys: &dyn KeyService, tenant_name: &str, file_id: u6
             },
         )
         .unwrap();
-    let path = dir.join(format!("{tenant_name}-seg-{file_id}"));
+    let path = dir.join(format!("{tenant_name}-{collection}-seg-{file_id}"));
     sealed::write(
         &StdDisk,
         &path,
-        header(tenant_name, file_id, wrapped, 16),
+        Header {
+            collection: collection.into(),
+            ..header(tenant_name, file_id, wrapped, 16)
+        },
         &t,
         FileSealer::new(dek),
         &[(1, SECTION_A), (2, SECTION_B)],
@@ -152,6 +165,24 @@ fn blocks_moved_between_tenants_files_and_positions_fail() {
     // The whole file copied into tenant B's place: identity and key checks fail.
     std::fs::write(&target, &a).unwrap();
     assert!(read_small(&target, keys.as_ref(), "b").is_err());
+}
+
+#[test]
+fn a_block_moved_between_collections_of_one_tenant_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["a"]);
+    let docs = write_small_in(dir.path(), keys.as_ref(), "a", "docs", 1);
+    let other = std::fs::read(write_small_in(dir.path(), keys.as_ref(), "a", "other", 1)).unwrap();
+    let mut moved = std::fs::read(&docs).unwrap();
+    let header_len = Header::encoded_len(2);
+    let block = 16 + 16;
+    // Same tenant, same file id, same position: only the collection differs.
+    moved[header_len..header_len + block].copy_from_slice(&other[header_len..header_len + block]);
+    std::fs::write(&docs, &moved).unwrap();
+    assert!(matches!(
+        read_small(&docs, keys.as_ref(), "a"),
+        Err(Error::Decrypt { .. })
+    ));
 }
 
 #[test]

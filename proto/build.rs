@@ -1,0 +1,19 @@
+//! Compiles the .proto files with the protoc shipped inside `protoc-bin-vendored`, so a fresh
+//! machine needs no system protoc.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/vaultvec/v1/vaultvec.proto",
+        "proto/vaultvec/cluster/v1/cluster.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // One module tree (vaultvec::v1, vaultvec::cluster::v1) in OUT_DIR/mod.rs. tonic-prost-build
+    // maps google.protobuf.Struct and Value to prost-types itself.
+    config.include_file("mod.rs");
+    tonic_prost_build::configure().compile_with_config(config, &protos, &["proto"])?;
+    Ok(())
+}

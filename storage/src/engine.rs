@@ -46,7 +46,15 @@ impl Slot {
 pub struct Engine {
     root: PathBuf,
     ctx: Context,
-    tenants: RwLock<HashMap<TenantId, Arc<RwLock<Collections>>>>,
+    /// One entry per tenant seen; its mutex is held while that tenant loads, so loading one tenant
+    /// (decrypting its files) never holds up requests for another.
+    tenants: RwLock<HashMap<TenantId, Arc<TenantSlot>>>,
+}
+
+/// A tenant's collections once loaded.
+#[derive(Default)]
+struct TenantSlot {
+    loaded: parking_lot::Mutex<Option<Arc<RwLock<Collections>>>>,
 }
 
 impl Engine {
@@ -103,13 +111,28 @@ impl Engine {
     }
 
     fn tenant(&self, tenant: &TenantId) -> Result<Arc<RwLock<Collections>>> {
-        if let Some(collections) = self.tenants.read().get(tenant) {
+        let existing = self.tenants.read().get(tenant).cloned();
+        let slot = match existing {
+            Some(slot) => slot,
+            None => self
+                .tenants
+                .write()
+                .entry(tenant.clone())
+                .or_default()
+                .clone(),
+        };
+        // Only this tenant's callers wait here while it loads.
+        let mut loaded = slot.loaded.lock();
+        if let Some(collections) = &*loaded {
             return Ok(collections.clone());
         }
-        let mut tenants = self.tenants.write();
-        if let Some(collections) = tenants.get(tenant) {
-            return Ok(collections.clone());
-        }
+        let collections = Arc::new(RwLock::new(self.load_collections(tenant)?));
+        *loaded = Some(collections.clone());
+        Ok(collections)
+    }
+
+    /// Opens every collection of `tenant` found on disk, finishing interrupted drops and creations.
+    fn load_collections(&self, tenant: &TenantId) -> Result<Collections> {
         let dir = self.tenant_dir(tenant);
         let mut collections = Collections::new();
         if dir.exists() {
@@ -154,15 +177,14 @@ impl Engine {
                 collections.insert(name, slot);
             }
         }
-        let collections = Arc::new(RwLock::new(collections));
-        tenants.insert(tenant.clone(), collections.clone());
         Ok(collections)
     }
 
     /// Unloads a tenant: stops its background work and drops its plaintext.
     pub fn unload_tenant(&self, tenant: &TenantId) -> Result<()> {
         let removed = self.tenants.write().remove(tenant);
-        if let Some(collections) = removed {
+        let loaded = removed.and_then(|slot| slot.loaded.lock().take());
+        if let Some(collections) = loaded {
             for slot in collections.read().values() {
                 if let Slot::Open(collection) = slot {
                     collection.close();
@@ -174,7 +196,10 @@ impl Engine {
 
     /// Whether the tenant's collections are in memory.
     pub fn is_loaded(&self, tenant: &TenantId) -> bool {
-        self.tenants.read().contains_key(tenant)
+        self.tenants
+            .read()
+            .get(tenant)
+            .is_some_and(|slot| slot.loaded.lock().is_some())
     }
 
     /// Creates a collection.
@@ -270,7 +295,10 @@ impl Engine {
     /// Stops every collection's background work.
     pub fn close(&self) {
         let tenants: Vec<_> = self.tenants.write().drain().collect();
-        for (_, collections) in tenants {
+        for (_, tenant) in tenants {
+            let Some(collections) = tenant.loaded.lock().take() else {
+                continue;
+            };
             for slot in collections.read().values() {
                 if let Slot::Open(collection) = slot {
                     collection.close();

@@ -1176,3 +1176,113 @@ fn an_empty_growing_segment_costs_little_memory() {
         "a collection holding one point grew RSS by {growth} KiB"
     );
 }
+
+/// A key service that parks data-key decryption for one tenant until the test opens the gate.
+struct SlowKeys {
+    inner: Arc<LocalKeyService>,
+    slow: crate::ids::TenantId,
+    gate: Gate,
+}
+
+impl crate::crypto::KeyService for SlowKeys {
+    fn generate_data_key(
+        &self,
+        tenant: &crate::ids::TenantId,
+        ctx: crate::crypto::DekContext<'_>,
+    ) -> crate::Result<(crate::crypto::DataKey, crate::crypto::WrappedDek)> {
+        self.inner.generate_data_key(tenant, ctx)
+    }
+    fn decrypt_data_key(
+        &self,
+        tenant: &crate::ids::TenantId,
+        ctx: crate::crypto::DekContext<'_>,
+        wrapped: &crate::crypto::WrappedDek,
+    ) -> crate::Result<crate::crypto::DataKey> {
+        if *tenant == self.slow {
+            let mut state = self.gate.0.lock();
+            state.1 += 1;
+            self.gate.1.notify_all();
+            while state.0 {
+                self.gate.1.wait(&mut state);
+            }
+        }
+        self.inner.decrypt_data_key(tenant, ctx, wrapped)
+    }
+    fn rewrap_data_key(
+        &self,
+        tenant: &crate::ids::TenantId,
+        ctx: crate::crypto::DekContext<'_>,
+        wrapped: &crate::crypto::WrappedDek,
+    ) -> crate::Result<crate::crypto::WrappedDek> {
+        self.inner.rewrap_data_key(tenant, ctx, wrapped)
+    }
+    fn current_kek_version(&self, tenant: &crate::ids::TenantId) -> crate::Result<u32> {
+        self.inner.current_kek_version(tenant)
+    }
+}
+
+#[test]
+fn a_tenant_that_is_loading_does_not_hold_up_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["slow", "fast"]);
+    let (slow, fast) = (tenant("slow"), tenant("fast"));
+    {
+        let engine = engine(dir.path(), &keys, limits());
+        for t in [&slow, &fast] {
+            let c = engine
+                .create_collection(t, &name("docs"), CollectionConfig::new(4, Metric::L2))
+                .unwrap();
+            c.upsert(vec![PointInput {
+                id: PointId::Num(1),
+                vector: vec![1.0; 4],
+                payload: None,
+            }])
+            .unwrap();
+            c.flush().unwrap();
+        }
+    }
+    let gated = Arc::new(SlowKeys {
+        inner: keys.clone(),
+        slow: slow.clone(),
+        gate: Gate::default(),
+    });
+    gated.gate.0.lock().0 = true;
+    let engine = Arc::new(Engine::open(&dir.path().join("data"), gated.clone(), limits()).unwrap());
+    let loading = {
+        let (engine, slow) = (engine.clone(), slow.clone());
+        std::thread::spawn(move || {
+            engine
+                .collection(&slow, &name("docs"))
+                .map(|c| c.count(None))
+        })
+    };
+    {
+        let mut state = gated.gate.0.lock();
+        while state.1 == 0 {
+            gated.gate.1.wait(&mut state);
+        }
+    }
+    // Tenant "slow" is now stuck mid-load; tenant "fast" must still be served.
+    let (done, answer) = std::sync::mpsc::channel();
+    {
+        let (engine, fast) = (engine.clone(), fast.clone());
+        std::thread::spawn(move || {
+            let _ = done.send(
+                engine
+                    .collection(&fast, &name("docs"))
+                    .map(|c| c.count(None))
+                    .ok(),
+            );
+        });
+    }
+    // A generous bound, only so that a regression fails instead of hanging the suite.
+    let served = answer.recv_timeout(std::time::Duration::from_secs(60));
+    gated.gate.0.lock().0 = false;
+    gated.gate.1.notify_all();
+    assert_eq!(
+        served,
+        Ok(Some(1)),
+        "tenant fast was held up by tenant slow's load"
+    );
+    assert_eq!(loading.join().unwrap().unwrap(), 1);
+}

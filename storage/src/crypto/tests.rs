@@ -264,3 +264,12 @@ fn length_prefixing_separates_shifted_fields() {
     let a_bc = aad::dek(&tenant("a"), "bc", 1, 1).into_bytes();
     assert_ne!(ab_c, a_bc);
 }
+
+// INV-08 / INV-10: key material cannot be printed, serialised, compared or silently copied. A change
+// that derives any of these on a key type stops compiling here.
+static_assertions::assert_not_impl_any!(DataKey: std::fmt::Debug, std::fmt::Display, serde::Serialize, PartialEq, Clone);
+static_assertions::assert_not_impl_any!(Kek: std::fmt::Debug, std::fmt::Display, serde::Serialize, PartialEq, Clone);
+static_assertions::assert_not_impl_any!(LocalKeyFile: std::fmt::Debug, std::fmt::Display, serde::Serialize, PartialEq, Clone);
+static_assertions::assert_not_impl_any!(FileSealer: std::fmt::Debug, std::fmt::Display, serde::Serialize, PartialEq, Clone);
+static_assertions::assert_not_impl_any!(FileOpener: std::fmt::Debug, std::fmt::Display, serde::Serialize, PartialEq, Clone);
+static_assertions::assert_not_impl_any!(super::key::KeyBytes: std::fmt::Debug, std::fmt::Display, serde::Serialize, PartialEq);

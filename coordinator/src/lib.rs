@@ -1,0 +1,6 @@
+//! vaultvec coordinator: the public face of the cluster.
+//!
+//! So far this crate holds API-key authentication (`auth`); the gRPC/HTTP service layer, tenants and
+//! tiers, routing to workers, the key service and the audit chain follow (issue 3).
+
+pub mod auth;

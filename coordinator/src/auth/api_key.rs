@@ -255,26 +255,22 @@ impl<S: KeyStore> Authenticator<S> {
     /// Drops every cached entry of `key_id`. Call it after the store marks the key revoked (or its
     /// scopes change); the very next request then goes to the store.
     pub fn forget(&self, key_id: &str) {
-        let mut cache = self.cache.lock();
-        let stale: Vec<u64> = cache
-            .iter()
-            .filter(|(_, c)| c.identity.key_id == key_id)
-            .map(|(k, _)| *k)
-            .collect();
-        for index in stale {
-            cache.pop(&index);
-        }
+        self.forget_where(|identity| identity.key_id == key_id);
     }
 
     /// Drops every cached entry of a tenant (paused, deleted, tier changed).
     pub fn forget_tenant(&self, tenant: &str) {
+        self.forget_where(|identity| identity.tenant == tenant);
+    }
+
+    fn forget_where(&self, stale: impl Fn(&Identity) -> bool) {
         let mut cache = self.cache.lock();
-        let stale: Vec<u64> = cache
+        let indexes: Vec<u64> = cache
             .iter()
-            .filter(|(_, c)| c.identity.tenant == tenant)
+            .filter(|(_, c)| stale(&c.identity))
             .map(|(k, _)| *k)
             .collect();
-        for index in stale {
+        for index in indexes {
             cache.pop(&index);
         }
     }

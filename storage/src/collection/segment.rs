@@ -13,7 +13,7 @@
 //! 4 graph     `index::Graph::encode`
 //! ```
 
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -26,7 +26,7 @@ use crate::crypto::{DekContext, FileOpener, FileSealer, KeyService};
 use crate::disk::Disk;
 use crate::filter::{Filter, Payload};
 use crate::ids::{PointId, TenantId};
-use crate::index::{Graph, Hit, HnswParams, Vectors};
+use crate::index::{Graph, Hit, HnswParams, Vectors, exact_search_range};
 use crate::sealed::{self, BLOCK_BYTES, FileKind, Header, SealedFile};
 use crate::sys::append::AppendVectors;
 use crate::{Error, Result};
@@ -203,7 +203,14 @@ impl Segment {
             (matched as f64) <= exact_switch_fraction(n, ef) * sampled as f64
         };
         if is_selective || indexed == 0 {
-            return exact_top_k(&vectors, config, query, k, 0..n, &accept);
+            return exact_search_range(
+                &vectors,
+                config.metric,
+                query,
+                k,
+                0..n as u32,
+                Some(&accept),
+            );
         }
         let needs_accept = filter.is_some() || self.deleted.len() > 0;
         let accept_dyn: &dyn Fn(u32) -> bool = &accept;
@@ -217,7 +224,14 @@ impl Segment {
         if indexed < n {
             // Acknowledged points the graph does not hold yet; a concurrent insert may have linked
             // some of them already, so drop duplicates.
-            let tail = exact_top_k(&vectors, config, query, k, indexed..n, &accept);
+            let tail = exact_search_range(
+                &vectors,
+                config.metric,
+                query,
+                k,
+                indexed as u32..n as u32,
+                Some(&accept),
+            );
             hits.retain(|hit| (hit.node as usize) < indexed);
             hits.extend(tail);
             hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.node.cmp(&b.node)));
@@ -389,48 +403,4 @@ fn decode_payloads(buf: &[u8], n: usize) -> Option<Vec<Option<Payload>>> {
 /// Path of a segment file.
 pub(crate) fn segment_path(dir: &Path, file_id: u64) -> std::path::PathBuf {
     dir.join(format!("seg-{file_id}"))
-}
-
-#[derive(PartialEq)]
-struct HeapHit(Hit);
-impl Eq for HeapHit {}
-impl PartialOrd for HeapHit {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for HeapHit {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0
-            .distance
-            .total_cmp(&other.0.distance)
-            .then(self.0.node.cmp(&other.0.node))
-    }
-}
-
-/// Exact top-k over `slots`, nearest first, ties by smaller slot.
-pub(crate) fn exact_top_k(
-    vectors: &Vectors,
-    config: &CollectionConfig,
-    query: &[f32],
-    k: usize,
-    slots: std::ops::Range<usize>,
-    accept: &dyn Fn(u32) -> bool,
-) -> Vec<Hit> {
-    let mut heap: BinaryHeap<HeapHit> = BinaryHeap::with_capacity(k + 1);
-    for slot in slots {
-        let node = slot as u32;
-        if !accept(node) {
-            continue;
-        }
-        let distance = config.metric.distance(query, vectors.get(node));
-        let hit = HeapHit(Hit { distance, node });
-        if heap.len() < k {
-            heap.push(hit);
-        } else if heap.peek().is_some_and(|worst| hit < *worst) {
-            heap.pop();
-            heap.push(hit);
-        }
-    }
-    heap.into_sorted_vec().into_iter().map(|h| h.0).collect()
 }

@@ -17,11 +17,25 @@ pub fn exact_search(
     k: usize,
     accept: Option<&dyn Fn(u32) -> bool>,
 ) -> Vec<Hit> {
+    exact_search_range(vectors, metric, query, k, 0..vectors.len() as u32, accept)
+}
+
+/// As [`exact_search`], over the rows in `range` only (rows past `vectors.len()` are skipped):
+/// a segment's not-yet-indexed tail, for instance.
+pub fn exact_search_range(
+    vectors: &Vectors,
+    metric: Metric,
+    query: &[f32],
+    k: usize,
+    range: std::ops::Range<u32>,
+    accept: Option<&dyn Fn(u32) -> bool>,
+) -> Vec<Hit> {
     if k == 0 || query.len() != vectors.dim() {
         return Vec::new();
     }
+    let end = range.end.min(vectors.len() as u32);
     let mut heap = BinaryHeap::with_capacity(k.min(vectors.len()) + 1);
-    for node in 0..vectors.len() as u32 {
+    for node in range.start..end {
         if accept.is_some_and(|accept| !accept(node)) {
             continue;
         }

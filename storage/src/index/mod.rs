@@ -16,7 +16,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use flat::{exact_search, exact_search_ids};
+pub use flat::{exact_search, exact_search_ids, exact_search_range};
 pub use hit::Hit;
 pub use hnsw::{DEFAULT_EF, Graph, HnswParams};
 pub use vectors::Vectors;

@@ -461,12 +461,17 @@ impl Collection {
         inner.log_and_apply(ops, applies)
     }
 
-    /// Deletes points by id; ids that do not exist are ignored. Returns how many existed.
+    /// Deletes points by id; ids that do not exist are ignored. Returns how many distinct ids
+    /// existed when the call started (a concurrent write may change that before it applies).
     pub fn delete(&self, ids: &[PointId]) -> Result<u64> {
         check_batch(ids.len(), &self.inner.limits)?;
         let existing = {
             let state = self.inner.state.read();
-            ids.iter().filter(|id| state.ids.contains_key(id)).count() as u64
+            let distinct: BTreeSet<&PointId> = ids.iter().collect();
+            distinct
+                .into_iter()
+                .filter(|id| state.ids.contains_key(*id))
+                .count() as u64
         };
         let ops: Vec<Op> = ids.iter().map(|id| Op::Delete { id: id.clone() }).collect();
         let applies = ids

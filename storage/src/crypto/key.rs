@@ -138,6 +138,36 @@ impl DataKey {
     pub fn generate() -> DataKey {
         DataKey(KeyBytes::random())
     }
+
+    /// A DEK received from the key service over the authenticated cluster channel.
+    pub fn from_wire(bytes: &[u8]) -> Result<DataKey> {
+        let key: [u8; KEY_BYTES] = bytes.try_into().map_err(|_| {
+            Error::Key(format!(
+                "data key is {} bytes, not {KEY_BYTES}",
+                bytes.len()
+            ))
+        })?;
+        Ok(DataKey(KeyBytes(key)))
+    }
+
+    /// The DEK's bytes, for the key service to send to the worker that asked. The copy zeroizes
+    /// itself when dropped; it must never be logged or stored.
+    pub fn to_wire(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(self.0.0.to_vec())
+    }
+}
+
+impl WrappedDek {
+    /// A wrapped DEK received over the cluster channel; wrong length is an error.
+    pub fn from_wire(kek_version: u32, bytes: &[u8]) -> Result<WrappedDek> {
+        let bytes: [u8; WRAPPED_KEY_BYTES] = bytes.try_into().map_err(|_| {
+            Error::Key(format!(
+                "wrapped data key is {} bytes, not {WRAPPED_KEY_BYTES}",
+                bytes.len()
+            ))
+        })?;
+        Ok(WrappedDek { kek_version, bytes })
+    }
 }
 
 /// A DEK wrapped by a tenant KEK, as stored in a file header. Not secret.

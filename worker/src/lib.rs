@@ -1,0 +1,1 @@
+//! vaultvec worker.

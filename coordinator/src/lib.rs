@@ -1,7 +1,257 @@
 //! vaultvec coordinator: the public face of the cluster.
 //!
-//! So far this crate holds API-key authentication (`auth`); the gRPC/HTTP service layer, tenants and
-//! tiers, routing to workers, the key service and the audit chain follow (issue 3).
+//! Clients call the gRPC ([`grpc`]) or HTTP/JSON ([`http`]) API; both go through one service layer
+//! ([`api`]) that authenticates the API key ([`auth`]), applies the tenant's tier, validates, and
+//! routes the request over WebSocket to the worker holding the tenant ([`cluster`]). The coordinator
+//! owns the control-plane SQLite database ([`store`]), the tenants' KEKs (it is the workers' key
+//! service), and the hash-chained audit trail ([`audit`]).
+//!
+//! Entry point: [`Coordinator::open`] with bound listeners, then [`Coordinator::run`] until a
+//! shutdown future resolves (the binary hands in SIGTERM/ctrl-c; tests a cancellation token).
 
+pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::response::IntoResponse;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Service;
+use crate::cluster::Hub;
+use crate::config::Config;
+
+/// The four listeners, bound by the caller (the binary from the config, tests on port 0).
+pub struct Listeners {
+    /// Public HTTP/JSON and admin API.
+    pub http: TcpListener,
+    /// Public gRPC API.
+    pub grpc: TcpListener,
+    /// Workers' WebSocket.
+    pub cluster: TcpListener,
+    /// Metrics and probes.
+    pub metrics: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(listen: &config::Listen) -> anyhow::Result<Listeners> {
+        async fn one(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+            TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+        }
+        Ok(Listeners {
+            http: one(listen.http).await?,
+            grpc: one(listen.grpc).await?,
+            cluster: one(listen.cluster).await?,
+            metrics: one(listen.metrics).await?,
+        })
+    }
+
+    /// Four listeners on loopback ports chosen by the kernel.
+    pub async fn loopback() -> anyhow::Result<Listeners> {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Listeners::bind(&config::Listen { http: any, grpc: any, cluster: any, metrics: any }).await
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> anyhow::Result<config::Listen> {
+        Ok(config::Listen {
+            http: self.http.local_addr()?,
+            grpc: self.grpc.local_addr()?,
+            cluster: self.cluster.local_addr()?,
+            metrics: self.metrics.local_addr()?,
+        })
+    }
+}
+
+/// An opened coordinator, ready to run.
+pub struct Coordinator {
+    service: Arc<Service>,
+    hub: Arc<Hub>,
+    listeners: Listeners,
+}
+
+impl Coordinator {
+    /// Opens the database and the key service; binds nothing new.
+    pub fn open(config: Config, listeners: Listeners) -> anyhow::Result<Coordinator> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let audit_key = audit::AuditKey::new(&config.secrets.audit_key)
+            .context("the audit key must be at least 32 bytes")?;
+        let store = Arc::new(
+            store::Store::open(&config.data_dir.join("coordinator.sqlite"), audit_key)
+                .context("opening the control-plane database")?,
+        );
+        let root = storage::crypto::LocalKeyFile::open(&config.secrets.root_key_file)
+            .context("opening the root key")?;
+        let keys = Arc::new(
+            storage::crypto::LocalKeyService::open(Arc::new(root), &config.data_dir.join("keks"))
+                .context("opening the tenant key store")?,
+        );
+        let credentials = config
+            .workers
+            .iter()
+            .map(|w| (w.id.clone(), w.token.clone()))
+            .collect();
+        let hub = Arc::new(Hub::new(
+            credentials,
+            store.clone(),
+            keys.clone(),
+            config.max_in_flight_per_worker,
+            config.heartbeat_timeout,
+        ));
+        let service = Arc::new(Service::new(api::Parts {
+            store,
+            pepper: config.secrets.pepper.clone(),
+            hub: hub.clone(),
+            keys,
+            tiers: config.tiers.clone(),
+            default_tier: config.default_tier.clone(),
+            admin_token: config.secrets.admin_token.clone(),
+            request_timeout: config.request_timeout,
+            metrics: metrics::Metrics::new(),
+        })?);
+        Ok(Coordinator { service, hub, listeners })
+    }
+
+    /// The shared service layer (tests use it to wait for workers and inspect state).
+    pub fn service(&self) -> Arc<Service> {
+        self.service.clone()
+    }
+
+    /// The worker hub.
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> anyhow::Result<config::Listen> {
+        self.listeners.addrs()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: the public listeners stop accepting and
+    /// finish their in-flight requests first, then the worker connections close.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Coordinator { service, hub, listeners } = self;
+        let public = CancellationToken::new();
+        let internal = CancellationToken::new();
+        let mut servers = tokio::task::JoinSet::new();
+
+        let router = http::router(service.clone());
+        let stop = public.clone();
+        servers.spawn(async move {
+            axum::serve(
+                listeners.http,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .context("http server")
+        });
+
+        let grpc = grpc::Grpc::new(service.clone());
+        let stop = public.clone();
+        servers.spawn(async move {
+            use proto::vaultvec::v1::{
+                collections_server::CollectionsServer, health_server::HealthServer,
+                points_server::PointsServer,
+            };
+            let max = grpc::MAX_MESSAGE_BYTES;
+            tonic::transport::Server::builder()
+                .add_service(CollectionsServer::new(grpc.clone()).max_decoding_message_size(max))
+                .add_service(PointsServer::new(grpc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
+                .add_service(HealthServer::new(grpc))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                    stop.cancelled_owned(),
+                )
+                .await
+                .context("grpc server")
+        });
+
+        let metrics_router = metrics_router(service.clone());
+        let stop = public.clone();
+        servers.spawn(async move {
+            axum::serve(listeners.metrics, metrics_router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("metrics server")
+        });
+
+        let cluster_hub = hub.clone();
+        let stop = internal.clone();
+        let cluster = tokio::spawn(async move {
+            cluster_hub.serve(listeners.cluster, stop.cancelled_owned()).await;
+        });
+
+        tracing::info!("coordinator serving");
+        let mut failure = None;
+        tokio::select! {
+            _ = shutdown => {}
+            Some(res) = servers.join_next() => {
+                failure = Some(res.map_err(anyhow::Error::from).and_then(|r| r).err());
+            }
+        }
+        tracing::info!("shutting down: draining requests");
+        public.cancel();
+        while let Some(res) = servers.join_next().await {
+            if let Err(err) = res.map_err(anyhow::Error::from).and_then(|r| r) {
+                tracing::error!(error = %err, "server failed while draining");
+            }
+        }
+        internal.cancel();
+        cluster.await.context("cluster listener")?;
+        match failure.flatten() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+fn metrics_router(service: Arc<Service>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get({
+                let service = service.clone();
+                move || async move {
+                    service.metrics.workers_connected.set(service.hub.connected().len() as i64);
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        service.metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if service.hub.connected().is_empty() {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "no worker connected").into_response()
+                } else {
+                    "ok".into_response()
+                }
+            }),
+        )
+}
+
+/// Opens and runs a coordinator: the whole server.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Coordinator::open(config, listeners)?.run(shutdown).await
+}

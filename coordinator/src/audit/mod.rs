@@ -8,8 +8,10 @@
 //! DELETE) comes with the coordinator's control plane.
 
 mod chain;
+mod file;
 
 pub use chain::{AuditKey, AuditRow, ChainHead, Draft, VerifyError, verify};
+pub use file::{read_export, verify_file};
 
 #[cfg(test)]
 mod tests;

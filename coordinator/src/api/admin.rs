@@ -1,0 +1,404 @@
+//! Operator actions behind the admin token: tenants, tiers, pause and resume, API keys, KEK rotation,
+//! crypto-erasure, the audit chains, workers and placement. Each action is recorded in the audit
+//! chain; where the store makes the change, the row is written in the same transaction, so an action
+//! whose audit row cannot be written does not happen (INV-18).
+
+use proto::vaultvec::cluster::v1 as cluster;
+use serde::Serialize;
+use storage::ids::TenantId;
+use subtle::ConstantTimeEq;
+
+use super::error::{ApiError, Code};
+use super::{Op, Reply, Service};
+use crate::audit::{AuditRow, ChainHead};
+use crate::auth::{KeyRecord, Scopes, generate};
+use crate::config::PAUSED_TIER;
+use crate::store::{self, Actor, KeyInfo, Placement, Tenant, WorkerRow};
+
+const ADMIN: &str = "admin";
+
+/// The platform chain's name.
+pub const PLATFORM_CHAIN: &str = "platform";
+
+impl From<store::Error> for ApiError {
+    fn from(err: store::Error) -> ApiError {
+        match err {
+            store::Error::NotFound(m) => ApiError::new(Code::NotFound, m),
+            store::Error::AlreadyExists(m) => ApiError::new(Code::AlreadyExists, m),
+            store::Error::Invalid(m) => ApiError::new(Code::FailedPrecondition, m),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// A key as issued: the full key is in this answer and nowhere else, ever.
+#[derive(Debug, Serialize)]
+pub struct IssuedKey {
+    /// The key's record (no secret).
+    #[serde(flatten)]
+    pub info: KeyInfoView,
+    /// `vv_<keyid>_<secret>`; shown once.
+    pub key: String,
+}
+
+/// A key as listed.
+#[derive(Debug, Serialize)]
+pub struct KeyInfoView {
+    /// Public id.
+    pub key_id: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Free-form label.
+    pub label: String,
+    /// Scope names.
+    pub scopes: Vec<&'static str>,
+    /// Collections it is restricted to, if any.
+    pub collections: Option<Vec<String>>,
+    /// Creation time.
+    pub created_ms: u64,
+    /// Revocation time, if revoked.
+    pub revoked_ms: Option<u64>,
+}
+
+impl From<KeyInfo> for KeyInfoView {
+    fn from(k: KeyInfo) -> KeyInfoView {
+        let mut scopes = Vec::new();
+        if k.scopes.read {
+            scopes.push("read");
+        }
+        if k.scopes.write {
+            scopes.push("write");
+        }
+        if k.scopes.manage {
+            scopes.push("manage");
+        }
+        KeyInfoView {
+            key_id: k.key_id,
+            tenant: k.tenant,
+            label: k.label,
+            scopes,
+            collections: k.collections,
+            created_ms: k.created_ms,
+            revoked_ms: k.revoked_ms,
+        }
+    }
+}
+
+/// Outcome of a KEK rotation.
+#[derive(Debug, Serialize)]
+pub struct Rotation {
+    /// The new current version.
+    pub kek_version: u32,
+    /// Versions destroyed after every file was re-wrapped.
+    pub destroyed_versions: Vec<u32>,
+}
+
+/// Outcome of a tenant deletion.
+#[derive(Debug, Serialize)]
+pub struct Erasure {
+    /// The KEKs are destroyed: every copy of the tenant's files is unreadable from now on.
+    pub keys_destroyed: bool,
+    /// The worker also deleted the files (false if it was not connected; they stay unreadable).
+    pub files_deleted: bool,
+}
+
+/// An exported chain with its signed head.
+#[derive(Debug, Serialize)]
+pub struct Export {
+    /// The rows, in order.
+    pub rows: Vec<AuditRow>,
+    /// The signed head at export time.
+    pub head: ChainHead,
+}
+
+/// Parses scope names.
+pub fn parse_scopes(names: &[String]) -> Result<Scopes, ApiError> {
+    let mut scopes = Scopes::default();
+    if names.is_empty() {
+        return Err(ApiError::invalid("a key needs at least one scope"));
+    }
+    for name in names {
+        match name.as_str() {
+            "read" => scopes.read = true,
+            "write" => scopes.write = true,
+            "manage" => scopes.manage = true,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown scope {other:?}; scopes are read, write and manage"
+                )));
+            }
+        }
+    }
+    Ok(scopes)
+}
+
+impl Service {
+    /// Checks the admin token in constant time. API keys are never admin tokens.
+    pub fn check_admin(&self, presented: Option<&str>) -> Result<(), ApiError> {
+        let presented = presented.unwrap_or("").as_bytes();
+        if bool::from(presented.ct_eq(self.admin_token.as_bytes())) {
+            Ok(())
+        } else {
+            self.metrics.auth_failures.inc();
+            Err(ApiError::unauthenticated())
+        }
+    }
+
+    fn check_tier(&self, tier: &str) -> Result<(), ApiError> {
+        if tier == PAUSED_TIER {
+            return Err(ApiError::invalid("use pause to pause a tenant"));
+        }
+        if !self.tiers.contains_key(tier) {
+            return Err(ApiError::invalid(format!("unknown tier {tier:?}")));
+        }
+        Ok(())
+    }
+
+    fn existing(&self, tenant: &str) -> Result<Tenant, ApiError> {
+        match self.store.tenant(tenant)? {
+            Some(t) if !t.deleted => Ok(t),
+            _ => Err(ApiError::new(Code::NotFound, format!("tenant {tenant} not found"))),
+        }
+    }
+
+    /// Creates a tenant and its first KEK.
+    pub fn create_tenant(&self, id: &str, tier: Option<&str>) -> Result<Tenant, ApiError> {
+        let tenant_id = TenantId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let tier = tier.unwrap_or(&self.default_tier);
+        self.check_tier(tier)?;
+        if self.store.tenant(id)?.is_some() {
+            return Err(ApiError::new(
+                Code::AlreadyExists,
+                format!("tenant {id} already exists or existed (ids are never reused)"),
+            ));
+        }
+        self.keys.ensure_tenant(&tenant_id).map_err(ApiError::internal)?;
+        Ok(self.store.create_tenant(&Actor(ADMIN.into()), id, tier)?)
+    }
+
+    /// Lists tenants.
+    pub fn list_tenants(&self) -> Result<Vec<Tenant>, ApiError> {
+        Ok(self.store.list_tenants()?)
+    }
+
+    /// One tenant.
+    pub fn get_tenant(&self, id: &str) -> Result<Tenant, ApiError> {
+        self.existing(id)
+    }
+
+    /// Changes a tenant's tier; the worker gets the new quota with the next request.
+    pub fn set_tier(&self, id: &str, tier: &str) -> Result<Tenant, ApiError> {
+        self.check_tier(tier)?;
+        self.existing(id)?;
+        let tenant = self.store.set_tier(&Actor(ADMIN.into()), id, tier)?;
+        self.after_change(id);
+        Ok(tenant)
+    }
+
+    fn after_change(&self, tenant: &str) {
+        self.forget_tenant_state(tenant);
+        if let Ok(Some(p)) = self.store.placement(tenant)
+            && let Some(conn) = self.hub.worker(&p.worker)
+        {
+            conn.forget_assignment(tenant);
+        }
+    }
+
+    /// Pauses a tenant: its requests are refused and its worker unloads it (plaintext zeroized).
+    pub async fn pause(&self, id: &str) -> Result<Tenant, ApiError> {
+        self.existing(id)?;
+        let tenant = self.store.pause_tenant(&Actor(ADMIN.into()), id)?;
+        self.after_change(id);
+        if let Some(p) = self.store.placement(id)? {
+            self.hub.release(&p.worker, id, p.epoch, self.request_timeout).await;
+        }
+        Ok(tenant)
+    }
+
+    /// Resumes a paused tenant under a new fencing epoch.
+    pub fn resume(&self, id: &str) -> Result<Tenant, ApiError> {
+        self.existing(id)?;
+        let tenant = self.store.resume_tenant(&Actor(ADMIN.into()), id)?;
+        if self.store.placement(id)?.is_some() {
+            self.store.bump_epoch(&Actor(ADMIN.into()), id)?;
+        }
+        self.after_change(id);
+        Ok(tenant)
+    }
+
+    /// Issues an API key; the full key is returned once.
+    pub fn issue_key(
+        &self,
+        tenant: &str,
+        scopes: Scopes,
+        collections: Option<Vec<String>>,
+        label: &str,
+    ) -> Result<IssuedKey, ApiError> {
+        self.existing(tenant)?;
+        if let Some(names) = &collections {
+            for name in names {
+                storage::ids::CollectionName::parse(name)
+                    .map_err(|e| ApiError::invalid(e.to_string()))?;
+            }
+        }
+        if label.len() > 200 {
+            return Err(ApiError::invalid("label is longer than 200 bytes"));
+        }
+        let new = generate();
+        let record = KeyRecord {
+            key_id: new.key_id.clone(),
+            tenant: tenant.to_owned(),
+            scopes,
+            collections,
+            digest: self.pepper.digest(&new.full),
+            is_revoked: false,
+        };
+        let info = self.store.insert_key(&Actor(ADMIN.into()), &record, label)?;
+        Ok(IssuedKey {
+            info: info.into(),
+            key: new.full.to_string(),
+        })
+    }
+
+    /// Lists a tenant's keys (never their secrets).
+    pub fn list_keys(&self, tenant: &str) -> Result<Vec<KeyInfoView>, ApiError> {
+        self.existing(tenant)?;
+        Ok(self.store.list_keys(tenant)?.into_iter().map(Into::into).collect())
+    }
+
+    /// Revokes a key: the very next request with it is refused.
+    pub fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<KeyInfoView, ApiError> {
+        let info = self.store.revoke_key(&Actor(ADMIN.into()), tenant, key_id)?;
+        self.auth.forget(key_id);
+        Ok(info.into())
+    }
+
+    /// Rotates a tenant's KEK: a new version, every file re-wrapped by its worker, then the old
+    /// versions destroyed. No vector is re-encrypted.
+    pub async fn rotate_kek(&self, id: &str) -> Result<Rotation, ApiError> {
+        self.existing(id)?;
+        let tenant = TenantId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let version = self.keys.rotate_kek(&tenant).map_err(ApiError::internal)?;
+        let outcome = self.rewrap_and_destroy(id, &tenant, version).await;
+        let (result, details) = match &outcome {
+            Ok(r) => ("ok", serde_json::json!({ "kek_version": version, "destroyed": r.destroyed_versions })),
+            Err(e) => ("error", serde_json::json!({ "kek_version": version, "error": e.message })),
+        };
+        self.audit(id, ADMIN, "kek.rotate", id, result, details);
+        outcome
+    }
+
+    async fn rewrap_and_destroy(&self, id: &str, tenant: &TenantId, version: u32) -> Result<Rotation, ApiError> {
+        let paused = self.existing(id)?.tier == PAUSED_TIER;
+        if self.store.placement(id)?.is_some() && !paused {
+            let tier = self.tiers.get(&self.existing(id)?.tier).cloned();
+            match self.route(id, tier.as_ref(), Op::RewrapKeys(cluster::RewrapKeys {})).await? {
+                Reply::Done(_) => {}
+                _ => return Err(ApiError::internal("unexpected answer to a re-wrap")),
+            }
+        } else if self.store.placement(id)?.is_some() {
+            // A paused tenant's files cannot be re-wrapped now; keep the old versions.
+            return Ok(Rotation { kek_version: version, destroyed_versions: Vec::new() });
+        }
+        let mut destroyed = Vec::new();
+        for old in self.keys.kek_versions(tenant).map_err(ApiError::internal)? {
+            if old < version {
+                self.keys.destroy_kek(tenant, old).map_err(ApiError::internal)?;
+                destroyed.push(old);
+            }
+        }
+        Ok(Rotation { kek_version: version, destroyed_versions: destroyed })
+    }
+
+    /// Deletes a tenant by destroying its keys (crypto-erasure), then its files on the worker.
+    pub async fn delete_tenant(&self, id: &str) -> Result<Erasure, ApiError> {
+        self.existing(id)?;
+        let tenant = TenantId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let placement = self.store.placement(id)?;
+        // Keys first: from this moment every copy of the tenant's files is unreadable.
+        self.keys.destroy_tenant(&tenant).map_err(ApiError::internal)?;
+        let mut files_deleted = false;
+        if let Some(p) = &placement
+            && self.hub.worker(&p.worker).is_some()
+        {
+            let body = cluster::envelope::Body::TenantRequest(cluster::TenantRequest {
+                tenant: id.to_owned(),
+                epoch: p.epoch,
+                op: Some(Op::EraseTenant(cluster::EraseTenant {})),
+            });
+            if let Some(conn) = self.hub.worker(&p.worker)
+                && conn.assigned_epoch(id) != Some(p.epoch)
+            {
+                let _ = self
+                    .hub
+                    .assign(&p.worker, id, p.epoch, Self::quota(None), self.request_timeout)
+                    .await;
+            }
+            files_deleted = matches!(
+                self.hub.request(&p.worker, body, self.request_timeout).await,
+                Ok(cluster::envelope::Body::TenantResponse(_))
+            );
+        }
+        self.store.delete_tenant(&Actor(ADMIN.into()), id)?;
+        self.auth.forget_tenant(id);
+        self.forget_tenant_state(id);
+        if let Some(p) = &placement {
+            self.hub.release(&p.worker, id, p.epoch, self.request_timeout).await;
+        }
+        Ok(Erasure { keys_destroyed: true, files_deleted })
+    }
+
+    /// Exports a chain (a tenant's, or `platform`) with its signed head; the export is audited.
+    pub fn export_chain(&self, chain: &str) -> Result<Export, ApiError> {
+        if chain != PLATFORM_CHAIN {
+            self.existing_or_deleted(chain)?;
+        }
+        self.audit(chain, ADMIN, "audit.export", chain, "ok", serde_json::json!({}));
+        let rows = self.store.export_chain(chain)?;
+        let head = self.store.chain_head(chain)?;
+        Ok(Export { rows, head })
+    }
+
+    fn existing_or_deleted(&self, tenant: &str) -> Result<(), ApiError> {
+        match self.store.tenant(tenant)? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::new(Code::NotFound, format!("tenant {tenant} not found"))),
+        }
+    }
+
+    /// Verifies a stored chain; the verification is audited.
+    pub fn verify_chain(&self, chain: &str) -> Result<Result<(), String>, ApiError> {
+        if chain != PLATFORM_CHAIN {
+            self.existing_or_deleted(chain)?;
+        }
+        let result = self.store.verify_chain(chain)?.map_err(|e| e.to_string());
+        self.audit(
+            chain,
+            ADMIN,
+            "audit.verify",
+            chain,
+            if result.is_ok() { "ok" } else { "error" },
+            serde_json::json!({ "error": result.as_ref().err() }),
+        );
+        Ok(result)
+    }
+
+    /// Known workers, with whether each is connected now.
+    pub fn workers(&self) -> Result<Vec<(WorkerRow, bool)>, ApiError> {
+        let connected = self.hub.connected();
+        Ok(self
+            .store
+            .list_workers()?
+            .into_iter()
+            .map(|w| {
+                let up = connected.contains(&w.id);
+                (w, up)
+            })
+            .collect())
+    }
+
+    /// Every placement.
+    pub fn placements(&self) -> Result<Vec<Placement>, ApiError> {
+        Ok(self.store.placements()?)
+    }
+}

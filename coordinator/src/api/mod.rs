@@ -1,0 +1,329 @@
+//! The shared service layer: both public transports (gRPC in `grpc`, HTTP/JSON in `http`) turn a
+//! request into an [`Op`] and call [`Service::call`], so they authenticate, authorize, validate,
+//! rate-limit and route identically, and fail with the same [`ApiError`].
+//!
+//! **Invariant:** the tenant of a request is the tenant of its API key and nothing else; no field,
+//! header or path names it. A collection of another tenant is never reachable: requests go only to
+//! the caller's own tenant on its worker, where the name simply does not exist.
+
+pub mod admin;
+pub mod error;
+pub mod limit;
+pub mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use proto::vaultvec::cluster::v1 as cluster;
+use storage::Limits;
+use storage::crypto::LocalKeyService;
+
+pub use cluster::tenant_request::Op;
+pub use cluster::tenant_response::Result as Reply;
+use error::{ApiError, Code};
+
+use crate::audit::Draft;
+use crate::auth::{Authenticator, Identity, Pepper};
+use crate::cluster::{Hub, now_ms};
+use crate::config::{PAUSED_TIER, Tier};
+use crate::metrics::Metrics;
+use crate::store::{Actor, Placement, Store};
+
+/// API keys kept in the authentication cache.
+const AUTH_CACHE_KEYS: usize = 100_000;
+/// Failed authentications allowed per client address: a sustained rate and a burst. Beyond them a
+/// client gets 429 without any lookup or audit write, so a flood of random keys costs nothing.
+const AUTH_FAILURES_PER_SECOND: f64 = 10.0;
+const AUTH_FAILURE_BURST: u32 = 50;
+
+#[derive(Clone)]
+struct TenantState {
+    tier: String,
+    placement: Option<Placement>,
+}
+
+/// The state both transports share.
+pub struct Service {
+    pub(crate) store: Arc<Store>,
+    pub(crate) auth: Authenticator<Arc<Store>>,
+    pub(crate) pepper: Pepper,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) keys: Arc<LocalKeyService>,
+    pub(crate) tiers: BTreeMap<String, Tier>,
+    pub(crate) default_tier: String,
+    pub(crate) admin_token: zeroize::Zeroizing<String>,
+    pub(crate) metrics: Metrics,
+    pub(crate) limits: Limits,
+    request_timeout: Duration,
+    rates: limit::Buckets<String>,
+    failures: limit::Buckets<IpAddr>,
+    tenants: RwLock<HashMap<String, TenantState>>,
+    placing: tokio::sync::Mutex<()>,
+}
+
+/// What [`Service::new`] needs.
+pub struct Parts {
+    /// The control-plane database.
+    pub store: Arc<Store>,
+    /// Pepper bytes (the authenticator and key issuing each key an HMAC with them).
+    pub pepper: zeroize::Zeroizing<Vec<u8>>,
+    /// The workers.
+    pub hub: Arc<Hub>,
+    /// Tenant KEKs.
+    pub keys: Arc<LocalKeyService>,
+    /// Tiers by name.
+    pub tiers: BTreeMap<String, Tier>,
+    /// Tier of new tenants.
+    pub default_tier: String,
+    /// Admin bearer token.
+    pub admin_token: zeroize::Zeroizing<String>,
+    /// Deadline of routed requests.
+    pub request_timeout: Duration,
+    /// Metrics registry.
+    pub metrics: Metrics,
+}
+
+impl Service {
+    /// Builds the service.
+    pub fn new(parts: Parts) -> anyhow::Result<Service> {
+        let pepper_for_auth =
+            Pepper::new(&parts.pepper).ok_or_else(|| anyhow::anyhow!("pepper too short"))?;
+        let pepper = Pepper::new(&parts.pepper).ok_or_else(|| anyhow::anyhow!("pepper too short"))?;
+        let capacity = NonZeroUsize::new(AUTH_CACHE_KEYS).expect("non-zero");
+        Ok(Service {
+            auth: Authenticator::new(parts.store.clone(), pepper_for_auth, capacity),
+            store: parts.store,
+            pepper,
+            hub: parts.hub,
+            keys: parts.keys,
+            tiers: parts.tiers,
+            default_tier: parts.default_tier,
+            admin_token: parts.admin_token,
+            metrics: parts.metrics,
+            limits: Limits::default(),
+            request_timeout: parts.request_timeout,
+            rates: limit::Buckets::new(100_000),
+            failures: limit::Buckets::new(100_000),
+            tenants: RwLock::new(HashMap::new()),
+            placing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The caller's identity from the presented API key. Every failure is the same
+    /// `Unauthenticated`, audited in the platform chain, and rate-limited per client address.
+    pub fn authenticate(
+        &self,
+        presented: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Result<Arc<Identity>, ApiError> {
+        match self.auth.authenticate(presented) {
+            Ok(identity) => Ok(identity),
+            Err(_) => {
+                self.metrics.auth_failures.inc();
+                if let Some(ip) = peer
+                    && let Err(wait) = self.failures.take(
+                        &ip,
+                        AUTH_FAILURES_PER_SECOND,
+                        AUTH_FAILURE_BURST,
+                        Instant::now(),
+                    )
+                {
+                    return Err(ApiError {
+                        code: Code::ResourceExhausted,
+                        message: "too many failed authentications from this address".into(),
+                        retry_after: Some(wait),
+                    });
+                }
+                // The key id of a well-formed key helps an operator; the secret never appears.
+                let key_id = presented
+                    .and_then(|k| k.strip_prefix("vv_"))
+                    .and_then(|k| k.get(..crate::auth::KEY_ID_LEN))
+                    .filter(|id| id.bytes().all(|b| b.is_ascii_alphanumeric()))
+                    .unwrap_or("");
+                self.audit(
+                    "platform",
+                    &peer.map_or("unknown".into(), |ip| format!("peer:{ip}")),
+                    "auth.failure",
+                    key_id,
+                    "denied",
+                    serde_json::json!({}),
+                );
+                Err(ApiError::unauthenticated())
+            }
+        }
+    }
+
+    /// Writes an audit row, logging (not failing) if it cannot: for events that are not themselves
+    /// operations (an operation's own row is written by the store in its transaction).
+    pub(crate) fn audit(
+        &self,
+        chain: &str,
+        actor: &str,
+        action: &str,
+        resource: &str,
+        outcome: &str,
+        details: serde_json::Value,
+    ) {
+        let draft = Draft {
+            time_ms: now_ms(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            outcome: outcome.to_owned(),
+            details,
+        };
+        if let Err(err) = self.store.audit(chain, draft) {
+            tracing::error!(chain, action, error = %err, "audit write failed");
+        }
+    }
+
+    fn tenant_state(&self, tenant: &str) -> Result<TenantState, ApiError> {
+        if let Some(state) = self.tenants.read().get(tenant) {
+            return Ok(state.clone());
+        }
+        let row = self
+            .store
+            .tenant(tenant)
+            .map_err(ApiError::internal)?
+            .filter(|t| !t.deleted)
+            .ok_or_else(ApiError::unauthenticated)?;
+        let placement = self.store.placement(tenant).map_err(ApiError::internal)?;
+        let state = TenantState {
+            tier: row.tier,
+            placement,
+        };
+        self.tenants.write().insert(tenant.to_owned(), state.clone());
+        Ok(state)
+    }
+
+    /// Drops the cached state of a tenant after an admin change.
+    pub(crate) fn forget_tenant_state(&self, tenant: &str) {
+        self.tenants.write().remove(tenant);
+    }
+
+    /// The tier of a tenant (the paused tier has no limits of its own: nothing gets through).
+    pub fn tier_of(&self, tenant: &str) -> Result<Option<Tier>, ApiError> {
+        let state = self.tenant_state(tenant)?;
+        Ok(self.tiers.get(&state.tier).cloned())
+    }
+
+    fn quota(tier: Option<&Tier>) -> cluster::TenantQuota {
+        cluster::TenantQuota {
+            max_points: tier.map_or(0, |t| t.max_points),
+            max_collections: tier.map_or(0, |t| t.max_collections),
+        }
+    }
+
+    /// Runs one data operation for the caller.
+    pub async fn call(&self, identity: &Identity, op: Op) -> Result<Reply, ApiError> {
+        let tenant = identity.tenant.as_str();
+        let state = self.tenant_state(tenant)?;
+        if state.tier == PAUSED_TIER {
+            return Err(ApiError::new(
+                Code::FailedPrecondition,
+                "this tenant is paused; its data is not served until an operator resumes it",
+            ));
+        }
+        let tier = self
+            .tiers
+            .get(&state.tier)
+            .ok_or_else(|| ApiError::internal(format_args!("tenant {tenant} has unknown tier {}", state.tier)))?;
+        if let Err(wait) = self.rates.take(
+            &identity.tenant,
+            tier.requests_per_second,
+            tier.burst,
+            Instant::now(),
+        ) {
+            return Err(ApiError {
+                code: Code::ResourceExhausted,
+                message: "request rate limit of the tenant's tier exceeded".into(),
+                retry_after: Some(wait),
+            });
+        }
+        let (scope, collection) = validate::scope_of(&op);
+        identity.require(scope, collection)?;
+        validate::check(&op, &self.limits, tier)?;
+        let restricted = matches!(op, Op::ListCollections(_)).then(|| identity.collections.clone()).flatten();
+        let mut reply = self.route(tenant, Some(tier), op).await?;
+        // A key restricted to named collections lists only those.
+        if let (Some(allowed), Reply::Collections(list)) = (restricted, &mut reply) {
+            list.collections.retain(|c| allowed.contains(&c.name));
+        }
+        Ok(reply)
+    }
+
+    async fn placement_for(&self, tenant: &str) -> Result<Placement, ApiError> {
+        if let Some(p) = self.tenant_state(tenant)?.placement {
+            return Ok(p);
+        }
+        let _guard = self.placing.lock().await;
+        if let Some(p) = self.store.placement(tenant).map_err(ApiError::internal)? {
+            self.forget_tenant_state(tenant);
+            return Ok(p);
+        }
+        let connected = self.hub.connected();
+        if connected.is_empty() {
+            return Err(ApiError::new(Code::Unavailable, "no worker is connected; retry later"));
+        }
+        let placements = self.store.placements().map_err(ApiError::internal)?;
+        let load = |w: &String| placements.iter().filter(|p| &p.worker == w).count();
+        let worker = connected
+            .iter()
+            .min_by_key(|w| (load(w), (*w).clone()))
+            .expect("non-empty")
+            .clone();
+        let placement = self
+            .store
+            .place(&Actor("system".into()), tenant, &worker)
+            .map_err(ApiError::internal)?;
+        self.forget_tenant_state(tenant);
+        Ok(placement)
+    }
+
+    /// Sends an operation to the tenant's worker, assigning the tenant to it first if this
+    /// connection has not acknowledged the current epoch.
+    pub(crate) async fn route(&self, tenant: &str, tier: Option<&Tier>, op: Op) -> Result<Reply, ApiError> {
+        let placement = self.placement_for(tenant).await?;
+        let conn = self.hub.worker(&placement.worker).ok_or_else(|| {
+            ApiError::new(
+                Code::Unavailable,
+                "the worker holding this tenant is not connected; retry later",
+            )
+        })?;
+        if conn.assigned_epoch(tenant) != Some(placement.epoch) {
+            self.hub
+                .assign(&placement.worker, tenant, placement.epoch, Self::quota(tier), self.request_timeout)
+                .await?;
+        }
+        let body = cluster::envelope::Body::TenantRequest(cluster::TenantRequest {
+            tenant: tenant.to_owned(),
+            epoch: placement.epoch,
+            op: Some(op),
+        });
+        match self.hub.request(&placement.worker, body, self.request_timeout).await? {
+            cluster::envelope::Body::TenantResponse(r) => r
+                .result
+                .ok_or_else(|| ApiError::internal("a worker answered without a result")),
+            cluster::envelope::Body::Error(err) => {
+                let code = cluster::ErrorCode::try_from(err.code).unwrap_or(cluster::ErrorCode::Unspecified);
+                if matches!(code, cluster::ErrorCode::StaleEpoch | cluster::ErrorCode::NotAssigned) {
+                    conn.forget_assignment(tenant);
+                    self.audit(
+                        tenant,
+                        &format!("worker:{}", placement.worker),
+                        "cluster.refused",
+                        tenant,
+                        "denied",
+                        serde_json::json!({ "reason": err.message, "epoch": placement.epoch }),
+                    );
+                }
+                Err(err.into())
+            }
+            _ => Err(ApiError::internal("unexpected answer from a worker")),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Checks every request before it leaves the coordinator (INV-17): names, bounds, finite vectors.
+//! The worker checks again against the collection itself (dimension, payload and filter grammar).
+//! Bounds are checked before anything is allocated for the request.
+
+use proto::vaultvec::cluster::v1::tenant_request::Op;
+use proto::vaultvec::v1 as api;
+use storage::Limits;
+use storage::ids::CollectionName;
+
+use super::error::{ApiError, Code};
+use crate::auth::Scope;
+use crate::config::Tier;
+
+/// Largest page of a scroll.
+pub const MAX_SCROLL_LIMIT: u32 = 10_000;
+
+/// What an operation needs: the scope, and the collection it names (if any).
+pub fn scope_of(op: &Op) -> (Scope, Option<&str>) {
+    match op {
+        Op::CreateCollection(r) => (Scope::Manage, Some(&r.name)),
+        Op::DeleteCollection(r) => (Scope::Manage, Some(&r.name)),
+        Op::ListCollections(_) => (Scope::Read, None),
+        Op::GetCollection(r) => (Scope::Read, Some(&r.name)),
+        Op::Upsert(r) => (Scope::Write, Some(&r.collection)),
+        Op::Delete(r) => (Scope::Write, Some(&r.collection)),
+        Op::Get(r) => (Scope::Read, Some(&r.collection)),
+        Op::Scroll(r) => (Scope::Read, Some(&r.collection)),
+        Op::Count(r) => (Scope::Read, Some(&r.collection)),
+        Op::Search(r) => (Scope::Read, Some(&r.collection)),
+        Op::SearchBatch(r) => (Scope::Read, Some(&r.collection)),
+        // Internal operations never come from a client; the most demanding scope is asked.
+        Op::RewrapKeys(_) | Op::EraseTenant(_) => (Scope::Manage, None),
+    }
+}
+
+fn name(raw: &str) -> Result<(), ApiError> {
+    CollectionName::parse(raw)
+        .map(|_| ())
+        .map_err(|err| ApiError::invalid(err.to_string()))
+}
+
+fn vector(v: &[f32], what: &str) -> Result<(), ApiError> {
+    if v.is_empty() {
+        return Err(ApiError::invalid(format!("{what} is empty")));
+    }
+    if let Some(position) = v.iter().position(|x| !x.is_finite()) {
+        return Err(ApiError::invalid(format!(
+            "{what} component at position {position} is not finite"
+        )));
+    }
+    Ok(())
+}
+
+fn batch(n: usize, what: &str, max: usize) -> Result<(), ApiError> {
+    if n == 0 {
+        return Err(ApiError::invalid(format!("{what} is empty")));
+    }
+    if n > max {
+        return Err(ApiError::invalid(format!(
+            "{what} has {n} entries, more than the limit of {max}"
+        )));
+    }
+    Ok(())
+}
+
+fn point_id(id: &Option<api::PointId>) -> Result<(), ApiError> {
+    match id.as_ref().and_then(|id| id.kind.as_ref()) {
+        None => Err(ApiError::invalid("a point id is missing")),
+        Some(api::point_id::Kind::Str(s)) if s.is_empty() || s.len() > 128 => Err(
+            ApiError::invalid("a string point id must be 1..=128 bytes"),
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
+fn search(r: &api::SearchRequest, limits: &Limits) -> Result<(), ApiError> {
+    if r.top_k == 0 || r.top_k as usize > limits.max_top_k {
+        return Err(ApiError::invalid(format!(
+            "top_k {} is outside 1..={}",
+            r.top_k, limits.max_top_k
+        )));
+    }
+    if let Some(ef) = r.ef
+        && (ef == 0 || ef as usize > limits.max_ef)
+    {
+        return Err(ApiError::invalid(format!(
+            "ef {ef} is outside 1..={}",
+            limits.max_ef
+        )));
+    }
+    vector(&r.vector, "the query vector")
+}
+
+/// Validates an operation against the engine limits and the tenant's tier.
+pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
+    match op {
+        Op::CreateCollection(r) => {
+            name(&r.name)?;
+            let config = r
+                .config
+                .as_ref()
+                .ok_or_else(|| ApiError::invalid("config is missing"))?;
+            if config.dim == 0 || config.dim > tier.max_dim {
+                return Err(ApiError::new(
+                    if config.dim == 0 || config.dim > 4096 {
+                        Code::InvalidArgument
+                    } else {
+                        Code::ResourceExhausted
+                    },
+                    format!(
+                        "dim {} is outside 1..={} allowed by the tenant's tier",
+                        config.dim, tier.max_dim
+                    ),
+                ));
+            }
+            if api::Metric::try_from(config.metric)
+                .ok()
+                .is_none_or(|m| m == api::Metric::Unspecified)
+            {
+                return Err(ApiError::invalid("metric must be cosine, dot or l2"));
+            }
+            Ok(())
+        }
+        Op::DeleteCollection(r) => name(&r.name),
+        Op::GetCollection(r) => name(&r.name),
+        Op::ListCollections(_) => Ok(()),
+        Op::Upsert(r) => {
+            name(&r.collection)?;
+            batch(r.points.len(), "points", limits.max_batch)?;
+            for p in &r.points {
+                point_id(&p.id)?;
+                vector(&p.vector, "a point's vector")?;
+            }
+            Ok(())
+        }
+        Op::Get(r) => {
+            name(&r.collection)?;
+            batch(r.ids.len(), "ids", limits.max_batch)?;
+            r.ids.iter().try_for_each(|id| point_id(&Some(id.clone())))
+        }
+        Op::Delete(r) => {
+            name(&r.collection)?;
+            match (r.ids.is_empty(), r.filter.is_some()) {
+                (false, false) => {
+                    batch(r.ids.len(), "ids", limits.max_batch)?;
+                    r.ids.iter().try_for_each(|id| point_id(&Some(id.clone())))
+                }
+                (true, true) => Ok(()),
+                _ => Err(ApiError::invalid(
+                    "give exactly one of ids (non-empty) or filter",
+                )),
+            }
+        }
+        Op::Scroll(r) => {
+            name(&r.collection)?;
+            if r.limit == 0 || r.limit > MAX_SCROLL_LIMIT {
+                return Err(ApiError::invalid(format!(
+                    "limit {} is outside 1..={MAX_SCROLL_LIMIT}",
+                    r.limit
+                )));
+            }
+            if r.cursor.len() > 1024 {
+                return Err(ApiError::invalid("cursor is malformed"));
+            }
+            Ok(())
+        }
+        Op::Count(r) => name(&r.collection),
+        Op::Search(r) => {
+            name(&r.collection)?;
+            search(r, limits)
+        }
+        Op::SearchBatch(r) => {
+            name(&r.collection)?;
+            batch(r.searches.len(), "searches", limits.max_search_batch)?;
+            for s in &r.searches {
+                if !s.collection.is_empty() && s.collection != r.collection {
+                    return Err(ApiError::invalid(
+                        "a search in a batch names another collection than the batch",
+                    ));
+                }
+                search(s, limits)?;
+            }
+            Ok(())
+        }
+        Op::RewrapKeys(_) | Op::EraseTenant(_) => Err(ApiError::new(
+            Code::PermissionDenied,
+            "internal operation",
+        )),
+    }
+}

@@ -1,0 +1,312 @@
+//! One worker connection: the upgrade with its token check, the hello, the reader loop that matches
+//! answers to waiting requests and serves the worker's key-service calls.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use prost::Message as _;
+use proto::vaultvec::cluster::v1 as cluster;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::{Hub, MAX_FRAME_BYTES, WorkerConn, now_ms};
+
+/// Request ids remembered per connection for replay detection.
+const REPLAY_WINDOW: usize = 4096;
+/// Frames queued towards one worker before senders wait.
+const OUTBOX: usize = 1024;
+
+fn refuse(status: u16, reason: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(reason.to_owned()));
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
+    response
+}
+
+/// Remembers the request ids a peer has used, to refuse replays.
+#[derive(Default)]
+pub(super) struct ReplayGuard {
+    seen: BTreeSet<u64>,
+}
+
+impl ReplayGuard {
+    /// True if `id` is fresh (and records it).
+    pub(super) fn admit(&mut self, id: u64) -> bool {
+        if self.seen.len() >= REPLAY_WINDOW
+            && let Some(&lowest) = self.seen.first()
+        {
+            if id <= lowest {
+                return false;
+            }
+            self.seen.pop_first();
+        }
+        self.seen.insert(id)
+    }
+}
+
+fn error_body(code: cluster::ErrorCode, message: impl Into<String>) -> cluster::envelope::Body {
+    cluster::envelope::Body::Error(cluster::Error {
+        code: code as i32,
+        message: message.into(),
+    })
+}
+
+impl Hub {
+    fn check_upgrade(&self, request: &Request) -> Result<String, ErrorResponse> {
+        if request.uri().path() != "/v1/cluster" {
+            return Err(refuse(404, "not found"));
+        }
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let worker = header("x-vaultvec-worker").to_owned();
+        let presented = header("authorization")
+            .strip_prefix("Bearer ")
+            .unwrap_or("")
+            .as_bytes();
+        // Compare against a token even for unknown ids, so timing says nothing about which ids exist.
+        let dummy = [0u8; 32];
+        let expected = self
+            .credentials
+            .get(&worker)
+            .map(|t| t.as_bytes())
+            .unwrap_or(&dummy);
+        let ok = bool::from(presented.ct_eq(expected)) && self.credentials.contains_key(&worker);
+        if !ok {
+            return Err(refuse(401, "invalid worker credentials"));
+        }
+        Ok(worker)
+    }
+
+    pub(super) async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let mut admitted: Option<String> = None;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        let callback = |request: &Request, response: Response| match self.check_upgrade(request) {
+            Ok(worker) => {
+                admitted = Some(worker);
+                Ok(response)
+            }
+            Err(refusal) => Err(refusal),
+        };
+        let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
+            .await
+        {
+            Ok(ws) => ws,
+            Err(err) => {
+                tracing::warn!(%peer, error = %err, "worker connection refused");
+                if let Err(err) = self.store.audit(
+                    "platform",
+                    crate::audit::Draft {
+                        time_ms: now_ms(),
+                        actor: format!("peer:{peer}"),
+                        action: "worker.connect".into(),
+                        resource: "cluster".into(),
+                        outcome: "denied".into(),
+                        details: serde_json::json!({}),
+                    },
+                ) {
+                    tracing::error!(error = %err, "audit write failed");
+                }
+                return;
+            }
+        };
+        let Some(worker_id) = admitted else { return };
+        let (mut sink, mut source) = ws.split();
+
+        // The hello comes first.
+        let hello = match tokio::time::timeout(self.heartbeat_timeout, source.next()).await {
+            Ok(Some(Ok(Message::Binary(bytes)))) => cluster::Envelope::decode(bytes.as_ref()).ok(),
+            _ => None,
+        };
+        let Some(cluster::Envelope {
+            request_id: hello_id,
+            body: Some(cluster::envelope::Body::Hello(hello)),
+            ..
+        }) = hello
+        else {
+            tracing::warn!(worker = %worker_id, "worker did not say hello first");
+            return;
+        };
+        if hello.worker_id != worker_id {
+            tracing::warn!(worker = %worker_id, claimed = %hello.worker_id, "hello names another worker");
+            return;
+        }
+        if let Err(err) = self.store.record_worker(
+            &worker_id,
+            &hello.version,
+            hello.memory_budget_bytes,
+            now_ms(),
+        ) {
+            tracing::error!(worker = %worker_id, error = %err, "recording the worker failed");
+            return;
+        }
+        let ack = cluster::Envelope {
+            request_id: hello_id,
+            deadline_unix_ms: 0,
+            body: Some(cluster::envelope::Body::Ack(cluster::Ack {})),
+        };
+        if sink.send(Message::binary(ack.encode_to_vec())).await.is_err() {
+            return;
+        }
+
+        let (out, mut outbox) = mpsc::channel::<Message>(OUTBOX);
+        let conn = Arc::new(WorkerConn {
+            id: worker_id.clone(),
+            out,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(self.max_in_flight)),
+            assigned: Mutex::new(HashMap::new()),
+        });
+        // A reconnecting worker replaces its old connection; the old one's waiters fail at once.
+        self.workers.write().insert(worker_id.clone(), conn.clone());
+        self.changed.notify_waiters();
+        tracing::info!(worker = %worker_id, %peer, version = %hello.version, "worker connected");
+
+        let mut tasks = tokio::task::JoinSet::new();
+        let writer = tokio::spawn(async move {
+            while let Some(message) = outbox.recv().await {
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+
+        let mut replay = ReplayGuard::default();
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout(self.heartbeat_timeout, source.next()) => next,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            let message = match next {
+                Err(_) => {
+                    tracing::warn!(worker = %worker_id, "no heartbeat; disconnecting");
+                    break;
+                }
+                Ok(None) | Ok(Some(Err(_))) => break,
+                Ok(Some(Ok(message))) => message,
+            };
+            let bytes = match message {
+                Message::Binary(bytes) => bytes,
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                Message::Text(_) => {
+                    tracing::warn!(worker = %worker_id, "ignoring a text frame");
+                    continue;
+                }
+            };
+            let Ok(env) = cluster::Envelope::decode(bytes.as_ref()) else {
+                tracing::warn!(worker = %worker_id, "ignoring an undecodable frame");
+                continue;
+            };
+            let Some(body) = env.body else { continue };
+            use cluster::envelope::Body;
+            match body {
+                Body::Heartbeat(_) => {
+                    if let Err(err) = self.store.record_worker(
+                        &worker_id,
+                        &hello.version,
+                        hello.memory_budget_bytes,
+                        now_ms(),
+                    ) {
+                        tracing::warn!(worker = %worker_id, error = %err, "recording a heartbeat failed");
+                    }
+                }
+                Body::Ack(_)
+                | Body::TenantResponse(_)
+                | Body::Error(_)
+                | Body::GenerateDataKeyResponse(_)
+                | Body::DecryptDataKeyResponse(_)
+                | Body::RewrapDataKeyResponse(_)
+                | Body::KekVersionResponse(_) => {
+                    if let Some(waiter) = conn.pending.lock().remove(&env.request_id) {
+                        let _ = waiter.send(body);
+                    }
+                }
+                Body::GenerateDataKey(_)
+                | Body::DecryptDataKey(_)
+                | Body::RewrapDataKey(_)
+                | Body::KekVersion(_) => {
+                    let request_id = env.request_id;
+                    if !replay.admit(request_id) {
+                        self.audit_refusal(&worker_id, "", "replayed request id");
+                        let _ = conn
+                            .out
+                            .try_send(reply(request_id, error_body(cluster::ErrorCode::Replayed, "request id already used")));
+                        continue;
+                    }
+                    let hub = self.clone();
+                    let conn = conn.clone();
+                    tasks.spawn(async move {
+                        let answer = hub.key_service(&conn, body).await;
+                        let _ = conn.out.send(reply(request_id, answer)).await;
+                    });
+                }
+                _ => {
+                    let _ = conn.out.try_send(reply(
+                        env.request_id,
+                        error_body(cluster::ErrorCode::InvalidArgument, "not a worker-to-coordinator message"),
+                    ));
+                }
+            }
+        }
+
+        {
+            let mut workers = self.workers.write();
+            if workers.get(&worker_id).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                workers.remove(&worker_id);
+            }
+        }
+        self.changed.notify_waiters();
+        // Waiting requests learn at once that their answer will not come.
+        conn.pending.lock().clear();
+        tasks.shutdown().await;
+        drop(conn);
+        writer.abort();
+        let _ = writer.await;
+        tracing::info!(worker = %worker_id, "worker disconnected");
+    }
+}
+
+fn reply(request_id: u64, body: cluster::envelope::Body) -> Message {
+    Message::binary(
+        cluster::Envelope {
+            request_id,
+            deadline_unix_ms: 0,
+            body: Some(body),
+        }
+        .encode_to_vec(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReplayGuard;
+
+    #[test]
+    fn replay_guard_refuses_repeats_and_ids_below_the_window() {
+        let mut guard = ReplayGuard::default();
+        assert!(guard.admit(1));
+        assert!(!guard.admit(1));
+        for id in 2..=super::REPLAY_WINDOW as u64 + 10 {
+            assert!(guard.admit(id), "fresh id {id}");
+        }
+        assert!(!guard.admit(3), "an id below the window is a replay");
+        assert!(!guard.admit(super::REPLAY_WINDOW as u64 + 10));
+    }
+}

@@ -1,0 +1,134 @@
+//! The key service (the KMS role): workers ask for data keys over their authenticated connection.
+//! Tenant KEKs never leave the coordinator; a worker gets a DEK only for a tenant assigned to it.
+
+use std::sync::Arc;
+
+use proto::vaultvec::cluster::v1 as cluster;
+use storage::crypto::WrappedDek;
+use storage::crypto::{DekContext, KeyService};
+use storage::ids::TenantId;
+
+use super::{Hub, WorkerConn, now_ms};
+use crate::audit::Draft;
+
+type Body = cluster::envelope::Body;
+
+fn error(code: cluster::ErrorCode, message: impl Into<String>) -> Body {
+    Body::Error(cluster::Error {
+        code: code as i32,
+        message: message.into(),
+    })
+}
+
+impl Hub {
+    /// Records a refused worker message in the tenant's chain (or the platform's if the tenant is
+    /// unknown).
+    pub(crate) fn audit_refusal(&self, worker: &str, tenant: &str, reason: &str) {
+        let chain = match self.store.tenant(tenant) {
+            Ok(Some(t)) if !t.deleted => tenant,
+            _ => "platform",
+        };
+        let draft = Draft {
+            time_ms: now_ms(),
+            actor: format!("worker:{worker}"),
+            action: "cluster.refused".into(),
+            resource: tenant.to_owned(),
+            outcome: "denied".into(),
+            details: serde_json::json!({ "reason": reason }),
+        };
+        if let Err(err) = self.store.audit(chain, draft) {
+            tracing::error!(error = %err, "audit write failed");
+        }
+    }
+
+    pub(super) async fn key_service(self: &Arc<Self>, conn: &Arc<WorkerConn>, body: Body) -> Body {
+        let (tenant, action, resource) = match &body {
+            Body::GenerateDataKey(r) => (r.tenant.clone(), "kms.generate_data_key", format!("{}/{}", r.collection, r.file_id)),
+            Body::DecryptDataKey(r) => (r.tenant.clone(), "kms.decrypt_data_key", format!("{}/{}", r.collection, r.file_id)),
+            Body::RewrapDataKey(r) => (r.tenant.clone(), "kms.rewrap_data_key", format!("{}/{}", r.collection, r.file_id)),
+            Body::KekVersion(r) => (r.tenant.clone(), "kms.kek_version", String::new()),
+            _ => return error(cluster::ErrorCode::InvalidArgument, "not a key-service call"),
+        };
+        // Only for a tenant assigned to this worker, on this connection, under the current placement.
+        let placed_here = matches!(
+            self.store.placement(&tenant),
+            Ok(Some(p)) if p.worker == conn.id && conn.assigned_epoch(&tenant) == Some(p.epoch)
+        );
+        if !placed_here {
+            self.audit_refusal(&conn.id, &tenant, &format!("{action} for a tenant not assigned to this worker"));
+            return error(cluster::ErrorCode::NotAssigned, "tenant is not assigned to this worker");
+        }
+        let Ok(tenant_id) = TenantId::parse(&tenant) else {
+            return error(cluster::ErrorCode::InvalidArgument, "invalid tenant id");
+        };
+        let keys = self.keys.clone();
+        let answer = tokio::task::spawn_blocking(move || answer(&keys, &tenant_id, body)).await;
+        let (reply, outcome) = match answer {
+            Ok(Ok(reply)) => (reply, "ok"),
+            Ok(Err(err)) => {
+                tracing::warn!(tenant = %tenant, action, error = %err, "key service refused");
+                (error(cluster::ErrorCode::DataLoss, err.to_string()), "error")
+            }
+            Err(_) => (error(cluster::ErrorCode::Internal, "key service failed"), "error"),
+        };
+        if action != "kms.kek_version" {
+            let draft = Draft {
+                time_ms: now_ms(),
+                actor: format!("worker:{}", conn.id),
+                action: action.into(),
+                resource,
+                outcome: outcome.into(),
+                details: serde_json::json!({}),
+            };
+            if let Err(err) = self.store.audit(&tenant, draft) {
+                // An answer that cannot be recorded is not given.
+                tracing::error!(error = %err, "audit write failed; withholding the key");
+                return error(cluster::ErrorCode::Unavailable, "audit write failed");
+            }
+        }
+        reply
+    }
+}
+
+fn answer(
+    keys: &storage::crypto::LocalKeyService,
+    tenant: &TenantId,
+    body: Body,
+) -> storage::Result<Body> {
+    Ok(match body {
+        Body::GenerateDataKey(r) => {
+            let ctx = DekContext { collection: &r.collection, file_id: r.file_id };
+            let (dek, wrapped) = keys.generate_data_key(tenant, ctx)?;
+            Body::GenerateDataKeyResponse(cluster::GenerateDataKeyResponse {
+                data_key: std::mem::take(&mut *dek.to_wire()),
+                kek_version: wrapped.kek_version,
+                wrapped_data_key: wrapped.bytes.to_vec(),
+            })
+        }
+        Body::DecryptDataKey(r) => {
+            let ctx = DekContext { collection: &r.collection, file_id: r.file_id };
+            let wrapped = WrappedDek::from_wire(r.kek_version, &r.wrapped_data_key)?;
+            let dek = keys.decrypt_data_key(tenant, ctx, &wrapped)?;
+            Body::DecryptDataKeyResponse(cluster::DecryptDataKeyResponse {
+                data_key: std::mem::take(&mut *dek.to_wire()),
+            })
+        }
+        Body::RewrapDataKey(r) => {
+            let ctx = DekContext { collection: &r.collection, file_id: r.file_id };
+            let wrapped = WrappedDek::from_wire(r.kek_version, &r.wrapped_data_key)?;
+            let rewrapped = keys.rewrap_data_key(tenant, ctx, &wrapped)?;
+            Body::RewrapDataKeyResponse(cluster::RewrapDataKeyResponse {
+                kek_version: rewrapped.kek_version,
+                wrapped_data_key: rewrapped.bytes.to_vec(),
+            })
+        }
+        Body::KekVersion(_) => Body::KekVersionResponse(cluster::KekVersionResponse {
+            kek_version: keys.current_kek_version(tenant)?,
+        }),
+        _ => {
+            return Err(storage::Error::InvalidArgument {
+                reason: "not a key-service call".into(),
+            });
+        }
+    })
+}

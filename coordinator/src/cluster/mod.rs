@@ -1,0 +1,263 @@
+//! The coordinator's side of the cluster channel: workers dial in over WebSocket, and requests are
+//! routed to them multiplexed by request id.
+//!
+//! **Invariant:** a worker is admitted only with the token configured for its id (compared in
+//! constant time). The key service answers a worker only for tenants assigned to it on its current
+//! connection and in the current placement; every answer and every refusal is audited.
+//!
+//! **Boundary:** the protocol is the one spelled out at the top of `cluster.proto`.
+
+mod conn;
+mod keys;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use prost::Message as _;
+use proto::vaultvec::cluster::v1 as cluster;
+use storage::crypto::LocalKeyService;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use zeroize::Zeroizing;
+
+use crate::api::error::{ApiError, Code};
+use crate::store::Store;
+
+/// Largest frame either side sends or accepts.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One connected worker.
+pub struct WorkerConn {
+    /// The worker's id.
+    pub id: String,
+    out: mpsc::Sender<Message>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<cluster::envelope::Body>>>,
+    next_id: AtomicU64,
+    permits: Arc<Semaphore>,
+    /// Tenants this connection has acknowledged, with their epoch.
+    assigned: Mutex<HashMap<String, u64>>,
+}
+
+impl WorkerConn {
+    /// The epoch under which `tenant` is assigned on this connection, if it is.
+    pub fn assigned_epoch(&self, tenant: &str) -> Option<u64> {
+        self.assigned.lock().get(tenant).copied()
+    }
+
+    /// Forgets an assignment (the worker refused it, or the tenant moved).
+    pub fn forget_assignment(&self, tenant: &str) {
+        self.assigned.lock().remove(tenant);
+    }
+
+    /// Requests running on the worker now.
+    pub fn in_flight(&self, max: usize) -> usize {
+        max - self.permits.available_permits()
+    }
+
+    async fn send(&self, env: cluster::Envelope) -> Result<(), ApiError> {
+        self.out
+            .send(Message::binary(env.encode_to_vec()))
+            .await
+            .map_err(|_| ApiError::new(Code::Unavailable, "the worker disconnected"))
+    }
+}
+
+/// The connected workers and the key service they use.
+pub struct Hub {
+    workers: RwLock<HashMap<String, Arc<WorkerConn>>>,
+    credentials: HashMap<String, Zeroizing<String>>,
+    store: Arc<Store>,
+    keys: Arc<LocalKeyService>,
+    max_in_flight: usize,
+    heartbeat_timeout: Duration,
+    changed: Notify,
+}
+
+impl Hub {
+    /// A hub admitting the given workers (id, token).
+    pub fn new(
+        credentials: HashMap<String, Zeroizing<String>>,
+        store: Arc<Store>,
+        keys: Arc<LocalKeyService>,
+        max_in_flight: usize,
+        heartbeat_timeout: Duration,
+    ) -> Hub {
+        Hub {
+            workers: RwLock::new(HashMap::new()),
+            credentials,
+            store,
+            keys,
+            max_in_flight,
+            heartbeat_timeout,
+            changed: Notify::new(),
+        }
+    }
+
+    /// The connection of a worker, if it is connected.
+    pub fn worker(&self, id: &str) -> Option<Arc<WorkerConn>> {
+        self.workers.read().get(id).cloned()
+    }
+
+    /// Ids of the connected workers.
+    pub fn connected(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.workers.read().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Waits until at least `n` workers are connected (tests and startup use it; no sleeping).
+    pub async fn wait_for_workers(&self, n: usize) {
+        loop {
+            let notified = self.changed.notified();
+            if self.workers.read().len() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until worker `id` is connected.
+    pub async fn wait_for_worker(&self, id: &str) {
+        loop {
+            let notified = self.changed.notified();
+            if self.workers.read().contains_key(id) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// In-flight bound per worker.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// Sends a request to a worker and waits for its answer until `timeout`. A worker with
+    /// `max_in_flight` requests running answers busy at once; nothing queues without bound.
+    pub async fn request(
+        &self,
+        worker: &str,
+        body: cluster::envelope::Body,
+        timeout: Duration,
+    ) -> Result<cluster::envelope::Body, ApiError> {
+        let conn = self.worker(worker).ok_or_else(|| {
+            ApiError::new(
+                Code::Unavailable,
+                "the worker holding this tenant is not connected; retry later",
+            )
+        })?;
+        let _permit = conn.permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(Code::Unavailable, "the worker is busy; retry later")
+        })?;
+        let request_id = conn.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().insert(request_id, tx);
+        let deadline = now_ms() + timeout.as_millis() as u64;
+        let sent = conn
+            .send(cluster::Envelope {
+                request_id,
+                deadline_unix_ms: deadline,
+                body: Some(body),
+            })
+            .await;
+        if let Err(err) = sent {
+            conn.pending.lock().remove(&request_id);
+            return Err(err);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(_)) => Err(ApiError::new(
+                Code::Unavailable,
+                "the worker disconnected before answering; the outcome is unknown, retry with the same idempotency key",
+            )),
+            Err(_) => {
+                conn.pending.lock().remove(&request_id);
+                Err(ApiError::new(
+                    Code::DeadlineExceeded,
+                    "the worker did not answer before the deadline",
+                ))
+            }
+        }
+    }
+
+    /// Assigns a tenant to a worker's current connection and waits for the acknowledgement.
+    pub async fn assign(
+        &self,
+        worker: &str,
+        tenant: &str,
+        epoch: u64,
+        quota: cluster::TenantQuota,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        let body = cluster::envelope::Body::AssignTenant(cluster::AssignTenant {
+            tenant: tenant.to_owned(),
+            epoch,
+            quota: Some(quota),
+        });
+        match self.request(worker, body, timeout).await? {
+            cluster::envelope::Body::Ack(_) => {
+                if let Some(conn) = self.worker(worker) {
+                    conn.assigned.lock().insert(tenant.to_owned(), epoch);
+                }
+                Ok(())
+            }
+            cluster::envelope::Body::Error(err) => Err(ApiError::new(
+                Code::Unavailable,
+                format!("the worker refused the tenant: {}", err.message),
+            )),
+            _ => Err(ApiError::internal("unexpected answer to an assignment")),
+        }
+    }
+
+    /// Tells a worker to stop serving a tenant (paused, moved, deleted).
+    pub async fn release(&self, worker: &str, tenant: &str, epoch: u64, timeout: Duration) {
+        if let Some(conn) = self.worker(worker) {
+            conn.forget_assignment(tenant);
+        }
+        let body = cluster::envelope::Body::ReleaseTenant(cluster::ReleaseTenant {
+            tenant: tenant.to_owned(),
+            epoch,
+        });
+        if let Err(err) = self.request(worker, body, timeout).await {
+            tracing::warn!(worker, tenant, error = %err, "release not acknowledged");
+        }
+    }
+
+    /// Accepts worker connections until `shutdown` resolves; then closes them all.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let hub = self.clone();
+                        tasks.spawn(async move { hub.handle(stream, peer).await });
+                    }
+                    Err(err) => tracing::warn!(error = %err, "accepting a worker connection failed"),
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        // Dropping the senders closes every connection's writer, which closes the socket.
+        self.workers.write().clear();
+        tasks.shutdown().await;
+    }
+}

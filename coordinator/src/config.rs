@@ -1,0 +1,317 @@
+//! The coordinator's configuration: one TOML file, unknown keys refused, secrets only as file paths.
+//!
+//! [`Config::load`] reads the raw file, then reads and checks every secret file (mode 0600 or
+//! stricter) and validates the tiers. See `coordinator/coordinator.example.toml`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// The built-in tier that refuses every data request.
+pub const PAUSED_TIER: &str = "paused";
+
+/// Limits of a tier.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    /// Most collections a tenant may have.
+    pub max_collections: u32,
+    /// Most live points over all collections.
+    pub max_points: u64,
+    /// Largest vector dimension of a collection.
+    pub max_dim: u32,
+    /// Sustained requests per second.
+    pub requests_per_second: f64,
+    /// Requests allowed in a burst above the sustained rate.
+    pub burst: u32,
+    /// Largest request body in bytes (HTTP body or gRPC message).
+    pub max_body_bytes: usize,
+}
+
+impl Tier {
+    fn validate(&self, name: &str) -> anyhow::Result<()> {
+        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
+            bail!("tier {name}: requests_per_second must be a positive number");
+        }
+        if self.burst == 0 || self.max_body_bytes == 0 || self.max_dim == 0 {
+            bail!("tier {name}: burst, max_body_bytes and max_dim must be positive");
+        }
+        if self.max_dim > 4096 {
+            bail!("tier {name}: max_dim is at most 4096");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    cluster: SocketAddr,
+    metrics: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    pepper_file: PathBuf,
+    admin_token_file: PathBuf,
+    audit_key_file: PathBuf,
+    root_key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    id: String,
+    token_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: PathBuf,
+    listen: RawListen,
+    secrets: RawSecrets,
+    #[serde(default)]
+    workers: Vec<RawWorker>,
+    default_tier: String,
+    tiers: BTreeMap<String, Tier>,
+    #[serde(default = "default_request_timeout")]
+    request_timeout_secs: u64,
+    #[serde(default = "default_in_flight")]
+    max_in_flight_per_worker: usize,
+    #[serde(default = "default_heartbeat_timeout")]
+    heartbeat_timeout_secs: u64,
+}
+
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_in_flight() -> usize {
+    256
+}
+fn default_heartbeat_timeout() -> u64 {
+    15
+}
+
+/// Secrets, read from their files. None of them is ever printed.
+pub struct Secrets {
+    /// HMAC key for API-key digests.
+    pub pepper: Zeroizing<Vec<u8>>,
+    /// Bearer token of the admin API.
+    pub admin_token: Zeroizing<String>,
+    /// HMAC key of the audit chain.
+    pub audit_key: Zeroizing<Vec<u8>>,
+    /// Path of the root key file that wraps tenant KEKs (read by the key provider itself).
+    pub root_key_file: PathBuf,
+}
+
+/// A worker allowed to connect, and its token.
+pub struct WorkerCredential {
+    /// The worker's id.
+    pub id: String,
+    /// Its bearer token.
+    pub token: Zeroizing<String>,
+}
+
+/// Addresses of the four listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen {
+    /// Public HTTP/JSON API and admin API.
+    pub http: SocketAddr,
+    /// Public gRPC API.
+    pub grpc: SocketAddr,
+    /// Workers' WebSocket (keep it off the public network).
+    pub cluster: SocketAddr,
+    /// Prometheus metrics, liveness and readiness.
+    pub metrics: SocketAddr,
+}
+
+/// The validated configuration.
+pub struct Config {
+    /// Where SQLite and the tenant KEKs live.
+    pub data_dir: PathBuf,
+    /// Listener addresses (the binary binds them; tests pass their own listeners).
+    pub listen: Listen,
+    /// Secrets.
+    pub secrets: Secrets,
+    /// Workers allowed to connect.
+    pub workers: Vec<WorkerCredential>,
+    /// Tier of new tenants when none is given.
+    pub default_tier: String,
+    /// Tiers by name; `paused` is built in and refuses every data request.
+    pub tiers: BTreeMap<String, Tier>,
+    /// Deadline of a request routed to a worker.
+    pub request_timeout: Duration,
+    /// Requests in flight per worker before new ones are answered busy.
+    pub max_in_flight_per_worker: usize,
+    /// A worker silent for this long is disconnected.
+    pub heartbeat_timeout: Duration,
+}
+
+/// Reads a secret file, refusing one that others may read.
+pub fn read_secret(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "{} is readable by other users (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let trimmed = bytes.trim_ascii().to_vec();
+    let out = Zeroizing::new(trimmed);
+    drop(Zeroizing::new(bytes));
+    if out.is_empty() {
+        bail!("{} is empty", path.display());
+    }
+    Ok(out)
+}
+
+fn read_secret_string(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+    let bytes = read_secret(path)?;
+    let text = std::str::from_utf8(&bytes)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths are relative to the file's directory.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let raw: RawConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_raw(raw, base)
+    }
+
+    fn from_raw(raw: RawConfig, base: &Path) -> anyhow::Result<Config> {
+        let at = |p: &Path| base.join(p);
+        let secrets = Secrets {
+            pepper: read_secret(&at(&raw.secrets.pepper_file))?,
+            admin_token: read_secret_string(&at(&raw.secrets.admin_token_file))?,
+            audit_key: read_secret(&at(&raw.secrets.audit_key_file))?,
+            root_key_file: at(&raw.secrets.root_key_file),
+        };
+        if secrets.pepper.len() < 32 || secrets.audit_key.len() < 32 {
+            bail!("the pepper and the audit key must be at least 32 bytes");
+        }
+        if secrets.admin_token.len() < 32 {
+            bail!("the admin token must be at least 32 characters");
+        }
+        let mut workers = Vec::new();
+        for w in raw.workers {
+            let token = read_secret_string(&at(&w.token_file))?;
+            if token.len() < 32 {
+                bail!("the token of worker {} must be at least 32 characters", w.id);
+            }
+            workers.push(WorkerCredential { id: w.id, token });
+        }
+        let config = Config {
+            data_dir: at(&raw.data_dir),
+            listen: Listen {
+                http: raw.listen.http,
+                grpc: raw.listen.grpc,
+                cluster: raw.listen.cluster,
+                metrics: raw.listen.metrics,
+            },
+            secrets,
+            workers,
+            default_tier: raw.default_tier,
+            tiers: raw.tiers,
+            request_timeout: Duration::from_secs(raw.request_timeout_secs.max(1)),
+            max_in_flight_per_worker: raw.max_in_flight_per_worker.max(1),
+            heartbeat_timeout: Duration::from_secs(raw.heartbeat_timeout_secs.max(1)),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.tiers.contains_key(PAUSED_TIER) {
+            bail!("tier `{PAUSED_TIER}` is built in and cannot be configured");
+        }
+        for (name, tier) in &self.tiers {
+            tier.validate(name)?;
+        }
+        if !self.tiers.contains_key(&self.default_tier) {
+            bail!("default_tier {:?} is not a configured tier", self.default_tier);
+        }
+        let mut ids: Vec<&str> = self.workers.iter().map(|w| w.id.as_str()).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            bail!("a worker id appears twice in [[workers]]");
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests: generated secrets in `dir`, two tiers (`free`, small, and `pro`,
+    /// roomy), loopback addresses (unused: tests hand in their own listeners).
+    pub fn for_tests(dir: &Path, workers: &[(&str, &str)]) -> Config {
+        std::fs::create_dir_all(dir).expect("creating the test data dir");
+        storage::crypto::LocalKeyFile::open_or_generate(&dir.join("root.key"))
+            .expect("creating the test root key");
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let mut tiers = BTreeMap::new();
+        tiers.insert(
+            "free".to_owned(),
+            Tier {
+                max_collections: 3,
+                max_points: 1_000,
+                max_dim: 256,
+                requests_per_second: 5.0,
+                burst: 10,
+                max_body_bytes: 256 * 1024,
+            },
+        );
+        tiers.insert(
+            "pro".to_owned(),
+            Tier {
+                max_collections: 100,
+                max_points: 10_000_000,
+                max_dim: 4096,
+                requests_per_second: 100_000.0,
+                burst: 100_000,
+                max_body_bytes: 64 << 20,
+            },
+        );
+        Config {
+            data_dir: dir.to_owned(),
+            listen: Listen {
+                http: loopback,
+                grpc: loopback,
+                cluster: loopback,
+                metrics: loopback,
+            },
+            secrets: Secrets {
+                pepper: Zeroizing::new(vec![7u8; 32]),
+                admin_token: Zeroizing::new("test-admin-token-0123456789abcdefghij".to_owned()),
+                audit_key: Zeroizing::new(vec![9u8; 32]),
+                root_key_file: dir.join("root.key"),
+            },
+            workers: workers
+                .iter()
+                .map(|(id, token)| WorkerCredential {
+                    id: (*id).to_owned(),
+                    token: Zeroizing::new((*token).to_owned()),
+                })
+                .collect(),
+            default_tier: "pro".to_owned(),
+            tiers,
+            request_timeout: Duration::from_secs(30),
+            max_in_flight_per_worker: 256,
+            heartbeat_timeout: Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Admin routes: every one requires the admin token (compared in constant time) and nothing else.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{MethodRouter, delete, get, post, put};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{bearer, body_error, finish, parse_json};
+use crate::api::Service;
+use crate::api::admin::parse_scopes;
+use crate::api::error::ApiError;
+use crate::store::Tenant;
+
+type Svc = Arc<Service>;
+
+pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
+    match name {
+        "admin_create_tenant" => post(create_tenant),
+        "admin_list_tenants" => get(list_tenants),
+        "admin_get_tenant" => get(get_tenant),
+        "admin_delete_tenant" => delete(delete_tenant),
+        "admin_set_tier" => put(set_tier),
+        "admin_pause" => post(pause),
+        "admin_resume" => post(resume),
+        "admin_issue_key" => post(issue_key),
+        "admin_list_keys" => get(list_keys),
+        "admin_revoke_key" => delete(revoke_key),
+        "admin_rotate_kek" => post(rotate_kek),
+        "admin_export_audit" => get(export_audit),
+        "admin_verify_audit" => post(verify_audit),
+        "admin_workers" => get(workers),
+        "admin_placements" => get(placements),
+        other => unreachable!("route {other} has no handler"),
+    }
+}
+
+fn tenant_json(t: Tenant) -> Value {
+    serde_json::json!({
+        "id": t.id,
+        "tier": t.tier,
+        "paused": t.paused_from.is_some(),
+        "created_ms": t.created_ms,
+    })
+}
+
+fn json<T: serde::Serialize>(value: T) -> Result<Value, ApiError> {
+    serde_json::to_value(value).map_err(ApiError::internal)
+}
+
+/// Checks the admin token, then runs `f` with the parsed body; logs and counts the request.
+async fn admin<D, F, Fut>(
+    service: Svc,
+    endpoint: &'static str,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    f: F,
+) -> Response
+where
+    D: DeserializeOwned,
+    F: FnOnce(Svc, D) -> Fut,
+    Fut: Future<Output = Result<Value, ApiError>>,
+{
+    let started = Instant::now();
+    let result = async {
+        service.check_admin(bearer(&headers))?;
+        let body = body.map_err(body_error)?;
+        let args = parse_json(&body)?;
+        f(service.clone(), args).await
+    }
+    .await;
+    finish(&service, "admin", endpoint, "", "admin", started, result)
+}
+
+fn no_body() -> Result<Bytes, BytesRejection> {
+    Ok(Bytes::new())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    id: String,
+    tier: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArgs {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierArgs {
+    tier: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    scopes: Vec<String>,
+    collections: Option<Vec<String>>,
+    #[serde(default)]
+    label: String,
+}
+
+async fn create_tenant(State(s): State<Svc>, h: HeaderMap, b: Result<Bytes, BytesRejection>) -> Response {
+    admin(s, "admin_create_tenant", h, b, |s, a: NewTenant| async move {
+        Ok(tenant_json(s.create_tenant(&a.id, a.tier.as_deref())?))
+    })
+    .await
+}
+
+async fn list_tenants(State(s): State<Svc>, h: HeaderMap) -> Response {
+    admin(s, "admin_list_tenants", h, no_body(), |s, _: NoArgs| async move {
+        let tenants: Vec<Value> = s.list_tenants()?.into_iter().map(tenant_json).collect();
+        Ok(serde_json::json!({ "tenants": tenants }))
+    })
+    .await
+}
+
+async fn get_tenant(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
+    admin(s, "admin_get_tenant", h, no_body(), |s, _: NoArgs| async move {
+        let t = s.get_tenant(&tenant)?;
+        let placement = s.placements()?.into_iter().find(|p| p.tenant == tenant);
+        let mut out = tenant_json(t);
+        out["placement"] = match placement {
+            Some(p) => serde_json::json!({ "worker": p.worker, "epoch": p.epoch }),
+            None => Value::Null,
+        };
+        Ok(out)
+    })
+    .await
+}
+
+async fn delete_tenant(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
+    admin(s, "admin_delete_tenant", h, no_body(), |s, _: NoArgs| async move {
+        json(s.delete_tenant(&tenant).await?)
+    })
+    .await
+}
+
+async fn set_tier(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+    admin(s, "admin_set_tier", h, b, |s, a: TierArgs| async move {
+        Ok(tenant_json(s.set_tier(&tenant, &a.tier)?))
+    })
+    .await
+}
+
+async fn pause(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
+    admin(s, "admin_pause", h, no_body(), |s, _: NoArgs| async move {
+        Ok(tenant_json(s.pause(&tenant).await?))
+    })
+    .await
+}
+
+async fn resume(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
+    admin(s, "admin_resume", h, no_body(), |s, _: NoArgs| async move {
+        Ok(tenant_json(s.resume(&tenant)?))
+    })
+    .await
+}
+
+async fn issue_key(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+    admin(s, "admin_issue_key", h, b, |s, a: NewKey| async move {
+        let scopes = parse_scopes(&a.scopes)?;
+        json(s.issue_key(&tenant, scopes, a.collections, &a.label)?)
+    })
+    .await
+}
+
+async fn list_keys(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
+    admin(s, "admin_list_keys", h, no_body(), |s, _: NoArgs| async move {
+        Ok(serde_json::json!({ "keys": json(s.list_keys(&tenant)?)? }))
+    })
+    .await
+}
+
+async fn revoke_key(State(s): State<Svc>, h: HeaderMap, Path((tenant, key_id)): Path<(String, String)>) -> Response {
+    admin(s, "admin_revoke_key", h, no_body(), |s, _: NoArgs| async move {
+        json(s.revoke_key(&tenant, &key_id)?)
+    })
+    .await
+}
+
+async fn rotate_kek(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
+    admin(s, "admin_rotate_kek", h, no_body(), |s, _: NoArgs| async move {
+        json(s.rotate_kek(&tenant).await?)
+    })
+    .await
+}
+
+async fn export_audit(State(s): State<Svc>, h: HeaderMap, Path(chain): Path<String>) -> Response {
+    admin(s, "admin_export_audit", h, no_body(), |s, _: NoArgs| async move {
+        json(s.export_chain(&chain)?)
+    })
+    .await
+}
+
+async fn verify_audit(State(s): State<Svc>, h: HeaderMap, Path(chain): Path<String>) -> Response {
+    admin(s, "admin_verify_audit", h, no_body(), |s, _: NoArgs| async move {
+        Ok(match s.verify_chain(&chain)? {
+            Ok(()) => serde_json::json!({ "ok": true }),
+            Err(error) => serde_json::json!({ "ok": false, "error": error }),
+        })
+    })
+    .await
+}
+
+async fn workers(State(s): State<Svc>, h: HeaderMap) -> Response {
+    admin(s, "admin_workers", h, no_body(), |s, _: NoArgs| async move {
+        let workers: Vec<Value> = s
+            .workers()?
+            .into_iter()
+            .map(|(w, connected)| {
+                serde_json::json!({
+                    "id": w.id, "connected": connected, "last_seen_ms": w.last_seen_ms,
+                    "version": w.version, "memory_budget_bytes": w.memory_budget_bytes,
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({ "workers": workers }))
+    })
+    .await
+}
+
+async fn placements(State(s): State<Svc>, h: HeaderMap) -> Response {
+    admin(s, "admin_placements", h, no_body(), |s, _: NoArgs| async move {
+        let placements: Vec<Value> = s
+            .placements()?
+            .into_iter()
+            .map(|p| serde_json::json!({ "tenant": p.tenant, "worker": p.worker, "epoch": p.epoch }))
+            .collect();
+        Ok(serde_json::json!({ "placements": placements }))
+    })
+    .await
+}
+

@@ -1,0 +1,290 @@
+//! The HTTP/JSON transport: the public API under `/v1`, the admin API under `/admin/v1`, the
+//! OpenAPI document. Every route is listed in [`ROUTES`] with its auth policy, and the router is
+//! built from that table, so a route cannot exist without a policy (INV-12).
+
+mod admin;
+pub mod dto;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use serde::de::DeserializeOwned;
+
+use crate::api::error::{ApiError, Code};
+use crate::api::{Op, Service};
+
+/// Largest body any route accepts before its tier's own limit is applied.
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// No credential (health, the OpenAPI document).
+    Public,
+    /// A tenant's API key.
+    ApiKey,
+    /// The admin token.
+    Admin,
+}
+
+/// One route of the HTTP listener.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path, with `{param}` placeholders as in the OpenAPI document.
+    pub path: &'static str,
+    /// Who may call it.
+    pub policy: Policy,
+    /// Operation name (metrics, logs, OpenAPI operationId).
+    pub name: &'static str,
+}
+
+const fn route(method: &'static str, path: &'static str, policy: Policy, name: &'static str) -> RouteSpec {
+    RouteSpec { method, path, policy, name }
+}
+
+/// Every route of the HTTP listener. The router is built from this table.
+pub const ROUTES: &[RouteSpec] = &[
+    route("GET", "/v1/health", Policy::Public, "health"),
+    route("GET", "/openapi.json", Policy::Public, "openapi"),
+    route("POST", "/v1/collections", Policy::ApiKey, "create_collection"),
+    route("GET", "/v1/collections", Policy::ApiKey, "list_collections"),
+    route("GET", "/v1/collections/{name}", Policy::ApiKey, "get_collection"),
+    route("DELETE", "/v1/collections/{name}", Policy::ApiKey, "delete_collection"),
+    route("PUT", "/v1/collections/{name}/points", Policy::ApiKey, "upsert"),
+    route("POST", "/v1/collections/{name}/points/get", Policy::ApiKey, "get_points"),
+    route("POST", "/v1/collections/{name}/points/delete", Policy::ApiKey, "delete_points"),
+    route("POST", "/v1/collections/{name}/points/scroll", Policy::ApiKey, "scroll"),
+    route("POST", "/v1/collections/{name}/points/count", Policy::ApiKey, "count"),
+    route("POST", "/v1/collections/{name}/points/search", Policy::ApiKey, "search"),
+    route("POST", "/v1/collections/{name}/points/search/batch", Policy::ApiKey, "search_batch"),
+    route("POST", "/admin/v1/tenants", Policy::Admin, "admin_create_tenant"),
+    route("GET", "/admin/v1/tenants", Policy::Admin, "admin_list_tenants"),
+    route("GET", "/admin/v1/tenants/{tenant}", Policy::Admin, "admin_get_tenant"),
+    route("DELETE", "/admin/v1/tenants/{tenant}", Policy::Admin, "admin_delete_tenant"),
+    route("PUT", "/admin/v1/tenants/{tenant}/tier", Policy::Admin, "admin_set_tier"),
+    route("POST", "/admin/v1/tenants/{tenant}/pause", Policy::Admin, "admin_pause"),
+    route("POST", "/admin/v1/tenants/{tenant}/resume", Policy::Admin, "admin_resume"),
+    route("POST", "/admin/v1/tenants/{tenant}/keys", Policy::Admin, "admin_issue_key"),
+    route("GET", "/admin/v1/tenants/{tenant}/keys", Policy::Admin, "admin_list_keys"),
+    route("DELETE", "/admin/v1/tenants/{tenant}/keys/{key_id}", Policy::Admin, "admin_revoke_key"),
+    route("POST", "/admin/v1/tenants/{tenant}/rotate-kek", Policy::Admin, "admin_rotate_kek"),
+    route("GET", "/admin/v1/audit/{chain}", Policy::Admin, "admin_export_audit"),
+    route("POST", "/admin/v1/audit/{chain}/verify", Policy::Admin, "admin_verify_audit"),
+    route("GET", "/admin/v1/workers", Policy::Admin, "admin_workers"),
+    route("GET", "/admin/v1/placements", Policy::Admin, "admin_placements"),
+];
+
+/// The OpenAPI document, checked against [`ROUTES`] by a test.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+type Svc = Arc<Service>;
+
+fn handler(name: &str) -> MethodRouter<Svc> {
+    match name {
+        "health" => get(health),
+        "openapi" => get(openapi),
+        "create_collection" => post(create_collection),
+        "list_collections" => get(list_collections),
+        "get_collection" => get(get_collection),
+        "delete_collection" => delete(delete_collection),
+        "upsert" => put(upsert),
+        "get_points" => post(get_points),
+        "delete_points" => post(delete_points),
+        "scroll" => post(scroll),
+        "count" => post(count),
+        "search" => post(search),
+        "search_batch" => post(search_batch),
+        other => admin::handler(other),
+    }
+}
+
+/// The HTTP router. Methods of one path are merged; a path not in the table answers 404 with the
+/// JSON error body.
+pub fn router(service: Svc) -> Router {
+    let mut router: Router<Svc> = Router::new();
+    let mut paths: Vec<&str> = ROUTES.iter().map(|r| r.path).collect();
+    paths.dedup();
+    paths.sort_unstable();
+    paths.dedup();
+    for path in paths {
+        let mut methods: MethodRouter<Svc> = MethodRouter::new();
+        for spec in ROUTES.iter().filter(|r| r.path == path) {
+            methods = methods.merge(handler(spec.name));
+        }
+        router = router.route(path, methods.fallback(method_not_allowed));
+    }
+    router
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(service)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(Code::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> Response {
+    let mut response = ApiError::invalid("method not allowed on this route").into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+async fn health(State(service): State<Svc>) -> Response {
+    let workers = service.hub.connected().len();
+    let status = if workers > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({ "ready": workers > 0, "workers_connected": workers })))
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The bearer credential of a request, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(Code::PayloadTooLarge, format!("request body is larger than {MAX_BODY_BYTES} bytes"))
+    } else {
+        ApiError::invalid(format!("could not read the request body: {rejection}"))
+    }
+}
+
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // An empty body reads as `{}`, so a request without arguments needs no body.
+    let body = if body.is_empty() { b"{}".as_slice() } else { body };
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+/// Authenticates, applies the tier's body limit, parses, runs and renders one data request, and
+/// logs and counts it.
+async fn run<D: DeserializeOwned>(
+    service: Svc,
+    endpoint: &'static str,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    build: impl FnOnce(D) -> Result<Op, ApiError>,
+) -> Response {
+    let started = Instant::now();
+    let mut tenant = String::new();
+    let mut key_id = String::new();
+    let result = async {
+        let identity = service.authenticate(bearer(&headers), Some(peer.ip()))?;
+        tenant.clone_from(&identity.tenant);
+        key_id.clone_from(&identity.key_id);
+        let body = body.map_err(body_error)?;
+        if let Some(tier) = service.tier_of(&identity.tenant)?
+            && body.len() > tier.max_body_bytes
+        {
+            return Err(ApiError::new(
+                Code::PayloadTooLarge,
+                format!("request body is {} bytes, over the tier's limit of {}", body.len(), tier.max_body_bytes),
+            ));
+        }
+        let op = build(parse_json(&body)?)?;
+        let reply = service.call(&identity, op).await?;
+        dto::reply_json(reply)
+    }
+    .await;
+    finish(&service, "http", endpoint, &tenant, &key_id, started, result)
+}
+
+pub(crate) fn finish(
+    service: &Service,
+    transport: &'static str,
+    endpoint: &'static str,
+    tenant: &str,
+    key_id: &str,
+    started: Instant,
+    result: Result<serde_json::Value, ApiError>,
+) -> Response {
+    let elapsed = started.elapsed();
+    let (status, code, response) = match result {
+        Ok(value) => (StatusCode::OK, "ok", axum::Json(value).into_response()),
+        Err(err) => (err.http_status(), err.code.as_str(), err.into_response()),
+    };
+    service.metrics.observe(transport, endpoint, code, elapsed.as_secs_f64());
+    tracing::info!(
+        transport,
+        tenant,
+        key_id,
+        endpoint,
+        status = status.as_u16(),
+        latency_us = elapsed.as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+type Peer = ConnectInfo<SocketAddr>;
+
+async fn create_collection(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, b: Result<Bytes, BytesRejection>) -> Response {
+    run(s, "create_collection", p, h, b, |d: dto::CreateCollection| d.into_op()).await
+}
+
+async fn list_collections(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap) -> Response {
+    run(s, "list_collections", p, h, Ok(Bytes::from_static(b"{}")), |_: serde_json::Value| {
+        Ok(Op::ListCollections(proto::vaultvec::v1::ListCollectionsRequest {}))
+    })
+    .await
+}
+
+async fn get_collection(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>) -> Response {
+    run(s, "get_collection", p, h, Ok(Bytes::from_static(b"{}")), |_: serde_json::Value| {
+        Ok(Op::GetCollection(proto::vaultvec::v1::GetCollectionRequest { name }))
+    })
+    .await
+}
+
+async fn delete_collection(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>) -> Response {
+    run(s, "delete_collection", p, h, Ok(Bytes::from_static(b"{}")), |_: serde_json::Value| {
+        Ok(Op::DeleteCollection(proto::vaultvec::v1::DeleteCollectionRequest { name }))
+    })
+    .await
+}
+
+async fn upsert(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+    run(s, "upsert", p, h, b, |d: dto::Upsert| Ok(d.into_op(name))).await
+}
+
+async fn get_points(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+    run(s, "get_points", p, h, b, |d: dto::Get| Ok(d.into_op(name))).await
+}
+
+async fn delete_points(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+    run(s, "delete_points", p, h, b, |d: dto::Delete| Ok(d.into_op(name))).await
+}
+
+async fn scroll(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+    run(s, "scroll", p, h, b, |d: dto::Scroll| Ok(d.into_op(name))).await
+}
+
+async fn count(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+    run(s, "count", p, h, b, |d: dto::Count| Ok(d.into_op(name))).await
+}
+
+async fn search(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+    run(s, "search", p, h, b, |d: dto::Search| Ok(d.into_op(name))).await
+}
+
+async fn search_batch(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+    run(s, "search_batch", p, h, b, |d: dto::SearchBatch| Ok(d.into_op(name))).await
+}

@@ -1,0 +1,97 @@
+//! The schema, as an ordered list of migrations.
+//!
+//! `MIGRATIONS[i]` takes a database from `PRAGMA user_version = i` to `i + 1`. Each runs in its own
+//! transaction together with the version bump, so a crash leaves the file at one version or the
+//! next, never between. Released migrations are never edited: a change is a new entry.
+//!
+//! Tables are `STRICT`, so a value of the wrong type is refused on INSERT and UPDATE instead of
+//! being stored and misread later.
+
+/// Migration 1: tenants, API keys, workers, placement, the audit chain.
+const V1: &str = "
+CREATE TABLE tenants (
+    -- TenantId rules: 1..=63 bytes of [a-z0-9-], never `platform`. Rows are never deleted, so an
+    -- id is never reused (a new tenant must not inherit an old one's audit chain or epochs).
+    id TEXT NOT NULL PRIMARY KEY,
+    tier TEXT NOT NULL,
+    -- The tier before a pause, while `tier = 'paused'`; NULL otherwise.
+    paused_from TEXT,
+    created_ms INTEGER NOT NULL,
+    -- NULL while the tenant lives.
+    deleted_ms INTEGER,
+    -- The highest placement epoch ever handed out for this tenant. It lives here and not in
+    -- `placements` so that removing a placement cannot make an epoch go down (fencing).
+    placement_epoch INTEGER NOT NULL DEFAULT 0 CHECK (placement_epoch >= 0),
+    CHECK ((tier = 'paused') = (paused_from IS NOT NULL))
+) STRICT;
+
+CREATE TRIGGER tenants_never_deleted BEFORE DELETE ON tenants
+BEGIN
+    SELECT RAISE(ABORT, 'tenant rows are never deleted (ids are never reused)');
+END;
+
+CREATE TABLE api_keys (
+    key_id TEXT NOT NULL PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants (id),
+    label TEXT NOT NULL,
+    scope_read INTEGER NOT NULL CHECK (scope_read IN (0, 1)),
+    scope_write INTEGER NOT NULL CHECK (scope_write IN (0, 1)),
+    scope_manage INTEGER NOT NULL CHECK (scope_manage IN (0, 1)),
+    -- JSON array of collection names, or NULL for all collections.
+    collections TEXT,
+    -- HMAC-SHA256(pepper, key). Read only by KeyStore::find; never listed, never audited.
+    digest BLOB NOT NULL CHECK (length(digest) = 32),
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+) STRICT;
+
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_ms);
+
+CREATE TABLE workers (
+    id TEXT NOT NULL PRIMARY KEY,
+    last_seen_ms INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    memory_budget_bytes INTEGER NOT NULL CHECK (memory_budget_bytes >= 0)
+) STRICT;
+
+CREATE TABLE placements (
+    tenant TEXT NOT NULL PRIMARY KEY REFERENCES tenants (id),
+    worker TEXT NOT NULL REFERENCES workers (id),
+    epoch INTEGER NOT NULL CHECK (epoch >= 1)
+) STRICT;
+
+CREATE INDEX placements_by_worker ON placements (worker);
+
+CREATE TABLE audit_rows (
+    -- `platform` or a tenant id.
+    chain TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    -- Compact JSON, exactly as hashed.
+    details TEXT NOT NULL,
+    -- Hex, as exported.
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (chain, seq)
+) STRICT, WITHOUT ROWID;
+
+-- Append-only. Someone holding the file can drop these; the hash links, the HMAC signatures and
+-- exported signed heads are what catch that.
+CREATE TRIGGER audit_rows_no_update BEFORE UPDATE ON audit_rows
+BEGIN
+    SELECT RAISE(ABORT, 'audit rows are append-only');
+END;
+
+CREATE TRIGGER audit_rows_no_delete BEFORE DELETE ON audit_rows
+BEGIN
+    SELECT RAISE(ABORT, 'audit rows are append-only');
+END;
+";
+
+/// Every migration, in order. The schema version of a database is how many of these it has had.
+pub(crate) const MIGRATIONS: &[&str] = &[V1];

@@ -214,7 +214,10 @@ impl Config {
         for w in raw.workers {
             let token = read_secret_string(&at(&w.token_file))?;
             if token.len() < 32 {
-                bail!("the token of worker {} must be at least 32 characters", w.id);
+                bail!(
+                    "the token of worker {} must be at least 32 characters",
+                    w.id
+                );
             }
             workers.push(WorkerCredential { id: w.id, token });
         }
@@ -246,7 +249,10 @@ impl Config {
             tier.validate(name)?;
         }
         if !self.tiers.contains_key(&self.default_tier) {
-            bail!("default_tier {:?} is not a configured tier", self.default_tier);
+            bail!(
+                "default_tier {:?} is not a configured tier",
+                self.default_tier
+            );
         }
         let mut ids: Vec<&str> = self.workers.iter().map(|w| w.id.as_str()).collect();
         ids.sort_unstable();

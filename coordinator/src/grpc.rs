@@ -54,10 +54,15 @@ impl Grpc {
             {
                 return Err(ApiError::new(
                     crate::api::error::Code::PayloadTooLarge,
-                    format!("request is {size} bytes, over the tier's limit of {}", tier.max_body_bytes),
+                    format!(
+                        "request is {size} bytes, over the tier's limit of {}",
+                        tier.max_body_bytes
+                    ),
                 ));
             }
-            self.service.call(&identity, build(request.into_inner())).await
+            self.service
+                .call(&identity, build(request.into_inner()))
+                .await
         }
         .await;
         let elapsed = started.elapsed();
@@ -82,7 +87,9 @@ impl Grpc {
 }
 
 fn unexpected() -> Status {
-    Status::from(ApiError::internal("a worker answered with the wrong kind of result"))
+    Status::from(ApiError::internal(
+        "a worker answered with the wrong kind of result",
+    ))
 }
 
 #[tonic::async_trait]
@@ -91,7 +98,10 @@ impl Collections for Grpc {
         &self,
         request: Request<api::CreateCollectionRequest>,
     ) -> Result<Response<api::CollectionInfo>, Status> {
-        match self.run("create_collection", request, Op::CreateCollection).await? {
+        match self
+            .run("create_collection", request, Op::CreateCollection)
+            .await?
+        {
             Reply::Collection(info) => Ok(Response::new(info)),
             _ => Err(unexpected()),
         }
@@ -101,7 +111,10 @@ impl Collections for Grpc {
         &self,
         request: Request<api::ListCollectionsRequest>,
     ) -> Result<Response<api::ListCollectionsResponse>, Status> {
-        match self.run("list_collections", request, Op::ListCollections).await? {
+        match self
+            .run("list_collections", request, Op::ListCollections)
+            .await?
+        {
             Reply::Collections(list) => Ok(Response::new(list)),
             _ => Err(unexpected()),
         }
@@ -111,7 +124,10 @@ impl Collections for Grpc {
         &self,
         request: Request<api::GetCollectionRequest>,
     ) -> Result<Response<api::CollectionInfo>, Status> {
-        match self.run("get_collection", request, Op::GetCollection).await? {
+        match self
+            .run("get_collection", request, Op::GetCollection)
+            .await?
+        {
             Reply::Collection(info) => Ok(Response::new(info)),
             _ => Err(unexpected()),
         }
@@ -121,7 +137,10 @@ impl Collections for Grpc {
         &self,
         request: Request<api::DeleteCollectionRequest>,
     ) -> Result<Response<api::DeleteCollectionResponse>, Status> {
-        match self.run("delete_collection", request, Op::DeleteCollection).await? {
+        match self
+            .run("delete_collection", request, Op::DeleteCollection)
+            .await?
+        {
             Reply::DeletedCollection(r) => Ok(Response::new(r)),
             _ => Err(unexpected()),
         }

@@ -32,7 +32,10 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 pub fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     let config_path = dir.join("coordinator.toml");
     if config_path.exists() {
-        println!("{} exists; keeping the data directory as it is", config_path.display());
+        println!(
+            "{} exists; keeping the data directory as it is",
+            config_path.display()
+        );
         return Ok(());
     }
     if port > u16::MAX - 3 {
@@ -108,7 +111,10 @@ max_in_flight = 256
 
     // The demo tenant and its key, made directly in the database before the server starts.
     let data = dir.join("coordinator");
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&data)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data)?;
     let store = Store::open(
         &data.join("coordinator.sqlite"),
         AuditKey::new(audit_key.as_bytes()).context("audit key")?,
@@ -126,7 +132,11 @@ max_in_flight = 256
         &KeyRecord {
             key_id: new.key_id.clone(),
             tenant: "demo".into(),
-            scopes: Scopes { read: true, write: true, manage: true },
+            scopes: Scopes {
+                read: true,
+                write: true,
+                manage: true,
+            },
             collections: None,
             digest: pepper.digest(&new.full),
             is_revoked: false,

@@ -47,7 +47,9 @@ impl Listeners {
     /// Binds the configured addresses.
     pub async fn bind(listen: &config::Listen) -> anyhow::Result<Listeners> {
         async fn one(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-            TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))
         }
         Ok(Listeners {
             http: one(listen.http).await?,
@@ -60,7 +62,13 @@ impl Listeners {
     /// Four listeners on loopback ports chosen by the kernel.
     pub async fn loopback() -> anyhow::Result<Listeners> {
         let any: SocketAddr = ([127, 0, 0, 1], 0).into();
-        Listeners::bind(&config::Listen { http: any, grpc: any, cluster: any, metrics: any }).await
+        Listeners::bind(&config::Listen {
+            http: any,
+            grpc: any,
+            cluster: any,
+            metrics: any,
+        })
+        .await
     }
 
     /// The bound addresses.
@@ -121,7 +129,11 @@ impl Coordinator {
             request_timeout: config.request_timeout,
             metrics: metrics::Metrics::new(),
         })?);
-        Ok(Coordinator { service, hub, listeners })
+        Ok(Coordinator {
+            service,
+            hub,
+            listeners,
+        })
     }
 
     /// The shared service layer (tests use it to wait for workers and inspect state).
@@ -141,8 +153,15 @@ impl Coordinator {
 
     /// Serves until `shutdown` resolves, then drains: the public listeners stop accepting and
     /// finish their in-flight requests first, then the worker connections close.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Coordinator { service, hub, listeners } = self;
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Coordinator {
+            service,
+            hub,
+            listeners,
+        } = self;
         let public = CancellationToken::new();
         let internal = CancellationToken::new();
         let mut servers = tokio::task::JoinSet::new();
@@ -169,7 +188,11 @@ impl Coordinator {
             let max = grpc::MAX_MESSAGE_BYTES;
             tonic::transport::Server::builder()
                 .add_service(CollectionsServer::new(grpc.clone()).max_decoding_message_size(max))
-                .add_service(PointsServer::new(grpc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
+                .add_service(
+                    PointsServer::new(grpc.clone())
+                        .max_decoding_message_size(max)
+                        .max_encoding_message_size(max),
+                )
                 .add_service(HealthServer::new(grpc))
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
@@ -191,7 +214,9 @@ impl Coordinator {
         let cluster_hub = hub.clone();
         let stop = internal.clone();
         let cluster = tokio::spawn(async move {
-            cluster_hub.serve(listeners.cluster, stop.cancelled_owned()).await;
+            cluster_hub
+                .serve(listeners.cluster, stop.cancelled_owned())
+                .await;
         });
 
         tracing::info!("coordinator serving");
@@ -226,9 +251,15 @@ fn metrics_router(service: Arc<Service>) -> axum::Router {
             get({
                 let service = service.clone();
                 move || async move {
-                    service.metrics.workers_connected.set(service.hub.connected().len() as i64);
+                    service
+                        .metrics
+                        .workers_connected
+                        .set(service.hub.connected().len() as i64);
                     (
-                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
                         service.metrics.render(),
                     )
                 }
@@ -239,7 +270,11 @@ fn metrics_router(service: Arc<Service>) -> axum::Router {
             "/readyz",
             get(move || async move {
                 if service.hub.connected().is_empty() {
-                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "no worker connected").into_response()
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "no worker connected",
+                    )
+                        .into_response()
                 } else {
                     "ok".into_response()
                 }

@@ -59,7 +59,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if args.log_json {
         builder.json().init();
     } else {
@@ -68,9 +70,14 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Command::Serve { config } => serve(config),
         Command::Init { dir, port } => init::run(&dir, port),
-        Command::Audit { command: AuditCommand::Verify { file, head, key_file } } => {
-            coordinator::audit::verify_file(&file, head.as_deref(), key_file.as_deref())
-        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    file,
+                    head,
+                    key_file,
+                },
+        } => coordinator::audit::verify_file(&file, head.as_deref(), key_file.as_deref()),
     }
 }
 
@@ -81,7 +88,10 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         let listeners = coordinator::Listeners::bind(&config.listen).await?;
         let addrs = listeners.addrs()?;
         // One line per listener on stdout, so scripts and tests learn the ports (port 0 in configs).
-        println!("listening http={} grpc={} cluster={} metrics={}", addrs.http, addrs.grpc, addrs.cluster, addrs.metrics);
+        println!(
+            "listening http={} grpc={} cluster={} metrics={}",
+            addrs.http, addrs.grpc, addrs.cluster, addrs.metrics
+        );
         coordinator::serve(config, listeners, shutdown_signal()).await
     })
 }

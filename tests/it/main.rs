@@ -1,1 +1,11 @@
-//! Integration tests.
+//! Integration tests: a real coordinator and real workers on loopback, driven by real HTTP and
+//! gRPC clients.
+
+mod audit;
+mod auth;
+mod cluster;
+mod recovery;
+mod routes;
+mod search;
+mod tenancy;
+mod validation;

@@ -1,1 +1,376 @@
-//! Test harness (filled in below).
+//! The integration-test harness: a real coordinator and real workers on loopback.
+//!
+//! [`Cluster::start`] binds every listener on `127.0.0.1:0` first and hands the bound listeners to
+//! the servers, so clients can connect at once; it waits for the workers' hellos through the hub's
+//! notification, never by sleeping. Each cluster lives in its own directory, kept when a test fails
+//! (see [`Cluster::dir`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use coordinator::api::Service;
+use coordinator::cluster::Hub;
+use coordinator::config::Config;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Admin token of every test cluster (see `coordinator::config::Config::for_tests`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghij";
+
+fn worker_token(i: usize) -> String {
+    format!("worker-token-{i}-0123456789abcdefghijklmnop")
+}
+
+enum RunningWorker {
+    Task {
+        stop: CancellationToken,
+        task: JoinHandle<anyhow::Result<()>>,
+    },
+    Process(tokio::process::Child),
+}
+
+/// A binary built by cargo beside the test executable (`target/<profile>/<name>`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo nextest run --workspace` (it builds every binary)",
+        path.display()
+    );
+    path
+}
+
+/// A coordinator and its workers.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    /// Public HTTP address.
+    pub http: SocketAddr,
+    /// Public gRPC address.
+    pub grpc: SocketAddr,
+    /// Workers' WebSocket address.
+    pub cluster: SocketAddr,
+    /// Metrics address.
+    pub metrics: SocketAddr,
+    coordinator_stop: CancellationToken,
+    coordinator_task: Option<JoinHandle<anyhow::Result<()>>>,
+    service: Arc<Service>,
+    hub: Arc<Hub>,
+    workers: Vec<Option<RunningWorker>>,
+    client: reqwest::Client,
+}
+
+fn worker_ids(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("worker-{i}"), worker_token(i)))
+        .collect()
+}
+
+async fn start_coordinator(
+    dir: &Path,
+    n_workers: usize,
+    addrs: Option<coordinator::config::Listen>,
+) -> (
+    coordinator::config::Listen,
+    CancellationToken,
+    JoinHandle<anyhow::Result<()>>,
+    Arc<Service>,
+    Arc<Hub>,
+) {
+    let ids = worker_ids(n_workers);
+    let creds: Vec<(&str, &str)> = ids.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let config = Config::for_tests(&dir.join("coordinator"), &creds);
+    let listeners = match addrs {
+        // A restart binds the same ports, so workers reconnect to the address they know.
+        Some(addrs) => coordinator::Listeners::bind(&addrs)
+            .await
+            .expect("rebinding the ports"),
+        None => coordinator::Listeners::loopback()
+            .await
+            .expect("binding loopback"),
+    };
+    let coordinator =
+        coordinator::Coordinator::open(config, listeners).expect("opening the coordinator");
+    let addrs = coordinator.addrs().expect("addresses");
+    let (service, hub) = (coordinator.service(), coordinator.hub());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(coordinator.run(stop.clone().cancelled_owned()));
+    (addrs, stop, task, service, hub)
+}
+
+impl Cluster {
+    /// Starts a coordinator and `n_workers` workers, and waits until every worker has said hello.
+    pub async fn start(n_workers: usize) -> Cluster {
+        let mut cluster = Cluster::start_empty(n_workers).await;
+        for i in 0..n_workers {
+            cluster.start_worker(i).await;
+        }
+        cluster
+    }
+
+    async fn start_empty(n_workers: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("vaultvec-it-")
+            .tempdir()
+            .expect("creating the test dir");
+        let (addrs, coordinator_stop, task, service, hub) =
+            start_coordinator(dir.path(), n_workers, None).await;
+        Cluster {
+            dir,
+            http: addrs.http,
+            grpc: addrs.grpc,
+            cluster: addrs.cluster,
+            metrics: addrs.metrics,
+            coordinator_stop,
+            coordinator_task: Some(task),
+            service,
+            hub,
+            workers: (0..n_workers).map(|_| None).collect(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// As [`Cluster::start`], with every worker a real `vaultvec-worker` process.
+    pub async fn start_with_processes(n_workers: usize) -> Cluster {
+        let mut cluster = Cluster::start_empty(n_workers).await;
+        for i in 0..n_workers {
+            cluster.start_worker_process(i).await;
+        }
+        cluster
+    }
+
+    /// The cluster's directory (coordinator database, worker data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Keeps the directory after the test (for a failing test's post-mortem).
+    pub fn keep_dir(self) -> PathBuf {
+        let Cluster { dir, .. } = self;
+        dir.keep()
+    }
+
+    /// Worker `i`'s data directory.
+    pub fn worker_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("worker-{i}"))
+    }
+
+    /// The coordinator's shared service layer.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// The worker hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Starts worker `i` (again) on its data directory and waits for its hello.
+    pub async fn start_worker(&mut self, i: usize) {
+        assert!(self.workers[i].is_none(), "worker {i} is running");
+        let id = format!("worker-{i}");
+        let url = format!("ws://{}/v1/cluster", self.cluster);
+        let config = worker::Config::for_tests(&id, &url, &worker_token(i), &self.worker_dir(i));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker::serve(config, stop.clone().cancelled_owned()));
+        self.workers[i] = Some(RunningWorker::Task { stop, task });
+        self.hub.wait_for_worker(&id).await;
+    }
+
+    /// Starts worker `i` as a real `vaultvec-worker` process on its data directory, with a TOML
+    /// config and a 0600 token file, and waits for its hello.
+    pub async fn start_worker_process(&mut self, i: usize) {
+        use std::os::unix::fs::OpenOptionsExt;
+        assert!(self.workers[i].is_none(), "worker {i} is running");
+        let id = format!("worker-{i}");
+        let dir = self.dir.path().join(format!("{id}-process"));
+        std::fs::create_dir_all(&dir).expect("config dir");
+        let token_file = dir.join("token");
+        if !token_file.exists() {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&token_file)
+                .expect("token file");
+            std::io::Write::write_all(&mut file, worker_token(i).as_bytes()).expect("token");
+        }
+        let config = format!(
+            "worker_id = \"{id}\"\ncoordinator_url = \"ws://{}/v1/cluster\"\ntoken_file = \"{}\"\ndata_dir = \"{}\"\n",
+            self.cluster,
+            token_file.display(),
+            self.worker_dir(i).display()
+        );
+        let config_file = dir.join("worker.toml");
+        std::fs::write(&config_file, config).expect("worker config");
+        let child = tokio::process::Command::new(binary("vaultvec-worker"))
+            .arg("--config")
+            .arg(&config_file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting vaultvec-worker");
+        self.workers[i] = Some(RunningWorker::Process(child));
+        self.hub.wait_for_worker(&id).await;
+    }
+
+    /// Stops worker `i` gracefully (drain, flush): cancellation in process, SIGTERM for a process.
+    pub async fn stop_worker(&mut self, i: usize) {
+        match self.workers[i].take().expect("worker is running") {
+            RunningWorker::Task { stop, task } => {
+                stop.cancel();
+                task.await
+                    .expect("worker task")
+                    .expect("worker stopped cleanly");
+            }
+            RunningWorker::Process(mut child) => {
+                let pid = child.id().expect("running child") as i32;
+                std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .expect("kill -TERM");
+                let status = child.wait().await.expect("waiting for the worker");
+                assert!(status.success(), "worker exited with {status}");
+            }
+        }
+    }
+
+    /// Kills worker `i` without any chance to clean up: SIGKILL for a process, an aborted task in
+    /// process.
+    pub async fn kill_worker(&mut self, i: usize) {
+        match self.workers[i].take().expect("worker is running") {
+            RunningWorker::Task { task, .. } => {
+                task.abort();
+                let _ = task.await;
+            }
+            RunningWorker::Process(mut child) => {
+                child.kill().await.expect("SIGKILL");
+            }
+        }
+    }
+
+    /// Stops the coordinator and starts it again on the same directory and ports; waits until
+    /// every running worker has reconnected.
+    pub async fn restart_coordinator(&mut self) {
+        self.coordinator_stop.cancel();
+        self.coordinator_task
+            .take()
+            .expect("coordinator running")
+            .await
+            .expect("coordinator task")
+            .expect("coordinator stopped cleanly");
+        let addrs = coordinator::config::Listen {
+            http: self.http,
+            grpc: self.grpc,
+            cluster: self.cluster,
+            metrics: self.metrics,
+        };
+        let (_, stop, task, service, hub) =
+            start_coordinator(self.dir.path(), self.workers.len(), Some(addrs)).await;
+        self.coordinator_stop = stop;
+        self.coordinator_task = Some(task);
+        self.service = service;
+        self.hub = hub;
+        for (i, w) in self.workers.iter().enumerate() {
+            if w.is_some() {
+                self.hub.wait_for_worker(&format!("worker-{i}")).await;
+            }
+        }
+    }
+
+    /// Stops everything and checks that every task ended cleanly.
+    pub async fn shutdown(mut self) {
+        self.coordinator_stop.cancel();
+        if let Some(task) = self.coordinator_task.take() {
+            task.await
+                .expect("coordinator task")
+                .expect("coordinator stopped cleanly");
+        }
+        for i in 0..self.workers.len() {
+            if self.workers[i].is_some() {
+                self.stop_worker(i).await;
+            }
+        }
+    }
+
+    /// Base URL of the HTTP API.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// A raw HTTP request; answers the status and the JSON body (`Null` if none).
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method.parse().expect("method"), self.url(path));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("http request");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("http body");
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    /// An admin API call with the admin token.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.http(method, path, Some(ADMIN_TOKEN), body).await
+    }
+
+    /// Creates a tenant (tier `pro` unless given) and a key with all scopes; answers the key.
+    pub async fn tenant(&self, id: &str, tier: Option<&str>) -> String {
+        let mut body = serde_json::json!({ "id": id });
+        if let Some(tier) = tier {
+            body["tier"] = tier.into();
+        }
+        let (status, value) = self.admin("POST", "/admin/v1/tenants", Some(body)).await;
+        assert_eq!(status, 200, "creating tenant {id}: {value}");
+        self.key(id, &["read", "write", "manage"], None).await
+    }
+
+    /// Issues a key for a tenant.
+    pub async fn key(&self, tenant: &str, scopes: &[&str], collections: Option<&[&str]>) -> String {
+        let (status, value) = self
+            .admin(
+                "POST",
+                &format!("/admin/v1/tenants/{tenant}/keys"),
+                Some(serde_json::json!({ "scopes": scopes, "collections": collections })),
+            )
+            .await;
+        assert_eq!(status, 200, "issuing a key: {value}");
+        value["key"].as_str().expect("key in answer").to_owned()
+    }
+
+    /// A gRPC channel to the coordinator.
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("grpc connect")
+    }
+}
+
+/// Adds `authorization: Bearer <key>` to a gRPC request.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {key}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}

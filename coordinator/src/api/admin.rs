@@ -157,7 +157,10 @@ impl Service {
     fn existing(&self, tenant: &str) -> Result<Tenant, ApiError> {
         match self.store.tenant(tenant)? {
             Some(t) if !t.deleted => Ok(t),
-            _ => Err(ApiError::new(Code::NotFound, format!("tenant {tenant} not found"))),
+            _ => Err(ApiError::new(
+                Code::NotFound,
+                format!("tenant {tenant} not found"),
+            )),
         }
     }
 
@@ -172,7 +175,9 @@ impl Service {
                 format!("tenant {id} already exists or existed (ids are never reused)"),
             ));
         }
-        self.keys.ensure_tenant(&tenant_id).map_err(ApiError::internal)?;
+        self.keys
+            .ensure_tenant(&tenant_id)
+            .map_err(ApiError::internal)?;
         Ok(self.store.create_tenant(&Actor(ADMIN.into()), id, tier)?)
     }
 
@@ -210,7 +215,9 @@ impl Service {
         let tenant = self.store.pause_tenant(&Actor(ADMIN.into()), id)?;
         self.after_change(id);
         if let Some(p) = self.store.placement(id)? {
-            self.hub.release(&p.worker, id, p.epoch, self.request_timeout).await;
+            self.hub
+                .release(&p.worker, id, p.epoch, self.request_timeout)
+                .await;
         }
         Ok(tenant)
     }
@@ -253,7 +260,9 @@ impl Service {
             digest: self.pepper.digest(&new.full),
             is_revoked: false,
         };
-        let info = self.store.insert_key(&Actor(ADMIN.into()), &record, label)?;
+        let info = self
+            .store
+            .insert_key(&Actor(ADMIN.into()), &record, label)?;
         Ok(IssuedKey {
             info: info.into(),
             key: new.full.to_string(),
@@ -263,12 +272,19 @@ impl Service {
     /// Lists a tenant's keys (never their secrets).
     pub fn list_keys(&self, tenant: &str) -> Result<Vec<KeyInfoView>, ApiError> {
         self.existing(tenant)?;
-        Ok(self.store.list_keys(tenant)?.into_iter().map(Into::into).collect())
+        Ok(self
+            .store
+            .list_keys(tenant)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
     }
 
     /// Revokes a key: the very next request with it is refused.
     pub fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<KeyInfoView, ApiError> {
-        let info = self.store.revoke_key(&Actor(ADMIN.into()), tenant, key_id)?;
+        let info = self
+            .store
+            .revoke_key(&Actor(ADMIN.into()), tenant, key_id)?;
         self.auth.forget(key_id);
         Ok(info.into())
     }
@@ -281,33 +297,55 @@ impl Service {
         let version = self.keys.rotate_kek(&tenant).map_err(ApiError::internal)?;
         let outcome = self.rewrap_and_destroy(id, &tenant, version).await;
         let (result, details) = match &outcome {
-            Ok(r) => ("ok", serde_json::json!({ "kek_version": version, "destroyed": r.destroyed_versions })),
-            Err(e) => ("error", serde_json::json!({ "kek_version": version, "error": e.message })),
+            Ok(r) => (
+                "ok",
+                serde_json::json!({ "kek_version": version, "destroyed": r.destroyed_versions }),
+            ),
+            Err(e) => (
+                "error",
+                serde_json::json!({ "kek_version": version, "error": e.message }),
+            ),
         };
         self.audit(id, ADMIN, "kek.rotate", id, result, details);
         outcome
     }
 
-    async fn rewrap_and_destroy(&self, id: &str, tenant: &TenantId, version: u32) -> Result<Rotation, ApiError> {
+    async fn rewrap_and_destroy(
+        &self,
+        id: &str,
+        tenant: &TenantId,
+        version: u32,
+    ) -> Result<Rotation, ApiError> {
         let paused = self.existing(id)?.tier == PAUSED_TIER;
         if self.store.placement(id)?.is_some() && !paused {
             let tier = self.tiers.get(&self.existing(id)?.tier).cloned();
-            match self.route(id, tier.as_ref(), Op::RewrapKeys(cluster::RewrapKeys {})).await? {
+            match self
+                .route(id, tier.as_ref(), Op::RewrapKeys(cluster::RewrapKeys {}))
+                .await?
+            {
                 Reply::Done(_) => {}
                 _ => return Err(ApiError::internal("unexpected answer to a re-wrap")),
             }
         } else if self.store.placement(id)?.is_some() {
             // A paused tenant's files cannot be re-wrapped now; keep the old versions.
-            return Ok(Rotation { kek_version: version, destroyed_versions: Vec::new() });
+            return Ok(Rotation {
+                kek_version: version,
+                destroyed_versions: Vec::new(),
+            });
         }
         let mut destroyed = Vec::new();
         for old in self.keys.kek_versions(tenant).map_err(ApiError::internal)? {
             if old < version {
-                self.keys.destroy_kek(tenant, old).map_err(ApiError::internal)?;
+                self.keys
+                    .destroy_kek(tenant, old)
+                    .map_err(ApiError::internal)?;
                 destroyed.push(old);
             }
         }
-        Ok(Rotation { kek_version: version, destroyed_versions: destroyed })
+        Ok(Rotation {
+            kek_version: version,
+            destroyed_versions: destroyed,
+        })
     }
 
     /// Deletes a tenant by destroying its keys (crypto-erasure), then its files on the worker.
@@ -316,7 +354,9 @@ impl Service {
         let tenant = TenantId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
         let placement = self.store.placement(id)?;
         // Keys first: from this moment every copy of the tenant's files is unreadable.
-        self.keys.destroy_tenant(&tenant).map_err(ApiError::internal)?;
+        self.keys
+            .destroy_tenant(&tenant)
+            .map_err(ApiError::internal)?;
         let mut files_deleted = false;
         if let Some(p) = &placement
             && self.hub.worker(&p.worker).is_some()
@@ -331,11 +371,19 @@ impl Service {
             {
                 let _ = self
                     .hub
-                    .assign(&p.worker, id, p.epoch, Self::quota(None), self.request_timeout)
+                    .assign(
+                        &p.worker,
+                        id,
+                        p.epoch,
+                        Self::quota(None),
+                        self.request_timeout,
+                    )
                     .await;
             }
             files_deleted = matches!(
-                self.hub.request(&p.worker, body, self.request_timeout).await,
+                self.hub
+                    .request(&p.worker, body, self.request_timeout)
+                    .await,
                 Ok(cluster::envelope::Body::TenantResponse(_))
             );
         }
@@ -343,9 +391,14 @@ impl Service {
         self.auth.forget_tenant(id);
         self.forget_tenant_state(id);
         if let Some(p) = &placement {
-            self.hub.release(&p.worker, id, p.epoch, self.request_timeout).await;
+            self.hub
+                .release(&p.worker, id, p.epoch, self.request_timeout)
+                .await;
         }
-        Ok(Erasure { keys_destroyed: true, files_deleted })
+        Ok(Erasure {
+            keys_destroyed: true,
+            files_deleted,
+        })
     }
 
     /// Exports a chain (a tenant's, or `platform`) with its signed head; the export is audited.
@@ -353,7 +406,14 @@ impl Service {
         if chain != PLATFORM_CHAIN {
             self.existing_or_deleted(chain)?;
         }
-        self.audit(chain, ADMIN, "audit.export", chain, "ok", serde_json::json!({}));
+        self.audit(
+            chain,
+            ADMIN,
+            "audit.export",
+            chain,
+            "ok",
+            serde_json::json!({}),
+        );
         let rows = self.store.export_chain(chain)?;
         let head = self.store.chain_head(chain)?;
         Ok(Export { rows, head })
@@ -362,7 +422,10 @@ impl Service {
     fn existing_or_deleted(&self, tenant: &str) -> Result<(), ApiError> {
         match self.store.tenant(tenant)? {
             Some(_) => Ok(()),
-            None => Err(ApiError::new(Code::NotFound, format!("tenant {tenant} not found"))),
+            None => Err(ApiError::new(
+                Code::NotFound,
+                format!("tenant {tenant} not found"),
+            )),
         }
     }
 

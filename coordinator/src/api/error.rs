@@ -121,7 +121,10 @@ impl ApiError {
 
     /// The single answer to every failed authentication.
     pub fn unauthenticated() -> ApiError {
-        ApiError::new(Code::Unauthenticated, AuthError::Unauthenticated.to_string())
+        ApiError::new(
+            Code::Unauthenticated,
+            AuthError::Unauthenticated.to_string(),
+        )
     }
 
     /// Shorthand for `Internal`; the detail goes to the log, not to the client.
@@ -140,7 +143,9 @@ impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> ApiError {
         match err {
             AuthError::Unauthenticated => ApiError::unauthenticated(),
-            AuthError::PermissionDenied(_) => ApiError::new(Code::PermissionDenied, err.to_string()),
+            AuthError::PermissionDenied(_) => {
+                ApiError::new(Code::PermissionDenied, err.to_string())
+            }
         }
     }
 }

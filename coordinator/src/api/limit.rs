@@ -33,12 +33,16 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
         let mut buckets = self.buckets.lock();
         if buckets.len() >= self.max_keys && !buckets.contains_key(key) {
             // A bucket that has refilled completely carries no state worth keeping.
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
+            buckets
+                .retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
             if buckets.len() >= self.max_keys {
                 buckets.clear();
             }
         }
-        let bucket = buckets.entry(key.clone()).or_insert(Bucket { tokens: burst, last: now });
+        let bucket = buckets.entry(key.clone()).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.last = now;
@@ -64,9 +68,20 @@ mod tests {
         }
         let wait = buckets.take(&"a", 2.0, 3, t0).unwrap_err();
         assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
-        assert!(buckets.take(&"b", 2.0, 3, t0).is_ok(), "buckets are independent");
-        assert!(buckets.take(&"a", 2.0, 3, t0 + Duration::from_millis(500)).is_ok());
-        assert!(buckets.take(&"a", 2.0, 3, t0 + Duration::from_millis(500)).is_err());
+        assert!(
+            buckets.take(&"b", 2.0, 3, t0).is_ok(),
+            "buckets are independent"
+        );
+        assert!(
+            buckets
+                .take(&"a", 2.0, 3, t0 + Duration::from_millis(500))
+                .is_ok()
+        );
+        assert!(
+            buckets
+                .take(&"a", 2.0, 3, t0 + Duration::from_millis(500))
+                .is_err()
+        );
     }
 
     #[test]

@@ -92,7 +92,8 @@ impl Service {
     pub fn new(parts: Parts) -> anyhow::Result<Service> {
         let pepper_for_auth =
             Pepper::new(&parts.pepper).ok_or_else(|| anyhow::anyhow!("pepper too short"))?;
-        let pepper = Pepper::new(&parts.pepper).ok_or_else(|| anyhow::anyhow!("pepper too short"))?;
+        let pepper =
+            Pepper::new(&parts.pepper).ok_or_else(|| anyhow::anyhow!("pepper too short"))?;
         let capacity = NonZeroUsize::new(AUTH_CACHE_KEYS).expect("non-zero");
         Ok(Service {
             auth: Authenticator::new(parts.store.clone(), pepper_for_auth, capacity),
@@ -196,7 +197,9 @@ impl Service {
             tier: row.tier,
             placement,
         };
-        self.tenants.write().insert(tenant.to_owned(), state.clone());
+        self.tenants
+            .write()
+            .insert(tenant.to_owned(), state.clone());
         Ok(state)
     }
 
@@ -228,10 +231,12 @@ impl Service {
                 "this tenant is paused; its data is not served until an operator resumes it",
             ));
         }
-        let tier = self
-            .tiers
-            .get(&state.tier)
-            .ok_or_else(|| ApiError::internal(format_args!("tenant {tenant} has unknown tier {}", state.tier)))?;
+        let tier = self.tiers.get(&state.tier).ok_or_else(|| {
+            ApiError::internal(format_args!(
+                "tenant {tenant} has unknown tier {}",
+                state.tier
+            ))
+        })?;
         if let Err(wait) = self.rates.take(
             &identity.tenant,
             tier.requests_per_second,
@@ -247,7 +252,9 @@ impl Service {
         let (scope, collection) = validate::scope_of(&op);
         identity.require(scope, collection)?;
         validate::check(&op, &self.limits, tier)?;
-        let restricted = matches!(op, Op::ListCollections(_)).then(|| identity.collections.clone()).flatten();
+        let restricted = matches!(op, Op::ListCollections(_))
+            .then(|| identity.collections.clone())
+            .flatten();
         let mut reply = self.route(tenant, Some(tier), op).await?;
         // A key restricted to named collections lists only those.
         if let (Some(allowed), Reply::Collections(list)) = (restricted, &mut reply) {
@@ -267,7 +274,10 @@ impl Service {
         }
         let connected = self.hub.connected();
         if connected.is_empty() {
-            return Err(ApiError::new(Code::Unavailable, "no worker is connected; retry later"));
+            return Err(ApiError::new(
+                Code::Unavailable,
+                "no worker is connected; retry later",
+            ));
         }
         let placements = self.store.placements().map_err(ApiError::internal)?;
         let load = |w: &String| placements.iter().filter(|p| &p.worker == w).count();
@@ -286,7 +296,12 @@ impl Service {
 
     /// Sends an operation to the tenant's worker, assigning the tenant to it first if this
     /// connection has not acknowledged the current epoch.
-    pub(crate) async fn route(&self, tenant: &str, tier: Option<&Tier>, op: Op) -> Result<Reply, ApiError> {
+    pub(crate) async fn route(
+        &self,
+        tenant: &str,
+        tier: Option<&Tier>,
+        op: Op,
+    ) -> Result<Reply, ApiError> {
         let placement = self.placement_for(tenant).await?;
         let conn = self.hub.worker(&placement.worker).ok_or_else(|| {
             ApiError::new(
@@ -296,7 +311,13 @@ impl Service {
         })?;
         if conn.assigned_epoch(tenant) != Some(placement.epoch) {
             self.hub
-                .assign(&placement.worker, tenant, placement.epoch, Self::quota(tier), self.request_timeout)
+                .assign(
+                    &placement.worker,
+                    tenant,
+                    placement.epoch,
+                    Self::quota(tier),
+                    self.request_timeout,
+                )
                 .await?;
         }
         let body = cluster::envelope::Body::TenantRequest(cluster::TenantRequest {
@@ -304,13 +325,21 @@ impl Service {
             epoch: placement.epoch,
             op: Some(op),
         });
-        match self.hub.request(&placement.worker, body, self.request_timeout).await? {
+        match self
+            .hub
+            .request(&placement.worker, body, self.request_timeout)
+            .await?
+        {
             cluster::envelope::Body::TenantResponse(r) => r
                 .result
                 .ok_or_else(|| ApiError::internal("a worker answered without a result")),
             cluster::envelope::Body::Error(err) => {
-                let code = cluster::ErrorCode::try_from(err.code).unwrap_or(cluster::ErrorCode::Unspecified);
-                if matches!(code, cluster::ErrorCode::StaleEpoch | cluster::ErrorCode::NotAssigned) {
+                let code = cluster::ErrorCode::try_from(err.code)
+                    .unwrap_or(cluster::ErrorCode::Unspecified);
+                if matches!(
+                    code,
+                    cluster::ErrorCode::StaleEpoch | cluster::ErrorCode::NotAssigned
+                ) {
                     conn.forget_assignment(tenant);
                     self.audit(
                         tenant,

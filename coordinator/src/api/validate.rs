@@ -66,9 +66,9 @@ fn batch(n: usize, what: &str, max: usize) -> Result<(), ApiError> {
 fn point_id(id: &Option<api::PointId>) -> Result<(), ApiError> {
     match id.as_ref().and_then(|id| id.kind.as_ref()) {
         None => Err(ApiError::invalid("a point id is missing")),
-        Some(api::point_id::Kind::Str(s)) if s.is_empty() || s.len() > 128 => Err(
-            ApiError::invalid("a string point id must be 1..=128 bytes"),
-        ),
+        Some(api::point_id::Kind::Str(s)) if s.is_empty() || s.len() > 128 => {
+            Err(ApiError::invalid("a string point id must be 1..=128 bytes"))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -182,9 +182,8 @@ pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
             }
             Ok(())
         }
-        Op::RewrapKeys(_) | Op::EraseTenant(_) => Err(ApiError::new(
-            Code::PermissionDenied,
-            "internal operation",
-        )),
+        Op::RewrapKeys(_) | Op::EraseTenant(_) => {
+            Err(ApiError::new(Code::PermissionDenied, "internal operation"))
+        }
     }
 }

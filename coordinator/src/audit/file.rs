@@ -32,13 +32,18 @@ pub fn read_export(text: &str) -> anyhow::Result<(Vec<AuditRow>, Option<ChainHea
 
 /// Verifies an export file, with a separately kept head and the audit key if given. Prints a
 /// summary; an error names the first bad row.
-pub fn verify_file(file: &Path, head: Option<&Path>, key_file: Option<&Path>) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+pub fn verify_file(
+    file: &Path,
+    head: Option<&Path>,
+    key_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let (rows, embedded_head) = read_export(&text)?;
     let head = match head {
         Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             Some(serde_json::from_str::<ChainHead>(&text).context("parsing the head")?)
         }
         None => embedded_head,
@@ -56,8 +61,16 @@ pub fn verify_file(file: &Path, head: Option<&Path>, key_file: Option<&Path>) ->
     println!(
         "ok: {} rows verified{}{}",
         rows.len(),
-        if head.is_some() { " against the signed head" } else { " (no head: a cut tail would not be detected)" },
-        if key.is_some() { ", signatures checked" } else { " (no key: signatures not checked)" },
+        if head.is_some() {
+            " against the signed head"
+        } else {
+            " (no head: a cut tail would not be detected)"
+        },
+        if key.is_some() {
+            ", signatures checked"
+        } else {
+            " (no key: signatures not checked)"
+        },
     );
     Ok(())
 }

@@ -26,7 +26,8 @@ const OUTBOX: usize = 1024;
 
 fn refuse(status: u16, reason: &str) -> ErrorResponse {
     let mut response = ErrorResponse::new(Some(reason.to_owned()));
-    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
     response
 }
 
@@ -59,9 +60,9 @@ fn error_body(code: cluster::ErrorCode, message: impl Into<String>) -> cluster::
 }
 
 impl Hub {
-    fn check_upgrade(&self, request: &Request) -> Result<String, ErrorResponse> {
+    fn check_upgrade(&self, request: &Request) -> Result<String, (u16, &'static str)> {
         if request.uri().path() != "/v1/cluster" {
-            return Err(refuse(404, "not found"));
+            return Err((404, "not found"));
         }
         let header = |name: &str| {
             request
@@ -84,7 +85,7 @@ impl Hub {
             .unwrap_or(&dummy);
         let ok = bool::from(presented.ct_eq(expected)) && self.credentials.contains_key(&worker);
         if !ok {
-            return Err(refuse(401, "invalid worker credentials"));
+            return Err((401, "invalid worker credentials"));
         }
         Ok(worker)
     }
@@ -95,35 +96,38 @@ impl Hub {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES));
+        // The callback's error type is tungstenite's; it is built only on refusal.
+        #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| match self.check_upgrade(request) {
             Ok(worker) => {
                 admitted = Some(worker);
                 Ok(response)
             }
-            Err(refusal) => Err(refusal),
+            Err((status, reason)) => Err(refuse(status, reason)),
         };
-        let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
-            .await
-        {
-            Ok(ws) => ws,
-            Err(err) => {
-                tracing::warn!(%peer, error = %err, "worker connection refused");
-                if let Err(err) = self.store.audit(
-                    "platform",
-                    crate::audit::Draft {
-                        time_ms: now_ms(),
-                        actor: format!("peer:{peer}"),
-                        action: "worker.connect".into(),
-                        resource: "cluster".into(),
-                        outcome: "denied".into(),
-                        details: serde_json::json!({}),
-                    },
-                ) {
-                    tracing::error!(error = %err, "audit write failed");
+        let ws =
+            match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
+                .await
+            {
+                Ok(ws) => ws,
+                Err(err) => {
+                    tracing::warn!(%peer, error = %err, "worker connection refused");
+                    if let Err(err) = self.store.audit(
+                        "platform",
+                        crate::audit::Draft {
+                            time_ms: now_ms(),
+                            actor: format!("peer:{peer}"),
+                            action: "worker.connect".into(),
+                            resource: "cluster".into(),
+                            outcome: "denied".into(),
+                            details: serde_json::json!({}),
+                        },
+                    ) {
+                        tracing::error!(error = %err, "audit write failed");
+                    }
+                    return;
                 }
-                return;
-            }
-        };
+            };
         let Some(worker_id) = admitted else { return };
         let (mut sink, mut source) = ws.split();
 
@@ -159,7 +163,11 @@ impl Hub {
             deadline_unix_ms: 0,
             body: Some(cluster::envelope::Body::Ack(cluster::Ack {})),
         };
-        if sink.send(Message::binary(ack.encode_to_vec())).await.is_err() {
+        if sink
+            .send(Message::binary(ack.encode_to_vec()))
+            .await
+            .is_err()
+        {
             return;
         }
 
@@ -245,9 +253,10 @@ impl Hub {
                     let request_id = env.request_id;
                     if !replay.admit(request_id) {
                         self.audit_refusal(&worker_id, "", "replayed request id");
-                        let _ = conn
-                            .out
-                            .try_send(reply(request_id, error_body(cluster::ErrorCode::Replayed, "request id already used")));
+                        let _ = conn.out.try_send(reply(
+                            request_id,
+                            error_body(cluster::ErrorCode::Replayed, "request id already used"),
+                        ));
                         continue;
                     }
                     let hub = self.clone();
@@ -260,7 +269,10 @@ impl Hub {
                 _ => {
                     let _ = conn.out.try_send(reply(
                         env.request_id,
-                        error_body(cluster::ErrorCode::InvalidArgument, "not a worker-to-coordinator message"),
+                        error_body(
+                            cluster::ErrorCode::InvalidArgument,
+                            "not a worker-to-coordinator message",
+                        ),
                     ));
                 }
             }
@@ -268,7 +280,10 @@ impl Hub {
 
         {
             let mut workers = self.workers.write();
-            if workers.get(&worker_id).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+            if workers
+                .get(&worker_id)
+                .is_some_and(|c| Arc::ptr_eq(c, &conn))
+            {
                 workers.remove(&worker_id);
             }
         }

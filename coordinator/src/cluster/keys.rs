@@ -43,11 +43,28 @@ impl Hub {
 
     pub(super) async fn key_service(self: &Arc<Self>, conn: &Arc<WorkerConn>, body: Body) -> Body {
         let (tenant, action, resource) = match &body {
-            Body::GenerateDataKey(r) => (r.tenant.clone(), "kms.generate_data_key", format!("{}/{}", r.collection, r.file_id)),
-            Body::DecryptDataKey(r) => (r.tenant.clone(), "kms.decrypt_data_key", format!("{}/{}", r.collection, r.file_id)),
-            Body::RewrapDataKey(r) => (r.tenant.clone(), "kms.rewrap_data_key", format!("{}/{}", r.collection, r.file_id)),
+            Body::GenerateDataKey(r) => (
+                r.tenant.clone(),
+                "kms.generate_data_key",
+                format!("{}/{}", r.collection, r.file_id),
+            ),
+            Body::DecryptDataKey(r) => (
+                r.tenant.clone(),
+                "kms.decrypt_data_key",
+                format!("{}/{}", r.collection, r.file_id),
+            ),
+            Body::RewrapDataKey(r) => (
+                r.tenant.clone(),
+                "kms.rewrap_data_key",
+                format!("{}/{}", r.collection, r.file_id),
+            ),
             Body::KekVersion(r) => (r.tenant.clone(), "kms.kek_version", String::new()),
-            _ => return error(cluster::ErrorCode::InvalidArgument, "not a key-service call"),
+            _ => {
+                return error(
+                    cluster::ErrorCode::InvalidArgument,
+                    "not a key-service call",
+                );
+            }
         };
         // Only for a tenant assigned to this worker, on this connection, under the current placement.
         let placed_here = matches!(
@@ -55,8 +72,15 @@ impl Hub {
             Ok(Some(p)) if p.worker == conn.id && conn.assigned_epoch(&tenant) == Some(p.epoch)
         );
         if !placed_here {
-            self.audit_refusal(&conn.id, &tenant, &format!("{action} for a tenant not assigned to this worker"));
-            return error(cluster::ErrorCode::NotAssigned, "tenant is not assigned to this worker");
+            self.audit_refusal(
+                &conn.id,
+                &tenant,
+                &format!("{action} for a tenant not assigned to this worker"),
+            );
+            return error(
+                cluster::ErrorCode::NotAssigned,
+                "tenant is not assigned to this worker",
+            );
         }
         let Ok(tenant_id) = TenantId::parse(&tenant) else {
             return error(cluster::ErrorCode::InvalidArgument, "invalid tenant id");
@@ -67,9 +91,15 @@ impl Hub {
             Ok(Ok(reply)) => (reply, "ok"),
             Ok(Err(err)) => {
                 tracing::warn!(tenant = %tenant, action, error = %err, "key service refused");
-                (error(cluster::ErrorCode::DataLoss, err.to_string()), "error")
+                (
+                    error(cluster::ErrorCode::DataLoss, err.to_string()),
+                    "error",
+                )
             }
-            Err(_) => (error(cluster::ErrorCode::Internal, "key service failed"), "error"),
+            Err(_) => (
+                error(cluster::ErrorCode::Internal, "key service failed"),
+                "error",
+            ),
         };
         if action != "kms.kek_version" {
             let draft = Draft {
@@ -97,7 +127,10 @@ fn answer(
 ) -> storage::Result<Body> {
     Ok(match body {
         Body::GenerateDataKey(r) => {
-            let ctx = DekContext { collection: &r.collection, file_id: r.file_id };
+            let ctx = DekContext {
+                collection: &r.collection,
+                file_id: r.file_id,
+            };
             let (dek, wrapped) = keys.generate_data_key(tenant, ctx)?;
             Body::GenerateDataKeyResponse(cluster::GenerateDataKeyResponse {
                 data_key: std::mem::take(&mut *dek.to_wire()),
@@ -106,7 +139,10 @@ fn answer(
             })
         }
         Body::DecryptDataKey(r) => {
-            let ctx = DekContext { collection: &r.collection, file_id: r.file_id };
+            let ctx = DekContext {
+                collection: &r.collection,
+                file_id: r.file_id,
+            };
             let wrapped = WrappedDek::from_wire(r.kek_version, &r.wrapped_data_key)?;
             let dek = keys.decrypt_data_key(tenant, ctx, &wrapped)?;
             Body::DecryptDataKeyResponse(cluster::DecryptDataKeyResponse {
@@ -114,7 +150,10 @@ fn answer(
             })
         }
         Body::RewrapDataKey(r) => {
-            let ctx = DekContext { collection: &r.collection, file_id: r.file_id };
+            let ctx = DekContext {
+                collection: &r.collection,
+                file_id: r.file_id,
+            };
             let wrapped = WrappedDek::from_wire(r.kek_version, &r.wrapped_data_key)?;
             let rewrapped = keys.rewrap_data_key(tenant, ctx, &wrapped)?;
             Body::RewrapDataKeyResponse(cluster::RewrapDataKeyResponse {

@@ -119,9 +119,17 @@ impl Hub {
 
     /// Waits until at least `n` workers are connected (tests and startup use it; no sleeping).
     pub async fn wait_for_workers(&self, n: usize) {
+        self.wait_until(|workers| workers.len() >= n).await;
+    }
+
+    /// Waits until `done` holds for the connected workers. The notification is armed before the
+    /// check, so a change between the check and the wait is not missed.
+    async fn wait_until(&self, done: impl Fn(&HashMap<String, Arc<WorkerConn>>) -> bool) {
         loop {
             let notified = self.changed.notified();
-            if self.workers.read().len() >= n {
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done(&self.workers.read()) {
                 return;
             }
             notified.await;
@@ -130,13 +138,12 @@ impl Hub {
 
     /// Waits until worker `id` is connected.
     pub async fn wait_for_worker(&self, id: &str) {
-        loop {
-            let notified = self.changed.notified();
-            if self.workers.read().contains_key(id) {
-                return;
-            }
-            notified.await;
-        }
+        self.wait_until(|workers| workers.contains_key(id)).await;
+    }
+
+    /// Waits until worker `id` is not connected (its connection closed or timed out).
+    pub async fn wait_for_worker_gone(&self, id: &str) {
+        self.wait_until(|workers| !workers.contains_key(id)).await;
     }
 
     /// In-flight bound per worker.
@@ -158,9 +165,11 @@ impl Hub {
                 "the worker holding this tenant is not connected; retry later",
             )
         })?;
-        let _permit = conn.permits.clone().try_acquire_owned().map_err(|_| {
-            ApiError::new(Code::Unavailable, "the worker is busy; retry later")
-        })?;
+        let _permit = conn
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::new(Code::Unavailable, "the worker is busy; retry later"))?;
         let request_id = conn.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().insert(request_id, tx);

@@ -109,7 +109,11 @@ struct NewKey {
     label: String,
 }
 
-async fn create_tenant(State(s): State<Svc>, h: HeaderMap, b: Result<Bytes, BytesRejection>) -> Response {
+async fn create_tenant(
+    State(s): State<Svc>,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
     admin(s, "admin_create_tenant", h, b, |s, a: NewTenant| async move {
         Ok(tenant_json(s.create_tenant(&a.id, a.tier.as_deref())?))
     })
@@ -117,35 +121,56 @@ async fn create_tenant(State(s): State<Svc>, h: HeaderMap, b: Result<Bytes, Byte
 }
 
 async fn list_tenants(State(s): State<Svc>, h: HeaderMap) -> Response {
-    admin(s, "admin_list_tenants", h, no_body(), |s, _: NoArgs| async move {
-        let tenants: Vec<Value> = s.list_tenants()?.into_iter().map(tenant_json).collect();
-        Ok(serde_json::json!({ "tenants": tenants }))
-    })
+    admin(
+        s,
+        "admin_list_tenants",
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            let tenants: Vec<Value> = s.list_tenants()?.into_iter().map(tenant_json).collect();
+            Ok(serde_json::json!({ "tenants": tenants }))
+        },
+    )
     .await
 }
 
 async fn get_tenant(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
-    admin(s, "admin_get_tenant", h, no_body(), |s, _: NoArgs| async move {
-        let t = s.get_tenant(&tenant)?;
-        let placement = s.placements()?.into_iter().find(|p| p.tenant == tenant);
-        let mut out = tenant_json(t);
-        out["placement"] = match placement {
-            Some(p) => serde_json::json!({ "worker": p.worker, "epoch": p.epoch }),
-            None => Value::Null,
-        };
-        Ok(out)
-    })
+    admin(
+        s,
+        "admin_get_tenant",
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            let t = s.get_tenant(&tenant)?;
+            let placement = s.placements()?.into_iter().find(|p| p.tenant == tenant);
+            let mut out = tenant_json(t);
+            out["placement"] = match placement {
+                Some(p) => serde_json::json!({ "worker": p.worker, "epoch": p.epoch }),
+                None => Value::Null,
+            };
+            Ok(out)
+        },
+    )
     .await
 }
 
 async fn delete_tenant(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
-    admin(s, "admin_delete_tenant", h, no_body(), |s, _: NoArgs| async move {
-        json(s.delete_tenant(&tenant).await?)
-    })
+    admin(
+        s,
+        "admin_delete_tenant",
+        h,
+        no_body(),
+        |s, _: NoArgs| async move { json(s.delete_tenant(&tenant).await?) },
+    )
     .await
 }
 
-async fn set_tier(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+async fn set_tier(
+    State(s): State<Svc>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
     admin(s, "admin_set_tier", h, b, |s, a: TierArgs| async move {
         Ok(tenant_json(s.set_tier(&tenant, &a.tier)?))
     })
@@ -166,7 +191,12 @@ async fn resume(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) 
     .await
 }
 
-async fn issue_key(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+async fn issue_key(
+    State(s): State<Svc>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
     admin(s, "admin_issue_key", h, b, |s, a: NewKey| async move {
         let scopes = parse_scopes(&a.scopes)?;
         json(s.issue_key(&tenant, scopes, a.collections, &a.label)?)
@@ -181,51 +211,79 @@ async fn list_keys(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String
     .await
 }
 
-async fn revoke_key(State(s): State<Svc>, h: HeaderMap, Path((tenant, key_id)): Path<(String, String)>) -> Response {
-    admin(s, "admin_revoke_key", h, no_body(), |s, _: NoArgs| async move {
-        json(s.revoke_key(&tenant, &key_id)?)
-    })
+async fn revoke_key(
+    State(s): State<Svc>,
+    h: HeaderMap,
+    Path((tenant, key_id)): Path<(String, String)>,
+) -> Response {
+    admin(
+        s,
+        "admin_revoke_key",
+        h,
+        no_body(),
+        |s, _: NoArgs| async move { json(s.revoke_key(&tenant, &key_id)?) },
+    )
     .await
 }
 
 async fn rotate_kek(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
-    admin(s, "admin_rotate_kek", h, no_body(), |s, _: NoArgs| async move {
-        json(s.rotate_kek(&tenant).await?)
-    })
+    admin(
+        s,
+        "admin_rotate_kek",
+        h,
+        no_body(),
+        |s, _: NoArgs| async move { json(s.rotate_kek(&tenant).await?) },
+    )
     .await
 }
 
 async fn export_audit(State(s): State<Svc>, h: HeaderMap, Path(chain): Path<String>) -> Response {
-    admin(s, "admin_export_audit", h, no_body(), |s, _: NoArgs| async move {
-        json(s.export_chain(&chain)?)
-    })
+    admin(
+        s,
+        "admin_export_audit",
+        h,
+        no_body(),
+        |s, _: NoArgs| async move { json(s.export_chain(&chain)?) },
+    )
     .await
 }
 
 async fn verify_audit(State(s): State<Svc>, h: HeaderMap, Path(chain): Path<String>) -> Response {
-    admin(s, "admin_verify_audit", h, no_body(), |s, _: NoArgs| async move {
-        Ok(match s.verify_chain(&chain)? {
-            Ok(()) => serde_json::json!({ "ok": true }),
-            Err(error) => serde_json::json!({ "ok": false, "error": error }),
-        })
-    })
+    admin(
+        s,
+        "admin_verify_audit",
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            Ok(match s.verify_chain(&chain)? {
+                Ok(()) => serde_json::json!({ "ok": true }),
+                Err(error) => serde_json::json!({ "ok": false, "error": error }),
+            })
+        },
+    )
     .await
 }
 
 async fn workers(State(s): State<Svc>, h: HeaderMap) -> Response {
-    admin(s, "admin_workers", h, no_body(), |s, _: NoArgs| async move {
-        let workers: Vec<Value> = s
-            .workers()?
-            .into_iter()
-            .map(|(w, connected)| {
-                serde_json::json!({
-                    "id": w.id, "connected": connected, "last_seen_ms": w.last_seen_ms,
-                    "version": w.version, "memory_budget_bytes": w.memory_budget_bytes,
+    admin(
+        s,
+        "admin_workers",
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            let workers: Vec<Value> = s
+                .workers()?
+                .into_iter()
+                .map(|(w, connected)| {
+                    serde_json::json!({
+                        "id": w.id, "connected": connected, "last_seen_ms": w.last_seen_ms,
+                        "version": w.version, "memory_budget_bytes": w.memory_budget_bytes,
+                    })
                 })
-            })
-            .collect();
-        Ok(serde_json::json!({ "workers": workers }))
-    })
+                .collect();
+            Ok(serde_json::json!({ "workers": workers }))
+        },
+    )
     .await
 }
 
@@ -240,4 +298,3 @@ async fn placements(State(s): State<Svc>, h: HeaderMap) -> Response {
     })
     .await
 }
-

@@ -48,40 +48,170 @@ pub struct RouteSpec {
     pub name: &'static str,
 }
 
-const fn route(method: &'static str, path: &'static str, policy: Policy, name: &'static str) -> RouteSpec {
-    RouteSpec { method, path, policy, name }
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    policy: Policy,
+    name: &'static str,
+) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        policy,
+        name,
+    }
 }
 
 /// Every route of the HTTP listener. The router is built from this table.
 pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/v1/health", Policy::Public, "health"),
     route("GET", "/openapi.json", Policy::Public, "openapi"),
-    route("POST", "/v1/collections", Policy::ApiKey, "create_collection"),
+    route(
+        "POST",
+        "/v1/collections",
+        Policy::ApiKey,
+        "create_collection",
+    ),
     route("GET", "/v1/collections", Policy::ApiKey, "list_collections"),
-    route("GET", "/v1/collections/{name}", Policy::ApiKey, "get_collection"),
-    route("DELETE", "/v1/collections/{name}", Policy::ApiKey, "delete_collection"),
-    route("PUT", "/v1/collections/{name}/points", Policy::ApiKey, "upsert"),
-    route("POST", "/v1/collections/{name}/points/get", Policy::ApiKey, "get_points"),
-    route("POST", "/v1/collections/{name}/points/delete", Policy::ApiKey, "delete_points"),
-    route("POST", "/v1/collections/{name}/points/scroll", Policy::ApiKey, "scroll"),
-    route("POST", "/v1/collections/{name}/points/count", Policy::ApiKey, "count"),
-    route("POST", "/v1/collections/{name}/points/search", Policy::ApiKey, "search"),
-    route("POST", "/v1/collections/{name}/points/search/batch", Policy::ApiKey, "search_batch"),
-    route("POST", "/admin/v1/tenants", Policy::Admin, "admin_create_tenant"),
-    route("GET", "/admin/v1/tenants", Policy::Admin, "admin_list_tenants"),
-    route("GET", "/admin/v1/tenants/{tenant}", Policy::Admin, "admin_get_tenant"),
-    route("DELETE", "/admin/v1/tenants/{tenant}", Policy::Admin, "admin_delete_tenant"),
-    route("PUT", "/admin/v1/tenants/{tenant}/tier", Policy::Admin, "admin_set_tier"),
-    route("POST", "/admin/v1/tenants/{tenant}/pause", Policy::Admin, "admin_pause"),
-    route("POST", "/admin/v1/tenants/{tenant}/resume", Policy::Admin, "admin_resume"),
-    route("POST", "/admin/v1/tenants/{tenant}/keys", Policy::Admin, "admin_issue_key"),
-    route("GET", "/admin/v1/tenants/{tenant}/keys", Policy::Admin, "admin_list_keys"),
-    route("DELETE", "/admin/v1/tenants/{tenant}/keys/{key_id}", Policy::Admin, "admin_revoke_key"),
-    route("POST", "/admin/v1/tenants/{tenant}/rotate-kek", Policy::Admin, "admin_rotate_kek"),
-    route("GET", "/admin/v1/audit/{chain}", Policy::Admin, "admin_export_audit"),
-    route("POST", "/admin/v1/audit/{chain}/verify", Policy::Admin, "admin_verify_audit"),
+    route(
+        "GET",
+        "/v1/collections/{name}",
+        Policy::ApiKey,
+        "get_collection",
+    ),
+    route(
+        "DELETE",
+        "/v1/collections/{name}",
+        Policy::ApiKey,
+        "delete_collection",
+    ),
+    route(
+        "PUT",
+        "/v1/collections/{name}/points",
+        Policy::ApiKey,
+        "upsert",
+    ),
+    route(
+        "POST",
+        "/v1/collections/{name}/points/get",
+        Policy::ApiKey,
+        "get_points",
+    ),
+    route(
+        "POST",
+        "/v1/collections/{name}/points/delete",
+        Policy::ApiKey,
+        "delete_points",
+    ),
+    route(
+        "POST",
+        "/v1/collections/{name}/points/scroll",
+        Policy::ApiKey,
+        "scroll",
+    ),
+    route(
+        "POST",
+        "/v1/collections/{name}/points/count",
+        Policy::ApiKey,
+        "count",
+    ),
+    route(
+        "POST",
+        "/v1/collections/{name}/points/search",
+        Policy::ApiKey,
+        "search",
+    ),
+    route(
+        "POST",
+        "/v1/collections/{name}/points/search/batch",
+        Policy::ApiKey,
+        "search_batch",
+    ),
+    route(
+        "POST",
+        "/admin/v1/tenants",
+        Policy::Admin,
+        "admin_create_tenant",
+    ),
+    route(
+        "GET",
+        "/admin/v1/tenants",
+        Policy::Admin,
+        "admin_list_tenants",
+    ),
+    route(
+        "GET",
+        "/admin/v1/tenants/{tenant}",
+        Policy::Admin,
+        "admin_get_tenant",
+    ),
+    route(
+        "DELETE",
+        "/admin/v1/tenants/{tenant}",
+        Policy::Admin,
+        "admin_delete_tenant",
+    ),
+    route(
+        "PUT",
+        "/admin/v1/tenants/{tenant}/tier",
+        Policy::Admin,
+        "admin_set_tier",
+    ),
+    route(
+        "POST",
+        "/admin/v1/tenants/{tenant}/pause",
+        Policy::Admin,
+        "admin_pause",
+    ),
+    route(
+        "POST",
+        "/admin/v1/tenants/{tenant}/resume",
+        Policy::Admin,
+        "admin_resume",
+    ),
+    route(
+        "POST",
+        "/admin/v1/tenants/{tenant}/keys",
+        Policy::Admin,
+        "admin_issue_key",
+    ),
+    route(
+        "GET",
+        "/admin/v1/tenants/{tenant}/keys",
+        Policy::Admin,
+        "admin_list_keys",
+    ),
+    route(
+        "DELETE",
+        "/admin/v1/tenants/{tenant}/keys/{key_id}",
+        Policy::Admin,
+        "admin_revoke_key",
+    ),
+    route(
+        "POST",
+        "/admin/v1/tenants/{tenant}/rotate-kek",
+        Policy::Admin,
+        "admin_rotate_kek",
+    ),
+    route(
+        "GET",
+        "/admin/v1/audit/{chain}",
+        Policy::Admin,
+        "admin_export_audit",
+    ),
+    route(
+        "POST",
+        "/admin/v1/audit/{chain}/verify",
+        Policy::Admin,
+        "admin_verify_audit",
+    ),
     route("GET", "/admin/v1/workers", Policy::Admin, "admin_workers"),
-    route("GET", "/admin/v1/placements", Policy::Admin, "admin_placements"),
+    route(
+        "GET",
+        "/admin/v1/placements",
+        Policy::Admin,
+        "admin_placements",
+    ),
 ];
 
 /// The OpenAPI document, checked against [`ROUTES`] by a test.
@@ -141,8 +271,15 @@ async fn method_not_allowed() -> Response {
 
 async fn health(State(service): State<Svc>) -> Response {
     let workers = service.hub.connected().len();
-    let status = if workers > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(serde_json::json!({ "ready": workers > 0, "workers_connected": workers })))
+    let status = if workers > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "ready": workers > 0, "workers_connected": workers })),
+    )
         .into_response()
 }
 
@@ -161,7 +298,10 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(Code::PayloadTooLarge, format!("request body is larger than {MAX_BODY_BYTES} bytes"))
+        ApiError::new(
+            Code::PayloadTooLarge,
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        )
     } else {
         ApiError::invalid(format!("could not read the request body: {rejection}"))
     }
@@ -169,7 +309,11 @@ pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
 
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // An empty body reads as `{}`, so a request without arguments needs no body.
-    let body = if body.is_empty() { b"{}".as_slice() } else { body };
+    let body = if body.is_empty() {
+        b"{}".as_slice()
+    } else {
+        body
+    };
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
@@ -196,7 +340,11 @@ async fn run<D: DeserializeOwned>(
         {
             return Err(ApiError::new(
                 Code::PayloadTooLarge,
-                format!("request body is {} bytes, over the tier's limit of {}", body.len(), tier.max_body_bytes),
+                format!(
+                    "request body is {} bytes, over the tier's limit of {}",
+                    body.len(),
+                    tier.max_body_bytes
+                ),
             ));
         }
         let op = build(parse_json(&body)?)?;
@@ -204,7 +352,9 @@ async fn run<D: DeserializeOwned>(
         dto::reply_json(reply)
     }
     .await;
-    finish(&service, "http", endpoint, &tenant, &key_id, started, result)
+    finish(
+        &service, "http", endpoint, &tenant, &key_id, started, result,
+    )
 }
 
 pub(crate) fn finish(
@@ -221,7 +371,9 @@ pub(crate) fn finish(
         Ok(value) => (StatusCode::OK, "ok", axum::Json(value).into_response()),
         Err(err) => (err.http_status(), err.code.as_str(), err.into_response()),
     };
-    service.metrics.observe(transport, endpoint, code, elapsed.as_secs_f64());
+    service
+        .metrics
+        .observe(transport, endpoint, code, elapsed.as_secs_f64());
     tracing::info!(
         transport,
         tenant,
@@ -236,55 +388,153 @@ pub(crate) fn finish(
 
 type Peer = ConnectInfo<SocketAddr>;
 
-async fn create_collection(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, b: Result<Bytes, BytesRejection>) -> Response {
-    run(s, "create_collection", p, h, b, |d: dto::CreateCollection| d.into_op()).await
+async fn create_collection(
+    State(s): State<Svc>,
+    ConnectInfo(p): Peer,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    run(
+        s,
+        "create_collection",
+        p,
+        h,
+        b,
+        |d: dto::CreateCollection| d.into_op(),
+    )
+    .await
 }
 
 async fn list_collections(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap) -> Response {
-    run(s, "list_collections", p, h, Ok(Bytes::from_static(b"{}")), |_: serde_json::Value| {
-        Ok(Op::ListCollections(proto::vaultvec::v1::ListCollectionsRequest {}))
-    })
+    run(
+        s,
+        "list_collections",
+        p,
+        h,
+        Ok(Bytes::from_static(b"{}")),
+        |_: serde_json::Value| {
+            Ok(Op::ListCollections(
+                proto::vaultvec::v1::ListCollectionsRequest {},
+            ))
+        },
+    )
     .await
 }
 
-async fn get_collection(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>) -> Response {
-    run(s, "get_collection", p, h, Ok(Bytes::from_static(b"{}")), |_: serde_json::Value| {
-        Ok(Op::GetCollection(proto::vaultvec::v1::GetCollectionRequest { name }))
-    })
+async fn get_collection(
+    State(s): State<Svc>,
+    ConnectInfo(p): Peer,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    run(
+        s,
+        "get_collection",
+        p,
+        h,
+        Ok(Bytes::from_static(b"{}")),
+        |_: serde_json::Value| {
+            Ok(Op::GetCollection(
+                proto::vaultvec::v1::GetCollectionRequest { name },
+            ))
+        },
+    )
     .await
 }
 
-async fn delete_collection(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>) -> Response {
-    run(s, "delete_collection", p, h, Ok(Bytes::from_static(b"{}")), |_: serde_json::Value| {
-        Ok(Op::DeleteCollection(proto::vaultvec::v1::DeleteCollectionRequest { name }))
-    })
+async fn delete_collection(
+    State(s): State<Svc>,
+    ConnectInfo(p): Peer,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    run(
+        s,
+        "delete_collection",
+        p,
+        h,
+        Ok(Bytes::from_static(b"{}")),
+        |_: serde_json::Value| {
+            Ok(Op::DeleteCollection(
+                proto::vaultvec::v1::DeleteCollectionRequest { name },
+            ))
+        },
+    )
     .await
 }
 
-async fn upsert(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+async fn upsert(
+    State(s): State<Svc>,
+    ConnectInfo(p): Peer,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
     run(s, "upsert", p, h, b, |d: dto::Upsert| Ok(d.into_op(name))).await
 }
 
-async fn get_points(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+async fn get_points(
+    State(s): State<Svc>,
+    ConnectInfo(p): Peer,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
     run(s, "get_points", p, h, b, |d: dto::Get| Ok(d.into_op(name))).await
 }
 
-async fn delete_points(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
-    run(s, "delete_points", p, h, b, |d: dto::Delete| Ok(d.into_op(name))).await
+async fn delete_points(
+    State(s): State<Svc>,
+    ConnectInfo(p): Peer,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    run(s, "delete_points", p, h, b, |d: dto::Delete| {
+        Ok(d.into_op(name))
+    })
+    .await
 }
 
-async fn scroll(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+async fn scroll(
+    State(s): State<Svc>,
+    ConnectInfo(p): Peer,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
     run(s, "scroll", p, h, b, |d: dto::Scroll| Ok(d.into_op(name))).await
 }
 
-async fn count(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+async fn count(
+    State(s): State<Svc>,
+    ConnectInfo(p): Peer,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
     run(s, "count", p, h, b, |d: dto::Count| Ok(d.into_op(name))).await
 }
 
-async fn search(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
+async fn search(
+    State(s): State<Svc>,
+    ConnectInfo(p): Peer,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
     run(s, "search", p, h, b, |d: dto::Search| Ok(d.into_op(name))).await
 }
 
-async fn search_batch(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Response {
-    run(s, "search_batch", p, h, b, |d: dto::SearchBatch| Ok(d.into_op(name))).await
+async fn search_batch(
+    State(s): State<Svc>,
+    ConnectInfo(p): Peer,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    run(s, "search_batch", p, h, b, |d: dto::SearchBatch| {
+        Ok(d.into_op(name))
+    })
+    .await
 }

@@ -1,0 +1,379 @@
+//! API keys, scopes, revocation, the admin token, rate limits, tier limits, pause and resume.
+
+use proto::vaultvec::v1 as api;
+use proto::vaultvec::v1::points_client::PointsClient;
+use serde_json::{Value, json};
+use tests::{ADMIN_TOKEN, Cluster, with_key};
+
+async fn make_collection(cluster: &Cluster, key: &str, name: &str, dim: usize) {
+    let (s, v) = cluster
+        .http(
+            "POST",
+            "/v1/collections",
+            Some(key),
+            Some(json!({"name": name, "dim": dim, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_keys_are_indistinguishable_and_revocation_is_immediate() {
+    let cluster = Cluster::start(1).await;
+    let key = cluster.tenant("auth-a", None).await;
+    make_collection(&cluster, &key, "c", 2).await;
+    let key_id = &key[3..11];
+    let wrong_secret = format!("vv_{key_id}_{}", "A".repeat(32));
+    let unknown = format!("vv_ZZZZZZZZ_{}", "b".repeat(32));
+    let candidates: Vec<Option<&str>> = vec![
+        None,
+        Some("garbage"),
+        Some(&wrong_secret),
+        Some(&unknown),
+        Some(ADMIN_TOKEN),
+        Some(""),
+    ];
+    let mut answers = Vec::new();
+    for candidate in &candidates {
+        answers.push(
+            cluster
+                .http("GET", "/v1/collections/c", *candidate, None)
+                .await,
+        );
+    }
+    for (candidate, answer) in candidates.iter().zip(&answers) {
+        assert_eq!(
+            answer, &answers[0],
+            "{candidate:?} must get the same answer"
+        );
+    }
+    assert_eq!(answers[0].0, 401);
+    assert_eq!(answers[0].1["error"]["code"], "unauthenticated");
+
+    // The key works (and is now cached); revoke it; the very next request fails, on both transports.
+    assert_eq!(
+        cluster
+            .http("GET", "/v1/collections/c", Some(&key), None)
+            .await
+            .0,
+        200
+    );
+    let (s, _) = cluster
+        .admin(
+            "DELETE",
+            &format!("/admin/v1/tenants/auth-a/keys/{key_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        cluster
+            .http("GET", "/v1/collections/c", Some(&key), None)
+            .await,
+        answers[0]
+    );
+    let mut points = PointsClient::new(cluster.grpc_channel().await);
+    let status = points
+        .count(with_key(
+            api::CountRequest {
+                collection: "c".into(),
+                filter: None,
+            },
+            &key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_and_collection_restrictions_are_enforced() {
+    let cluster = Cluster::start(1).await;
+    let admin_key = cluster.tenant("scopes", None).await;
+    make_collection(&cluster, &admin_key, "open", 2).await;
+    make_collection(&cluster, &admin_key, "closed", 2).await;
+    let reader = cluster.key("scopes", &["read"], None).await;
+    let writer_open = cluster
+        .key("scopes", &["read", "write"], Some(&["open"]))
+        .await;
+    let upsert = json!({"points": [{"id": 1, "vector": [1.0, 2.0]}]});
+
+    let (s, v) = cluster
+        .http(
+            "PUT",
+            "/v1/collections/open/points",
+            Some(&reader),
+            Some(upsert.clone()),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("permission_denied")),
+        "{v}"
+    );
+    let (s, _) = cluster
+        .http(
+            "POST",
+            "/v1/collections",
+            Some(&reader),
+            Some(json!({"name": "x", "dim": 2, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    assert_eq!(
+        cluster
+            .http(
+                "PUT",
+                "/v1/collections/open/points",
+                Some(&writer_open),
+                Some(upsert.clone())
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        cluster
+            .http(
+                "PUT",
+                "/v1/collections/closed/points",
+                Some(&writer_open),
+                Some(upsert)
+            )
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        cluster
+            .http(
+                "POST",
+                "/v1/collections/closed/points/count",
+                Some(&writer_open),
+                None
+            )
+            .await
+            .0,
+        403
+    );
+    let (_, list) = cluster
+        .http("GET", "/v1/collections", Some(&writer_open), None)
+        .await;
+    let names: Vec<&str> = list["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["open"]);
+    // gRPC gives the same code.
+    let mut points = PointsClient::new(cluster.grpc_channel().await);
+    let status = points
+        .upsert(with_key(
+            api::UpsertRequest {
+                collection: "open".into(),
+                points: vec![],
+                idempotency_key: String::new(),
+            },
+            &reader,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_and_tier_limits_answer_with_the_right_codes() {
+    let cluster = Cluster::start(1).await;
+    // Tier `free` in tests: 5 requests/s, burst 10, 3 collections, 1000 points, dim 256, 256 KiB bodies.
+    let key = cluster.tenant("limited", Some("free")).await;
+    let (s, v) = cluster
+        .http(
+            "POST",
+            "/v1/collections",
+            Some(&key),
+            Some(json!({"name": "big", "dim": 300, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("resource_exhausted")),
+        "{v}"
+    );
+    for name in ["c1", "c2", "c3"] {
+        make_collection(&cluster, &key, name, 2).await;
+    }
+    let (s, v) = cluster
+        .http(
+            "POST",
+            "/v1/collections",
+            Some(&key),
+            Some(json!({"name": "c4", "dim": 2, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("resource_exhausted")),
+        "{v}"
+    );
+    // Bodies over the tier's limit.
+    let huge: Vec<Value> = (0..9000)
+        .map(|i| json!({"id": i, "vector": [0.123456789, 0.987654321]}))
+        .collect();
+    let (s, v) = cluster
+        .http(
+            "PUT",
+            "/v1/collections/c1/points",
+            Some(&key),
+            Some(json!({"points": huge})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{v}"
+    );
+    // Points quota.
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"id": i, "vector": [1.0, 0.0]}))
+        .collect();
+    let (s, v) = cluster
+        .http(
+            "PUT",
+            "/v1/collections/c1/points",
+            Some(&key),
+            Some(json!({"points": many})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("resource_exhausted")),
+        "{v}"
+    );
+    // The request rate: the burst is spent by now; the next ones are refused with a retry-after.
+    let mut limited = None;
+    for _ in 0..20 {
+        let response = reqwest::Client::new()
+            .post(cluster.url("/v1/collections/c1/points/count"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        if response.status().as_u16() == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("the rate limit was never hit");
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after));
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "resource_exhausted");
+    let mut points = PointsClient::new(cluster.grpc_channel().await);
+    let status = points
+        .count(with_key(
+            api::CountRequest {
+                collection: "c1".into(),
+                filter: None,
+            },
+            &key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_need_the_admin_token_and_pause_resume_keeps_results() {
+    let cluster = Cluster::start(1).await;
+    let key = cluster.tenant("pausable", None).await;
+    for token in [
+        None,
+        Some(key.as_str()),
+        Some("test-admin-token-0123456789abcdefghiX"),
+    ] {
+        let (s, v) = cluster.http("GET", "/admin/v1/tenants", token, None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (401, Some("unauthenticated"))
+        );
+    }
+    make_collection(&cluster, &key, "c", 2).await;
+    let points: Vec<Value> = (0..50)
+        .map(|i| json!({"id": i, "vector": [i as f32, (50 - i) as f32]}))
+        .collect();
+    assert_eq!(
+        cluster
+            .http(
+                "PUT",
+                "/v1/collections/c/points",
+                Some(&key),
+                Some(json!({"points": points}))
+            )
+            .await
+            .0,
+        200
+    );
+    let query = json!({"vector": [10.0, 40.0], "top_k": 5});
+    let before = cluster
+        .http(
+            "POST",
+            "/v1/collections/c/points/search",
+            Some(&key),
+            Some(query.clone()),
+        )
+        .await;
+    assert_eq!(before.0, 200);
+    assert_eq!(
+        cluster
+            .admin("POST", "/admin/v1/tenants/pausable/pause", None)
+            .await
+            .0,
+        200
+    );
+    let (s, v) = cluster
+        .http(
+            "POST",
+            "/v1/collections/c/points/search",
+            Some(&key),
+            Some(query.clone()),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("failed_precondition")),
+        "{v}"
+    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("paused"));
+    assert_eq!(
+        cluster
+            .admin("POST", "/admin/v1/tenants/pausable/resume", None)
+            .await
+            .0,
+        200
+    );
+    let after = cluster
+        .http(
+            "POST",
+            "/v1/collections/c/points/search",
+            Some(&key),
+            Some(query),
+        )
+        .await;
+    assert_eq!(after, before);
+    let (_, tenant) = cluster
+        .admin("GET", "/admin/v1/tenants/pausable", None)
+        .await;
+    assert_eq!(
+        tenant["placement"]["epoch"], 2,
+        "resume fenced the old assignment: {tenant}"
+    );
+    cluster.shutdown().await;
+}

@@ -1,0 +1,143 @@
+//! INV-14 on the coordinator's side: a worker needs its token to connect, and the key service
+//! answers a worker only for tenants assigned to it; refusals are audited.
+
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use proto::vaultvec::cluster::v1 as cluster;
+use tests::Cluster;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+async fn dial(
+    cluster: &Cluster,
+    worker: &str,
+    token: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let mut request = format!("ws://{}/v1/cluster", cluster.cluster)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-vaultvec-worker", worker.parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+fn frame(request_id: u64, body: cluster::envelope::Body) -> Message {
+    Message::binary(
+        cluster::Envelope {
+            request_id,
+            deadline_unix_ms: 0,
+            body: Some(body),
+        }
+        .encode_to_vec(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_service_answers_only_for_tenants_assigned_to_the_asker() {
+    // Two worker ids are configured; worker-0 is real, worker-1's slot is taken by this test.
+    let mut cluster = Cluster::start(2).await;
+    cluster.kill_worker(1).await;
+    cluster.hub().wait_for_worker_gone("worker-1").await;
+    let key = cluster.tenant("victim", None).await;
+    let (s, _) = cluster
+        .http(
+            "POST",
+            "/v1/collections",
+            Some(&key),
+            Some(serde_json::json!({"name": "c", "dim": 2, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(s, 200, "victim is placed on worker-0");
+
+    // Wrong tokens and unknown worker ids do not get a connection.
+    for (worker, token) in [
+        ("worker-1", "wrong-token-wrong-token-wrong-token"),
+        ("worker-9", "worker-token-1-0123456789abcdefghijklmnop"),
+    ] {
+        let err = dial(&cluster, worker, token)
+            .await
+            .expect_err("must be refused");
+        assert!(err.to_string().contains("401"), "{err}");
+    }
+
+    let mut ws = dial(
+        &cluster,
+        "worker-1",
+        "worker-token-1-0123456789abcdefghijklmnop",
+    )
+    .await
+    .expect("valid token");
+    let hello = cluster::Hello {
+        worker_id: "worker-1".into(),
+        version: "test".into(),
+        memory_budget_bytes: 1 << 20,
+        max_in_flight: 4,
+    };
+    ws.send(frame(0, cluster::envelope::Body::Hello(hello)))
+        .await
+        .unwrap();
+    let ack = ws.next().await.unwrap().unwrap();
+    let ack = cluster::Envelope::decode(ack.into_data().as_ref()).unwrap();
+    assert!(matches!(ack.body, Some(cluster::envelope::Body::Ack(_))));
+
+    // Asking for a data key of a tenant placed on worker-0 is refused.
+    let ask = cluster::envelope::Body::GenerateDataKey(cluster::GenerateDataKeyRequest {
+        tenant: "victim".into(),
+        collection: "c".into(),
+        file_id: 99,
+    });
+    ws.send(frame(1, ask.clone())).await.unwrap();
+    let answer = loop {
+        let message = ws.next().await.unwrap().unwrap();
+        let env = cluster::Envelope::decode(message.into_data().as_ref()).unwrap();
+        if env.request_id == 1 {
+            break env;
+        }
+    };
+    match answer.body {
+        Some(cluster::envelope::Body::Error(e)) => {
+            assert_eq!(e.code, cluster::ErrorCode::NotAssigned as i32, "{e:?}")
+        }
+        other => panic!("a foreign tenant's key was answered: {other:?}"),
+    }
+    // A replayed request id is refused too.
+    ws.send(frame(1, ask)).await.unwrap();
+    let answer = loop {
+        let message = ws.next().await.unwrap().unwrap();
+        let env = cluster::Envelope::decode(message.into_data().as_ref()).unwrap();
+        if env.request_id == 1 {
+            break env;
+        }
+    };
+    match answer.body {
+        Some(cluster::envelope::Body::Error(e)) => {
+            assert_eq!(e.code, cluster::ErrorCode::Replayed as i32, "{e:?}")
+        }
+        other => panic!("a replay was answered: {other:?}"),
+    }
+    drop(ws);
+
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/victim", None).await;
+    let refused = export["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "cluster.refused" && r["actor"] == "worker:worker-1")
+        .count();
+    assert_eq!(refused, 1, "{export}");
+    let (_, platform) = cluster.admin("GET", "/admin/v1/audit/platform", None).await;
+    assert!(
+        platform.to_string().contains("worker.connect"),
+        "refused upgrades are audited"
+    );
+    cluster.shutdown().await;
+}

@@ -30,7 +30,7 @@ impl Backoff {
     /// which then doubles up to the cap.
     pub(crate) fn next_delay(&mut self) -> Duration {
         let step = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         let half = step / 2;
         let jitter_nanos = random_u64() % (half.as_nanos() as u64 + 1);
         half + Duration::from_nanos(jitter_nanos)

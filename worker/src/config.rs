@@ -175,10 +175,10 @@ impl Config {
             && self
                 .worker_id
                 .bytes()
-                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'));
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !id_ok {
             bail!(
-                "worker_id {:?} must be 1..=63 bytes of [a-z0-9_-]",
+                "worker_id {:?} must be 1..=63 bytes of [A-Za-z0-9._-]",
                 self.worker_id
             );
         }
@@ -203,11 +203,12 @@ impl Config {
         if self.max_in_flight == 0 {
             bail!("max_in_flight must be at least 1");
         }
-        if self.heartbeat_interval.is_zero() {
-            bail!("heartbeat_interval must be positive");
+        let hour = Duration::from_secs(3600);
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval > hour {
+            bail!("heartbeat_interval must be positive and at most 1h");
         }
-        if self.reconnect_max_backoff.is_zero() {
-            bail!("reconnect_max_backoff must be positive");
+        if self.reconnect_max_backoff.is_zero() || self.reconnect_max_backoff > hour {
+            bail!("reconnect_max_backoff must be positive and at most 1h");
         }
         if self.limits.segment_points < self.limits.max_batch {
             bail!(

@@ -86,13 +86,9 @@ pub(crate) fn run(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
 }
 
 /// Whether `err` comes from the key service rather than from the data.
-pub(crate) fn is_key_failure(err: &Error) -> bool {
+fn is_key_failure(err: &Error) -> bool {
     match err {
-        Error::Storage(storage::Error::Key(_)) => true,
-        // The engine keeps only the message of a load failure; a key error renders as "key error: ..".
-        Error::Storage(storage::Error::CollectionUnavailable { reason, .. }) => {
-            reason.starts_with("key error")
-        }
+        Error::Storage(err) => crate::tenant::is_key_failure(err),
         _ => false,
     }
 }
@@ -105,8 +101,9 @@ fn check_deadline(ctx: &Ctx<'_>) -> Result<()> {
 }
 
 fn collection_name(raw: &str) -> Result<CollectionName> {
-    tracing::Span::current().record("collection", raw);
-    Ok(CollectionName::parse(raw)?)
+    let name = CollectionName::parse(raw)?;
+    tracing::Span::current().record("collection", name.as_str());
+    Ok(name)
 }
 
 fn collection(ctx: &Ctx<'_>, raw: &str) -> Result<std::sync::Arc<Collection>> {

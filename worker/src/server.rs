@@ -55,6 +55,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Least time between two memory accounting passes started by finished requests (heartbeats
+/// always start one).
+const ACCOUNTING_PERIOD: Duration = Duration::from_millis(100);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Shutdown<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -95,6 +98,7 @@ pub async fn serve(
         jobs: JoinSet::new(),
         in_flight: 0,
         is_accounting: false,
+        last_accounting: Instant::now(),
         generation: 0,
         drain_deadline: None,
         is_closing: false,
@@ -154,6 +158,7 @@ struct Worker {
     /// Tenant requests running (counted against `max_in_flight`).
     in_flight: u32,
     is_accounting: bool,
+    last_accounting: Instant,
     /// Numbers connections; answers of an older one are dropped.
     generation: u64,
     /// Set once shutdown began.
@@ -445,7 +450,7 @@ impl Worker {
                         in_flight: self.in_flight,
                     });
                     s.ws.send(frame(0, beat)).await?;
-                    self.maybe_account();
+                    self.maybe_account(true);
                 }
                 Some(envelope) = s.outbound.recv() => {
                     s.ws.send(Message::binary(envelope.encode_to_vec())).await?;
@@ -491,12 +496,17 @@ impl Worker {
         });
     }
 
-    /// Starts a memory accounting pass unless one is running.
-    fn maybe_account(&mut self) {
-        if self.is_accounting || self.is_stopping() {
+    /// Starts a memory accounting pass unless one is running (or, unless `always`, one started
+    /// less than [`ACCOUNTING_PERIOD`] ago).
+    fn maybe_account(&mut self, always: bool) {
+        if self.is_accounting
+            || self.is_stopping()
+            || (!always && self.last_accounting.elapsed() < ACCOUNTING_PERIOD)
+        {
             return;
         }
         self.is_accounting = true;
+        self.last_accounting = Instant::now();
         let (engine, tenants) = (self.engine.clone(), self.tenants.clone());
         let budget = self.config.memory_budget_bytes;
         self.jobs.spawn(
@@ -553,7 +563,7 @@ impl Worker {
                     Err(err) => error_frame(request_id, &err),
                 };
                 s.ws.send(message).await?;
-                self.maybe_account();
+                self.maybe_account(false);
                 Ok(false)
             }
             Done::Accounted => {

@@ -68,21 +68,36 @@ impl Tenants {
         let mut loaded = Vec::new();
         for (tenant, slot) in slots {
             // A tenant being unloaded right now is skipped; the next pass sees the result.
-            let Some(_shared) = slot.gate.try_read() else {
+            let Some(shared) = slot.gate.try_read() else {
                 continue;
             };
             if !engine.is_loaded(&tenant) {
                 continue;
             }
-            let bytes = match engine.list_collections(&tenant) {
-                Ok(collections) => collections
-                    .iter()
-                    .filter_map(|(_, info)| info.as_ref().ok())
-                    .map(|info| info.memory_bytes)
-                    .sum(),
-                Err(_) => 0,
+            let (bytes, has_key_failure) = match engine.list_collections(&tenant) {
+                Ok(collections) => (
+                    collections
+                        .iter()
+                        .filter_map(|(_, info)| info.as_ref().ok())
+                        .map(|info| info.memory_bytes)
+                        .sum(),
+                    collections
+                        .iter()
+                        .any(|(_, info)| info.as_ref().is_err_and(is_key_failure)),
+                ),
+                Err(_) => (0, false),
             };
             let last_used = slot.last_used.load(Ordering::Relaxed);
+            drop(shared);
+            // A collection that failed to load for want of a key stays failed until the tenant
+            // loads again; unload it so the next request retries (the key service may be back).
+            if has_key_failure
+                && let Some(_exclusive) = slot.gate.try_write()
+                && engine.unload_tenant(&tenant).is_ok()
+            {
+                tracing::info!(tenant = %tenant, "unloaded a tenant whose collections failed to get their keys");
+                continue;
+            }
             loaded.push((tenant, slot.clone(), bytes, last_used));
         }
         let mut total: u64 = loaded.iter().map(|(_, _, bytes, _)| bytes).sum();
@@ -113,3 +128,17 @@ impl Tenants {
         self.plaintext_bytes.store(total, Ordering::Relaxed);
     }
 }
+
+/// Whether a storage error comes from the key service (unreachable, refused, timed out) rather
+/// than from the data. The engine keeps only the message of a collection's load failure, in
+/// which a key error renders as "key error: ...".
+pub(crate) fn is_key_failure(err: &storage::Error) -> bool {
+    match err {
+        storage::Error::Key(_) => true,
+        storage::Error::CollectionUnavailable { reason, .. } => reason.starts_with("key error"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

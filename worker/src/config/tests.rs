@@ -82,12 +82,15 @@ fn wss_and_bad_values_are_refused() {
     assert!(format!("{:#}", config.validate().unwrap_err()).contains("wss://"));
     config.coordinator_url = "http://example.com".into();
     assert!(config.validate().is_err());
-    let mut config = Config::for_tests("Bad Id", "ws://h/v1/cluster", "t", dir.path());
+    let mut config = Config::for_tests("bad id", "ws://h/v1/cluster", "t", dir.path());
     assert!(config.validate().is_err());
     config.worker_id = "w".into();
     config.max_in_flight = 0;
     assert!(config.validate().is_err());
     config.max_in_flight = 1;
+    config.heartbeat_interval = Duration::from_secs(u64::MAX);
+    assert!(config.validate().is_err());
+    config.heartbeat_interval = Duration::from_secs(1);
     config.token = zeroize::Zeroizing::new("has space".into());
     assert!(config.validate().is_err());
 }

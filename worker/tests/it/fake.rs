@@ -212,6 +212,11 @@ impl Conn {
         self.ws.send(message).await.unwrap();
     }
 
+    /// Sends a frame that the worker may refuse by dropping the connection.
+    pub async fn try_send_raw(&mut self, message: Message) -> bool {
+        self.ws.send(message).await.is_ok()
+    }
+
     /// Sends a request with the next id; returns the id.
     pub async fn request(&mut self, body: Body) -> u64 {
         self.next_id += 1;
@@ -313,22 +318,23 @@ impl Conn {
 
     /// Reads until the worker closes the connection; true if it sent a Close frame.
     pub async fn closed(&mut self) -> bool {
-        loop {
-            let next = tokio::time::timeout(PATIENCE, self.ws.next())
-                .await
-                .expect("the worker did not close the connection");
-            match next {
-                None | Some(Err(_)) => return false,
-                Some(Ok(Message::Close(_))) => return true,
-                Some(Ok(Message::Binary(bytes))) => {
-                    let envelope = cluster::Envelope::decode(bytes.as_ref()).unwrap();
-                    if let Some(envelope) = self.triage(envelope).await {
-                        self.early.insert(envelope.request_id, envelope);
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                match self.ws.next().await {
+                    None | Some(Err(_)) => return false,
+                    Some(Ok(Message::Close(_))) => return true,
+                    Some(Ok(Message::Binary(bytes))) => {
+                        let envelope = cluster::Envelope::decode(bytes.as_ref()).unwrap();
+                        if let Some(envelope) = self.triage(envelope).await {
+                            self.early.insert(envelope.request_id, envelope);
+                        }
                     }
+                    Some(Ok(_)) => {}
                 }
-                Some(Ok(_)) => {}
             }
-        }
+        })
+        .await
+        .expect("the worker did not close the connection")
     }
 
     pub async fn answer_key(&mut self, envelope: cluster::Envelope) {

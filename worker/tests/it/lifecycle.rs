@@ -201,3 +201,81 @@ async fn over_the_memory_budget_idle_tenants_are_unloaded_and_load_again_on_dema
     assert_eq!(conn.count("docs").await, 20);
     setup.stop().await;
 }
+
+#[tokio::test]
+async fn an_oversized_frame_drops_the_connection_and_the_worker_reconnects() {
+    let Setup {
+        coordinator,
+        mut conn,
+        worker,
+        dir,
+    } = Setup::new(2).await;
+    // The frame header alone tells the worker it is too big; it hangs up rather than read it.
+    let oversized = vec![0u8; worker::MAX_FRAME_BYTES + 1];
+    let _ = conn
+        .try_send_raw(tokio_tungstenite::tungstenite::Message::binary(oversized))
+        .await;
+    assert!(
+        !conn.closed().await,
+        "the worker hangs up without a Close frame"
+    );
+    drop(conn);
+    let mut conn = coordinator.accept().await;
+    conn.assign(TENANT, 1, no_quota()).await;
+    assert_eq!(conn.count("docs").await, 2);
+    worker.stop().await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn shutdown_without_a_coordinator_still_returns() {
+    let Setup {
+        coordinator,
+        conn,
+        worker,
+        dir,
+    } = Setup::new(1).await;
+    // The coordinator goes silent: the worker is disconnected, reconnecting, when it is stopped.
+    drop(conn);
+    worker.stop().await;
+    drop((coordinator, dir));
+}
+
+#[tokio::test]
+async fn heartbeats_report_loaded_tenants_plaintext_and_requests_in_flight() {
+    let mut setup = Setup::with(20, |config| {
+        config.heartbeat_interval = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let conn = &mut setup.conn;
+    let mut reported = false;
+    for _ in 0..500 {
+        let beat = conn.heartbeat().await;
+        assert_eq!(beat.in_flight, 0);
+        if beat.loaded_tenants == 1 && beat.plaintext_bytes > 0 {
+            reported = true;
+            break;
+        }
+    }
+    assert!(reported, "last heartbeat: {:?}", conn.heartbeats.last());
+
+    // A request parked on the key service shows as in flight.
+    unload(conn, 2).await;
+    conn.hold_keys = true;
+    let parked = conn
+        .request(tenant_request(TENANT, 2, count("docs", None)))
+        .await;
+    let held = conn.held_key_call().await;
+    let mut seen_in_flight = false;
+    for _ in 0..500 {
+        if conn.heartbeat().await.in_flight == 1 {
+            seen_in_flight = true;
+            break;
+        }
+    }
+    assert!(seen_in_flight);
+    conn.release_held_keys().await;
+    conn.answer_key(held).await;
+    assert!(answer(conn.reply(parked).await).is_ok());
+    setup.stop().await;
+}

@@ -1,1 +1,58 @@
-fn main() {}
+//! `vaultvec-worker --config PATH [--log-json]`: runs `worker::serve` until SIGTERM or ctrl-c.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// vaultvec worker: serves the tenants the coordinator assigns to it.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// The TOML configuration file (see worker.example.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let config = worker::Config::load(&args.config)
+        .with_context(|| format!("loading config {}", args.config.display()))?;
+    worker::serve(config, shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => _ = term.recv().await,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        () = interrupt => {}
+    }
+    tracing::info!("shutdown signal received");
+}

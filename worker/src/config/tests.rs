@@ -1,0 +1,128 @@
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Config, parse_duration};
+
+fn write_token(dir: &Path, mode: u32) -> std::path::PathBuf {
+    let path = dir.join("worker.token");
+    fs::write(&path, "s3cret-token\n").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let token = dir.join("worker.token");
+    let text = format!(
+        "worker_id = \"worker-a\"\n\
+         coordinator_url = \"ws://127.0.0.1:7001/v1/cluster\"\n\
+         token_file = {token:?}\n\
+         data_dir = {data:?}\n{extra}",
+        data = dir.join("data"),
+    );
+    let path = dir.join("worker.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_minimal_file_gets_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    write_token(dir.path(), 0o600);
+    let config = Config::load(&write_config(dir.path(), "")).unwrap();
+    assert_eq!(config.token.as_str(), "s3cret-token");
+    assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
+    assert_eq!(config.limits, storage::Limits::default());
+    assert!(!format!("{config:?}").contains("s3cret"));
+}
+
+#[test]
+fn every_key_can_be_set() {
+    let dir = tempfile::tempdir().unwrap();
+    write_token(dir.path(), 0o400);
+    let extra = "memory_budget_bytes = 1000\nmax_in_flight = 3\nheartbeat_interval = \"500ms\"\n\
+                 reconnect_max_backoff = 7\n[limits]\nmax_top_k = 5\nmax_batch = 10\n\
+                 segment_points = 10\nindex_threads = 1\n";
+    let config = Config::load(&write_config(dir.path(), extra)).unwrap();
+    assert_eq!(config.memory_budget_bytes, 1000);
+    assert_eq!(config.max_in_flight, 3);
+    assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
+    assert_eq!(config.reconnect_max_backoff, Duration::from_secs(7));
+    assert_eq!(config.limits.max_top_k, 5);
+    assert_eq!(config.limits.max_batch, 10);
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_token(dir.path(), 0o600);
+    let err = Config::load(&write_config(dir.path(), "token = \"inline\"\n")).unwrap_err();
+    assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    let err = Config::load(&write_config(dir.path(), "[limits]\nmax_k = 1\n")).unwrap_err();
+    assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+}
+
+#[test]
+fn a_token_file_others_can_read_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    write_token(dir.path(), 0o644);
+    let err = Config::load(&write_config(dir.path(), "")).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("chmod 600"), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+}
+
+#[test]
+fn wss_and_bad_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests("w", "ws://127.0.0.1:1/v1/cluster", "t", dir.path());
+    config.validate().unwrap();
+    config.coordinator_url = "wss://example.com/v1/cluster".into();
+    assert!(format!("{:#}", config.validate().unwrap_err()).contains("wss://"));
+    config.coordinator_url = "http://example.com".into();
+    assert!(config.validate().is_err());
+    let mut config = Config::for_tests("bad id", "ws://h/v1/cluster", "t", dir.path());
+    assert!(config.validate().is_err());
+    config.worker_id = "w".into();
+    config.max_in_flight = 0;
+    assert!(config.validate().is_err());
+    config.max_in_flight = 1;
+    config.heartbeat_interval = Duration::from_secs(u64::MAX);
+    assert!(config.validate().is_err());
+    config.heartbeat_interval = Duration::from_secs(1);
+    config.token = zeroize::Zeroizing::new("has space".into());
+    assert!(config.validate().is_err());
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("15s").unwrap(), Duration::from_secs(15));
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+    assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+    for bad in [
+        "",
+        "s",
+        "1.5s",
+        "-1s",
+        "10 parsecs",
+        "99999999999999999999h",
+    ] {
+        assert!(parse_duration(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn the_example_config_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = write_token(dir.path(), 0o600);
+    let example = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/worker.example.toml"))
+        .unwrap()
+        .replace("/etc/vaultvec/worker-a.token", token.to_str().unwrap());
+    let path = dir.path().join("example.toml");
+    fs::write(&path, example).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.worker_id, "worker-a");
+}

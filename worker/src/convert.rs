@@ -1,0 +1,290 @@
+//! Conversions between the wire types (`proto`) and the storage engine's types.
+//!
+//! Every bound that can be checked without the collection (batch sizes, `top_k`, `ef`, dimension
+//! ceiling, finiteness) is checked here before anything is allocated for the request (INV-17);
+//! storage checks them again.
+
+use std::fmt::Write as _;
+
+use proto::vaultvec::v1 as api;
+use storage::collection::{CollectionInfo, MAX_DIM};
+use storage::filter::{Filter, FilterLimits, Payload, PayloadLimits};
+use storage::ids::PointId;
+use storage::index::Metric;
+use storage::{CollectionConfig, Limits};
+
+use crate::error::{Error, Result};
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+/// Checks that a batch of `n` items is within `1..=max`.
+pub(crate) fn check_batch(what: &str, n: usize, max: usize) -> Result<()> {
+    if n == 0 || n > max {
+        return Err(invalid(format!("{what} holds 1..={max} items, got {n}")));
+    }
+    Ok(())
+}
+
+/// A point id from the wire; a missing id is an error.
+pub(crate) fn point_id(id: Option<api::PointId>) -> Result<PointId> {
+    match id.and_then(|id| id.kind) {
+        Some(api::point_id::Kind::Num(n)) => Ok(PointId::Num(n)),
+        Some(api::point_id::Kind::Str(s)) => Ok(PointId::string(&s)?),
+        None => Err(invalid("a point id is missing")),
+    }
+}
+
+/// Point ids from the wire, at most `limits.max_batch` of them.
+pub(crate) fn point_ids(ids: Vec<api::PointId>, limits: &Limits) -> Result<Vec<PointId>> {
+    check_batch("the id list", ids.len(), limits.max_batch)?;
+    ids.into_iter().map(|id| point_id(Some(id))).collect()
+}
+
+/// A point id for the wire.
+pub(crate) fn point_id_to_proto(id: PointId) -> api::PointId {
+    let kind = match id {
+        PointId::Num(n) => api::point_id::Kind::Num(n),
+        PointId::Str(s) => api::point_id::Kind::Str(s),
+    };
+    api::PointId { kind: Some(kind) }
+}
+
+/// Checks a vector's length against `dim` and that every component is finite.
+pub(crate) fn vector(vector: Vec<f32>, dim: usize) -> Result<Vec<f32>> {
+    if vector.len() != dim {
+        return Err(storage::Error::DimensionMismatch {
+            expected: dim,
+            got: vector.len(),
+        }
+        .into());
+    }
+    if let Some(position) = vector.iter().position(|x| !x.is_finite()) {
+        return Err(storage::Error::NonFiniteVector { position }.into());
+    }
+    Ok(vector)
+}
+
+/// The payload limits derived from the engine limits.
+pub(crate) fn payload_limits(limits: &Limits) -> PayloadLimits {
+    PayloadLimits {
+        max_bytes: limits.max_payload_bytes,
+        ..PayloadLimits::default()
+    }
+}
+
+/// A payload from the wire (`None` when absent).
+pub(crate) fn payload(
+    value: Option<prost_types::Struct>,
+    limits: &PayloadLimits,
+) -> Result<Option<Payload>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let map =
+        proto::json::struct_to_json(&value).map_err(|err| invalid(format!("payload: {err}")))?;
+    Ok(Some(Payload::from_value(
+        serde_json::Value::Object(map),
+        limits,
+    )?))
+}
+
+/// A payload for the wire.
+pub(crate) fn payload_to_proto(payload: &Payload) -> prost_types::Struct {
+    proto::json::map_to_struct(payload.as_map())
+}
+
+/// A filter from the wire (`None` when absent).
+pub(crate) fn filter(value: Option<prost_types::Struct>) -> Result<Option<Filter>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let map =
+        proto::json::struct_to_json(&value).map_err(|err| invalid(format!("filter: {err}")))?;
+    Ok(Some(Filter::from_value(
+        serde_json::Value::Object(map),
+        &FilterLimits::default(),
+    )?))
+}
+
+/// A metric from the wire; `METRIC_UNSPECIFIED` and unknown values are errors.
+pub(crate) fn metric(raw: i32) -> Result<Metric> {
+    match api::Metric::try_from(raw) {
+        Ok(api::Metric::Cosine) => Ok(Metric::Cosine),
+        Ok(api::Metric::Dot) => Ok(Metric::Dot),
+        Ok(api::Metric::L2) => Ok(Metric::L2),
+        Ok(api::Metric::Unspecified) => {
+            Err(invalid("metric is unspecified; choose cosine, dot or l2"))
+        }
+        Err(_) => Err(invalid(format!("unknown metric {raw}"))),
+    }
+}
+
+fn metric_to_proto(metric: Metric) -> api::Metric {
+    match metric {
+        Metric::Cosine => api::Metric::Cosine,
+        Metric::Dot => api::Metric::Dot,
+        Metric::L2 => api::Metric::L2,
+    }
+}
+
+/// A collection config from the wire, with the storage crate's defaults for absent HNSW
+/// parameters. Bounds are checked by the engine when the collection is created.
+pub(crate) fn collection_config(config: Option<api::CollectionConfig>) -> Result<CollectionConfig> {
+    let config = config.ok_or_else(|| invalid("a collection config is required"))?;
+    let mut out = CollectionConfig::new(config.dim as usize, metric(config.metric)?);
+    if let Some(m) = config.m {
+        out.m = m as usize;
+    }
+    if let Some(ef_construction) = config.ef_construction {
+        out.ef_construction = ef_construction as usize;
+    }
+    if let Some(ef) = config.ef {
+        out.ef = ef as usize;
+    }
+    Ok(out)
+}
+
+fn collection_config_to_proto(config: &CollectionConfig) -> api::CollectionConfig {
+    api::CollectionConfig {
+        dim: config.dim as u32,
+        metric: metric_to_proto(config.metric) as i32,
+        m: Some(config.m as u32),
+        ef_construction: Some(config.ef_construction as u32),
+        ef: Some(config.ef as u32),
+    }
+}
+
+/// A collection's figures for the wire.
+pub(crate) fn collection_info(name: &str, info: &CollectionInfo) -> api::CollectionInfo {
+    api::CollectionInfo {
+        name: name.to_owned(),
+        config: Some(collection_config_to_proto(&info.config)),
+        points: info.points,
+        unindexed_points: info.unindexed_points,
+        segments: info.segments as u32,
+    }
+}
+
+/// A point to upsert, its vector checked against the collection's dimension.
+pub(crate) fn point_input(
+    point: api::Point,
+    dim: usize,
+    limits: &PayloadLimits,
+) -> Result<storage::PointInput> {
+    Ok(storage::PointInput {
+        id: point_id(point.id)?,
+        vector: vector(point.vector, dim)?,
+        payload: payload(point.payload, limits)?,
+    })
+}
+
+/// A stored point for the wire.
+pub(crate) fn record(record: storage::Record) -> api::Record {
+    api::Record {
+        id: Some(point_id_to_proto(record.id)),
+        payload: record.payload.as_ref().map(payload_to_proto),
+        vector: record.vector.unwrap_or_default(),
+    }
+}
+
+/// A search hit for the wire.
+pub(crate) fn scored_point(point: storage::ScoredPoint) -> api::ScoredPoint {
+    api::ScoredPoint {
+        id: Some(point_id_to_proto(point.id)),
+        distance: point.distance,
+        payload: point.payload.as_ref().map(payload_to_proto),
+        vector: point.vector.unwrap_or_default(),
+    }
+}
+
+/// Checks the bounds of a search that need no collection: `top_k`, `ef` and the dimension ceiling.
+pub(crate) fn check_search(req: &api::SearchRequest, limits: &Limits) -> Result<()> {
+    let top_k = req.top_k as usize;
+    if top_k == 0 || top_k > limits.max_top_k {
+        return Err(invalid(format!(
+            "top_k {top_k} is outside 1..={}",
+            limits.max_top_k
+        )));
+    }
+    if let Some(ef) = req.ef
+        && (ef == 0 || ef as usize > limits.max_ef)
+    {
+        return Err(invalid(format!("ef {ef} is outside 1..={}", limits.max_ef)));
+    }
+    if req.vector.len() > MAX_DIM {
+        return Err(invalid(format!(
+            "the query vector has {} dimensions, more than the maximum {MAX_DIM}",
+            req.vector.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A search for the engine; `check_search` must have passed.
+pub(crate) fn search_request(
+    req: api::SearchRequest,
+    dim: usize,
+    limits: &Limits,
+) -> Result<storage::SearchRequest> {
+    check_search(&req, limits)?;
+    Ok(storage::SearchRequest {
+        vector: vector(req.vector, dim)?,
+        top_k: req.top_k as usize,
+        ef: req.ef.map(|ef| ef as usize),
+        filter: filter(req.filter)?,
+        with_payload: req.with_payload,
+        with_vector: req.with_vector,
+    })
+}
+
+/// Prefix of every scroll cursor, naming its format version.
+const CURSOR_PREFIX: &str = "c1.";
+/// Longest encoded point id: tag, length and 128 bytes.
+const MAX_ENCODED_ID: usize = 2 + storage::ids::MAX_STRING_ID_BYTES;
+
+/// An opaque scroll cursor naming the point the next page starts at: `c1.` and the hex of the id's
+/// canonical storage encoding. It names a point id only, never a tenant or collection, so it
+/// cannot reach outside the collection it is used with.
+pub(crate) fn encode_cursor(next: &PointId) -> String {
+    let mut bytes = Vec::with_capacity(MAX_ENCODED_ID);
+    next.encode_into(&mut bytes);
+    let mut out = String::with_capacity(CURSOR_PREFIX.len() + 2 * bytes.len());
+    out.push_str(CURSOR_PREFIX);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Inverse of [`encode_cursor`]; the empty string is the first page.
+pub(crate) fn decode_cursor(cursor: &str) -> Result<Option<PointId>> {
+    if cursor.is_empty() {
+        return Ok(None);
+    }
+    let bad = || invalid("the scroll cursor is malformed; pass back a next_cursor unchanged");
+    let hex = cursor.strip_prefix(CURSOR_PREFIX).ok_or_else(bad)?;
+    if hex.len() > 2 * MAX_ENCODED_ID
+        || hex.len() % 2 != 0
+        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(bad());
+    }
+    let bytes = hex
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).ok()?;
+            u8::from_str_radix(pair, 16).ok()
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad)?;
+    match PointId::decode(&bytes) {
+        Some((id, used)) if used == bytes.len() => Ok(Some(id)),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

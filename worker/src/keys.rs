@@ -1,0 +1,227 @@
+//! The key service as the worker sees it: a client of the coordinator over the cluster connection.
+//!
+//! Storage calls [`KeyService`] from blocking threads (request threads and its own background
+//! threads). [`RemoteKeyService`] sends the call as an envelope over the current connection (via
+//! the [`Link`]) and blocks that thread until the coordinator answers, the connection drops, or
+//! the timeout passes. The worker never holds a KEK; DEK bytes go straight into [`DataKey`] and the
+//! buffers that carried them are zeroized.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use proto::vaultvec::cluster::v1 as cluster;
+use storage::crypto::{DataKey, DekContext, KeyService, WrappedDek};
+use storage::ids::TenantId;
+use tokio::sync::mpsc::UnboundedSender;
+use zeroize::Zeroize;
+
+use cluster::envelope::Body;
+
+use crate::server::now_ms;
+
+/// The worker's side of the current connection, shared by the connection loop and the key service.
+#[derive(Default)]
+pub(crate) struct Link {
+    conn: Mutex<Option<LinkConn>>,
+}
+
+struct LinkConn {
+    /// Frames for the connection loop to send.
+    outbound: UnboundedSender<cluster::Envelope>,
+    /// The id of the last request the worker sent on this connection.
+    last_id: u64,
+    /// Callers waiting for an answer, by request id.
+    pending: HashMap<u64, SyncSender<Body>>,
+}
+
+impl Link {
+    /// A new connection is up: worker requests go out through `outbound`, numbered from 1.
+    pub(crate) fn attach(&self, outbound: UnboundedSender<cluster::Envelope>) {
+        *self.conn.lock() = Some(LinkConn {
+            outbound,
+            last_id: 0,
+            pending: HashMap::new(),
+        });
+    }
+
+    /// The connection is gone: every waiting caller fails at once.
+    pub(crate) fn detach(&self) {
+        *self.conn.lock() = None;
+    }
+
+    /// Hands an answer to the caller waiting for `request_id`. Gives the body back when nobody waits.
+    pub(crate) fn deliver(&self, request_id: u64, body: Body) -> Option<Body> {
+        let waiter = self
+            .conn
+            .lock()
+            .as_mut()
+            .and_then(|conn| conn.pending.remove(&request_id));
+        match waiter {
+            // A full or closed channel means the caller gave up (timeout); dropping is right.
+            Some(waiter) => {
+                let _ = waiter.try_send(body);
+                None
+            }
+            None => Some(body),
+        }
+    }
+
+    /// Sends `body` as a request and waits for the answer.
+    fn call(&self, body: Body, timeout: Duration) -> storage::Result<Body> {
+        let (tx, rx) = sync_channel(1);
+        let request_id = {
+            let mut guard = self.conn.lock();
+            let conn = guard.as_mut().ok_or_else(|| {
+                storage::Error::Key("no connection to the coordinator (the key service)".into())
+            })?;
+            conn.last_id += 1;
+            let request_id = conn.last_id;
+            let envelope = cluster::Envelope {
+                request_id,
+                deadline_unix_ms: now_ms().saturating_add(timeout.as_millis() as u64),
+                body: Some(body),
+            };
+            if conn.outbound.send(envelope).is_err() {
+                return Err(storage::Error::Key(
+                    "the connection to the coordinator is closing".into(),
+                ));
+            }
+            conn.pending.insert(request_id, tx);
+            request_id
+        };
+        match rx.recv_timeout(timeout) {
+            Ok(body) => Ok(body),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(conn) = self.conn.lock().as_mut() {
+                    conn.pending.remove(&request_id);
+                }
+                Err(storage::Error::Key(format!(
+                    "the key service did not answer within {} s",
+                    timeout.as_secs()
+                )))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(storage::Error::Key(
+                "the connection to the coordinator (the key service) was lost".into(),
+            )),
+        }
+    }
+}
+
+/// [`KeyService`] over the cluster connection.
+pub(crate) struct RemoteKeyService {
+    link: std::sync::Arc<Link>,
+    timeout: Duration,
+}
+
+impl RemoteKeyService {
+    pub(crate) fn new(link: std::sync::Arc<Link>, timeout: Duration) -> RemoteKeyService {
+        RemoteKeyService { link, timeout }
+    }
+}
+
+/// The coordinator answered with an error or with the wrong kind of answer.
+fn refused(body: Body) -> storage::Error {
+    match body {
+        Body::Error(err) => {
+            let code = cluster::ErrorCode::try_from(err.code)
+                .map(|c| c.as_str_name())
+                .unwrap_or("ERROR_CODE_UNKNOWN");
+            storage::Error::Key(format!("the key service refused: {code}: {}", err.message))
+        }
+        Body::GenerateDataKeyResponse(mut resp) => {
+            resp.data_key.zeroize();
+            storage::Error::Key("the key service sent an unexpected answer".into())
+        }
+        Body::DecryptDataKeyResponse(mut resp) => {
+            resp.data_key.zeroize();
+            storage::Error::Key("the key service sent an unexpected answer".into())
+        }
+        _ => storage::Error::Key("the key service sent an unexpected answer".into()),
+    }
+}
+
+/// A DEK from the wire; the buffer is zeroized whatever happens.
+fn data_key(mut bytes: Vec<u8>) -> storage::Result<DataKey> {
+    let key = DataKey::from_wire(&bytes);
+    bytes.zeroize();
+    key
+}
+
+impl KeyService for RemoteKeyService {
+    fn generate_data_key(
+        &self,
+        tenant: &TenantId,
+        ctx: DekContext<'_>,
+    ) -> storage::Result<(DataKey, WrappedDek)> {
+        let body = Body::GenerateDataKey(cluster::GenerateDataKeyRequest {
+            tenant: tenant.as_str().to_owned(),
+            collection: ctx.collection.to_owned(),
+            file_id: ctx.file_id,
+        });
+        match self.link.call(body, self.timeout)? {
+            Body::GenerateDataKeyResponse(resp) => {
+                let cluster::GenerateDataKeyResponse {
+                    data_key: dek,
+                    kek_version,
+                    wrapped_data_key,
+                } = resp;
+                let dek = data_key(dek)?;
+                let wrapped = WrappedDek::from_wire(kek_version, &wrapped_data_key)?;
+                Ok((dek, wrapped))
+            }
+            other => Err(refused(other)),
+        }
+    }
+
+    fn decrypt_data_key(
+        &self,
+        tenant: &TenantId,
+        ctx: DekContext<'_>,
+        wrapped: &WrappedDek,
+    ) -> storage::Result<DataKey> {
+        let body = Body::DecryptDataKey(cluster::DecryptDataKeyRequest {
+            tenant: tenant.as_str().to_owned(),
+            collection: ctx.collection.to_owned(),
+            file_id: ctx.file_id,
+            kek_version: wrapped.kek_version,
+            wrapped_data_key: wrapped.bytes.to_vec(),
+        });
+        match self.link.call(body, self.timeout)? {
+            Body::DecryptDataKeyResponse(resp) => data_key(resp.data_key),
+            other => Err(refused(other)),
+        }
+    }
+
+    fn rewrap_data_key(
+        &self,
+        tenant: &TenantId,
+        ctx: DekContext<'_>,
+        wrapped: &WrappedDek,
+    ) -> storage::Result<WrappedDek> {
+        let body = Body::RewrapDataKey(cluster::RewrapDataKeyRequest {
+            tenant: tenant.as_str().to_owned(),
+            collection: ctx.collection.to_owned(),
+            file_id: ctx.file_id,
+            kek_version: wrapped.kek_version,
+            wrapped_data_key: wrapped.bytes.to_vec(),
+        });
+        match self.link.call(body, self.timeout)? {
+            Body::RewrapDataKeyResponse(resp) => {
+                WrappedDek::from_wire(resp.kek_version, &resp.wrapped_data_key)
+            }
+            other => Err(refused(other)),
+        }
+    }
+
+    fn current_kek_version(&self, tenant: &TenantId) -> storage::Result<u32> {
+        let body = Body::KekVersion(cluster::KekVersionRequest {
+            tenant: tenant.as_str().to_owned(),
+        });
+        match self.link.call(body, self.timeout)? {
+            Body::KekVersionResponse(resp) => Ok(resp.kek_version),
+            other => Err(refused(other)),
+        }
+    }
+}

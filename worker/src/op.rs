@@ -1,0 +1,322 @@
+//! One tenant request against the storage engine. Runs on a blocking thread.
+
+use std::collections::BTreeSet;
+
+use proto::vaultvec::cluster::v1 as cluster;
+use proto::vaultvec::v1 as api;
+use storage::ids::{CollectionName, PointId, TenantId};
+use storage::{Collection, Engine};
+
+use cluster::tenant_request::Op;
+use cluster::tenant_response::Result as Answer;
+
+use crate::convert;
+use crate::error::{Error, Result};
+use crate::server::now_ms;
+use crate::tenant::TenantSlot;
+
+/// Scroll page size when the request gives none.
+const DEFAULT_SCROLL_LIMIT: usize = 100;
+
+/// What a request needs besides its operation.
+pub(crate) struct Ctx<'a> {
+    pub(crate) engine: &'a Engine,
+    pub(crate) slot: &'a TenantSlot,
+    pub(crate) tenant: &'a TenantId,
+    pub(crate) quota: cluster::TenantQuota,
+    /// Unix milliseconds, 0 for none.
+    pub(crate) deadline_unix_ms: u64,
+}
+
+/// The short name of an operation, for logs.
+pub(crate) fn name(op: &Op) -> &'static str {
+    match op {
+        Op::CreateCollection(_) => "create_collection",
+        Op::ListCollections(_) => "list_collections",
+        Op::GetCollection(_) => "get_collection",
+        Op::DeleteCollection(_) => "delete_collection",
+        Op::Upsert(_) => "upsert",
+        Op::Get(_) => "get",
+        Op::Delete(_) => "delete",
+        Op::Scroll(_) => "scroll",
+        Op::Count(_) => "count",
+        Op::Search(_) => "search",
+        Op::SearchBatch(_) => "search_batch",
+        Op::RewrapKeys(_) => "rewrap_keys",
+        Op::EraseTenant(_) => "erase_tenant",
+    }
+}
+
+/// Runs `op` under the tenant's gate, logging failures that are not the caller's fault.
+pub(crate) fn run(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
+    let res = if matches!(op, Op::EraseTenant(_)) {
+        let _exclusive = ctx.slot.gate.write();
+        check_deadline(ctx)?;
+        ctx.engine
+            .delete_tenant(ctx.tenant)
+            .map(|()| Answer::Done(cluster::Ack {}))
+            .map_err(Error::from)
+    } else {
+        let _shared = ctx.slot.gate.read();
+        // The request may have waited for the gate; nothing is applied after its deadline.
+        check_deadline(ctx)?;
+        execute(ctx, op)
+    };
+    if let Err(err) = &res {
+        if err.is_user_error() {
+            tracing::debug!(error = %err, "request refused");
+        } else {
+            tracing::warn!(error = %err, "request failed");
+        }
+        if is_key_failure(err) {
+            // The engine keeps a collection that failed to load as failed, and a creation cut short
+            // keeps its name taken, until the tenant loads again. A key-service failure is usually
+            // passing (a reconnect, a timeout), so unload the tenant and let the next request retry.
+            if let Some(_exclusive) = ctx.slot.gate.try_write() {
+                match ctx.engine.unload_tenant(ctx.tenant) {
+                    Ok(()) => tracing::info!(
+                        "unloaded the tenant after a key-service failure; its next request loads it again"
+                    ),
+                    Err(err) => tracing::warn!(error = %err, "unloading the tenant failed"),
+                }
+            }
+        }
+    }
+    res
+}
+
+/// Whether `err` comes from the key service rather than from the data.
+fn is_key_failure(err: &Error) -> bool {
+    match err {
+        Error::Storage(err) => crate::tenant::is_key_failure(err),
+        _ => false,
+    }
+}
+
+fn check_deadline(ctx: &Ctx<'_>) -> Result<()> {
+    if ctx.deadline_unix_ms != 0 && now_ms() >= ctx.deadline_unix_ms {
+        return Err(Error::DeadlineExceeded);
+    }
+    Ok(())
+}
+
+fn collection_name(raw: &str) -> Result<CollectionName> {
+    let name = CollectionName::parse(raw)?;
+    tracing::Span::current().record("collection", name.as_str());
+    Ok(name)
+}
+
+fn collection(ctx: &Ctx<'_>, raw: &str) -> Result<std::sync::Arc<Collection>> {
+    let name = collection_name(raw)?;
+    Ok(ctx.engine.collection(ctx.tenant, &name)?)
+}
+
+fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
+    let limits = *ctx.engine.limits();
+    match op {
+        Op::CreateCollection(req) => create_collection(ctx, req),
+        Op::ListCollections(_) => {
+            let collections = ctx
+                .engine
+                .list_collections(ctx.tenant)?
+                .into_iter()
+                .map(|(name, info)| match info {
+                    Ok(info) => convert::collection_info(name.as_str(), &info),
+                    // Listed by name, so the tenant sees it exists; its config is unknown.
+                    Err(_) => api::CollectionInfo {
+                        name: name.as_str().to_owned(),
+                        ..Default::default()
+                    },
+                })
+                .collect();
+            Ok(Answer::Collections(api::ListCollectionsResponse {
+                collections,
+            }))
+        }
+        Op::GetCollection(req) => {
+            let collection = collection(ctx, &req.name)?;
+            Ok(Answer::Collection(convert::collection_info(
+                &req.name,
+                &collection.info(),
+            )))
+        }
+        Op::DeleteCollection(req) => {
+            let name = collection_name(&req.name)?;
+            ctx.engine.drop_collection(ctx.tenant, &name)?;
+            tracing::info!("collection deleted");
+            Ok(Answer::DeletedCollection(api::DeleteCollectionResponse {}))
+        }
+        Op::Upsert(req) => upsert(ctx, req),
+        Op::Get(req) => {
+            let ids = convert::point_ids(req.ids, &limits)?;
+            let collection = collection(ctx, &req.collection)?;
+            let points = collection
+                .get(&ids, req.with_payload, req.with_vector)?
+                .into_iter()
+                .map(convert::record)
+                .collect();
+            Ok(Answer::Get(api::GetPointsResponse { points }))
+        }
+        Op::Delete(req) => {
+            let deleted = match (req.ids.is_empty(), req.filter) {
+                (false, None) => {
+                    let ids = convert::point_ids(req.ids, &limits)?;
+                    collection(ctx, &req.collection)?.delete(&ids)?
+                }
+                (true, Some(filter)) => {
+                    let filter = convert::filter(Some(filter))?
+                        .ok_or_else(|| Error::Internal("a given filter vanished".into()))?;
+                    collection(ctx, &req.collection)?.delete_by_filter(&filter)?
+                }
+                _ => {
+                    return Err(Error::InvalidArgument(
+                        "a delete names either ids or a filter, exactly one of the two".into(),
+                    ));
+                }
+            };
+            Ok(Answer::Delete(api::DeletePointsResponse { deleted }))
+        }
+        Op::Scroll(req) => {
+            let limit = match req.limit as usize {
+                0 => DEFAULT_SCROLL_LIMIT.min(limits.max_batch),
+                n => n,
+            };
+            convert::check_batch("a scroll page", limit, limits.max_batch)?;
+            let from = convert::decode_cursor(&req.cursor)?;
+            let filter = convert::filter(req.filter)?;
+            let page = collection(ctx, &req.collection)?.scroll(
+                from.as_ref(),
+                limit,
+                filter.as_ref(),
+                req.with_payload,
+                req.with_vector,
+            )?;
+            Ok(Answer::Scroll(api::ScrollResponse {
+                points: page.points.into_iter().map(convert::record).collect(),
+                next_cursor: page
+                    .next
+                    .as_ref()
+                    .map(convert::encode_cursor)
+                    .unwrap_or_default(),
+            }))
+        }
+        Op::Count(req) => {
+            let filter = convert::filter(req.filter)?;
+            let count = collection(ctx, &req.collection)?.count(filter.as_ref());
+            Ok(Answer::Count(api::CountResponse { count }))
+        }
+        Op::Search(req) => {
+            convert::check_search(&req, &limits)?;
+            let collection = collection(ctx, &req.collection)?;
+            let req = convert::search_request(req, collection.config().dim, &limits)?;
+            Ok(Answer::Search(search_response(collection.search(&req)?)))
+        }
+        Op::SearchBatch(req) => {
+            convert::check_batch(
+                "a batch search",
+                req.searches.len(),
+                limits.max_search_batch,
+            )?;
+            for (i, search) in req.searches.iter().enumerate() {
+                if !search.collection.is_empty() && search.collection != req.collection {
+                    return Err(Error::InvalidArgument(format!(
+                        "search {i} names collection {:?}, not the batch's {:?}",
+                        search.collection, req.collection
+                    )));
+                }
+                convert::check_search(search, &limits)?;
+            }
+            let collection = collection(ctx, &req.collection)?;
+            let dim = collection.config().dim;
+            let searches = req
+                .searches
+                .into_iter()
+                .map(|search| convert::search_request(search, dim, &limits))
+                .collect::<Result<Vec<_>>>()?;
+            let results = collection
+                .search_batch(&searches)?
+                .into_iter()
+                .map(search_response)
+                .collect();
+            Ok(Answer::SearchBatch(api::SearchBatchResponse { results }))
+        }
+        Op::RewrapKeys(_) => {
+            ctx.engine.rewrap_tenant(ctx.tenant)?;
+            tracing::info!("tenant keys re-wrapped");
+            Ok(Answer::Done(cluster::Ack {}))
+        }
+        Op::EraseTenant(_) => Err(Error::Internal(
+            "erase runs under the exclusive gate".into(),
+        )),
+    }
+}
+
+/// A collection answers all or nothing, so a search result is never partial (INV-21).
+fn search_response(points: Vec<storage::ScoredPoint>) -> api::SearchResponse {
+    api::SearchResponse {
+        points: points.into_iter().map(convert::scored_point).collect(),
+        partial: false,
+    }
+}
+
+fn create_collection(ctx: &Ctx<'_>, req: api::CreateCollectionRequest) -> Result<Answer> {
+    let name = collection_name(&req.name)?;
+    let config = convert::collection_config(req.config)?;
+    let max_collections = ctx.quota.max_collections;
+    let _quota = (max_collections > 0).then(|| ctx.slot.quota.lock());
+    if max_collections > 0 {
+        let existing = ctx.engine.list_collections(ctx.tenant)?.len();
+        if existing >= max_collections as usize {
+            return Err(Error::QuotaExceeded(format!(
+                "the tenant has {existing} collections, its quota is {max_collections}"
+            )));
+        }
+    }
+    let collection = ctx.engine.create_collection(ctx.tenant, &name, config)?;
+    tracing::info!("collection created");
+    Ok(Answer::Collection(convert::collection_info(
+        name.as_str(),
+        &collection.info(),
+    )))
+}
+
+fn upsert(ctx: &Ctx<'_>, req: api::UpsertRequest) -> Result<Answer> {
+    let limits = *ctx.engine.limits();
+    convert::check_batch("an upsert", req.points.len(), limits.max_batch)?;
+    let collection = collection(ctx, &req.collection)?;
+    let dim = collection.config().dim;
+    let payload_limits = convert::payload_limits(&limits);
+    let points = req
+        .points
+        .into_iter()
+        .map(|point| convert::point_input(point, dim, &payload_limits))
+        .collect::<Result<Vec<_>>>()?;
+    let n_points = points.len() as u64;
+    let max_points = ctx.quota.max_points;
+    let _quota = (max_points > 0).then(|| ctx.slot.quota.lock());
+    if max_points > 0 {
+        let live: u64 = ctx
+            .engine
+            .list_collections(ctx.tenant)?
+            .iter()
+            .filter_map(|(_, info)| info.as_ref().ok())
+            .map(|info| info.points)
+            .sum();
+        let distinct: Vec<PointId> = points
+            .iter()
+            .map(|p| &p.id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect();
+        let existing = collection.get(&distinct, false, false)?.len() as u64;
+        let new = distinct.len() as u64 - existing;
+        if live + new > max_points {
+            return Err(Error::QuotaExceeded(format!(
+                "the upsert adds {new} points to the tenant's {live}, over its quota of {max_points} points"
+            )));
+        }
+    }
+    collection.upsert(points)?;
+    Ok(Answer::Upsert(api::UpsertResponse { upserted: n_points }))
+}

@@ -1,0 +1,879 @@
+//! [`serve`]: dial the coordinator, follow the cluster protocol (`proto/.../cluster.proto`), run
+//! tenant requests against the storage engine, reconnect when the connection drops.
+//!
+//! # Tasks
+//!
+//! One loop owns the WebSocket: it reads frames, writes answers, heartbeats and key-service calls
+//! (which storage threads queue through the [`Link`]). Each tenant request runs on a blocking
+//! thread inside a task of the worker's one `JoinSet`, which outlives connections: a request in
+//! flight when the connection drops finishes, and its answer is dropped because it belongs to an
+//! older connection (`generation`). Whoever spawns awaits: the loop reaps every task, and shutdown
+//! waits for them (bounded) before the engine is closed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use prost::Message as _;
+use proto::vaultvec::cluster::v1 as cluster;
+use storage::Engine;
+use storage::ids::TenantId;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::Instrument;
+use zeroize::{Zeroize, Zeroizing};
+
+use cluster::envelope::Body;
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::error::Error;
+use crate::keys::{Link, RemoteKeyService};
+use crate::op;
+use crate::replay::{REPLAY_WINDOW, ReplayWindow};
+use crate::tenant::Tenants;
+
+/// Largest WebSocket frame and message, either direction.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// How long a storage thread waits for the key service.
+const KEY_SERVICE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the TCP connection and the upgrade may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the coordinator may take to acknowledge the hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Least time between two memory accounting passes started by finished requests (heartbeats
+/// always start one).
+const ACCOUNTING_PERIOD: Duration = Duration::from_millis(100);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Shutdown<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Serves the tenants the coordinator assigns until `shutdown` resolves.
+///
+/// Dials `config.coordinator_url`, says hello, and reconnects with capped exponential backoff when
+/// the connection drops or is refused. On shutdown: new tenant requests are refused
+/// (`UNAVAILABLE`), requests in flight get up to 30 s to finish, the engine is closed, and the
+/// WebSocket is closed with a Close frame. Errors only if the configuration is invalid or the data
+/// directory cannot be opened.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let span = tracing::info_span!("worker", worker = %config.worker_id);
+    let link = Arc::new(Link::default());
+    let keys = Arc::new(RemoteKeyService::new(link.clone(), KEY_SERVICE_TIMEOUT));
+    let (data_dir, limits) = (config.data_dir.clone(), config.limits);
+    let engine = tokio::task::spawn_blocking(move || Engine::open(&data_dir, keys, limits))
+        .await
+        .context("opening the storage engine")?
+        .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
+    let mut worker = Worker {
+        config: Arc::new(config),
+        engine: Arc::new(engine),
+        link,
+        tenants: Arc::new(Tenants::default()),
+        jobs: JoinSet::new(),
+        in_flight: 0,
+        is_accounting: false,
+        last_accounting: Instant::now(),
+        generation: 0,
+        drain_deadline: None,
+        is_closing: false,
+        is_engine_closed: false,
+    };
+    let mut shutdown: Shutdown<'_> = Box::pin(shutdown.fuse());
+    worker.run(&mut shutdown).instrument(span).await;
+    Ok(())
+}
+
+/// What a finished task reports to the loop.
+enum Done {
+    /// The answer to a coordinator request.
+    Reply {
+        generation: u64,
+        request_id: u64,
+        deadline_unix_ms: u64,
+        /// Counted against `max_in_flight`.
+        is_counted: bool,
+        result: Result<Body, Error>,
+    },
+    /// A memory accounting pass finished.
+    Accounted,
+    /// The engine is closed.
+    Closed,
+}
+
+/// How a session ended.
+enum End {
+    /// The connection dropped; reconnect unless shutting down.
+    Lost,
+    /// Shutdown finished on this connection.
+    Stopped,
+}
+
+/// A tenant assigned on the current connection.
+#[derive(Debug, Clone, Copy)]
+struct Assignment {
+    epoch: u64,
+    quota: cluster::TenantQuota,
+}
+
+/// State of one connection.
+struct Session {
+    ws: Ws,
+    outbound: mpsc::UnboundedReceiver<cluster::Envelope>,
+    assignments: HashMap<TenantId, Assignment>,
+    replay: ReplayWindow,
+}
+
+struct Worker {
+    config: Arc<Config>,
+    engine: Arc<Engine>,
+    link: Arc<Link>,
+    tenants: Arc<Tenants>,
+    jobs: JoinSet<Done>,
+    /// Tenant requests running (counted against `max_in_flight`).
+    in_flight: u32,
+    is_accounting: bool,
+    last_accounting: Instant,
+    /// Numbers connections; answers of an older one are dropped.
+    generation: u64,
+    /// Set once shutdown began.
+    drain_deadline: Option<Instant>,
+    is_closing: bool,
+    is_engine_closed: bool,
+}
+
+/// The coordinator refused the WebSocket upgrade.
+#[derive(Debug, thiserror::Error)]
+#[error("the coordinator refused the upgrade with HTTP {status}{hint}")]
+struct UpgradeRefused {
+    status: u16,
+    hint: &'static str,
+}
+
+fn frame(request_id: u64, body: Body) -> Message {
+    Message::binary(
+        cluster::Envelope {
+            request_id,
+            deadline_unix_ms: 0,
+            body: Some(body),
+        }
+        .encode_to_vec(),
+    )
+}
+
+fn error_frame(request_id: u64, err: &Error) -> Message {
+    frame(request_id, Body::Error(err.to_proto()))
+}
+
+/// Just the request id of an envelope, for answering frames that fail to decode whole.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EnvelopeId {
+    #[prost(uint64, tag = "1")]
+    request_id: u64,
+}
+
+impl Worker {
+    fn is_stopping(&self) -> bool {
+        self.drain_deadline.is_some()
+    }
+
+    async fn run(&mut self, shutdown: &mut Shutdown<'_>) {
+        let mut backoff = Backoff::new(self.config.reconnect_max_backoff);
+        'connect: while !self.is_stopping() {
+            let attempt = tokio::select! {
+                () = &mut *shutdown => {
+                    self.begin_shutdown();
+                    break 'connect;
+                }
+                res = self.connect() => res,
+            };
+            match attempt {
+                Ok(ws) => {
+                    backoff.reset();
+                    match self.session(ws, shutdown).await {
+                        End::Stopped => return,
+                        End::Lost if self.is_stopping() => break 'connect,
+                        End::Lost => {}
+                    }
+                }
+                Err(err) => {
+                    if err.downcast_ref::<UpgradeRefused>().is_some() {
+                        tracing::error!(coordinator = %self.config.coordinator_url, error = %format!("{err:#}"), "the coordinator refused this worker");
+                    } else {
+                        tracing::warn!(coordinator = %self.config.coordinator_url, error = %format!("{err:#}"), "connecting to the coordinator failed");
+                    }
+                }
+            }
+            let delay = backoff.next_delay();
+            tracing::info!(
+                retry_in_ms = delay.as_millis() as u64,
+                "reconnecting to the coordinator"
+            );
+            let wake = Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    () = &mut *shutdown => {
+                        self.begin_shutdown();
+                        break 'connect;
+                    }
+                    () = tokio::time::sleep_until(wake) => break,
+                    Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                        self.reap(done);
+                    }
+                }
+            }
+        }
+        self.finish_offline().await;
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.drain_deadline.is_none() {
+            tracing::info!(
+                in_flight = self.in_flight,
+                "shutting down: refusing new requests and draining"
+            );
+            self.drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+        }
+    }
+
+    /// Shutdown without a connection: wait for the tasks (bounded), then close the engine.
+    async fn finish_offline(&mut self) {
+        self.begin_shutdown();
+        let deadline = self.drain_deadline.unwrap_or_else(Instant::now);
+        while !self.jobs.is_empty() {
+            tokio::select! {
+                Some(done) = self.jobs.join_next() => self.reap(done),
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(tasks = self.jobs.len(), "tasks still running at the drain deadline; closing anyway");
+                    break;
+                }
+            }
+        }
+        if !self.is_engine_closed {
+            let engine = self.engine.clone();
+            if let Err(err) = tokio::task::spawn_blocking(move || engine.close()).await {
+                tracing::error!(error = %err, "closing the engine failed");
+            }
+            self.is_engine_closed = true;
+        }
+        tracing::info!("worker stopped");
+    }
+
+    /// A finished task while no connection can carry its answer.
+    fn reap(&mut self, done: Result<Done, tokio::task::JoinError>) {
+        match done {
+            Ok(Done::Reply { is_counted, .. }) => {
+                if is_counted {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                }
+            }
+            Ok(Done::Accounted) => self.is_accounting = false,
+            Ok(Done::Closed) => self.is_engine_closed = true,
+            Err(err) => tracing::error!(error = %err, "a worker task failed"),
+        }
+    }
+
+    /// Dials the coordinator, says hello and waits for the acknowledgement.
+    async fn connect(&self) -> anyhow::Result<Ws> {
+        let config = &self.config;
+        let mut request = config
+            .coordinator_url
+            .as_str()
+            .into_client_request()
+            .context("coordinator_url is not a valid WebSocket URL")?;
+        let bearer = Zeroizing::new(format!("Bearer {}", config.token.as_str()));
+        let mut auth = HeaderValue::from_str(&bearer)
+            .context("the worker token is not a valid header value")?;
+        auth.set_sensitive(true);
+        request.headers_mut().insert("authorization", auth);
+        request.headers_mut().insert(
+            "x-vaultvec-worker",
+            HeaderValue::from_str(&config.worker_id).context("worker_id")?,
+        );
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        let connecting =
+            tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+        let (mut ws, _) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => bail!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
+            Ok(Err(tungstenite::Error::Http(response))) => {
+                let status = response.status().as_u16();
+                let hint = if status == 401 {
+                    ": the worker token or worker id is not the one configured on the coordinator \
+                     (check token_file and worker_id)"
+                } else {
+                    ""
+                };
+                return Err(UpgradeRefused { status, hint }.into());
+            }
+            Ok(Err(err)) => return Err(err).context("connecting"),
+            Ok(Ok(connected)) => connected,
+        };
+        let hello = Body::Hello(cluster::Hello {
+            worker_id: config.worker_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            memory_budget_bytes: config.memory_budget_bytes,
+            max_in_flight: config.max_in_flight,
+        });
+        ws.send(frame(0, hello)).await.context("sending hello")?;
+        let answer = tokio::time::timeout(HELLO_TIMEOUT, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        return cluster::Envelope::decode(bytes.as_ref())
+                            .context("the answer to the hello does not decode");
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Text(_))) => {
+                        bail!("the coordinator answered the hello with text")
+                    }
+                    Some(Ok(Message::Close(_))) | None => {
+                        bail!(
+                            "the coordinator closed the connection before acknowledging the hello"
+                        )
+                    }
+                    Some(Err(err)) => return Err(err).context("reading the answer to the hello"),
+                }
+            }
+        })
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no answer to the hello within {} s",
+                HELLO_TIMEOUT.as_secs()
+            )
+        })??;
+        match answer.body {
+            Some(Body::Ack(_)) if answer.request_id == 0 => Ok(ws),
+            Some(Body::Error(err)) => bail!(
+                "the coordinator refused the hello: {}: {}",
+                cluster::ErrorCode::try_from(err.code)
+                    .map(|c| c.as_str_name())
+                    .unwrap_or("ERROR_CODE_UNKNOWN"),
+                err.message
+            ),
+            _ => bail!("the coordinator answered the hello with something other than an Ack"),
+        }
+    }
+
+    /// Serves one connection until it drops or shutdown completes on it.
+    async fn session(&mut self, ws: Ws, shutdown: &mut Shutdown<'_>) -> End {
+        self.generation += 1;
+        let (tx, outbound) = mpsc::unbounded_channel();
+        self.link.attach(tx);
+        tracing::info!(generation = self.generation, "connected to the coordinator");
+        let mut session = Session {
+            ws,
+            outbound,
+            assignments: HashMap::new(),
+            replay: ReplayWindow::new(REPLAY_WINDOW),
+        };
+        let end = match self.serve_session(&mut session, shutdown).await {
+            Ok(end) => end,
+            Err(err) => {
+                tracing::warn!(error = %err, "the connection to the coordinator failed");
+                End::Lost
+            }
+        };
+        // Key-service calls waiting on this connection fail at once; the assignments go with it.
+        self.link.detach();
+        if let End::Lost = end {
+            tracing::warn!(
+                in_flight = self.in_flight,
+                "disconnected from the coordinator; assignments are forgotten until it re-sends them"
+            );
+        }
+        end
+    }
+
+    async fn serve_session(
+        &mut self,
+        s: &mut Session,
+        shutdown: &mut Shutdown<'_>,
+    ) -> Result<End, tungstenite::Error> {
+        let period = self.config.heartbeat_interval;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Some(deadline) = self.drain_deadline
+                && !self.is_closing
+                && (self.jobs.is_empty() || Instant::now() >= deadline)
+            {
+                if !self.jobs.is_empty() {
+                    tracing::warn!(
+                        tasks = self.jobs.len(),
+                        "tasks still running at the drain deadline; closing anyway"
+                    );
+                }
+                self.start_close();
+            }
+            let drain_wake = self
+                .drain_deadline
+                .unwrap_or_else(|| Instant::now() + DRAIN_TIMEOUT);
+            // Biased, in this order: a shutdown is seen before any request that arrived after it;
+            // heartbeats are never starved by a busy connection; answers and key-service calls go
+            // out before more requests are read (backpressure).
+            tokio::select! {
+                biased;
+                () = &mut *shutdown, if !self.is_stopping() => self.begin_shutdown(),
+                _ = heartbeat.tick() => {
+                    let (loaded_tenants, plaintext_bytes) = self.tenants.stats();
+                    let beat = Body::Heartbeat(cluster::Heartbeat {
+                        loaded_tenants,
+                        plaintext_bytes,
+                        in_flight: self.in_flight,
+                    });
+                    s.ws.send(frame(0, beat)).await?;
+                    self.maybe_account(true);
+                }
+                Some(envelope) = s.outbound.recv() => {
+                    s.ws.send(Message::binary(envelope.encode_to_vec())).await?;
+                }
+                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    if self.on_done(s, done).await? {
+                        let close = CloseFrame {
+                            code: CloseCode::Normal,
+                            reason: "worker shutting down".into(),
+                        };
+                        if let Err(err) = s.ws.close(Some(close)).await {
+                            tracing::debug!(error = %err, "closing the WebSocket failed");
+                        }
+                        tracing::info!("worker stopped");
+                        return Ok(End::Stopped);
+                    }
+                }
+                message = s.ws.next() => match message {
+                    Some(Ok(message)) => {
+                        if !self.on_message(s, message).await? {
+                            return Ok(End::Lost);
+                        }
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "reading from the coordinator failed");
+                        return Ok(End::Lost);
+                    }
+                    None => return Ok(End::Lost),
+                },
+                () = tokio::time::sleep_until(drain_wake), if self.is_stopping() && !self.is_closing => {}
+            }
+        }
+    }
+
+    fn start_close(&mut self) {
+        self.is_closing = true;
+        let engine = self.engine.clone();
+        self.jobs.spawn(async move {
+            if let Err(err) = tokio::task::spawn_blocking(move || engine.close()).await {
+                tracing::error!(error = %err, "closing the engine failed");
+            }
+            Done::Closed
+        });
+    }
+
+    /// Starts a memory accounting pass unless one is running (or, unless `always`, one started
+    /// less than [`ACCOUNTING_PERIOD`] ago).
+    fn maybe_account(&mut self, always: bool) {
+        if self.is_accounting
+            || self.is_stopping()
+            || (!always && self.last_accounting.elapsed() < ACCOUNTING_PERIOD)
+        {
+            return;
+        }
+        self.is_accounting = true;
+        self.last_accounting = Instant::now();
+        let (engine, tenants) = (self.engine.clone(), self.tenants.clone());
+        let budget = self.config.memory_budget_bytes;
+        self.jobs.spawn(
+            async move {
+                if let Err(err) =
+                    tokio::task::spawn_blocking(move || tenants.account(&engine, budget)).await
+                {
+                    tracing::error!(error = %err, "memory accounting failed");
+                }
+                Done::Accounted
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Handles a finished task; true once the engine is closed (shutdown complete).
+    async fn on_done(
+        &mut self,
+        s: &mut Session,
+        done: Result<Done, tokio::task::JoinError>,
+    ) -> Result<bool, tungstenite::Error> {
+        let done = match done {
+            Ok(done) => done,
+            Err(err) => {
+                tracing::error!(error = %err, "a worker task failed");
+                return Ok(false);
+            }
+        };
+        match done {
+            Done::Reply {
+                generation,
+                request_id,
+                deadline_unix_ms,
+                is_counted,
+                result,
+            } => {
+                if is_counted {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                }
+                if generation != self.generation {
+                    tracing::debug!(
+                        request_id,
+                        "dropping the answer to a request of an earlier connection"
+                    );
+                    return Ok(false);
+                }
+                let result = if deadline_unix_ms != 0 && now_ms() >= deadline_unix_ms {
+                    Err(Error::DeadlineExceeded)
+                } else {
+                    result
+                };
+                let message = match result {
+                    Ok(body) => frame(request_id, body),
+                    Err(err) => error_frame(request_id, &err),
+                };
+                s.ws.send(message).await?;
+                self.maybe_account(false);
+                Ok(false)
+            }
+            Done::Accounted => {
+                self.is_accounting = false;
+                Ok(false)
+            }
+            Done::Closed => {
+                self.is_engine_closed = true;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Handles one frame; false when the coordinator closed the connection.
+    async fn on_message(
+        &mut self,
+        s: &mut Session,
+        message: Message,
+    ) -> Result<bool, tungstenite::Error> {
+        let bytes = match message {
+            Message::Binary(bytes) => bytes,
+            Message::Text(_) => {
+                tracing::warn!("ignoring a text frame from the coordinator");
+                return Ok(true);
+            }
+            Message::Close(_) => {
+                tracing::info!("the coordinator closed the connection");
+                return Ok(false);
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(true),
+        };
+        let envelope = match cluster::Envelope::decode(bytes.as_ref()) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                let request_id = EnvelopeId::decode(bytes.as_ref())
+                    .map(|e| e.request_id)
+                    .unwrap_or(0);
+                tracing::warn!(request_id, bytes = bytes.len(), error = %err, "a frame from the coordinator does not decode");
+                if request_id != 0 {
+                    let err = Error::InvalidArgument(format!("the frame does not decode: {err}"));
+                    s.ws.send(error_frame(request_id, &err)).await?;
+                }
+                return Ok(true);
+            }
+        };
+        let request_id = envelope.request_id;
+        let deadline_unix_ms = envelope.deadline_unix_ms;
+        let Some(body) = envelope.body else {
+            tracing::warn!(request_id, "an envelope without a body");
+            if request_id != 0 {
+                let err = Error::InvalidArgument("the envelope has no body".into());
+                s.ws.send(error_frame(request_id, &err)).await?;
+            }
+            return Ok(true);
+        };
+        match body {
+            Body::AssignTenant(_) | Body::ReleaseTenant(_) | Body::TenantRequest(_) => {
+                if request_id == 0 {
+                    let err = Error::InvalidArgument("request id 0 is reserved".into());
+                    s.ws.send(error_frame(0, &err)).await?;
+                    return Ok(true);
+                }
+                if !s.replay.admit(request_id) {
+                    tracing::warn!(request_id, "refusing a replayed request id");
+                    s.ws.send(error_frame(request_id, &Error::Replayed(request_id)))
+                        .await?;
+                    return Ok(true);
+                }
+                let refusal = match body {
+                    Body::AssignTenant(assign) => self.assign(s, request_id, assign).await?,
+                    Body::ReleaseTenant(release) => self.release(s, request_id, release),
+                    Body::TenantRequest(req) => self.admit(s, request_id, deadline_unix_ms, req),
+                    _ => None,
+                };
+                if let Some(err) = refusal {
+                    s.ws.send(error_frame(request_id, &err)).await?;
+                }
+            }
+            Body::Ack(_)
+            | Body::Error(_)
+            | Body::TenantResponse(_)
+            | Body::GenerateDataKeyResponse(_)
+            | Body::DecryptDataKeyResponse(_)
+            | Body::RewrapDataKeyResponse(_)
+            | Body::KekVersionResponse(_) => {
+                let carries_key = matches!(
+                    body,
+                    Body::GenerateDataKeyResponse(_) | Body::DecryptDataKeyResponse(_)
+                );
+                if let Some(unclaimed) = self.link.deliver(request_id, body) {
+                    match unclaimed {
+                        Body::Error(err) => {
+                            tracing::warn!(request_id, code = err.code, message = %err.message, "the coordinator reported an error");
+                        }
+                        _ => tracing::debug!(
+                            request_id,
+                            "an answer nobody waits for (timed out or from before a reconnect)"
+                        ),
+                    }
+                }
+                if carries_key {
+                    wipe(bytes);
+                }
+            }
+            Body::Hello(_) | Body::Heartbeat(_) => {
+                tracing::warn!(
+                    request_id,
+                    "ignoring a hello or heartbeat sent by the coordinator"
+                );
+            }
+            Body::GenerateDataKey(_)
+            | Body::DecryptDataKey(_)
+            | Body::RewrapDataKey(_)
+            | Body::KekVersion(_) => {
+                let err = Error::InvalidArgument(
+                    "key-service calls go from the worker to the coordinator".into(),
+                );
+                s.ws.send(error_frame(request_id, &err)).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn assign(
+        &mut self,
+        s: &mut Session,
+        request_id: u64,
+        assign: cluster::AssignTenant,
+    ) -> Result<Option<Error>, tungstenite::Error> {
+        let tenant = match TenantId::parse(&assign.tenant) {
+            Ok(tenant) => tenant,
+            Err(err) => return Ok(Some(err.into())),
+        };
+        let quota = assign.quota.unwrap_or_default();
+        match s.assignments.get_mut(&tenant) {
+            Some(current) if assign.epoch < current.epoch => {
+                tracing::warn!(tenant = %tenant, request_id, epoch = assign.epoch, current = current.epoch, "refusing an assignment with a stale epoch");
+                return Ok(Some(Error::StaleEpoch {
+                    tenant: tenant.to_string(),
+                    current: current.epoch,
+                    got: assign.epoch,
+                }));
+            }
+            Some(current) => {
+                current.epoch = assign.epoch;
+                current.quota = quota;
+            }
+            None => {
+                s.assignments.insert(
+                    tenant.clone(),
+                    Assignment {
+                        epoch: assign.epoch,
+                        quota,
+                    },
+                );
+            }
+        }
+        tracing::info!(tenant = %tenant, request_id, epoch = assign.epoch, max_points = quota.max_points, max_collections = quota.max_collections, "tenant assigned");
+        s.ws.send(frame(request_id, Body::Ack(cluster::Ack {})))
+            .await?;
+        Ok(None)
+    }
+
+    fn release(
+        &mut self,
+        s: &mut Session,
+        request_id: u64,
+        release: cluster::ReleaseTenant,
+    ) -> Option<Error> {
+        let tenant = match TenantId::parse(&release.tenant) {
+            Ok(tenant) => tenant,
+            Err(err) => return Some(err.into()),
+        };
+        if let Some(current) = s.assignments.get(&tenant)
+            && release.epoch < current.epoch
+        {
+            tracing::warn!(tenant = %tenant, request_id, epoch = release.epoch, current = current.epoch, "refusing a release with a stale epoch");
+            return Some(Error::StaleEpoch {
+                tenant: tenant.to_string(),
+                current: current.epoch,
+                got: release.epoch,
+            });
+        }
+        s.assignments.remove(&tenant);
+        tracing::info!(tenant = %tenant, request_id, epoch = release.epoch, "tenant released");
+        let slot = self.tenants.slot(&tenant);
+        let engine = self.engine.clone();
+        let generation = self.generation;
+        self.jobs.spawn(
+            async move {
+                // Waits for the tenant's requests in flight; unloading zeroizes its plaintext.
+                let res = tokio::task::spawn_blocking(move || {
+                    let _exclusive = slot.gate.write();
+                    engine.unload_tenant(&tenant)
+                })
+                .await;
+                let result = match res {
+                    Ok(Ok(())) => Ok(Body::Ack(cluster::Ack {})),
+                    Ok(Err(err)) => Err(err.into()),
+                    Err(err) => Err(Error::Internal(format!("unloading failed: {err}"))),
+                };
+                Done::Reply {
+                    generation,
+                    request_id,
+                    deadline_unix_ms: 0,
+                    is_counted: false,
+                    result,
+                }
+            }
+            .in_current_span(),
+        );
+        None
+    }
+
+    /// Checks a tenant request and starts it, or says why not.
+    fn admit(
+        &mut self,
+        s: &mut Session,
+        request_id: u64,
+        deadline_unix_ms: u64,
+        req: cluster::TenantRequest,
+    ) -> Option<Error> {
+        if self.is_stopping() {
+            return Some(Error::ShuttingDown);
+        }
+        if deadline_unix_ms != 0 && now_ms() >= deadline_unix_ms {
+            tracing::debug!(tenant = %req.tenant, request_id, "refusing a request past its deadline");
+            return Some(Error::DeadlineExceeded);
+        }
+        let assignment = TenantId::parse(&req.tenant)
+            .ok()
+            .and_then(|tenant| s.assignments.get(&tenant).map(|a| (tenant, *a)));
+        let Some((tenant, assignment)) = assignment else {
+            tracing::warn!(tenant = %req.tenant, request_id, "refusing a request for a tenant not assigned here");
+            return Some(Error::NotAssigned(req.tenant));
+        };
+        if req.epoch != assignment.epoch {
+            tracing::warn!(tenant = %tenant, request_id, epoch = req.epoch, current = assignment.epoch, "refusing a request with a stale epoch");
+            return Some(Error::StaleEpoch {
+                tenant: req.tenant,
+                current: assignment.epoch,
+                got: req.epoch,
+            });
+        }
+        let Some(operation) = req.op else {
+            return Some(Error::InvalidArgument(
+                "the request has no operation".into(),
+            ));
+        };
+        if self.in_flight >= self.config.max_in_flight {
+            tracing::debug!(tenant = %tenant, request_id, in_flight = self.in_flight, "busy");
+            return Some(Error::Busy(self.in_flight));
+        }
+        self.in_flight += 1;
+        let span = tracing::info_span!(
+            "request",
+            tenant = %tenant,
+            request_id,
+            op = op::name(&operation),
+            collection = tracing::field::Empty,
+        );
+        let slot = self.tenants.touch(&tenant);
+        let engine = self.engine.clone();
+        let generation = self.generation;
+        let quota = assignment.quota;
+        let blocking_span = span.clone();
+        self.jobs.spawn(
+            async move {
+                let started = std::time::Instant::now();
+                let res = tokio::task::spawn_blocking(move || {
+                    let _entered = blocking_span.enter();
+                    let ctx = op::Ctx {
+                        engine: &engine,
+                        slot: &slot,
+                        tenant: &tenant,
+                        quota,
+                        deadline_unix_ms,
+                    };
+                    op::run(&ctx, operation)
+                })
+                .await;
+                let result = match res {
+                    Ok(Ok(answer)) => Ok(Body::TenantResponse(cluster::TenantResponse {
+                        result: Some(answer),
+                    })),
+                    Ok(Err(err)) => Err(err),
+                    Err(err) => Err(Error::Internal(format!("the request task failed: {err}"))),
+                };
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    ok = result.is_ok(),
+                    "request done"
+                );
+                Done::Reply {
+                    generation,
+                    request_id,
+                    deadline_unix_ms,
+                    is_counted: true,
+                    result,
+                }
+            }
+            .instrument(span),
+        );
+        None
+    }
+}
+
+/// Zeroizes a received frame that carried a DEK, when this is its only reference.
+fn wipe(bytes: tokio_tungstenite::tungstenite::Bytes) {
+    if let Ok(mut owned) = bytes.try_into_mut() {
+        owned.as_mut().zeroize();
+    }
+}

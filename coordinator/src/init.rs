@@ -97,15 +97,19 @@ max_body_bytes = 67108864
 "#
     );
     write_private(&config_path, coordinator_toml.as_bytes())?;
+    // The worker reads paths as given, so they are written absolute.
+    let abs = std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
     let worker_toml = format!(
         r#"# vaultvec worker, embedded default (written by `vaultvec-coordinator init`).
 worker_id = "worker-1"
 coordinator_url = "ws://127.0.0.1:{cluster}/v1/cluster"
-token_file = "secrets/worker-1.token"
-data_dir = "worker-1"
+token_file = "{token}"
+data_dir = "{data}"
 memory_budget_bytes = 4294967296
 max_in_flight = 256
-"#
+"#,
+        token = abs.join("secrets/worker-1.token").display(),
+        data = abs.join("worker-1").display(),
     );
     write_private(&dir.join("worker-1.toml"), worker_toml.as_bytes())?;
 

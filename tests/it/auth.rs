@@ -377,3 +377,90 @@ async fn admin_routes_need_the_admin_token_and_pause_resume_keeps_results() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_random_keys_neither_revives_a_revoked_key_nor_queries_the_store_per_request() {
+    use coordinator::api::error::Code;
+    let cluster = Cluster::start(1).await;
+    let revoked = cluster.tenant("flooded", None).await;
+    let kept = cluster.key("flooded", &["read"], None).await;
+    let service = cluster.service();
+    let us: std::net::IpAddr = [127, 0, 0, 1].into();
+    service
+        .authenticate(Some(&revoked), Some(us))
+        .expect("valid before revocation (and now cached)");
+    service
+        .authenticate(Some(&kept), Some(us))
+        .expect("valid (and now cached)");
+    let fresh = cluster.key("flooded", &["read"], None).await;
+    let (s, _) = cluster
+        .admin(
+            "DELETE",
+            &format!("/admin/v1/tenants/flooded/keys/{}", &revoked[3..11]),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let rows_before = service_rows(&cluster).await;
+
+    // 10^5 random well-formed keys from one address.
+    let flooder: std::net::IpAddr = [10, 9, 8, 7].into();
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ALPHABET[(state % 62) as usize] as char
+    };
+    let started = std::time::Instant::now();
+    let (mut refused_after_lookup, mut throttled) = (0u64, 0u64);
+    for _ in 0..100_000 {
+        let id: String = (0..8).map(|_| next()).collect();
+        let secret: String = (0..32).map(|_| next()).collect();
+        match service.authenticate(Some(&format!("vv_{id}_{secret}")), Some(flooder)) {
+            Ok(_) => panic!("a random key authenticated"),
+            Err(e) if e.code == Code::Unauthenticated => refused_after_lookup += 1,
+            Err(e) if e.code == Code::ResourceExhausted => throttled += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Only the failure budget (burst 50, then 10/s) reached the store: every lookup that fails is
+    // audited, and the audit rows are bounded by the budget.
+    let budget = 50.0 + 10.0 * elapsed + 1.0;
+    assert!(
+        (refused_after_lookup as f64) <= budget,
+        "{refused_after_lookup} lookups in {elapsed:.1}s"
+    );
+    assert_eq!(refused_after_lookup + throttled, 100_000);
+    let audited = service_rows(&cluster).await - rows_before;
+    assert!(audited as f64 <= budget, "{audited} audit rows");
+
+    // The revoked key stays refused and the other key still works, from the flooded address too.
+    let refused = service.authenticate(Some(&revoked), Some(us)).unwrap_err();
+    assert_eq!(refused.code, Code::Unauthenticated);
+    service
+        .authenticate(Some(&kept), Some(flooder))
+        .expect("a cached valid key is not throttled");
+    // A key not yet cached may wait for the flooded address's budget (429), but is never refused as
+    // invalid; from elsewhere it works.
+    if let Err(e) = service.authenticate(Some(&fresh), Some(flooder)) {
+        assert_eq!(e.code, Code::ResourceExhausted);
+    }
+    service
+        .authenticate(Some(&fresh), Some(us))
+        .expect("valid from another address");
+    cluster.shutdown().await;
+}
+
+async fn service_rows(cluster: &Cluster) -> usize {
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/platform", None).await;
+    // Each export adds its own `audit.export` row; count only authentication failures.
+    export["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "auth.failure")
+        .count()
+}

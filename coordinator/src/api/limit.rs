@@ -27,6 +27,22 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
         }
     }
 
+    /// How long until `key`'s bucket has a token (zero if it has one now); takes nothing.
+    pub fn wait(&self, key: &K, rate: f64, burst: u32, now: Instant) -> Duration {
+        let burst = f64::from(burst.max(1));
+        let buckets = self.buckets.lock();
+        let Some(bucket) = buckets.get(key) else {
+            return Duration::ZERO;
+        };
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        let tokens = (bucket.tokens + elapsed * rate).min(burst);
+        if tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - tokens) / rate)
+        }
+    }
+
     /// Takes one token from `key`'s bucket, or says how long until one is available.
     pub fn take(&self, key: &K, rate: f64, burst: u32, now: Instant) -> Result<(), Duration> {
         let burst = f64::from(burst.max(1));

@@ -121,23 +121,33 @@ impl Service {
         presented: Option<&str>,
         peer: Option<IpAddr>,
     ) -> Result<Arc<Identity>, ApiError> {
+        if let Some(identity) = self.auth.authenticate_cached(presented) {
+            return Ok(identity);
+        }
+        // A client over its budget of failed attempts is refused before any lookup, so a flood of
+        // random keys costs neither store queries nor audit rows.
+        let now = Instant::now();
+        if let Some(ip) = peer {
+            let wait = self
+                .failures
+                .wait(&ip, AUTH_FAILURES_PER_SECOND, AUTH_FAILURE_BURST, now);
+            if !wait.is_zero() {
+                self.metrics.auth_failures.inc();
+                return Err(ApiError {
+                    code: Code::ResourceExhausted,
+                    message: "too many failed authentications from this address".into(),
+                    retry_after: Some(wait),
+                });
+            }
+        }
         match self.auth.authenticate(presented) {
             Ok(identity) => Ok(identity),
             Err(_) => {
                 self.metrics.auth_failures.inc();
-                if let Some(ip) = peer
-                    && let Err(wait) = self.failures.take(
-                        &ip,
-                        AUTH_FAILURES_PER_SECOND,
-                        AUTH_FAILURE_BURST,
-                        Instant::now(),
-                    )
-                {
-                    return Err(ApiError {
-                        code: Code::ResourceExhausted,
-                        message: "too many failed authentications from this address".into(),
-                        retry_after: Some(wait),
-                    });
+                if let Some(ip) = peer {
+                    let _ =
+                        self.failures
+                            .take(&ip, AUTH_FAILURES_PER_SECOND, AUTH_FAILURE_BURST, now);
                 }
                 // The key id of a well-formed key helps an operator; the secret never appears.
                 let key_id = presented

@@ -225,12 +225,8 @@ impl<S: KeyStore> Authenticator<S> {
         let key_id = key_id_of(presented).ok_or(AuthError::Unauthenticated)?;
         let index = (self.hash)(self.seed, presented);
         let digest = self.pepper.digest(presented);
-        if let Some(hit) = self.cache.lock().get(&index) {
-            // The index is not a security hash: only an equal digest, compared in constant time,
-            // confirms the hit. A collision falls through to the store.
-            if bool::from(hit.digest.ct_eq(&digest)) {
-                return Ok(hit.identity.clone());
-            }
+        if let Some(identity) = self.lookup_cache(index, &digest) {
+            return Ok(identity);
         }
         let record = self.store.find(key_id).ok_or(AuthError::Unauthenticated)?;
         if record.is_revoked || !bool::from(record.digest.ct_eq(&digest)) {
@@ -250,6 +246,24 @@ impl<S: KeyStore> Authenticator<S> {
             },
         );
         Ok(identity)
+    }
+
+    /// The identity of a presented key if the cache confirms it, without asking the store. The
+    /// service asks this first, so a client that is being throttled for failed attempts still gets
+    /// through with a key it has used before.
+    pub fn authenticate_cached(&self, presented: Option<&str>) -> Option<Arc<Identity>> {
+        let presented = presented?;
+        key_id_of(presented)?;
+        let index = (self.hash)(self.seed, presented);
+        self.lookup_cache(index, &self.pepper.digest(presented))
+    }
+
+    fn lookup_cache(&self, index: u64, digest: &[u8; 32]) -> Option<Arc<Identity>> {
+        let mut cache = self.cache.lock();
+        let hit = cache.get(&index)?;
+        // The index is not a security hash: only an equal digest, compared in constant time,
+        // confirms the hit. A collision falls through to the store.
+        bool::from(hit.digest.ct_eq(digest)).then(|| hit.identity.clone())
     }
 
     /// Drops every cached entry of `key_id`. Call it after the store marks the key revoked (or its

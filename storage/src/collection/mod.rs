@@ -48,6 +48,23 @@ use crate::sealed::{FileKind, SealedFile};
 use crate::wal::{self, Op, WalWriter};
 use crate::{Error, Result};
 
+/// Largest squared length of a stored or query vector under `l2` and `dot`. With both vectors
+/// within it, `|a - b|^2 <= 2|a|^2 + 2|b|^2` and `|a . b| <= |a||b|` stay below `f32::MAX`, so no
+/// distance overflows to infinity (cosine normalises vectors, so it needs no bound).
+pub const MAX_SQUARED_NORM: f64 = f32::MAX as f64 / 4.0;
+
+/// Refuses a vector whose distances to other admissible vectors could overflow f32.
+pub fn check_norm(vector: &[f32]) -> Result<()> {
+    let squared: f64 = vector.iter().map(|x| f64::from(*x) * f64::from(*x)).sum();
+    if squared > MAX_SQUARED_NORM {
+        return Err(Error::invalid(format!(
+            "vector is too long: its squared length {squared:.3e} exceeds {MAX_SQUARED_NORM:.3e}, \
+             beyond which distances overflow 32-bit floats"
+        )));
+    }
+    Ok(())
+}
+
 /// A sealed segment with at least this fraction of its points deleted is compacted.
 pub const COMPACT_DELETED_FRACTION: f64 = 0.3;
 
@@ -843,6 +860,9 @@ impl Inner {
         }
         if let Some(position) = vector.iter().position(|x| !x.is_finite()) {
             return Err(Error::NonFiniteVector { position });
+        }
+        if self.config.metric != Metric::Cosine {
+            check_norm(&vector)?;
         }
         if self.config.metric == Metric::Cosine {
             let norm = vector

@@ -1283,3 +1283,56 @@ fn a_tenant_that_is_loading_does_not_hold_up_the_others() {
     );
     assert_eq!(loading.join().unwrap().unwrap(), 1);
 }
+
+#[test]
+fn vectors_whose_distances_would_overflow_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["a"]);
+    let engine = engine(dir.path(), &keys, limits());
+    let t = tenant("a");
+    for metric in [Metric::L2, Metric::Dot] {
+        let c = engine
+            .create_collection(
+                &t,
+                &name(&format!("{metric:?}").to_lowercase()),
+                CollectionConfig::new(2, metric),
+            )
+            .unwrap();
+        let point = |id, vector: Vec<f32>| PointInput {
+            id: PointId::Num(id),
+            vector,
+            payload: None,
+        };
+        // Finite, but |a - b|^2 and a . b overflow f32 (found by the Python client tests).
+        let err = c.upsert(vec![point(1, vec![3e38, -3e38])]).unwrap_err();
+        assert!(
+            err.is_user_error() && err.to_string().contains("too long"),
+            "{err}"
+        );
+        // The largest admissible vectors give finite distances to each other.
+        let edge = (crate::collection::MAX_SQUARED_NORM / 2.0).sqrt() as f32 * 0.999;
+        c.upsert(vec![
+            point(1, vec![edge, edge]),
+            point(2, vec![-edge, -edge]),
+            point(3, vec![1.0, 2.0]),
+        ])
+        .unwrap();
+        let query = |vector: Vec<f32>| SearchRequest {
+            vector,
+            top_k: 3,
+            ..Default::default()
+        };
+        assert!(
+            c.search(&query(vec![-3e38, 3e38]))
+                .unwrap_err()
+                .to_string()
+                .contains("too long")
+        );
+        let hits = c.search(&query(vec![-edge, -edge])).unwrap();
+        assert_eq!(hits.len(), 3);
+        assert!(
+            hits.iter().all(|h| h.distance.is_finite()),
+            "{metric:?}: {hits:?}"
+        );
+    }
+}

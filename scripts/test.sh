@@ -17,6 +17,8 @@ if grep -rnE 'partial_cmp\([^)]*\)\.unwrap\(\)' --include='*.rs' storage/src; th
 fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
+# The Python client tests (tests/it/python.rs) run in this venv.
+bash scripts/py-env.sh
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 # Doc tests are not run by nextest.
 cargo test --workspace --doc --locked

@@ -40,8 +40,8 @@ impl Grpc {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|v| v.trim().to_owned());
+            .and_then(crate::api::bearer_token)
+            .map(str::to_owned);
         let size = request.get_ref().encoded_len();
         let mut tenant = String::new();
         let mut key_id = String::new();

@@ -163,8 +163,9 @@ Try, once the server runs:
          -d '{{"points":[{{"id":1,"vector":[1,0,0],"payload":{{"color":"red"}}}},{{"id":2,"vector":[0,1,0]}}]}}'
     curl -s -X POST http://127.0.0.1:{http}/v1/collections/docs/points/search -H "authorization: Bearer $VV_KEY" \
          -H 'content-type: application/json' -d '{{"vector":[0.9,0.1,0],"top_k":2,"with_payload":true}}'
-    grpcurl -plaintext -H "authorization: Bearer $VV_KEY" -d '{{"collection":"docs","vector":[0.9,0.1,0],"top_k":2}}' \
-         127.0.0.1:{grpc} vaultvec.v1.Points/Search    # with -import-path proto/proto -proto vaultvec/v1/vaultvec.proto
+    grpcurl -plaintext -import-path proto/proto -proto vaultvec/v1/vaultvec.proto \
+         -H "authorization: Bearer $VV_KEY" -d '{{"collection":"docs","vector":[0.9,0.1,0],"top_k":2}}' \
+         127.0.0.1:{grpc} vaultvec.v1.Points/Search
 
 Admin API: the token is in {dir}/secrets/admin.token, e.g.
     curl -s http://127.0.0.1:{http}/admin/v1/tenants -H "authorization: Bearer $(cat {dir}/secrets/admin.token)"

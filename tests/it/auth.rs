@@ -50,6 +50,16 @@ async fn bad_keys_are_indistinguishable_and_revocation_is_immediate() {
     assert_eq!(answers[0].0, 401);
     assert_eq!(answers[0].1["error"]["code"], "unauthenticated");
 
+    // The scheme name is case-insensitive (RFC 9110).
+    for scheme in ["bearer", "BEARER"] {
+        let response = reqwest::Client::new()
+            .get(cluster.url("/v1/collections/c"))
+            .header("authorization", format!("{scheme} {key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{scheme}");
+    }
     // The key works (and is now cached); revoke it; the very next request fails, on both transports.
     assert_eq!(
         cluster

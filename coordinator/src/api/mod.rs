@@ -46,6 +46,12 @@ struct TenantState {
     placement: Option<Placement>,
 }
 
+/// The credential of an `authorization: Bearer <token>` value (the scheme is case-insensitive).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// The state both transports share.
 pub struct Service {
     pub(crate) store: Arc<Store>,

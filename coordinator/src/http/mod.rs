@@ -292,8 +292,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(crate::api::bearer_token)
 }
 
 pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {

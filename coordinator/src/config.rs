@@ -321,3 +321,32 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_unknown_keys_are_refused() {
+        let text = include_str!("../coordinator.example.toml");
+        let raw: RawConfig = toml::from_str(text).expect("the example parses");
+        assert_eq!(raw.default_tier, "free");
+        assert!(raw.tiers.contains_key("pro"));
+        let bad = format!("{text}\nlisten_everywhere = true\n");
+        let err = toml::from_str::<RawConfig>(&bad).unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn secret_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "x".repeat(40)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_secret(&path).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secret(&path).unwrap().len(), 40);
+    }
+}

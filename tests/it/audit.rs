@@ -85,6 +85,10 @@ async fn every_admin_operation_is_in_the_chain_and_tampering_is_detected() {
             .0,
         401
     );
+    let (s, _) = cluster
+        .http("GET", "/admin/v1/tenants", Some("not-the-admin-token"), None)
+        .await;
+    assert_eq!(s, 401);
 
     let (s, export) = cluster.admin("GET", "/admin/v1/audit/audited", None).await;
     assert_eq!(s, 200);
@@ -126,6 +130,10 @@ async fn every_admin_operation_is_in_the_chain_and_tampering_is_detected() {
         platform_actions
             .iter()
             .any(|a| a == &format!("auth.failure {key_id} denied")),
+        "{platform_actions:#?}"
+    );
+    assert!(
+        platform_actions.iter().any(|a| a == "auth.failure admin denied"),
         "{platform_actions:#?}"
     );
     assert!(

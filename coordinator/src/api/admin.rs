@@ -134,12 +134,17 @@ pub fn parse_scopes(names: &[String]) -> Result<Scopes, ApiError> {
 
 impl Service {
     /// Checks the admin token in constant time. API keys are never admin tokens.
-    pub fn check_admin(&self, presented: Option<&str>) -> Result<(), ApiError> {
+    pub fn check_admin(
+        &self,
+        presented: Option<&str>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<(), ApiError> {
+        self.check_failure_budget(peer)?;
         let presented = presented.unwrap_or("").as_bytes();
         if bool::from(presented.ct_eq(self.admin_token.as_bytes())) {
             Ok(())
         } else {
-            self.metrics.auth_failures.inc();
+            self.record_auth_failure(peer, "admin");
             Err(ApiError::unauthenticated())
         }
     }

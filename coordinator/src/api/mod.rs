@@ -132,11 +132,31 @@ impl Service {
         }
         // A client over its budget of failed attempts is refused before any lookup, so a flood of
         // random keys costs neither store queries nor audit rows.
-        let now = Instant::now();
+        self.check_failure_budget(peer)?;
+        match self.auth.authenticate(presented) {
+            Ok(identity) => Ok(identity),
+            Err(_) => {
+                // The key id of a well-formed key helps an operator; the secret never appears.
+                let key_id = presented
+                    .and_then(|k| k.strip_prefix("vv_"))
+                    .and_then(|k| k.get(..crate::auth::KEY_ID_LEN))
+                    .filter(|id| id.bytes().all(|b| b.is_ascii_alphanumeric()))
+                    .unwrap_or("");
+                self.record_auth_failure(peer, key_id);
+                Err(ApiError::unauthenticated())
+            }
+        }
+    }
+
+    /// Refuses a client whose budget of failed authentications is spent.
+    pub(crate) fn check_failure_budget(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
         if let Some(ip) = peer {
-            let wait = self
-                .failures
-                .wait(&ip, AUTH_FAILURES_PER_SECOND, AUTH_FAILURE_BURST, now);
+            let wait = self.failures.wait(
+                &ip,
+                AUTH_FAILURES_PER_SECOND,
+                AUTH_FAILURE_BURST,
+                Instant::now(),
+            );
             if !wait.is_zero() {
                 self.metrics.auth_failures.inc();
                 return Err(ApiError {
@@ -146,32 +166,28 @@ impl Service {
                 });
             }
         }
-        match self.auth.authenticate(presented) {
-            Ok(identity) => Ok(identity),
-            Err(_) => {
-                self.metrics.auth_failures.inc();
-                if let Some(ip) = peer {
-                    let _ =
-                        self.failures
-                            .take(&ip, AUTH_FAILURES_PER_SECOND, AUTH_FAILURE_BURST, now);
-                }
-                // The key id of a well-formed key helps an operator; the secret never appears.
-                let key_id = presented
-                    .and_then(|k| k.strip_prefix("vv_"))
-                    .and_then(|k| k.get(..crate::auth::KEY_ID_LEN))
-                    .filter(|id| id.bytes().all(|b| b.is_ascii_alphanumeric()))
-                    .unwrap_or("");
-                self.audit(
-                    "platform",
-                    &peer.map_or("unknown".into(), |ip| format!("peer:{ip}")),
-                    "auth.failure",
-                    key_id,
-                    "denied",
-                    serde_json::json!({}),
-                );
-                Err(ApiError::unauthenticated())
-            }
+        Ok(())
+    }
+
+    /// Spends one failure from the client's budget and writes the audit row (platform chain).
+    pub(crate) fn record_auth_failure(&self, peer: Option<IpAddr>, resource: &str) {
+        self.metrics.auth_failures.inc();
+        if let Some(ip) = peer {
+            let _ = self.failures.take(
+                &ip,
+                AUTH_FAILURES_PER_SECOND,
+                AUTH_FAILURE_BURST,
+                Instant::now(),
+            );
         }
+        self.audit(
+            "platform",
+            &peer.map_or("unknown".into(), |ip| format!("peer:{ip}")),
+            "auth.failure",
+            resource,
+            "denied",
+            serde_json::json!({}),
+        );
     }
 
     /// Writes an audit row, logging (not failing) if it cannot: for events that are not themselves

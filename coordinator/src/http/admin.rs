@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, post, put};
@@ -59,6 +61,7 @@ fn json<T: serde::Serialize>(value: T) -> Result<Value, ApiError> {
 async fn admin<D, F, Fut>(
     service: Svc,
     endpoint: &'static str,
+    peer: SocketAddr,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     f: F,
@@ -70,7 +73,7 @@ where
 {
     let started = Instant::now();
     let result = async {
-        service.check_admin(bearer(&headers))?;
+        service.check_admin(bearer(&headers), Some(peer.ip()))?;
         let body = body.map_err(body_error)?;
         let args = parse_json(&body)?;
         f(service.clone(), args).await
@@ -111,19 +114,25 @@ struct NewKey {
 
 async fn create_tenant(
     State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
-    admin(s, "admin_create_tenant", h, b, |s, a: NewTenant| async move {
+    admin(s, "admin_create_tenant", peer, h, b, |s, a: NewTenant| async move {
         Ok(tenant_json(s.create_tenant(&a.id, a.tier.as_deref())?))
     })
     .await
 }
 
-async fn list_tenants(State(s): State<Svc>, h: HeaderMap) -> Response {
+async fn list_tenants(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+) -> Response {
     admin(
         s,
         "admin_list_tenants",
+        peer,
         h,
         no_body(),
         |s, _: NoArgs| async move {
@@ -134,10 +143,16 @@ async fn list_tenants(State(s): State<Svc>, h: HeaderMap) -> Response {
     .await
 }
 
-async fn get_tenant(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
+async fn get_tenant(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
     admin(
         s,
         "admin_get_tenant",
+        peer,
         h,
         no_body(),
         |s, _: NoArgs| async move {
@@ -154,10 +169,16 @@ async fn get_tenant(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<Strin
     .await
 }
 
-async fn delete_tenant(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
+async fn delete_tenant(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
     admin(
         s,
         "admin_delete_tenant",
+        peer,
         h,
         no_body(),
         |s, _: NoArgs| async move { json(s.delete_tenant(&tenant).await?) },
@@ -167,45 +188,84 @@ async fn delete_tenant(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<St
 
 async fn set_tier(
     State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
     Path(tenant): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
-    admin(s, "admin_set_tier", h, b, |s, a: TierArgs| async move {
-        Ok(tenant_json(s.set_tier(&tenant, &a.tier)?))
-    })
+    admin(
+        s,
+        "admin_set_tier",
+        peer,
+        h,
+        b,
+        |s, a: TierArgs| async move { Ok(tenant_json(s.set_tier(&tenant, &a.tier)?)) },
+    )
     .await
 }
 
-async fn pause(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
-    admin(s, "admin_pause", h, no_body(), |s, _: NoArgs| async move {
-        Ok(tenant_json(s.pause(&tenant).await?))
-    })
+async fn pause(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
+    admin(
+        s,
+        "admin_pause",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move { Ok(tenant_json(s.pause(&tenant).await?)) },
+    )
     .await
 }
 
-async fn resume(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
-    admin(s, "admin_resume", h, no_body(), |s, _: NoArgs| async move {
-        Ok(tenant_json(s.resume(&tenant)?))
-    })
+async fn resume(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
+    admin(
+        s,
+        "admin_resume",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move { Ok(tenant_json(s.resume(&tenant)?)) },
+    )
     .await
 }
 
 async fn issue_key(
     State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
     Path(tenant): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
-    admin(s, "admin_issue_key", h, b, |s, a: NewKey| async move {
-        let scopes = parse_scopes(&a.scopes)?;
-        json(s.issue_key(&tenant, scopes, a.collections, &a.label)?)
-    })
+    admin(
+        s,
+        "admin_issue_key",
+        peer,
+        h,
+        b,
+        |s, a: NewKey| async move {
+            let scopes = parse_scopes(&a.scopes)?;
+            json(s.issue_key(&tenant, scopes, a.collections, &a.label)?)
+        },
+    )
     .await
 }
 
-async fn list_keys(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
-    admin(s, "admin_list_keys", h, no_body(), |s, _: NoArgs| async move {
+async fn list_keys(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
+    admin(s, "admin_list_keys", peer, h, no_body(), |s, _: NoArgs| async move {
         Ok(serde_json::json!({ "keys": json(s.list_keys(&tenant)?)? }))
     })
     .await
@@ -213,12 +273,14 @@ async fn list_keys(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String
 
 async fn revoke_key(
     State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
     Path((tenant, key_id)): Path<(String, String)>,
 ) -> Response {
     admin(
         s,
         "admin_revoke_key",
+        peer,
         h,
         no_body(),
         |s, _: NoArgs| async move { json(s.revoke_key(&tenant, &key_id)?) },
@@ -226,10 +288,16 @@ async fn revoke_key(
     .await
 }
 
-async fn rotate_kek(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
+async fn rotate_kek(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
     admin(
         s,
         "admin_rotate_kek",
+        peer,
         h,
         no_body(),
         |s, _: NoArgs| async move { json(s.rotate_kek(&tenant).await?) },
@@ -237,10 +305,16 @@ async fn rotate_kek(State(s): State<Svc>, h: HeaderMap, Path(tenant): Path<Strin
     .await
 }
 
-async fn export_audit(State(s): State<Svc>, h: HeaderMap, Path(chain): Path<String>) -> Response {
+async fn export_audit(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(chain): Path<String>,
+) -> Response {
     admin(
         s,
         "admin_export_audit",
+        peer,
         h,
         no_body(),
         |s, _: NoArgs| async move { json(s.export_chain(&chain)?) },
@@ -248,10 +322,16 @@ async fn export_audit(State(s): State<Svc>, h: HeaderMap, Path(chain): Path<Stri
     .await
 }
 
-async fn verify_audit(State(s): State<Svc>, h: HeaderMap, Path(chain): Path<String>) -> Response {
+async fn verify_audit(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(chain): Path<String>,
+) -> Response {
     admin(
         s,
         "admin_verify_audit",
+        peer,
         h,
         no_body(),
         |s, _: NoArgs| async move {
@@ -264,10 +344,15 @@ async fn verify_audit(State(s): State<Svc>, h: HeaderMap, Path(chain): Path<Stri
     .await
 }
 
-async fn workers(State(s): State<Svc>, h: HeaderMap) -> Response {
+async fn workers(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+) -> Response {
     admin(
         s,
         "admin_workers",
+        peer,
         h,
         no_body(),
         |s, _: NoArgs| async move {
@@ -287,8 +372,12 @@ async fn workers(State(s): State<Svc>, h: HeaderMap) -> Response {
     .await
 }
 
-async fn placements(State(s): State<Svc>, h: HeaderMap) -> Response {
-    admin(s, "admin_placements", h, no_body(), |s, _: NoArgs| async move {
+async fn placements(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+) -> Response {
+    admin(s, "admin_placements", peer, h, no_body(), |s, _: NoArgs| async move {
         let placements: Vec<Value> = s
             .placements()?
             .into_iter()

@@ -86,7 +86,12 @@ async fn every_admin_operation_is_in_the_chain_and_tampering_is_detected() {
         401
     );
     let (s, _) = cluster
-        .http("GET", "/admin/v1/tenants", Some("not-the-admin-token"), None)
+        .http(
+            "GET",
+            "/admin/v1/tenants",
+            Some("not-the-admin-token"),
+            None,
+        )
         .await;
     assert_eq!(s, 401);
 
@@ -133,7 +138,9 @@ async fn every_admin_operation_is_in_the_chain_and_tampering_is_detected() {
         "{platform_actions:#?}"
     );
     assert!(
-        platform_actions.iter().any(|a| a == "auth.failure admin denied"),
+        platform_actions
+            .iter()
+            .any(|a| a == "auth.failure admin denied"),
         "{platform_actions:#?}"
     );
     assert!(

@@ -141,3 +141,81 @@ async fn the_key_service_answers_only_for_tenants_assigned_to_the_asker() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_answers_busy_at_once_instead_of_queueing() {
+    let cluster =
+        Cluster::start_without_workers(1, |config| config.max_in_flight_per_worker = 1).await;
+    // A fake worker that acknowledges assignments but never answers a tenant request.
+    let mut ws = dial(
+        &cluster,
+        "worker-0",
+        "worker-token-0-0123456789abcdefghijklmnop",
+    )
+    .await
+    .expect("valid token");
+    let hello = cluster::Hello {
+        worker_id: "worker-0".into(),
+        version: "test".into(),
+        memory_budget_bytes: 1 << 20,
+        max_in_flight: 1,
+    };
+    ws.send(frame(0, cluster::envelope::Body::Hello(hello)))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap();
+    cluster.hub().wait_for_worker("worker-0").await;
+    let silent = tokio::spawn(async move {
+        let mut parked = 0;
+        while let Some(Ok(message)) = ws.next().await {
+            let Ok(env) = cluster::Envelope::decode(message.into_data().as_ref()) else {
+                continue;
+            };
+            match env.body {
+                Some(cluster::envelope::Body::AssignTenant(_)) => {
+                    ws.send(frame(
+                        env.request_id,
+                        cluster::envelope::Body::Ack(cluster::Ack {}),
+                    ))
+                    .await
+                    .unwrap();
+                }
+                Some(cluster::envelope::Body::TenantRequest(_)) => parked += 1,
+                _ => {}
+            }
+        }
+        parked
+    });
+    let key = cluster.tenant("busy", None).await;
+    let first = {
+        let url = cluster.url("/v1/collections");
+        let key = key.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+        })
+    };
+    // Wait until the first request holds the only slot, then a second one is refused at once.
+    let conn = cluster.hub().worker("worker-0").unwrap();
+    while conn.in_flight(1) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let (s, v) = cluster
+        .http("GET", "/v1/collections", Some(&key), None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("busy"),
+        "{v}"
+    );
+    first.abort();
+    cluster.shutdown().await;
+    assert!(silent.await.unwrap() >= 1);
+}

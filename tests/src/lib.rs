@@ -64,6 +64,7 @@ pub struct Cluster {
     hub: Arc<Hub>,
     workers: Vec<Option<RunningWorker>>,
     client: reqwest::Client,
+    tweak: fn(&mut Config),
 }
 
 fn worker_ids(n: usize) -> Vec<(String, String)> {
@@ -76,6 +77,7 @@ async fn start_coordinator(
     dir: &Path,
     n_workers: usize,
     addrs: Option<coordinator::config::Listen>,
+    tweak: fn(&mut Config),
 ) -> (
     coordinator::config::Listen,
     CancellationToken,
@@ -85,7 +87,8 @@ async fn start_coordinator(
 ) {
     let ids = worker_ids(n_workers);
     let creds: Vec<(&str, &str)> = ids.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let config = Config::for_tests(&dir.join("coordinator"), &creds);
+    let mut config = Config::for_tests(&dir.join("coordinator"), &creds);
+    tweak(&mut config);
     let listeners = match addrs {
         // A restart binds the same ports, so workers reconnect to the address they know.
         Some(addrs) => coordinator::Listeners::bind(&addrs)
@@ -115,12 +118,18 @@ impl Cluster {
     }
 
     async fn start_empty(n_workers: usize) -> Cluster {
+        Cluster::start_without_workers(n_workers, |_| {}).await
+    }
+
+    /// A coordinator admitting `n_workers` worker ids, none started, its test config changed by
+    /// `tweak` (also on restarts). Tests connect their own fake workers or call `start_worker`.
+    pub async fn start_without_workers(n_workers: usize, tweak: fn(&mut Config)) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("vaultvec-it-")
             .tempdir()
             .expect("creating the test dir");
         let (addrs, coordinator_stop, task, service, hub) =
-            start_coordinator(dir.path(), n_workers, None).await;
+            start_coordinator(dir.path(), n_workers, None, tweak).await;
         Cluster {
             dir,
             http: addrs.http,
@@ -133,6 +142,7 @@ impl Cluster {
             hub,
             workers: (0..n_workers).map(|_| None).collect(),
             client: reqwest::Client::new(),
+            tweak,
         }
     }
 
@@ -271,7 +281,7 @@ impl Cluster {
             metrics: self.metrics,
         };
         let (_, stop, task, service, hub) =
-            start_coordinator(self.dir.path(), self.workers.len(), Some(addrs)).await;
+            start_coordinator(self.dir.path(), self.workers.len(), Some(addrs), self.tweak).await;
         self.coordinator_stop = stop;
         self.coordinator_task = Some(task);
         self.service = service;

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -75,6 +76,13 @@ struct RawWorker {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawClusterTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     data_dir: PathBuf,
     listen: RawListen,
@@ -89,6 +97,7 @@ struct RawConfig {
     max_in_flight_per_worker: usize,
     #[serde(default = "default_heartbeat_timeout")]
     heartbeat_timeout_secs: u64,
+    cluster_tls: Option<RawClusterTls>,
 }
 
 fn default_request_timeout() -> u64 {
@@ -134,6 +143,77 @@ pub struct Listen {
     pub metrics: SocketAddr,
 }
 
+/// TLS on the cluster listener: the certificate chain and private key the coordinator presents to
+/// workers dialing `wss://`. Workers are not asked for certificates; they authenticate with their
+/// token inside the upgrade, as over plain `ws://`.
+#[derive(Clone)]
+pub struct ClusterTls {
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl ClusterTls {
+    /// Reads the PEM certificate chain (leaf first) and the PEM private key (PKCS#8, PKCS#1 or
+    /// SEC1). The key file is a secret: mode 0600 or stricter, like every other secret file.
+    pub fn load(cert_file: &Path, key_file: &Path) -> anyhow::Result<ClusterTls> {
+        let chain = std::fs::read(cert_file)
+            .with_context(|| format!("reading cluster_tls.cert_file {}", cert_file.display()))?;
+        let key = read_secret(key_file).context("cluster_tls.key_file")?;
+        ClusterTls::parse(
+            &chain,
+            &key,
+            &cert_file.display().to_string(),
+            &key_file.display().to_string(),
+        )
+    }
+
+    /// As [`ClusterTls::load`], from PEM text in memory (tests make theirs at run time).
+    pub fn from_pem(cert_chain_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<ClusterTls> {
+        ClusterTls::parse(
+            cert_chain_pem,
+            key_pem,
+            "the certificate",
+            "the private key",
+        )
+    }
+
+    fn parse(
+        chain: &[u8],
+        key: &[u8],
+        cert_name: &str,
+        key_name: &str,
+    ) -> anyhow::Result<ClusterTls> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(chain)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{cert_name} is not a PEM certificate chain"))?;
+        if chain.is_empty() {
+            bail!("{cert_name} holds no PEM CERTIFICATE block");
+        }
+        // The parser's own message could quote the key's text, so it is left out.
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| {
+            anyhow::anyhow!(
+                "{key_name} is not a PEM private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
+            )
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .with_context(|| format!("{key_name} does not fit {cert_name}"))?;
+        Ok(ClusterTls {
+            server: Arc::new(server),
+        })
+    }
+
+    /// The rustls server configuration: the ring provider, TLS 1.2 and 1.3, no client certificates.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server.clone()
+    }
+}
+
 /// The validated configuration.
 pub struct Config {
     /// Where SQLite and the tenant KEKs live.
@@ -154,6 +234,8 @@ pub struct Config {
     pub max_in_flight_per_worker: usize,
     /// A worker silent for this long is disconnected.
     pub heartbeat_timeout: Duration,
+    /// TLS on the cluster listener (`[cluster_tls]`); `None` serves plain `ws://`.
+    pub cluster_tls: Option<ClusterTls>,
 }
 
 /// Reads a secret file, refusing one that others may read.
@@ -221,6 +303,10 @@ impl Config {
             }
             workers.push(WorkerCredential { id: w.id, token });
         }
+        let cluster_tls = match &raw.cluster_tls {
+            Some(tls) => Some(ClusterTls::load(&at(&tls.cert_file), &at(&tls.key_file))?),
+            None => None,
+        };
         let config = Config {
             data_dir: at(&raw.data_dir),
             listen: Listen {
@@ -236,6 +322,7 @@ impl Config {
             request_timeout: Duration::from_secs(raw.request_timeout_secs.max(1)),
             max_in_flight_per_worker: raw.max_in_flight_per_worker.max(1),
             heartbeat_timeout: Duration::from_secs(raw.heartbeat_timeout_secs.max(1)),
+            cluster_tls,
         };
         config.validate()?;
         Ok(config)
@@ -263,7 +350,8 @@ impl Config {
     }
 
     /// A configuration for tests: generated secrets in `dir`, two tiers (`free`, small, and `pro`,
-    /// roomy), loopback addresses (unused: tests hand in their own listeners).
+    /// roomy), loopback addresses (unused: tests hand in their own listeners), no cluster TLS (set
+    /// [`Config::cluster_tls`] to turn it on).
     pub fn for_tests(dir: &Path, workers: &[(&str, &str)]) -> Config {
         std::fs::create_dir_all(dir).expect("creating the test data dir");
         storage::crypto::LocalKeyFile::open_or_generate(&dir.join("root.key"))
@@ -318,35 +406,10 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             max_in_flight_per_worker: 256,
             heartbeat_timeout: Duration::from_secs(60),
+            cluster_tls: None,
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_example_config_parses_and_unknown_keys_are_refused() {
-        let text = include_str!("../coordinator.example.toml");
-        let raw: RawConfig = toml::from_str(text).expect("the example parses");
-        assert_eq!(raw.default_tier, "free");
-        assert!(raw.tiers.contains_key("pro"));
-        let bad = format!("{text}\nlisten_everywhere = true\n");
-        let err = toml::from_str::<RawConfig>(&bad).unwrap_err().to_string();
-        assert!(err.contains("unknown field"), "{err}");
-    }
-
-    #[test]
-    fn secret_files_readable_by_others_are_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s");
-        std::fs::write(&path, "x".repeat(40)).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read_secret(&path).unwrap_err().to_string();
-        assert!(err.contains("chmod 600"), "{err}");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_secret(&path).unwrap().len(), 40);
-    }
-}
+mod tests;

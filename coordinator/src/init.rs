@@ -75,6 +75,9 @@ admin_token_file = "secrets/admin.token"
 audit_key_file = "secrets/audit.key"
 root_key_file = "secrets/root.key"
 
+# Workers dial the cluster listener with plain ws:// on loopback. A worker on another host needs
+# TLS: a [cluster_tls] table with cert_file and key_file (see coordinator.example.toml) here, and
+# wss:// with ca_file in its own config.
 [[workers]]
 id = "worker-1"
 token_file = "secrets/worker-1.token"

@@ -111,13 +111,17 @@ impl Coordinator {
             .iter()
             .map(|w| (w.id.clone(), w.token.clone()))
             .collect();
-        let hub = Arc::new(Hub::new(
+        let mut hub = Hub::new(
             credentials,
             store.clone(),
             keys.clone(),
             config.max_in_flight_per_worker,
             config.heartbeat_timeout,
-        ));
+        );
+        if let Some(tls) = &config.cluster_tls {
+            hub = hub.with_tls(tls.server_config());
+        }
+        let hub = Arc::new(hub);
         let service = Arc::new(Service::new(api::Parts {
             store,
             pepper: config.secrets.pepper.clone(),
@@ -219,7 +223,7 @@ impl Coordinator {
                 .await;
         });
 
-        tracing::info!("coordinator serving");
+        tracing::info!(cluster_tls = hub.is_tls(), "coordinator serving");
         let mut failure = None;
         tokio::select! {
             _ = shutdown => {}

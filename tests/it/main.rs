@@ -9,4 +9,5 @@ mod recovery;
 mod routes;
 mod search;
 mod tenancy;
+mod tls;
 mod validation;

@@ -3,7 +3,8 @@
 //! [`Cluster::start`] binds every listener on `127.0.0.1:0` first and hands the bound listeners to
 //! the servers, so clients can connect at once; it waits for the workers' hellos through the hub's
 //! notification, never by sleeping. Each cluster lives in its own directory, kept when a test fails
-//! (see [`Cluster::dir`]).
+//! (see [`Cluster::dir`]). [`Cluster::start_tls`] puts TLS on the cluster listener, with a
+//! certificate from a CA made at run time ([`TestCa`]), and the workers dial `wss://`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,66 @@ use tokio_util::sync::CancellationToken;
 
 /// Admin token of every test cluster (see `coordinator::config::Config::for_tests`).
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghij";
+
+/// A certificate authority made at run time with rcgen, for TLS tests.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A new CA with its own key; `name` goes into its subject.
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    /// The CA's certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// Writes the CA's certificate to `path` (what a worker's `ca_file` names).
+    pub fn write_cert(&self, path: &Path) {
+        std::fs::write(path, self.cert_pem()).expect("writing the CA certificate");
+    }
+
+    /// A server certificate for `127.0.0.1` and `localhost` signed by this CA: (certificate PEM,
+    /// private key PEM).
+    pub fn server_cert(&self) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("server params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "vaultvec test coordinator");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("server certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// The TLS material of a cluster started with [`Cluster::start_tls`].
+struct ClusterTlsFiles {
+    cert_pem: String,
+    key_pem: String,
+    /// The CA certificate the workers trust.
+    ca_file: PathBuf,
+}
 
 fn worker_token(i: usize) -> String {
     format!("worker-token-{i}-0123456789abcdefghijklmnop")
@@ -65,6 +126,7 @@ pub struct Cluster {
     workers: Vec<Option<RunningWorker>>,
     client: reqwest::Client,
     tweak: fn(&mut Config),
+    tls: Option<ClusterTlsFiles>,
 }
 
 fn worker_ids(n: usize) -> Vec<(String, String)> {
@@ -78,6 +140,7 @@ async fn start_coordinator(
     n_workers: usize,
     addrs: Option<coordinator::config::Listen>,
     tweak: fn(&mut Config),
+    tls: Option<&ClusterTlsFiles>,
 ) -> (
     coordinator::config::Listen,
     CancellationToken,
@@ -88,6 +151,10 @@ async fn start_coordinator(
     let ids = worker_ids(n_workers);
     let creds: Vec<(&str, &str)> = ids.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let mut config = Config::for_tests(&dir.join("coordinator"), &creds);
+    config.cluster_tls = tls.map(|tls| {
+        coordinator::config::ClusterTls::from_pem(tls.cert_pem.as_bytes(), tls.key_pem.as_bytes())
+            .expect("the test certificate")
+    });
     tweak(&mut config);
     let listeners = match addrs {
         // A restart binds the same ports, so workers reconnect to the address they know.
@@ -117,19 +184,44 @@ impl Cluster {
         cluster
     }
 
+    /// As [`Cluster::start`], with TLS on the cluster listener: a certificate for 127.0.0.1 from a
+    /// CA made for this cluster, and workers dialing `wss://` with that CA as their `ca_file`.
+    pub async fn start_tls(n_workers: usize) -> Cluster {
+        let mut cluster = Cluster::start_empty_with(n_workers, true, |_| {}).await;
+        for i in 0..n_workers {
+            cluster.start_worker(i).await;
+        }
+        cluster
+    }
+
     async fn start_empty(n_workers: usize) -> Cluster {
-        Cluster::start_without_workers(n_workers, |_| {}).await
+        Cluster::start_empty_with(n_workers, false, |_| {}).await
     }
 
     /// A coordinator admitting `n_workers` worker ids, none started, its test config changed by
     /// `tweak` (also on restarts). Tests connect their own fake workers or call `start_worker`.
     pub async fn start_without_workers(n_workers: usize, tweak: fn(&mut Config)) -> Cluster {
+        Cluster::start_empty_with(n_workers, false, tweak).await
+    }
+
+    async fn start_empty_with(n_workers: usize, is_tls: bool, tweak: fn(&mut Config)) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("vaultvec-it-")
             .tempdir()
             .expect("creating the test dir");
+        let tls = is_tls.then(|| {
+            let ca = TestCa::new("vaultvec test cluster CA");
+            let (cert_pem, key_pem) = ca.server_cert();
+            let ca_file = dir.path().join("cluster-ca.pem");
+            ca.write_cert(&ca_file);
+            ClusterTlsFiles {
+                cert_pem,
+                key_pem,
+                ca_file,
+            }
+        });
         let (addrs, coordinator_stop, task, service, hub) =
-            start_coordinator(dir.path(), n_workers, None, tweak).await;
+            start_coordinator(dir.path(), n_workers, None, tweak, tls.as_ref()).await;
         Cluster {
             dir,
             http: addrs.http,
@@ -143,6 +235,7 @@ impl Cluster {
             workers: (0..n_workers).map(|_| None).collect(),
             client: reqwest::Client::new(),
             tweak,
+            tls,
         }
     }
 
@@ -181,12 +274,35 @@ impl Cluster {
         &self.hub
     }
 
+    /// The URL workers dial: `ws://` or, for [`Cluster::start_tls`], `wss://`.
+    pub fn worker_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}/v1/cluster", self.cluster)
+    }
+
+    /// The CA certificate file the workers trust, for [`Cluster::start_tls`].
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|tls| tls.ca_file.as_path())
+    }
+
+    /// The configuration worker `i` runs with (tests alter it to dial with other settings).
+    pub fn worker_config(&self, i: usize) -> worker::Config {
+        let id = format!("worker-{i}");
+        let mut config = worker::Config::for_tests(
+            &id,
+            &self.worker_url(),
+            &worker_token(i),
+            &self.worker_dir(i),
+        );
+        config.ca_file = self.ca_file().map(Path::to_owned);
+        config
+    }
+
     /// Starts worker `i` (again) on its data directory and waits for its hello.
     pub async fn start_worker(&mut self, i: usize) {
         assert!(self.workers[i].is_none(), "worker {i} is running");
         let id = format!("worker-{i}");
-        let url = format!("ws://{}/v1/cluster", self.cluster);
-        let config = worker::Config::for_tests(&id, &url, &worker_token(i), &self.worker_dir(i));
+        let config = self.worker_config(i);
         let stop = CancellationToken::new();
         let task = tokio::spawn(worker::serve(config, stop.clone().cancelled_owned()));
         self.workers[i] = Some(RunningWorker::Task { stop, task });
@@ -211,12 +327,15 @@ impl Cluster {
                 .expect("token file");
             std::io::Write::write_all(&mut file, worker_token(i).as_bytes()).expect("token");
         }
-        let config = format!(
-            "worker_id = \"{id}\"\ncoordinator_url = \"ws://{}/v1/cluster\"\ntoken_file = \"{}\"\ndata_dir = \"{}\"\n",
-            self.cluster,
+        let mut config = format!(
+            "worker_id = \"{id}\"\ncoordinator_url = \"{}\"\ntoken_file = \"{}\"\ndata_dir = \"{}\"\n",
+            self.worker_url(),
             token_file.display(),
             self.worker_dir(i).display()
         );
+        if let Some(ca_file) = self.ca_file() {
+            config.push_str(&format!("ca_file = \"{}\"\n", ca_file.display()));
+        }
         let config_file = dir.join("worker.toml");
         std::fs::write(&config_file, config).expect("worker config");
         let child = tokio::process::Command::new(binary("vaultvec-worker"))
@@ -280,8 +399,14 @@ impl Cluster {
             cluster: self.cluster,
             metrics: self.metrics,
         };
-        let (_, stop, task, service, hub) =
-            start_coordinator(self.dir.path(), self.workers.len(), Some(addrs), self.tweak).await;
+        let (_, stop, task, service, hub) = start_coordinator(
+            self.dir.path(),
+            self.workers.len(),
+            Some(addrs),
+            self.tweak,
+            self.tls.as_ref(),
+        )
+        .await;
         self.coordinator_stop = stop;
         self.coordinator_task = Some(task);
         self.service = service;

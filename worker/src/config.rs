@@ -1,11 +1,12 @@
 //! The worker's configuration: one TOML file, unknown keys refused, the token only as a file path.
 //!
-//! [`Config::load`] parses the raw file, reads the token file (mode 0600 or stricter) and validates
-//! every value. `worker/worker.example.toml` documents each key.
+//! [`Config::load`] parses the raw file, reads the token file (mode 0600 or stricter), validates
+//! every value and, for a `wss://` URL, loads the trusted roots (`ca_file` or the system's). `worker/worker.example.toml` documents each key.
 
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -17,8 +18,12 @@ use zeroize::Zeroizing;
 pub struct Config {
     /// This worker's id, as configured on the coordinator (sent in the upgrade and in `Hello`).
     pub worker_id: String,
-    /// The coordinator's cluster endpoint, `ws://host:port/v1/cluster`.
+    /// The coordinator's cluster endpoint, `ws://host:port/v1/cluster` or, when the coordinator's
+    /// cluster listener has TLS on, `wss://host:port/v1/cluster`.
     pub coordinator_url: String,
+    /// PEM bundle of the roots trusted for the coordinator's certificate (`wss://` only); `None`
+    /// trusts the platform's root store.
+    pub ca_file: Option<PathBuf>,
     /// The worker token sent as `authorization: Bearer <token>`. Zeroized on drop, never logged.
     pub token: Zeroizing<String>,
     /// Where the tenants' encrypted files live.
@@ -40,6 +45,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("worker_id", &self.worker_id)
             .field("coordinator_url", &self.coordinator_url)
+            .field("ca_file", &self.ca_file)
             .field("token", &"<redacted>")
             .field("data_dir", &self.data_dir)
             .field("memory_budget_bytes", &self.memory_budget_bytes)
@@ -107,6 +113,7 @@ struct RawLimits {
 struct RawConfig {
     worker_id: String,
     coordinator_url: String,
+    ca_file: Option<PathBuf>,
     token_file: PathBuf,
     data_dir: PathBuf,
     memory_budget_bytes: Option<u64>,
@@ -149,6 +156,7 @@ impl Config {
         let config = Config {
             worker_id: raw.worker_id,
             coordinator_url: raw.coordinator_url,
+            ca_file: raw.ca_file,
             token,
             data_dir: raw.data_dir,
             memory_budget_bytes: raw
@@ -166,7 +174,18 @@ impl Config {
             limits,
         };
         config.validate()?;
+        // Reads and checks the roots now, so a bad ca_file stops the worker at start.
+        config.tls_client_config()?;
         Ok(config)
+    }
+
+    /// The TLS client configuration for a `wss://` URL (`None` for `ws://`).
+    pub(crate) fn tls_client_config(&self) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+        if self.coordinator_url.starts_with("wss://") {
+            crate::tls::client_config(self.ca_file.as_deref()).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Checks every value; `serve` calls it too, so a hand-built `Config` is held to the same rules.
@@ -182,17 +201,19 @@ impl Config {
                 self.worker_id
             );
         }
-        if self.coordinator_url.starts_with("wss://") {
+        let is_tls = self.coordinator_url.starts_with("wss://");
+        if !is_tls && !self.coordinator_url.starts_with("ws://") {
             bail!(
-                "coordinator_url {:?}: wss:// is not supported by this build (tokio-tungstenite is \
-                 built without a TLS feature); use ws:// on a private network or a TLS-terminating \
-                 tunnel",
+                "coordinator_url {:?} must start with ws:// (plain, for loopback or a private \
+                 network) or wss:// (TLS, when the coordinator has [cluster_tls])",
                 self.coordinator_url
             );
         }
-        if !self.coordinator_url.starts_with("ws://") {
+        if !is_tls && let Some(ca_file) = &self.ca_file {
             bail!(
-                "coordinator_url {:?} must start with ws://",
+                "ca_file {} is set but coordinator_url {:?} is plain ws://; use wss:// or remove \
+                 ca_file",
+                ca_file.display(),
                 self.coordinator_url
             );
         }
@@ -230,7 +251,8 @@ impl Config {
         Ok(())
     }
 
-    /// A configuration for tests: small backoff and heartbeat interval, one index thread.
+    /// A configuration for tests: small backoff and heartbeat interval, one index thread, no
+    /// `ca_file`.
     pub fn for_tests(
         worker_id: &str,
         coordinator_url: &str,
@@ -240,6 +262,7 @@ impl Config {
         Config {
             worker_id: worker_id.to_owned(),
             coordinator_url: coordinator_url.to_owned(),
+            ca_file: None,
             token: Zeroizing::new(token.to_owned()),
             data_dir: data_dir.to_owned(),
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,

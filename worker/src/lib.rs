@@ -2,7 +2,7 @@
 //! storage engine.
 //!
 //! The entry point is [`serve`] with a [`Config`]. The worker never listens on a port: it dials
-//! `coordinator_url`, authenticates with its token in the upgrade request, says `Hello`, and then
+//! `coordinator_url` (`ws://`, or `wss://` with TLS), authenticates with its token in the upgrade request, says `Hello`, and then
 //! answers the coordinator's requests (`AssignTenant`, `ReleaseTenant`, `TenantRequest`) as the
 //! protocol in `proto/proto/vaultvec/cluster/v1/cluster.proto` spells out.
 //!
@@ -13,6 +13,7 @@
 //! - `op`: one tenant request against the engine, with the tenant quotas.
 //! - `convert`: wire types to storage types and back; bounds are checked before allocation.
 //! - `keys`: the key service as a client of the coordinator; the worker never holds a KEK.
+//! - `tls`: the rustls client configuration for `wss://` (ring provider; verification always on).
 //! - `tenant`: per-tenant gates, last use, and the memory budget.
 //! - `error`: the one error type and the one mapping to wire error codes.
 //!
@@ -33,7 +34,8 @@ mod op;
 mod replay;
 mod server;
 mod tenant;
+mod tls;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use server::{MAX_FRAME_BYTES, serve};
+pub use server::{MAX_FRAME_BYTES, check_connection, serve};

@@ -1,4 +1,5 @@
-//! `vaultvec-worker --config PATH [--log-json]`: runs `worker::serve` until SIGTERM or ctrl-c.
+//! `vaultvec-worker --config PATH [--log-json] [--check]`: runs `worker::serve` until SIGTERM or
+//! ctrl-c; with `--check`, dials the coordinator once and reports instead.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,10 @@ struct Args {
     /// Log JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Dial the coordinator once (TCP, TLS for wss://, the upgrade with the token), report the
+    /// outcome and exit, without serving.
+    #[arg(long)]
+    check: bool,
 }
 
 #[tokio::main]
@@ -30,6 +35,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = worker::Config::load(&args.config)
         .with_context(|| format!("loading config {}", args.config.display()))?;
+    if args.check {
+        worker::check_connection(&config)
+            .await
+            .with_context(|| format!("dialing {}", config.coordinator_url))?;
+        println!(
+            "ok: {} accepted worker {}",
+            config.coordinator_url, config.worker_id
+        );
+        return Ok(());
+    }
     worker::serve(config, shutdown_signal()).await
 }
 

@@ -1,16 +1,19 @@
-//! One worker connection: the upgrade with its token check, the hello, the reader loop that matches
-//! answers to waiting requests and serves the worker's key-service calls.
+//! One worker connection: the TLS handshake (when the listener has TLS on), the upgrade with its
+//! token check, the hello, the reader loop that matches answers to waiting requests and serves the
+//! worker's key-service calls.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use prost::Message as _;
 use proto::vaultvec::cluster::v1 as cluster;
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
@@ -23,6 +26,8 @@ use super::{Hub, MAX_FRAME_BYTES, WorkerConn, now_ms};
 const REPLAY_WINDOW: usize = 4096;
 /// Frames queued towards one worker before senders wait.
 const OUTBOX: usize = 1024;
+/// How long the TLS handshake and the upgrade request may take together.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn refuse(status: u16, reason: &str) -> ErrorResponse {
     let mut response = ErrorResponse::new(Some(reason.to_owned()));
@@ -90,8 +95,51 @@ impl Hub {
         Ok(worker)
     }
 
+    /// Audits a connection refused before the hello (`stage`: where it failed).
+    fn audit_denied(&self, peer: SocketAddr, stage: &str) {
+        if let Err(err) = self.store.audit(
+            "platform",
+            crate::audit::Draft {
+                time_ms: now_ms(),
+                actor: format!("peer:{peer}"),
+                action: "worker.connect".into(),
+                resource: "cluster".into(),
+                outcome: "denied".into(),
+                details: serde_json::json!({ "stage": stage }),
+            },
+        ) {
+            tracing::error!(error = %err, "audit write failed");
+        }
+    }
+
     pub(super) async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        let Some(acceptor) = self.tls.clone() else {
+            return self.serve_stream(stream, peer, deadline).await;
+        };
+        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => self.serve_stream(stream, peer, deadline).await,
+            Ok(Err(err)) => {
+                tracing::warn!(%peer, error = %err, "worker connection refused: TLS handshake failed");
+                self.audit_denied(peer, "tls");
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "worker connection refused: no TLS handshake in time");
+                self.audit_denied(peer, "tls");
+            }
+        }
+    }
+
+    /// The upgrade, the hello and the connection's life, over plain TCP or TLS.
+    async fn serve_stream<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        deadline: tokio::time::Instant,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let mut admitted: Option<String> = None;
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_BYTES))
@@ -105,29 +153,21 @@ impl Hub {
             }
             Err((status, reason)) => Err(refuse(status, reason)),
         };
-        let ws =
-            match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
-                .await
-            {
-                Ok(ws) => ws,
-                Err(err) => {
-                    tracing::warn!(%peer, error = %err, "worker connection refused");
-                    if let Err(err) = self.store.audit(
-                        "platform",
-                        crate::audit::Draft {
-                            time_ms: now_ms(),
-                            actor: format!("peer:{peer}"),
-                            action: "worker.connect".into(),
-                            resource: "cluster".into(),
-                            outcome: "denied".into(),
-                            details: serde_json::json!({}),
-                        },
-                    ) {
-                        tracing::error!(error = %err, "audit write failed");
-                    }
-                    return;
-                }
-            };
+        let upgrade =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
+        let ws = match tokio::time::timeout_at(deadline, upgrade).await {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(err)) => {
+                tracing::warn!(%peer, error = %err, "worker connection refused");
+                self.audit_denied(peer, "upgrade");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "worker connection refused: no upgrade request in time");
+                self.audit_denied(peer, "upgrade");
+                return;
+            }
+        };
         let Some(worker_id) = admitted else { return };
         let (mut sink, mut source) = ws.split();
 

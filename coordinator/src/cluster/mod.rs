@@ -2,7 +2,8 @@
 //! routed to them multiplexed by request id.
 //!
 //! **Invariant:** a worker is admitted only with the token configured for its id (compared in
-//! constant time). The key service answers a worker only for tenants assigned to it on its current
+//! constant time). With TLS on (`[cluster_tls]`), every connection completes a TLS handshake
+//! before its upgrade is read; the listener then speaks nothing else. The key service answers a worker only for tenants assigned to it on its current
 //! connection and in the current placement; every answer and every refusal is audited.
 //!
 //! **Boundary:** the protocol is the one spelled out at the top of `cluster.proto`.
@@ -83,6 +84,7 @@ pub struct Hub {
     max_in_flight: usize,
     heartbeat_timeout: Duration,
     changed: Notify,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Hub {
@@ -102,7 +104,19 @@ impl Hub {
             max_in_flight,
             heartbeat_timeout,
             changed: Notify::new(),
+            tls: None,
         }
+    }
+
+    /// Serves the cluster listener over TLS with this configuration (`wss://`).
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Hub {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
+    }
+
+    /// True if the cluster listener speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The connection of a worker, if it is connected.

@@ -61,6 +61,8 @@ fn unknown_keys_are_refused() {
     assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
     let err = Config::load(&write_config(dir.path(), "[limits]\nmax_k = 1\n")).unwrap_err();
     assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    let err = Config::load(&write_config(dir.path(), "ca_path = \"/ca.pem\"\n")).unwrap_err();
+    assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
 }
 
 #[test]
@@ -73,14 +75,87 @@ fn a_token_file_others_can_read_is_refused_with_the_fix() {
     assert!(!msg.contains("s3cret"), "{msg}");
 }
 
+/// A self-signed CA certificate, as PEM.
+fn ca_pem() -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().pem()
+}
+
+fn write_wss_config(dir: &Path, ca_file: &str) -> std::path::PathBuf {
+    let path = write_config(dir, &format!("ca_file = {ca_file:?}\n"));
+    let text = fs::read_to_string(&path)
+        .unwrap()
+        .replace("ws://127.0.0.1", "wss://127.0.0.1");
+    fs::write(&path, text).unwrap();
+    path
+}
+
 #[test]
-fn wss_and_bad_values_are_refused() {
+fn wss_with_a_ca_file_loads_its_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    write_token(dir.path(), 0o600);
+    let ca = dir.path().join("ca.pem");
+    fs::write(&ca, ca_pem() + &ca_pem()).unwrap();
+    let config = Config::load(&write_wss_config(dir.path(), ca.to_str().unwrap())).unwrap();
+    assert_eq!(config.coordinator_url, "wss://127.0.0.1:7001/v1/cluster");
+    assert_eq!(config.ca_file.as_deref(), Some(ca.as_path()));
+    assert!(config.tls_client_config().unwrap().is_some());
+    assert!(format!("{config:?}").contains("ca.pem"));
+}
+
+#[test]
+fn a_bad_or_missing_ca_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_token(dir.path(), 0o600);
+    let missing = dir.path().join("missing.pem");
+    let err = Config::load(&write_wss_config(dir.path(), missing.to_str().unwrap())).unwrap_err();
+    assert!(format!("{err:#}").contains("missing.pem"), "{err:#}");
+
+    let empty = dir.path().join("empty.pem");
+    fs::write(&empty, "no certificates here\n").unwrap();
+    let err = Config::load(&write_wss_config(dir.path(), empty.to_str().unwrap())).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("empty.pem") && msg.contains("no PEM CERTIFICATE"),
+        "{msg}"
+    );
+
+    let broken = dir.path().join("broken.pem");
+    fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let err = Config::load(&write_wss_config(dir.path(), broken.to_str().unwrap())).unwrap_err();
+    assert!(format!("{err:#}").contains("broken.pem"), "{err:#}");
+}
+
+#[test]
+fn a_ca_file_with_plain_ws_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_token(dir.path(), 0o600);
+    let ca = dir.path().join("ca.pem");
+    fs::write(&ca, ca_pem()).unwrap();
+    let path = write_config(dir.path(), &format!("ca_file = {ca:?}\n"));
+    let err = Config::load(&path).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("ca_file") && msg.contains("wss://"), "{msg}");
+}
+
+#[test]
+fn schemes_and_bad_values_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_tests("w", "ws://127.0.0.1:1/v1/cluster", "t", dir.path());
     config.validate().unwrap();
     config.coordinator_url = "wss://example.com/v1/cluster".into();
-    assert!(format!("{:#}", config.validate().unwrap_err()).contains("wss://"));
+    config.validate().unwrap();
     config.coordinator_url = "http://example.com".into();
+    let msg = format!("{:#}", config.validate().unwrap_err());
+    assert!(msg.contains("ws://") && msg.contains("wss://"), "{msg}");
+    config.coordinator_url = "ws://h/v1/cluster".into();
+    config.ca_file = Some("/ca.pem".into());
     assert!(config.validate().is_err());
     let mut config = Config::for_tests("bad id", "ws://h/v1/cluster", "t", dir.path());
     assert!(config.validate().is_err());

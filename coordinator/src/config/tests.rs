@@ -1,0 +1,169 @@
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::Config;
+
+fn write(dir: &Path, name: &str, contents: &str, mode: u32) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, contents).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// Secret files (0600) and a config naming them, plus `extra` at the end.
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let secret = "0123456789abcdef0123456789abcdef0123456789";
+    for name in ["pepper", "admin.token", "audit.key", "worker-a.token"] {
+        write(dir, name, secret, 0o600);
+    }
+    let text = format!(
+        r#"data_dir = "data"
+default_tier = "free"
+
+[listen]
+http = "127.0.0.1:7700"
+grpc = "127.0.0.1:7701"
+cluster = "127.0.0.1:7702"
+metrics = "127.0.0.1:7703"
+
+[secrets]
+pepper_file = "pepper"
+admin_token_file = "admin.token"
+audit_key_file = "audit.key"
+root_key_file = "root.key"
+
+[[workers]]
+id = "worker-a"
+token_file = "worker-a.token"
+
+[tiers.free]
+max_collections = 10
+max_points = 1000
+max_dim = 8
+requests_per_second = 10.0
+burst = 10
+max_body_bytes = 1024
+{extra}"#
+    );
+    write(dir, "coordinator.toml", &text, 0o600)
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, as PEM.
+fn cert_and_key() -> (String, String) {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    (made.cert.pem(), made.signing_key.serialize_pem())
+}
+
+const TLS_TABLE: &str =
+    "\n[cluster_tls]\ncert_file = \"cluster.crt\"\nkey_file = \"cluster.key\"\n";
+
+#[test]
+fn without_cluster_tls_the_listener_is_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::load(&write_config(dir.path(), "")).unwrap();
+    assert!(config.cluster_tls.is_none());
+    assert_eq!(config.workers.len(), 1);
+}
+
+#[test]
+fn cluster_tls_reads_the_certificate_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = cert_and_key();
+    write(dir.path(), "cluster.crt", &cert, 0o644);
+    write(dir.path(), "cluster.key", &key, 0o600);
+    let config = Config::load(&write_config(dir.path(), TLS_TABLE)).unwrap();
+    let tls = config.cluster_tls.expect("cluster_tls is set");
+    // The server configuration is built with the ring provider at load time.
+    assert!(tls.server_config().crypto_provider().cipher_suites.len() > 1);
+}
+
+#[test]
+fn a_key_file_others_can_read_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = cert_and_key();
+    write(dir.path(), "cluster.crt", &cert, 0o644);
+    write(dir.path(), "cluster.key", &key, 0o644);
+    let err = Config::load(&write_config(dir.path(), TLS_TABLE))
+        .err()
+        .unwrap();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("chmod 600"), "{msg}");
+    assert!(msg.contains("cluster.key"), "{msg}");
+    assert!(!msg.contains("PRIVATE KEY-----\n"), "{msg}");
+}
+
+#[test]
+fn unknown_and_missing_cluster_tls_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = cert_and_key();
+    write(dir.path(), "cluster.crt", &cert, 0o644);
+    write(dir.path(), "cluster.key", &key, 0o600);
+    let extra = format!("{TLS_TABLE}ca_file = \"ca.pem\"\n");
+    let err = Config::load(&write_config(dir.path(), &extra))
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    let extra = "\n[cluster_tls]\ncert_file = \"cluster.crt\"\n";
+    let err = Config::load(&write_config(dir.path(), extra))
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("key_file"), "{err:#}");
+}
+
+#[test]
+fn a_key_of_another_certificate_or_no_pem_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = cert_and_key();
+    let (_, other_key) = cert_and_key();
+    write(dir.path(), "cluster.crt", &cert, 0o644);
+    write(dir.path(), "cluster.key", &other_key, 0o600);
+    let err = Config::load(&write_config(dir.path(), TLS_TABLE))
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("does not fit"), "{err:#}");
+
+    write(dir.path(), "cluster.key", "not a key", 0o600);
+    let err = Config::load(&write_config(dir.path(), TLS_TABLE))
+        .err()
+        .unwrap();
+    assert!(
+        format!("{err:#}").contains("not a PEM private key"),
+        "{err:#}"
+    );
+
+    let (_, key) = cert_and_key();
+    write(dir.path(), "cluster.key", &key, 0o600);
+    write(dir.path(), "cluster.crt", "no certificate here\n", 0o644);
+    let err = Config::load(&write_config(dir.path(), TLS_TABLE))
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("no PEM CERTIFICATE"), "{err:#}");
+}
+
+#[test]
+fn the_example_config_parses_with_and_without_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    let example = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/coordinator.example.toml"
+    ))
+    .unwrap()
+    .replace("/etc/vaultvec/", "")
+    .replace("/var/lib/vaultvec/", "");
+    let path = write(dir.path(), "example.toml", &example, 0o600);
+    let config = Config::load(&path).unwrap();
+    assert!(config.cluster_tls.is_none());
+    assert_eq!(config.default_tier, "free");
+
+    let (cert, key) = cert_and_key();
+    write(dir.path(), "cluster.crt", &cert, 0o644);
+    write(dir.path(), "cluster.key", &key, 0o600);
+    let with_tls = example
+        .replace("# [cluster_tls]", "[cluster_tls]")
+        .replace("# cert_file =", "cert_file =")
+        .replace("# key_file =", "key_file =");
+    let path = write(dir.path(), "example-tls.toml", &with_tls, 0o600);
+    assert!(Config::load(&path).unwrap().cluster_tls.is_some());
+}

@@ -15,7 +15,7 @@ use proto::vaultvec::cluster::v1 as cluster;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -24,8 +24,6 @@ use super::{Hub, MAX_FRAME_BYTES, WorkerConn, now_ms};
 
 /// Request ids remembered per connection for replay detection.
 const REPLAY_WINDOW: usize = 4096;
-/// Frames queued towards one worker before senders wait.
-const OUTBOX: usize = 1024;
 /// How long the TLS handshake and the upgrade request may take together.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -211,10 +209,9 @@ impl Hub {
             return;
         }
 
-        let (out, mut outbox) = mpsc::channel::<Message>(OUTBOX);
         let conn = Arc::new(WorkerConn {
             id: worker_id.clone(),
-            out,
+            sink: tokio::sync::Mutex::new(Box::pin(sink)),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(self.max_in_flight)),
@@ -226,15 +223,6 @@ impl Hub {
         tracing::info!(worker = %worker_id, %peer, version = %hello.version, "worker connected");
 
         let mut tasks = tokio::task::JoinSet::new();
-        let writer = tokio::spawn(async move {
-            while let Some(message) = outbox.recv().await {
-                if sink.send(message).await.is_err() {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
-
         let mut replay = ReplayGuard::default();
         loop {
             let next = tokio::select! {
@@ -293,27 +281,31 @@ impl Hub {
                     let request_id = env.request_id;
                     if !replay.admit(request_id) {
                         self.audit_refusal(&worker_id, "", "replayed request id");
-                        let _ = conn.out.try_send(reply(
-                            request_id,
-                            error_body(cluster::ErrorCode::Replayed, "request id already used"),
-                        ));
+                        let _ = conn
+                            .send_message(reply(
+                                request_id,
+                                error_body(cluster::ErrorCode::Replayed, "request id already used"),
+                            ))
+                            .await;
                         continue;
                     }
                     let hub = self.clone();
                     let conn = conn.clone();
                     tasks.spawn(async move {
                         let answer = hub.key_service(&conn, body).await;
-                        let _ = conn.out.send(reply(request_id, answer)).await;
+                        let _ = conn.send_message(reply(request_id, answer)).await;
                     });
                 }
                 _ => {
-                    let _ = conn.out.try_send(reply(
-                        env.request_id,
-                        error_body(
-                            cluster::ErrorCode::InvalidArgument,
-                            "not a worker-to-coordinator message",
-                        ),
-                    ));
+                    let _ = conn
+                        .send_message(reply(
+                            env.request_id,
+                            error_body(
+                                cluster::ErrorCode::InvalidArgument,
+                                "not a worker-to-coordinator message",
+                            ),
+                        ))
+                        .await;
                 }
             }
         }
@@ -331,9 +323,11 @@ impl Hub {
         // Waiting requests learn at once that their answer will not come.
         conn.pending.lock().clear();
         tasks.shutdown().await;
+        // Requests send on the socket themselves (no writer task, one hand-off less per request);
+        // closing it here ends the connection for the worker too.
+        let close = async { conn.sink.lock().await.close().await };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), close).await;
         drop(conn);
-        writer.abort();
-        let _ = writer.await;
         tracing::info!(worker = %worker_id, "worker disconnected");
     }
 }

@@ -21,7 +21,7 @@ use prost::Message as _;
 use proto::vaultvec::cluster::v1 as cluster;
 use storage::crypto::LocalKeyService;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use zeroize::Zeroizing;
 
@@ -39,11 +39,16 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The sending half of a worker's WebSocket, over TLS or not.
+pub(crate) type WsSink = std::pin::Pin<
+    Box<dyn futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Send>,
+>;
+
 /// One connected worker.
 pub struct WorkerConn {
     /// The worker's id.
     pub id: String,
-    out: mpsc::Sender<Message>,
+    sink: tokio::sync::Mutex<WsSink>,
     pending: Mutex<HashMap<u64, oneshot::Sender<cluster::envelope::Body>>>,
     next_id: AtomicU64,
     permits: Arc<Semaphore>,
@@ -68,10 +73,15 @@ impl WorkerConn {
     }
 
     async fn send(&self, env: cluster::Envelope) -> Result<(), ApiError> {
-        self.out
-            .send(Message::binary(env.encode_to_vec()))
+        self.send_message(Message::binary(env.encode_to_vec()))
             .await
             .map_err(|_| ApiError::new(Code::Unavailable, "the worker disconnected"))
+    }
+
+    /// Writes one frame on the worker's socket from the calling task.
+    pub(crate) async fn send_message(&self, message: Message) -> Result<(), ()> {
+        use futures_util::SinkExt;
+        self.sink.lock().await.send(message).await.map_err(|_| ())
     }
 }
 

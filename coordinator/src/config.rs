@@ -97,7 +97,29 @@ struct RawConfig {
     max_in_flight_per_worker: usize,
     #[serde(default = "default_heartbeat_timeout")]
     heartbeat_timeout_secs: u64,
+    #[serde(default)]
+    auth_failures: AuthFailureBudget,
     cluster_tls: Option<RawClusterTls>,
+}
+
+/// Failed authentications allowed per client address (`[auth_failures]`): a sustained rate and a
+/// burst. Beyond them a client is answered 429 before any lookup or audit write.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFailureBudget {
+    /// Failures per second, sustained.
+    pub per_second: f64,
+    /// Failures allowed at once.
+    pub burst: u32,
+}
+
+impl Default for AuthFailureBudget {
+    fn default() -> AuthFailureBudget {
+        AuthFailureBudget {
+            per_second: 10.0,
+            burst: 50,
+        }
+    }
 }
 
 fn default_request_timeout() -> u64 {
@@ -234,6 +256,8 @@ pub struct Config {
     pub max_in_flight_per_worker: usize,
     /// A worker silent for this long is disconnected.
     pub heartbeat_timeout: Duration,
+    /// Failed authentications allowed per client address.
+    pub auth_failures: AuthFailureBudget,
     /// TLS on the cluster listener (`[cluster_tls]`); `None` serves plain `ws://`.
     pub cluster_tls: Option<ClusterTls>,
 }
@@ -322,6 +346,7 @@ impl Config {
             request_timeout: Duration::from_secs(raw.request_timeout_secs.max(1)),
             max_in_flight_per_worker: raw.max_in_flight_per_worker.max(1),
             heartbeat_timeout: Duration::from_secs(raw.heartbeat_timeout_secs.max(1)),
+            auth_failures: raw.auth_failures,
             cluster_tls,
         };
         config.validate()?;
@@ -406,6 +431,7 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             max_in_flight_per_worker: 256,
             heartbeat_timeout: Duration::from_secs(60),
+            auth_failures: AuthFailureBudget::default(),
             cluster_tls: None,
         }
     }

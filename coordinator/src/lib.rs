@@ -132,6 +132,7 @@ impl Coordinator {
             admin_token: config.secrets.admin_token.clone(),
             request_timeout: config.request_timeout,
             metrics: metrics::Metrics::new(),
+            auth_failures: config.auth_failures,
         })?);
         Ok(Coordinator {
             service,

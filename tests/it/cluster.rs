@@ -216,6 +216,7 @@ async fn a_full_worker_answers_busy_at_once_instead_of_queueing() {
         "{v}"
     );
     first.abort();
+    drop(conn);
     cluster.shutdown().await;
     assert!(silent.await.unwrap() >= 1);
 }

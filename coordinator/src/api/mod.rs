@@ -35,10 +35,6 @@ use crate::store::{Actor, Placement, Store};
 
 /// API keys kept in the authentication cache.
 const AUTH_CACHE_KEYS: usize = 100_000;
-/// Failed authentications allowed per client address: a sustained rate and a burst. Beyond them a
-/// client gets 429 without any lookup or audit write, so a flood of random keys costs nothing.
-const AUTH_FAILURES_PER_SECOND: f64 = 10.0;
-const AUTH_FAILURE_BURST: u32 = 50;
 
 #[derive(Clone)]
 struct TenantState {
@@ -66,6 +62,7 @@ pub struct Service {
     pub(crate) limits: Limits,
     request_timeout: Duration,
     rates: limit::Buckets<String>,
+    auth_failures: crate::config::AuthFailureBudget,
     failures: limit::Buckets<IpAddr>,
     tenants: RwLock<HashMap<String, TenantState>>,
     placing: tokio::sync::Mutex<()>,
@@ -91,6 +88,8 @@ pub struct Parts {
     pub request_timeout: Duration,
     /// Metrics registry.
     pub metrics: Metrics,
+    /// Failed authentications allowed per client address.
+    pub auth_failures: crate::config::AuthFailureBudget,
 }
 
 impl Service {
@@ -114,6 +113,7 @@ impl Service {
             limits: Limits::default(),
             request_timeout: parts.request_timeout,
             rates: limit::Buckets::new(100_000),
+            auth_failures: parts.auth_failures,
             failures: limit::Buckets::new(100_000),
             tenants: RwLock::new(HashMap::new()),
             placing: tokio::sync::Mutex::new(()),
@@ -153,8 +153,8 @@ impl Service {
         if let Some(ip) = peer {
             let wait = self.failures.wait(
                 &ip,
-                AUTH_FAILURES_PER_SECOND,
-                AUTH_FAILURE_BURST,
+                self.auth_failures.per_second,
+                self.auth_failures.burst,
                 Instant::now(),
             );
             if !wait.is_zero() {
@@ -175,8 +175,8 @@ impl Service {
         if let Some(ip) = peer {
             let _ = self.failures.take(
                 &ip,
-                AUTH_FAILURES_PER_SECOND,
-                AUTH_FAILURE_BURST,
+                self.auth_failures.per_second,
+                self.auth_failures.burst,
                 Instant::now(),
             );
         }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::SinkExt;
 use parking_lot::{Mutex, RwLock};
 use prost::Message as _;
 use proto::vaultvec::cluster::v1 as cluster;
@@ -80,7 +81,6 @@ impl WorkerConn {
 
     /// Writes one frame on the worker's socket from the calling task.
     pub(crate) async fn send_message(&self, message: Message) -> Result<(), ()> {
-        use futures_util::SinkExt;
         self.sink.lock().await.send(message).await.map_err(|_| ())
     }
 }
@@ -289,8 +289,13 @@ impl Hub {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
-        // Dropping the senders closes every connection's writer, which closes the socket.
-        self.workers.write().clear();
+        // Close every socket (a request still holding a connection must not keep it open), then
+        // stop the connection tasks.
+        let conns: Vec<Arc<WorkerConn>> = self.workers.write().drain().map(|(_, c)| c).collect();
+        for conn in conns {
+            let close = async { conn.sink.lock().await.close().await };
+            let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+        }
         tasks.shutdown().await;
     }
 }

@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One module tree (vaultvec::v1, vaultvec::cluster::v1) in OUT_DIR/mod.rs. tonic-prost-build
     // maps google.protobuf.Struct and Value to prost-types itself.
     config.include_file("mod.rs");
-    tonic_prost_build::configure().compile_with_config(config, &protos, &["proto"])?;
+    // Malformed messages are the client's mistake: see src/codec.rs.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
+        .compile_with_config(config, &protos, &["proto"])?;
     Ok(())
 }

@@ -9,6 +9,7 @@ mod generated {
 }
 pub use generated::*;
 
+pub mod codec;
 pub mod json;
 
 #[cfg(test)]

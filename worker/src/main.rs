@@ -23,7 +23,9 @@ struct Args {
     check: bool,
 }
 
-#[tokio::main]
+// One runtime thread: the async side only moves frames between the socket and the blocking threads
+// that run the storage calls, and a single thread does that with fewer cross-thread wake-ups.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -242,6 +242,24 @@ impl Engine {
         slot.open(name).cloned()
     }
 
+    /// The open collection if its tenant is loaded already. Never loads, and never waits: a tenant
+    /// being loaded, or a collection being created or dropped at this moment, gives `None`. The
+    /// worker uses it to answer searches on its I/O thread, which must never wait for a load (a
+    /// load asks the key service, which that same thread serves).
+    pub fn loaded_collection(
+        &self,
+        tenant: &TenantId,
+        name: &CollectionName,
+    ) -> Option<Arc<Collection>> {
+        let slot = self.tenants.read().get(tenant).cloned()?;
+        let collections = slot.loaded.try_lock()?.as_ref()?.clone();
+        let collections = collections.try_read()?;
+        match collections.get(name)? {
+            Slot::Open(collection) => Some(collection.clone()),
+            Slot::Failed(_) => None,
+        }
+    }
+
     /// The tenant's collections by name, with their figures or the reason they are unavailable.
     pub fn list_collections(
         &self,

@@ -252,6 +252,31 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
 }
 
 /// A collection answers all or nothing, so a search result is never partial (INV-21).
+/// Answers a search if its collection is loaded already, without loading anything, waiting for a
+/// lock or taking the tenant's gate; otherwise hands the request back for the blocking path. An
+/// unload at the same moment is harmless: the collection's memory lives until this search drops it.
+pub(crate) fn search_loaded(
+    engine: &Engine,
+    tenant: &TenantId,
+    req: api::SearchRequest,
+) -> std::result::Result<Result<Answer>, api::SearchRequest> {
+    let Some(collection) = storage::ids::CollectionName::parse(&req.collection)
+        .ok()
+        .and_then(|name| engine.loaded_collection(tenant, &name))
+    else {
+        return Err(req);
+    };
+    let limits = *engine.limits();
+    let run = || -> Result<Answer> {
+        convert::check_search(&req, &limits)?;
+        let req = convert::search_request(req, collection.config().dim, &limits)?;
+        Ok(Answer::Search(search_response(collection.search(&req)?)))
+    };
+    // A bug must not take down the thread that serves the connection.
+    Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .unwrap_or_else(|_| Err(Error::Internal("the search panicked".into()))))
+}
+
 fn search_response(points: Vec<storage::ScoredPoint>) -> api::SearchResponse {
     api::SearchResponse {
         points: points.into_iter().map(convert::scored_point).collect(),

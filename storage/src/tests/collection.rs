@@ -1336,3 +1336,46 @@ fn vectors_whose_distances_would_overflow_are_refused() {
         );
     }
 }
+
+#[test]
+fn loaded_collection_never_loads_a_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["a"]);
+    {
+        let engine = engine(dir.path(), &keys, limits());
+        engine
+            .create_collection(
+                &tenant("a"),
+                &name("docs"),
+                CollectionConfig::new(2, Metric::L2),
+            )
+            .unwrap();
+        assert!(
+            engine
+                .loaded_collection(&tenant("a"), &name("docs"))
+                .is_some()
+        );
+        assert!(
+            engine
+                .loaded_collection(&tenant("a"), &name("nope"))
+                .is_none()
+        );
+        engine.close();
+    }
+    let engine = engine(dir.path(), &keys, limits());
+    assert!(
+        engine
+            .loaded_collection(&tenant("a"), &name("docs"))
+            .is_none()
+    );
+    assert!(
+        !engine.is_loaded(&tenant("a")),
+        "asking did not load the tenant"
+    );
+    engine.load_tenant(&tenant("a")).unwrap();
+    assert!(
+        engine
+            .loaded_collection(&tenant("a"), &name("docs"))
+            .is_some()
+    );
+}

@@ -49,17 +49,7 @@ impl Grpc {
             let identity = self.service.authenticate(credential.as_deref(), peer)?;
             tenant.clone_from(&identity.tenant);
             key_id.clone_from(&identity.key_id);
-            if let Some(tier) = self.service.tier_of(&identity.tenant)?
-                && size > tier.max_body_bytes
-            {
-                return Err(ApiError::new(
-                    crate::api::error::Code::PayloadTooLarge,
-                    format!(
-                        "request is {size} bytes, over the tier's limit of {}",
-                        tier.max_body_bytes
-                    ),
-                ));
-            }
+            self.service.check_body_size(&identity, size)?;
             self.service
                 .call(&identity, build(request.into_inner()))
                 .await

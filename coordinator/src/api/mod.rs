@@ -36,7 +36,6 @@ use crate::store::{Actor, Placement, Store};
 /// API keys kept in the authentication cache.
 const AUTH_CACHE_KEYS: usize = 100_000;
 
-#[derive(Clone)]
 struct TenantState {
     tier: String,
     placement: Option<Placement>,
@@ -64,7 +63,8 @@ pub struct Service {
     rates: limit::Buckets<String>,
     auth_failures: crate::config::AuthFailureBudget,
     failures: limit::Buckets<IpAddr>,
-    tenants: RwLock<HashMap<String, TenantState>>,
+    /// Cached per tenant and shared, so a request's lookups clone a pointer, not strings.
+    tenants: RwLock<HashMap<String, Arc<TenantState>>>,
     placing: tokio::sync::Mutex<()>,
 }
 
@@ -214,7 +214,7 @@ impl Service {
         }
     }
 
-    fn tenant_state(&self, tenant: &str) -> Result<TenantState, ApiError> {
+    fn tenant_state(&self, tenant: &str) -> Result<Arc<TenantState>, ApiError> {
         if let Some(state) = self.tenants.read().get(tenant) {
             return Ok(state.clone());
         }
@@ -225,10 +225,10 @@ impl Service {
             .filter(|t| !t.deleted)
             .ok_or_else(ApiError::unauthenticated)?;
         let placement = self.store.placement(tenant).map_err(ApiError::internal)?;
-        let state = TenantState {
+        let state = Arc::new(TenantState {
             tier: row.tier,
             placement,
-        };
+        });
         self.tenants
             .write()
             .insert(tenant.to_owned(), state.clone());
@@ -240,10 +240,19 @@ impl Service {
         self.tenants.write().remove(tenant);
     }
 
-    /// The tier of a tenant (the paused tier has no limits of its own: nothing gets through).
-    pub fn tier_of(&self, tenant: &str) -> Result<Option<Tier>, ApiError> {
-        let state = self.tenant_state(tenant)?;
-        Ok(self.tiers.get(&state.tier).cloned())
+    /// Refuses a request body over the tier's limit; both transports call it before parsing.
+    pub fn check_body_size(&self, identity: &Identity, bytes: usize) -> Result<(), ApiError> {
+        let state = self.tenant_state(&identity.tenant)?;
+        match self.tiers.get(&state.tier) {
+            Some(tier) if bytes > tier.max_body_bytes => Err(ApiError::new(
+                Code::PayloadTooLarge,
+                format!(
+                    "request body is {bytes} bytes, over the tier's limit of {}",
+                    tier.max_body_bytes
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn quota(tier: Option<&Tier>) -> cluster::TenantQuota {
@@ -296,8 +305,8 @@ impl Service {
     }
 
     async fn placement_for(&self, tenant: &str) -> Result<Placement, ApiError> {
-        if let Some(p) = self.tenant_state(tenant)?.placement {
-            return Ok(p);
+        if let Some(p) = &self.tenant_state(tenant)?.placement {
+            return Ok(p.clone());
         }
         let _guard = self.placing.lock().await;
         if let Some(p) = self.store.placement(tenant).map_err(ApiError::internal)? {

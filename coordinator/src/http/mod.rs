@@ -334,18 +334,7 @@ async fn run<D: DeserializeOwned>(
         tenant.clone_from(&identity.tenant);
         key_id.clone_from(&identity.key_id);
         let body = body.map_err(body_error)?;
-        if let Some(tier) = service.tier_of(&identity.tenant)?
-            && body.len() > tier.max_body_bytes
-        {
-            return Err(ApiError::new(
-                Code::PayloadTooLarge,
-                format!(
-                    "request body is {} bytes, over the tier's limit of {}",
-                    body.len(),
-                    tier.max_body_bytes
-                ),
-            ));
-        }
+        service.check_body_size(&identity, body.len())?;
         let op = build(parse_json(&body)?)?;
         let reply = service.call(&identity, op).await?;
         dto::reply_json(reply)

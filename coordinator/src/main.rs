@@ -1,5 +1,6 @@
 //! `vaultvec-coordinator`: serve, initialise a data directory, verify an audit export.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -61,7 +62,9 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::stderr().is_terminal());
     if args.log_json {
         builder.json().init();
     } else {

@@ -85,6 +85,9 @@ struct Args {
     collection: String,
     server_pids: Vec<u32>,
     client_threads: usize,
+    /// `--existing`: the collection is already loaded (by an earlier run on the same server);
+    /// skip creating and ingesting, measure searches only (for profiling runs).
+    existing: bool,
 }
 
 impl Args {
@@ -103,6 +106,7 @@ impl Args {
             collection: "bench".into(),
             server_pids: Vec::new(),
             client_threads: 1,
+            existing: false,
         };
         let mut raw = std::env::args().skip(1);
         let mut dataset = None;
@@ -114,6 +118,7 @@ impl Args {
             match arg.as_str() {
                 // `cargo bench` appends `--bench` to the arguments of every bench target.
                 "--bench" => {}
+                "--existing" => args.existing = true,
                 "--grpc" => grpc = Some(value("--grpc")?),
                 "--key-file" => key_file = Some(PathBuf::from(value("--key-file")?)),
                 "--json" => args.json = Some(PathBuf::from(value("--json")?)),
@@ -408,30 +413,41 @@ async fn run(args: Args) -> Result<()> {
     );
 
     let channel = connect(&args.grpc).await?;
-    CollectionsClient::new(channel.clone())
-        .create_collection(target.request(api::CreateCollectionRequest {
-            name: args.collection.clone(),
-            config: Some(api::CollectionConfig {
-                dim: data.dim as u32,
-                metric: data.metric.api() as i32,
-                m: Some(16),
-                ef_construction: Some(200),
-                ef: None,
-            }),
-        }))
-        .await
-        .context("creating the collection")?;
+    let (ingest, segments, time_to_indexed) = if args.existing {
+        let ingest = Ingest {
+            start: Instant::now(),
+            elapsed: Duration::ZERO,
+            retries: 0,
+        };
+        (ingest, 0, 0.0)
+    } else {
+        CollectionsClient::new(channel.clone())
+            .create_collection(target.request(api::CreateCollectionRequest {
+                name: args.collection.clone(),
+                config: Some(api::CollectionConfig {
+                    dim: data.dim as u32,
+                    metric: data.metric.api() as i32,
+                    m: Some(16),
+                    ef_construction: Some(200),
+                    ef: None,
+                }),
+            }))
+            .await
+            .context("creating the collection")?;
 
-    let ingest = ingest(&args, &data, &target).await?;
-    let segments = wait_indexed(&channel, &data, &target, ingest.start, ingest.elapsed).await?;
-    let time_to_indexed = ingest.start.elapsed().as_secs_f64();
+        let ingest = ingest(&args, &data, &target).await?;
+        let segments = wait_indexed(&channel, &data, &target, ingest.start, ingest.elapsed).await?;
+        let time_to_indexed = ingest.start.elapsed().as_secs_f64();
+        let ingest_s = ingest.elapsed.as_secs_f64();
+        eprintln!(
+            "ingested {} points in {ingest_s:.2} s ({:.0} points/s, {} retries); indexed {time_to_indexed:.2} s after the first upsert; {segments} segment(s)",
+            data.n_base(),
+            data.n_base() as f64 / ingest_s,
+            ingest.retries
+        );
+        (ingest, segments, time_to_indexed)
+    };
     let ingest_s = ingest.elapsed.as_secs_f64();
-    eprintln!(
-        "ingested {} points in {ingest_s:.2} s ({:.0} points/s, {} retries); indexed {time_to_indexed:.2} s after the first upsert; {segments} segment(s)",
-        data.n_base(),
-        data.n_base() as f64 / ingest_s,
-        ingest.retries
-    );
 
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
     let mut channels = vec![channel];

@@ -1,6 +1,7 @@
 //! `vaultvec-worker --config PATH [--log-json] [--check]`: runs `worker::serve` until SIGTERM or
 //! ctrl-c; with `--check`, dials the coordinator once and reports instead.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -29,7 +30,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: journald and log files get plain text.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     if args.log_json {
         logs.json().init();
     } else {

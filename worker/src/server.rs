@@ -47,6 +47,8 @@ use crate::tenant::Tenants;
 
 /// Largest WebSocket frame and message, either direction.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Most frames handled in one go before the loop looks at answers, heartbeats and shutdown again.
+const MAX_BURST: usize = 16;
 /// How long a storage thread waits for the key service.
 const KEY_SERVICE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the TCP connection and the upgrade may take.
@@ -61,6 +63,12 @@ const ACCOUNTING_PERIOD: Duration = Duration::from_millis(100);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Shutdown<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// How many searches run on blocking threads beside the loop's own: one per remaining core.
+fn search_threads() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u32::try_from(cores.saturating_sub(1).max(1)).unwrap_or(u32::MAX)
+}
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> u64 {
@@ -100,6 +108,7 @@ pub async fn serve(
         tenants: Arc::new(Tenants::default()),
         jobs: JoinSet::new(),
         in_flight: 0,
+        search_threads: search_threads(),
         is_accounting: false,
         last_accounting: Instant::now(),
         generation: 0,
@@ -162,6 +171,9 @@ struct Worker {
     jobs: JoinSet<Done>,
     /// Tenant requests running (counted against `max_in_flight`).
     in_flight: u32,
+    /// Searches go to blocking threads (when others wait behind them) only while fewer than this
+    /// many requests run there: the cores beside the loop's own thread.
+    search_threads: u32,
     is_accounting: bool,
     last_accounting: Instant,
     /// Numbers connections; answers of an older one are dropped.
@@ -537,7 +549,7 @@ impl Worker {
                 }
                 message = s.ws.next() => match message {
                     Some(Ok(message)) => {
-                        if !self.on_message(s, message).await? {
+                        if !self.on_burst(s, message).await? {
                             return Ok(End::Lost);
                         }
                     }
@@ -644,11 +656,49 @@ impl Worker {
         }
     }
 
-    /// Handles one frame; false when the coordinator closed the connection.
+    /// Handles `first` and the frames already received behind it (at most [`MAX_BURST`]), each
+    /// knowing whether another one is waiting: a search with others queued behind it goes to a
+    /// blocking thread, so every core searches; the last of a burst, like a lone request, is
+    /// answered on this thread, with no hand-off. False when the connection is gone.
+    async fn on_burst(
+        &mut self,
+        s: &mut Session,
+        first: Message,
+    ) -> Result<bool, tungstenite::Error> {
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(message) = next.take() {
+            handled += 1;
+            // Polling without waiting: data already in the socket or tungstenite's buffer only.
+            let ahead = if handled < MAX_BURST {
+                s.ws.next().now_or_never()
+            } else {
+                None
+            };
+            let more_follow = matches!(ahead, Some(Some(Ok(_))));
+            if !self.on_message(s, message, more_follow).await? {
+                return Ok(false);
+            }
+            match ahead {
+                None => {}
+                Some(Some(Ok(message))) => next = Some(message),
+                Some(Some(Err(err))) => {
+                    tracing::warn!(error = %err, "reading from the coordinator failed");
+                    return Ok(false);
+                }
+                Some(None) => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Handles one frame; false when the coordinator closed the connection. `more_follow`: another
+    /// frame is already waiting behind this one.
     async fn on_message(
         &mut self,
         s: &mut Session,
         message: Message,
+        more_follow: bool,
     ) -> Result<bool, tungstenite::Error> {
         let bytes = match message {
             Message::Binary(bytes) => bytes,
@@ -702,7 +752,9 @@ impl Worker {
                 let refusal = match body {
                     Body::AssignTenant(assign) => self.assign(s, request_id, assign).await?,
                     Body::ReleaseTenant(release) => self.release(s, request_id, release),
-                    Body::TenantRequest(req) => self.admit(s, request_id, deadline_unix_ms, req),
+                    Body::TenantRequest(req) => {
+                        self.admit(s, request_id, deadline_unix_ms, req, more_follow)
+                    }
                     _ => None,
                 };
                 if let Some(err) = refusal {
@@ -852,6 +904,7 @@ impl Worker {
         request_id: u64,
         deadline_unix_ms: u64,
         req: cluster::TenantRequest,
+        more_follow: bool,
     ) -> Option<Error> {
         if self.is_stopping() {
             return Some(Error::ShuttingDown);
@@ -885,9 +938,12 @@ impl Worker {
             return Some(Error::Busy(self.in_flight));
         }
         // A search of a collection already in memory is answered right here: no thread hand-off,
-        // which on a small machine costs more than the search (README, Performance).
+        // which on a small machine costs more than the search (README, Performance). Unless
+        // another frame waits behind it and a search thread is free: then this one goes to a
+        // blocking thread below, and this thread goes on to the next, so searches use every core.
+        let offload = more_follow && self.in_flight < self.search_threads;
         let operation = match operation {
-            cluster::tenant_request::Op::Search(search) => {
+            cluster::tenant_request::Op::Search(search) if !offload => {
                 match op::search_loaded(&self.engine, &tenant, search) {
                     Ok(answer) => {
                         let result = answer.map(|answer| {

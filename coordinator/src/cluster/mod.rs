@@ -213,7 +213,7 @@ impl Hub {
             Ok(Ok(body)) => Ok(body),
             Ok(Err(_)) => Err(ApiError::new(
                 Code::Unavailable,
-                "the worker disconnected before answering; the outcome is unknown, retry with the same idempotency key",
+                "the worker disconnected before answering; the outcome is unknown: upserts and deletes are safe to retry",
             )),
             Err(_) => {
                 conn.pending.lock().remove(&request_id);

@@ -146,6 +146,36 @@ async fn upsert_search_get_and_count_round_trip() {
     setup.stop().await;
 }
 
+/// Searches arriving back to back are spread over the loop's thread and blocking threads; every
+/// one still gets its own, right answer.
+#[tokio::test]
+async fn a_burst_of_searches_gets_every_answer_right() {
+    let mut setup = Setup::new(10).await;
+    let conn = &mut setup.conn;
+    let targets: Vec<u64> = (0..64).map(|i| 1 + i % 10).collect();
+    let bodies = targets
+        .iter()
+        .map(|&t| {
+            tenant_request(
+                TENANT,
+                1,
+                Op::Search(search("docs", vec![t as f32 + 0.1, 0.0], 1)),
+            )
+        })
+        .collect();
+    let ids = conn.request_burst(bodies).await;
+    // Collected in reverse: answers may come in any order.
+    for (id, target) in ids.iter().zip(&targets).rev() {
+        let Answer::Search(result) = answer(conn.reply(*id).await).unwrap() else {
+            panic!("not a search answer")
+        };
+        assert_eq!(id_of(&result.points[0].id), *target, "request {id}");
+    }
+    // The connection still serves single requests afterwards.
+    assert_eq!(conn.count("docs").await, 10);
+    setup.stop().await;
+}
+
 #[tokio::test]
 async fn scroll_pages_through_every_point_with_cursors() {
     let mut setup = Setup::new(25).await;

@@ -212,6 +212,27 @@ impl Conn {
         self.ws.send(message).await.unwrap();
     }
 
+    /// Sends requests with the next ids in one write, so they reach the worker back to back;
+    /// returns their ids.
+    pub async fn request_burst(&mut self, bodies: Vec<Body>) -> Vec<u64> {
+        let mut ids = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            self.next_id += 1;
+            ids.push(self.next_id);
+            let envelope = cluster::Envelope {
+                request_id: self.next_id,
+                deadline_unix_ms: 0,
+                body: Some(body),
+            };
+            self.ws
+                .feed(Message::binary(envelope.encode_to_vec()))
+                .await
+                .unwrap();
+        }
+        self.ws.flush().await.unwrap();
+        ids
+    }
+
     /// Sends a frame that the worker may refuse by dropping the connection.
     pub async fn try_send_raw(&mut self, message: Message) -> bool {
         self.ws.send(message).await.is_ok()

@@ -181,17 +181,26 @@ impl Engine {
     }
 
     /// Unloads a tenant: stops its background work and drops its plaintext.
+    /// Large growing segments are sealed first ([`Collection::checkpoint_and_close`]).
     pub fn unload_tenant(&self, tenant: &TenantId) -> Result<()> {
+        self.unload(tenant, true);
+        Ok(())
+    }
+
+    fn unload(&self, tenant: &TenantId, checkpoint: bool) {
         let removed = self.tenants.write().remove(tenant);
         let loaded = removed.and_then(|slot| slot.loaded.lock().take());
         if let Some(collections) = loaded {
             for slot in collections.read().values() {
                 if let Slot::Open(collection) = slot {
-                    collection.close();
+                    if checkpoint {
+                        collection.checkpoint_and_close();
+                    } else {
+                        collection.close();
+                    }
                 }
             }
         }
-        Ok(())
     }
 
     /// Whether the tenant's collections are in memory.
@@ -306,11 +315,12 @@ impl Engine {
     /// Unloads the tenant and deletes all its files. With its KEKs destroyed by the key service,
     /// any copy of them left elsewhere is unreadable.
     pub fn delete_tenant(&self, tenant: &TenantId) -> Result<()> {
-        self.unload_tenant(tenant)?;
+        self.unload(tenant, false);
         self.remove_durably(&self.tenant_dir(tenant))
     }
 
-    /// Stops every collection's background work.
+    /// Stops every collection's background work, sealing large growing segments first
+    /// ([`Collection::checkpoint_and_close`]).
     pub fn close(&self) {
         let tenants: Vec<_> = self.tenants.write().drain().collect();
         for (_, tenant) in tenants {
@@ -319,7 +329,7 @@ impl Engine {
             };
             for slot in collections.read().values() {
                 if let Slot::Open(collection) = slot {
-                    collection.close();
+                    collection.checkpoint_and_close();
                 }
             }
         }

@@ -106,6 +106,7 @@ struct RawLimits {
     segment_points: Option<usize>,
     wal_bytes: Option<u64>,
     index_threads: Option<usize>,
+    checkpoint_points: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +153,7 @@ impl Config {
             segment_points: l.segment_points.unwrap_or(defaults.segment_points),
             wal_bytes: l.wal_bytes.unwrap_or(defaults.wal_bytes),
             index_threads: l.index_threads.unwrap_or(defaults.index_threads),
+            checkpoint_points: l.checkpoint_points.unwrap_or(defaults.checkpoint_points),
         };
         let config = Config {
             worker_id: raw.worker_id,

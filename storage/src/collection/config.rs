@@ -100,6 +100,10 @@ pub struct Limits {
     pub wal_bytes: u64,
     /// Threads used to index and seal in the background.
     pub index_threads: usize,
+    /// When a collection is closed (tenant unloaded, engine closed), a growing segment with at
+    /// least this many points, all in its graph, is sealed first, so the next open reads its graph
+    /// instead of rebuilding it from the WAL.
+    pub checkpoint_points: usize,
 }
 
 impl Default for Limits {
@@ -113,6 +117,7 @@ impl Default for Limits {
             segment_points: 200_000,
             wal_bytes: 64 << 20,
             index_threads: 2,
+            checkpoint_points: 10_000,
         }
     }
 }

@@ -755,6 +755,18 @@ impl Collection {
         self.inner.queue.lock().len()
     }
 
+    /// [`Collection::close`], then seals the growing segment if it holds at least
+    /// `limits.checkpoint_points` points and all of them are in its graph: the next open then
+    /// reads the graph from the sealed file instead of rebuilding it from the WAL (minutes for a
+    /// large segment). A segment still being indexed stays in the WAL. A failure is logged; the
+    /// WAL still holds every acknowledged write.
+    pub fn checkpoint_and_close(&self) {
+        self.close();
+        if let Err(err) = self.inner.checkpoint() {
+            tracing::warn!(tenant = %self.inner.tenant, collection = %self.inner.name, error = %err, "sealing the growing segment at close failed; the WAL is replayed on next open");
+        }
+    }
+
     /// Stops background work and waits for it. Also done on drop.
     pub fn close(&self) {
         self.inner.stop.store(true, Ordering::Release);
@@ -1257,6 +1269,44 @@ impl Inner {
         }
         self.notify_waiters();
         Ok(false)
+    }
+
+    /// The sealing half of [`Collection::checkpoint_and_close`]; the background thread must be
+    /// stopped.
+    fn checkpoint(&self) -> Result<()> {
+        {
+            let mut writer = self.writer.lock();
+            if writer.is_poisoned {
+                return Ok(());
+            }
+            let state = self.state.read();
+            let mutable = state.mutable();
+            if mutable.len() < self.limits.checkpoint_points.max(1) || !mutable.is_fully_indexed() {
+                return Ok(());
+            }
+            drop(state);
+            self.rotate_segment(&mut writer, true)?;
+        }
+        // Oldest first, as the background thread does; one not yet fully indexed stops the rest.
+        let frozen: Vec<Arc<Segment>> = self
+            .state
+            .read()
+            .segments
+            .iter()
+            .filter(|s| s.is_frozen() && s.file_id().is_none())
+            .cloned()
+            .collect();
+        for segment in frozen {
+            if !segment.is_fully_indexed() {
+                break;
+            }
+            if segment.len() == 0 {
+                self.retire_empty(&segment)?;
+            } else {
+                self.seal(&segment)?;
+            }
+        }
+        Ok(())
     }
 
     fn notify_waiters(&self) {

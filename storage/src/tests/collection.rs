@@ -735,6 +735,79 @@ fn unloading_a_tenant_frees_its_plaintext_and_loading_restores_it() {
     assert_eq!(search(&c, &vectors[7], 5, None), before);
 }
 
+/// WAL files anywhere under `dir`.
+fn wal_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            n += wal_files(&entry.path());
+        } else if entry.file_name().to_string_lossy().starts_with("wal-") {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn unloading_seals_a_large_indexed_growing_segment_so_reload_reads_its_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["a"]);
+    let t = tenant("a");
+    let limits = Limits {
+        checkpoint_points: 300,
+        ..limits()
+    };
+    let engine = engine(dir.path(), &keys, limits);
+    let config = CollectionConfig::new(16, Metric::L2);
+    let big = engine.create_collection(&t, &name("big"), config).unwrap();
+    let small = engine
+        .create_collection(&t, &name("small"), config)
+        .unwrap();
+    let vectors = clustered(9, 600, 16, 4);
+    let points: Vec<_> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (PointId::Num(i as u64), v.clone(), None))
+        .collect();
+    // 600 points stay in the growing segment (segment_points is 1000); 100 are below the bar.
+    upsert_all(&big, &points, 200);
+    upsert_all(&small, &points[..100], 100);
+    big.wait_idle().unwrap();
+    small.wait_idle().unwrap();
+    assert_eq!(big.info().sealed_segments, 0);
+    let before = search(&big, &vectors[11], 5, None);
+    assert_eq!(wal_files(dir.path()), 2);
+    drop((big, small));
+
+    engine.unload_tenant(&t).unwrap();
+    // The big collection's WAL is retired into a sealed file; the small one keeps its WAL.
+    assert_eq!(wal_files(dir.path()), 1);
+    engine.load_tenant(&t).unwrap();
+    let big = engine.collection(&t, &name("big")).unwrap();
+    let info = big.info();
+    assert_eq!(
+        (info.points, info.sealed_segments, info.unindexed_points),
+        (600, 1, 0)
+    );
+    assert_eq!(search(&big, &vectors[11], 5, None), before);
+    let small = engine.collection(&t, &name("small")).unwrap();
+    assert_eq!(
+        (small.info().points, small.info().sealed_segments),
+        (100, 0)
+    );
+    // Writes after the reload go on as before, and survive the next reopen.
+    upsert_all(&big, &[(PointId::Num(1000), vectors[3].clone(), None)], 1);
+    drop((big, small));
+    engine.close();
+    let engine = self::engine(dir.path(), &keys, limits);
+    engine.load_tenant(&t).unwrap();
+    assert_eq!(
+        engine.collection(&t, &name("big")).unwrap().info().points,
+        601
+    );
+}
+
 #[test]
 fn tenants_cannot_reach_each_other() {
     let dir = tempfile::tempdir().unwrap();

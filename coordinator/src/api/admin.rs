@@ -6,7 +6,6 @@
 use proto::vaultvec::cluster::v1 as cluster;
 use serde::Serialize;
 use storage::ids::TenantId;
-use subtle::ConstantTimeEq;
 
 use super::error::{ApiError, Code};
 use super::{Op, Reply, Service};
@@ -141,7 +140,7 @@ impl Service {
     ) -> Result<(), ApiError> {
         self.check_failure_budget(peer)?;
         let presented = presented.unwrap_or("").as_bytes();
-        if bool::from(presented.ct_eq(self.admin_token.as_bytes())) {
+        if crate::auth::tokens_match(presented, self.admin_token.as_bytes()) {
             Ok(())
         } else {
             self.record_auth_failure(peer, "admin");

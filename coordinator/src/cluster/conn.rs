@@ -12,7 +12,6 @@ use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use prost::Message as _;
 use proto::vaultvec::cluster::v1 as cluster;
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -86,7 +85,8 @@ impl Hub {
             .get(&worker)
             .map(|t| t.as_bytes())
             .unwrap_or(&dummy);
-        let ok = bool::from(presented.ct_eq(expected)) && self.credentials.contains_key(&worker);
+        let ok = crate::auth::tokens_match(presented, expected)
+            && self.credentials.contains_key(&worker);
         if !ok {
             return Err((401, "invalid worker credentials"));
         }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::response::IntoResponse;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -174,8 +175,14 @@ impl Coordinator {
         let router = http::router(service.clone());
         let stop = public.clone();
         servers.spawn(async move {
+            // Answers go out at once, not held back by Nagle's algorithm until the last is acked.
+            let listener = listeners.http.tap_io(|tcp| {
+                if let Err(err) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %err, "setting TCP_NODELAY failed");
+                }
+            });
             axum::serve(
-                listeners.http,
+                listener,
                 router.into_make_service_with_connect_info::<SocketAddr>(),
             )
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -200,7 +207,8 @@ impl Coordinator {
                 )
                 .add_service(HealthServer::new(grpc))
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                    tonic::transport::server::TcpIncoming::from(listeners.grpc)
+                        .with_nodelay(Some(true)),
                     stop.cancelled_owned(),
                 )
                 .await

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench -p tests --bench server -- DATASET --grpc HOST:PORT --key-file FILE [--json FILE]
-//!     [--ef 16,24,32,48,64,96,128] [--clients 1,8] [--seconds 3] [--batch 1000] [--upserts 4]
+//!     [--ef 16,24,32,48,64,96,128] [--clients 1,2,8] [--seconds 3] [--batch 1000] [--upserts 4]
 //!     [--n-query N] [--collection bench] [--server-pids PID,PID]
 //! ```
 //!
@@ -98,7 +98,7 @@ impl Args {
             key_file: PathBuf::new(),
             json: None,
             ef: vec![16, 24, 32, 48, 64, 96, 128],
-            clients: vec![1, 8],
+            clients: vec![1, 2, 8],
             seconds: 3.0,
             batch: 1000,
             upserts: 4,

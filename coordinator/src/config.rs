@@ -104,13 +104,18 @@ struct RawConfig {
 
 /// Failed authentications allowed per client address (`[auth_failures]`): a sustained rate and a
 /// burst. Beyond them a client is answered 429 before any lookup or audit write.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthFailureBudget {
     /// Failures per second, sustained.
     pub per_second: f64,
     /// Failures allowed at once.
     pub burst: u32,
+    /// Addresses of reverse proxies in front of the public listeners. A request whose TCP peer is
+    /// one of them is counted against the address its `X-Forwarded-For` names (the rightmost
+    /// entry that is not a listed proxy); from any other peer the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for AuthFailureBudget {
@@ -118,6 +123,7 @@ impl Default for AuthFailureBudget {
         AuthFailureBudget {
             per_second: 10.0,
             burst: 50,
+            trusted_proxies: Vec::new(),
         }
     }
 }

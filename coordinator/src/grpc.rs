@@ -35,7 +35,14 @@ impl Grpc {
         build: impl FnOnce(T) -> Op,
     ) -> Result<Reply, Status> {
         let started = Instant::now();
-        let peer = request.remote_addr().map(|a| a.ip());
+        let peer = self.service.client_ip(
+            request.remote_addr().map(|a| a.ip()),
+            request
+                .metadata()
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         let credential = request
             .metadata()
             .get("authorization")

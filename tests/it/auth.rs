@@ -474,3 +474,95 @@ async fn service_rows(cluster: &Cluster) -> usize {
         .filter(|r| r["action"] == "auth.failure")
         .count()
 }
+
+/// Sends a request with a wrong key over HTTP, as from behind a proxy that set `X-Forwarded-For`.
+async fn wrong_key_via(cluster: &Cluster, forwarded_for: Option<&str>) -> u16 {
+    let mut request = reqwest::Client::new()
+        .get(cluster.url("/v1/collections"))
+        .bearer_auth("vv_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB");
+    if let Some(value) = forwarded_for {
+        request = request.header("x-forwarded-for", value);
+    }
+    request
+        .send()
+        .await
+        .expect("http request")
+        .status()
+        .as_u16()
+}
+
+/// Behind a proxy listed in `trusted_proxies`, failed authentications count against the address in
+/// `X-Forwarded-For` (over HTTP, gRPC and the admin API), so one client's failures do not throttle
+/// the others; from any other peer the header changes nothing (INV-11, INV-13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_count_against_the_forwarded_address_only_behind_a_trusted_proxy() {
+    // The test client connects from 127.0.0.1, which plays the proxy. Three failures per address,
+    // no refill to speak of.
+    let cluster = Cluster::start_without_workers(1, |config| {
+        config.auth_failures.burst = 3;
+        config.auth_failures.per_second = 0.001;
+        config.auth_failures.trusted_proxies = vec![[127, 0, 0, 1].into()];
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(wrong_key_via(&cluster, Some("203.0.113.7")).await, 401);
+    }
+    assert_eq!(wrong_key_via(&cluster, Some("203.0.113.7")).await, 429);
+    // Another client behind the same proxy has its own budget.
+    assert_eq!(wrong_key_via(&cluster, Some("203.0.113.8")).await, 401);
+    // The proxy appends the address it saw: what a client wrote itself sits to its left.
+    assert_eq!(
+        wrong_key_via(&cluster, Some("203.0.113.8, 203.0.113.9")).await,
+        401
+    );
+    // Without the header the proxy's own address counts.
+    assert_eq!(wrong_key_via(&cluster, None).await, 401);
+    // The admin API draws on the same per-address budget (203.0.113.8 has failed once).
+    let admin = |token: &'static str| {
+        reqwest::Client::new()
+            .get(cluster.url("/admin/v1/tenants"))
+            .bearer_auth(token)
+            .header("x-forwarded-for", "203.0.113.8")
+    };
+    for _ in 0..2 {
+        assert_eq!(admin("wrong").send().await.unwrap().status().as_u16(), 401);
+    }
+    assert_eq!(admin("wrong").send().await.unwrap().status().as_u16(), 429);
+    // A valid admin token from a throttled address is refused too (429 before any check).
+    assert_eq!(
+        admin(ADMIN_TOKEN).send().await.unwrap().status().as_u16(),
+        429
+    );
+    // gRPC reads the same header from the metadata.
+    let mut points = PointsClient::new(cluster.grpc_channel().await);
+    let count = |forwarded_for: &'static str| {
+        let mut request = with_key(
+            api::CountRequest {
+                collection: "c".into(),
+                filter: None,
+            },
+            "vv_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB",
+        );
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", forwarded_for.parse().unwrap());
+        request
+    };
+    let status = points.count(count("203.0.113.7")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    let status = points.count(count("203.0.113.10")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    cluster.shutdown().await;
+
+    // Without trusted proxies the header is ignored: every failure counts against the peer.
+    let cluster = Cluster::start_without_workers(1, |config| {
+        config.auth_failures.burst = 3;
+        config.auth_failures.per_second = 0.001;
+    })
+    .await;
+    for forwarded_for in ["203.0.113.7", "203.0.113.8", "203.0.113.9"] {
+        assert_eq!(wrong_key_via(&cluster, Some(forwarded_for)).await, 401);
+    }
+    assert_eq!(wrong_key_via(&cluster, Some("203.0.113.10")).await, 429);
+    cluster.shutdown().await;
+}

@@ -148,6 +148,34 @@ impl Service {
         }
     }
 
+    /// The client address a request's failed authentications count against: its TCP peer, or,
+    /// only when that peer is one of `[auth_failures] trusted_proxies`, the rightmost address in
+    /// `forwarded_for` (the `X-Forwarded-For` values, in order) that is not a trusted proxy. What
+    /// a client writes into the header itself sits left of what its proxy adds, so it cannot pick
+    /// the address; a malformed entry counts against the proxy. From any other peer the header is
+    /// ignored (INV-13).
+    pub fn client_ip<'a>(
+        &self,
+        peer: Option<IpAddr>,
+        forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    ) -> Option<IpAddr> {
+        let peer = peer?;
+        let trusted = &self.auth_failures.trusted_proxies;
+        if !trusted.contains(&peer) {
+            return Some(peer);
+        }
+        for value in forwarded_for.rev() {
+            for entry in value.rsplit(',') {
+                match entry.trim().parse::<IpAddr>() {
+                    Ok(ip) if trusted.contains(&ip) => {}
+                    Ok(ip) => return Some(ip),
+                    Err(_) => return Some(peer),
+                }
+            }
+        }
+        Some(peer)
+    }
+
     /// Refuses a client whose budget of failed authentications is spent.
     pub(crate) fn check_failure_budget(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
         if let Some(ip) = peer {

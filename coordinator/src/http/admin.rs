@@ -73,7 +73,8 @@ where
 {
     let started = Instant::now();
     let result = async {
-        service.check_admin(bearer(&headers), Some(peer.ip()))?;
+        let client = service.client_ip(Some(peer.ip()), super::forwarded_for(&headers));
+        service.check_admin(bearer(&headers), client)?;
         let body = body.map_err(body_error)?;
         let args = parse_json(&body)?;
         f(service.clone(), args).await

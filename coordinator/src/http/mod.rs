@@ -330,7 +330,8 @@ async fn run<D: DeserializeOwned>(
     let mut tenant = String::new();
     let mut key_id = String::new();
     let result = async {
-        let identity = service.authenticate(bearer(&headers), Some(peer.ip()))?;
+        let client = service.client_ip(Some(peer.ip()), forwarded_for(&headers));
+        let identity = service.authenticate(bearer(&headers), client)?;
         tenant.clone_from(&identity.tenant);
         key_id.clone_from(&identity.key_id);
         let body = body.map_err(body_error)?;
@@ -375,6 +376,14 @@ pub(crate) fn finish(
 }
 
 type Peer = ConnectInfo<SocketAddr>;
+
+/// The `X-Forwarded-For` values of a request, in order (see `Service::client_ip`).
+pub(crate) fn forwarded_for(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+}
 
 async fn create_collection(
     State(s): State<Svc>,

@@ -19,9 +19,10 @@
 //!
 //! Each function runs 100,000 timed samples per batch, 20 batches. The classes share one input
 //! buffer refilled from one source before each sample: copying from two different buffers alone
-//! moved `max t` past 10 on identical contents on our 2-core VM. On that VM the ~1 µs
-//! `authenticate` path still lands between about 2 and 6.5 with a sign that changes from run to
-//! run (noise, not a direction); `tokens_match` stays under 3.
+//! moved `max t` past 10 on identical contents on our 2-core VM. Three runs on that VM: `max t`
+//! 1.3–1.7 for `tokens_match` and 1.4–1.9 for `authenticate` (an earlier version of this bench that
+//! allocated the buffer anew for every batch saw 2.1–6.4 for `authenticate`, with a sign that
+//! changed between runs).
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -41,9 +42,18 @@ fn other(b: u8) -> u8 {
     if b == b'A' { b'B' } else { b'A' }
 }
 
-fn token_first_byte_vs_last_byte(runner: &mut CtRunner, rng: &mut BenchRng) {
-    let expected: Vec<u8> = (0..43).map(|_| b'a' + rng.random_range(0..26u8)).collect();
-    let (last, first) = (expected.len() - 1, 0);
+/// Times `check` on `valid` with the byte at `left` (class left) or at `right` (class right)
+/// changed, in random order. One buffer, refilled from `valid` before each sample with one byte
+/// changed: the classes differ only in which byte, never in address (copying from two different
+/// buffers alone moved t past 10 here, through the cache).
+fn compare_classes(
+    runner: &mut CtRunner,
+    rng: &mut BenchRng,
+    valid: &[u8],
+    (left, right): (usize, usize),
+    check: impl Fn(&[u8]) -> bool,
+) {
+    let mut presented = valid.to_vec();
     for _ in 0..BATCHES {
         let classes: Vec<Class> = (0..SAMPLES)
             .map(|_| {
@@ -54,18 +64,24 @@ fn token_first_byte_vs_last_byte(runner: &mut CtRunner, rng: &mut BenchRng) {
                 }
             })
             .collect();
-        // As below: one buffer, one source, only the changed byte differs between the classes.
-        let mut presented = expected.clone();
         for class in classes {
-            presented.copy_from_slice(&expected);
+            presented.copy_from_slice(valid);
             let at = match class {
-                Class::Left => last,
-                Class::Right => first,
+                Class::Left => left,
+                Class::Right => right,
             };
-            presented[at] = other(expected[at]);
-            runner.run_one(class, || tokens_match(&presented, &expected));
+            presented[at] = other(valid[at]);
+            runner.run_one(class, || check(&presented));
         }
     }
+}
+
+fn token_first_byte_vs_last_byte(runner: &mut CtRunner, rng: &mut BenchRng) {
+    let expected: Vec<u8> = (0..43).map(|_| b'a' + rng.random_range(0..26u8)).collect();
+    let last = expected.len() - 1;
+    compare_classes(runner, rng, &expected.clone(), (last, 0), |presented| {
+        tokens_match(presented, &expected)
+    });
 }
 
 struct OneKey(HashMap<String, KeyRecord>);
@@ -96,31 +112,10 @@ fn api_key_first_char_vs_last_char(runner: &mut CtRunner, rng: &mut BenchRng) {
     let auth = Authenticator::new(store, pepper, NonZeroUsize::new(1024).expect("non-zero"));
     let full = key.full.as_bytes();
     let (last, first) = (full.len() - 1, full.len() - coordinator::auth::SECRET_LEN);
-    for _ in 0..BATCHES {
-        let classes: Vec<Class> = (0..SAMPLES)
-            .map(|_| {
-                if rng.random::<bool>() {
-                    Class::Left
-                } else {
-                    Class::Right
-                }
-            })
-            .collect();
-        // One buffer, refilled from the same source before each sample with one byte changed:
-        // the classes differ only in which byte, never in address (a copy from two different
-        // buffers alone moves t past 10 here, through the cache).
-        let mut presented = full.to_vec();
-        for class in classes {
-            presented.copy_from_slice(full);
-            let at = match class {
-                Class::Left => last,
-                Class::Right => first,
-            };
-            presented[at] = other(full[at]);
-            let presented = std::str::from_utf8(&presented).expect("ASCII");
-            runner.run_one(class, || auth.authenticate(Some(presented)).is_err());
-        }
-    }
+    compare_classes(runner, rng, full, (last, first), |presented| {
+        let presented = std::str::from_utf8(presented).expect("ASCII");
+        auth.authenticate(Some(presented)).is_err()
+    });
 }
 
 /// `ctbench_main!` without its argument parser, which refuses the `--bench` that `cargo bench`

@@ -4,10 +4,12 @@
 //! # Tasks
 //!
 //! One loop owns the WebSocket: it reads frames, writes answers, heartbeats and key-service calls
-//! (which storage threads queue through the [`Link`]). Each tenant request runs on a blocking
-//! thread inside a task of the worker's one `JoinSet`, which outlives connections: a request in
-//! flight when the connection drops finishes, and its answer is dropped because it belongs to an
-//! older connection (`generation`). Whoever spawns awaits: the loop reaps every task, and shutdown
+//! (which storage threads queue through the [`Link`]). A search of a collection already in memory
+//! is answered on the loop's thread, unless more frames wait behind it (then it goes to a blocking
+//! thread, up to one per spare core, see `Worker::on_burst`). Every other tenant request runs on a
+//! blocking thread inside a task of the worker's one `JoinSet`, which outlives connections: a
+//! request in flight when the connection drops finishes, and its answer is dropped because it
+//! belongs to an older connection (`generation`). Whoever spawns awaits: the loop reaps every task, and shutdown
 //! waits for them (bounded) before the engine is closed.
 
 use std::collections::HashMap;

@@ -402,20 +402,28 @@ async fn create_collection(
     .await
 }
 
-async fn list_collections(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap) -> Response {
+/// [`run`] for a route whose request carries no body: `op` is fixed by the path alone.
+async fn run_bodyless(
+    s: Svc,
+    endpoint: &'static str,
+    p: SocketAddr,
+    h: HeaderMap,
+    op: Op,
+) -> Response {
     run(
         s,
-        "list_collections",
+        endpoint,
         p,
         h,
         Ok(Bytes::from_static(b"{}")),
-        |_: serde_json::Value| {
-            Ok(Op::ListCollections(
-                proto::vaultvec::v1::ListCollectionsRequest {},
-            ))
-        },
+        |_: serde_json::Value| Ok(op),
     )
     .await
+}
+
+async fn list_collections(State(s): State<Svc>, ConnectInfo(p): Peer, h: HeaderMap) -> Response {
+    let op = Op::ListCollections(proto::vaultvec::v1::ListCollectionsRequest {});
+    run_bodyless(s, "list_collections", p, h, op).await
 }
 
 async fn get_collection(
@@ -424,19 +432,8 @@ async fn get_collection(
     h: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    run(
-        s,
-        "get_collection",
-        p,
-        h,
-        Ok(Bytes::from_static(b"{}")),
-        |_: serde_json::Value| {
-            Ok(Op::GetCollection(
-                proto::vaultvec::v1::GetCollectionRequest { name },
-            ))
-        },
-    )
-    .await
+    let op = Op::GetCollection(proto::vaultvec::v1::GetCollectionRequest { name });
+    run_bodyless(s, "get_collection", p, h, op).await
 }
 
 async fn delete_collection(
@@ -445,19 +442,8 @@ async fn delete_collection(
     h: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    run(
-        s,
-        "delete_collection",
-        p,
-        h,
-        Ok(Bytes::from_static(b"{}")),
-        |_: serde_json::Value| {
-            Ok(Op::DeleteCollection(
-                proto::vaultvec::v1::DeleteCollectionRequest { name },
-            ))
-        },
-    )
-    .await
+    let op = Op::DeleteCollection(proto::vaultvec::v1::DeleteCollectionRequest { name });
+    run_bodyless(s, "delete_collection", p, h, op).await
 }
 
 async fn upsert(

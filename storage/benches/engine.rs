@@ -23,7 +23,6 @@
 //! decodes the graph from FILE when it exists (the build time is then reported as 0) and otherwise
 //! builds it and writes it there.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use storage::index::{Graph, HnswParams, Metric, Vectors};
 
-const K: usize = 10;
 const MIN_SAMPLE: Duration = Duration::from_millis(500);
 
 fn main() {
@@ -180,132 +178,23 @@ struct Point {
     p99_us: f64,
 }
 
-/// The dataset, with the base and queries as the index sees them (normalised for cosine) and the
-/// ground truth's 10th distances.
-struct Dataset {
-    name: String,
-    metric: Metric,
-    dim: usize,
-    base: Vec<f32>,
-    queries: Vec<f32>,
-    /// Exact distance of each query's 10th neighbour, from `gt_dist.npy`.
-    kth_distance: Vec<f32>,
-}
-
 impl Dataset {
-    fn load(dir: &Path, n_query: usize) -> Result<Dataset> {
-        let meta: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.join("meta.json"))
-                .with_context(|| format!("reading {}/meta.json", dir.display()))?,
-        )
-        .context("parsing meta.json")?;
-        let metric = match meta["metric"].as_str() {
-            Some("cosine") => Metric::Cosine,
-            Some("l2") => Metric::L2,
-            Some("dot" | "ip") => Metric::Dot,
-            other => bail!("meta.json: unknown metric {other:?}"),
-        };
-        let name = meta["name"].as_str().map(str::to_owned).unwrap_or_else(|| {
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        });
-        let base = npy::read(&dir.join("base.npy"))?.into_f32_matrix()?;
-        let queries = npy::read(&dir.join("query.npy"))?.into_f32_matrix()?;
-        let gt_dist = npy::read(&dir.join("gt_dist.npy"))?.into_f32_matrix()?;
-        let gt_ids = npy::read(&dir.join("gt_ids.npy"))?;
-        let dim = base.1;
-        if queries.1 != dim {
-            bail!("queries have {} dimensions, base {dim}", queries.1);
+    /// [`Dataset::load`], with the base and queries as the index sees them: normalised for cosine.
+    fn load_for_index(dir: &Path, n_query: usize) -> Result<Dataset> {
+        let mut data = Dataset::load(dir, n_query)?;
+        if data.metric == Metric::Cosine {
+            normalise(&mut data.base, data.dim);
+            normalise(&mut data.queries, data.dim);
         }
-        let n_query_all = queries.0.len() / dim.max(1);
-        if gt_dist.1 < K
-            || gt_dist.0.len() / gt_dist.1 != n_query_all
-            || gt_ids.shape.first() != Some(&n_query_all)
-        {
-            bail!("ground truth does not match the queries or has fewer than 10 columns");
-        }
-        let n_base = base.0.len() / dim.max(1);
-        if gt_ids
-            .into_i32()?
-            .iter()
-            .any(|&id| id < 0 || id as usize >= n_base)
-        {
-            bail!("gt_ids.npy names ids outside the base");
-        }
-        let n_query = if n_query == 0 {
-            n_query_all
-        } else {
-            n_query.min(n_query_all)
-        };
-        let kth_distance = (0..n_query)
-            .map(|q| gt_dist.0[q * gt_dist.1 + K - 1])
-            .collect();
-        let mut base = base.0;
-        let mut queries = queries.0;
-        queries.truncate(n_query * dim);
-        if metric == Metric::Cosine {
-            normalise(&mut base, dim);
-            normalise(&mut queries, dim);
-        }
-        Ok(Dataset {
-            name,
-            metric,
-            dim,
-            base,
-            queries,
-            kth_distance,
-        })
+        Ok(data)
     }
 
     fn vectors(&self) -> Vectors<'_> {
         Vectors::new(&self.base, self.dim)
     }
 
-    fn n_base(&self) -> usize {
-        self.base.len() / self.dim.max(1)
-    }
-
     fn queries(&self) -> Vec<&[f32]> {
         self.queries.chunks_exact(self.dim).collect()
-    }
-
-    /// ann-benchmarks recall@10 of `results` (one id list per query), distances in f64.
-    fn recall(&self, results: &[Vec<u32>]) -> f64 {
-        let mut found = 0;
-        for ((query, ids), &kth) in self.queries().iter().zip(results).zip(&self.kth_distance) {
-            let threshold = kth as f64
-                + match self.metric {
-                    Metric::L2 => 1e-5 * (kth as f64).max(1.0),
-                    _ => 1e-5,
-                };
-            let mut seen = HashSet::new();
-            for &id in ids.iter().take(K) {
-                if (id as usize) < self.n_base()
-                    && self.exact_distance(query, self.vectors().get(id)) <= threshold
-                    && seen.insert(id)
-                {
-                    found += 1;
-                }
-            }
-        }
-        found as f64 / (results.len() * K).max(1) as f64
-    }
-
-    fn exact_distance(&self, a: &[f32], b: &[f32]) -> f64 {
-        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        match self.metric {
-            Metric::Cosine => {
-                let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                1.0 - dot / (norm(a) * norm(b))
-            }
-            Metric::Dot => -dot,
-            Metric::L2 => a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-                .sum(),
-        }
     }
 }
 
@@ -509,7 +398,7 @@ fn peak_rss_mb() -> f64 {
 
 fn run() -> Result<()> {
     let args = Args::parse()?;
-    let data = Dataset::load(&args.dataset, args.n_query)?;
+    let data = Dataset::load_for_index(&args.dataset, args.n_query)?;
     let vectors = data.vectors();
     let params = HnswParams {
         m: args.m,
@@ -521,7 +410,7 @@ fn run() -> Result<()> {
         data.n_base(),
         data.dim,
         data.metric,
-        data.kth_distance.len(),
+        data.n_query(),
         params.m,
         params.ef_construction,
         args.threads
@@ -586,7 +475,7 @@ fn run() -> Result<()> {
     let mut report = Report {
         dataset: data.name.clone(),
         n_base: data.n_base(),
-        n_query: data.kth_distance.len(),
+        n_query: data.n_query(),
         dim: data.dim,
         metric: format!("{:?}", data.metric).to_lowercase(),
         m: params.m,
@@ -993,5 +882,9 @@ mod reference {
     }
 }
 
+#[path = "common/dataset.rs"]
+mod dataset;
 #[path = "common/npy.rs"]
 mod npy;
+
+use dataset::{Dataset, K};

@@ -26,8 +26,7 @@
 //! (coordinator and worker together) and the share of the cores other processes used during the
 //! run (`foreign_cpu_share`, the same figure as the engine bench and `peers.py` give).
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -41,10 +40,13 @@ use serde::Serialize;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
+#[path = "../../storage/benches/common/dataset.rs"]
+mod dataset;
 #[path = "../../storage/benches/common/npy.rs"]
 mod npy;
 
-const K: usize = 10;
+use dataset::{Dataset, K};
+use storage::index::Metric;
 
 fn main() {
     let result = Args::parse().and_then(|args| {
@@ -213,151 +215,19 @@ struct Row {
     server_cpu_us_per_query: Option<f64>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Metric {
-    Cosine,
-    L2,
-    Dot,
-}
-
-impl Metric {
-    fn name(self) -> &'static str {
-        match self {
-            Metric::Cosine => "cosine",
-            Metric::L2 => "l2",
-            Metric::Dot => "dot",
-        }
-    }
-
-    fn api(self) -> api::Metric {
-        match self {
-            Metric::Cosine => api::Metric::Cosine,
-            Metric::L2 => api::Metric::L2,
-            Metric::Dot => api::Metric::Dot,
-        }
+fn metric_name(metric: Metric) -> &'static str {
+    match metric {
+        Metric::Cosine => "cosine",
+        Metric::L2 => "l2",
+        Metric::Dot => "dot",
     }
 }
 
-/// The dataset as stored (the server normalises cosine vectors itself).
-struct Dataset {
-    name: String,
-    metric: Metric,
-    dim: usize,
-    base: Vec<f32>,
-    queries: Vec<f32>,
-    /// Exact distance of each query's 10th neighbour, from `gt_dist.npy`.
-    kth_distance: Vec<f32>,
-}
-
-impl Dataset {
-    fn load(dir: &Path, n_query: usize) -> Result<Dataset> {
-        let meta: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.join("meta.json"))
-                .with_context(|| format!("reading {}/meta.json", dir.display()))?,
-        )
-        .context("parsing meta.json")?;
-        let metric = match meta["metric"].as_str() {
-            Some("cosine") => Metric::Cosine,
-            Some("l2") => Metric::L2,
-            Some("dot" | "ip") => Metric::Dot,
-            other => bail!("meta.json: unknown metric {other:?}"),
-        };
-        let name = meta["name"].as_str().map(str::to_owned).unwrap_or_else(|| {
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        });
-        let (base, dim) = npy::read(&dir.join("base.npy"))?.into_f32_matrix()?;
-        let (mut queries, query_dim) = npy::read(&dir.join("query.npy"))?.into_f32_matrix()?;
-        let (gt_dist, gt_cols) = npy::read(&dir.join("gt_dist.npy"))?.into_f32_matrix()?;
-        let gt_ids = npy::read(&dir.join("gt_ids.npy"))?;
-        if dim == 0 || query_dim != dim {
-            bail!("queries have {query_dim} dimensions, base {dim}");
-        }
-        let n_query_all = queries.len() / dim;
-        if gt_cols < K
-            || gt_dist.len() / gt_cols != n_query_all
-            || gt_ids.shape.first() != Some(&n_query_all)
-        {
-            bail!("ground truth does not match the queries or has fewer than 10 columns");
-        }
-        let n_base = base.len() / dim;
-        if gt_ids
-            .into_i32()?
-            .iter()
-            .any(|&id| id < 0 || id as usize >= n_base)
-        {
-            bail!("gt_ids.npy names ids outside the base");
-        }
-        let n_query = match n_query {
-            0 => n_query_all,
-            n => n.min(n_query_all),
-        };
-        queries.truncate(n_query * dim);
-        let kth_distance = (0..n_query).map(|q| gt_dist[q * gt_cols + K - 1]).collect();
-        Ok(Dataset {
-            name,
-            metric,
-            dim,
-            base,
-            queries,
-            kth_distance,
-        })
-    }
-
-    fn n_base(&self) -> usize {
-        self.base.len() / self.dim
-    }
-
-    fn n_query(&self) -> usize {
-        self.kth_distance.len()
-    }
-
-    fn query(&self, i: usize) -> &[f32] {
-        &self.queries[i * self.dim..(i + 1) * self.dim]
-    }
-
-    fn row(&self, id: usize) -> &[f32] {
-        &self.base[id * self.dim..(id + 1) * self.dim]
-    }
-
-    /// ann-benchmarks recall@10 of `results` (one id list per query), distances in f64.
-    fn recall(&self, results: &[Vec<u64>]) -> f64 {
-        let mut found = 0;
-        for (q, ids) in results.iter().enumerate() {
-            let kth = f64::from(self.kth_distance[q]);
-            let threshold = kth
-                + match self.metric {
-                    Metric::L2 => 1e-5 * kth.max(1.0),
-                    _ => 1e-5,
-                };
-            let mut seen = HashSet::new();
-            for &id in ids.iter().take(K) {
-                if (id as usize) < self.n_base()
-                    && self.exact_distance(self.query(q), self.row(id as usize)) <= threshold
-                    && seen.insert(id)
-                {
-                    found += 1;
-                }
-            }
-        }
-        found as f64 / (results.len() * K).max(1) as f64
-    }
-
-    fn exact_distance(&self, a: &[f32], b: &[f32]) -> f64 {
-        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        match self.metric {
-            Metric::Cosine => {
-                let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                1.0 - dot / (norm(a) * norm(b))
-            }
-            Metric::Dot => -dot,
-            Metric::L2 => a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-                .sum(),
-        }
+fn metric_api(metric: Metric) -> api::Metric {
+    match metric {
+        Metric::Cosine => api::Metric::Cosine,
+        Metric::L2 => api::Metric::L2,
+        Metric::Dot => api::Metric::Dot,
     }
 }
 
@@ -407,7 +277,7 @@ async fn run(args: Args) -> Result<()> {
         data.name,
         data.n_base(),
         data.dim,
-        data.metric.name(),
+        metric_name(data.metric),
         data.n_query(),
         args.grpc
     );
@@ -426,7 +296,7 @@ async fn run(args: Args) -> Result<()> {
                 name: args.collection.clone(),
                 config: Some(api::CollectionConfig {
                     dim: data.dim as u32,
-                    metric: data.metric.api() as i32,
+                    metric: metric_api(data.metric) as i32,
                     m: Some(16),
                     ef_construction: Some(200),
                     ef: None,
@@ -488,7 +358,7 @@ async fn run(args: Args) -> Result<()> {
         n_base: data.n_base(),
         n_query: data.n_query(),
         dim: data.dim,
-        metric: data.metric.name(),
+        metric: metric_name(data.metric),
         batch: args.batch,
         concurrent_upserts: args.upserts,
         ingest_pps: round(data.n_base() as f64 / ingest_s, 1),

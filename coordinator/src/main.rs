@@ -47,9 +47,10 @@ enum AuditCommand {
     Verify {
         /// The export: the admin API's JSON (rows and head) or JSON lines of rows.
         file: PathBuf,
-        /// A signed head exported earlier (JSON); a chain cut before it is detected.
-        #[arg(long)]
-        head: Option<PathBuf>,
+        /// A signed head exported earlier (JSON); a chain cut or rewritten below it is detected.
+        /// Repeat it to check several heads kept over time.
+        #[arg(long = "head")]
+        heads: Vec<PathBuf>,
         /// The audit key file, to check every signature too.
         #[arg(long)]
         key_file: Option<PathBuf>,
@@ -77,10 +78,10 @@ fn main() -> anyhow::Result<()> {
             command:
                 AuditCommand::Verify {
                     file,
-                    head,
+                    heads,
                     key_file,
                 },
-        } => coordinator::audit::verify_file(&file, head.as_deref(), key_file.as_deref()),
+        } => coordinator::audit::verify_file(&file, &heads, key_file.as_deref()),
     }
 }
 

@@ -211,3 +211,113 @@ async fn every_admin_operation_is_in_the_chain_and_tampering_is_detected() {
     assert!(!ok && out.contains("row 2"), "{out}");
     cluster.shutdown().await;
 }
+
+/// Makes every audit insert fail, as a full disk or a broken database would, through a trigger a
+/// second connection adds to the coordinator's SQLite file; answers a function that removes it.
+fn break_audit_writes(cluster: &Cluster) -> impl FnOnce() {
+    let path = cluster.dir().join("coordinator/coordinator.sqlite");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER test_break_audit BEFORE INSERT ON audit_rows
+         BEGIN SELECT RAISE(ABORT, 'audit writes are broken by the test'); END;",
+    )
+    .unwrap();
+    move || {
+        db.execute_batch("DROP TRIGGER test_break_audit").unwrap();
+    }
+}
+
+/// INV-18: an admin operation whose audit row cannot be written does not happen. Deleting a
+/// tenant used to destroy its keys (and its files) first and fail only at the audit row, leaving a
+/// live tenant whose data was gone; a KEK rotation answered 200 without any row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_operation_whose_audit_row_fails_does_not_happen() {
+    let cluster = Cluster::start(1).await;
+    let key = cluster.tenant("kept", None).await;
+    let (s, _) = cluster
+        .http(
+            "POST",
+            "/v1/collections",
+            Some(&key),
+            Some(json!({"name": "c", "dim": 2, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = cluster
+        .http(
+            "PUT",
+            "/v1/collections/c/points",
+            Some(&key),
+            Some(json!({"points": [{"id": 1, "vector": [1.0, 0.0]}, {"id": 2, "vector": [0.0, 1.0]}]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let count = || async {
+        cluster
+            .http(
+                "POST",
+                "/v1/collections/c/points/count",
+                Some(&key),
+                Some(json!({})),
+            )
+            .await
+    };
+    assert_eq!(count().await.1["count"], 2);
+
+    let repair = break_audit_writes(&cluster);
+    let (s, v) = cluster
+        .admin("DELETE", "/admin/v1/tenants/kept", None)
+        .await;
+    assert!(
+        s >= 500,
+        "the deletion must fail without its audit row: {s} {v}"
+    );
+    let (s, v) = cluster
+        .admin("POST", "/admin/v1/tenants/kept/rotate-kek", None)
+        .await;
+    assert!(
+        s >= 500,
+        "the rotation must fail without its audit row: {s} {v}"
+    );
+    repair();
+
+    // Nothing was erased: the tenant, its key and its points are all still there.
+    let (s, v) = count().await;
+    assert_eq!((s, &v["count"]), (200, &json!(2)), "{v}");
+    let (s, v) = cluster
+        .admin("DELETE", "/admin/v1/tenants/kept", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = count().await;
+    assert_eq!(s, 401);
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/kept", None).await;
+    let actions: Vec<&str> = export["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions
+            .windows(2)
+            .any(|w| w == ["tenant.delete", "tenant.erase"]),
+        "{actions:?}"
+    );
+    cluster.shutdown().await;
+}
+
+/// A tenant id the store refuses leaves no key file behind (the KEK used to be written first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_tenant_id_leaves_no_key_file() {
+    let cluster = Cluster::start_without_workers(0, |_| {}).await;
+    let (s, v) = cluster
+        .admin("POST", "/admin/v1/tenants", Some(json!({"id": "platform"})))
+        .await;
+    assert!((400..500).contains(&s), "{s} {v}");
+    let keks = cluster.dir().join("coordinator/keks");
+    let files: Vec<_> = std::fs::read_dir(&keks)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "{files:?}");
+    cluster.shutdown().await;
+}

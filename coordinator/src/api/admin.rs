@@ -133,19 +133,24 @@ pub fn parse_scopes(names: &[String]) -> Result<Scopes, ApiError> {
 
 impl Service {
     /// Checks the admin token in constant time. API keys are never admin tokens.
+    ///
+    /// The token is compared before the failed-authentication budget is consulted: a valid token
+    /// is never refused because others failed from the same address (or from behind the same
+    /// proxy), so a flood cannot lock the operator out. The comparison costs one hash of each
+    /// side and touches neither the store nor the audit chain, so checking it first costs an
+    /// attacker's flood nothing extra.
     pub fn check_admin(
         &self,
         presented: Option<&str>,
         peer: Option<std::net::IpAddr>,
     ) -> Result<(), ApiError> {
-        self.check_failure_budget(peer)?;
         let presented = presented.unwrap_or("").as_bytes();
         if crate::auth::tokens_match(presented, self.admin_token.as_bytes()) {
-            Ok(())
-        } else {
-            self.record_auth_failure(peer, "admin");
-            Err(ApiError::unauthenticated())
+            return Ok(());
         }
+        self.check_failure_budget(peer)?;
+        self.record_auth_failure(peer, "admin");
+        Err(ApiError::unauthenticated())
     }
 
     fn check_tier(&self, tier: &str) -> Result<(), ApiError> {
@@ -179,10 +184,16 @@ impl Service {
                 format!("tenant {id} already exists or existed (ids are never reused)"),
             ));
         }
-        self.keys
-            .ensure_tenant(&tenant_id)
-            .map_err(ApiError::internal)?;
-        Ok(self.store.create_tenant(&Actor(ADMIN.into()), id, tier)?)
+        // The KEK is made inside the store's transaction, after the store has accepted the id and
+        // before the row commits: a refused id leaves no key file behind, and a KEK that cannot
+        // be made leaves no tenant without keys.
+        Ok(self
+            .store
+            .create_tenant_then(&Actor(ADMIN.into()), id, tier, || {
+                self.keys
+                    .ensure_tenant(&tenant_id)
+                    .map_err(|e| store::Error::Invalid(format!("creating the tenant's KEK: {e}")))
+            })?)
     }
 
     /// Lists tenants.
@@ -295,72 +306,125 @@ impl Service {
 
     /// Rotates a tenant's KEK: a new version, every file re-wrapped by its worker, then the old
     /// versions destroyed. No vector is re-encrypted.
+    ///
+    /// The audit row is written after the re-wrap and before anything irreversible: if it cannot
+    /// be written, the rotation fails and the old versions stay (INV-18). A rotation that failed
+    /// can be run again; it destroys every version older than the new current one.
     pub async fn rotate_kek(&self, id: &str) -> Result<Rotation, ApiError> {
         self.existing(id)?;
         let tenant = TenantId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
         let version = self.keys.rotate_kek(&tenant).map_err(ApiError::internal)?;
-        let outcome = self.rewrap_and_destroy(id, &tenant, version).await;
-        let (result, details) = match &outcome {
-            Ok(r) => (
-                "ok",
-                serde_json::json!({ "kek_version": version, "destroyed": r.destroyed_versions }),
-            ),
-            Err(e) => (
-                "error",
-                serde_json::json!({ "kek_version": version, "error": e.message }),
-            ),
+        let to_destroy = match self.rewrap(id, version).await {
+            Ok(true) => self
+                .keys
+                .kek_versions(&tenant)
+                .map_err(ApiError::internal)?
+                .into_iter()
+                .filter(|old| *old < version)
+                .collect(),
+            Ok(false) => Vec::new(),
+            Err(err) => {
+                let details = serde_json::json!({ "kek_version": version, "error": err.message });
+                self.audit_required(id, "kek.rotate", "error", details)?;
+                return Err(err);
+            }
         };
-        self.audit(id, ADMIN, "kek.rotate", id, result, details);
-        outcome
-    }
-
-    async fn rewrap_and_destroy(
-        &self,
-        id: &str,
-        tenant: &TenantId,
-        version: u32,
-    ) -> Result<Rotation, ApiError> {
-        let paused = self.existing(id)?.tier == PAUSED_TIER;
-        if self.store.placement(id)?.is_some() && !paused {
-            let tier = self.tiers.get(&self.existing(id)?.tier).cloned();
-            match self
-                .route(id, tier.as_ref(), Op::RewrapKeys(cluster::RewrapKeys {}))
-                .await?
-            {
-                Reply::Done(_) => {}
-                _ => return Err(ApiError::internal("unexpected answer to a re-wrap")),
-            }
-        } else if self.store.placement(id)?.is_some() {
-            // A paused tenant's files cannot be re-wrapped now; keep the old versions.
-            return Ok(Rotation {
-                kek_version: version,
-                destroyed_versions: Vec::new(),
-            });
-        }
-        let mut destroyed = Vec::new();
-        for old in self.keys.kek_versions(tenant).map_err(ApiError::internal)? {
-            if old < version {
-                self.keys
-                    .destroy_kek(tenant, old)
-                    .map_err(ApiError::internal)?;
-                destroyed.push(old);
-            }
+        let details = serde_json::json!({ "kek_version": version, "destroyed": to_destroy });
+        self.audit_required(id, "kek.rotate", "ok", details)?;
+        for old in &to_destroy {
+            self.keys
+                .destroy_kek(&tenant, *old)
+                .map_err(ApiError::internal)?;
         }
         Ok(Rotation {
             kek_version: version,
-            destroyed_versions: destroyed,
+            destroyed_versions: to_destroy,
         })
     }
 
+    /// Writes the audit row of an operation that must not happen unrecorded: its failure fails
+    /// the operation.
+    fn audit_required(
+        &self,
+        chain: &str,
+        action: &str,
+        outcome: &str,
+        details: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let draft = crate::audit::Draft {
+            time_ms: crate::cluster::now_ms(),
+            actor: ADMIN.to_owned(),
+            action: action.to_owned(),
+            resource: chain.to_owned(),
+            outcome: outcome.to_owned(),
+            details,
+        };
+        self.store.audit(chain, draft).map(|_| ()).map_err(|err| {
+            tracing::error!(chain, action, error = %err, "audit write failed; the operation is refused");
+            ApiError::new(
+                Code::Unavailable,
+                format!("{action} was not completed: its audit row could not be written; retry"),
+            )
+        })
+    }
+
+    /// Has the tenant's worker re-wrap its files under the current KEK. Answers whether the old
+    /// versions may be destroyed: not while the tenant is paused (its files cannot be re-wrapped
+    /// now), yes when it was never placed (it has no files).
+    async fn rewrap(&self, id: &str, _version: u32) -> Result<bool, ApiError> {
+        let tenant = self.existing(id)?;
+        if self.store.placement(id)?.is_none() {
+            return Ok(true);
+        }
+        if tenant.tier == PAUSED_TIER {
+            return Ok(false);
+        }
+        let tier = self.tiers.get(&tenant.tier).cloned();
+        match self
+            .route(id, tier.as_ref(), Op::RewrapKeys(cluster::RewrapKeys {}))
+            .await?
+        {
+            Reply::Done(_) => Ok(true),
+            _ => Err(ApiError::internal("unexpected answer to a re-wrap")),
+        }
+    }
+
     /// Deletes a tenant by destroying its keys (crypto-erasure), then its files on the worker.
+    ///
+    /// The store's transaction comes first: it marks the tenant deleted, revokes its keys, removes
+    /// its placement, moves its fencing epoch on and writes the audit rows, all or nothing
+    /// (INV-18). From that commit nothing of the tenant is served (the key service refuses a
+    /// deleted tenant). Then the KEKs are destroyed. If that fails, the deletion answers an error
+    /// and can be run again: a deleted tenant whose key file is still there finishes its erasure
+    /// (audited as `tenant.erase`).
     pub async fn delete_tenant(&self, id: &str) -> Result<Erasure, ApiError> {
-        self.existing(id)?;
         let tenant = TenantId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
-        let placement = self.store.placement(id)?;
-        // Keys first: from this moment every copy of the tenant's files is unreadable.
-        self.keys
-            .destroy_tenant(&tenant)
-            .map_err(ApiError::internal)?;
+        let row = self.store.tenant(id)?;
+        let placement = match row {
+            Some(t) if !t.deleted => {
+                let placement = self.store.placement(id)?;
+                self.store.delete_tenant(&Actor(ADMIN.into()), id)?;
+                self.auth.forget_tenant(id);
+                self.forget_tenant_state(id);
+                placement
+            }
+            // A deletion that stopped before its keys were destroyed is finished now.
+            Some(_) if self.keys.kek_versions(&tenant).is_ok() => None,
+            _ => {
+                return Err(ApiError::new(
+                    Code::NotFound,
+                    format!("tenant {id} not found"),
+                ));
+            }
+        };
+        if let Err(err) = self.keys.destroy_tenant(&tenant) {
+            tracing::error!(tenant = id, error = %err, "destroying a deleted tenant's KEKs failed");
+            return Err(ApiError::new(
+                Code::Unavailable,
+                "the tenant is deleted and serves nothing, but its keys could not be destroyed yet; \
+                 run the deletion again to finish the erasure",
+            ));
+        }
         let mut files_deleted = false;
         if let Some(p) = &placement
             && self.hub.worker(&p.worker).is_some()
@@ -390,15 +454,16 @@ impl Service {
                     .await,
                 Ok(cluster::envelope::Body::TenantResponse(_))
             );
-        }
-        self.store.delete_tenant(&Actor(ADMIN.into()), id)?;
-        self.auth.forget_tenant(id);
-        self.forget_tenant_state(id);
-        if let Some(p) = &placement {
             self.hub
                 .release(&p.worker, id, p.epoch, self.request_timeout)
                 .await;
         }
+        self.audit_required(
+            id,
+            "tenant.erase",
+            "ok",
+            serde_json::json!({ "keys_destroyed": true, "files_deleted": files_deleted }),
+        )?;
         Ok(Erasure {
             keys_destroyed: true,
             files_deleted,

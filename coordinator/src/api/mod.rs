@@ -41,6 +41,15 @@ struct TenantState {
     placement: Option<Placement>,
 }
 
+/// Cached tenant states, and how many times one was forgotten. A request that read the store
+/// before an admin change (pause, tier, delete, placement) may not cache what it read after the
+/// change forgot the entry: it compares the generation it saw before reading.
+#[derive(Default)]
+struct TenantCache {
+    states: HashMap<String, Arc<TenantState>>,
+    generation: u64,
+}
+
 /// The credential of an `authorization: Bearer <token>` value (the scheme is case-insensitive).
 pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -64,7 +73,10 @@ pub struct Service {
     auth_failures: crate::config::AuthFailureBudget,
     failures: limit::Buckets<IpAddr>,
     /// Cached per tenant and shared, so a request's lookups clone a pointer, not strings.
-    tenants: RwLock<HashMap<String, Arc<TenantState>>>,
+    tenants: RwLock<TenantCache>,
+    /// Runs once after the next store read of a tenant's state, before it is cached (tests hold a
+    /// lookup there to race an admin change against it).
+    tenant_read_hook: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
     placing: tokio::sync::Mutex<()>,
 }
 
@@ -115,7 +127,8 @@ impl Service {
             rates: limit::Buckets::new(100_000),
             auth_failures: parts.auth_failures,
             failures: limit::Buckets::new(100_000),
-            tenants: RwLock::new(HashMap::new()),
+            tenants: RwLock::new(TenantCache::default()),
+            tenant_read_hook: parking_lot::Mutex::new(None),
             placing: tokio::sync::Mutex::new(()),
         })
     }
@@ -178,7 +191,7 @@ impl Service {
 
     /// Refuses a client whose budget of failed authentications is spent.
     pub(crate) fn check_failure_budget(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
-        if let Some(ip) = peer {
+        if let Some(ip) = peer.map(limit::client_bucket) {
             let wait = self.failures.wait(
                 &ip,
                 self.auth_failures.per_second,
@@ -200,7 +213,7 @@ impl Service {
     /// Spends one failure from the client's budget and writes the audit row (platform chain).
     pub(crate) fn record_auth_failure(&self, peer: Option<IpAddr>, resource: &str) {
         self.metrics.auth_failures.inc();
-        if let Some(ip) = peer {
+        if let Some(ip) = peer.map(limit::client_bucket) {
             let _ = self.failures.take(
                 &ip,
                 self.auth_failures.per_second,
@@ -243,9 +256,13 @@ impl Service {
     }
 
     fn tenant_state(&self, tenant: &str) -> Result<Arc<TenantState>, ApiError> {
-        if let Some(state) = self.tenants.read().get(tenant) {
-            return Ok(state.clone());
-        }
+        let generation = {
+            let cache = self.tenants.read();
+            if let Some(state) = cache.states.get(tenant) {
+                return Ok(state.clone());
+            }
+            cache.generation
+        };
         let row = self
             .store
             .tenant(tenant)
@@ -257,15 +274,29 @@ impl Service {
             tier: row.tier,
             placement,
         });
-        self.tenants
-            .write()
-            .insert(tenant.to_owned(), state.clone());
+        if let Some(hook) = self.tenant_read_hook.lock().take() {
+            hook();
+        }
+        let mut cache = self.tenants.write();
+        if cache.generation == generation {
+            cache.states.insert(tenant.to_owned(), state.clone());
+        }
         Ok(state)
     }
 
-    /// Drops the cached state of a tenant after an admin change.
+    /// Drops the cached state of a tenant after an admin change (call it after the change
+    /// committed). A lookup that read the store before the change cannot cache its stale copy.
     pub(crate) fn forget_tenant_state(&self, tenant: &str) {
-        self.tenants.write().remove(tenant);
+        let mut cache = self.tenants.write();
+        cache.generation = cache.generation.wrapping_add(1);
+        cache.states.remove(tenant);
+    }
+
+    /// Sets a function to run once, after the next store read of a tenant's state and before it
+    /// is cached (tests race admin changes against a lookup with it).
+    #[doc(hidden)]
+    pub fn set_tenant_read_hook(&self, hook: impl FnOnce() + Send + 'static) {
+        *self.tenant_read_hook.lock() = Some(Box::new(hook));
     }
 
     /// Refuses a request body over the tier's limit; both transports call it before parsing.
@@ -306,6 +337,11 @@ impl Service {
                 state.tier
             ))
         })?;
+        // The rate is charged only for requests that are allowed and well-formed: refused ones
+        // cost the server little and must not drain the tenant's budget for its valid traffic.
+        let (scope, collection) = validate::scope_of(&op);
+        identity.require(scope, collection)?;
+        validate::check(&op, &self.limits, tier)?;
         if let Err(wait) = self.rates.take(
             &identity.tenant,
             tier.requests_per_second,
@@ -318,9 +354,6 @@ impl Service {
                 retry_after: Some(wait),
             });
         }
-        let (scope, collection) = validate::scope_of(&op);
-        identity.require(scope, collection)?;
-        validate::check(&op, &self.limits, tier)?;
         let restricted = matches!(op, Op::ListCollections(_))
             .then(|| identity.collections.clone())
             .flatten();

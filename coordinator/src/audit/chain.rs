@@ -223,20 +223,39 @@ fn equal(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Checks an exported chain: sequence, links, hashes, and with the key, every signature; with a
-/// head, that the export ends exactly where the head says (a cut tail is caught). Names the first
-/// bad row.
+/// head, that the export holds the chain the head signed (a cut tail is caught). Names the first
+/// bad row. See [`verify_anchored`] for several heads.
 pub fn verify(
     rows: &[AuditRow],
     key: Option<&AuditKey>,
     head: Option<&ChainHead>,
+) -> Result<(), VerifyError> {
+    verify_anchored(
+        rows,
+        key,
+        head.map(std::slice::from_ref).unwrap_or_default(),
+    )
+}
+
+/// As [`verify`], against every one of `anchors`: signed heads exported earlier (or with this
+/// export). Each anchor must fall within the export and name the very row hash at its seq, so a
+/// later, longer export checks against any head kept before it, while a tail cut below an anchor,
+/// or a rewrite of any row up to it, is caught. With the key, each anchor's signature is checked.
+pub fn verify_anchored(
+    rows: &[AuditRow],
+    key: Option<&AuditKey>,
+    anchors: &[ChainHead],
 ) -> Result<(), VerifyError> {
     let bad = |line: usize, reason: String| Err(VerifyError { line, reason });
     let mut prev = GENESIS;
     let chain = rows
         .first()
         .map(|r| r.chain.as_str())
-        .or(head.map(|h| h.chain.as_str()))
+        .or(anchors.first().map(|h| h.chain.as_str()))
         .unwrap_or("");
+    // hashes[seq] is the chain's hash after row `seq` (the genesis value before row 1).
+    let mut hashes = Vec::with_capacity(rows.len() + 1);
+    hashes.push(GENESIS);
     for (i, row) in rows.iter().enumerate() {
         let line = i + 1;
         if row.chain != chain {
@@ -276,17 +295,36 @@ pub fn verify(
             return bad(line, "signature does not verify under the audit key".into());
         }
         prev = hash;
+        hashes.push(hash);
     }
-    if let Some(head) = head {
-        let last_seq = rows.len() as u64;
-        if head.chain != chain
-            || head.seq != last_seq
-            || !equal(head.hash.as_bytes(), hex::encode(prev).as_bytes())
-        {
+    let last_seq = rows.len() as u64;
+    for head in anchors {
+        if head.chain != chain {
             return bad(
                 0,
                 format!(
-                    "export ends at seq {last_seq} but the signed head is at seq {} (the tail was cut or altered)",
+                    "the signed head is of chain {:?}, not {chain:?}",
+                    head.chain
+                ),
+            );
+        }
+        let at = usize::try_from(head.seq)
+            .ok()
+            .and_then(|seq| hashes.get(seq));
+        let Some(at) = at else {
+            return bad(
+                0,
+                format!(
+                    "export ends at seq {last_seq} but a signed head is at seq {} (the tail was cut)",
+                    head.seq
+                ),
+            );
+        };
+        if !equal(head.hash.as_bytes(), hex::encode(at).as_bytes()) {
+            return bad(
+                0,
+                format!(
+                    "the chain at seq {} does not match the signed head there (the chain was cut and rewritten)",
                     head.seq
                 ),
             );

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-use super::{AuditKey, AuditRow, ChainHead, verify};
+use super::{AuditKey, AuditRow, ChainHead, verify_anchored};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,20 +34,21 @@ pub fn read_export(text: &str) -> anyhow::Result<(Vec<AuditRow>, Option<ChainHea
 /// summary; an error names the first bad row.
 pub fn verify_file(
     file: &Path,
-    head: Option<&Path>,
+    heads: &[std::path::PathBuf],
     key_file: Option<&Path>,
 ) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let (rows, embedded_head) = read_export(&text)?;
-    let head = match head {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Some(serde_json::from_str::<ChainHead>(&text).context("parsing the head")?)
-        }
-        None => embedded_head,
-    };
+    let mut anchors: Vec<ChainHead> = embedded_head.into_iter().collect();
+    for path in heads {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        anchors.push(
+            serde_json::from_str::<ChainHead>(&text)
+                .with_context(|| format!("parsing the head {}", path.display()))?,
+        );
+    }
     let key = match key_file {
         Some(path) => {
             let secret = crate::config::read_secret(path)?;
@@ -55,14 +56,14 @@ pub fn verify_file(
         }
         None => None,
     };
-    if let Err(err) = verify(&rows, key.as_ref(), head.as_ref()) {
+    if let Err(err) = verify_anchored(&rows, key.as_ref(), &anchors) {
         bail!("audit chain does NOT verify: {err}");
     }
     println!(
         "ok: {} rows verified{}{}",
         rows.len(),
-        if head.is_some() {
-            " against the signed head"
+        if !anchors.is_empty() {
+            " against the signed head(s)"
         } else {
             " (no head: a cut tail would not be detected)"
         },

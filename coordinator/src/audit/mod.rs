@@ -10,7 +10,7 @@
 mod chain;
 mod file;
 
-pub use chain::{AuditKey, AuditRow, ChainHead, Draft, VerifyError, verify};
+pub use chain::{AuditKey, AuditRow, ChainHead, Draft, VerifyError, verify, verify_anchored};
 pub use file::{read_export, verify_file};
 
 #[cfg(test)]

@@ -159,3 +159,35 @@ fn exports_round_trip_as_json_lines_and_reject_unknown_fields() {
 }
 
 static_assertions::assert_not_impl_any!(AuditKey: std::fmt::Debug, std::fmt::Display, PartialEq, Clone);
+
+/// A signed head kept earlier anchors every later, longer export: the chain must pass through it.
+/// Several heads can be checked at once; a cut below any of them, or a rewrite up to one, fails.
+#[test]
+fn earlier_heads_anchor_longer_exports_as_prefixes() {
+    let rows = chain(50);
+    let key = key();
+    let at = |seq: usize| ChainHead::of("acme", rows[..seq].last(), &key);
+    let anchors = [at(10), at(30), at(50)];
+    verify_anchored(&rows, Some(&key), &anchors).unwrap();
+    verify(&rows, Some(&key), Some(&at(20))).unwrap();
+    verify(&rows, Some(&key), Some(&at(0))).unwrap();
+    // Cut below the second anchor: caught, whatever the other anchors say.
+    let err = verify_anchored(&rows[..25], Some(&key), &anchors[..2]).unwrap_err();
+    assert!(err.reason.contains("tail was cut"), "{err}");
+    // Cut after row 5 and regrown, even with valid signatures: the row at the anchor's seq no
+    // longer has the anchor's hash.
+    let attacker = AuditKey::new(&[9u8; 32]).unwrap();
+    let mut regrown: Vec<AuditRow> = rows[..5].to_vec();
+    for i in 5..50 {
+        let row = AuditRow::append("acme", regrown.last(), draft(i + 100), &key).unwrap();
+        regrown.push(row);
+    }
+    verify(&regrown, Some(&key), None).unwrap();
+    let err = verify_anchored(&regrown, Some(&key), &anchors[..1]).unwrap_err();
+    assert!(err.reason.contains("does not match"), "{err}");
+    // An anchor of another chain, or forged without the key, is refused.
+    let other = ChainHead::of("beta", rows[..10].last(), &key);
+    assert!(verify_anchored(&rows, Some(&key), &[other]).is_err());
+    let forged = ChainHead::of("acme", rows[..10].last(), &attacker);
+    assert!(verify_anchored(&rows, Some(&key), &[forged]).is_err());
+}

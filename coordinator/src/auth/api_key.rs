@@ -183,12 +183,19 @@ struct Cached {
     identity: Arc<Identity>,
 }
 
+/// The cache, and how many times entries were forgotten: a lookup that started before the last
+/// forget may not fill the cache (its record may predate a revocation).
+struct Cache {
+    entries: LruCache<u64, Cached>,
+    generation: u64,
+}
+
 /// Checks presented keys against the store, through the cache.
 pub struct Authenticator<S> {
     store: S,
     pepper: Pepper,
     seed: u64,
-    cache: Mutex<LruCache<u64, Cached>>,
+    cache: Mutex<Cache>,
     /// Replaces the cache index hash in tests, to force collisions (INV-09).
     hash: fn(u64, &str) -> u64,
 }
@@ -206,7 +213,10 @@ impl<S: KeyStore> Authenticator<S> {
             store,
             pepper,
             seed: u64::from_le_bytes(seed),
-            cache: Mutex::new(LruCache::new(capacity)),
+            cache: Mutex::new(Cache {
+                entries: LruCache::new(capacity),
+                generation: 0,
+            }),
             hash: xxh3,
         }
     }
@@ -228,6 +238,9 @@ impl<S: KeyStore> Authenticator<S> {
         if let Some(identity) = self.lookup_cache(index, &digest) {
             return Ok(identity);
         }
+        // Taken before the store is read: if a revocation commits after this read and forgets
+        // the key before we cache it, the generation has moved and the stale record is not cached.
+        let generation = self.cache.lock().generation;
         let record = self.store.find(key_id).ok_or(AuthError::Unauthenticated)?;
         if record.is_revoked || !bool::from(record.digest.ct_eq(&digest)) {
             return Err(AuthError::Unauthenticated);
@@ -238,13 +251,16 @@ impl<S: KeyStore> Authenticator<S> {
             scopes: record.scopes,
             collections: record.collections,
         });
-        self.cache.lock().put(
-            index,
-            Cached {
-                digest,
-                identity: identity.clone(),
-            },
-        );
+        let mut cache = self.cache.lock();
+        if cache.generation == generation {
+            cache.entries.put(
+                index,
+                Cached {
+                    digest,
+                    identity: identity.clone(),
+                },
+            );
+        }
         Ok(identity)
     }
 
@@ -260,7 +276,7 @@ impl<S: KeyStore> Authenticator<S> {
 
     fn lookup_cache(&self, index: u64, digest: &[u8; 32]) -> Option<Arc<Identity>> {
         let mut cache = self.cache.lock();
-        let hit = cache.get(&index)?;
+        let hit = cache.entries.get(&index)?;
         // The index is not a security hash: only an equal digest, compared in constant time,
         // confirms the hit. A collision falls through to the store.
         bool::from(hit.digest.ct_eq(digest)).then(|| hit.identity.clone())
@@ -279,13 +295,15 @@ impl<S: KeyStore> Authenticator<S> {
 
     fn forget_where(&self, stale: impl Fn(&Identity) -> bool) {
         let mut cache = self.cache.lock();
+        cache.generation = cache.generation.wrapping_add(1);
         let indexes: Vec<u64> = cache
+            .entries
             .iter()
             .filter(|(_, c)| stale(&c.identity))
             .map(|(k, _)| *k)
             .collect();
         for index in indexes {
-            cache.pop(&index);
+            cache.entries.pop(&index);
         }
     }
 }

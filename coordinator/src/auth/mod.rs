@@ -15,11 +15,16 @@ pub use api_key::{
 };
 
 /// Whether a presented bearer token (admin or worker) equals the expected one, in time that
-/// depends only on their lengths, never on where they first differ (INV-10; measured by
-/// `cargo bench -p coordinator --bench dudect`).
+/// depends neither on where they first differ nor on the expected token's length (INV-10;
+/// measured by `cargo bench -p coordinator --bench dudect`). Both sides are hashed to 32 bytes
+/// first and the digests compared in constant time: comparing the raw bytes would return at once
+/// when the lengths differ, which tells a caller the token's length.
 pub fn tokens_match(presented: &[u8], expected: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
-    bool::from(presented.ct_eq(expected))
+    let presented = Sha256::digest(presented);
+    let expected = Sha256::digest(expected);
+    bool::from(presented.as_slice().ct_eq(expected.as_slice()))
 }
 
 #[cfg(test)]

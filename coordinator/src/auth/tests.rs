@@ -209,3 +209,63 @@ proptest! {
         prop_assert_eq!(auth.authenticate(Some(&raw)), Err(AuthError::Unauthenticated));
     }
 }
+
+/// A store whose lookups stop after reading, until the test lets them return: it holds a lookup
+/// between "read the record" and "the authenticator caches it", where a revocation can slip in.
+struct GatedStore {
+    inner: Arc<Store>,
+    read: std::sync::mpsc::SyncSender<()>,
+    proceed: Mutex<std::sync::mpsc::Receiver<()>>,
+    gated: std::sync::atomic::AtomicBool,
+}
+
+impl KeyStore for Arc<GatedStore> {
+    fn find(&self, key_id: &str) -> Option<KeyRecord> {
+        let record = self.inner.find(key_id);
+        if self.gated.swap(false, Ordering::SeqCst) {
+            self.read.send(()).unwrap();
+            self.proceed.lock().recv().unwrap();
+        }
+        record
+    }
+}
+
+/// INV-11: a lookup that read the key before a revocation committed cannot put it back into the
+/// cache after the revocation cleared it (it would then work until evicted).
+#[test]
+fn a_lookup_racing_a_revocation_cannot_cache_the_revoked_key() {
+    let store = Arc::new(Store::default());
+    let key = issue(&store, "acme", all_scopes(), None);
+    let (read_tx, read_rx) = std::sync::mpsc::sync_channel(1);
+    let (proceed_tx, proceed_rx) = std::sync::mpsc::sync_channel(1);
+    let gated = Arc::new(GatedStore {
+        inner: store.clone(),
+        read: read_tx,
+        proceed: Mutex::new(proceed_rx),
+        gated: true.into(),
+    });
+    let auth = Arc::new(Authenticator::new(
+        gated,
+        Pepper::new(PEPPER).unwrap(),
+        NonZeroUsize::new(16).unwrap(),
+    ));
+    let racing = {
+        let (auth, full) = (auth.clone(), key.full.to_string());
+        std::thread::spawn(move || auth.authenticate(Some(&full)).is_ok())
+    };
+    // The lookup has read the (still valid) record; now the revocation commits and clears the cache.
+    read_rx.recv().unwrap();
+    store.keys.lock().get_mut(&key.key_id).unwrap().is_revoked = true;
+    auth.forget(&key.key_id);
+    proceed_tx.send(()).unwrap();
+    assert!(
+        racing.join().unwrap(),
+        "the racing request itself read a valid key"
+    );
+    assert_eq!(
+        auth.authenticate(Some(&key.full)),
+        Err(AuthError::Unauthenticated),
+        "the revoked key must not be served from the cache"
+    );
+    assert!(auth.authenticate_cached(Some(&key.full)).is_none());
+}

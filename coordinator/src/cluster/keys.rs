@@ -66,11 +66,18 @@ impl Hub {
                 );
             }
         };
-        // Only for a tenant assigned to this worker, on this connection, under the current placement.
-        let placed_here = matches!(
-            self.store.placement(&tenant),
-            Ok(Some(p)) if p.worker == conn.id && conn.assigned_epoch(&tenant) == Some(p.epoch)
+        // Only for a live tenant that is not paused, assigned to this worker, on this connection,
+        // under the current placement. Pausing and deleting move the epoch on as well, but a
+        // paused tenant is refused by name, so no ordering of requests can unlock its keys.
+        let is_active = matches!(
+            self.store.tenant(&tenant),
+            Ok(Some(t)) if !t.deleted && t.tier != crate::config::PAUSED_TIER
         );
+        let placed_here = is_active
+            && matches!(
+                self.store.placement(&tenant),
+                Ok(Some(p)) if p.worker == conn.id && conn.assigned_epoch(&tenant) == Some(p.epoch)
+            );
         if !placed_here {
             self.audit_refusal(
                 &conn.id,

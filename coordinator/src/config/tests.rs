@@ -156,6 +156,23 @@ fn the_example_config_parses_with_and_without_tls() {
     let config = Config::load(&path).unwrap();
     assert!(config.cluster_tls.is_none());
     assert_eq!(config.default_tier, "free");
+    // The shipped nginx config proxies from loopback and sets X-Forwarded-For; the shipped
+    // coordinator config must trust it, or every client behind nginx shares one failure budget.
+    let nginx = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/nginx/vaultvec.conf"
+    ))
+    .unwrap();
+    assert!(nginx.contains("proxy_pass http://127.0.0.1:"));
+    assert!(nginx.contains("X-Forwarded-For $remote_addr"));
+    assert!(
+        config
+            .auth_failures
+            .trusted_proxies
+            .contains(&std::net::IpAddr::from([127, 0, 0, 1])),
+        "{:?}",
+        config.auth_failures.trusted_proxies
+    );
 
     let (cert, key) = cert_and_key();
     write(dir.path(), "cluster.crt", &cert, 0o644);
@@ -166,4 +183,30 @@ fn the_example_config_parses_with_and_without_tls() {
         .replace("# key_file =", "key_file =");
     let path = write(dir.path(), "example-tls.toml", &with_tls, 0o600);
     assert!(Config::load(&path).unwrap().cluster_tls.is_some());
+}
+
+/// A failure budget that is not a positive finite rate would panic or never refill.
+#[test]
+fn an_auth_failure_rate_that_is_not_a_positive_number_is_refused() {
+    for (per_second, burst) in [
+        ("0.0", "5"),
+        ("-1.0", "5"),
+        ("nan", "5"),
+        ("inf", "5"),
+        ("1.0", "0"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(
+            dir.path(),
+            &format!("\n[auth_failures]\nper_second = {per_second}\nburst = {burst}\n"),
+        );
+        let Err(err) = Config::load(&path) else {
+            panic!("{per_second}/{burst} was accepted");
+        };
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("[auth_failures]"),
+            "{per_second}/{burst}: {err}"
+        );
+    }
 }

@@ -70,6 +70,18 @@ fn next_epoch(conn: &Connection, tenant: &str) -> Result<u64> {
     from_sql_int(&format!("placement epoch of tenant {tenant}"), next)
 }
 
+/// Moves a tenant's epoch on inside a caller's transaction (pause, delete): its placement, if
+/// any, takes the new epoch, so every assignment under an older one is stale. Answers the new
+/// epoch. The caller's audit row records it.
+pub(crate) fn fence(conn: &Connection, tenant: &str) -> Result<u64> {
+    let epoch = next_epoch(conn, tenant)?;
+    conn.execute(
+        "UPDATE placements SET epoch = ?2 WHERE tenant = ?1",
+        params![tenant, to_sql_int("epoch", epoch)?],
+    )?;
+    Ok(epoch)
+}
+
 impl Store {
     /// Records a worker's hello or heartbeat (insert or update). Not audited: heartbeats are
     /// frequent and say nothing about security. `last_seen_ms` never moves backwards, so a delayed

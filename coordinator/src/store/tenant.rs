@@ -60,6 +60,19 @@ impl Store {
     /// Creates a tenant. Its first audit row goes to its own chain and to the platform chain.
     /// [`Error::AlreadyExists`] if the id was ever used, deleted tenants included.
     pub fn create_tenant(&self, actor: &Actor, id: &str, tier: &str) -> Result<Tenant> {
+        self.create_tenant_then(actor, id, tier, || Ok(()))
+    }
+
+    /// As [`Store::create_tenant`], running `before_commit` once the tenant row and its audit rows
+    /// are written and before they commit: its error rolls the creation back. The coordinator
+    /// makes the tenant's KEK there, so a refused id never leaves a key file behind.
+    pub fn create_tenant_then(
+        &self,
+        actor: &Actor,
+        id: &str,
+        tier: &str,
+        before_commit: impl FnOnce() -> Result<()>,
+    ) -> Result<Tenant> {
         check_tenant_id(id)?;
         check_tier(tier)?;
         let now = self.now();
@@ -80,6 +93,7 @@ impl Store {
             let draft = self.draft(actor, "tenant.create", id, json!({ "tier": tier }));
             self.append_in(tx, id, draft.clone())?;
             self.append_in(tx, PLATFORM_CHAIN, draft)?;
+            before_commit()?;
             Ok(Tenant {
                 id: id.to_owned(),
                 tier: tier.to_owned(),
@@ -131,7 +145,9 @@ impl Store {
     }
 
     /// Pauses a tenant: its tier becomes `paused` and the previous tier is remembered for
-    /// [`Store::resume_tenant`]. Pausing a paused tenant is [`Error::Invalid`].
+    /// [`Store::resume_tenant`]. Pausing a paused tenant is [`Error::Invalid`]. A placed tenant's
+    /// fencing epoch moves on in the same transaction, so a request that read the placement
+    /// before the pause cannot assign the tenant again under an epoch the key service honours.
     pub fn pause_tenant(&self, actor: &Actor, id: &str) -> Result<Tenant> {
         self.write(|tx| {
             let mut tenant = live(tx, id)?;
@@ -142,7 +158,8 @@ impl Store {
                 "UPDATE tenants SET tier = ?2, paused_from = tier WHERE id = ?1",
                 params![id, PAUSED],
             )?;
-            let details = json!({ "from": tenant.tier });
+            let epoch = super::placement::fence(tx, id)?;
+            let details = json!({ "from": tenant.tier, "epoch": epoch });
             self.append_in(tx, id, self.draft(actor, "tenant.pause", id, details))?;
             tenant.paused_from = Some(std::mem::replace(&mut tenant.tier, PAUSED.into()));
             Ok(tenant)
@@ -192,6 +209,8 @@ impl Store {
                 ids.sort();
                 ids
             };
+            // The epoch counter moves on too, so nothing that holds the last epoch stays current.
+            let epoch = super::placement::fence(tx, id)?;
             let placement: Option<(String, i64)> = tx
                 .query_row(
                     "DELETE FROM placements WHERE tenant = ?1 RETURNING worker, epoch",
@@ -205,7 +224,8 @@ impl Store {
             )?;
             let placement =
                 placement.map(|(worker, epoch)| json!({ "worker": worker, "epoch": epoch }));
-            let details = json!({ "revoked_keys": revoked, "placement": placement });
+            let details =
+                json!({ "revoked_keys": revoked, "placement": placement, "epoch": epoch });
             let draft = self.draft(actor, "tenant.delete", id, details);
             self.append_in(tx, id, draft.clone())?;
             self.append_in(tx, PLATFORM_CHAIN, draft)?;

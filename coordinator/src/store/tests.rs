@@ -614,7 +614,7 @@ fn placement_epochs_only_go_up() {
         Err(Error::AlreadyExists(_))
     ));
     drop(store);
-    // The counter outlived the placement row.
+    // The counter outlived the placement row; the deletion moved it on once more (fencing).
     let counter: i64 = raw(&path)
         .query_row(
             "SELECT placement_epoch FROM tenants WHERE id = 'acme'",
@@ -622,7 +622,7 @@ fn placement_epochs_only_go_up() {
             |row| row.get(0),
         )
         .unwrap();
-    assert_eq!(counter, 6);
+    assert_eq!(counter, 7);
 }
 
 #[test]
@@ -698,11 +698,13 @@ fn every_mutation_writes_exactly_its_audit_rows() {
         json!({ "worker": "w1", "epoch": 1, "previous_worker": null })
     );
     assert_eq!(acme[6].details, json!({ "worker": "w1", "epoch": 2 }));
-    assert_eq!(acme[7].details, json!({ "from": "pro" }));
+    // Pausing and deleting move the fencing epoch on (INV-14): 3 at the pause, 4 at the new
+    // placement, 5 at the deletion.
+    assert_eq!(acme[7].details, json!({ "from": "pro", "epoch": 3 }));
     assert_eq!(acme[8].details, json!({ "to": "pro" }));
     assert_eq!(
         acme[11].details,
-        json!({ "revoked_keys": [], "placement": { "worker": "w1", "epoch": 3 } })
+        json!({ "revoked_keys": [], "placement": { "worker": "w1", "epoch": 5 }, "epoch": 5 })
     );
     let platform = store.export_chain(PLATFORM_CHAIN).unwrap();
     assert_eq!(platform[2].details, acme[11].details);

@@ -17,6 +17,7 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -175,12 +176,11 @@ impl Coordinator {
         let router = http::router(service.clone());
         let stop = public.clone();
         servers.spawn(async move {
-            // Answers go out at once, not held back by Nagle's algorithm until the last is acked.
-            let listener = listeners.http.tap_io(|tcp| {
-                if let Err(err) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %err, "setting TCP_NODELAY failed");
-                }
-            });
+            // Bounded connections, idle ones closed, TCP_NODELAY (net.rs).
+            // (`tap_io` only lends the wrapped listener axum's `ConnectInfo<SocketAddr>`.)
+            let listener =
+                net::LimitedListener::new(listeners.http, net::MAX_CONNECTIONS, net::HTTP_IDLE)
+                    .tap_io(|_| {});
             axum::serve(
                 listener,
                 router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -191,6 +191,8 @@ impl Coordinator {
         });
 
         let grpc = grpc::Grpc::new(service.clone());
+        let authenticate = grpc::Authenticate::new(service.clone());
+        let call_timeout = service.request_timeout() + std::time::Duration::from_secs(5);
         let stop = public.clone();
         servers.spawn(async move {
             use proto::vaultvec::v1::{
@@ -198,7 +200,19 @@ impl Coordinator {
                 points_server::PointsServer,
             };
             let max = grpc::MAX_MESSAGE_BYTES;
+            // The key is checked from the metadata before a message is read or decoded (INV-22):
+            // `tag_path` records which method a request is for, then the interceptor authenticates.
+            let layers = tower::ServiceBuilder::new()
+                .layer(tower::util::MapRequestLayer::new(grpc::tag_path))
+                .layer(tonic::service::InterceptorLayer::new(authenticate));
             tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(grpc::MAX_STREAMS_PER_CONNECTION))
+                .concurrency_limit_per_connection(grpc::MAX_STREAMS_PER_CONNECTION as usize)
+                .http2_max_header_list_size(grpc::MAX_HEADER_BYTES)
+                .http2_keepalive_interval(Some(net::GRPC_KEEPALIVE))
+                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+                .timeout(call_timeout)
+                .layer(layers)
                 .add_service(CollectionsServer::new(grpc.clone()).max_decoding_message_size(max))
                 .add_service(
                     PointsServer::new(grpc.clone())
@@ -207,8 +221,11 @@ impl Coordinator {
                 )
                 .add_service(HealthServer::new(grpc))
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listeners.grpc)
-                        .with_nodelay(Some(true)),
+                    net::incoming(net::LimitedListener::new(
+                        listeners.grpc,
+                        net::MAX_CONNECTIONS,
+                        net::GRPC_IDLE,
+                    )),
                     stop.cancelled_owned(),
                 )
                 .await

@@ -299,6 +299,20 @@ impl Service {
         *self.tenant_read_hook.lock() = Some(Box::new(hook));
     }
 
+    /// The deadline of a routed request.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The largest request body the caller's tier accepts.
+    pub fn body_limit(&self, identity: &Identity) -> Result<usize, ApiError> {
+        let state = self.tenant_state(&identity.tenant)?;
+        Ok(self
+            .tiers
+            .get(&state.tier)
+            .map_or(crate::http::MAX_ADMIN_BODY_BYTES, |t| t.max_body_bytes))
+    }
+
     /// Refuses a request body over the tier's limit; both transports call it before parsing.
     pub fn check_body_size(&self, identity: &Identity, bytes: usize) -> Result<(), ApiError> {
         let state = self.tenant_state(&identity.tenant)?;

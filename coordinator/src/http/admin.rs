@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
@@ -15,7 +14,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{bearer, body_error, finish, parse_json};
+use super::{bearer, finish, parse_json};
 use crate::api::Service;
 use crate::api::admin::parse_scopes;
 use crate::api::error::ApiError;
@@ -63,7 +62,7 @@ async fn admin<D, F, Fut>(
     endpoint: &'static str,
     peer: SocketAddr,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     f: F,
 ) -> Response
 where
@@ -75,7 +74,8 @@ where
     let result = async {
         let client = service.client_ip(Some(peer.ip()), super::forwarded_for(&headers));
         service.check_admin(bearer(&headers), client)?;
-        let body = body.map_err(body_error)?;
+        // Nothing of the body is read before the token is checked.
+        let body = super::read_body(&headers, body, super::MAX_ADMIN_BODY_BYTES).await?;
         let args = parse_json(&body)?;
         f(service.clone(), args).await
     }
@@ -83,8 +83,8 @@ where
     finish(&service, "admin", endpoint, "", "admin", started, result)
 }
 
-fn no_body() -> Result<Bytes, BytesRejection> {
-    Ok(Bytes::new())
+fn no_body() -> Body {
+    Body::empty()
 }
 
 #[derive(Deserialize)]
@@ -117,7 +117,7 @@ async fn create_tenant(
     State(s): State<Svc>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
+    b: Body,
 ) -> Response {
     admin(s, "admin_create_tenant", peer, h, b, |s, a: NewTenant| async move {
         Ok(tenant_json(s.create_tenant(&a.id, a.tier.as_deref())?))
@@ -192,7 +192,7 @@ async fn set_tier(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
     Path(tenant): Path<String>,
-    b: Result<Bytes, BytesRejection>,
+    b: Body,
 ) -> Response {
     admin(
         s,
@@ -244,7 +244,7 @@ async fn issue_key(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
     Path(tenant): Path<String>,
-    b: Result<Bytes, BytesRejection>,
+    b: Body,
 ) -> Response {
     admin(
         s,

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +22,10 @@ use crate::api::{Op, Service};
 
 /// Largest body any route accepts before its tier's own limit is applied.
 pub const MAX_BODY_BYTES: usize = 64 << 20;
+/// Largest body of an admin request.
+pub const MAX_ADMIN_BODY_BYTES: usize = 64 << 10;
+/// How long an authenticated client may take to send its request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,14 +298,40 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .and_then(crate::api::bearer_token)
 }
 
-pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            Code::PayloadTooLarge,
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-        )
-    } else {
-        ApiError::invalid(format!("could not read the request body: {rejection}"))
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        Code::PayloadTooLarge,
+        format!("request body is larger than this route's limit of {limit} bytes"),
+    )
+}
+
+/// Reads a request body of at most `limit` bytes. Called only once the caller is authenticated
+/// (INV-22): before that a request holds its headers and nothing of its body. A declared length
+/// over the limit is refused without reading a byte; a body that streams past the limit is cut
+/// off there; a body slower than [`BODY_TIMEOUT`] is refused.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(BODY_TIMEOUT, http_body_util::BodyExt::collect(limited)).await {
+        Err(_) => Err(ApiError::invalid(format!(
+            "the request body did not arrive within {} s",
+            BODY_TIMEOUT.as_secs()
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
+        Ok(Err(err)) => Err(ApiError::invalid(format!(
+            "could not read the request body: {err}"
+        ))),
     }
 }
 
@@ -323,7 +352,7 @@ async fn run<D: DeserializeOwned>(
     endpoint: &'static str,
     peer: SocketAddr,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     build: impl FnOnce(D) -> Result<Op, ApiError>,
 ) -> Response {
     let started = Instant::now();
@@ -334,8 +363,9 @@ async fn run<D: DeserializeOwned>(
         let identity = service.authenticate(bearer(&headers), client)?;
         tenant.clone_from(&identity.tenant);
         key_id.clone_from(&identity.key_id);
-        let body = body.map_err(body_error)?;
-        service.check_body_size(&identity, body.len())?;
+        // The body is read only now, and only up to the tier's limit.
+        let limit = service.body_limit(&identity)?.min(MAX_BODY_BYTES);
+        let body = read_body(&headers, body, limit).await?;
         let op = build(parse_json(&body)?)?;
         let reply = service.call(&identity, op).await?;
         dto::reply_json(reply)
@@ -389,7 +419,7 @@ async fn create_collection(
     State(s): State<Svc>,
     ConnectInfo(p): Peer,
     h: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
+    b: Body,
 ) -> Response {
     run(
         s,
@@ -410,14 +440,9 @@ async fn run_bodyless(
     h: HeaderMap,
     op: Op,
 ) -> Response {
-    run(
-        s,
-        endpoint,
-        p,
-        h,
-        Ok(Bytes::from_static(b"{}")),
-        |_: serde_json::Value| Ok(op),
-    )
+    run(s, endpoint, p, h, Body::empty(), |_: serde_json::Value| {
+        Ok(op)
+    })
     .await
 }
 
@@ -451,7 +476,7 @@ async fn upsert(
     ConnectInfo(p): Peer,
     h: HeaderMap,
     Path(name): Path<String>,
-    b: Result<Bytes, BytesRejection>,
+    b: Body,
 ) -> Response {
     run(s, "upsert", p, h, b, |d: dto::Upsert| Ok(d.into_op(name))).await
 }
@@ -461,7 +486,7 @@ async fn get_points(
     ConnectInfo(p): Peer,
     h: HeaderMap,
     Path(name): Path<String>,
-    b: Result<Bytes, BytesRejection>,
+    b: Body,
 ) -> Response {
     run(s, "get_points", p, h, b, |d: dto::Get| Ok(d.into_op(name))).await
 }
@@ -471,7 +496,7 @@ async fn delete_points(
     ConnectInfo(p): Peer,
     h: HeaderMap,
     Path(name): Path<String>,
-    b: Result<Bytes, BytesRejection>,
+    b: Body,
 ) -> Response {
     run(s, "delete_points", p, h, b, |d: dto::Delete| {
         Ok(d.into_op(name))
@@ -484,7 +509,7 @@ async fn scroll(
     ConnectInfo(p): Peer,
     h: HeaderMap,
     Path(name): Path<String>,
-    b: Result<Bytes, BytesRejection>,
+    b: Body,
 ) -> Response {
     run(s, "scroll", p, h, b, |d: dto::Scroll| Ok(d.into_op(name))).await
 }
@@ -494,7 +519,7 @@ async fn count(
     ConnectInfo(p): Peer,
     h: HeaderMap,
     Path(name): Path<String>,
-    b: Result<Bytes, BytesRejection>,
+    b: Body,
 ) -> Response {
     run(s, "count", p, h, b, |d: dto::Count| Ok(d.into_op(name))).await
 }
@@ -504,7 +529,7 @@ async fn search(
     ConnectInfo(p): Peer,
     h: HeaderMap,
     Path(name): Path<String>,
-    b: Result<Bytes, BytesRejection>,
+    b: Body,
 ) -> Response {
     run(s, "search", p, h, b, |d: dto::Search| Ok(d.into_op(name))).await
 }
@@ -514,7 +539,7 @@ async fn search_batch(
     ConnectInfo(p): Peer,
     h: HeaderMap,
     Path(name): Path<String>,
-    b: Result<Bytes, BytesRejection>,
+    b: Body,
 ) -> Response {
     run(s, "search_batch", p, h, b, |d: dto::SearchBatch| {
         Ok(d.into_op(name))

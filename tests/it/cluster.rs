@@ -224,3 +224,158 @@ async fn a_full_worker_answers_busy_at_once_instead_of_queueing() {
     cluster.shutdown().await;
     assert!(silent.await.unwrap() >= 1);
 }
+
+/// Reads frames until the answer to `request_id` arrives.
+async fn answer_to(ws: &mut Ws, request_id: u64) -> Option<cluster::envelope::Body> {
+    while let Some(Ok(message)) = ws.next().await {
+        let Ok(env) = cluster::Envelope::decode(message.into_data().as_ref()) else {
+            continue;
+        };
+        if env.request_id == request_id {
+            return env.body;
+        }
+    }
+    None
+}
+
+fn audit_rows(export: &serde_json::Value, action: &str) -> Vec<serde_json::Value> {
+    export["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == action)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_with_a_live_workers_id_is_refused_and_audited() {
+    let cluster = Cluster::start(1).await;
+    let key = cluster.tenant("held", None).await;
+    let (s, v) = cluster
+        .http(
+            "POST",
+            "/v1/collections",
+            Some(&key),
+            Some(serde_json::json!({"name": "c", "dim": 2, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let live = cluster
+        .hub()
+        .worker("worker-0")
+        .expect("worker-0 is connected");
+
+    // Someone with worker-0's id and token dials while worker-0 is connected.
+    let err = dial(
+        &cluster,
+        "worker-0",
+        "worker-token-0-0123456789abcdefghijklmnop",
+    )
+    .await
+    .expect_err("a second connection for a live worker id must be refused");
+    assert!(err.to_string().contains("409"), "{err}");
+
+    // The live connection is untouched and keeps serving its tenant.
+    let current = cluster.hub().worker("worker-0").expect("still connected");
+    assert!(std::sync::Arc::ptr_eq(&live, &current));
+    let (s, v) = cluster
+        .http("GET", "/v1/collections", Some(&key), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["collections"][0]["name"], "c", "{v}");
+
+    let (_, platform) = cluster.admin("GET", "/admin/v1/audit/platform", None).await;
+    let duplicates: Vec<_> = audit_rows(&platform, "worker.connect")
+        .into_iter()
+        .filter(|r| r["details"]["stage"] == "duplicate")
+        .collect();
+    assert_eq!(duplicates.len(), 1, "{platform}");
+    drop((live, current));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_connections_racing_with_one_id_only_the_first_hello_is_admitted() {
+    let cluster = Cluster::start_without_workers(1, |_| {}).await;
+    let token = "worker-token-0-0123456789abcdefghijklmnop";
+    // Both upgrades pass before either says hello, so only the hello can decide.
+    let mut first = dial(&cluster, "worker-0", token)
+        .await
+        .expect("first upgrade");
+    let mut second = dial(&cluster, "worker-0", token)
+        .await
+        .expect("second upgrade (no hello yet)");
+    say_hello(&mut first, "worker-0", 4).await;
+    cluster.hub().wait_for_worker("worker-0").await;
+    let hello = cluster::Hello {
+        worker_id: "worker-0".into(),
+        version: "test".into(),
+        memory_budget_bytes: 1 << 20,
+        max_in_flight: 4,
+    };
+    second
+        .send(frame(0, cluster::envelope::Body::Hello(hello)))
+        .await
+        .unwrap();
+    match answer_to(&mut second, 0).await {
+        Some(cluster::envelope::Body::Error(e)) => {
+            assert_eq!(e.code, cluster::ErrorCode::AlreadyExists as i32, "{e:?}");
+            assert!(e.message.contains("already connected"), "{e:?}");
+        }
+        other => panic!("the second hello was admitted: {other:?}"),
+    }
+    // The coordinator closes the refused connection.
+    assert!(answer_to(&mut second, u64::MAX).await.is_none());
+
+    // The first connection still gets the tenant's traffic.
+    let key = cluster.tenant("raced", None).await;
+    let request = {
+        let url = cluster.url("/v1/collections");
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+        })
+    };
+    let mut assigned = false;
+    while let Some(Ok(message)) = first.next().await {
+        let env = cluster::Envelope::decode(message.into_data().as_ref()).unwrap();
+        match env.body {
+            Some(cluster::envelope::Body::AssignTenant(a)) => {
+                assert_eq!(a.tenant, "raced");
+                assigned = true;
+                first
+                    .send(frame(
+                        env.request_id,
+                        cluster::envelope::Body::Ack(cluster::Ack {}),
+                    ))
+                    .await
+                    .unwrap();
+            }
+            Some(cluster::envelope::Body::TenantRequest(_)) => {
+                let reply = cluster::envelope::Body::TenantResponse(cluster::TenantResponse {
+                    result: Some(cluster::tenant_response::Result::Collections(
+                        proto::vaultvec::v1::ListCollectionsResponse::default(),
+                    )),
+                });
+                first.send(frame(env.request_id, reply)).await.unwrap();
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(assigned, "the first connection got the assignment");
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+
+    let (_, platform) = cluster.admin("GET", "/admin/v1/audit/platform", None).await;
+    let duplicates = audit_rows(&platform, "worker.connect")
+        .into_iter()
+        .filter(|r| r["details"]["stage"] == "duplicate")
+        .count();
+    assert_eq!(duplicates, 1, "{platform}");
+    cluster.shutdown().await;
+}

@@ -54,6 +54,16 @@ impl ReplayGuard {
     }
 }
 
+/// What became of a connection's hello.
+enum Registration {
+    /// The connection is its worker's, and the hello is acknowledged.
+    Admitted,
+    /// The worker is connected already; the hello was answered with an error.
+    Duplicate,
+    /// The worker could not be recorded or the ack not sent.
+    Failed,
+}
+
 fn error_body(code: cluster::ErrorCode, message: impl Into<String>) -> cluster::envelope::Body {
     cluster::envelope::Body::Error(cluster::Error {
         code: code as i32,
@@ -90,11 +100,20 @@ impl Hub {
         if !ok {
             return Err((401, "invalid worker credentials"));
         }
+        // A live connection keeps its id: a second one (a stolen token, or a worker started twice)
+        // must not take its tenants. The hello checks again, atomically (see `register`).
+        if self.workers.read().contains_key(&worker) {
+            return Err((409, "this worker is already connected"));
+        }
         Ok(worker)
     }
 
-    /// Audits a connection refused before the hello (`stage`: where it failed).
+    /// Audits a connection refused before it was admitted (`stage`: where it failed).
     fn audit_denied(&self, peer: SocketAddr, stage: &str) {
+        self.audit_denied_with(peer, serde_json::json!({ "stage": stage }));
+    }
+
+    fn audit_denied_with(&self, peer: SocketAddr, details: serde_json::Value) {
         if let Err(err) = self.store.audit(
             "platform",
             crate::audit::Draft {
@@ -103,10 +122,76 @@ impl Hub {
                 action: "worker.connect".into(),
                 resource: "cluster".into(),
                 outcome: "denied".into(),
-                details: serde_json::json!({ "stage": stage }),
+                details,
             },
         ) {
             tracing::error!(error = %err, "audit write failed");
+        }
+    }
+
+    /// Admits `conn` as its worker's connection and acknowledges the hello, or, if that worker
+    /// is connected already, answers the hello with an error and returns false. The live
+    /// connection keeps the id: refusing (instead of replacing) means a second connection can
+    /// neither take the tenants of a worker that is up nor strand the waiters of its connection.
+    /// The sink stays locked from the insertion until the ack is written, so no request reaches
+    /// the worker before the answer to its hello.
+    async fn register(
+        &self,
+        conn: &Arc<WorkerConn>,
+        hello_id: u64,
+        hello: &cluster::Hello,
+    ) -> Registration {
+        let mut sink = conn.sink.lock().await;
+        let is_new = match self.workers.write().entry(conn.id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(conn.clone());
+                true
+            }
+        };
+        if !is_new {
+            let refusal = error_body(
+                cluster::ErrorCode::AlreadyExists,
+                format!(
+                    "worker {} is already connected; a second connection is refused while the first is live",
+                    conn.id
+                ),
+            );
+            let _ = sink.send(reply(hello_id, refusal)).await;
+            return Registration::Duplicate;
+        }
+        let recorded = self.store.record_worker(
+            &conn.id,
+            &hello.version,
+            hello.memory_budget_bytes,
+            now_ms(),
+        );
+        let acked = match recorded {
+            Ok(()) => sink
+                .send(reply(
+                    hello_id,
+                    cluster::envelope::Body::Ack(cluster::Ack {}),
+                ))
+                .await
+                .is_ok(),
+            Err(err) => {
+                tracing::error!(worker = %conn.id, error = %err, "recording the worker failed");
+                false
+            }
+        };
+        if acked {
+            Registration::Admitted
+        } else {
+            self.unregister(conn);
+            Registration::Failed
+        }
+    }
+
+    /// Removes `conn` from the connected workers if it is the one registered for its id.
+    fn unregister(&self, conn: &Arc<WorkerConn>) {
+        let mut workers = self.workers.write();
+        if workers.get(&conn.id).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            workers.remove(&conn.id);
         }
     }
 
@@ -139,6 +224,7 @@ impl Hub {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut admitted: Option<String> = None;
+        let mut refused: Option<u16> = None;
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES));
@@ -149,7 +235,10 @@ impl Hub {
                 admitted = Some(worker);
                 Ok(response)
             }
-            Err((status, reason)) => Err(refuse(status, reason)),
+            Err((status, reason)) => {
+                refused = Some(status);
+                Err(refuse(status, reason))
+            }
         };
         let upgrade =
             tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
@@ -157,7 +246,12 @@ impl Hub {
             Ok(Ok(ws)) => ws,
             Ok(Err(err)) => {
                 tracing::warn!(%peer, error = %err, "worker connection refused");
-                self.audit_denied(peer, "upgrade");
+                let stage = if refused == Some(409) {
+                    "duplicate"
+                } else {
+                    "upgrade"
+                };
+                self.audit_denied(peer, stage);
                 return;
             }
             Err(_) => {
@@ -167,7 +261,7 @@ impl Hub {
             }
         };
         let Some(worker_id) = admitted else { return };
-        let (mut sink, mut source) = ws.split();
+        let (sink, mut source) = ws.split();
 
         // The hello comes first.
         let hello = match tokio::time::timeout(self.heartbeat_timeout, source.next()).await {
@@ -187,28 +281,6 @@ impl Hub {
             tracing::warn!(worker = %worker_id, claimed = %hello.worker_id, "hello names another worker");
             return;
         }
-        if let Err(err) = self.store.record_worker(
-            &worker_id,
-            &hello.version,
-            hello.memory_budget_bytes,
-            now_ms(),
-        ) {
-            tracing::error!(worker = %worker_id, error = %err, "recording the worker failed");
-            return;
-        }
-        let ack = cluster::Envelope {
-            request_id: hello_id,
-            deadline_unix_ms: 0,
-            body: Some(cluster::envelope::Body::Ack(cluster::Ack {})),
-        };
-        if sink
-            .send(Message::binary(ack.encode_to_vec()))
-            .await
-            .is_err()
-        {
-            return;
-        }
-
         let conn = Arc::new(WorkerConn {
             id: worker_id.clone(),
             sink: tokio::sync::Mutex::new(Box::pin(sink)),
@@ -217,8 +289,20 @@ impl Hub {
             permits: Arc::new(Semaphore::new(self.max_in_flight)),
             assigned: Mutex::new(HashMap::new()),
         });
-        // A reconnecting worker replaces its old connection; the old one's waiters fail at once.
-        self.workers.write().insert(worker_id.clone(), conn.clone());
+        match self.register(&conn, hello_id, &hello).await {
+            Registration::Admitted => {}
+            Registration::Failed => return,
+            Registration::Duplicate => {
+                tracing::warn!(worker = %worker_id, %peer, "refusing a second connection for a connected worker");
+                self.audit_denied_with(
+                    peer,
+                    serde_json::json!({ "stage": "duplicate", "worker": worker_id }),
+                );
+                let close = async { conn.sink.lock().await.close().await };
+                let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+                return;
+            }
+        }
         self.changed.notify_waiters();
         tracing::info!(worker = %worker_id, %peer, version = %hello.version, "worker connected");
 
@@ -310,15 +394,7 @@ impl Hub {
             }
         }
 
-        {
-            let mut workers = self.workers.write();
-            if workers
-                .get(&worker_id)
-                .is_some_and(|c| Arc::ptr_eq(c, &conn))
-            {
-                workers.remove(&worker_id);
-            }
-        }
+        self.unregister(&conn);
         self.changed.notify_waiters();
         // Waiting requests learn at once that their answer will not come.
         conn.pending.lock().clear();

@@ -183,12 +183,26 @@ impl Hub {
         body: cluster::envelope::Body,
         timeout: Duration,
     ) -> Result<cluster::envelope::Body, ApiError> {
-        let conn = self.worker(worker).ok_or_else(|| {
+        let conn = self.connected_worker(worker)?;
+        self.request_on(&conn, body, timeout).await
+    }
+
+    fn connected_worker(&self, worker: &str) -> Result<Arc<WorkerConn>, ApiError> {
+        self.worker(worker).ok_or_else(|| {
             ApiError::new(
                 Code::Unavailable,
                 "the worker holding this tenant is not connected; retry later",
             )
-        })?;
+        })
+    }
+
+    /// As [`Hub::request`], on one given connection.
+    async fn request_on(
+        &self,
+        conn: &Arc<WorkerConn>,
+        body: cluster::envelope::Body,
+        timeout: Duration,
+    ) -> Result<cluster::envelope::Body, ApiError> {
         let _permit = conn
             .permits
             .clone()
@@ -225,7 +239,8 @@ impl Hub {
         }
     }
 
-    /// Assigns a tenant to a worker's current connection and waits for the acknowledgement.
+    /// Assigns a tenant to a worker's current connection and waits for the acknowledgement, which
+    /// is recorded on that connection (not on whichever is current when the ack arrives).
     pub async fn assign(
         &self,
         worker: &str,
@@ -239,11 +254,10 @@ impl Hub {
             epoch,
             quota: Some(quota),
         });
-        match self.request(worker, body, timeout).await? {
+        let conn = self.connected_worker(worker)?;
+        match self.request_on(&conn, body, timeout).await? {
             cluster::envelope::Body::Ack(_) => {
-                if let Some(conn) = self.worker(worker) {
-                    conn.assigned.lock().insert(tenant.to_owned(), epoch);
-                }
+                conn.assigned.lock().insert(tenant.to_owned(), epoch);
                 Ok(())
             }
             cluster::envelope::Body::Error(err) => Err(ApiError::new(
@@ -297,5 +311,87 @@ impl Hub {
             let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
         }
         tasks.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(dir: &std::path::Path) -> Arc<Hub> {
+        let audit_key = crate::audit::AuditKey::new(b"audit key for hub tests, 32 b!!!").unwrap();
+        let store = Arc::new(Store::open_in_memory(audit_key).unwrap());
+        let root = storage::crypto::LocalKeyFile::generate(&dir.join("root.key")).unwrap();
+        let keys = Arc::new(LocalKeyService::open(Arc::new(root), &dir.join("keks")).unwrap());
+        Arc::new(Hub::new(
+            HashMap::new(),
+            store,
+            keys,
+            8,
+            Duration::from_secs(60),
+        ))
+    }
+
+    /// A connection whose frames go to a channel instead of a socket.
+    fn fake_conn(
+        id: &str,
+        max_in_flight: usize,
+    ) -> (
+        Arc<WorkerConn>,
+        tokio::sync::mpsc::UnboundedReceiver<Message>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let sink = futures_util::sink::unfold(tx, |tx, message: Message| async move {
+            tx.send(message)
+                .map_err(|_| tokio_tungstenite::tungstenite::Error::ConnectionClosed)?;
+            Ok(tx)
+        });
+        let conn = Arc::new(WorkerConn {
+            id: id.to_owned(),
+            sink: tokio::sync::Mutex::new(Box::pin(sink)),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            assigned: Mutex::new(HashMap::new()),
+        });
+        (conn, rx)
+    }
+
+    fn request_id(message: Message) -> u64 {
+        cluster::Envelope::decode(message.into_data().as_ref())
+            .unwrap()
+            .request_id
+    }
+
+    #[tokio::test]
+    async fn an_assignment_is_recorded_on_the_connection_that_acknowledged_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path());
+        let (old, mut old_frames) = fake_conn("w", 8);
+        hub.workers.write().insert("w".into(), old.clone());
+        let assign = tokio::spawn({
+            let hub = hub.clone();
+            async move {
+                let quota = cluster::TenantQuota::default();
+                hub.assign("w", "t", 3, quota, Duration::from_secs(60))
+                    .await
+            }
+        });
+        let id = request_id(old_frames.recv().await.unwrap());
+        // The worker reconnects after acknowledging on its old connection, before the
+        // acknowledgement is processed.
+        let (new, _new_frames) = fake_conn("w", 8);
+        hub.workers.write().insert("w".into(), new.clone());
+        let waiter = old.pending.lock().remove(&id).unwrap();
+        waiter
+            .send(cluster::envelope::Body::Ack(cluster::Ack {}))
+            .unwrap();
+        assign.await.unwrap().unwrap();
+        assert_eq!(
+            new.assigned_epoch("t"),
+            None,
+            "the new connection was never told about the tenant"
+        );
+        assert_eq!(old.assigned_epoch("t"), Some(3));
     }
 }

@@ -379,3 +379,78 @@ async fn of_two_connections_racing_with_one_id_only_the_first_hello_is_admitted(
     assert_eq!(duplicates, 1, "{platform}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_answer_fails_its_request_and_the_connection_stays_up() {
+    let cluster = Cluster::start_without_workers(1, |_| {}).await;
+    let mut ws = dial(
+        &cluster,
+        "worker-0",
+        "worker-token-0-0123456789abcdefghijklmnop",
+    )
+    .await
+    .expect("valid token");
+    say_hello(&mut ws, "worker-0", 4).await;
+    cluster.hub().wait_for_worker("worker-0").await;
+    let conn = cluster.hub().worker("worker-0").unwrap();
+    // A fake worker whose first answer is one frame above the 64 MiB limit; later answers are small.
+    let fake = tokio::spawn(async move {
+        let mut answered = 0;
+        while let Some(Ok(message)) = ws.next().await {
+            let Ok(env) = cluster::Envelope::decode(message.into_data().as_ref()) else {
+                continue;
+            };
+            let reply = match env.body {
+                Some(cluster::envelope::Body::AssignTenant(_)) => {
+                    cluster::envelope::Body::Ack(cluster::Ack {})
+                }
+                Some(cluster::envelope::Body::TenantRequest(_)) => {
+                    let name = if answered == 0 {
+                        "x".repeat(coordinator::cluster::MAX_FRAME_BYTES + 1024)
+                    } else {
+                        "small".into()
+                    };
+                    answered += 1;
+                    let info = proto::vaultvec::v1::CollectionInfo {
+                        name,
+                        ..Default::default()
+                    };
+                    cluster::envelope::Body::TenantResponse(cluster::TenantResponse {
+                        result: Some(cluster::tenant_response::Result::Collections(
+                            proto::vaultvec::v1::ListCollectionsResponse {
+                                collections: vec![info],
+                            },
+                        )),
+                    })
+                }
+                _ => continue,
+            };
+            if ws.send(frame(env.request_id, reply)).await.is_err() {
+                break;
+            }
+        }
+        answered
+    });
+    let key = cluster.tenant("big", None).await;
+    let (s, v) = cluster
+        .http("GET", "/v1/collections", Some(&key), None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_argument")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("too large"), "{v}");
+    // The same connection is still the worker's, and its next answer arrives.
+    let current = cluster.hub().worker("worker-0").expect("still connected");
+    assert!(std::sync::Arc::ptr_eq(&conn, &current));
+    let (s, v) = cluster
+        .http("GET", "/v1/collections", Some(&key), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["collections"][0]["name"], "small", "{v}");
+    drop((conn, current));
+    cluster.shutdown().await;
+    assert_eq!(fake.await.unwrap(), 2);
+}

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::{Hub, MAX_FRAME_BYTES, WorkerConn, now_ms};
+use super::{Hub, MAX_FRAME_BYTES, MAX_RECEIVE_BYTES, WorkerConn, now_ms};
 
 /// Request ids remembered per connection for replay detection.
 const REPLAY_WINDOW: usize = 4096;
@@ -51,6 +51,33 @@ impl ReplayGuard {
             self.seen.pop_first();
         }
         self.seen.insert(id)
+    }
+}
+
+/// The request id of an envelope, without decoding its body.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EnvelopeId {
+    #[prost(uint64, tag = "1")]
+    request_id: u64,
+}
+
+impl WorkerConn {
+    /// A frame above [`MAX_FRAME_BYTES`] fails the request it answers (if its id can be read and
+    /// someone waits for it) with a clear error; the connection and its other requests go on.
+    fn fail_oversize(&self, frame: &[u8]) {
+        let request_id = EnvelopeId::decode(frame).map_or(0, |e| e.request_id);
+        tracing::warn!(worker = %self.id, request_id, bytes = frame.len(), "the worker sent a frame over the limit; failing its request");
+        let Some(waiter) = self.pending.lock().remove(&request_id) else {
+            return;
+        };
+        let _ = waiter.send(error_body(
+            cluster::ErrorCode::InvalidArgument,
+            format!(
+                "the answer is too large: {} bytes, over the {} MiB limit of one answer; ask for less (fewer ids, a smaller limit or top_k, no vectors or payloads)",
+                frame.len(),
+                MAX_FRAME_BYTES >> 20
+            ),
+        ));
     }
 }
 
@@ -226,8 +253,8 @@ impl Hub {
         let mut admitted: Option<String> = None;
         let mut refused: Option<u16> = None;
         let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_FRAME_BYTES))
-            .max_frame_size(Some(MAX_FRAME_BYTES));
+            .max_message_size(Some(MAX_RECEIVE_BYTES))
+            .max_frame_size(Some(MAX_RECEIVE_BYTES));
         // The callback's error type is tungstenite's; it is built only on refusal.
         #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| match self.check_upgrade(request) {
@@ -330,6 +357,10 @@ impl Hub {
                     continue;
                 }
             };
+            if bytes.len() > MAX_FRAME_BYTES {
+                conn.fail_oversize(bytes.as_ref());
+                continue;
+            }
             let Ok(env) = cluster::Envelope::decode(bytes.as_ref()) else {
                 tracing::warn!(worker = %worker_id, "ignoring an undecodable frame");
                 continue;

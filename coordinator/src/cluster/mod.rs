@@ -29,8 +29,14 @@ use zeroize::Zeroizing;
 use crate::api::error::{ApiError, Code};
 use crate::store::Store;
 
-/// Largest frame either side sends or accepts.
+/// Largest frame either side may send (the protocol's limit; the worker refuses to send a larger
+/// answer and fails that request instead).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// Largest frame the coordinator reads from a worker: twice [`MAX_FRAME_BYTES`]. A frame between
+/// the two (a worker that does not bound its answers) fails only the request it answers; only a
+/// frame beyond this drops the connection, since the transport cannot skip it.
+pub const MAX_RECEIVE_BYTES: usize = 2 * MAX_FRAME_BYTES;
 
 /// Unix time in milliseconds.
 pub(crate) fn now_ms() -> u64 {

@@ -118,7 +118,8 @@ impl Coordinator {
             keys.clone(),
             config.max_in_flight_per_worker,
             config.heartbeat_timeout,
-        );
+        )
+        .with_max_in_flight_per_tenant(config.max_in_flight_per_tenant);
         if let Some(tls) = &config.cluster_tls {
             hub = hub.with_tls(tls.server_config());
         }

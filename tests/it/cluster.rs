@@ -207,8 +207,10 @@ async fn a_full_worker_answers_busy_at_once_instead_of_queueing() {
         .expect("the first request reached the worker");
     let conn = cluster.hub().worker("worker-0").unwrap();
     assert_eq!(conn.in_flight(1), 1);
+    // Another tenant's request (the first tenant is also at its own in-flight share).
+    let other = cluster.tenant("other", None).await;
     let (s, v) = cluster
-        .http("GET", "/v1/collections", Some(&key), None)
+        .http("GET", "/v1/collections", Some(&other), None)
         .await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
@@ -451,6 +453,98 @@ async fn an_oversize_answer_fails_its_request_and_the_connection_stays_up() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["collections"][0]["name"], "small", "{v}");
     drop((conn, current));
+    cluster.shutdown().await;
+    assert_eq!(fake.await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_in_flight_share_is_refused_and_others_keep_getting_through() {
+    let cluster = Cluster::start_without_workers(1, |config| {
+        config.max_in_flight_per_worker = 4;
+        config.max_in_flight_per_tenant = 2;
+    })
+    .await;
+    let mut ws = dial(
+        &cluster,
+        "worker-0",
+        "worker-token-0-0123456789abcdefghijklmnop",
+    )
+    .await
+    .expect("valid token");
+    say_hello(&mut ws, "worker-0", 4).await;
+    cluster.hub().wait_for_worker("worker-0").await;
+    // A fake worker that parks every request of tenant `noisy` and answers `quiet` at once.
+    let (parked_tx, mut parked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let fake = tokio::spawn(async move {
+        let mut parked = Vec::new();
+        while let Some(Ok(message)) = ws.next().await {
+            let Ok(env) = cluster::Envelope::decode(message.into_data().as_ref()) else {
+                continue;
+            };
+            let reply = match env.body {
+                Some(cluster::envelope::Body::AssignTenant(_)) => {
+                    cluster::envelope::Body::Ack(cluster::Ack {})
+                }
+                Some(cluster::envelope::Body::TenantRequest(r)) if r.tenant == "noisy" => {
+                    parked.push(env.request_id);
+                    let _ = parked_tx.send(());
+                    continue;
+                }
+                Some(cluster::envelope::Body::TenantRequest(_)) => {
+                    cluster::envelope::Body::TenantResponse(cluster::TenantResponse {
+                        result: Some(cluster::tenant_response::Result::Collections(
+                            proto::vaultvec::v1::ListCollectionsResponse::default(),
+                        )),
+                    })
+                }
+                _ => continue,
+            };
+            if ws.send(frame(env.request_id, reply)).await.is_err() {
+                break;
+            }
+        }
+        parked.len()
+    });
+    let noisy = cluster.tenant("noisy", None).await;
+    let quiet = cluster.tenant("quiet", None).await;
+
+    // The noisy tenant sends as many requests as the worker has slots.
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let url = cluster.url("/v1/collections");
+        let key = noisy.clone();
+        requests.spawn(async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        });
+    }
+    // Wait until each of them is parked on the worker or answered.
+    let (mut parked, mut refused) = (0, Vec::new());
+    while parked + refused.len() < 4 {
+        tokio::select! {
+            Some(()) = parked_rx.recv() => parked += 1,
+            Some(done) = requests.join_next() => refused.push(done.unwrap()),
+        }
+    }
+    // The quiet tenant still gets a slot.
+    let (s, v) = cluster
+        .http("GET", "/v1/collections", Some(&quiet), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(parked, 2, "the noisy tenant holds its share, no more");
+    for (status, body) in &refused {
+        assert_eq!(*status, 429, "{body}");
+        assert_eq!(body["error"]["code"], "resource_exhausted", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("too many requests in flight"), "{body}");
+    }
+    requests.abort_all();
     cluster.shutdown().await;
     assert_eq!(fake.await.unwrap(), 2);
 }

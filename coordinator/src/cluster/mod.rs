@@ -91,6 +91,53 @@ impl WorkerConn {
     }
 }
 
+/// Requests in flight per tenant (over all workers), bounded so that one tenant's slow requests
+/// cannot take every slot of its worker.
+struct TenantSlots {
+    counts: Mutex<HashMap<String, usize>>,
+    max: usize,
+}
+
+/// One tenant request in flight; gives its slot back when dropped.
+struct TenantSlot<'a> {
+    slots: &'a TenantSlots,
+    tenant: String,
+}
+
+impl TenantSlots {
+    fn take(&self, tenant: &str) -> Result<TenantSlot<'_>, ApiError> {
+        let mut counts = self.counts.lock();
+        let count = counts.entry(tenant.to_owned()).or_insert(0);
+        if *count >= self.max {
+            return Err(ApiError {
+                code: Code::ResourceExhausted,
+                message: format!(
+                    "too many requests in flight for this tenant (at most {}); retry when some have finished",
+                    self.max
+                ),
+                retry_after: Some(Duration::from_secs(1)),
+            });
+        }
+        *count += 1;
+        Ok(TenantSlot {
+            slots: self,
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+impl Drop for TenantSlot<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.slots.counts.lock();
+        if let Some(count) = counts.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 /// The connected workers and the key service they use.
 pub struct Hub {
     workers: RwLock<HashMap<String, Arc<WorkerConn>>>,
@@ -98,6 +145,7 @@ pub struct Hub {
     store: Arc<Store>,
     keys: Arc<LocalKeyService>,
     max_in_flight: usize,
+    tenant_slots: TenantSlots,
     heartbeat_timeout: Duration,
     changed: Notify,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -118,10 +166,21 @@ impl Hub {
             store,
             keys,
             max_in_flight,
+            tenant_slots: TenantSlots {
+                counts: Mutex::new(HashMap::new()),
+                max: max_in_flight,
+            },
             heartbeat_timeout,
             changed: Notify::new(),
             tls: None,
         }
+    }
+
+    /// Bounds the requests one tenant has in flight (at most the per-worker bound); a tenant over
+    /// it is answered 429 at once while the others keep getting slots.
+    pub fn with_max_in_flight_per_tenant(mut self, max: usize) -> Hub {
+        self.tenant_slots.max = max.clamp(1, self.max_in_flight);
+        self
     }
 
     /// Serves the cluster listener over TLS with this configuration (`wss://`).
@@ -181,8 +240,9 @@ impl Hub {
         self.max_in_flight
     }
 
-    /// Sends a request to a worker and waits for its answer until `timeout`. A worker with
-    /// `max_in_flight` requests running answers busy at once; nothing queues without bound.
+    /// Sends a request to a worker and waits for its answer until `timeout`. A tenant with its
+    /// share of requests in flight is answered 429, and a worker with `max_in_flight` requests
+    /// running answers busy, both at once; nothing queues without bound.
     pub async fn request(
         &self,
         worker: &str,
@@ -209,6 +269,10 @@ impl Hub {
         body: cluster::envelope::Body,
         timeout: Duration,
     ) -> Result<cluster::envelope::Body, ApiError> {
+        let _slot = match &body {
+            cluster::envelope::Body::TenantRequest(r) => Some(self.tenant_slots.take(&r.tenant)?),
+            _ => None,
+        };
         let _permit = conn
             .permits
             .clone()

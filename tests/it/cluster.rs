@@ -37,6 +37,7 @@ async fn say_hello(ws: &mut Ws, worker_id: &str, max_in_flight: u32) {
         version: "test".into(),
         memory_budget_bytes: 1 << 20,
         max_in_flight,
+        held_tenants: Vec::new(),
     };
     ws.send(frame(0, cluster::envelope::Body::Hello(hello)))
         .await
@@ -315,6 +316,7 @@ async fn of_two_connections_racing_with_one_id_only_the_first_hello_is_admitted(
         version: "test".into(),
         memory_budget_bytes: 1 << 20,
         max_in_flight: 4,
+        held_tenants: Vec::new(),
     };
     second
         .send(frame(0, cluster::envelope::Body::Hello(hello)))
@@ -547,4 +549,62 @@ async fn a_tenant_over_its_in_flight_share_is_refused_and_others_keep_getting_th
     requests.abort_all();
     cluster.shutdown().await;
     assert_eq!(fake.await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_erased_while_its_worker_was_offline_loses_its_files_when_the_worker_returns() {
+    let mut cluster = Cluster::start(1).await;
+    let gone = cluster.tenant("gone", None).await;
+    let kept = cluster.tenant("kept", None).await;
+    for key in [&gone, &kept] {
+        let (s, v) = cluster
+            .http(
+                "POST",
+                "/v1/collections",
+                Some(key),
+                Some(serde_json::json!({"name": "c", "dim": 2, "metric": "l2"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = cluster
+            .http(
+                "PUT",
+                "/v1/collections/c/points",
+                Some(key),
+                Some(serde_json::json!({"points": [{"id": 1, "vector": [1.0, 2.0]}]})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let tenants = cluster.worker_dir(0).join("tenants");
+    let files = |tenant: &str| tenants.join(tenant);
+    assert!(files("gone").exists());
+    cluster.hub().wait_for_reconciliations(1).await;
+
+    cluster.stop_worker(0).await;
+    cluster.hub().wait_for_worker_gone("worker-0").await;
+    let (s, v) = cluster
+        .admin("DELETE", "/admin/v1/tenants/gone", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["files_deleted"], false, "the worker was offline: {v}");
+    assert!(files("gone").exists());
+
+    cluster.start_worker(0).await;
+    cluster.hub().wait_for_reconciliations(2).await;
+    assert!(
+        !files("gone").exists(),
+        "the erased tenant's files are deleted on reconnect"
+    );
+    assert!(files("kept").exists());
+    let (s, v) = cluster
+        .http("POST", "/v1/collections/c/points/count", Some(&kept), None)
+        .await;
+    assert_eq!((s, &v["count"]), (200, &serde_json::json!(1)), "{v}");
+    let (_, platform) = cluster.admin("GET", "/admin/v1/audit/platform", None).await;
+    let rows = audit_rows(&platform, "worker.reconcile");
+    assert_eq!(rows.len(), 1, "{platform}");
+    assert_eq!(rows[0]["details"]["erased"], serde_json::json!(["gone"]));
+    assert_eq!(rows[0]["outcome"], "ok");
+    cluster.shutdown().await;
 }

@@ -334,6 +334,10 @@ impl Hub {
         tracing::info!(worker = %worker_id, %peer, version = %hello.version, "worker connected");
 
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(
+            self.clone()
+                .reconcile(conn.clone(), hello.held_tenants.clone()),
+        );
         let mut replay = ReplayGuard::default();
         loop {
             let next = tokio::select! {

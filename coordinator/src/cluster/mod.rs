@@ -10,6 +10,7 @@
 
 mod conn;
 mod keys;
+mod reconcile;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -147,6 +148,8 @@ pub struct Hub {
     max_in_flight: usize,
     tenant_slots: TenantSlots,
     heartbeat_timeout: Duration,
+    /// Reconciliations finished since start (one per admitted hello).
+    reconciliations: AtomicU64,
     changed: Notify,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -171,6 +174,7 @@ impl Hub {
                 max: max_in_flight,
             },
             heartbeat_timeout,
+            reconciliations: AtomicU64::new(0),
             changed: Notify::new(),
             tls: None,
         }
@@ -219,6 +223,20 @@ impl Hub {
             tokio::pin!(notified);
             notified.as_mut().enable();
             if done(&self.workers.read()) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until `n` reconciliations (one per admitted hello: erased tenants' files deleted,
+    /// unplaced tenants unloaded) have finished since the coordinator started.
+    pub async fn wait_for_reconciliations(&self, n: u64) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.reconciliations.load(Ordering::SeqCst) >= n {
                 return;
             }
             notified.await;
@@ -463,5 +481,28 @@ mod tests {
             "the new connection was never told about the tenant"
         );
         assert_eq!(old.assigned_epoch("t"), Some(3));
+    }
+
+    #[test]
+    fn a_reconciliation_erases_deleted_tenants_and_unloads_those_placed_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path());
+        let admin = crate::store::Actor("admin".into());
+        for worker in ["w", "other"] {
+            hub.store.record_worker(worker, "test", 1, 1).unwrap();
+        }
+        for tenant in ["here", "elsewhere", "nowhere", "erased"] {
+            hub.store.create_tenant(&admin, tenant, "free").unwrap();
+        }
+        hub.store.place(&admin, "here", "w").unwrap();
+        hub.store.place(&admin, "elsewhere", "other").unwrap();
+        hub.store.place(&admin, "erased", "w").unwrap();
+        hub.store.delete_tenant(&admin, "erased").unwrap();
+        let held: Vec<String> = ["here", "elsewhere", "nowhere", "erased", "stranger", "../x"]
+            .map(String::from)
+            .to_vec();
+        let plan = hub.plan("w", &held);
+        assert_eq!(plan.erase, ["erased"]);
+        assert_eq!(plan.unload, ["elsewhere", "nowhere"]);
     }
 }

@@ -608,3 +608,79 @@ async fn a_tenant_erased_while_its_worker_was_offline_loses_its_files_when_the_w
     assert_eq!(rows[0]["outcome"], "ok");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_a_tenant_writes_no_cluster_refused_rows() {
+    let cluster = Cluster::start_without_workers(1, |_| {}).await;
+    let mut ws = dial(
+        &cluster,
+        "worker-0",
+        "worker-token-0-0123456789abcdefghijklmnop",
+    )
+    .await
+    .expect("valid token");
+    say_hello(&mut ws, "worker-0", 4).await;
+    cluster.hub().wait_for_worker("worker-0").await;
+    // A fake worker that, like the real one sealing a growing segment when it unloads a tenant,
+    // asks the key service for a data key before it acknowledges the release.
+    let fake = tokio::spawn(async move {
+        while let Some(Ok(message)) = ws.next().await {
+            let Ok(env) = cluster::Envelope::decode(message.into_data().as_ref()) else {
+                continue;
+            };
+            let reply = match env.body {
+                Some(cluster::envelope::Body::AssignTenant(_)) => {
+                    cluster::envelope::Body::Ack(cluster::Ack {})
+                }
+                Some(cluster::envelope::Body::TenantRequest(_)) => {
+                    cluster::envelope::Body::TenantResponse(cluster::TenantResponse {
+                        result: Some(cluster::tenant_response::Result::Collections(
+                            proto::vaultvec::v1::ListCollectionsResponse::default(),
+                        )),
+                    })
+                }
+                Some(cluster::envelope::Body::ReleaseTenant(release)) => {
+                    let ask =
+                        cluster::envelope::Body::GenerateDataKey(cluster::GenerateDataKeyRequest {
+                            tenant: release.tenant,
+                            collection: "c".into(),
+                            file_id: 7,
+                        });
+                    ws.send(frame(1, ask)).await.unwrap();
+                    let answer = answer_to(&mut ws, 1).await;
+                    ws.send(frame(
+                        env.request_id,
+                        cluster::envelope::Body::Ack(cluster::Ack {}),
+                    ))
+                    .await
+                    .unwrap();
+                    return answer;
+                }
+                _ => continue,
+            };
+            ws.send(frame(env.request_id, reply)).await.unwrap();
+        }
+        None
+    });
+    let key = cluster.tenant("napping", None).await;
+    let (s, v) = cluster
+        .http("GET", "/v1/collections", Some(&key), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = cluster
+        .admin("POST", "/admin/v1/tenants/napping/pause", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let answer = fake.await.unwrap();
+    assert!(
+        matches!(
+            answer,
+            Some(cluster::envelope::Body::GenerateDataKeyResponse(_))
+        ),
+        "the worker may use the key service until it acknowledges the release: {answer:?}"
+    );
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/napping", None).await;
+    let refused = audit_rows(&export, "cluster.refused");
+    assert!(refused.is_empty(), "{refused:#?}");
+    cluster.shutdown().await;
+}

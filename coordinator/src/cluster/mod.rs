@@ -356,16 +356,21 @@ impl Hub {
         }
     }
 
-    /// Tells a worker to stop serving a tenant (paused, moved, deleted).
+    /// Tells a worker to stop serving a tenant (paused, moved, deleted). The connection keeps the
+    /// assignment until the worker answers: unloading seals the tenant's growing segments, for
+    /// which the worker asks the key service, and refusing it would fail that seal and write a
+    /// spurious `cluster.refused` row.
     pub async fn release(&self, worker: &str, tenant: &str, epoch: u64, timeout: Duration) {
-        if let Some(conn) = self.worker(worker) {
-            conn.forget_assignment(tenant);
-        }
+        let Some(conn) = self.worker(worker) else {
+            return;
+        };
         let body = cluster::envelope::Body::ReleaseTenant(cluster::ReleaseTenant {
             tenant: tenant.to_owned(),
             epoch,
         });
-        if let Err(err) = self.request(worker, body, timeout).await {
+        let answer = self.request_on(&conn, body, timeout).await;
+        conn.forget_assignment(tenant);
+        if let Err(err) = answer {
             tracing::warn!(worker, tenant, error = %err, "release not acknowledged");
         }
     }

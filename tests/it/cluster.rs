@@ -684,3 +684,37 @@ async fn pausing_a_tenant_writes_no_cluster_refused_rows() {
     assert!(refused.is_empty(), "{refused:#?}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upgrades_are_budgeted_per_address_and_their_audit_rows_coalesced() {
+    let cluster = Cluster::start_without_workers(1, |config| {
+        config.auth_failures.burst = 3;
+        config.auth_failures.per_second = 0.001;
+    })
+    .await;
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        let err = dial(&cluster, "worker-0", "wrong-token-wrong-token-wrong-token")
+            .await
+            .expect_err("a wrong token is refused");
+        outcomes.push(err.to_string().contains("401"));
+    }
+    // The budget's burst is answered 401 (and audited); beyond it the connection is closed at once.
+    assert_eq!(
+        outcomes,
+        [
+            true, true, true, false, false, false, false, false, false, false
+        ]
+    );
+    let (_, platform) = cluster.admin("GET", "/admin/v1/audit/platform", None).await;
+    let rows = audit_rows(&platform, "worker.connect");
+    assert_eq!(
+        rows.len(),
+        3,
+        "one row per budgeted refusal, not per attempt: {platform}"
+    );
+    // The refusals over the budget are not lost: the next row counts them.
+    let suppressed = cluster.hub().refusals_not_audited();
+    assert_eq!(suppressed, 7);
+    cluster.shutdown().await;
+}

@@ -3,9 +3,9 @@
 //! worker's key-service calls.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -81,6 +81,20 @@ impl WorkerConn {
     }
 }
 
+/// The key of an address's refusal budget: IPv4 addresses alone, IPv6 by /64 (one host usually
+/// holds a whole /64, so per-address buckets would not bound it).
+fn budget_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
+    }
+}
+
 /// What became of a connection's hello.
 enum Registration {
     /// The connection is its worker's, and the hello is acknowledged.
@@ -140,7 +154,27 @@ impl Hub {
         self.audit_denied_with(peer, serde_json::json!({ "stage": stage }));
     }
 
-    fn audit_denied_with(&self, peer: SocketAddr, details: serde_json::Value) {
+    /// Audits a refused connection if its address is within the refusal budget (spending one),
+    /// with the count of refusals left unaudited since the last row; otherwise only counts it.
+    fn audit_denied_with(&self, peer: SocketAddr, mut details: serde_json::Value) {
+        let (rate, burst) = self.refusal_budget;
+        let within = self
+            .refusals
+            .take(
+                &budget_key(peer.ip()),
+                rate,
+                burst,
+                std::time::Instant::now(),
+            )
+            .is_ok();
+        if !within {
+            self.refusals_not_audited.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let earlier = self.refusals_not_audited.swap(0, Ordering::SeqCst);
+        if earlier > 0 {
+            details["unaudited_refusals_before"] = earlier.into();
+        }
         if let Err(err) = self.store.audit(
             "platform",
             crate::audit::Draft {
@@ -222,7 +256,26 @@ impl Hub {
         }
     }
 
+    /// True if `peer` has refusals left in its budget.
+    fn within_refusal_budget(&self, peer: SocketAddr) -> bool {
+        let (rate, burst) = self.refusal_budget;
+        self.refusals
+            .wait(
+                &budget_key(peer.ip()),
+                rate,
+                burst,
+                std::time::Instant::now(),
+            )
+            .is_zero()
+    }
+
     pub(super) async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        // An address over its budget of refusals is closed before any handshake or audit write.
+        if !self.within_refusal_budget(peer) {
+            self.refusals_not_audited.fetch_add(1, Ordering::SeqCst);
+            tracing::debug!(%peer, "closing a connection from an address over its refusal budget");
+            return;
+        }
         let _ = stream.set_nodelay(true);
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let Some(acceptor) = self.tls.clone() else {
@@ -456,7 +509,23 @@ fn reply(request_id: u64, body: cluster::envelope::Body) -> Message {
 
 #[cfg(test)]
 mod tests {
-    use super::ReplayGuard;
+    use super::{ReplayGuard, budget_key};
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipv6_addresses_share_a_refusal_budget_per_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            budget_key(ip("2001:db8:1:2:aaaa::1")),
+            budget_key(ip("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(
+            budget_key(ip("2001:db8:1:2::1")),
+            budget_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(budget_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_ne!(budget_key(ip("192.0.2.1")), budget_key(ip("192.0.2.2")));
+    }
 
     #[test]
     fn replay_guard_refuses_repeats_and_ids_below_the_window() {

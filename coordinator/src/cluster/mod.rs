@@ -150,6 +150,13 @@ pub struct Hub {
     heartbeat_timeout: Duration,
     /// Reconciliations finished since start (one per admitted hello).
     reconciliations: AtomicU64,
+    /// Refused connections per client address (IPv6 by /64), like the API's failed-authentication
+    /// budget: within it each refusal is audited; beyond it a connection is closed before its TLS
+    /// handshake and only counted.
+    refusals: crate::api::limit::Buckets<std::net::IpAddr>,
+    refusal_budget: (f64, u32),
+    /// Refusals not audited since the last `worker.connect` row (the next row carries the count).
+    refusals_not_audited: AtomicU64,
     changed: Notify,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -175,6 +182,9 @@ impl Hub {
             },
             heartbeat_timeout,
             reconciliations: AtomicU64::new(0),
+            refusals: crate::api::limit::Buckets::new(100_000),
+            refusal_budget: (10.0, 50),
+            refusals_not_audited: AtomicU64::new(0),
             changed: Notify::new(),
             tls: None,
         }
@@ -185,6 +195,18 @@ impl Hub {
     pub fn with_max_in_flight_per_tenant(mut self, max: usize) -> Hub {
         self.tenant_slots.max = max.clamp(1, self.max_in_flight);
         self
+    }
+
+    /// Refused connections allowed per client address: `per_second` sustained, `burst` at once
+    /// (the `[auth_failures]` budget).
+    pub fn with_refusal_budget(mut self, per_second: f64, burst: u32) -> Hub {
+        self.refusal_budget = (per_second, burst);
+        self
+    }
+
+    /// Refused connections not yet counted in an audit row (over the budget).
+    pub fn refusals_not_audited(&self) -> u64 {
+        self.refusals_not_audited.load(Ordering::SeqCst)
     }
 
     /// Serves the cluster listener over TLS with this configuration (`wss://`).

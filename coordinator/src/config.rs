@@ -95,6 +95,7 @@ struct RawConfig {
     request_timeout_secs: u64,
     #[serde(default = "default_in_flight")]
     max_in_flight_per_worker: usize,
+    max_in_flight_per_tenant: Option<usize>,
     #[serde(default = "default_heartbeat_timeout")]
     heartbeat_timeout_secs: u64,
     #[serde(default)]
@@ -260,6 +261,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Requests in flight per worker before new ones are answered busy.
     pub max_in_flight_per_worker: usize,
+    /// Requests in flight per tenant before its new ones are answered 429 (default: a quarter of
+    /// the per-worker bound), so one tenant cannot take every slot of its worker.
+    pub max_in_flight_per_tenant: usize,
     /// A worker silent for this long is disconnected.
     pub heartbeat_timeout: Duration,
     /// Failed authentications allowed per client address.
@@ -351,6 +355,10 @@ impl Config {
             tiers: raw.tiers,
             request_timeout: Duration::from_secs(raw.request_timeout_secs.max(1)),
             max_in_flight_per_worker: raw.max_in_flight_per_worker.max(1),
+            max_in_flight_per_tenant: raw
+                .max_in_flight_per_tenant
+                .unwrap_or(raw.max_in_flight_per_worker / 4)
+                .max(1),
             heartbeat_timeout: Duration::from_secs(raw.heartbeat_timeout_secs.max(1)),
             auth_failures: raw.auth_failures,
             cluster_tls,
@@ -440,6 +448,7 @@ impl Config {
             tiers,
             request_timeout: Duration::from_secs(30),
             max_in_flight_per_worker: 256,
+            max_in_flight_per_tenant: 64,
             heartbeat_timeout: Duration::from_secs(60),
             auth_failures: AuthFailureBudget::default(),
             cluster_tls: None,

@@ -119,7 +119,9 @@ impl Coordinator {
             keys.clone(),
             config.max_in_flight_per_worker,
             config.heartbeat_timeout,
-        );
+        )
+        .with_max_in_flight_per_tenant(config.max_in_flight_per_tenant)
+        .with_refusal_budget(config.auth_failures.per_second, config.auth_failures.burst);
         if let Some(tls) = &config.cluster_tls {
             hub = hub.with_tls(tls.server_config());
         }

@@ -312,6 +312,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Tenants with a directory under the data directory, loaded or not, by id (directories
+    /// being removed are not tenants).
+    pub fn stored_tenants(&self) -> Result<Vec<TenantId>> {
+        let mut tenants = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(Error::io(&self.root))? {
+            let entry = entry.map_err(Error::io(&self.root))?;
+            if let Some(Ok(tenant)) = entry.file_name().to_str().map(TenantId::parse) {
+                tenants.push(tenant);
+            }
+        }
+        tenants.sort();
+        Ok(tenants)
+    }
+
     /// Unloads the tenant and deletes all its files. With its KEKs destroyed by the key service,
     /// any copy of them left elsewhere is unreadable.
     pub fn delete_tenant(&self, tenant: &TenantId) -> Result<()> {

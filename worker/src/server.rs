@@ -416,11 +416,20 @@ impl Worker {
     async fn connect(&self) -> anyhow::Result<Ws> {
         let config = &self.config;
         let mut ws = dial(config, self.tls.clone()).await?;
+        // The tenants on disk, so the coordinator can have erased ones deleted (reconciliation).
+        let engine = self.engine.clone();
+        let held_tenants = tokio::task::spawn_blocking(move || engine.stored_tenants())
+            .await
+            .context("listing the stored tenants")??
+            .into_iter()
+            .map(|t| t.as_str().to_owned())
+            .collect();
         let hello = Body::Hello(cluster::Hello {
             worker_id: config.worker_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             memory_budget_bytes: config.memory_budget_bytes,
             max_in_flight: config.max_in_flight,
+            held_tenants,
         });
         ws.send(frame(0, hello)).await.context("sending hello")?;
         let answer = tokio::time::timeout(HELLO_TIMEOUT, async {

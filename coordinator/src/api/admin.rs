@@ -228,7 +228,8 @@ impl Service {
     pub async fn pause(&self, id: &str) -> Result<Tenant, ApiError> {
         self.existing(id)?;
         let tenant = self.store.pause_tenant(&Actor(ADMIN.into()), id)?;
-        self.after_change(id);
+        // New requests see the pause at once; the assignment goes when the worker has unloaded.
+        self.forget_tenant_state(id);
         if let Some(p) = self.store.placement(id)? {
             self.hub
                 .release(&p.worker, id, p.epoch, self.request_timeout)

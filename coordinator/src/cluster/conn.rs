@@ -3,9 +3,9 @@
 //! worker's key-service calls.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::{Hub, MAX_FRAME_BYTES, WorkerConn, now_ms};
+use super::{Hub, MAX_FRAME_BYTES, MAX_RECEIVE_BYTES, WorkerConn, now_ms};
 
 /// Request ids remembered per connection for replay detection.
 const REPLAY_WINDOW: usize = 4096;
@@ -52,6 +52,57 @@ impl ReplayGuard {
         }
         self.seen.insert(id)
     }
+}
+
+/// The request id of an envelope, without decoding its body.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EnvelopeId {
+    #[prost(uint64, tag = "1")]
+    request_id: u64,
+}
+
+impl WorkerConn {
+    /// A frame above [`MAX_FRAME_BYTES`] fails the request it answers (if its id can be read and
+    /// someone waits for it) with a clear error; the connection and its other requests go on.
+    fn fail_oversize(&self, frame: &[u8]) {
+        let request_id = EnvelopeId::decode(frame).map_or(0, |e| e.request_id);
+        tracing::warn!(worker = %self.id, request_id, bytes = frame.len(), "the worker sent a frame over the limit; failing its request");
+        let Some(waiter) = self.pending.lock().remove(&request_id) else {
+            return;
+        };
+        let _ = waiter.send(error_body(
+            cluster::ErrorCode::InvalidArgument,
+            format!(
+                "the answer is too large: {} bytes, over the {} MiB limit of one answer; ask for less (fewer ids, a smaller limit or top_k, no vectors or payloads)",
+                frame.len(),
+                MAX_FRAME_BYTES >> 20
+            ),
+        ));
+    }
+}
+
+/// The key of an address's refusal budget: IPv4 addresses alone, IPv6 by /64 (one host usually
+/// holds a whole /64, so per-address buckets would not bound it).
+fn budget_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
+    }
+}
+
+/// What became of a connection's hello.
+enum Registration {
+    /// The connection is its worker's, and the hello is acknowledged.
+    Admitted,
+    /// The worker is connected already; the hello was answered with an error.
+    Duplicate,
+    /// The worker could not be recorded or the ack not sent.
+    Failed,
 }
 
 fn error_body(code: cluster::ErrorCode, message: impl Into<String>) -> cluster::envelope::Body {
@@ -90,11 +141,40 @@ impl Hub {
         if !ok {
             return Err((401, "invalid worker credentials"));
         }
+        // A live connection keeps its id: a second one (a stolen token, or a worker started twice)
+        // must not take its tenants. The hello checks again, atomically (see `register`).
+        if self.workers.read().contains_key(&worker) {
+            return Err((409, "this worker is already connected"));
+        }
         Ok(worker)
     }
 
-    /// Audits a connection refused before the hello (`stage`: where it failed).
+    /// Audits a connection refused before it was admitted (`stage`: where it failed).
     fn audit_denied(&self, peer: SocketAddr, stage: &str) {
+        self.audit_denied_with(peer, serde_json::json!({ "stage": stage }));
+    }
+
+    /// Audits a refused connection if its address is within the refusal budget (spending one),
+    /// with the count of refusals left unaudited since the last row; otherwise only counts it.
+    fn audit_denied_with(&self, peer: SocketAddr, mut details: serde_json::Value) {
+        let (rate, burst) = self.refusal_budget;
+        let within = self
+            .refusals
+            .take(
+                &budget_key(peer.ip()),
+                rate,
+                burst,
+                std::time::Instant::now(),
+            )
+            .is_ok();
+        if !within {
+            self.refusals_not_audited.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let earlier = self.refusals_not_audited.swap(0, Ordering::SeqCst);
+        if earlier > 0 {
+            details["unaudited_refusals_before"] = earlier.into();
+        }
         if let Err(err) = self.store.audit(
             "platform",
             crate::audit::Draft {
@@ -103,14 +183,99 @@ impl Hub {
                 action: "worker.connect".into(),
                 resource: "cluster".into(),
                 outcome: "denied".into(),
-                details: serde_json::json!({ "stage": stage }),
+                details,
             },
         ) {
             tracing::error!(error = %err, "audit write failed");
         }
     }
 
+    /// Admits `conn` as its worker's connection and acknowledges the hello, or, if that worker
+    /// is connected already, answers the hello with an error and returns false. The live
+    /// connection keeps the id: refusing (instead of replacing) means a second connection can
+    /// neither take the tenants of a worker that is up nor strand the waiters of its connection.
+    /// The sink stays locked from the insertion until the ack is written, so no request reaches
+    /// the worker before the answer to its hello.
+    async fn register(
+        &self,
+        conn: &Arc<WorkerConn>,
+        hello_id: u64,
+        hello: &cluster::Hello,
+    ) -> Registration {
+        let mut sink = conn.sink.lock().await;
+        let is_new = match self.workers.write().entry(conn.id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(conn.clone());
+                true
+            }
+        };
+        if !is_new {
+            let refusal = error_body(
+                cluster::ErrorCode::AlreadyExists,
+                format!(
+                    "worker {} is already connected; a second connection is refused while the first is live",
+                    conn.id
+                ),
+            );
+            let _ = sink.send(reply(hello_id, refusal)).await;
+            return Registration::Duplicate;
+        }
+        let recorded = self.store.record_worker(
+            &conn.id,
+            &hello.version,
+            hello.memory_budget_bytes,
+            now_ms(),
+        );
+        let acked = match recorded {
+            Ok(()) => sink
+                .send(reply(
+                    hello_id,
+                    cluster::envelope::Body::Ack(cluster::Ack {}),
+                ))
+                .await
+                .is_ok(),
+            Err(err) => {
+                tracing::error!(worker = %conn.id, error = %err, "recording the worker failed");
+                false
+            }
+        };
+        if acked {
+            Registration::Admitted
+        } else {
+            self.unregister(conn);
+            Registration::Failed
+        }
+    }
+
+    /// Removes `conn` from the connected workers if it is the one registered for its id.
+    fn unregister(&self, conn: &Arc<WorkerConn>) {
+        let mut workers = self.workers.write();
+        if workers.get(&conn.id).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            workers.remove(&conn.id);
+        }
+    }
+
+    /// True if `peer` has refusals left in its budget.
+    fn within_refusal_budget(&self, peer: SocketAddr) -> bool {
+        let (rate, burst) = self.refusal_budget;
+        self.refusals
+            .wait(
+                &budget_key(peer.ip()),
+                rate,
+                burst,
+                std::time::Instant::now(),
+            )
+            .is_zero()
+    }
+
     pub(super) async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        // An address over its budget of refusals is closed before any handshake or audit write.
+        if !self.within_refusal_budget(peer) {
+            self.refusals_not_audited.fetch_add(1, Ordering::SeqCst);
+            tracing::debug!(%peer, "closing a connection from an address over its refusal budget");
+            return;
+        }
         let _ = stream.set_nodelay(true);
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let Some(acceptor) = self.tls.clone() else {
@@ -139,9 +304,10 @@ impl Hub {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut admitted: Option<String> = None;
+        let mut refused: Option<u16> = None;
         let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_FRAME_BYTES))
-            .max_frame_size(Some(MAX_FRAME_BYTES));
+            .max_message_size(Some(MAX_RECEIVE_BYTES))
+            .max_frame_size(Some(MAX_RECEIVE_BYTES));
         // The callback's error type is tungstenite's; it is built only on refusal.
         #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| match self.check_upgrade(request) {
@@ -149,7 +315,10 @@ impl Hub {
                 admitted = Some(worker);
                 Ok(response)
             }
-            Err((status, reason)) => Err(refuse(status, reason)),
+            Err((status, reason)) => {
+                refused = Some(status);
+                Err(refuse(status, reason))
+            }
         };
         let upgrade =
             tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
@@ -157,7 +326,12 @@ impl Hub {
             Ok(Ok(ws)) => ws,
             Ok(Err(err)) => {
                 tracing::warn!(%peer, error = %err, "worker connection refused");
-                self.audit_denied(peer, "upgrade");
+                let stage = if refused == Some(409) {
+                    "duplicate"
+                } else {
+                    "upgrade"
+                };
+                self.audit_denied(peer, stage);
                 return;
             }
             Err(_) => {
@@ -167,7 +341,7 @@ impl Hub {
             }
         };
         let Some(worker_id) = admitted else { return };
-        let (mut sink, mut source) = ws.split();
+        let (sink, mut source) = ws.split();
 
         // The hello comes first.
         let hello = match tokio::time::timeout(self.heartbeat_timeout, source.next()).await {
@@ -187,28 +361,6 @@ impl Hub {
             tracing::warn!(worker = %worker_id, claimed = %hello.worker_id, "hello names another worker");
             return;
         }
-        if let Err(err) = self.store.record_worker(
-            &worker_id,
-            &hello.version,
-            hello.memory_budget_bytes,
-            now_ms(),
-        ) {
-            tracing::error!(worker = %worker_id, error = %err, "recording the worker failed");
-            return;
-        }
-        let ack = cluster::Envelope {
-            request_id: hello_id,
-            deadline_unix_ms: 0,
-            body: Some(cluster::envelope::Body::Ack(cluster::Ack {})),
-        };
-        if sink
-            .send(Message::binary(ack.encode_to_vec()))
-            .await
-            .is_err()
-        {
-            return;
-        }
-
         let conn = Arc::new(WorkerConn {
             id: worker_id.clone(),
             sink: tokio::sync::Mutex::new(Box::pin(sink)),
@@ -217,12 +369,28 @@ impl Hub {
             permits: Arc::new(Semaphore::new(self.max_in_flight)),
             assigned: Mutex::new(HashMap::new()),
         });
-        // A reconnecting worker replaces its old connection; the old one's waiters fail at once.
-        self.workers.write().insert(worker_id.clone(), conn.clone());
+        match self.register(&conn, hello_id, &hello).await {
+            Registration::Admitted => {}
+            Registration::Failed => return,
+            Registration::Duplicate => {
+                tracing::warn!(worker = %worker_id, %peer, "refusing a second connection for a connected worker");
+                self.audit_denied_with(
+                    peer,
+                    serde_json::json!({ "stage": "duplicate", "worker": worker_id }),
+                );
+                let close = async { conn.sink.lock().await.close().await };
+                let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+                return;
+            }
+        }
         self.changed.notify_waiters();
         tracing::info!(worker = %worker_id, %peer, version = %hello.version, "worker connected");
 
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(
+            self.clone()
+                .reconcile(conn.clone(), hello.held_tenants.clone()),
+        );
         let mut replay = ReplayGuard::default();
         loop {
             let next = tokio::select! {
@@ -246,6 +414,10 @@ impl Hub {
                     continue;
                 }
             };
+            if bytes.len() > MAX_FRAME_BYTES {
+                conn.fail_oversize(bytes.as_ref());
+                continue;
+            }
             let Ok(env) = cluster::Envelope::decode(bytes.as_ref()) else {
                 tracing::warn!(worker = %worker_id, "ignoring an undecodable frame");
                 continue;
@@ -310,15 +482,7 @@ impl Hub {
             }
         }
 
-        {
-            let mut workers = self.workers.write();
-            if workers
-                .get(&worker_id)
-                .is_some_and(|c| Arc::ptr_eq(c, &conn))
-            {
-                workers.remove(&worker_id);
-            }
-        }
+        self.unregister(&conn);
         self.changed.notify_waiters();
         // Waiting requests learn at once that their answer will not come.
         conn.pending.lock().clear();
@@ -345,7 +509,23 @@ fn reply(request_id: u64, body: cluster::envelope::Body) -> Message {
 
 #[cfg(test)]
 mod tests {
-    use super::ReplayGuard;
+    use super::{ReplayGuard, budget_key};
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipv6_addresses_share_a_refusal_budget_per_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            budget_key(ip("2001:db8:1:2:aaaa::1")),
+            budget_key(ip("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(
+            budget_key(ip("2001:db8:1:2::1")),
+            budget_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(budget_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_ne!(budget_key(ip("192.0.2.1")), budget_key(ip("192.0.2.2")));
+    }
 
     #[test]
     fn replay_guard_refuses_repeats_and_ids_below_the_window() {

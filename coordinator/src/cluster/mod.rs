@@ -10,6 +10,7 @@
 
 mod conn;
 mod keys;
+mod reconcile;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,8 +30,14 @@ use zeroize::Zeroizing;
 use crate::api::error::{ApiError, Code};
 use crate::store::Store;
 
-/// Largest frame either side sends or accepts.
+/// Largest frame either side may send (the protocol's limit; the worker refuses to send a larger
+/// answer and fails that request instead).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// Largest frame the coordinator reads from a worker: twice [`MAX_FRAME_BYTES`]. A frame between
+/// the two (a worker that does not bound its answers) fails only the request it answers; only a
+/// frame beyond this drops the connection, since the transport cannot skip it.
+pub const MAX_RECEIVE_BYTES: usize = 2 * MAX_FRAME_BYTES;
 
 /// Unix time in milliseconds.
 pub(crate) fn now_ms() -> u64 {
@@ -85,6 +92,53 @@ impl WorkerConn {
     }
 }
 
+/// Requests in flight per tenant (over all workers), bounded so that one tenant's slow requests
+/// cannot take every slot of its worker.
+struct TenantSlots {
+    counts: Mutex<HashMap<String, usize>>,
+    max: usize,
+}
+
+/// One tenant request in flight; gives its slot back when dropped.
+struct TenantSlot<'a> {
+    slots: &'a TenantSlots,
+    tenant: String,
+}
+
+impl TenantSlots {
+    fn take(&self, tenant: &str) -> Result<TenantSlot<'_>, ApiError> {
+        let mut counts = self.counts.lock();
+        let count = counts.entry(tenant.to_owned()).or_insert(0);
+        if *count >= self.max {
+            return Err(ApiError {
+                code: Code::ResourceExhausted,
+                message: format!(
+                    "too many requests in flight for this tenant (at most {}); retry when some have finished",
+                    self.max
+                ),
+                retry_after: Some(Duration::from_secs(1)),
+            });
+        }
+        *count += 1;
+        Ok(TenantSlot {
+            slots: self,
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+impl Drop for TenantSlot<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.slots.counts.lock();
+        if let Some(count) = counts.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 /// The connected workers and the key service they use.
 pub struct Hub {
     workers: RwLock<HashMap<String, Arc<WorkerConn>>>,
@@ -92,7 +146,17 @@ pub struct Hub {
     store: Arc<Store>,
     keys: Arc<LocalKeyService>,
     max_in_flight: usize,
+    tenant_slots: TenantSlots,
     heartbeat_timeout: Duration,
+    /// Reconciliations finished since start (one per admitted hello).
+    reconciliations: AtomicU64,
+    /// Refused connections per client address (IPv6 by /64), like the API's failed-authentication
+    /// budget: within it each refusal is audited; beyond it a connection is closed before its TLS
+    /// handshake and only counted.
+    refusals: crate::api::limit::Buckets<std::net::IpAddr>,
+    refusal_budget: (f64, u32),
+    /// Refusals not audited since the last `worker.connect` row (the next row carries the count).
+    refusals_not_audited: AtomicU64,
     changed: Notify,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -112,10 +176,37 @@ impl Hub {
             store,
             keys,
             max_in_flight,
+            tenant_slots: TenantSlots {
+                counts: Mutex::new(HashMap::new()),
+                max: max_in_flight,
+            },
             heartbeat_timeout,
+            reconciliations: AtomicU64::new(0),
+            refusals: crate::api::limit::Buckets::new(100_000),
+            refusal_budget: (10.0, 50),
+            refusals_not_audited: AtomicU64::new(0),
             changed: Notify::new(),
             tls: None,
         }
+    }
+
+    /// Bounds the requests one tenant has in flight (at most the per-worker bound); a tenant over
+    /// it is answered 429 at once while the others keep getting slots.
+    pub fn with_max_in_flight_per_tenant(mut self, max: usize) -> Hub {
+        self.tenant_slots.max = max.clamp(1, self.max_in_flight);
+        self
+    }
+
+    /// Refused connections allowed per client address: `per_second` sustained, `burst` at once
+    /// (the `[auth_failures]` budget).
+    pub fn with_refusal_budget(mut self, per_second: f64, burst: u32) -> Hub {
+        self.refusal_budget = (per_second, burst);
+        self
+    }
+
+    /// Refused connections not yet counted in an audit row (over the budget).
+    pub fn refusals_not_audited(&self) -> u64 {
+        self.refusals_not_audited.load(Ordering::SeqCst)
     }
 
     /// Serves the cluster listener over TLS with this configuration (`wss://`).
@@ -160,6 +251,20 @@ impl Hub {
         }
     }
 
+    /// Waits until `n` reconciliations (one per admitted hello: erased tenants' files deleted,
+    /// unplaced tenants unloaded) have finished since the coordinator started.
+    pub async fn wait_for_reconciliations(&self, n: u64) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.reconciliations.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until worker `id` is connected.
     pub async fn wait_for_worker(&self, id: &str) {
         self.wait_until(|workers| workers.contains_key(id)).await;
@@ -175,20 +280,39 @@ impl Hub {
         self.max_in_flight
     }
 
-    /// Sends a request to a worker and waits for its answer until `timeout`. A worker with
-    /// `max_in_flight` requests running answers busy at once; nothing queues without bound.
+    /// Sends a request to a worker and waits for its answer until `timeout`. A tenant with its
+    /// share of requests in flight is answered 429, and a worker with `max_in_flight` requests
+    /// running answers busy, both at once; nothing queues without bound.
     pub async fn request(
         &self,
         worker: &str,
         body: cluster::envelope::Body,
         timeout: Duration,
     ) -> Result<cluster::envelope::Body, ApiError> {
-        let conn = self.worker(worker).ok_or_else(|| {
+        let conn = self.connected_worker(worker)?;
+        self.request_on(&conn, body, timeout).await
+    }
+
+    fn connected_worker(&self, worker: &str) -> Result<Arc<WorkerConn>, ApiError> {
+        self.worker(worker).ok_or_else(|| {
             ApiError::new(
                 Code::Unavailable,
                 "the worker holding this tenant is not connected; retry later",
             )
-        })?;
+        })
+    }
+
+    /// As [`Hub::request`], on one given connection.
+    async fn request_on(
+        &self,
+        conn: &Arc<WorkerConn>,
+        body: cluster::envelope::Body,
+        timeout: Duration,
+    ) -> Result<cluster::envelope::Body, ApiError> {
+        let _slot = match &body {
+            cluster::envelope::Body::TenantRequest(r) => Some(self.tenant_slots.take(&r.tenant)?),
+            _ => None,
+        };
         let _permit = conn
             .permits
             .clone()
@@ -225,7 +349,8 @@ impl Hub {
         }
     }
 
-    /// Assigns a tenant to a worker's current connection and waits for the acknowledgement.
+    /// Assigns a tenant to a worker's current connection and waits for the acknowledgement, which
+    /// is recorded on that connection (not on whichever is current when the ack arrives).
     pub async fn assign(
         &self,
         worker: &str,
@@ -239,11 +364,10 @@ impl Hub {
             epoch,
             quota: Some(quota),
         });
-        match self.request(worker, body, timeout).await? {
+        let conn = self.connected_worker(worker)?;
+        match self.request_on(&conn, body, timeout).await? {
             cluster::envelope::Body::Ack(_) => {
-                if let Some(conn) = self.worker(worker) {
-                    conn.assigned.lock().insert(tenant.to_owned(), epoch);
-                }
+                conn.assigned.lock().insert(tenant.to_owned(), epoch);
                 Ok(())
             }
             cluster::envelope::Body::Error(err) => Err(ApiError::new(
@@ -254,16 +378,21 @@ impl Hub {
         }
     }
 
-    /// Tells a worker to stop serving a tenant (paused, moved, deleted).
+    /// Tells a worker to stop serving a tenant (paused, moved, deleted). The connection keeps the
+    /// assignment until the worker answers: unloading seals the tenant's growing segments, for
+    /// which the worker asks the key service, and refusing it would fail that seal and write a
+    /// spurious `cluster.refused` row.
     pub async fn release(&self, worker: &str, tenant: &str, epoch: u64, timeout: Duration) {
-        if let Some(conn) = self.worker(worker) {
-            conn.forget_assignment(tenant);
-        }
+        let Some(conn) = self.worker(worker) else {
+            return;
+        };
         let body = cluster::envelope::Body::ReleaseTenant(cluster::ReleaseTenant {
             tenant: tenant.to_owned(),
             epoch,
         });
-        if let Err(err) = self.request(worker, body, timeout).await {
+        let answer = self.request_on(&conn, body, timeout).await;
+        conn.forget_assignment(tenant);
+        if let Err(err) = answer {
             tracing::warn!(worker, tenant, error = %err, "release not acknowledged");
         }
     }
@@ -297,5 +426,110 @@ impl Hub {
             let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
         }
         tasks.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(dir: &std::path::Path) -> Arc<Hub> {
+        let audit_key = crate::audit::AuditKey::new(b"audit key for hub tests, 32 b!!!").unwrap();
+        let store = Arc::new(Store::open_in_memory(audit_key).unwrap());
+        let root = storage::crypto::LocalKeyFile::generate(&dir.join("root.key")).unwrap();
+        let keys = Arc::new(LocalKeyService::open(Arc::new(root), &dir.join("keks")).unwrap());
+        Arc::new(Hub::new(
+            HashMap::new(),
+            store,
+            keys,
+            8,
+            Duration::from_secs(60),
+        ))
+    }
+
+    /// A connection whose frames go to a channel instead of a socket.
+    fn fake_conn(
+        id: &str,
+        max_in_flight: usize,
+    ) -> (
+        Arc<WorkerConn>,
+        tokio::sync::mpsc::UnboundedReceiver<Message>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let sink = futures_util::sink::unfold(tx, |tx, message: Message| async move {
+            tx.send(message)
+                .map_err(|_| tokio_tungstenite::tungstenite::Error::ConnectionClosed)?;
+            Ok(tx)
+        });
+        let conn = Arc::new(WorkerConn {
+            id: id.to_owned(),
+            sink: tokio::sync::Mutex::new(Box::pin(sink)),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            assigned: Mutex::new(HashMap::new()),
+        });
+        (conn, rx)
+    }
+
+    fn request_id(message: Message) -> u64 {
+        cluster::Envelope::decode(message.into_data().as_ref())
+            .unwrap()
+            .request_id
+    }
+
+    #[tokio::test]
+    async fn an_assignment_is_recorded_on_the_connection_that_acknowledged_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path());
+        let (old, mut old_frames) = fake_conn("w", 8);
+        hub.workers.write().insert("w".into(), old.clone());
+        let assign = tokio::spawn({
+            let hub = hub.clone();
+            async move {
+                let quota = cluster::TenantQuota::default();
+                hub.assign("w", "t", 3, quota, Duration::from_secs(60))
+                    .await
+            }
+        });
+        let id = request_id(old_frames.recv().await.unwrap());
+        // The worker reconnects after acknowledging on its old connection, before the
+        // acknowledgement is processed.
+        let (new, _new_frames) = fake_conn("w", 8);
+        hub.workers.write().insert("w".into(), new.clone());
+        let waiter = old.pending.lock().remove(&id).unwrap();
+        waiter
+            .send(cluster::envelope::Body::Ack(cluster::Ack {}))
+            .unwrap();
+        assign.await.unwrap().unwrap();
+        assert_eq!(
+            new.assigned_epoch("t"),
+            None,
+            "the new connection was never told about the tenant"
+        );
+        assert_eq!(old.assigned_epoch("t"), Some(3));
+    }
+
+    #[test]
+    fn a_reconciliation_erases_deleted_tenants_and_unloads_those_placed_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path());
+        let admin = crate::store::Actor("admin".into());
+        for worker in ["w", "other"] {
+            hub.store.record_worker(worker, "test", 1, 1).unwrap();
+        }
+        for tenant in ["here", "elsewhere", "nowhere", "erased"] {
+            hub.store.create_tenant(&admin, tenant, "free").unwrap();
+        }
+        hub.store.place(&admin, "here", "w").unwrap();
+        hub.store.place(&admin, "elsewhere", "other").unwrap();
+        hub.store.place(&admin, "erased", "w").unwrap();
+        hub.store.delete_tenant(&admin, "erased").unwrap();
+        let held: Vec<String> = ["here", "elsewhere", "nowhere", "erased", "stranger", "../x"]
+            .map(String::from)
+            .to_vec();
+        let plan = hub.plan("w", &held);
+        assert_eq!(plan.erase, ["erased"]);
+        assert_eq!(plan.unload, ["elsewhere", "nowhere"]);
     }
 }

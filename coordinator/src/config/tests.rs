@@ -210,3 +210,21 @@ fn an_auth_failure_rate_that_is_not_a_positive_number_is_refused() {
         );
     }
 }
+
+#[test]
+fn the_per_tenant_in_flight_bound_defaults_to_a_quarter_of_the_per_worker_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "");
+    let text = fs::read_to_string(&path).unwrap().replace(
+        "default_tier = \"free\"",
+        "default_tier = \"free\"\nmax_in_flight_per_worker = 100",
+    );
+    fs::write(&path, &text).unwrap();
+    assert_eq!(Config::load(&path).unwrap().max_in_flight_per_tenant, 25);
+    let text = text.replace(
+        "max_in_flight_per_worker = 100",
+        "max_in_flight_per_worker = 100\nmax_in_flight_per_tenant = 7",
+    );
+    fs::write(&path, &text).unwrap();
+    assert_eq!(Config::load(&path).unwrap().max_in_flight_per_tenant, 7);
+}

@@ -45,6 +45,18 @@ pub enum Error {
     /// The worker is shutting down and takes no new requests.
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// The encoded answer is larger than the frames the coordinator accepts.
+    #[error(
+        "answer too large: {bytes} bytes encoded, over the limit of {limit} bytes a frame to the \
+         coordinator may carry; ask for fewer ids, a smaller limit or top_k, or leave out vectors \
+         or payloads"
+    )]
+    FrameTooLarge {
+        /// The encoded answer's size.
+        bytes: usize,
+        /// The frame limit.
+        limit: usize,
+    },
     /// A fault of the worker itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -66,6 +78,7 @@ impl Error {
             Error::DeadlineExceeded => ErrorCode::DeadlineExceeded,
             Error::Busy(_) => ErrorCode::Busy,
             Error::ShuttingDown => ErrorCode::Unavailable,
+            Error::FrameTooLarge { .. } => ErrorCode::InvalidArgument,
             Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -101,6 +114,8 @@ fn storage_code(err: &storage::Error) -> ErrorCode {
     match err {
         E::CollectionNotFound(_) => ErrorCode::NotFound,
         E::CollectionExists(_) => ErrorCode::AlreadyExists,
+        E::Dropped(_) => ErrorCode::NotFound,
+        E::DeadlineExceeded => ErrorCode::DeadlineExceeded,
         err if err.is_user_error() => ErrorCode::InvalidArgument,
         E::CollectionUnavailable { .. } | E::TenantNotFound(_) | E::Key(_) => {
             ErrorCode::Unavailable

@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 use super::CollectionConfig;
 use super::bitset::Tombstones;
 use crate::crypto::{DekContext, FileOpener, FileSealer, KeyService};
+use crate::deadline::Watch;
 use crate::disk::Disk;
 use crate::filter::{Filter, Payload};
 use crate::ids::{PointId, TenantId};
@@ -175,6 +176,7 @@ impl Segment {
         k: usize,
         ef: usize,
         filter: Option<&Filter>,
+        watch: &Watch<'_>,
     ) -> Vec<Hit> {
         let data = self.vectors.published();
         let vectors = Vectors::new(data, config.dim);
@@ -183,7 +185,7 @@ impl Segment {
             return Vec::new();
         }
         let payloads = filter.map(|_| self.payloads.read());
-        let accept = |slot: u32| -> bool {
+        let is_match = |slot: u32| -> bool {
             !self.deleted.contains(slot)
                 && match (filter, &payloads) {
                     (Some(filter), Some(payloads)) => {
@@ -192,13 +194,18 @@ impl Segment {
                     _ => true,
                 }
         };
+        // Both watch the deadline; once it has passed the caller discards the hits, so each ends
+        // its loop the cheapest way: a scan skips every remaining point, a graph walk accepts
+        // every node, which fills its candidate list and ends it within a few steps.
+        let accept = |slot: u32| -> bool { !watch.tick() && is_match(slot) };
+        let accept_walk = |slot: u32| -> bool { watch.tick() || is_match(slot) };
         let indexed = self.indexed.load(Ordering::Acquire).min(n);
         let is_selective = filter.is_some() && {
             let step = (n / FILTER_SAMPLE).max(1);
             let sampled = n.div_ceil(step);
             let matched = (0..n)
                 .step_by(step)
-                .filter(|&slot| accept(slot as u32))
+                .filter(|&slot| is_match(slot as u32))
                 .count();
             (matched as f64) <= exact_switch_fraction(n, ef) * sampled as f64
         };
@@ -213,7 +220,7 @@ impl Segment {
             );
         }
         let needs_accept = filter.is_some() || self.deleted.len() > 0;
-        let accept_dyn: &dyn Fn(u32) -> bool = &accept;
+        let accept_dyn: &dyn Fn(u32) -> bool = &accept_walk;
         let mut hits = self.graph.search(
             &vectors,
             query,

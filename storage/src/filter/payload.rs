@@ -72,6 +72,11 @@ impl Payload {
         serde_json::to_vec(&self.0).expect("a map with string keys always serializes")
     }
 
+    /// The length of [`Payload::encode`]'s output, without building it.
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(&self.0).unwrap_or(0)
+    }
+
     /// Decodes a payload written by [`Payload::encode`].
     ///
     /// Stored payloads passed their limits when they were written, so only the shape is checked.

@@ -304,3 +304,42 @@ fn memory_accounting_counts_payload_and_id_bytes() {
         "{loaded} bytes counted after a load"
     );
 }
+
+#[test]
+fn a_file_of_another_tenant_is_refused_without_naming_that_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["acme", "globex"]);
+    let engine = engine(dir.path(), &keys, limits());
+    let config = CollectionConfig::new(2, Metric::L2);
+    let acme = engine
+        .create_collection(&tenant("acme"), &name("docs"), config)
+        .unwrap();
+    fill(&acme, 3, 0);
+    let globex = engine
+        .create_collection(&tenant("globex"), &name("secretplans"), config)
+        .unwrap();
+    fill(&globex, 3, 0);
+    drop((acme, globex));
+    drop(engine);
+    // An attacker with write access to the disk, or a restore gone wrong, puts globex's
+    // manifest where acme's was.
+    let tenants = dir.path().join("data").join("tenants");
+    std::fs::copy(
+        tenants.join("globex/secretplans/MANIFEST"),
+        tenants.join("acme/docs/MANIFEST"),
+    )
+    .unwrap();
+    let engine = self::engine(dir.path(), &keys, limits());
+    let err = engine
+        .collection(&tenant("acme"), &name("docs"))
+        .unwrap_err();
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(!shown.contains("globex"), "{shown}");
+        assert!(!shown.contains("secretplans"), "{shown}");
+    }
+    // globex itself still serves.
+    let c = engine
+        .collection(&tenant("globex"), &name("secretplans"))
+        .unwrap();
+    assert_eq!(c.count(None), 3);
+}

@@ -30,7 +30,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Plaintext bytes the loaded tenants may hold before least-recently-used ones are unloaded.
     pub memory_budget_bytes: u64,
-    /// Tenant requests running at once; one more is answered `ERROR_CODE_BUSY`.
+    /// Tenant requests running at once; one more is answered `ERROR_CODE_BUSY`. One tenant may
+    /// hold `max_in_flight / (2 + other tenants with requests running)` of them, at least 1.
     pub max_in_flight: u32,
     /// How often a heartbeat is sent.
     pub heartbeat_interval: Duration,

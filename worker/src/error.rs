@@ -42,6 +42,16 @@ pub enum Error {
     /// Too many requests are running.
     #[error("{0} requests are already running on this worker")]
     Busy(u32),
+    /// The tenant already has its share of the worker's requests in flight.
+    #[error(
+        "the tenant has {held} requests running on this worker, its share while others are served too is {share}"
+    )]
+    TenantBusy {
+        /// The tenant's requests in flight.
+        held: u32,
+        /// Its share.
+        share: u32,
+    },
     /// The worker is shutting down and takes no new requests.
     #[error("the worker is shutting down")]
     ShuttingDown,
@@ -76,7 +86,7 @@ impl Error {
             Error::StaleEpoch { .. } => ErrorCode::StaleEpoch,
             Error::Replayed(_) => ErrorCode::Replayed,
             Error::DeadlineExceeded => ErrorCode::DeadlineExceeded,
-            Error::Busy(_) => ErrorCode::Busy,
+            Error::Busy(_) | Error::TenantBusy { .. } => ErrorCode::Busy,
             Error::ShuttingDown => ErrorCode::Unavailable,
             Error::FrameTooLarge { .. } => ErrorCode::InvalidArgument,
             Error::Internal(_) => ErrorCode::Internal,

@@ -107,6 +107,7 @@ pub async fn serve(
         tenants: Arc::new(Tenants::default()),
         jobs: JoinSet::new(),
         in_flight: 0,
+        tenant_in_flight: HashMap::new(),
         is_accounting: false,
         last_accounting: Instant::now(),
         generation: 0,
@@ -126,8 +127,9 @@ enum Done {
         generation: u64,
         request_id: u64,
         deadline_unix_ms: u64,
-        /// Counted against `max_in_flight`.
-        is_counted: bool,
+        /// The tenant whose request this answers, when it was counted against `max_in_flight`
+        /// and the tenant's share of it.
+        counted_for: Option<TenantId>,
         frame: Vec<u8>,
     },
     /// A memory accounting pass finished.
@@ -169,6 +171,8 @@ struct Worker {
     jobs: JoinSet<Done>,
     /// Tenant requests running (counted against `max_in_flight`).
     in_flight: u32,
+    /// Of those, each tenant's (tenants with none are left out).
+    tenant_in_flight: HashMap<TenantId, u32>,
     is_accounting: bool,
     last_accounting: Instant,
     /// Numbers connections; answers of an older one are dropped.
@@ -429,14 +433,36 @@ impl Worker {
         tracing::info!("worker stopped");
     }
 
+    /// Counts a finished tenant request out of `max_in_flight` and its tenant's share.
+    fn finished(&mut self, counted_for: Option<TenantId>) {
+        let Some(tenant) = counted_for else {
+            return;
+        };
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(n) = self.tenant_in_flight.get_mut(&tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.tenant_in_flight.remove(&tenant);
+            }
+        }
+    }
+
+    /// How many requests `tenant` may have in flight: an equal share of `max_in_flight` among the
+    /// tenants with requests in flight, counting one more that may arrive, so a tenant that has
+    /// none yet always finds a free slot (INV-26).
+    fn tenant_share(&self, tenant: &TenantId) -> u32 {
+        let others = self
+            .tenant_in_flight
+            .keys()
+            .filter(|t| *t != tenant)
+            .count() as u32;
+        (self.config.max_in_flight / (others + 2)).max(1)
+    }
+
     /// A finished task while no connection can carry its answer.
     fn reap(&mut self, done: Result<Done, tokio::task::JoinError>) {
         match done {
-            Ok(Done::Reply { is_counted, .. }) => {
-                if is_counted {
-                    self.in_flight = self.in_flight.saturating_sub(1);
-                }
-            }
+            Ok(Done::Reply { counted_for, .. }) => self.finished(counted_for),
             Ok(Done::Accounted) => self.is_accounting = false,
             Ok(Done::Closed) => self.is_engine_closed = true,
             Err(err) => tracing::error!(error = %err, "a worker task failed"),
@@ -652,12 +678,10 @@ impl Worker {
                 generation,
                 request_id,
                 deadline_unix_ms,
-                is_counted,
+                counted_for,
                 frame,
             } => {
-                if is_counted {
-                    self.in_flight = self.in_flight.saturating_sub(1);
-                }
+                self.finished(counted_for);
                 if generation != self.generation {
                     tracing::debug!(
                         request_id,
@@ -910,7 +934,7 @@ impl Worker {
                     generation,
                     request_id,
                     deadline_unix_ms: 0,
-                    is_counted: false,
+                    counted_for: None,
                     frame: answer_frame(request_id, result),
                 }
             }
@@ -958,6 +982,13 @@ impl Worker {
             tracing::debug!(tenant = %tenant, request_id, in_flight = self.in_flight, "busy");
             return Some(Error::Busy(self.in_flight));
         }
+        let held = self.tenant_in_flight.get(&tenant).copied().unwrap_or(0);
+        let share = self.tenant_share(&tenant);
+        if held >= share {
+            tracing::debug!(tenant = %tenant, request_id, held, share, "the tenant holds its share of the worker");
+            return Some(Error::TenantBusy { held, share });
+        }
+        *self.tenant_in_flight.entry(tenant.clone()).or_default() += 1;
         self.in_flight += 1;
         let span = tracing::info_span!(
             "request",
@@ -971,6 +1002,7 @@ impl Worker {
         let generation = self.generation;
         let quota = assignment.quota;
         let config = self.config.clone();
+        let counted_for = tenant.clone();
         // Every request, however cheap it looks, runs on a blocking thread: a search the loop ran
         // itself (huge ef, a misjudged filter) would stop heartbeats, key-service answers and
         // every other tenant's frames (INV-24). Straight there and back: two thread hand-offs.
@@ -1004,7 +1036,7 @@ impl Worker {
                 generation,
                 request_id,
                 deadline_unix_ms,
-                is_counted: true,
+                counted_for: Some(counted_for),
                 frame: answer_frame(request_id, result),
             }
         });

@@ -280,3 +280,45 @@ async fn a_scroll_page_ends_at_the_answer_bound_with_a_cursor() {
     assert_eq!(seen, (1..=100).collect::<Vec<_>>());
     setup.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_holding_its_share_leaves_slots_for_the_others() {
+    let (gate, mut entered) = Gate::new();
+    let hook = gate.hook(TENANT, "count");
+    let _open = OpenOnDrop(gate.clone());
+    let mut setup = Setup::with(4, |config| {
+        config.max_in_flight = 4;
+        config.request_hook = Some(hook);
+    })
+    .await;
+    other_tenant(&mut setup).await;
+    let conn = &mut setup.conn;
+    // The tenant asks for every slot of the worker; its share alone is half of them.
+    let bodies = (0..4)
+        .map(|_| tenant_request(TENANT, 1, count("docs", None)))
+        .collect();
+    let ids = conn.request_burst(bodies).await;
+    for _ in 0..2 {
+        entered.recv().await.unwrap();
+    }
+    // While its requests are held, the other tenant is served, not told the worker is busy.
+    let Answer::Count(n) = conn.op_for(OTHER, 1, count("docs", None)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(n.count, 1);
+
+    gate.open();
+    let mut busy = 0;
+    for id in ids {
+        match answer(conn.reply(id).await) {
+            Ok(Answer::Count(n)) => assert_eq!(n.count, 4),
+            Err(err) => {
+                assert_eq!(err.code(), ErrorCode::Busy, "{}", err.message);
+                busy += 1;
+            }
+            Ok(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(busy, 2);
+    setup.stop().await;
+}

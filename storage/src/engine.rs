@@ -290,7 +290,9 @@ impl Engine {
             .remove(name)
             .ok_or_else(|| Error::CollectionNotFound(name.to_string()))?;
         if let Slot::Open(collection) = removed {
-            collection.close();
+            // A request may still hold the collection; it must not write into the directory a
+            // new collection of the same name would get.
+            collection.mark_dropped();
         }
         self.remove_durably(&self.tenant_dir(tenant).join(name.as_str()))
     }

@@ -108,6 +108,21 @@ pub enum Error {
     /// An earlier fsync failed, so this collection no longer acknowledges writes.
     #[error("collection {0} stopped accepting writes after an I/O failure; reopen it")]
     Poisoned(String),
+    /// The request's deadline passed before it finished; nothing was changed.
+    #[error("the request's deadline passed")]
+    DeadlineExceeded,
+    /// The answer would be larger than the bound on an answer's bytes.
+    #[error("answer too large: it would exceed the limit of {limit} bytes; {hint}")]
+    AnswerTooLarge {
+        /// The bound, in bytes.
+        limit: usize,
+        /// What to ask instead.
+        hint: &'static str,
+    },
+    /// The collection was dropped (and perhaps created again under its name) after this handle
+    /// was taken; it refuses every write.
+    #[error("collection {0} was deleted")]
+    Dropped(String),
     /// An I/O error, with the file it happened on.
     #[error("i/o error on {path}: {source}")]
     Io {
@@ -133,6 +148,8 @@ impl Error {
                 | Error::InvalidId { .. }
                 | Error::CollectionNotFound(_)
                 | Error::CollectionExists(_)
+                | Error::AnswerTooLarge { .. }
+                | Error::Dropped(_)
         )
     }
 

@@ -21,6 +21,7 @@
 
 pub mod collection;
 pub mod crypto;
+mod deadline;
 pub mod disk;
 pub mod engine;
 pub mod error;
@@ -37,6 +38,7 @@ pub mod wal;
 pub use collection::{
     Collection, CollectionConfig, Limits, PointInput, Record, ScoredPoint, SearchRequest,
 };
+pub use deadline::Deadline;
 pub use engine::Engine;
 pub use error::{Error, Result};
 

@@ -257,12 +257,21 @@ impl Header {
         collection: &str,
     ) -> Result<()> {
         if self.kind != kind || self.tenant != tenant.as_str() || self.collection != collection {
+            // The names the file carries may be another tenant's: they go to the log, never into
+            // the error, whose message can reach this tenant's client.
+            tracing::warn!(
+                path = %path.display(),
+                found_kind = ?self.kind,
+                found_tenant = %self.tenant,
+                found_collection = %self.collection,
+                expected_kind = ?kind,
+                "a file names another tenant, collection or kind than where it was found"
+            );
             return Err(Error::Corrupt {
                 path: path.to_owned(),
                 offset: 0,
                 reason: format!(
-                    "file belongs to {:?} {}/{}, expected {kind:?} {tenant}/{collection}",
-                    self.kind, self.tenant, self.collection
+                    "the file is not a {kind:?} file of collection {collection} (the log names what it is)"
                 ),
             });
         }

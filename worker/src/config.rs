@@ -30,7 +30,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Plaintext bytes the loaded tenants may hold before least-recently-used ones are unloaded.
     pub memory_budget_bytes: u64,
-    /// Tenant requests running at once; one more is answered `ERROR_CODE_BUSY`.
+    /// Tenant requests running at once; one more is answered `ERROR_CODE_BUSY`. One tenant may
+    /// hold `max_in_flight / (2 + other tenants with requests running)` of them, at least 1.
     pub max_in_flight: u32,
     /// How often a heartbeat is sent.
     pub heartbeat_interval: Duration,
@@ -38,7 +39,15 @@ pub struct Config {
     pub reconnect_max_backoff: Duration,
     /// Bounds the storage engine enforces on every request.
     pub limits: storage::Limits,
+    /// For tests only: called with the tenant and the operation's name on the thread that runs a
+    /// tenant request, just before its work starts, so a test can hold a request there. Never set
+    /// from the configuration file.
+    #[doc(hidden)]
+    pub request_hook: Option<RequestHook>,
 }
+
+/// See [`Config::request_hook`].
+pub type RequestHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -53,6 +62,7 @@ impl fmt::Debug for Config {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("reconnect_max_backoff", &self.reconnect_max_backoff)
             .field("limits", &self.limits)
+            .field("request_hook", &self.request_hook.is_some())
             .finish()
     }
 }
@@ -107,6 +117,7 @@ struct RawLimits {
     wal_bytes: Option<u64>,
     index_threads: Option<usize>,
     checkpoint_points: Option<usize>,
+    max_answer_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +165,7 @@ impl Config {
             wal_bytes: l.wal_bytes.unwrap_or(defaults.wal_bytes),
             index_threads: l.index_threads.unwrap_or(defaults.index_threads),
             checkpoint_points: l.checkpoint_points.unwrap_or(defaults.checkpoint_points),
+            max_answer_bytes: l.max_answer_bytes.unwrap_or(defaults.max_answer_bytes),
         };
         let config = Config {
             worker_id: raw.worker_id,
@@ -174,6 +186,7 @@ impl Config {
                 None => DEFAULT_MAX_BACKOFF,
             },
             limits,
+            request_hook: None,
         };
         config.validate()?;
         // Reads and checks the roots now, so a bad ca_file stops the worker at start.
@@ -247,6 +260,7 @@ impl Config {
             || l.max_search_batch == 0
             || l.max_payload_bytes == 0
             || l.wal_bytes == 0
+            || l.max_answer_bytes == 0
         {
             bail!("every [limits] value must be positive");
         }
@@ -275,6 +289,7 @@ impl Config {
                 index_threads: 1,
                 ..storage::Limits::default()
             },
+            request_hook: None,
         }
     }
 }

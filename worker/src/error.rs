@@ -42,9 +42,31 @@ pub enum Error {
     /// Too many requests are running.
     #[error("{0} requests are already running on this worker")]
     Busy(u32),
+    /// The tenant already has its share of the worker's requests in flight.
+    #[error(
+        "the tenant has {held} requests running on this worker, its share while others are served too is {share}"
+    )]
+    TenantBusy {
+        /// The tenant's requests in flight.
+        held: u32,
+        /// Its share.
+        share: u32,
+    },
     /// The worker is shutting down and takes no new requests.
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// The encoded answer is larger than the frames the coordinator accepts.
+    #[error(
+        "answer too large: {bytes} bytes encoded, over the limit of {limit} bytes a frame to the \
+         coordinator may carry; ask for fewer ids, a smaller limit or top_k, or leave out vectors \
+         or payloads"
+    )]
+    FrameTooLarge {
+        /// The encoded answer's size.
+        bytes: usize,
+        /// The frame limit.
+        limit: usize,
+    },
     /// A fault of the worker itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -64,8 +86,9 @@ impl Error {
             Error::StaleEpoch { .. } => ErrorCode::StaleEpoch,
             Error::Replayed(_) => ErrorCode::Replayed,
             Error::DeadlineExceeded => ErrorCode::DeadlineExceeded,
-            Error::Busy(_) => ErrorCode::Busy,
+            Error::Busy(_) | Error::TenantBusy { .. } => ErrorCode::Busy,
             Error::ShuttingDown => ErrorCode::Unavailable,
+            Error::FrameTooLarge { .. } => ErrorCode::InvalidArgument,
             Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -101,6 +124,8 @@ fn storage_code(err: &storage::Error) -> ErrorCode {
     match err {
         E::CollectionNotFound(_) => ErrorCode::NotFound,
         E::CollectionExists(_) => ErrorCode::AlreadyExists,
+        E::Dropped(_) => ErrorCode::NotFound,
+        E::DeadlineExceeded => ErrorCode::DeadlineExceeded,
         err if err.is_user_error() => ErrorCode::InvalidArgument,
         E::CollectionUnavailable { .. } | E::TenantNotFound(_) | E::Key(_) => {
             ErrorCode::Unavailable

@@ -36,6 +36,6 @@ mod server;
 mod tenant;
 mod tls;
 
-pub use config::Config;
+pub use config::{Config, RequestHook};
 pub use error::{Error, Result};
 pub use server::{MAX_FRAME_BYTES, check_connection, serve};

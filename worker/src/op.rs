@@ -26,6 +26,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) quota: cluster::TenantQuota,
     /// Unix milliseconds, 0 for none.
     pub(crate) deadline_unix_ms: u64,
+    /// The same deadline, for storage's scans and walks.
+    pub(crate) deadline: storage::Deadline,
+    /// The test hook of [`crate::Config::request_hook`].
+    pub(crate) hook: Option<&'a crate::RequestHook>,
 }
 
 /// The short name of an operation, for logs.
@@ -60,6 +64,9 @@ pub(crate) fn run(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
         let _shared = ctx.slot.gate.read();
         // The request may have waited for the gate; nothing is applied after its deadline.
         check_deadline(ctx)?;
+        if let Some(hook) = ctx.hook {
+            hook(ctx.tenant.as_str(), name(&op));
+        }
         execute(ctx, op)
     };
     if let Err(err) = &res {
@@ -91,6 +98,15 @@ fn is_key_failure(err: &Error) -> bool {
         Error::Storage(err) => crate::tenant::is_key_failure(err),
         _ => false,
     }
+}
+
+/// The storage deadline of a request that must finish by `deadline_unix_ms` (0: none).
+pub(crate) fn storage_deadline(deadline_unix_ms: u64) -> storage::Deadline {
+    if deadline_unix_ms == 0 {
+        return storage::Deadline::none();
+    }
+    let left = deadline_unix_ms.saturating_sub(now_ms());
+    storage::Deadline::at(std::time::Instant::now() + std::time::Duration::from_millis(left))
 }
 
 fn check_deadline(ctx: &Ctx<'_>) -> Result<()> {
@@ -166,7 +182,8 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
                 (true, Some(filter)) => {
                     let filter = convert::filter(Some(filter))?
                         .ok_or_else(|| Error::Internal("a given filter vanished".into()))?;
-                    collection(ctx, &req.collection)?.delete_by_filter(&filter)?
+                    collection(ctx, &req.collection)?
+                        .delete_by_filter_within(&filter, &ctx.deadline)?
                 }
                 _ => {
                     return Err(Error::InvalidArgument(
@@ -184,12 +201,13 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
             convert::check_batch("a scroll page", limit, limits.max_batch)?;
             let from = convert::decode_cursor(&req.cursor)?;
             let filter = convert::filter(req.filter)?;
-            let page = collection(ctx, &req.collection)?.scroll(
+            let page = collection(ctx, &req.collection)?.scroll_within(
                 from.as_ref(),
                 limit,
                 filter.as_ref(),
                 req.with_payload,
                 req.with_vector,
+                &ctx.deadline,
             )?;
             Ok(Answer::Scroll(api::ScrollResponse {
                 points: page.points.into_iter().map(convert::record).collect(),
@@ -202,14 +220,17 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
         }
         Op::Count(req) => {
             let filter = convert::filter(req.filter)?;
-            let count = collection(ctx, &req.collection)?.count(filter.as_ref());
+            let count =
+                collection(ctx, &req.collection)?.count_within(filter.as_ref(), &ctx.deadline)?;
             Ok(Answer::Count(api::CountResponse { count }))
         }
         Op::Search(req) => {
             convert::check_search(&req, &limits)?;
             let collection = collection(ctx, &req.collection)?;
             let req = convert::search_request(req, collection.config().dim, &limits)?;
-            Ok(Answer::Search(search_response(collection.search(&req)?)))
+            Ok(Answer::Search(search_response(
+                collection.search_within(&req, &ctx.deadline)?,
+            )))
         }
         Op::SearchBatch(req) => {
             convert::check_batch(
@@ -234,7 +255,7 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
                 .map(|search| convert::search_request(search, dim, &limits))
                 .collect::<Result<Vec<_>>>()?;
             let results = collection
-                .search_batch(&searches)?
+                .search_batch_within(&searches, &ctx.deadline)?
                 .into_iter()
                 .map(search_response)
                 .collect();
@@ -252,31 +273,6 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
 }
 
 /// A collection answers all or nothing, so a search result is never partial (INV-21).
-/// Answers a search if its collection is loaded already, without loading anything, waiting for a
-/// lock or taking the tenant's gate; otherwise hands the request back for the blocking path. An
-/// unload at the same moment is harmless: the collection's memory lives until this search drops it.
-pub(crate) fn search_loaded(
-    engine: &Engine,
-    tenant: &TenantId,
-    req: api::SearchRequest,
-) -> std::result::Result<Result<Answer>, api::SearchRequest> {
-    let Some(collection) = storage::ids::CollectionName::parse(&req.collection)
-        .ok()
-        .and_then(|name| engine.loaded_collection(tenant, &name))
-    else {
-        return Err(req);
-    };
-    let limits = *engine.limits();
-    let run = || -> Result<Answer> {
-        convert::check_search(&req, &limits)?;
-        let req = convert::search_request(req, collection.config().dim, &limits)?;
-        Ok(Answer::Search(search_response(collection.search(&req)?)))
-    };
-    // A bug must not take down the thread that serves the connection.
-    Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
-        .unwrap_or_else(|_| Err(Error::Internal("the search panicked".into()))))
-}
-
 fn search_response(points: Vec<storage::ScoredPoint>) -> api::SearchResponse {
     api::SearchResponse {
         points: points.into_iter().map(convert::scored_point).collect(),

@@ -4,10 +4,10 @@
 //! # Tasks
 //!
 //! One loop owns the WebSocket: it reads frames, writes answers, heartbeats and key-service calls
-//! (which storage threads queue through the [`Link`]). A search of a collection already in memory
-//! is answered on the loop's thread, unless more frames wait behind it (then it goes to a blocking
-//! thread, up to one per spare core, see `Worker::on_burst`). Every other tenant request runs on a
-//! blocking thread inside a task of the worker's one `JoinSet`, which outlives connections: a
+//! (which storage threads queue through the [`Link`]). No request work runs on the loop's thread
+//! (INV-24): every tenant request, cheap search included, runs on a blocking thread (at most
+//! `max_in_flight` at once), which also encodes the answer and checks it fits in a frame (INV-25),
+//! inside a task of the worker's one `JoinSet`, which outlives connections: a
 //! request in flight when the connection drops finishes, and its answer is dropped because it
 //! belongs to an older connection (`generation`). Whoever spawns awaits: the loop reaps every task, and shutdown
 //! waits for them (bounded) before the engine is closed.
@@ -51,6 +51,9 @@ use crate::tenant::Tenants;
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// Most frames handled in one go before the loop looks at answers, heartbeats and shutdown again.
 const MAX_BURST: usize = 16;
+/// The largest answer frame the worker sends: the coordinator's limit, less room for the
+/// envelope around the answer.
+const MAX_ANSWER_FRAME_BYTES: usize = MAX_FRAME_BYTES - 1024;
 /// How long a storage thread waits for the key service.
 const KEY_SERVICE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the TCP connection and the upgrade may take.
@@ -65,12 +68,6 @@ const ACCOUNTING_PERIOD: Duration = Duration::from_millis(100);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Shutdown<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// How many searches run on blocking threads beside the loop's own: one per remaining core.
-fn search_threads() -> u32 {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    u32::try_from(cores.saturating_sub(1).max(1)).unwrap_or(u32::MAX)
-}
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> u64 {
@@ -110,7 +107,7 @@ pub async fn serve(
         tenants: Arc::new(Tenants::default()),
         jobs: JoinSet::new(),
         in_flight: 0,
-        search_threads: search_threads(),
+        tenant_in_flight: HashMap::new(),
         is_accounting: false,
         last_accounting: Instant::now(),
         generation: 0,
@@ -125,14 +122,15 @@ pub async fn serve(
 
 /// What a finished task reports to the loop.
 enum Done {
-    /// The answer to a coordinator request.
+    /// The answer to a coordinator request, encoded (by [`answer_frame`]) off the loop's thread.
     Reply {
         generation: u64,
         request_id: u64,
         deadline_unix_ms: u64,
-        /// Counted against `max_in_flight`.
-        is_counted: bool,
-        result: Result<Body, Error>,
+        /// The tenant whose request this answers, when it was counted against `max_in_flight`
+        /// and the tenant's share of it.
+        counted_for: Option<TenantId>,
+        frame: Vec<u8>,
     },
     /// A memory accounting pass finished.
     Accounted,
@@ -173,9 +171,8 @@ struct Worker {
     jobs: JoinSet<Done>,
     /// Tenant requests running (counted against `max_in_flight`).
     in_flight: u32,
-    /// Searches go to blocking threads (when others wait behind them) only while fewer than this
-    /// many requests run there: the cores beside the loop's own thread.
-    search_threads: u32,
+    /// Of those, each tenant's (tenants with none are left out).
+    tenant_in_flight: HashMap<TenantId, u32>,
     is_accounting: bool,
     last_accounting: Instant,
     /// Numbers connections; answers of an older one are dropped.
@@ -304,6 +301,44 @@ fn error_frame(request_id: u64, err: &Error) -> Message {
     frame(request_id, Body::Error(err.to_proto()))
 }
 
+/// The encoded answer to request `request_id`. An answer larger than a frame the coordinator
+/// accepts becomes an error for this request alone: sent whole, it would make the coordinator drop
+/// the connection and every other tenant's requests on it (INV-25).
+fn answer_frame(request_id: u64, result: Result<Body, Error>) -> Vec<u8> {
+    let encode = |body| {
+        cluster::Envelope {
+            request_id,
+            deadline_unix_ms: 0,
+            body: Some(body),
+        }
+        .encode_to_vec()
+    };
+    let body = match result {
+        Ok(body) => {
+            let bytes = body.encoded_len();
+            if bytes > MAX_ANSWER_FRAME_BYTES {
+                tracing::warn!(
+                    request_id,
+                    bytes,
+                    limit = MAX_ANSWER_FRAME_BYTES,
+                    "refusing to send an answer larger than a frame"
+                );
+                Body::Error(
+                    Error::FrameTooLarge {
+                        bytes,
+                        limit: MAX_ANSWER_FRAME_BYTES,
+                    }
+                    .to_proto(),
+                )
+            } else {
+                return encode(body);
+            }
+        }
+        Err(err) => Body::Error(err.to_proto()),
+    };
+    encode(body)
+}
+
 /// Just the request id of an envelope, for answering frames that fail to decode whole.
 #[derive(Clone, PartialEq, prost::Message)]
 struct EnvelopeId {
@@ -398,14 +433,36 @@ impl Worker {
         tracing::info!("worker stopped");
     }
 
+    /// Counts a finished tenant request out of `max_in_flight` and its tenant's share.
+    fn finished(&mut self, counted_for: Option<TenantId>) {
+        let Some(tenant) = counted_for else {
+            return;
+        };
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(n) = self.tenant_in_flight.get_mut(&tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.tenant_in_flight.remove(&tenant);
+            }
+        }
+    }
+
+    /// How many requests `tenant` may have in flight: an equal share of `max_in_flight` among the
+    /// tenants with requests in flight, counting one more that may arrive, so a tenant that has
+    /// none yet always finds a free slot (INV-26).
+    fn tenant_share(&self, tenant: &TenantId) -> u32 {
+        let others = self
+            .tenant_in_flight
+            .keys()
+            .filter(|t| *t != tenant)
+            .count() as u32;
+        (self.config.max_in_flight / (others + 2)).max(1)
+    }
+
     /// A finished task while no connection can carry its answer.
     fn reap(&mut self, done: Result<Done, tokio::task::JoinError>) {
         match done {
-            Ok(Done::Reply { is_counted, .. }) => {
-                if is_counted {
-                    self.in_flight = self.in_flight.saturating_sub(1);
-                }
-            }
+            Ok(Done::Reply { counted_for, .. }) => self.finished(counted_for),
             Ok(Done::Accounted) => self.is_accounting = false,
             Ok(Done::Closed) => self.is_engine_closed = true,
             Err(err) => tracing::error!(error = %err, "a worker task failed"),
@@ -630,12 +687,10 @@ impl Worker {
                 generation,
                 request_id,
                 deadline_unix_ms,
-                is_counted,
-                result,
+                counted_for,
+                frame,
             } => {
-                if is_counted {
-                    self.in_flight = self.in_flight.saturating_sub(1);
-                }
+                self.finished(counted_for);
                 if generation != self.generation {
                     tracing::debug!(
                         request_id,
@@ -643,14 +698,10 @@ impl Worker {
                     );
                     return Ok(false);
                 }
-                let result = if deadline_unix_ms != 0 && now_ms() >= deadline_unix_ms {
-                    Err(Error::DeadlineExceeded)
+                let message = if deadline_unix_ms != 0 && now_ms() >= deadline_unix_ms {
+                    error_frame(request_id, &Error::DeadlineExceeded)
                 } else {
-                    result
-                };
-                let message = match result {
-                    Ok(body) => frame(request_id, body),
-                    Err(err) => error_frame(request_id, &err),
+                    Message::binary(frame)
                 };
                 s.ws.send(message).await?;
                 self.maybe_account(false);
@@ -667,10 +718,8 @@ impl Worker {
         }
     }
 
-    /// Handles `first` and the frames already received behind it (at most [`MAX_BURST`]), each
-    /// knowing whether another one is waiting: a search with others queued behind it goes to a
-    /// blocking thread, so every core searches; the last of a burst, like a lone request, is
-    /// answered on this thread, with no hand-off. False when the connection is gone.
+    /// Handles `first` and the frames already received behind it (at most [`MAX_BURST`]). False
+    /// when the connection is gone.
     async fn on_burst(
         &mut self,
         s: &mut Session,
@@ -686,8 +735,7 @@ impl Worker {
             } else {
                 None
             };
-            let more_follow = matches!(ahead, Some(Some(Ok(_))));
-            if !self.on_message(s, message, more_follow).await? {
+            if !self.on_message(s, message).await? {
                 return Ok(false);
             }
             match ahead {
@@ -703,13 +751,11 @@ impl Worker {
         Ok(true)
     }
 
-    /// Handles one frame; false when the coordinator closed the connection. `more_follow`: another
-    /// frame is already waiting behind this one.
+    /// Handles one frame; false when the coordinator closed the connection.
     async fn on_message(
         &mut self,
         s: &mut Session,
         message: Message,
-        more_follow: bool,
     ) -> Result<bool, tungstenite::Error> {
         let bytes = match message {
             Message::Binary(bytes) => bytes,
@@ -763,9 +809,7 @@ impl Worker {
                 let refusal = match body {
                     Body::AssignTenant(assign) => self.assign(s, request_id, assign).await?,
                     Body::ReleaseTenant(release) => self.release(s, request_id, release),
-                    Body::TenantRequest(req) => {
-                        self.admit(s, request_id, deadline_unix_ms, req, more_follow)
-                    }
+                    Body::TenantRequest(req) => self.admit(s, request_id, deadline_unix_ms, req),
                     _ => None,
                 };
                 if let Some(err) = refusal {
@@ -899,8 +943,8 @@ impl Worker {
                     generation,
                     request_id,
                     deadline_unix_ms: 0,
-                    is_counted: false,
-                    result,
+                    counted_for: None,
+                    frame: answer_frame(request_id, result),
                 }
             }
             .in_current_span(),
@@ -915,7 +959,6 @@ impl Worker {
         request_id: u64,
         deadline_unix_ms: u64,
         req: cluster::TenantRequest,
-        more_follow: bool,
     ) -> Option<Error> {
         if self.is_stopping() {
             return Some(Error::ShuttingDown);
@@ -948,35 +991,13 @@ impl Worker {
             tracing::debug!(tenant = %tenant, request_id, in_flight = self.in_flight, "busy");
             return Some(Error::Busy(self.in_flight));
         }
-        // A search of a collection already in memory is answered right here: no thread hand-off,
-        // which on a small machine costs more than the search (README, Performance). Unless
-        // another frame waits behind it and a search thread is free: then this one goes to a
-        // blocking thread below, and this thread goes on to the next, so searches use every core.
-        let offload = more_follow && self.in_flight < self.search_threads;
-        let operation = match operation {
-            cluster::tenant_request::Op::Search(search) if !offload => {
-                match op::search_loaded(&self.engine, &tenant, search) {
-                    Ok(answer) => {
-                        let result = answer.map(|answer| {
-                            Body::TenantResponse(cluster::TenantResponse {
-                                result: Some(answer),
-                            })
-                        });
-                        let done = Done::Reply {
-                            generation: self.generation,
-                            request_id,
-                            deadline_unix_ms,
-                            is_counted: false,
-                            result,
-                        };
-                        self.jobs.spawn(async move { done });
-                        return None;
-                    }
-                    Err(search) => cluster::tenant_request::Op::Search(search),
-                }
-            }
-            other => other,
-        };
+        let held = self.tenant_in_flight.get(&tenant).copied().unwrap_or(0);
+        let share = self.tenant_share(&tenant);
+        if held >= share {
+            tracing::debug!(tenant = %tenant, request_id, held, share, "the tenant holds its share of the worker");
+            return Some(Error::TenantBusy { held, share });
+        }
+        *self.tenant_in_flight.entry(tenant.clone()).or_default() += 1;
         self.in_flight += 1;
         let span = tracing::info_span!(
             "request",
@@ -989,8 +1010,11 @@ impl Worker {
         let engine = self.engine.clone();
         let generation = self.generation;
         let quota = assignment.quota;
-        // Straight onto a blocking thread and back to this loop: every hand-off between threads
-        // costs latency on a small machine, so a request takes exactly two.
+        let config = self.config.clone();
+        let counted_for = tenant.clone();
+        // Every request, however cheap it looks, runs on a blocking thread: a search the loop ran
+        // itself (huge ef, a misjudged filter) would stop heartbeats, key-service answers and
+        // every other tenant's frames (INV-24). Straight there and back: two thread hand-offs.
         self.jobs.spawn_blocking(move || {
             let _entered = span.enter();
             let started = std::time::Instant::now();
@@ -1000,6 +1024,8 @@ impl Worker {
                 tenant: &tenant,
                 quota,
                 deadline_unix_ms,
+                deadline: op::storage_deadline(deadline_unix_ms),
+                hook: config.request_hook.as_ref(),
             };
             let res =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op::run(&ctx, operation)));
@@ -1019,8 +1045,8 @@ impl Worker {
                 generation,
                 request_id,
                 deadline_unix_ms,
-                is_counted: true,
-                result,
+                counted_for: Some(counted_for),
+                frame: answer_frame(request_id, result),
             }
         });
         None

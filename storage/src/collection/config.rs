@@ -104,6 +104,10 @@ pub struct Limits {
     /// least this many points, all in its graph, is sealed first, so the next open reads its graph
     /// instead of rebuilding it from the WAL.
     pub checkpoint_points: usize,
+    /// Most bytes one answer of get, scroll, search or batch search may carry (ids, payloads as
+    /// compact JSON, vectors as 4 bytes a component). Checked while the answer is built: a get
+    /// or search past it is refused, a scroll page ends early with its cursor.
+    pub max_answer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -118,6 +122,7 @@ impl Default for Limits {
             wal_bytes: 64 << 20,
             index_threads: 2,
             checkpoint_points: 10_000,
+            max_answer_bytes: 16 << 20,
         }
     }
 }

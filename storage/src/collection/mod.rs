@@ -24,6 +24,7 @@
 
 mod bitset;
 mod config;
+mod query;
 mod segment;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -174,6 +175,22 @@ struct Writer {
     wal: Option<WalWriter>,
     manifest: Manifest,
     is_poisoned: bool,
+    /// Set by [`Collection::mark_dropped`]: the directory is being removed, and a collection of
+    /// the same name may be created there next, so nothing may be written any more.
+    is_dropped: bool,
+}
+
+impl Writer {
+    /// Refuses a write after a failed fsync or once the collection was dropped.
+    fn check_writable(&self, name: &CollectionName) -> Result<()> {
+        if self.is_dropped {
+            return Err(Error::Dropped(name.to_string()));
+        }
+        if self.is_poisoned {
+            return Err(Error::Poisoned(name.to_string()));
+        }
+        Ok(())
+    }
 }
 
 /// One caller's validated write, waiting for the group commit that makes it durable.
@@ -367,6 +384,7 @@ impl Collection {
                 wal: None,
                 manifest: manifest.clone(),
                 is_poisoned: false,
+                is_dropped: false,
             }),
             queue: Mutex::new(VecDeque::new()),
             maintenance: Mutex::new(()),
@@ -499,178 +517,6 @@ impl Collection {
         Ok(existing)
     }
 
-    /// Deletes every point whose payload matches `filter`. Returns how many.
-    pub fn delete_by_filter(&self, filter: &Filter) -> Result<u64> {
-        let inner = &self.inner;
-        // Hold the writer lock while choosing the ids, so no write slips in between.
-        let mut writer = inner.writer.lock();
-        let ids: Vec<PointId> = {
-            let state = inner.state.read();
-            state
-                .ids
-                .iter()
-                .filter(|(_, loc)| inner.matches(&state, **loc, Some(filter)))
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
-        let deleted = ids.len() as u64;
-        for chunk in ids.chunks(inner.limits.max_batch.max(1)) {
-            let ops: Vec<Op> = chunk
-                .iter()
-                .map(|id| Op::Delete { id: id.clone() })
-                .collect();
-            let applies = chunk
-                .iter()
-                .map(|id| Apply::Delete { id: id.clone() })
-                .collect();
-            inner.log_and_apply_locked(&mut writer, &ops, applies)?;
-        }
-        Ok(deleted)
-    }
-
-    /// Points by id, in the order asked; missing ids are left out.
-    pub fn get(
-        &self,
-        ids: &[PointId],
-        with_payload: bool,
-        with_vector: bool,
-    ) -> Result<Vec<Record>> {
-        check_batch(ids.len(), &self.inner.limits)?;
-        let state = self.inner.state.read();
-        Ok(ids
-            .iter()
-            .filter_map(|id| {
-                state.ids.get(id).map(|loc| {
-                    self.inner
-                        .record(&state, id.clone(), *loc, with_payload, with_vector)
-                })
-            })
-            .collect())
-    }
-
-    /// Points in id order starting at `from` (inclusive), at most `limit`, matching `filter`.
-    pub fn scroll(
-        &self,
-        from: Option<&PointId>,
-        limit: usize,
-        filter: Option<&Filter>,
-        with_payload: bool,
-        with_vector: bool,
-    ) -> Result<ScrollPage> {
-        check_batch(limit, &self.inner.limits)?;
-        let state = self.inner.state.read();
-        let range = match from {
-            Some(from) => state.ids.range(from.clone()..),
-            None => state.ids.range(..),
-        };
-        let mut points = Vec::with_capacity(limit.min(1024));
-        let mut next = None;
-        for (id, loc) in range {
-            if !self.inner.matches(&state, *loc, filter) {
-                continue;
-            }
-            if points.len() == limit {
-                next = Some(id.clone());
-                break;
-            }
-            points.push(
-                self.inner
-                    .record(&state, id.clone(), *loc, with_payload, with_vector),
-            );
-        }
-        Ok(ScrollPage { points, next })
-    }
-
-    /// Live points, or those matching `filter`.
-    pub fn count(&self, filter: Option<&Filter>) -> u64 {
-        let state = self.inner.state.read();
-        match filter {
-            None => state.ids.len() as u64,
-            Some(filter) => state
-                .ids
-                .values()
-                .filter(|loc| self.inner.matches(&state, **loc, Some(filter)))
-                .count() as u64,
-        }
-    }
-
-    /// The nearest points to `req.vector`.
-    pub fn search(&self, req: &SearchRequest) -> Result<Vec<ScoredPoint>> {
-        let inner = &self.inner;
-        // Bounds first, before anything is allocated for the request.
-        if req.top_k == 0 || req.top_k > inner.limits.max_top_k {
-            return Err(Error::invalid(format!(
-                "top_k {} is outside 1..={}",
-                req.top_k, inner.limits.max_top_k
-            )));
-        }
-        let ef = req.ef.unwrap_or(inner.config.ef);
-        if ef == 0 || ef > inner.limits.max_ef {
-            return Err(Error::invalid(format!(
-                "ef {ef} is outside 1..={}",
-                inner.limits.max_ef
-            )));
-        }
-        if req.vector.len() != inner.config.dim {
-            return Err(Error::DimensionMismatch {
-                expected: inner.config.dim,
-                got: req.vector.len(),
-            });
-        }
-        let query = inner.check_vector(req.vector.clone())?;
-        let segments = inner.state.read().segments.clone();
-        let mut hits = Vec::with_capacity(req.top_k * segments.len());
-        for segment in &segments {
-            for hit in segment.search(
-                &inner.config,
-                &query,
-                req.top_k,
-                ef.max(req.top_k),
-                req.filter.as_ref(),
-            ) {
-                hits.push((hit.distance, segment.id, hit.node));
-            }
-        }
-        hits.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        hits.truncate(req.top_k);
-        Ok(hits
-            .into_iter()
-            .map(|(distance, segment_id, slot)| {
-                let segment = segments
-                    .iter()
-                    .find(|s| s.id == segment_id)
-                    .expect("hit from a listed segment");
-                let id = segment.ids.read()[slot as usize].clone();
-                let payload = req
-                    .with_payload
-                    .then(|| segment.payloads.read()[slot as usize].clone())
-                    .flatten();
-                let vector = req
-                    .with_vector
-                    .then(|| segment.vectors.get(slot).map(<[f32]>::to_vec))
-                    .flatten();
-                ScoredPoint {
-                    id,
-                    distance,
-                    payload,
-                    vector,
-                }
-            })
-            .collect())
-    }
-
-    /// Several searches; answers in the same order.
-    pub fn search_batch(&self, reqs: &[SearchRequest]) -> Result<Vec<Vec<ScoredPoint>>> {
-        if reqs.is_empty() || reqs.len() > self.inner.limits.max_search_batch {
-            return Err(Error::invalid(format!(
-                "a batch search holds 1..={} searches, got {}",
-                self.inner.limits.max_search_batch,
-                reqs.len()
-            )));
-        }
-        reqs.iter().map(|req| self.search(req)).collect()
-    }
-
     /// Figures about the collection.
     pub fn info(&self) -> CollectionInfo {
         let state = self.inner.state.read();
@@ -739,9 +585,7 @@ impl Collection {
         // caller may destroy the old KEK.
         let _maintenance = inner.maintenance.lock();
         let mut writer = inner.writer.lock();
-        if writer.is_poisoned {
-            return Err(Error::Poisoned(inner.name.to_string()));
-        }
+        writer.check_writable(&inner.name)?;
         let res = inner.rewrap_locked(&mut writer);
         if res.is_err() {
             writer.is_poisoned = true;
@@ -765,6 +609,14 @@ impl Collection {
         if let Err(err) = self.inner.checkpoint() {
             tracing::warn!(tenant = %self.inner.tenant, collection = %self.inner.name, error = %err, "sealing the growing segment at close failed; the WAL is replayed on next open");
         }
+    }
+
+    /// Makes the collection refuse every write from now on (its directory is about to be removed),
+    /// waiting for a write in progress, then stops background work. A handle a request still holds
+    /// can then never write into a new collection created under the same name.
+    pub fn mark_dropped(&self) {
+        self.inner.writer.lock().is_dropped = true;
+        self.close();
     }
 
     /// Stops background work and waits for it. Also done on drop.
@@ -983,6 +835,7 @@ impl Inner {
             for done in answers {
                 let copy = match &res {
                     Ok(()) => Ok(()),
+                    Err(Error::Dropped(name)) => Err(Error::Dropped(name.clone())),
                     Err(err) if err.is_user_error() => Err(Error::invalid(err.to_string())),
                     Err(_) => Err(Error::Poisoned(self.name.to_string())),
                 };
@@ -1016,9 +869,7 @@ impl Inner {
         ops: &[Op],
         applies: Vec<Apply>,
     ) -> Result<()> {
-        if writer.is_poisoned {
-            return Err(Error::Poisoned(self.name.to_string()));
-        }
+        writer.check_writable(&self.name)?;
         let res = self.log_and_apply_inner(writer, ops, applies);
         if let Err(err) = &res
             && !err.is_user_error()
@@ -1235,7 +1086,7 @@ impl Inner {
 
     /// One unit of background work. Returns whether there may be more.
     fn background_step(&self) -> Result<bool> {
-        if self.writer.lock().is_poisoned {
+        if self.writer.lock().check_writable(&self.name).is_err() {
             return Ok(false);
         }
         let segments = self.state.read().segments.clone();
@@ -1276,7 +1127,7 @@ impl Inner {
     fn checkpoint(&self) -> Result<()> {
         {
             let mut writer = self.writer.lock();
-            if writer.is_poisoned {
+            if writer.check_writable(&self.name).is_err() {
                 return Ok(());
             }
             let state = self.state.read();
@@ -1379,9 +1230,7 @@ impl Inner {
         self.write_segment(frozen, file_id)?;
         let retired = {
             let mut writer = self.writer.lock();
-            if writer.is_poisoned {
-                return Err(Error::Poisoned(self.name.to_string()));
-            }
+            writer.check_writable(&self.name)?;
             self.rewrap_segment_file(file_id)?;
             let state = self.state.read();
             let retired = self.retirable_wals(&writer, &state, frozen);
@@ -1438,9 +1287,7 @@ impl Inner {
         }
         {
             let mut writer = self.writer.lock();
-            if writer.is_poisoned {
-                return Err(Error::Poisoned(self.name.to_string()));
-            }
+            writer.check_writable(&self.name)?;
             if !live.is_empty() {
                 self.rewrap_segment_file(file_id)?;
             }

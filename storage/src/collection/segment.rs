@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 use super::CollectionConfig;
 use super::bitset::Tombstones;
 use crate::crypto::{DekContext, FileOpener, FileSealer, KeyService};
+use crate::deadline::Watch;
 use crate::disk::Disk;
 use crate::filter::{Filter, Payload};
 use crate::ids::{PointId, TenantId};
@@ -70,6 +71,23 @@ pub(crate) struct Segment {
     pub(crate) wals: Mutex<BTreeSet<u64>>,
     /// No more appends: full, and waiting to be sealed (or sealed).
     is_frozen: AtomicBool,
+    /// Bytes the ids and payloads of every slot hold in memory ([`slot_memory_bytes`]).
+    slot_bytes: AtomicUsize,
+}
+
+/// Bytes one slot's id and payload hold in memory: the two vector elements, a string id's bytes,
+/// the payload ([`Payload::memory_bytes`]), and the collection's id map entry for it.
+fn slot_memory_bytes(id: &PointId, payload: Option<&Payload>) -> usize {
+    const ID_MAP_ENTRY: usize = std::mem::size_of::<PointId>() + 16 + 16;
+    let id_bytes = match id {
+        PointId::Num(_) => 0,
+        PointId::Str(s) => 2 * s.len(),
+    };
+    std::mem::size_of::<PointId>()
+        + std::mem::size_of::<Option<Payload>>()
+        + ID_MAP_ENTRY
+        + id_bytes
+        + payload.map_or(0, Payload::memory_bytes)
 }
 
 fn params(config: &CollectionConfig) -> HnswParams {
@@ -99,6 +117,7 @@ impl Segment {
             indexed: AtomicUsize::new(0),
             wals: Mutex::new(BTreeSet::new()),
             is_frozen: AtomicBool::new(false),
+            slot_bytes: AtomicUsize::new(0),
         })
     }
 
@@ -144,6 +163,8 @@ impl Segment {
         if self.is_full() || self.is_frozen() {
             return None;
         }
+        self.slot_bytes
+            .fetch_add(slot_memory_bytes(&id, payload.as_ref()), Ordering::Relaxed);
         self.ids.write().push(id);
         self.payloads.write().push(payload);
         let slot = self.vectors.push(vector);
@@ -175,6 +196,7 @@ impl Segment {
         k: usize,
         ef: usize,
         filter: Option<&Filter>,
+        watch: &Watch<'_>,
     ) -> Vec<Hit> {
         let data = self.vectors.published();
         let vectors = Vectors::new(data, config.dim);
@@ -183,7 +205,7 @@ impl Segment {
             return Vec::new();
         }
         let payloads = filter.map(|_| self.payloads.read());
-        let accept = |slot: u32| -> bool {
+        let is_match = |slot: u32| -> bool {
             !self.deleted.contains(slot)
                 && match (filter, &payloads) {
                     (Some(filter), Some(payloads)) => {
@@ -192,13 +214,18 @@ impl Segment {
                     _ => true,
                 }
         };
+        // Both watch the deadline; once it has passed the caller discards the hits, so each ends
+        // its loop the cheapest way: a scan skips every remaining point, a graph walk accepts
+        // every node, which fills its candidate list and ends it within a few steps.
+        let accept = |slot: u32| -> bool { !watch.tick() && is_match(slot) };
+        let accept_walk = |slot: u32| -> bool { watch.tick() || is_match(slot) };
         let indexed = self.indexed.load(Ordering::Acquire).min(n);
         let is_selective = filter.is_some() && {
             let step = (n / FILTER_SAMPLE).max(1);
             let sampled = n.div_ceil(step);
             let matched = (0..n)
                 .step_by(step)
-                .filter(|&slot| accept(slot as u32))
+                .filter(|&slot| is_match(slot as u32))
                 .count();
             (matched as f64) <= exact_switch_fraction(n, ef) * sampled as f64
         };
@@ -213,7 +240,7 @@ impl Segment {
             );
         }
         let needs_accept = filter.is_some() || self.deleted.len() > 0;
-        let accept_dyn: &dyn Fn(u32) -> bool = &accept;
+        let accept_dyn: &dyn Fn(u32) -> bool = &accept_walk;
         let mut hits = self.graph.search(
             &vectors,
             query,
@@ -363,6 +390,11 @@ impl Segment {
         let graph_buf = file.read_section(&opener, tenant, GRAPH)?;
         let graph = Graph::decode(graph_buf.as_bytes(), params(config), config.metric, n)
             .map_err(|err| corrupt(format!("bad graph: {err}")))?;
+        let slot_bytes = ids
+            .iter()
+            .zip(&payloads)
+            .map(|(id, payload)| slot_memory_bytes(id, payload.as_ref()))
+            .sum();
         Ok(Segment {
             id,
             file_id: AtomicU64::new(file_id),
@@ -374,12 +406,15 @@ impl Segment {
             indexed: AtomicUsize::new(n),
             wals: Mutex::new(BTreeSet::new()),
             is_frozen: AtomicBool::new(true),
+            slot_bytes: AtomicUsize::new(slot_bytes),
         })
     }
 
-    /// Plaintext bytes held (vectors and graph; ids and payloads are estimated).
+    /// Plaintext bytes held: vectors, graph, and the ids and payloads counted by their size.
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.vectors.memory_bytes() + self.graph.memory_bytes() + self.len() * 48
+        self.vectors.memory_bytes()
+            + self.graph.memory_bytes()
+            + self.slot_bytes.load(Ordering::Relaxed)
     }
 }
 

@@ -72,6 +72,18 @@ impl Payload {
         serde_json::to_vec(&self.0).expect("a map with string keys always serializes")
     }
 
+    /// Bytes the payload holds in memory: every string and key, and the containers and values
+    /// around them as `serde_json` lays them out (each map entry counted as its key, its value
+    /// and two words of tree node).
+    pub fn memory_bytes(&self) -> usize {
+        map_memory_bytes(&self.0)
+    }
+
+    /// The length of [`Payload::encode`]'s output, without building it.
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(&self.0).unwrap_or(0)
+    }
+
     /// Decodes a payload written by [`Payload::encode`].
     ///
     /// Stored payloads passed their limits when they were written, so only the shape is checked.
@@ -180,6 +192,28 @@ fn too_deep(limits: &PayloadLimits, at: &str) -> Error {
 }
 
 /// Length of the compact JSON encoding, computed without building it.
+fn map_memory_bytes(map: &Map<String, Value>) -> usize {
+    const ENTRY: usize = std::mem::size_of::<String>() + std::mem::size_of::<Value>() + 16;
+    std::mem::size_of::<Map<String, Value>>()
+        + map
+            .iter()
+            .map(|(key, value)| ENTRY + key.len() + value_memory_bytes(value))
+            .sum::<usize>()
+}
+
+/// Heap bytes a value owns beyond its own `size_of::<Value>()`.
+fn value_memory_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => {
+            items.len() * std::mem::size_of::<Value>()
+                + items.iter().map(value_memory_bytes).sum::<usize>()
+        }
+        Value::Object(map) => map_memory_bytes(map),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
 fn encoded_len(map: &Map<String, Value>) -> Result<usize> {
     struct Counter(usize);
     impl io::Write for Counter {

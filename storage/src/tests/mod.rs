@@ -4,6 +4,7 @@ mod collection;
 mod crash;
 mod format;
 mod hygiene;
+mod isolation;
 mod wal;
 
 use std::path::Path;

@@ -9,6 +9,9 @@ mod data;
 mod fencing;
 /// INV-17 and malformed frames: bad input is refused clearly and the connection keeps serving.
 mod input;
+/// INV-24, INV-25: one tenant's expensive or oversized request leaves the connection, heartbeats and
+/// other tenants alone, and stops at its deadline.
+mod isolation;
 /// The key service: errors become refusals, the worker holds no KEK.
 mod keys;
 /// Connection life: busy, reconnect, refused upgrade, shutdown and restart, memory budget.

@@ -55,6 +55,9 @@ pub(crate) struct Scratch {
     pub(crate) candidates: BinaryHeap<Reverse<Scored>>,
     /// The best nodes found so far, worst on top.
     pub(crate) results: BinaryHeap<Scored>,
+    /// The best copies (nodes chained to a linked node, see the graph's docs) found so far,
+    /// worst on top. Kept apart from `results` so that copies do not use up the walk's `ef`.
+    pub(crate) copies: BinaryHeap<Scored>,
     /// Unvisited neighbours of the node being expanded.
     pub(crate) batch: Vec<u32>,
     /// Candidate neighbours during insertion, nearest first.

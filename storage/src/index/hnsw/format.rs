@@ -7,7 +7,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `VVHNSW\0\n` |
-//! | 8 | 2 | format version, currently 1 |
+//! | 8 | 2 | format version, currently 2 (version 1, which has no copy chains, is still read) |
 //! | 10 | 1 | metric code ([`Metric::code`]) |
 //! | 11 | 1 | zero |
 //! | 12 | 2 | `m` |
@@ -19,9 +19,13 @@
 //! | 36 | 4 | entry point level, 0 when no node is inserted |
 //! | 40 | `n_nodes` | level of each node, `0xFF` for a node that is not inserted; at most 24 |
 //! | 40 + `n_nodes` | ... | for each inserted node in id order, for each level from 0 to its level: a `u16` count `c` (at most `2m` on level 0 and `m` above) followed by `c` `u32` neighbour ids |
+//! | ... | 4 | version 2 only: `n_copies`, the number of copy-chain links, below `n_nodes` |
+//! | ... | `8 n_copies` | version 2 only: each link as two `u32`s, `node` then `next`: `next` follows `node` in its copy chain |
 //!
 //! Every neighbour id on level `l` names an inserted node whose level is at least `l`, and no
-//! node links to itself. Nothing follows the last list.
+//! node links to itself. In the copy chains, both ends of a link are inserted nodes, no node
+//! links to itself, and no node has two links out or two links in. Nothing follows the last
+//! list (version 1) or the last copy link (version 2).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -31,7 +35,9 @@ use crate::index::Metric;
 use crate::{Error, Result};
 
 const MAGIC: [u8; 8] = *b"VVHNSW\0\n";
-const FORMAT_VERSION: u16 = 1;
+const FORMAT_VERSION: u16 = 2;
+/// The first version, without copy chains: still decoded (as a graph whose chains are empty).
+const FORMAT_VERSION_1: u16 = 1;
 const HEADER_BYTES: usize = 40;
 const NOT_INSERTED: u8 = 0xFF;
 
@@ -109,6 +115,17 @@ impl Graph {
                 }
             }
         }
+        let is_inserted = |id: u32| levels.get(id as usize).is_some_and(|&l| l != NOT_INSERTED);
+        let copies: Vec<(u32, u32)> = (0..n_nodes as u32)
+            .filter(|&node| is_inserted(node))
+            .filter_map(|node| Some(node).zip(self.next_copy(node)))
+            .filter(|&(_, next)| is_inserted(next))
+            .collect();
+        out.extend_from_slice(&(copies.len() as u32).to_le_bytes());
+        for (node, next) in copies {
+            out.extend_from_slice(&node.to_le_bytes());
+            out.extend_from_slice(&next.to_le_bytes());
+        }
         out
     }
 
@@ -140,7 +157,7 @@ impl Graph {
             return Err(corrupt(0, "not an hnsw graph (bad magic)"));
         }
         let version = u16::from_le_bytes([header[8], header[9]]);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
             return Err(Error::UnsupportedVersion {
                 path: PathBuf::new(),
                 version,
@@ -258,6 +275,11 @@ impl Graph {
             }
             graph.inserted[node as usize].store(true, Ordering::Relaxed);
         }
+        if version >= FORMAT_VERSION {
+            decode_copies(&mut reader, &graph, n_nodes, |node| {
+                inserted_level(node).is_some()
+            })?;
+        }
         if reader.remaining() != 0 {
             return Err(corrupt(
                 reader.pos as u64,
@@ -272,6 +294,43 @@ impl Graph {
         }
         Ok(graph)
     }
+}
+
+/// Reads the copy-chain links of a version 2 graph into `graph`, checking the rules of the layout.
+fn decode_copies(
+    reader: &mut Reader,
+    graph: &Graph,
+    n_nodes: usize,
+    is_inserted: impl Fn(u32) -> bool,
+) -> Result<()> {
+    let count_at = reader.pos;
+    let n_copies = reader.u32("copy link count")? as usize;
+    if n_copies >= n_nodes.max(1) || reader.remaining() < 8 * n_copies {
+        return Err(corrupt(
+            count_at as u64,
+            format!("{n_copies} copy links for {n_nodes} nodes, or truncated copy links"),
+        ));
+    }
+    let mut has_link_in = vec![false; n_nodes];
+    for _ in 0..n_copies {
+        let link_at = reader.pos;
+        let (node, next) = (reader.u32("copy link")?, reader.u32("copy link")?);
+        let valid = node != next
+            && is_inserted(node)
+            && is_inserted(next)
+            && graph.next_copy(node).is_none()
+            && !std::mem::replace(&mut has_link_in[next as usize], true);
+        if !valid {
+            return Err(corrupt(
+                link_at as u64,
+                format!(
+                    "copy link {node} -> {next} is not a link between two inserted nodes, or repeats one"
+                ),
+            ));
+        }
+        graph.copies[node as usize].store(next + 1, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 fn corrupt(offset: u64, reason: impl Into<String>) -> Error {

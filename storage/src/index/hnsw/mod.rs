@@ -24,6 +24,20 @@
 //! a time, so writers cannot deadlock. An insert whose node becomes the new top of the hierarchy
 //! holds the entry-point mutex for its whole duration, as in hnswlib.
 //!
+//! # Copies
+//!
+//! Exact copies of one vector are all at distance 0 from each other, so the neighbour heuristic
+//! can neither prune them nor use them to prune anything else: linked as ordinary nodes, a few
+//! hundred copies fill each other's lists, push out every other link, and cut off the points
+//! whose way in went through them (INV-27). A node whose nearest neighbour at its top layer is a
+//! copy of it (see `is_copy`; for cosine this includes vectors within rounding noise) is
+//! therefore not linked at all: it joins that neighbour's *copy chain*, a singly linked list in
+//! `copies`. Searches that reach a node also take the accepted copies of its chain, scored
+//! themselves and kept apart from the walk's results so that they do not use up its `ef`; inserts
+//! walk linked nodes only. A node that becomes the new top of the hierarchy is always linked. In
+//! the neighbour heuristic, copies of the list's own node (possible when copies are inserted
+//! concurrently or at a new level) take at most half of the list, newest first.
+//!
 //! # Snapshots
 //!
 //! Searches and inserts see the vectors through a [`Vectors`] snapshot. Any neighbour id at or past
@@ -32,6 +46,7 @@
 //! that names a node it cannot see, it leaves that list unchanged instead of guessing.
 
 mod format;
+mod neighbours;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -100,6 +115,9 @@ pub struct Graph {
     /// `1 + M` is the node's level.
     upper_start: Box<[usize]>,
     inserted: Box<[AtomicBool]>,
+    /// The copy chains: `copies[node]` is 0, or 1 + the next node of the chain that `node` heads
+    /// or belongs to (see "Copies" in the module docs).
+    copies: Box<[AtomicU32]>,
     locks: Box<[Mutex<()>]>,
     /// `(level << 32) | node` of the entry point, or `EMPTY`.
     entry: AtomicU64,
@@ -186,6 +204,7 @@ impl Graph {
                 self.params.ef_construction,
                 layer,
                 None,
+                false,
             );
             let Scratch {
                 results,
@@ -196,10 +215,21 @@ impl Graph {
             sorted.clear();
             sorted.extend(results.drain().filter(|scored| scored.node() != node));
             sorted.sort_unstable();
+            if layer == level
+                && top_guard.is_none()
+                && let Some(&original) = sorted.first()
+                && self.is_copy(vectors, query, original)
+            {
+                // An exact copy of a linked node: chain it to that node instead of linking it.
+                self.chain_copy(original.node(), node);
+                self.len.fetch_add(1, Ordering::Release);
+                self.scratch.give_back(scratch);
+                return;
+            }
             if let Some(nearest) = sorted.first() {
                 (current, current_distance) = (nearest.node(), nearest.distance());
             }
-            self.select_neighbours(vectors, sorted, self.params.m, selected);
+            self.select_neighbours(vectors, query, sorted, self.params.m, selected);
             {
                 let _lock = self.locks[index].lock();
                 write_list(
@@ -305,12 +335,17 @@ impl Graph {
             ef.max(k),
             0,
             accept,
+            true,
         );
         let Scratch {
-            results, sorted, ..
+            results,
+            copies,
+            sorted,
+            ..
         } = &mut scratch;
         sorted.clear();
         sorted.extend(results.drain());
+        sorted.extend(copies.drain());
         sorted.sort_unstable();
         let hits = sorted.iter().take(k).map(|scored| scored.hit()).collect();
         self.scratch.give_back(scratch);
@@ -356,8 +391,36 @@ impl Graph {
             + self.upper.len() * std::mem::size_of::<AtomicU32>()
             + self.upper_start.len() * std::mem::size_of::<usize>()
             + self.inserted.len() * std::mem::size_of::<AtomicBool>()
+            + self.copies.len() * std::mem::size_of::<AtomicU32>()
             + self.locks.len() * std::mem::size_of::<Mutex<()>>()
             + self.scratch.memory_bytes()
+    }
+
+    /// Inserted nodes below `limit` that a walk of level 0 from the entry point cannot reach:
+    /// nodes no search can return. Empty for a sound graph (INV-27).
+    #[cfg(test)]
+    pub(crate) fn unreachable(&self, limit: usize) -> Vec<u32> {
+        let limit = limit.min(self.capacity) as u32;
+        let entry = self.entry.load(Ordering::Acquire);
+        let mut seen = vec![false; limit as usize];
+        if entry != EMPTY && unpack(entry).1 < limit {
+            let start = unpack(entry).1;
+            seen[start as usize] = true;
+            let mut stack = vec![start];
+            while let Some(node) = stack.pop() {
+                let linked = neighbours(self.links(node, 0))
+                    .iter()
+                    .map(|slot| slot.load(Ordering::Relaxed));
+                for id in linked.chain(self.next_copy(node)) {
+                    if id < limit && !std::mem::replace(&mut seen[id as usize], true) {
+                        stack.push(id);
+                    }
+                }
+            }
+        }
+        (0..limit)
+            .filter(|&node| self.contains(node) && !seen[node as usize])
+            .collect()
     }
 
     /// Allocates a graph whose nodes have the given levels.
@@ -391,6 +454,7 @@ impl Graph {
             upper,
             upper_start: upper_start.into_boxed_slice(),
             inserted: (0..capacity).map(|_| AtomicBool::new(false)).collect(),
+            copies: crate::sys::zeroed::zeroed_atomic_u32(capacity),
             locks: (0..capacity).map(|_| Mutex::new(())).collect(),
             entry: AtomicU64::new(EMPTY),
             entry_lock: Mutex::new(()),
@@ -470,7 +534,9 @@ impl Graph {
     }
 
     /// Best-first search of one layer from `entry` with a candidate list of `ef`, leaving the
-    /// (at most `ef`) best accepted nodes in `scratch.results` (hnswlib's `searchBaseLayerST`).
+    /// (at most `ef`) best accepted nodes in `scratch.results` (hnswlib's `searchBaseLayerST`),
+    /// and, `with_copies`, the (at most `ef`) best accepted copies chained to the nodes it
+    /// reached in `scratch.copies` (inserts walk without copies: they link only linked nodes).
     #[allow(clippy::too_many_arguments)]
     fn search_layer(
         &self,
@@ -482,22 +548,38 @@ impl Graph {
         ef: usize,
         layer: usize,
         accept: Option<&dyn Fn(u32) -> bool>,
+        with_copies: bool,
     ) {
         let Scratch {
             visited,
             candidates,
             results,
+            copies,
             batch,
             ..
         } = scratch;
         visited.clear(self.capacity);
         candidates.clear();
         results.clear();
+        copies.clear();
         visited.insert(entry);
         let mut bound = f32::INFINITY;
         if entry < limit && accept.is_none_or(|accept| accept(entry)) {
             results.push(Scored::new(entry_distance, entry));
             bound = entry_distance;
+        }
+        if with_copies && entry < limit {
+            self.collect_copies(
+                visited,
+                copies,
+                vectors,
+                query,
+                ef,
+                limit,
+                accept,
+                entry,
+                entry_distance,
+            );
         }
         candidates.push(std::cmp::Reverse(Scored::new(entry_distance, entry)));
 
@@ -532,86 +614,14 @@ impl Graph {
                     if let Some(worst) = results.peek() {
                         bound = worst.distance();
                     }
+                    if with_copies {
+                        self.collect_copies(
+                            visited, copies, vectors, query, ef, limit, accept, id, distance,
+                        );
+                    }
                 }
             }
         }
-    }
-
-    /// hnswlib's `getNeighborsByHeuristic2`: walks `candidates` nearest first and keeps one only
-    /// if it is nearer to the base point than to every neighbour kept so far, up to `m`.
-    fn select_neighbours(
-        &self,
-        vectors: &Vectors,
-        candidates: &[Scored],
-        m: usize,
-        out: &mut Vec<Scored>,
-    ) {
-        out.clear();
-        if candidates.len() < m {
-            out.extend_from_slice(candidates);
-            return;
-        }
-        for candidate in candidates {
-            if out.len() >= m {
-                break;
-            }
-            let vector = vectors.get(candidate.node());
-            let diverse = out.iter().all(|kept| {
-                self.metric.distance(vector, vectors.get(kept.node())) >= candidate.distance()
-            });
-            if diverse {
-                out.push(*candidate);
-            }
-        }
-    }
-
-    /// Adds `node` to `neighbour`'s list on `layer`, shrinking the list with the heuristic when it
-    /// is full (hnswlib's `mutuallyConnectNewElement`, second half).
-    fn link_back(
-        &self,
-        scratch: &mut Scratch,
-        vectors: &Vectors,
-        limit: u32,
-        neighbour: Scored,
-        node: u32,
-        layer: usize,
-    ) {
-        let links = self.links(neighbour.node(), layer);
-        let Some((count_slot, id_slots)) = links.split_first() else {
-            return;
-        };
-        let max = id_slots.len();
-        let _lock = self.locks[neighbour.node() as usize].lock();
-        let count = (count_slot.load(Ordering::Acquire) as usize).min(max);
-        let existing = &id_slots[..count];
-        if existing
-            .iter()
-            .any(|slot| slot.load(Ordering::Relaxed) == node)
-        {
-            return;
-        }
-        if count < max {
-            id_slots[count].store(node, Ordering::Relaxed);
-            count_slot.store(count as u32 + 1, Ordering::Release);
-            return;
-        }
-        let base = vectors.get(neighbour.node());
-        let Scratch {
-            sorted, selected, ..
-        } = scratch;
-        sorted.clear();
-        sorted.push(Scored::new(neighbour.distance(), node));
-        for slot in existing {
-            let id = slot.load(Ordering::Relaxed);
-            if id >= limit {
-                // A neighbour this snapshot cannot see: keep the list as it is.
-                return;
-            }
-            sorted.push(Scored::new(self.metric.distance(base, vectors.get(id)), id));
-        }
-        sorted.sort_unstable();
-        self.select_neighbours(vectors, sorted, max, selected);
-        write_list(links, selected.iter().map(|scored| scored.node()));
     }
 }
 

@@ -676,3 +676,5 @@ fn scored_order_is_total_cmp_then_node() {
         }
     }
 }
+
+mod duplicates;

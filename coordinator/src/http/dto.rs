@@ -41,10 +41,11 @@ fn object(value: Option<Map<String, Value>>) -> Option<prost_types::Struct> {
     value.as_ref().map(proto::json::map_to_struct)
 }
 
+/// A payload from the worker's answer. It passed the payload limits when it was stored.
 fn struct_json(value: Option<prost_types::Struct>) -> Result<Option<Value>, ApiError> {
     value
         .map(|s| {
-            proto::json::struct_to_json(&s)
+            proto::json::struct_to_json(&s, &proto::json::Bounds::NONE)
                 .map(Value::Object)
                 .map_err(|e| ApiError::internal(format_args!("worker sent a bad payload: {e}")))
         })

@@ -482,3 +482,66 @@ async fn payload_nesting_is_refused_beyond_the_documented_limit() {
     assert_eq!(v["points"][0]["payload"], at_limit);
     cluster.shutdown().await;
 }
+
+/// Duplicate keys inside a filter or a payload are refused, naming the key, as everywhere else;
+/// they used to be accepted with the last one winning, which could widen a filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_in_filters_and_payloads_are_refused() {
+    let cluster = Cluster::start(1).await;
+    let key = cluster.tenant("dup-keys", None).await;
+    let (s, _) = cluster
+        .http(
+            "POST",
+            "/v1/collections",
+            Some(&key),
+            Some(json!({"name": "c", "dim": 2, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let client = reqwest::Client::new();
+    let raw = |method: &str, route: &str, body: &'static str| {
+        client
+            .request(method.parse().unwrap(), cluster.url(route))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases = [
+        (
+            "POST",
+            "/v1/collections/c/points/count",
+            r#"{"filter": {"must": [], "must": [{"key": "a", "match": {"value": 1}}]}}"#,
+            "duplicate key \"must\"",
+        ),
+        (
+            "POST",
+            "/v1/collections/c/points/search",
+            r#"{"vector": [1, 0], "top_k": 1, "filter": {"must": [{"key": "a", "key": "b", "match": {"value": 1}}]}}"#,
+            "duplicate key \"key\"",
+        ),
+        (
+            "PUT",
+            "/v1/collections/c/points",
+            r#"{"points": [{"id": 1, "vector": [1, 0], "payload": {"x": {"y": 1, "y": 2}}}]}"#,
+            "duplicate key \"y\"",
+        ),
+    ];
+    for (method, route, body, message) in cases {
+        let response = raw(method, route, body).await.unwrap();
+        let status = response.status().as_u16();
+        let v: Value = response.json().await.unwrap();
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_argument", "{body}: {v}");
+        let text = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(message), "{body}: {text}");
+    }
+    let (_, v) = cluster
+        .http("POST", "/v1/collections/c/points/count", Some(&key), None)
+        .await;
+    assert_eq!(
+        v["count"], 0,
+        "the payload with a duplicate key was stored: {v}"
+    );
+    cluster.shutdown().await;
+}

@@ -67,6 +67,7 @@ mod payload;
 mod tests;
 
 pub use condition::Filter;
+pub use json::StrictObject;
 pub use payload::{Payload, PayloadLimits};
 
 /// Bounds applied to filters received from clients.

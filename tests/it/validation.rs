@@ -545,3 +545,44 @@ async fn duplicate_keys_in_filters_and_payloads_are_refused() {
     );
     cluster.shutdown().await;
 }
+
+/// A path that is not valid UTF-8 after percent-decoding is a JSON 400 like every other client
+/// mistake, not the framework's `text/plain` message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_with_invalid_utf8_gets_the_json_error_body() {
+    let cluster = Cluster::start(1).await;
+    let key = cluster.tenant("bad-path", None).await;
+    let cases = [
+        ("PUT", "/v1/collections/%FF/points", key.as_str()),
+        ("GET", "/v1/collections/%FF%FE", key.as_str()),
+        ("GET", "/admin/v1/tenants/%FF", tests::ADMIN_TOKEN),
+    ];
+    for (method, path, token) in cases {
+        let response = reqwest::Client::new()
+            .request(method.parse().unwrap(), cluster.url(path))
+            .bearer_auth(token)
+            .json(&json!({"points": [{"id": 1, "vector": [1.0]}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{method} {path}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(content_type, "application/json", "{method} {path}");
+        let v: Value = response.json().await.unwrap();
+        assert_eq!(
+            v["error"]["code"], "invalid_argument",
+            "{method} {path}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("UTF-8"),
+            "{method} {path}: {v}"
+        );
+    }
+    cluster.shutdown().await;
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Usage: bash scripts/py-env.sh
 #
-# Creates or updates the Python venv of the Python client tests (tests/python/test_clients.py) at
-# target/py-venv, installs tests/python/requirements.txt into it, and prints the venv's python path
+# Creates or updates the Python venv of the Python client tests (tests/python/test_clients.py) and of
+# the schemathesis run (tests/it/schema.rs) at target/py-venv, installs tests/python/requirements.txt
+# into it, and prints the venv's python path
 # on stdout (everything else goes to stderr). When the venv was built from the same requirements
 # (a sha256 stored in the venv), it does nothing else, so running it before every test run is cheap.
 # Set PYTHON to choose the interpreter the venv is made from (default: python3, 3.10 or newer).

@@ -7,6 +7,7 @@ mod cluster;
 mod python;
 mod recovery;
 mod routes;
+mod schema;
 mod search;
 mod tenancy;
 mod tls;

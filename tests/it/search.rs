@@ -314,10 +314,9 @@ async fn over_grpc(cluster: &Cluster, key: &str) -> Observed {
         .await
         .expect("get")
         .into_inner();
-    let payload = got.points[0]
-        .payload
-        .as_ref()
-        .map(|p| Value::Object(proto::json::struct_to_json(p).unwrap()));
+    let payload = got.points[0].payload.as_ref().map(|p| {
+        Value::Object(proto::json::struct_to_json(p, &proto::json::Bounds::NONE).unwrap())
+    });
     Observed {
         count_all,
         count_red,

@@ -82,8 +82,8 @@ pub(crate) fn payload(
     let Some(value) = value else {
         return Ok(None);
     };
-    let map =
-        proto::json::struct_to_json(&value).map_err(|err| invalid(format!("payload: {err}")))?;
+    let map = proto::json::struct_to_json(&value, &payload_bounds(limits))
+        .map_err(|err| invalid(format!("payload: {err}")))?;
     Ok(Some(Payload::from_value(
         serde_json::Value::Object(map),
         limits,
@@ -100,12 +100,35 @@ pub(crate) fn filter(value: Option<prost_types::Struct>) -> Result<Option<Filter
     let Some(value) = value else {
         return Ok(None);
     };
-    let map =
-        proto::json::struct_to_json(&value).map_err(|err| invalid(format!("filter: {err}")))?;
+    let limits = FilterLimits::default();
+    let map = proto::json::struct_to_json(&value, &filter_bounds(&limits))
+        .map_err(|err| invalid(format!("filter: {err}")))?;
     Ok(Some(Filter::from_value(
         serde_json::Value::Object(map),
-        &FilterLimits::default(),
+        &limits,
     )?))
+}
+
+/// What a payload within `limits` can hold, checked while it is converted (INV-23): its encoding
+/// has at least one byte per value and every byte of its keys and strings.
+fn payload_bounds(limits: &PayloadLimits) -> proto::json::Bounds {
+    proto::json::Bounds {
+        max_depth: limits.max_depth,
+        max_values: limits.max_bytes,
+        max_key_bytes: limits.max_bytes,
+        max_bytes: limits.max_bytes,
+    }
+}
+
+/// What a filter within `limits` can hold, checked while it is converted (INV-23). Object keys
+/// are field names or condition keys; strings are bounded by the request that carried them.
+fn filter_bounds(limits: &FilterLimits) -> proto::json::Bounds {
+    proto::json::Bounds {
+        max_depth: limits.max_json_depth(),
+        max_values: limits.max_json_values(),
+        max_key_bytes: limits.max_key_bytes,
+        max_bytes: usize::MAX,
+    }
 }
 
 /// A metric from the wire; `METRIC_UNSPECIFIED` and unknown values are errors.

@@ -1,10 +1,13 @@
-//! Checks every request before it leaves the coordinator (INV-17): names, bounds, finite vectors.
-//! The worker checks again against the collection itself (dimension, payload and filter grammar).
-//! Bounds are checked before anything is allocated for the request.
+//! Checks every request before it leaves the coordinator (INV-17, INV-23): names, bounds, finite
+//! vectors, and the shape and size of payloads and filters, with the limits storage applies, so a
+//! bad one never reaches a worker. The worker checks again against the collection itself
+//! (dimension). Bounds are checked before anything is allocated for the request, and payloads and
+//! filters are converted with their bounds checked on the way (`proto::json::Bounds`).
 
 use proto::vaultvec::cluster::v1::tenant_request::Op;
 use proto::vaultvec::v1 as api;
 use storage::Limits;
+use storage::filter::{Filter, FilterLimits, Payload, PayloadLimits};
 use storage::ids::CollectionName;
 
 use super::error::{ApiError, Code};
@@ -73,6 +76,53 @@ fn point_id(id: &Option<api::PointId>) -> Result<(), ApiError> {
     }
 }
 
+/// The payload limits the worker applies (`worker::convert::payload_limits`).
+fn payload_limits(limits: &Limits) -> PayloadLimits {
+    PayloadLimits {
+        max_bytes: limits.max_payload_bytes,
+        ..PayloadLimits::default()
+    }
+}
+
+/// Checks a payload as the worker will: bounded while converted, then storage's own checks.
+fn payload(value: &Option<prost_types::Struct>, limits: &PayloadLimits) -> Result<(), ApiError> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let bounds = proto::json::Bounds {
+        max_depth: limits.max_depth,
+        // The compact encoding has at least one byte per value and every byte of keys and strings.
+        max_values: limits.max_bytes,
+        max_key_bytes: limits.max_bytes,
+        max_bytes: limits.max_bytes,
+    };
+    let map = proto::json::struct_to_json(value, &bounds)
+        .map_err(|err| ApiError::invalid(format!("payload: {err}")))?;
+    Payload::from_value(serde_json::Value::Object(map), limits)
+        .map(drop)
+        .map_err(|err| ApiError::invalid(err.to_string()))
+}
+
+/// Checks a filter as the worker will: bounded while converted, then parsed.
+fn filter(value: &Option<prost_types::Struct>) -> Result<(), ApiError> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let limits = FilterLimits::default();
+    let bounds = proto::json::Bounds {
+        max_depth: limits.max_json_depth(),
+        max_values: limits.max_json_values(),
+        max_key_bytes: limits.max_key_bytes,
+        // Strings are bounded by the request that carried them.
+        max_bytes: usize::MAX,
+    };
+    let map = proto::json::struct_to_json(value, &bounds)
+        .map_err(|err| ApiError::invalid(format!("filter: {err}")))?;
+    Filter::from_value(serde_json::Value::Object(map), &limits)
+        .map(drop)
+        .map_err(|err| ApiError::invalid(err.to_string()))
+}
+
 fn search(r: &api::SearchRequest, limits: &Limits) -> Result<(), ApiError> {
     if r.top_k == 0 || r.top_k as usize > limits.max_top_k {
         return Err(ApiError::invalid(format!(
@@ -88,7 +138,8 @@ fn search(r: &api::SearchRequest, limits: &Limits) -> Result<(), ApiError> {
             limits.max_ef
         )));
     }
-    vector(&r.vector, "the query vector")
+    vector(&r.vector, "the query vector")?;
+    filter(&r.filter)
 }
 
 /// Validates an operation against the engine limits and the tenant's tier.
@@ -127,9 +178,11 @@ pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
         Op::Upsert(r) => {
             name(&r.collection)?;
             batch(r.points.len(), "points", limits.max_batch)?;
+            let payload_limits = payload_limits(limits);
             for p in &r.points {
                 point_id(&p.id)?;
                 vector(&p.vector, "a point's vector")?;
+                payload(&p.payload, &payload_limits)?;
             }
             Ok(())
         }
@@ -145,7 +198,7 @@ pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
                     batch(r.ids.len(), "ids", limits.max_batch)?;
                     r.ids.iter().try_for_each(|id| point_id(&Some(id.clone())))
                 }
-                (true, true) => Ok(()),
+                (true, true) => filter(&r.filter),
                 _ => Err(ApiError::invalid(
                     "give exactly one of ids (non-empty) or filter",
                 )),
@@ -162,9 +215,12 @@ pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
             if r.cursor.len() > 1024 {
                 return Err(ApiError::invalid("cursor is malformed"));
             }
-            Ok(())
+            filter(&r.filter)
         }
-        Op::Count(r) => name(&r.collection),
+        Op::Count(r) => {
+            name(&r.collection)?;
+            filter(&r.filter)
+        }
         Op::Search(r) => {
             name(&r.collection)?;
             search(r, limits)

@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::body::Body;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, post, put};
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::path::Path;
 use super::{bearer, finish, parse_json};
 use crate::api::Service;
 use crate::api::admin::parse_scopes;

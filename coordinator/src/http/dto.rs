@@ -4,6 +4,7 @@
 use proto::vaultvec::v1 as api;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use storage::filter::StrictObject;
 
 use crate::api::error::ApiError;
 use crate::api::{Op, Reply};
@@ -37,14 +38,18 @@ fn id_json(id: Option<api::PointId>) -> Value {
     }
 }
 
-fn object(value: Option<Map<String, Value>>) -> Option<prost_types::Struct> {
-    value.as_ref().map(proto::json::map_to_struct)
+/// A filter or payload: duplicate keys are refused at every level, as everywhere else.
+type Object = Option<StrictObject>;
+
+fn object(value: Object) -> Option<prost_types::Struct> {
+    value.as_ref().map(|o| proto::json::map_to_struct(&o.0))
 }
 
+/// A payload from the worker's answer. It passed the payload limits when it was stored.
 fn struct_json(value: Option<prost_types::Struct>) -> Result<Option<Value>, ApiError> {
     value
         .map(|s| {
-            proto::json::struct_to_json(&s)
+            proto::json::struct_to_json(&s, &proto::json::Bounds::NONE)
                 .map(Value::Object)
                 .map_err(|e| ApiError::internal(format_args!("worker sent a bad payload: {e}")))
         })
@@ -121,7 +126,7 @@ pub fn collection_json(info: api::CollectionInfo) -> Value {
 pub struct Point {
     id: PointId,
     vector: Vec<f32>,
-    payload: Option<Map<String, Value>>,
+    payload: Object,
 }
 
 /// `PUT /v1/collections/{name}/points`
@@ -181,7 +186,7 @@ impl Get {
 pub struct Delete {
     #[serde(default)]
     ids: Vec<PointId>,
-    filter: Option<Map<String, Value>>,
+    filter: Object,
 }
 
 impl Delete {
@@ -202,7 +207,7 @@ pub struct Scroll {
     #[serde(default)]
     cursor: Option<String>,
     limit: u32,
-    filter: Option<Map<String, Value>>,
+    filter: Object,
     #[serde(default)]
     with_payload: bool,
     #[serde(default)]
@@ -227,7 +232,7 @@ impl Scroll {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Count {
-    filter: Option<Map<String, Value>>,
+    filter: Object,
 }
 
 impl Count {
@@ -247,7 +252,7 @@ pub struct Search {
     vector: Vec<f32>,
     top_k: u32,
     ef: Option<u32>,
-    filter: Option<Map<String, Value>>,
+    filter: Object,
     #[serde(default)]
     with_payload: bool,
     #[serde(default)]

@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod dto;
+mod path;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
@@ -19,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::error::{ApiError, Code};
 use crate::api::{Op, Service};
+use path::Path;
 
 /// Largest body any route accepts before its tier's own limit is applied.
 pub const MAX_BODY_BYTES: usize = 64 << 20;

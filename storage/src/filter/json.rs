@@ -22,6 +22,24 @@ impl<'de> Deserialize<'de> for StrictValue {
     }
 }
 
+/// A JSON object deserialized with duplicate keys rejected at every level, for request bodies that
+/// carry filters and payloads inside a larger document (`serde_json::Map` would keep the last of
+/// two `"must"` keys and silently widen a filter).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrictObject(pub Map<String, Value>);
+
+impl<'de> Deserialize<'de> for StrictObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<StrictObject, D::Error> {
+        match deserializer.deserialize_any(StrictVisitor)? {
+            Value::Object(map) => Ok(StrictObject(map)),
+            other => Err(de::Error::custom(format_args!(
+                "expected a JSON object, got {}",
+                describe(&other)
+            ))),
+        }
+    }
+}
+
 struct StrictVisitor;
 
 impl<'de> Visitor<'de> for StrictVisitor {

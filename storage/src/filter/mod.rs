@@ -67,6 +67,7 @@ mod payload;
 mod tests;
 
 pub use condition::Filter;
+pub use json::StrictObject;
 pub use payload::{Payload, PayloadLimits};
 
 /// Bounds applied to filters received from clients.
@@ -92,5 +93,26 @@ impl Default for FilterLimits {
             max_any: 1024,
             max_key_bytes: 256,
         }
+    }
+}
+
+impl FilterLimits {
+    /// Deepest JSON nesting a valid filter can have (the filter object is 1), plus one so that the
+    /// parser can name a misplaced array or object precisely: each filter level is an object in a
+    /// list (2 levels), and the innermost condition adds `{"match": {"any": [..]}}` (3 levels).
+    pub fn max_json_depth(&self) -> usize {
+        self.max_depth.saturating_mul(2).saturating_add(4)
+    }
+
+    /// Most JSON values (objects, arrays and scalars) a valid filter can hold: the top-level object
+    /// with its three lists and `min_should`, and per condition at most the largest of a `match`
+    /// with a full `any` list (object, key, match object, list and its values), a `range` (object,
+    /// key, range object, four bounds) and a nested filter (object, three lists, `min_should`; its
+    /// conditions count on their own). Anything larger is refused before it is converted.
+    pub fn max_json_values(&self) -> usize {
+        let per_condition = self.max_any.saturating_add(4).max(7);
+        self.max_conditions
+            .saturating_mul(per_condition)
+            .saturating_add(5)
     }
 }

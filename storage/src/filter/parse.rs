@@ -26,10 +26,7 @@ impl Filter {
     ///
     /// Nesting is checked on the raw bytes before parsing, and duplicate keys are an error.
     pub fn from_json_bytes(bytes: &[u8], limits: &FilterLimits) -> Result<Filter> {
-        // The deepest valid filter: each filter level is an object inside a list (2 levels), and
-        // the innermost condition adds `{"match": {"any": [..]}}` (3 levels). One more level lets
-        // the parser report a misplaced array or object precisely.
-        let max_json_depth = limits.max_depth.saturating_mul(2).saturating_add(4);
+        let max_json_depth = limits.max_json_depth();
         if let Some(offset) = json::first_too_deep(bytes, max_json_depth) {
             return Err(invalid(format!(
                 "JSON nested too deeply at byte {offset}: filters nest at most {} levels",

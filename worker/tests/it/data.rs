@@ -74,7 +74,11 @@ async fn upsert_search_get_and_count_round_trip() {
     assert_eq!(ids, [3, 4, 2]);
     assert!((result.points[0].distance - 0.04).abs() < 1e-4);
     assert_eq!(result.points[0].vector, vec![3.0, 0.0]);
-    let payload = proto::json::struct_to_json(result.points[0].payload.as_ref().unwrap()).unwrap();
+    let payload = proto::json::struct_to_json(
+        result.points[0].payload.as_ref().unwrap(),
+        &proto::json::Bounds::NONE,
+    )
+    .unwrap();
     assert_eq!(
         serde_json::Value::Object(payload),
         serde_json::json!({"i": 3, "even": false})

@@ -22,6 +22,8 @@ bash scripts/py-env.sh
 # The deploy files are checked, not just shipped: systemd-analyze verify/security, nginx -t and
 # the HTTP-to-HTTPS redirect on a real nginx (installs systemd, nginx, openssl, curl if missing).
 bash scripts/check-deploy.sh
+# cargo deny (advisories, licenses, bans, sources; deny.toml) offline against ../shared/advisory-db.
+bash scripts/deny.sh
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 # Doc tests are not run by nextest.
 cargo test --workspace --doc --locked

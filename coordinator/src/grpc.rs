@@ -12,9 +12,42 @@ use tonic::{Request, Response, Status};
 
 use crate::api::error::ApiError;
 use crate::api::{Op, Reply, Service};
+use crate::http::Policy;
 
 /// Largest gRPC message accepted (the tier's own body limit applies on top).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// One method of the gRPC listener and who may call it.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcRoute {
+    /// The request path, `/<package>.<Service>/<Method>`.
+    pub path: &'static str,
+    /// Who may call it.
+    pub policy: Policy,
+}
+
+const fn route(path: &'static str, policy: Policy) -> GrpcRoute {
+    GrpcRoute { path, policy }
+}
+
+/// Every method of the gRPC listener with its policy (INV-12). A test checks it against the
+/// services' descriptors ([`proto::FILE_DESCRIPTOR_SET`]), so a method added to the `.proto` without
+/// a policy here fails, and probes each method on a live server with no credential, the admin token
+/// and a tenant key. The admin API has no gRPC methods.
+pub const GRPC_ROUTES: &[GrpcRoute] = &[
+    route("/vaultvec.v1.Collections/CreateCollection", Policy::ApiKey),
+    route("/vaultvec.v1.Collections/ListCollections", Policy::ApiKey),
+    route("/vaultvec.v1.Collections/GetCollection", Policy::ApiKey),
+    route("/vaultvec.v1.Collections/DeleteCollection", Policy::ApiKey),
+    route("/vaultvec.v1.Points/Upsert", Policy::ApiKey),
+    route("/vaultvec.v1.Points/Get", Policy::ApiKey),
+    route("/vaultvec.v1.Points/Delete", Policy::ApiKey),
+    route("/vaultvec.v1.Points/Scroll", Policy::ApiKey),
+    route("/vaultvec.v1.Points/Count", Policy::ApiKey),
+    route("/vaultvec.v1.Points/Search", Policy::ApiKey),
+    route("/vaultvec.v1.Points/SearchBatch", Policy::ApiKey),
+    route("/vaultvec.v1.Health/Check", Policy::Public),
+];
 
 /// Implements the three services over the shared layer.
 #[derive(Clone)]

@@ -191,6 +191,7 @@ impl Coordinator {
         });
 
         let grpc = grpc::Grpc::new(service.clone());
+        let request_log = grpc::RequestLog::new(service.clone());
         let stop = public.clone();
         servers.spawn(async move {
             use proto::vaultvec::v1::{
@@ -199,6 +200,7 @@ impl Coordinator {
             };
             let max = grpc::MAX_MESSAGE_BYTES;
             tonic::transport::Server::builder()
+                .layer(request_log)
                 .add_service(CollectionsServer::new(grpc.clone()).max_decoding_message_size(max))
                 .add_service(
                     PointsServer::new(grpc.clone())

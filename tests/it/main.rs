@@ -8,6 +8,7 @@ mod grpc_routes;
 mod hardening;
 mod python;
 mod recovery;
+mod request_log;
 mod routes;
 mod search;
 mod tenancy;

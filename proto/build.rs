@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One module tree (vaultvec::v1, vaultvec::cluster::v1) in OUT_DIR/mod.rs. tonic-prost-build
     // maps google.protobuf.Struct and Value to prost-types itself.
     config.include_file("mod.rs");
+    // The descriptors of every service and method, for the gRPC route inventory (INV-12).
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    config.file_descriptor_set_path(out_dir.join("descriptors.bin"));
     // Malformed messages are the client's mistake: see src/codec.rs.
     tonic_prost_build::configure()
         .codec_path("crate::codec::Codec")

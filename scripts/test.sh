@@ -19,6 +19,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
 # The Python client tests (tests/it/python.rs) run in this venv.
 bash scripts/py-env.sh
+# The deploy files are checked, not just shipped: systemd-analyze verify/security, nginx -t and
+# the HTTP-to-HTTPS redirect on a real nginx (installs systemd, nginx, openssl, curl if missing).
+bash scripts/check-deploy.sh
+# cargo deny (advisories, licenses, bans, sources; deny.toml) offline against ../shared/advisory-db.
+bash scripts/deny.sh
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 # Doc tests are not run by nextest.
 cargo test --workspace --doc --locked

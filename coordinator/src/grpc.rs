@@ -2,6 +2,7 @@
 //! [`Service`]. The credential is the `authorization: Bearer <key>` metadata entry.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use proto::vaultvec::v1 as api;
@@ -12,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::error::ApiError;
 use crate::api::{Op, Reply, Service};
+use crate::http::Policy;
 
 /// Largest gRPC message accepted (the tier's own body limit applies on top).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -32,48 +34,10 @@ pub fn tag_path<B>(mut request: http::Request<B>) -> http::Request<B> {
     request
 }
 
-/// `Search` of `/vaultvec.v1.Points/Search` as `search`, `SearchBatch` as `search_batch`: the
-/// endpoint names of logs and metrics.
-fn endpoint_of(path: &str) -> &'static str {
-    const NAMES: &[&str] = &[
-        "create_collection",
-        "list_collections",
-        "get_collection",
-        "delete_collection",
-        "upsert",
-        "get_points",
-        "delete_points",
-        "scroll",
-        "count",
-        "search",
-        "search_batch",
-    ];
-    let method = path.rsplit('/').next().unwrap_or("");
-    let snake: String = method
-        .chars()
-        .enumerate()
-        .flat_map(|(i, c)| {
-            let sep = (i > 0 && c.is_ascii_uppercase()).then_some('_');
-            sep.into_iter()
-                .chain(std::iter::once(c.to_ascii_lowercase()))
-        })
-        .collect();
-    // `Points/Get` and `Points/Delete` are logged as the HTTP routes name them.
-    let snake = match snake.as_str() {
-        "get" | "delete" => format!("{snake}_points"),
-        _ => snake,
-    };
-    NAMES
-        .iter()
-        .find(|n| **n == snake)
-        .copied()
-        .unwrap_or("unknown")
-}
-
 /// Authenticates a call from its metadata before its message is read or decoded (INV-22): a
 /// caller without a valid key gets `UNAUTHENTICATED` (or `RESOURCE_EXHAUSTED` over its failure
 /// budget) having cost one header parse. The identity travels to the handler in the request's
-/// extensions. Health calls pass unauthenticated.
+/// extensions. Methods of policy `Public` in [`GRPC_ROUTES`] (health) pass unauthenticated.
 #[derive(Clone)]
 pub struct Authenticate {
     service: Arc<Service>,
@@ -88,15 +52,15 @@ impl Authenticate {
 
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let path = request
-            .extensions()
-            .get::<CallPath>()
-            .map(|p| p.0.clone())
-            .unwrap_or_default();
-        if path.starts_with("/vaultvec.v1.Health/") {
+        // Public methods (health) and unknown ones (answered UNIMPLEMENTED) need no key.
+        let needs_key = request.extensions().get::<CallPath>().is_some_and(|path| {
+            GRPC_ROUTES
+                .iter()
+                .any(|r| r.path == path.0 && r.policy != Policy::Public)
+        });
+        if !needs_key {
             return Ok(request);
         }
-        let started = Instant::now();
         let peer = self.service.client_ip(
             request.remote_addr().map(|a| a.ip()),
             request
@@ -110,34 +74,77 @@ impl tonic::service::Interceptor for Authenticate {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(crate::api::bearer_token);
-        match self.service.authenticate(credential, peer) {
-            Ok(identity) => {
-                request.extensions_mut().insert(identity);
-                Ok(request)
-            }
-            Err(err) => {
-                let endpoint = endpoint_of(&path);
-                let elapsed = started.elapsed();
-                self.service.metrics.observe(
-                    "grpc",
-                    endpoint,
-                    err.code.as_str(),
-                    elapsed.as_secs_f64(),
-                );
-                tracing::info!(
-                    transport = "grpc",
-                    tenant = "",
-                    key_id = "",
-                    endpoint,
-                    status = err.code.as_str(),
-                    latency_us = elapsed.as_micros() as u64,
-                    "request"
-                );
-                Err(Status::from(err))
-            }
-        }
+        // A refusal is logged and counted by `RequestLog`, which sees the answer's status.
+        let identity = self
+            .service
+            .authenticate(credential, peer)
+            .map_err(Status::from)?;
+        request.extensions_mut().insert(identity);
+        Ok(request)
     }
 }
+
+/// One method of the gRPC listener and who may call it.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcRoute {
+    /// The request path, `/<package>.<Service>/<Method>`.
+    pub path: &'static str,
+    /// The endpoint name in logs and metrics.
+    pub endpoint: &'static str,
+    /// Who may call it.
+    pub policy: Policy,
+}
+
+const fn route(path: &'static str, endpoint: &'static str, policy: Policy) -> GrpcRoute {
+    GrpcRoute {
+        path,
+        endpoint,
+        policy,
+    }
+}
+
+/// Every method of the gRPC listener with its policy (INV-12). A test checks it against the
+/// services' descriptors ([`proto::FILE_DESCRIPTOR_SET`]), so a method added to the `.proto` without
+/// a policy here fails, and probes each method on a live server with no credential, the admin token
+/// and a tenant key. The admin API has no gRPC methods.
+pub const GRPC_ROUTES: &[GrpcRoute] = &[
+    route(
+        "/vaultvec.v1.Collections/CreateCollection",
+        "create_collection",
+        Policy::ApiKey,
+    ),
+    route(
+        "/vaultvec.v1.Collections/ListCollections",
+        "list_collections",
+        Policy::ApiKey,
+    ),
+    route(
+        "/vaultvec.v1.Collections/GetCollection",
+        "get_collection",
+        Policy::ApiKey,
+    ),
+    route(
+        "/vaultvec.v1.Collections/DeleteCollection",
+        "delete_collection",
+        Policy::ApiKey,
+    ),
+    route("/vaultvec.v1.Points/Upsert", "upsert", Policy::ApiKey),
+    route("/vaultvec.v1.Points/Get", "get_points", Policy::ApiKey),
+    route(
+        "/vaultvec.v1.Points/Delete",
+        "delete_points",
+        Policy::ApiKey,
+    ),
+    route("/vaultvec.v1.Points/Scroll", "scroll", Policy::ApiKey),
+    route("/vaultvec.v1.Points/Count", "count", Policy::ApiKey),
+    route("/vaultvec.v1.Points/Search", "search", Policy::ApiKey),
+    route(
+        "/vaultvec.v1.Points/SearchBatch",
+        "search_batch",
+        Policy::ApiKey,
+    ),
+    route("/vaultvec.v1.Health/Check", "health", Policy::Public),
+];
 
 /// Implements the three services over the shared layer.
 #[derive(Clone)]
@@ -158,6 +165,9 @@ impl Grpc {
         build: impl FnOnce(T) -> Op,
     ) -> Result<Reply, Status> {
         let started = Instant::now();
+        if let Some(Logged(logged)) = request.extensions().get::<Logged>() {
+            logged.store(true, Ordering::Release);
+        }
         let peer = self.service.client_ip(
             request.remote_addr().map(|a| a.ip()),
             request
@@ -212,6 +222,125 @@ impl Grpc {
             "request"
         );
         result.map_err(Status::from)
+    }
+}
+
+/// Put in each request by [`RequestLog`]; set by [`Grpc::run`], which logs the request itself.
+#[derive(Clone)]
+struct Logged(Arc<AtomicBool>);
+
+/// A layer on the gRPC server that logs and counts, as one `request` line like [`Grpc::run`]'s, the
+/// requests `run` never sees: messages that do not decode (refused by the codec before the
+/// handler), unknown methods and health checks. Their tenant and key id are empty: nothing was
+/// authenticated.
+#[derive(Clone)]
+pub struct RequestLog {
+    service: Arc<Service>,
+}
+
+impl RequestLog {
+    /// Logs through `service`'s metrics.
+    pub fn new(service: Arc<Service>) -> RequestLog {
+        RequestLog { service }
+    }
+}
+
+impl<S> tower::Layer<S> for RequestLog {
+    type Service = RequestLogService<S>;
+
+    fn layer(&self, inner: S) -> RequestLogService<S> {
+        RequestLogService {
+            inner,
+            service: self.service.clone(),
+        }
+    }
+}
+
+/// The service of [`RequestLog`].
+#[derive(Clone)]
+pub struct RequestLogService<S> {
+    inner: S,
+    service: Arc<Service>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RequestLogService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let logged = Arc::new(AtomicBool::new(false));
+        request.extensions_mut().insert(Logged(logged.clone()));
+        let endpoint = GRPC_ROUTES
+            .iter()
+            .find(|r| r.path == request.uri().path())
+            .map_or("unknown", |r| r.endpoint);
+        let service = self.service.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            if !logged.load(Ordering::Acquire) {
+                // An answer without a body carries its status in the headers (trailers-only).
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+                let status = code_name(code);
+                let elapsed = started.elapsed();
+                service
+                    .metrics
+                    .observe("grpc", endpoint, status, elapsed.as_secs_f64());
+                tracing::info!(
+                    transport = "grpc",
+                    tenant = "",
+                    key_id = "",
+                    endpoint,
+                    status,
+                    latency_us = elapsed.as_micros() as u64,
+                    "request"
+                );
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The log and metrics name of a gRPC status code (the same names as `api::error::Code`).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "ok",
+        C::Cancelled => "cancelled",
+        C::Unknown => "unknown",
+        C::InvalidArgument => "invalid_argument",
+        C::DeadlineExceeded => "deadline_exceeded",
+        C::NotFound => "not_found",
+        C::AlreadyExists => "already_exists",
+        C::PermissionDenied => "permission_denied",
+        C::ResourceExhausted => "resource_exhausted",
+        C::FailedPrecondition => "failed_precondition",
+        C::Aborted => "aborted",
+        C::OutOfRange => "out_of_range",
+        C::Unimplemented => "unimplemented",
+        C::Internal => "internal",
+        C::Unavailable => "unavailable",
+        C::DataLoss => "data_loss",
+        C::Unauthenticated => "unauthenticated",
     }
 }
 

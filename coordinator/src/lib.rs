@@ -195,6 +195,7 @@ impl Coordinator {
         let grpc = grpc::Grpc::new(service.clone());
         let authenticate = grpc::Authenticate::new(service.clone());
         let call_timeout = service.request_timeout() + std::time::Duration::from_secs(5);
+        let request_log = grpc::RequestLog::new(service.clone());
         let stop = public.clone();
         servers.spawn(async move {
             use proto::vaultvec::v1::{
@@ -204,7 +205,9 @@ impl Coordinator {
             let max = grpc::MAX_MESSAGE_BYTES;
             // The key is checked from the metadata before a message is read or decoded (INV-22):
             // `tag_path` records which method a request is for, then the interceptor authenticates.
+            // The request log is outermost, so it also logs the calls the interceptor refuses.
             let layers = tower::ServiceBuilder::new()
+                .layer(request_log)
                 .layer(tower::util::MapRequestLayer::new(grpc::tag_path))
                 .layer(tonic::service::InterceptorLayer::new(authenticate));
             tonic::transport::Server::builder()

@@ -9,6 +9,10 @@ mod generated {
 }
 pub use generated::*;
 
+/// The encoded `google.protobuf.FileDescriptorSet` of every `.proto` file above: the source of truth
+/// for which gRPC methods exist (the coordinator's route inventory is checked against it).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 pub mod codec;
 pub mod json;
 

@@ -4,11 +4,13 @@
 //!
 //! Files are only ever appended to (WAL) or written once and renamed into place (segments,
 //! manifests, key files), so the write interface is just `create`, `append`, `sync`, `rename`,
-//! `remove_file` and `sync_dir`.
+//! `remove_file` and `sync_dir`. Files are created 0600 and directories 0700 (`FILE_MODE`,
+//! `DIR_MODE`): they are ciphertext, but their names, sizes and times are the tenant's business.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -72,6 +74,7 @@ impl Disk for StdDisk {
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(path)?;
         Ok(Box::new(StdFile { file, len: 0 }))
     }
@@ -88,7 +91,7 @@ impl Disk for StdDisk {
         if dir.is_dir() {
             return Ok(());
         }
-        std::fs::create_dir_all(dir)?;
+        create_private_dirs(dir)?;
         // Make each new level durable in its parent.
         let mut level = dir;
         while let Some(parent) = level.parent() {
@@ -103,6 +106,19 @@ impl Disk for StdDisk {
         }
         Ok(())
     }
+}
+
+/// The mode of every file storage creates: readable by the owner only (less under a stricter umask).
+pub const FILE_MODE: u32 = 0o600;
+/// The mode of every directory storage creates.
+pub const DIR_MODE: u32 = 0o700;
+
+/// `create_dir_all` with [`DIR_MODE`] for every level it creates (existing levels keep theirs).
+fn create_private_dirs(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
 }
 
 /// fsyncs a directory on the real filesystem.
@@ -345,6 +361,7 @@ impl Disk for SimDisk {
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(path)?;
         let mut state = self.state.lock();
         state.synced_len.insert(path.to_owned(), 0);
@@ -401,7 +418,7 @@ impl Disk for SimDisk {
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.step()?;
-        std::fs::create_dir_all(dir)
+        create_private_dirs(dir)
     }
 }
 

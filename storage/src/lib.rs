@@ -35,6 +35,9 @@ pub mod secure;
 mod sys;
 pub mod wal;
 
+/// Process-wide hardening both binaries apply at startup (`prctl(PR_SET_DUMPABLE, 0)`).
+pub use sys::process;
+
 pub use collection::{
     Collection, CollectionConfig, Limits, PointInput, Record, ScoredPoint, SearchRequest,
 };

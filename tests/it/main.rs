@@ -4,8 +4,11 @@
 mod audit;
 mod auth;
 mod cluster;
+mod grpc_routes;
+mod hardening;
 mod python;
 mod recovery;
+mod request_log;
 mod routes;
 mod schema;
 mod search;

@@ -28,6 +28,8 @@ struct Args {
 // that run the storage calls, and a single thread does that with fewer cross-thread wake-ups.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    // First of all: no core dump and no same-user ptrace of the keys and plaintext we will hold.
+    storage::process::forbid_core_dumps().context("prctl(PR_SET_DUMPABLE, 0)")?;
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: journald and log files get plain text.

@@ -7,6 +7,7 @@
 //!   read the already-published prefix.
 //! - `zeroed`: large zero-filled atomic arrays allocated with `alloc_zeroed`, so a growing
 //!   segment's graph costs memory only as it fills.
+//! - `process`: `prctl(PR_SET_DUMPABLE, 0)`, so no core dump or same-user ptrace sees plaintext.
 //! - `simd`: distance kernels compiled for AVX2+FMA, called only after the CPU was checked at run time.
 //!
 //! If one of these arguments weakens, replace the code with a safe equivalent (`pread`, a lock,
@@ -14,5 +15,6 @@
 
 pub(crate) mod append;
 pub(crate) mod mmap;
+pub mod process;
 pub(crate) mod simd;
 pub(crate) mod zeroed;

@@ -970,3 +970,66 @@ proptest! {
         let _ = Filter::from_value(spliced, &FilterLimits::default());
     }
 }
+
+#[test]
+fn strict_object_refuses_duplicate_keys_at_every_level_and_non_objects() {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[allow(dead_code)]
+        filter: Option<StrictObject>,
+    }
+    let parse = |text: &str| {
+        serde_json::from_str::<Body>(text)
+            .map(|body| body.filter.map(|o| Value::Object(o.0)))
+            // Without the position, which says only where serde_json was.
+            .map_err(|err| {
+                err.to_string()
+                    .split(" at line")
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+    };
+    assert_eq!(
+        parse(r#"{"filter": {"must": [{"key": "a", "is_empty": true}]}}"#),
+        Ok(Some(json!({"must": [{"key": "a", "is_empty": true}]})))
+    );
+    assert_eq!(parse(r#"{"filter": null}"#), Ok(None));
+    assert_eq!(
+        parse(r#"{"filter": {"must": [], "must": []}}"#),
+        Err(r#"duplicate key "must""#.to_owned())
+    );
+    assert_eq!(
+        parse(r#"{"filter": {"must": [{"key": "a", "key": "b"}]}}"#),
+        Err(r#"duplicate key "key""#.to_owned())
+    );
+    assert_eq!(
+        parse(r#"{"filter": [1]}"#),
+        Err("expected a JSON object, got an array".to_owned())
+    );
+}
+
+#[test]
+fn json_bounds_of_the_limits_admit_the_largest_valid_filter() {
+    let limits = FilterLimits::default();
+    assert_eq!(limits.max_json_depth(), 20);
+    assert_eq!(limits.max_json_values(), 256 * (1024 + 4) + 5);
+    // The largest valid filter by values: every condition a full `any` list.
+    let any: Vec<Value> = (0..1024).map(|i| json!(i)).collect();
+    let conditions: Vec<Value> = (0..256)
+        .map(|_| json!({"key": "a", "match": {"any": any}}))
+        .collect();
+    let filter = json!({"must": conditions, "should": null, "must_not": null, "min_should": null});
+    let mut values = 0;
+    let mut stack = vec![&filter];
+    while let Some(value) = stack.pop() {
+        values += 1;
+        match value {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    assert!(values <= limits.max_json_values(), "{values}");
+    assert!(Filter::from_value(filter, &limits).is_ok());
+}

@@ -165,3 +165,28 @@ fn payloads_and_filters_go_through_the_bounded_parsers() {
     assert!(filter(Some(bad)).is_err());
     assert!(filter(None).unwrap().is_none());
 }
+
+#[test]
+fn filters_and_payloads_beyond_their_bounds_are_refused_while_converting() {
+    let message = |err: Error| err.to_string();
+    // A 1 MiB key over a million elements: refused at the key, before its list is looked at.
+    let long_key =
+        proto::json::json_to_struct(&serde_json::json!({ "k".repeat(1 << 20): vec![0; 1 << 20] }))
+            .unwrap();
+    let text = message(filter(Some(long_key.clone())).unwrap_err());
+    assert!(text.contains("is 1048576 bytes, limit 256"), "{text}");
+    let limits = payload_limits(&Limits::default());
+    let text = message(payload(Some(long_key), &limits).unwrap_err());
+    assert!(text.contains("is 1048576 bytes, limit 65536"), "{text}");
+    // More values than any valid filter holds.
+    let many: Vec<u32> = vec![0; 300_000];
+    let wide = proto::json::json_to_struct(
+        &serde_json::json!({"must": [{"key": "a", "match": {"any": many}}]}),
+    )
+    .unwrap();
+    let text = message(filter(Some(wide)).unwrap_err());
+    assert!(
+        text.contains("more than the limit of 263173 values"),
+        "{text}"
+    );
+}

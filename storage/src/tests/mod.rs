@@ -1,5 +1,6 @@
 //! In-crate integration tests: whole files and collections on a real filesystem.
 
+mod churn;
 mod collection;
 mod crash;
 mod format;

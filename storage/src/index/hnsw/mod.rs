@@ -21,7 +21,8 @@
 //! stores the ids and then publishes the count with `Release`. A reader racing a rewrite therefore
 //! sees, for every slot, either an old or a new id, each of which names a node that was inserted
 //! (or is being inserted), which is all a graph walk needs. A writer holds at most one node lock at
-//! a time, so writers cannot deadlock. An insert whose node becomes the new top of the hierarchy
+//! a time, so writers cannot deadlock. A new node's own list is merged with, never written over,
+//! the links concurrent inserts already put in it (`write_own_list`). An insert whose node becomes the new top of the hierarchy
 //! holds the entry-point mutex for its whole duration, as in hnswlib.
 //!
 //! # Copies
@@ -230,13 +231,7 @@ impl Graph {
                 (current, current_distance) = (nearest.node(), nearest.distance());
             }
             self.select_neighbours(vectors, query, sorted, self.params.m, selected);
-            {
-                let _lock = self.locks[index].lock();
-                write_list(
-                    self.links(node, layer),
-                    selected.iter().map(|scored| scored.node()),
-                );
-            }
+            self.write_own_list(vectors, limit, query, node, layer, sorted, selected);
             let chosen = std::mem::take(selected);
             for neighbour in &chosen {
                 self.link_back(&mut scratch, vectors, limit, *neighbour, node, layer);

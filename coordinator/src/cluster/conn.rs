@@ -368,6 +368,7 @@ impl Hub {
             next_id: AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(self.max_in_flight)),
             assigned: Mutex::new(HashMap::new()),
+            releasing: Mutex::new(std::collections::HashSet::new()),
         });
         match self.register(&conn, hello_id, &hello).await {
             Registration::Admitted => {}

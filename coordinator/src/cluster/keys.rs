@@ -78,6 +78,13 @@ impl Hub {
                 self.store.placement(&tenant),
                 Ok(Some(p)) if p.worker == conn.id && conn.assigned_epoch(&tenant) == Some(p.epoch)
             );
+        // While the coordinator releases a tenant from this connection (pause, deletion, move),
+        // the worker may seal its segments at close, which needs keys, although the change has
+        // already fenced the epoch. Only under the epoch this connection holds, and only until
+        // the worker answers the release: a request that raced the change cannot assign the
+        // tenant again there (the release's newer epoch makes the worker refuse the older one).
+        let releasing = conn.is_releasing(&tenant) && conn.assigned_epoch(&tenant).is_some();
+        let placed_here = placed_here || releasing;
         if !placed_here {
             self.audit_refusal(
                 &conn.id,

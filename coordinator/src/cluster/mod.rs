@@ -12,7 +12,7 @@ mod conn;
 mod keys;
 mod reconcile;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -62,6 +62,10 @@ pub struct WorkerConn {
     permits: Arc<Semaphore>,
     /// Tenants this connection has acknowledged, with their epoch.
     assigned: Mutex<HashMap<String, u64>>,
+    /// Tenants being released on this connection. Until the worker answers, it may still ask for
+    /// keys to seal their segments at close, although a pause or deletion has already moved
+    /// their epoch on (the key service allows that, for the epoch the connection holds).
+    releasing: Mutex<HashSet<String>>,
 }
 
 impl WorkerConn {
@@ -73,6 +77,11 @@ impl WorkerConn {
     /// Forgets an assignment (the worker refused it, or the tenant moved).
     pub fn forget_assignment(&self, tenant: &str) {
         self.assigned.lock().remove(tenant);
+    }
+
+    /// Whether a release of `tenant` is in flight on this connection.
+    pub fn is_releasing(&self, tenant: &str) -> bool {
+        self.releasing.lock().contains(tenant)
     }
 
     /// Requests running on the worker now.
@@ -390,8 +399,10 @@ impl Hub {
             tenant: tenant.to_owned(),
             epoch,
         });
+        conn.releasing.lock().insert(tenant.to_owned());
         let answer = self.request_on(&conn, body, timeout).await;
         conn.forget_assignment(tenant);
+        conn.releasing.lock().remove(tenant);
         if let Err(err) = answer {
             tracing::warn!(worker, tenant, error = %err, "release not acknowledged");
         }
@@ -468,6 +479,7 @@ mod tests {
             next_id: AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(max_in_flight)),
             assigned: Mutex::new(HashMap::new()),
+            releasing: Mutex::new(HashSet::new()),
         });
         (conn, rx)
     }

@@ -1,0 +1,264 @@
+"""The noisy-neighbour benchmark driven by scripts/bench-isolation.sh (see its header).
+
+One process runs the victim's steady single-client search loop; N aggressor processes run one
+scenario at a time. Both talk HTTP/JSON to a real coordinator and worker started here. Peak RSS of
+the two server processes is sampled every 50 ms from /proc while a scenario runs.
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import requests
+
+DIM = 128
+N_POINTS = 20_000
+BAD_KEY = "vv_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
+
+
+def vector(rng):
+    return [rng.uniform(-1.0, 1.0) for _ in range(DIM)]
+
+
+def free_port_block():
+    for _ in range(200):
+        base = random.randrange(20000, 60000)
+        socks = []
+        try:
+            for p in range(base, base + 4):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            pass
+        finally:
+            for s in socks:
+                s.close()
+    raise SystemExit("no four consecutive free ports")
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def victim(url, key, seconds, out):
+    rng = random.Random(1)
+    session = requests.Session()
+    session.headers["authorization"] = f"Bearer {key}"
+    latencies, errors = [], 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        body = {"vector": vector(rng), "top_k": 10, "ef": 64}
+        started = time.perf_counter()
+        try:
+            r = session.post(f"{url}/v1/collections/v/points/search", json=body, timeout=30)
+            ok = r.status_code == 200
+        except requests.RequestException:
+            ok = False
+        elapsed = time.perf_counter() - started
+        if ok:
+            latencies.append(elapsed)
+        else:
+            errors += 1
+    out.put((latencies, errors))
+
+
+def big_filter():
+    values = [f"tag-{i}" for i in range(1024)]
+    return {"should": [{"key": f"field{i}", "match": {"any": values}} for i in range(256)]}
+
+
+def aggressor(url, key, scenario, seconds, seed, out):
+    rng = random.Random(seed)
+    session = requests.Session()
+    session.headers["authorization"] = f"Bearer {key}"
+    sent, refused = 0, 0
+    end = time.monotonic() + seconds
+    filt = big_filter()
+    while time.monotonic() < end:
+        try:
+            if scenario == "heavy_search":
+                r = session.post(f"{url}/v1/collections/a/points/search",
+                                 json={"vector": vector(rng), "top_k": 1000, "ef": 4096}, timeout=60)
+            elif scenario == "huge_batch_search":
+                searches = [{"vector": vector(rng), "top_k": 100, "with_payload": True} for _ in range(100)]
+                r = session.post(f"{url}/v1/collections/a/points/search/batch",
+                                 json={"searches": searches}, timeout=60)
+            elif scenario == "maximal_filter":
+                r = session.post(f"{url}/v1/collections/a/points/search",
+                                 json={"vector": vector(rng), "top_k": 10, "filter": filt}, timeout=60)
+            elif scenario == "bulk_upsert":
+                base = rng.randrange(0, 1_000_000)
+                points = [{"id": base + i, "vector": vector(rng)} for i in range(1000)]
+                r = session.put(f"{url}/v1/collections/a/points", json={"points": points}, timeout=60)
+            elif scenario == "unauthenticated_flood":
+                r = flood_once(url)
+            else:
+                raise SystemExit(f"unknown scenario {scenario}")
+            status = r if isinstance(r, int) else r.status_code
+        except requests.RequestException:
+            status = 0
+        sent += 1
+        refused += status != 200
+    out.put((sent, refused))
+
+
+def flood_once(url):
+    """Declares a 64 MiB body with a bad key, sends 1 MiB of it, reads the status."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        head = (f"PUT /v1/collections/a/points HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {BAD_KEY}\r\n"
+                f"content-type: application/json\r\ncontent-length: {64 << 20}\r\n\r\n")
+        s.sendall(head.encode())
+        try:
+            s.sendall(b" " * (1 << 20))
+        except OSError:
+            pass
+        answer = s.recv(64)
+    m = re.match(rb"HTTP/1.1 (\d+)", answer)
+    return int(m.group(1)) if m else 0
+
+
+def run_scenario(url, keys, pids, scenario, seconds, clients):
+    out = mp.Queue()
+    procs = [mp.Process(target=victim, args=(url, keys["victim"], seconds, out))]
+    agg_out = mp.Queue()
+    if scenario:
+        procs += [mp.Process(target=aggressor, args=(url, keys["aggressor"], scenario, seconds, i, agg_out))
+                  for i in range(clients)]
+    for p in procs:
+        p.start()
+    peak = {"coordinator": 0.0, "worker": 0.0}
+    while any(p.is_alive() for p in procs[:1]):
+        for name, pid in pids.items():
+            peak[name] = max(peak[name], rss_mb(pid))
+        time.sleep(0.05)
+    latencies, errors = out.get()
+    sent = refused = 0
+    for _ in procs[1:]:
+        s, r = agg_out.get()
+        sent += s
+        refused += r
+    for p in procs:
+        p.join()
+    latencies.sort()
+    pct = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6, 1) if latencies else None
+    return {
+        "name": scenario or "baseline",
+        "victim_requests": len(latencies) + errors,
+        "victim_p50_us": pct(0.50),
+        "victim_p99_us": pct(0.99),
+        "victim_errors": errors,
+        "aggressor_requests": sent,
+        "aggressor_refused": refused,
+        "coordinator_rss_mb": round(peak["coordinator"], 1),
+        "worker_rss_mb": round(peak["worker"], 1),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", required=True)
+    parser.add_argument("--json")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=32)
+    args = parser.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="vv-isolation-")
+    procs = []
+    try:
+        port = free_port_block()
+        data = os.path.join(tmp, "data")
+        subprocess.run([f"{args.bin}/vaultvec-coordinator", "init", "--dir", data, "--port", str(port)],
+                       check=True, stdout=subprocess.DEVNULL)
+        coord_out = open(os.path.join(tmp, "coordinator.out"), "w+")
+        coordinator = subprocess.Popen(
+            [f"{args.bin}/vaultvec-coordinator", "serve", "--config", f"{data}/coordinator.toml"],
+            stdout=coord_out, stderr=open(os.path.join(tmp, "coordinator.log"), "w"))
+        procs.append(coordinator)
+        url = f"http://127.0.0.1:{port}"
+        worker = subprocess.Popen([f"{args.bin}/vaultvec-worker", "--config", f"{data}/worker-1.toml"],
+                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "worker.log"), "w"))
+        procs.append(worker)
+        for _ in range(600):
+            try:
+                if requests.get(f"{url}/v1/health", timeout=1).json().get("ready"):
+                    break
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.1)
+        else:
+            raise SystemExit("the server did not become ready")
+        admin = {"authorization": f"Bearer {open(f'{data}/secrets/admin.token').read().strip()}"}
+        keys = {}
+        for tenant in ("victim", "aggressor"):
+            requests.post(f"{url}/admin/v1/tenants", json={"id": tenant, "tier": "pro"}, headers=admin,
+                          timeout=30).raise_for_status()
+            r = requests.post(f"{url}/admin/v1/tenants/{tenant}/keys",
+                              json={"scopes": ["read", "write", "manage"]}, headers=admin, timeout=30)
+            r.raise_for_status()
+            keys[tenant] = r.json()["key"]
+        rng = random.Random(7)
+        for tenant, name, payload in (("victim", "v", False), ("aggressor", "a", True)):
+            h = {"authorization": f"Bearer {keys[tenant]}"}
+            requests.post(f"{url}/v1/collections", json={"name": name, "dim": DIM, "metric": "l2"}, headers=h,
+                          timeout=30).raise_for_status()
+            for start in range(0, N_POINTS, 1000):
+                points = []
+                for i in range(start, start + 1000):
+                    p = {"id": i, "vector": vector(rng)}
+                    if payload:
+                        p["payload"] = {"field0": f"tag-{i % 2048}", "text": "x" * 1024}
+                    points.append(p)
+                requests.put(f"{url}/v1/collections/{name}/points", json={"points": points}, headers=h,
+                             timeout=60).raise_for_status()
+        pids = {"coordinator": coordinator.pid, "worker": worker.pid}
+        # Let background indexing finish, so the baseline is not measured against it.
+        time.sleep(5)
+        print(f"server: coordinator pid {coordinator.pid}, worker pid {worker.pid}, {url}", file=sys.stderr)
+        baseline = run_scenario(url, keys, pids, None, args.seconds, args.clients)
+        print(json.dumps(baseline), file=sys.stderr)
+        scenarios = []
+        for name in ("heavy_search", "huge_batch_search", "maximal_filter", "bulk_upsert", "unauthenticated_flood"):
+            row = run_scenario(url, keys, pids, name, args.seconds, args.clients)
+            row["p99_vs_baseline"] = (round(row["victim_p99_us"] / baseline["victim_p99_us"], 2)
+                                      if row["victim_p99_us"] and baseline["victim_p99_us"] else None)
+            scenarios.append(row)
+            print(json.dumps(row), file=sys.stderr)
+        result = {"clients": args.clients, "seconds": args.seconds, "cores": os.cpu_count(),
+                  "baseline": baseline, "scenarios": scenarios}
+        print(f"{'scenario':<24}{'p50 us':>10}{'p99 us':>10}{'p99/base':>10}{'errors':>8}"
+              f"{'aggr req':>10}{'coord MB':>10}{'worker MB':>10}")
+        for r in [baseline] + scenarios:
+            print(f"{r['name']:<24}{r['victim_p50_us'] or 0:>10}{r['victim_p99_us'] or 0:>10}"
+                  f"{r.get('p99_vs_baseline') or 1.0:>10}{r['victim_errors']:>8}{r['aggressor_requests']:>10}"
+                  f"{r['coordinator_rss_mb']:>10}{r['worker_rss_mb']:>10}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,26 @@ pub fn tag_path<B>(mut request: http::Request<B>) -> http::Request<B> {
     request
 }
 
+/// The client address a call's failed authentications count against, and its bearer credential.
+fn caller<'a, T>(
+    service: &Service,
+    request: &'a Request<T>,
+) -> (Option<std::net::IpAddr>, Option<&'a str>) {
+    let metadata = request.metadata();
+    let peer = service.client_ip(
+        request.remote_addr().map(|a| a.ip()),
+        metadata
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let credential = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::api::bearer_token);
+    (peer, credential)
+}
+
 /// Authenticates a call from its metadata before its message is read or decoded (INV-22): a
 /// caller without a valid key gets `UNAUTHENTICATED` (or `RESOURCE_EXHAUSTED` over its failure
 /// budget) having cost one header parse. The identity travels to the handler in the request's
@@ -61,19 +81,7 @@ impl tonic::service::Interceptor for Authenticate {
         if !needs_key {
             return Ok(request);
         }
-        let peer = self.service.client_ip(
-            request.remote_addr().map(|a| a.ip()),
-            request
-                .metadata()
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
-        let credential = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::api::bearer_token);
+        let (peer, credential) = caller(&self.service, &request);
         // A refusal is logged and counted by `RequestLog`, which sees the answer's status.
         let identity = self
             .service
@@ -168,20 +176,8 @@ impl Grpc {
         if let Some(Logged(logged)) = request.extensions().get::<Logged>() {
             logged.store(true, Ordering::Release);
         }
-        let peer = self.service.client_ip(
-            request.remote_addr().map(|a| a.ip()),
-            request
-                .metadata()
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
-        let credential = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::api::bearer_token)
-            .map(str::to_owned);
+        let (peer, credential) = caller(&self.service, &request);
+        let credential = credential.map(str::to_owned);
         let size = request.get_ref().encoded_len();
         let mut tenant = String::new();
         let mut key_id = String::new();

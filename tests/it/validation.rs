@@ -202,14 +202,19 @@ async fn bad_input_is_a_clear_client_error_and_nothing_breaks() {
     }
     // A body over the server-wide limit is refused without being read whole.
     let huge = vec![b' '; 65 << 20];
-    let response = reqwest::Client::new()
+    let sent = reqwest::Client::new()
         .put(cluster.url("/v1/collections/c/points"))
         .bearer_auth(&key)
         .body(huge)
         .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 413);
+        .await;
+    match sent {
+        Ok(response) => assert_eq!(response.status().as_u16(), 413),
+        // The server answers 413 from the declared length and closes without reading the body,
+        // so a client still writing it may see the connection close before reading the answer.
+        // Either way nothing was accepted.
+        Err(err) => assert!(err.is_request(), "{err}"),
+    }
     // gRPC: non-finite and bounds.
     let mut points = PointsClient::new(cluster.grpc_channel().await);
     for vector in [

@@ -1,0 +1,196 @@
+//! The worker's tenant messages: assignment, release, and admission of tenant requests.
+
+use super::*;
+
+impl Worker {
+    pub(super) async fn assign(
+        &mut self,
+        s: &mut Session,
+        request_id: u64,
+        assign: cluster::AssignTenant,
+    ) -> Result<Option<Error>, tungstenite::Error> {
+        let tenant = match TenantId::parse(&assign.tenant) {
+            Ok(tenant) => tenant,
+            Err(err) => return Ok(Some(err.into())),
+        };
+        let quota = assign.quota.unwrap_or_default();
+        match s.assignments.get_mut(&tenant) {
+            Some(current) if assign.epoch < current.epoch => {
+                tracing::warn!(tenant = %tenant, request_id, epoch = assign.epoch, current = current.epoch, "refusing an assignment with a stale epoch");
+                return Ok(Some(Error::StaleEpoch {
+                    tenant: tenant.to_string(),
+                    current: current.epoch,
+                    got: assign.epoch,
+                }));
+            }
+            Some(current) => {
+                current.epoch = assign.epoch;
+                current.quota = quota;
+            }
+            None => {
+                s.assignments.insert(
+                    tenant.clone(),
+                    Assignment {
+                        epoch: assign.epoch,
+                        quota,
+                    },
+                );
+            }
+        }
+        tracing::info!(tenant = %tenant, request_id, epoch = assign.epoch, max_points = quota.max_points, max_collections = quota.max_collections, "tenant assigned");
+        s.ws.send(frame(request_id, Body::Ack(cluster::Ack {})))
+            .await?;
+        Ok(None)
+    }
+
+    pub(super) fn release(
+        &mut self,
+        s: &mut Session,
+        request_id: u64,
+        release: cluster::ReleaseTenant,
+    ) -> Option<Error> {
+        let tenant = match TenantId::parse(&release.tenant) {
+            Ok(tenant) => tenant,
+            Err(err) => return Some(err.into()),
+        };
+        if let Some(current) = s.assignments.get(&tenant)
+            && release.epoch < current.epoch
+        {
+            tracing::warn!(tenant = %tenant, request_id, epoch = release.epoch, current = current.epoch, "refusing a release with a stale epoch");
+            return Some(Error::StaleEpoch {
+                tenant: tenant.to_string(),
+                current: current.epoch,
+                got: release.epoch,
+            });
+        }
+        s.assignments.remove(&tenant);
+        tracing::info!(tenant = %tenant, request_id, epoch = release.epoch, "tenant released");
+        let slot = self.tenants.slot(&tenant);
+        let engine = self.engine.clone();
+        let generation = self.generation;
+        self.jobs.spawn(
+            async move {
+                // Waits for the tenant's requests in flight; unloading zeroizes its plaintext.
+                let res = tokio::task::spawn_blocking(move || {
+                    let _exclusive = slot.gate.write();
+                    engine.unload_tenant(&tenant)
+                })
+                .await;
+                let result = match res {
+                    Ok(Ok(())) => Ok(Body::Ack(cluster::Ack {})),
+                    Ok(Err(err)) => Err(err.into()),
+                    Err(err) => Err(Error::Internal(format!("unloading failed: {err}"))),
+                };
+                Done::Reply {
+                    generation,
+                    request_id,
+                    deadline_unix_ms: 0,
+                    counted_for: None,
+                    frame: answer_frame(request_id, result),
+                }
+            }
+            .in_current_span(),
+        );
+        None
+    }
+
+    /// Checks a tenant request and starts it, or says why not.
+    pub(super) fn admit(
+        &mut self,
+        s: &mut Session,
+        request_id: u64,
+        deadline_unix_ms: u64,
+        req: cluster::TenantRequest,
+    ) -> Option<Error> {
+        if self.is_stopping() {
+            return Some(Error::ShuttingDown);
+        }
+        if deadline_unix_ms != 0 && now_ms() >= deadline_unix_ms {
+            tracing::debug!(tenant = %req.tenant, request_id, "refusing a request past its deadline");
+            return Some(Error::DeadlineExceeded);
+        }
+        let assignment = TenantId::parse(&req.tenant)
+            .ok()
+            .and_then(|tenant| s.assignments.get(&tenant).map(|a| (tenant, *a)));
+        let Some((tenant, assignment)) = assignment else {
+            tracing::warn!(tenant = %req.tenant, request_id, "refusing a request for a tenant not assigned here");
+            return Some(Error::NotAssigned(req.tenant));
+        };
+        if req.epoch != assignment.epoch {
+            tracing::warn!(tenant = %tenant, request_id, epoch = req.epoch, current = assignment.epoch, "refusing a request with a stale epoch");
+            return Some(Error::StaleEpoch {
+                tenant: req.tenant,
+                current: assignment.epoch,
+                got: req.epoch,
+            });
+        }
+        let Some(operation) = req.op else {
+            return Some(Error::InvalidArgument(
+                "the request has no operation".into(),
+            ));
+        };
+        if self.in_flight >= self.config.max_in_flight {
+            tracing::debug!(tenant = %tenant, request_id, in_flight = self.in_flight, "busy");
+            return Some(Error::Busy(self.in_flight));
+        }
+        let held = self.tenant_in_flight.get(&tenant).copied().unwrap_or(0);
+        let share = self.tenant_share(&tenant);
+        if held >= share {
+            tracing::debug!(tenant = %tenant, request_id, held, share, "the tenant holds its share of the worker");
+            return Some(Error::TenantBusy { held, share });
+        }
+        *self.tenant_in_flight.entry(tenant.clone()).or_default() += 1;
+        self.in_flight += 1;
+        let span = tracing::info_span!(
+            "request",
+            tenant = %tenant,
+            request_id,
+            op = op::name(&operation),
+            collection = tracing::field::Empty,
+        );
+        let slot = self.tenants.touch(&tenant);
+        let engine = self.engine.clone();
+        let generation = self.generation;
+        let quota = assignment.quota;
+        let config = self.config.clone();
+        let counted_for = tenant.clone();
+        // Every request, however cheap it looks, runs on a blocking thread: a search the loop ran
+        // itself (huge ef, a misjudged filter) would stop heartbeats, key-service answers and
+        // every other tenant's frames (INV-24). Straight there and back: two thread hand-offs.
+        self.jobs.spawn_blocking(move || {
+            let _entered = span.enter();
+            let started = std::time::Instant::now();
+            let ctx = op::Ctx {
+                engine: &engine,
+                slot: &slot,
+                tenant: &tenant,
+                quota,
+                deadline_unix_ms,
+                deadline: op::storage_deadline(deadline_unix_ms),
+                hook: config.request_hook.as_ref(),
+            };
+            let res =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op::run(&ctx, operation)));
+            let result = match res {
+                Ok(Ok(answer)) => Ok(Body::TenantResponse(cluster::TenantResponse {
+                    result: Some(answer),
+                })),
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(Error::Internal("the request panicked".into())),
+            };
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                ok = result.is_ok(),
+                "request done"
+            );
+            Done::Reply {
+                generation,
+                request_id,
+                deadline_unix_ms,
+                counted_for: Some(counted_for),
+                frame: answer_frame(request_id, result),
+            }
+        });
+        None
+    }
+}

@@ -14,10 +14,13 @@ if ! cargo deny --version 2>/dev/null | grep -qF " $DENY_VERSION"; then
     cargo install --locked cargo-deny --version "$DENY_VERSION"
 fi
 
-snapshot=../shared/advisory-db
+# The snapshot beside the checkout (../shared), or where VV_ADVISORY_DB points. Without one, the
+# checks that need no database (bans, licenses, sources) still run, and the skip is said loudly.
+snapshot=${VV_ADVISORY_DB:-../shared/advisory-db}
 if [[ ! -d $snapshot/crates || ! -f $snapshot/SNAPSHOT ]]; then
-    echo "error: no RustSec advisory database snapshot at $snapshot" >&2
-    exit 1
+    echo "WARNING: no RustSec advisory database snapshot at $snapshot; advisories NOT checked" >&2
+    cargo deny --locked --offline check bans licenses sources
+    exit 0
 fi
 # `SNAPSHOT` holds "<commit> <date>" of the upstream database.
 read -r snapshot_commit snapshot_date <"$snapshot/SNAPSHOT"

@@ -101,12 +101,21 @@ fn is_key_failure(err: &Error) -> bool {
 }
 
 /// The storage deadline of a request that must finish by `deadline_unix_ms` (0: none).
+///
+/// Never later than the wall-clock deadline: the monotonic clock is read first and the time left
+/// is taken from the wall clock at full precision (not whole milliseconds, which would move the
+/// deadline up to a millisecond late), so a scan can never start after [`check_deadline`] would
+/// have refused it.
 pub(crate) fn storage_deadline(deadline_unix_ms: u64) -> storage::Deadline {
     if deadline_unix_ms == 0 {
         return storage::Deadline::none();
     }
-    let left = deadline_unix_ms.saturating_sub(now_ms());
-    storage::Deadline::at(std::time::Instant::now() + std::time::Duration::from_millis(left))
+    let mono = std::time::Instant::now();
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = std::time::Duration::from_millis(deadline_unix_ms).saturating_sub(since_epoch);
+    storage::Deadline::at(mono + left)
 }
 
 fn check_deadline(ctx: &Ctx<'_>) -> Result<()> {
@@ -340,4 +349,23 @@ fn upsert(ctx: &Ctx<'_>, req: api::UpsertRequest) -> Result<Answer> {
     }
     collection.upsert(points)?;
     Ok(Answer::Upsert(api::UpsertResponse { upserted: n_points }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The storage deadline has passed once the wall-clock deadline has: a request held until its
+    /// deadline can never start a scan or a delete.
+    #[test]
+    fn the_storage_deadline_is_never_later_than_the_wall_clock_one() {
+        for _ in 0..300 {
+            let at = now_ms() + 1;
+            let deadline = storage_deadline(at);
+            while now_ms() < at {
+                std::hint::spin_loop();
+            }
+            assert!(deadline.is_past(), "the wall-clock deadline passed, the storage one not");
+        }
+    }
 }

@@ -254,6 +254,17 @@ impl Coordinator {
                 .await;
         });
 
+        // Failed authentications are counted in memory and written as coalesced audit rows.
+        let flushing = CancellationToken::new();
+        let failure_rows = tokio::spawn(api::failures::flush_every(
+            api::failures::AUDIT_WINDOW,
+            flushing.clone(),
+            {
+                let service = service.clone();
+                Arc::new(move || service.flush_auth_failures())
+            },
+        ));
+
         tracing::info!(cluster_tls = hub.is_tls(), "coordinator serving");
         let mut failure = None;
         tokio::select! {
@@ -268,6 +279,10 @@ impl Coordinator {
             if let Err(err) = res.map_err(anyhow::Error::from).and_then(|r| r) {
                 tracing::error!(error = %err, "server failed while draining");
             }
+        }
+        flushing.cancel();
+        if let Err(err) = failure_rows.await {
+            tracing::error!(error = %err, "the failed-authentication writer failed");
         }
         internal.cancel();
         cluster.await.context("cluster listener")?;

@@ -881,3 +881,53 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(out))
     }
 }
+
+/// Failed authentications are coalesced: a run of failures from one address on one key id costs
+/// the store no row per request, and the export shows them as (at most a few) rows whose counts
+/// add up to every failure, over HTTP and gRPC alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_audited_as_counted_rows_not_one_row_each() {
+    let cluster =
+        Cluster::start_without_workers(1, |config| config.auth_failures.burst = 100_000).await;
+    let wrong = format!("vv_COUNTED1_{}", "C".repeat(32));
+    for _ in 0..150 {
+        let (status, _) = cluster
+            .http("GET", "/v1/collections", Some(&wrong), None)
+            .await;
+        assert_eq!(status, 401);
+    }
+    let mut client = PointsClient::new(cluster.grpc_channel().await);
+    for _ in 0..50 {
+        let refused = client
+            .count(with_key(
+                api::CountRequest {
+                    collection: "c".into(),
+                    filter: None,
+                },
+                &wrong,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/platform", None).await;
+    let rows: Vec<&Value> = export["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "auth.failure" && r["resource"] == "COUNTED1")
+        .collect();
+    let counted: u64 = rows
+        .iter()
+        .map(|r| r["details"]["count"].as_u64().expect("a count"))
+        .sum();
+    assert_eq!(counted, 200, "{rows:#?}");
+    // One window's row, or two if a periodic write fell in the middle of the run.
+    assert!(
+        rows.len() <= 2,
+        "{} rows for one address and key",
+        rows.len()
+    );
+    assert!(rows.iter().all(|r| r["actor"] == "peer:127.0.0.1"));
+    cluster.shutdown().await;
+}

@@ -365,7 +365,10 @@ mod tests {
             while now_ms() < at {
                 std::hint::spin_loop();
             }
-            assert!(deadline.is_past(), "the wall-clock deadline passed, the storage one not");
+            assert!(
+                deadline.is_past(),
+                "the wall-clock deadline passed, the storage one not"
+            );
         }
     }
 }

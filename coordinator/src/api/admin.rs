@@ -475,6 +475,9 @@ impl Service {
     pub fn export_chain(&self, chain: &str) -> Result<Export, ApiError> {
         if chain != PLATFORM_CHAIN {
             self.existing_or_deleted(chain)?;
+        } else {
+            // The export shows every failed authentication noticed so far.
+            self.flush_auth_failures();
         }
         self.audit(
             chain,

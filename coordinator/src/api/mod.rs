@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod failures;
 pub mod limit;
 pub mod validate;
 
@@ -50,6 +51,18 @@ struct TenantCache {
     generation: u64,
 }
 
+/// Runs `f`, which waits on the store, without holding up the other tasks of the runtime's
+/// thread: on the multi-threaded runtime they move to another thread while `f` blocks
+/// (`block_in_place`). On the current-thread runtime (some tests) it simply runs.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// The credential of an `authorization: Bearer <token>` value (the scheme is case-insensitive).
 pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -72,6 +85,8 @@ pub struct Service {
     rates: limit::Buckets<String>,
     auth_failures: crate::config::AuthFailureBudget,
     failures: limit::Buckets<IpAddr>,
+    /// Failed authentications not yet written to the audit chain.
+    failure_log: failures::FailureLog,
     /// Cached per tenant and shared, so a request's lookups clone a pointer, not strings.
     tenants: RwLock<TenantCache>,
     /// Runs once after the next store read of a tenant's state, before it is cached (tests hold a
@@ -127,6 +142,7 @@ impl Service {
             rates: limit::Buckets::new(100_000),
             auth_failures: parts.auth_failures,
             failures: limit::Buckets::new(100_000),
+            failure_log: failures::FailureLog::new(failures::MAX_ENTRIES),
             tenants: RwLock::new(TenantCache::default()),
             tenant_read_hook: parking_lot::Mutex::new(None),
             placing: tokio::sync::Mutex::new(()),
@@ -146,7 +162,7 @@ impl Service {
         // A client over its budget of failed attempts is refused before any lookup, so a flood of
         // random keys costs neither store queries nor audit rows.
         self.check_failure_budget(peer)?;
-        match self.auth.authenticate(presented) {
+        match off_runtime(|| self.auth.authenticate(presented)) {
             Ok(identity) => Ok(identity),
             Err(_) => {
                 // The key id of a well-formed key helps an operator; the secret never appears.
@@ -210,10 +226,12 @@ impl Service {
         Ok(())
     }
 
-    /// Spends one failure from the client's budget and writes the audit row (platform chain).
+    /// Spends one failure from the client's budget and counts it for the next coalesced audit row
+    /// (platform chain; see [`failures`]). Touches no store.
     pub(crate) fn record_auth_failure(&self, peer: Option<IpAddr>, resource: &str) {
         self.metrics.auth_failures.inc();
-        if let Some(ip) = peer.map(limit::client_bucket) {
+        let bucket = peer.map(limit::client_bucket);
+        if let Some(ip) = bucket {
             let _ = self.failures.take(
                 &ip,
                 self.auth_failures.per_second,
@@ -221,14 +239,24 @@ impl Service {
                 Instant::now(),
             );
         }
-        self.audit(
-            "platform",
-            &peer.map_or("unknown".into(), |ip| format!("peer:{ip}")),
-            "auth.failure",
-            resource,
-            "denied",
-            serde_json::json!({}),
-        );
+        let actor = bucket.map_or("unknown".into(), |ip| format!("peer:{ip}"));
+        self.failure_log.record(&actor, resource, now_ms());
+    }
+
+    /// Writes the failed authentications counted so far as `auth.failure` rows on the platform
+    /// chain, one per client address and resource with its count, in one transaction. Blocks on
+    /// the store: call it from a blocking thread (the coordinator does, every
+    /// [`failures::AUDIT_WINDOW`]). Rows that cannot be written are kept for the next call.
+    pub fn flush_auth_failures(&self) {
+        let drafts = self.failure_log.drain(now_ms());
+        if drafts.is_empty() {
+            return;
+        }
+        let n = drafts.len();
+        if let Err(err) = self.store.audit_many(admin::PLATFORM_CHAIN, drafts.clone()) {
+            tracing::error!(rows = n, error = %err, "writing failed-authentication rows failed; kept for the next try");
+            self.failure_log.restore(drafts);
+        }
     }
 
     /// Writes an audit row, logging (not failing) if it cannot: for events that are not themselves
@@ -263,13 +291,15 @@ impl Service {
             }
             cache.generation
         };
-        let row = self
-            .store
-            .tenant(tenant)
-            .map_err(ApiError::internal)?
+        let (row, placement) = off_runtime(|| {
+            let row = self.store.tenant(tenant)?;
+            let placement = self.store.placement(tenant)?;
+            Ok::<_, crate::store::Error>((row, placement))
+        })
+        .map_err(ApiError::internal)?;
+        let row = row
             .filter(|t| !t.deleted)
             .ok_or_else(ApiError::unauthenticated)?;
-        let placement = self.store.placement(tenant).map_err(ApiError::internal)?;
         let state = Arc::new(TenantState {
             tier: row.tier,
             placement,

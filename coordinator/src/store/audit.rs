@@ -140,6 +140,20 @@ impl Store {
         })
     }
 
+    /// Appends `drafts` to `chain` in one transaction (one fsync for all of them).
+    pub fn audit_many(&self, chain: &str, drafts: Vec<Draft>) -> Result<()> {
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            check_chain(tx, chain)?;
+            for draft in drafts {
+                self.append_in(tx, chain, draft)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Every row of `chain`, in seq order (the export, one JSON object per row).
     /// [`Error::Corrupt`] names a row that cannot be read back.
     pub fn export_chain(&self, chain: &str) -> Result<Vec<AuditRow>> {

@@ -25,7 +25,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::response::IntoResponse;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -177,19 +176,16 @@ impl Coordinator {
 
         let router = http::router(service.clone());
         let stop = public.clone();
+        let trusted = service.trusted_proxies().to_vec();
+        let http_listener =
+            net::LimitedListener::new(listeners.http, net::MAX_CONNECTIONS, net::HTTP_IDLE)
+                .per_address(net::MAX_CONNECTIONS_PER_ADDRESS, trusted.clone());
         servers.spawn(async move {
-            // Bounded connections, idle ones closed, TCP_NODELAY (net.rs).
-            // (`tap_io` only lends the wrapped listener axum's `ConnectInfo<SocketAddr>`.)
-            let listener =
-                net::LimitedListener::new(listeners.http, net::MAX_CONNECTIONS, net::HTTP_IDLE)
-                    .tap_io(|_| {});
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .context("http server")
+            // Bounded connections (per listener and per address), idle ones closed, request heads
+            // on a deadline, TCP_NODELAY (net.rs).
+            net::serve_http(http_listener, router, stop)
+                .await
+                .context("http server")
         });
 
         let grpc = grpc::Grpc::new(service.clone());
@@ -226,11 +222,14 @@ impl Coordinator {
                 )
                 .add_service(HealthServer::new(grpc))
                 .serve_with_incoming_shutdown(
-                    net::incoming(net::LimitedListener::new(
-                        listeners.grpc,
-                        net::MAX_CONNECTIONS,
-                        net::GRPC_IDLE,
-                    )),
+                    net::incoming(
+                        net::LimitedListener::new(
+                            listeners.grpc,
+                            net::MAX_CONNECTIONS,
+                            net::GRPC_IDLE,
+                        )
+                        .per_address(net::MAX_CONNECTIONS_PER_ADDRESS, trusted),
+                    ),
                     stop.cancelled_owned(),
                 )
                 .await

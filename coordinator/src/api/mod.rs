@@ -205,6 +205,11 @@ impl Service {
         Some(peer)
     }
 
+    /// The proxies whose `X-Forwarded-For` is believed (`[auth_failures] trusted_proxies`).
+    pub fn trusted_proxies(&self) -> &[IpAddr] {
+        &self.auth_failures.trusted_proxies
+    }
+
     /// Refuses a client whose budget of failed authentications is spent.
     pub(crate) fn check_failure_budget(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
         if let Some(ip) = peer.map(limit::client_bucket) {

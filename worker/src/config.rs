@@ -33,6 +33,9 @@ pub struct Config {
     /// Tenant requests running at once; one more is answered `ERROR_CODE_BUSY`. One tenant may
     /// hold `max_in_flight / (2 + other tenants with requests running)` of them, at least 1.
     pub max_in_flight: u32,
+    /// Requests of one tenant that run at once (each on a thread); the tenant's other admitted
+    /// requests wait for one of them to finish. Default: the number of cores.
+    pub max_running_per_tenant: u32,
     /// How often a heartbeat is sent.
     pub heartbeat_interval: Duration,
     /// Longest wait between reconnection attempts.
@@ -59,6 +62,7 @@ impl fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("memory_budget_bytes", &self.memory_budget_bytes)
             .field("max_in_flight", &self.max_in_flight)
+            .field("max_running_per_tenant", &self.max_running_per_tenant)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("reconnect_max_backoff", &self.reconnect_max_backoff)
             .field("limits", &self.limits)
@@ -130,6 +134,7 @@ struct RawConfig {
     data_dir: PathBuf,
     memory_budget_bytes: Option<u64>,
     max_in_flight: Option<u32>,
+    max_running_per_tenant: Option<u32>,
     heartbeat_interval: Option<RawDuration>,
     reconnect_max_backoff: Option<RawDuration>,
     #[serde(default)]
@@ -138,6 +143,11 @@ struct RawConfig {
 
 const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 1 << 30;
 const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
+
+/// One running request per core.
+pub(crate) fn default_running_per_tenant() -> u32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
+}
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -177,6 +187,9 @@ impl Config {
                 .memory_budget_bytes
                 .unwrap_or(DEFAULT_MEMORY_BUDGET_BYTES),
             max_in_flight: raw.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+            max_running_per_tenant: raw
+                .max_running_per_tenant
+                .unwrap_or_else(default_running_per_tenant),
             heartbeat_interval: match raw.heartbeat_interval {
                 Some(d) => d.parse("heartbeat_interval")?,
                 None => DEFAULT_HEARTBEAT,
@@ -239,6 +252,9 @@ impl Config {
         if self.max_in_flight == 0 {
             bail!("max_in_flight must be at least 1");
         }
+        if self.max_running_per_tenant == 0 {
+            bail!("max_running_per_tenant must be at least 1");
+        }
         let hour = Duration::from_secs(3600);
         if self.heartbeat_interval.is_zero() || self.heartbeat_interval > hour {
             bail!("heartbeat_interval must be positive and at most 1h");
@@ -283,6 +299,7 @@ impl Config {
             data_dir: data_dir.to_owned(),
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
             max_in_flight: 16,
+            max_running_per_tenant: 4,
             heartbeat_interval: Duration::from_secs(1),
             reconnect_max_backoff: Duration::from_millis(200),
             limits: storage::Limits {

@@ -114,6 +114,7 @@ pub async fn serve(
         jobs: JoinSet::new(),
         in_flight: 0,
         tenant_in_flight: HashMap::new(),
+        tenant_running: HashMap::new(),
         is_accounting: false,
         last_accounting: Instant::now(),
         generation: 0,
@@ -179,6 +180,11 @@ struct Worker {
     in_flight: u32,
     /// Of those, each tenant's (tenants with none are left out).
     tenant_in_flight: HashMap<TenantId, u32>,
+    /// Each tenant's permits to run on a blocking thread (`max_running_per_tenant`), kept while
+    /// the tenant has requests in flight. Requests beyond them wait, in order, on the tenant's
+    /// semaphore, not on a thread: one tenant's backlog never takes the CPU from another's
+    /// request.
+    tenant_running: HashMap<TenantId, Arc<tokio::sync::Semaphore>>,
     is_accounting: bool,
     last_accounting: Instant,
     /// Numbers connections; answers of an older one are dropped.
@@ -346,6 +352,7 @@ impl Worker {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.tenant_in_flight.remove(&tenant);
+                self.tenant_running.remove(&tenant);
             }
         }
     }

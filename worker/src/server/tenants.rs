@@ -154,10 +154,32 @@ impl Worker {
         let quota = assignment.quota;
         let config = self.config.clone();
         let counted_for = tenant.clone();
+        let running = self
+            .tenant_running
+            .entry(counted_for.clone())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(
+                    self.config.max_running_per_tenant.max(1) as usize,
+                ))
+            })
+            .clone();
+        let failed = Done::Reply {
+            generation,
+            request_id,
+            deadline_unix_ms,
+            counted_for: Some(counted_for.clone()),
+            frame: answer_frame(
+                request_id,
+                Err(Error::Internal("the request's task was lost".into())),
+            ),
+        };
         // Every request, however cheap it looks, runs on a blocking thread: a search the loop ran
         // itself (huge ef, a misjudged filter) would stop heartbeats, key-service answers and
-        // every other tenant's frames (INV-24). Straight there and back: two thread hand-offs.
-        self.jobs.spawn_blocking(move || {
+        // every other tenant's frames (INV-24). A tenant runs at most `max_running_per_tenant`
+        // requests at once (about one per core); the rest wait their turn on its semaphore, so a
+        // tenant with 32 heavy searches queued competes for the CPU with 2 threads, not 32, and
+        // another tenant's request starts at once on a thread of its own.
+        let job = move || {
             let _entered = span.enter();
             let started = std::time::Instant::now();
             let ctx = op::Ctx {
@@ -189,6 +211,17 @@ impl Worker {
                 deadline_unix_ms,
                 counted_for: Some(counted_for),
                 frame: answer_frame(request_id, result),
+            }
+        };
+        self.jobs.spawn(async move {
+            // The semaphore is never closed; without a permit the request still runs.
+            let _permit = running.acquire_owned().await.ok();
+            match tokio::task::spawn_blocking(job).await {
+                Ok(done) => done,
+                Err(err) => {
+                    tracing::error!(error = %err, "a tenant request's thread failed");
+                    failed
+                }
             }
         });
         None

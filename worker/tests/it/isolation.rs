@@ -130,6 +130,48 @@ async fn a_held_search_stops_neither_heartbeats_nor_other_tenants() {
     setup.stop().await;
 }
 
+/// A tenant runs at most `max_running_per_tenant` requests at once; the rest of its admitted
+/// requests wait for their turn without a thread, and another tenant's request runs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_runs_at_most_its_running_limit_and_the_rest_wait_their_turn() {
+    let (gate, mut entered) = Gate::new();
+    let hook = gate.hook(TENANT, "count");
+    let _open = OpenOnDrop(gate.clone());
+    let mut setup = Setup::with(4, |config| {
+        config.max_in_flight = 16;
+        config.max_running_per_tenant = 1;
+        config.request_hook = Some(hook);
+    })
+    .await;
+    other_tenant(&mut setup).await;
+    let conn = &mut setup.conn;
+    let bodies = (0..3)
+        .map(|_| tenant_request(TENANT, 1, count("docs", None)))
+        .collect();
+    let ids = conn.request_burst(bodies).await;
+    entered.recv().await.unwrap();
+    // The other tenant is answered while the first request is held and two wait behind it.
+    let Answer::Count(n) = conn.op_for(OTHER, 1, count("docs", None)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(n.count, 1);
+    conn.heartbeat().await;
+    let mut running_while_held = 1;
+    while entered.try_recv().is_ok() {
+        running_while_held += 1;
+    }
+    assert_eq!(running_while_held, 1, "requests beyond the limit ran");
+
+    gate.open();
+    for id in ids {
+        let Answer::Count(n) = answer(conn.reply(id).await).unwrap() else {
+            panic!()
+        };
+        assert_eq!(n.count, 4);
+    }
+    setup.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_whose_deadline_passes_while_it_runs_deletes_nothing() {
     let deadline = Arc::new(std::sync::atomic::AtomicU64::new(0));

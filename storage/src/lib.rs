@@ -28,6 +28,7 @@ pub mod error;
 pub mod filter;
 pub mod ids;
 pub mod index;
+pub mod logging;
 pub mod manifest;
 pub mod sealed;
 pub mod secure;

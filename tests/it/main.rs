@@ -12,6 +12,7 @@ mod request_log;
 mod routes;
 mod schema;
 mod search;
+mod secrets;
 mod tenancy;
 mod tls;
 mod validation;

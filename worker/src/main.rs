@@ -31,7 +31,10 @@ async fn main() -> anyhow::Result<()> {
     // First of all: no core dump and no same-user ptrace of the keys and plaintext we will hold.
     storage::process::forbid_core_dumps().context("prctl(PR_SET_DUMPABLE, 0)")?;
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in storage::logging::CAPPED_LOG_DIRECTIVES {
+        filter = filter.add_directive(directive.parse()?);
+    }
     // Colour only on a terminal: journald and log files get plain text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

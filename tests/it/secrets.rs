@@ -79,8 +79,7 @@ impl Logged {
             .status();
         let _ = self.child.wait().await;
         while self.lines.recv().await.is_some() {}
-        let text = self.text.lock().unwrap().clone();
-        text
+        self.text.lock().unwrap().clone()
     }
 }
 
@@ -177,7 +176,7 @@ async fn no_secret_reaches_a_log_line_an_answer_or_the_audit_chain() {
     };
 
     // Vector components no log line may show.
-    let vector = [0.864_209_75_f32, -0.357_913_58, 0.246_813_57, 0.975_318_64];
+    let vector = [0.864_209_7_f64, -0.357_913_6, 0.246_813_6, 0.975_318_6];
     call(
         "POST",
         "/v1/collections",
@@ -206,7 +205,7 @@ async fn no_secret_reaches_a_log_line_an_answer_or_the_audit_chain() {
         "POST",
         "/v1/collections/c/search",
         &demo_key,
-        Some(json!({"vector": [0.864_209_75, 1.0], "top_k": 2})),
+        Some(json!({"vector": [0.864_209_7, 1.0], "top_k": 2})),
     )
     .await;
     // The answer that creates a key shows its secret, once, by design; it is left out.

@@ -144,7 +144,7 @@ pub struct Secrets {
     /// HMAC key for API-key digests.
     pub pepper: Zeroizing<Vec<u8>>,
     /// Bearer token of the admin API.
-    pub admin_token: Zeroizing<String>,
+    pub admin_token: crate::auth::BearerToken,
     /// HMAC key of the audit chain.
     pub audit_key: Zeroizing<Vec<u8>>,
     /// Path of the root key file that wraps tenant KEKs (read by the key provider itself).
@@ -156,7 +156,7 @@ pub struct WorkerCredential {
     /// The worker's id.
     pub id: String,
     /// Its bearer token.
-    pub token: Zeroizing<String>,
+    pub token: crate::auth::BearerToken,
 }
 
 /// Addresses of the four listeners.
@@ -316,7 +316,9 @@ impl Config {
         let at = |p: &Path| base.join(p);
         let secrets = Secrets {
             pepper: read_secret(&at(&raw.secrets.pepper_file))?,
-            admin_token: read_secret_string(&at(&raw.secrets.admin_token_file))?,
+            admin_token: crate::auth::BearerToken::new(read_secret_string(&at(&raw
+                .secrets
+                .admin_token_file))?),
             audit_key: read_secret(&at(&raw.secrets.audit_key_file))?,
             root_key_file: at(&raw.secrets.root_key_file),
         };
@@ -335,7 +337,10 @@ impl Config {
                     w.id
                 );
             }
-            workers.push(WorkerCredential { id: w.id, token });
+            workers.push(WorkerCredential {
+                id: w.id,
+                token: crate::auth::BearerToken::new(token),
+            });
         }
         let cluster_tls = match &raw.cluster_tls {
             Some(tls) => Some(ClusterTls::load(&at(&tls.cert_file), &at(&tls.key_file))?),
@@ -433,7 +438,9 @@ impl Config {
             },
             secrets: Secrets {
                 pepper: Zeroizing::new(vec![7u8; 32]),
-                admin_token: Zeroizing::new("test-admin-token-0123456789abcdefghij".to_owned()),
+                admin_token: crate::auth::BearerToken::new(Zeroizing::new(
+                    "test-admin-token-0123456789abcdefghij".to_owned(),
+                )),
                 audit_key: Zeroizing::new(vec![9u8; 32]),
                 root_key_file: dir.join("root.key"),
             },
@@ -441,7 +448,7 @@ impl Config {
                 .iter()
                 .map(|(id, token)| WorkerCredential {
                     id: (*id).to_owned(),
-                    token: Zeroizing::new((*token).to_owned()),
+                    token: crate::auth::BearerToken::new(Zeroizing::new((*token).to_owned())),
                 })
                 .collect(),
             default_tier: "pro".to_owned(),

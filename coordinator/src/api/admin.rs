@@ -145,7 +145,7 @@ impl Service {
         peer: Option<std::net::IpAddr>,
     ) -> Result<(), ApiError> {
         let presented = presented.unwrap_or("").as_bytes();
-        if crate::auth::tokens_match(presented, self.admin_token.as_bytes()) {
+        if self.admin_token.matches(presented) {
             return Ok(());
         }
         self.check_failure_budget(peer)?;

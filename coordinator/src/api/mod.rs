@@ -78,7 +78,7 @@ pub struct Service {
     pub(crate) keys: Arc<LocalKeyService>,
     pub(crate) tiers: BTreeMap<String, Tier>,
     pub(crate) default_tier: String,
-    pub(crate) admin_token: zeroize::Zeroizing<String>,
+    pub(crate) admin_token: crate::auth::BearerToken,
     pub(crate) metrics: Metrics,
     pub(crate) limits: Limits,
     request_timeout: Duration,
@@ -110,7 +110,7 @@ pub struct Parts {
     /// Tier of new tenants.
     pub default_tier: String,
     /// Admin bearer token.
-    pub admin_token: zeroize::Zeroizing<String>,
+    pub admin_token: crate::auth::BearerToken,
     /// Deadline of routed requests.
     pub request_timeout: Duration,
     /// Metrics registry.

@@ -27,5 +27,34 @@ pub fn tokens_match(presented: &[u8], expected: &[u8]) -> bool {
     bool::from(presented.as_slice().ct_eq(expected.as_slice()))
 }
 
+/// A bearer token the coordinator expects (the admin token, a worker's token). Zeroized on drop,
+/// with no `Debug`, `Display`, `Serialize` or `PartialEq`: it can be neither printed nor compared
+/// except in constant time by [`BearerToken::matches`] (INV-08, INV-10; the assertions in
+/// `auth/tests.rs` stop the build if one is derived).
+#[derive(Clone)]
+pub struct BearerToken(zeroize::Zeroizing<String>);
+
+impl BearerToken {
+    /// Wraps an expected token.
+    pub fn new(token: zeroize::Zeroizing<String>) -> BearerToken {
+        BearerToken(token)
+    }
+
+    /// Whether `presented` is this token, in constant time ([`tokens_match`]).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        tokens_match(presented, self.0.as_bytes())
+    }
+
+    /// The token's length in bytes (configuration checks its minimum).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the token is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -199,6 +199,7 @@ fn a_short_pepper_is_refused() {
 // Secrets cannot be printed or compared by accident.
 static_assertions::assert_not_impl_any!(Pepper: std::fmt::Debug, std::fmt::Display, PartialEq, Clone);
 static_assertions::assert_not_impl_any!(NewKey: std::fmt::Debug, std::fmt::Display, PartialEq, Clone);
+static_assertions::assert_not_impl_any!(super::BearerToken: std::fmt::Debug, std::fmt::Display, serde::Serialize, PartialEq);
 
 proptest! {
     #[test]

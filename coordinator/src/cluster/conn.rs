@@ -131,13 +131,13 @@ impl Hub {
             .as_bytes();
         // Compare against a token even for unknown ids, so timing says nothing about which ids exist.
         let dummy = [0u8; 32];
-        let expected = self
-            .credentials
-            .get(&worker)
-            .map(|t| t.as_bytes())
-            .unwrap_or(&dummy);
-        let ok = crate::auth::tokens_match(presented, expected)
-            && self.credentials.contains_key(&worker);
+        let ok = match self.credentials.get(&worker) {
+            Some(token) => token.matches(presented),
+            None => {
+                let _ = crate::auth::tokens_match(presented, &dummy);
+                false
+            }
+        };
         if !ok {
             return Err((401, "invalid worker credentials"));
         }

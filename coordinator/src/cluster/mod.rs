@@ -25,7 +25,6 @@ use storage::crypto::LocalKeyService;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use zeroize::Zeroizing;
 
 use crate::api::error::{ApiError, Code};
 use crate::store::Store;
@@ -151,7 +150,7 @@ impl Drop for TenantSlot<'_> {
 /// The connected workers and the key service they use.
 pub struct Hub {
     workers: RwLock<HashMap<String, Arc<WorkerConn>>>,
-    credentials: HashMap<String, Zeroizing<String>>,
+    credentials: HashMap<String, crate::auth::BearerToken>,
     store: Arc<Store>,
     keys: Arc<LocalKeyService>,
     max_in_flight: usize,
@@ -173,7 +172,7 @@ pub struct Hub {
 impl Hub {
     /// A hub admitting the given workers (id, token).
     pub fn new(
-        credentials: HashMap<String, Zeroizing<String>>,
+        credentials: HashMap<String, crate::auth::BearerToken>,
         store: Arc<Store>,
         keys: Arc<LocalKeyService>,
         max_in_flight: usize,

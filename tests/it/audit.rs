@@ -306,6 +306,78 @@ async fn an_admin_operation_whose_audit_row_fails_does_not_happen() {
     cluster.shutdown().await;
 }
 
+/// INV-18: a deletion whose key destruction fails has still committed (the tenant serves
+/// nothing from then on), answers an error, and finishes when run again, audited as
+/// `tenant.erase`. The failure is injected by a directory where the erasure writes its scratch
+/// file. (The keys used to be destroyed first, so a failure there left the tenant fully alive.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_whose_key_destruction_fails_finishes_when_run_again() {
+    let cluster = Cluster::start(1).await;
+    let key = cluster.tenant("halfway", None).await;
+    let (s, _) = cluster
+        .http(
+            "POST",
+            "/v1/collections",
+            Some(&key),
+            Some(json!({"name": "c", "dim": 2, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let keks = cluster.dir().join("coordinator/keks");
+    let kek_file = keks.join("halfway.keks");
+    assert!(kek_file.exists());
+    let blocker = keks.join("halfway.keks.erase");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("x"), b"x").unwrap();
+
+    let (s, v) = cluster
+        .admin("DELETE", "/admin/v1/tenants/halfway", None)
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("run the deletion again"),
+        "{v}"
+    );
+    // Deleted already: its key is refused, though its KEK file is still there.
+    let (s, _) = cluster
+        .http("GET", "/v1/collections/c", Some(&key), None)
+        .await;
+    assert_eq!(s, 401);
+    assert!(kek_file.exists());
+
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let (s, v) = cluster
+        .admin("DELETE", "/admin/v1/tenants/halfway", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!kek_file.exists(), "the KEKs are destroyed");
+    let (s, _) = cluster
+        .admin("DELETE", "/admin/v1/tenants/halfway", None)
+        .await;
+    assert_eq!(s, 404, "a finished erasure is not found again");
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/halfway", None).await;
+    let actions: Vec<&str> = export["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "tenant.delete").count(),
+        1,
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| **a == "tenant.erase").count(),
+        1,
+        "{actions:?}"
+    );
+    cluster.shutdown().await;
+}
+
 /// A tenant id the store refuses leaves no key file behind (the KEK used to be written first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_tenant_id_leaves_no_key_file() {

@@ -32,6 +32,11 @@ pub struct Tier {
     pub burst: u32,
     /// Largest request body in bytes (HTTP body or gRPC message).
     pub max_body_bytes: usize,
+    /// Requests one tenant of the tier may have in flight through the coordinator at once; one
+    /// more is answered 429 at once. 0 (the default): `max_in_flight_per_tenant`. Never more than
+    /// `max_in_flight_per_worker`.
+    #[serde(default)]
+    pub max_in_flight: usize,
 }
 
 impl Tier {
@@ -415,6 +420,7 @@ impl Config {
                 requests_per_second: 5.0,
                 burst: 10,
                 max_body_bytes: 256 * 1024,
+                max_in_flight: 0,
             },
         );
         tiers.insert(
@@ -426,6 +432,7 @@ impl Config {
                 requests_per_second: 100_000.0,
                 burst: 100_000,
                 max_body_bytes: 64 << 20,
+                max_in_flight: 0,
             },
         );
         Config {

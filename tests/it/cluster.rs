@@ -459,15 +459,16 @@ async fn an_oversize_answer_fails_its_request_and_the_connection_stays_up() {
     assert_eq!(fake.await.unwrap(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_over_its_in_flight_share_is_refused_and_others_keep_getting_through() {
-    let cluster = Cluster::start_without_workers(1, |config| {
-        config.max_in_flight_per_worker = 4;
-        config.max_in_flight_per_tenant = 2;
-    })
-    .await;
+/// Connects a fake worker-0 that parks every request of tenant `noisy` (each parked request is
+/// sent on the channel) and answers the others at once; the task returns how many it parked.
+async fn parking_worker(
+    cluster: &Cluster,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::task::JoinHandle<usize>,
+) {
     let mut ws = dial(
-        &cluster,
+        cluster,
         "worker-0",
         "worker-token-0-0123456789abcdefghijklmnop",
     )
@@ -475,8 +476,7 @@ async fn a_tenant_over_its_in_flight_share_is_refused_and_others_keep_getting_th
     .expect("valid token");
     say_hello(&mut ws, "worker-0", 4).await;
     cluster.hub().wait_for_worker("worker-0").await;
-    // A fake worker that parks every request of tenant `noisy` and answers `quiet` at once.
-    let (parked_tx, mut parked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (parked_tx, parked_rx) = tokio::sync::mpsc::unbounded_channel();
     let fake = tokio::spawn(async move {
         let mut parked = Vec::new();
         while let Some(Ok(message)) = ws.next().await {
@@ -507,6 +507,69 @@ async fn a_tenant_over_its_in_flight_share_is_refused_and_others_keep_getting_th
         }
         parked.len()
     });
+    (parked_rx, fake)
+}
+
+/// A tier's `max_in_flight` bounds its tenants' requests in flight below the coordinator's
+/// per-tenant bound; tenants of other tiers keep the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiers_in_flight_bound_applies_to_its_tenants() {
+    let cluster = Cluster::start_without_workers(1, |config| {
+        config.max_in_flight_per_worker = 8;
+        config.max_in_flight_per_tenant = 4;
+        let mut small = config.tiers["pro"].clone();
+        small.max_in_flight = 1;
+        config.tiers.insert("small".into(), small);
+    })
+    .await;
+    let (mut parked_rx, fake) = parking_worker(&cluster).await;
+    let noisy = cluster.tenant("noisy", Some("small")).await;
+    let quiet = cluster.tenant("quiet", None).await;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let url = cluster.url("/v1/collections");
+        let key = noisy.clone();
+        requests.spawn(async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        });
+    }
+    let (mut parked, mut refused) = (0, Vec::new());
+    while parked + refused.len() < 3 {
+        tokio::select! {
+            Some(()) = parked_rx.recv() => parked += 1,
+            Some(done) = requests.join_next() => refused.push(done.unwrap()),
+        }
+    }
+    assert_eq!(parked, 1, "the tier allows one request in flight");
+    for (status, body) in &refused {
+        assert_eq!(*status, 429, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("at most 1"), "{body}");
+    }
+    let (s, v) = cluster
+        .http("GET", "/v1/collections", Some(&quiet), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    requests.abort_all();
+    cluster.shutdown().await;
+    assert_eq!(fake.await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_in_flight_share_is_refused_and_others_keep_getting_through() {
+    let cluster = Cluster::start_without_workers(1, |config| {
+        config.max_in_flight_per_worker = 4;
+        config.max_in_flight_per_tenant = 2;
+    })
+    .await;
+    let (mut parked_rx, fake) = parking_worker(&cluster).await;
     let noisy = cluster.tenant("noisy", None).await;
     let quiet = cluster.tenant("quiet", None).await;
 

@@ -471,14 +471,19 @@ impl Service {
                 )
                 .await?;
         }
-        let body = cluster::envelope::Body::TenantRequest(cluster::TenantRequest {
+        let request = cluster::TenantRequest {
             tenant: tenant.to_owned(),
             epoch: placement.epoch,
             op: Some(op),
-        });
+        };
         match self
             .hub
-            .request(&placement.worker, body, self.request_timeout)
+            .tenant_request(
+                &placement.worker,
+                request,
+                self.request_timeout,
+                tier.map_or(0, |t| t.max_in_flight),
+            )
             .await?
         {
             cluster::envelope::Body::TenantResponse(r) => r

@@ -104,7 +104,10 @@ impl WorkerConn {
 /// cannot take every slot of its worker.
 struct TenantSlots {
     counts: Mutex<HashMap<String, usize>>,
+    /// A tenant's bound unless its tier sets one.
     max: usize,
+    /// The most any tier may set (the per-worker bound).
+    max_cap: usize,
 }
 
 /// One tenant request in flight; gives its slot back when dropped.
@@ -114,15 +117,19 @@ struct TenantSlot<'a> {
 }
 
 impl TenantSlots {
-    fn take(&self, tenant: &str) -> Result<TenantSlot<'_>, ApiError> {
+    /// A slot of `tenant`, which may hold `max` (0: the hub's bound).
+    fn take(&self, tenant: &str, max: usize) -> Result<TenantSlot<'_>, ApiError> {
+        let max = match max {
+            0 => self.max,
+            n => n.min(self.max_cap),
+        };
         let mut counts = self.counts.lock();
         let count = counts.entry(tenant.to_owned()).or_insert(0);
-        if *count >= self.max {
+        if *count >= max {
             return Err(ApiError {
                 code: Code::ResourceExhausted,
                 message: format!(
-                    "too many requests in flight for this tenant (at most {}); retry when some have finished",
-                    self.max
+                    "too many requests in flight for this tenant (at most {max}); retry when some have finished",
                 ),
                 retry_after: Some(Duration::from_secs(1)),
             });
@@ -187,6 +194,7 @@ impl Hub {
             tenant_slots: TenantSlots {
                 counts: Mutex::new(HashMap::new()),
                 max: max_in_flight,
+                max_cap: max_in_flight,
             },
             heartbeat_timeout,
             reconciliations: AtomicU64::new(0),
@@ -298,7 +306,21 @@ impl Hub {
         timeout: Duration,
     ) -> Result<cluster::envelope::Body, ApiError> {
         let conn = self.connected_worker(worker)?;
-        self.request_on(&conn, body, timeout).await
+        self.request_on(&conn, body, timeout, 0).await
+    }
+
+    /// As [`Hub::request`], for a tenant request whose tenant may hold `tenant_max` requests in
+    /// flight (its tier's `max_in_flight`; 0: the hub's per-tenant bound).
+    pub async fn tenant_request(
+        &self,
+        worker: &str,
+        request: cluster::TenantRequest,
+        timeout: Duration,
+        tenant_max: usize,
+    ) -> Result<cluster::envelope::Body, ApiError> {
+        let conn = self.connected_worker(worker)?;
+        let body = cluster::envelope::Body::TenantRequest(request);
+        self.request_on(&conn, body, timeout, tenant_max).await
     }
 
     fn connected_worker(&self, worker: &str) -> Result<Arc<WorkerConn>, ApiError> {
@@ -316,9 +338,12 @@ impl Hub {
         conn: &Arc<WorkerConn>,
         body: cluster::envelope::Body,
         timeout: Duration,
+        tenant_max: usize,
     ) -> Result<cluster::envelope::Body, ApiError> {
         let _slot = match &body {
-            cluster::envelope::Body::TenantRequest(r) => Some(self.tenant_slots.take(&r.tenant)?),
+            cluster::envelope::Body::TenantRequest(r) => {
+                Some(self.tenant_slots.take(&r.tenant, tenant_max)?)
+            }
             _ => None,
         };
         let _permit = conn
@@ -373,7 +398,7 @@ impl Hub {
             quota: Some(quota),
         });
         let conn = self.connected_worker(worker)?;
-        match self.request_on(&conn, body, timeout).await? {
+        match self.request_on(&conn, body, timeout, 0).await? {
             cluster::envelope::Body::Ack(_) => {
                 conn.assigned.lock().insert(tenant.to_owned(), epoch);
                 Ok(())
@@ -399,7 +424,7 @@ impl Hub {
             epoch,
         });
         conn.releasing.lock().insert(tenant.to_owned());
-        let answer = self.request_on(&conn, body, timeout).await;
+        let answer = self.request_on(&conn, body, timeout, 0).await;
         conn.forget_assignment(tenant);
         conn.releasing.lock().remove(tenant);
         if let Err(err) = answer {

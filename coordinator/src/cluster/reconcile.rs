@@ -76,7 +76,7 @@ impl Hub {
                 tenant: tenant.clone(),
                 epoch: 0,
             });
-            match self.request_on(&conn, release, STEP_TIMEOUT).await {
+            match self.request_on(&conn, release, STEP_TIMEOUT, 0).await {
                 Ok(Body::Ack(_)) => unloaded.push(tenant.clone()),
                 other => {
                     tracing::warn!(worker = %conn.id, tenant, answer = ?other.err(), "unloading an unplaced tenant failed")
@@ -120,7 +120,7 @@ impl Hub {
             epoch,
             quota: Some(cluster::TenantQuota::default()),
         });
-        match self.request_on(conn, assign, STEP_TIMEOUT).await {
+        match self.request_on(conn, assign, STEP_TIMEOUT, 0).await {
             Ok(Body::Ack(_)) => {}
             other => return Err(format!("assignment: {other:?}")),
         }
@@ -131,12 +131,12 @@ impl Hub {
                 cluster::EraseTenant {},
             )),
         });
-        let erased = self.request_on(conn, erase, STEP_TIMEOUT).await;
+        let erased = self.request_on(conn, erase, STEP_TIMEOUT, 0).await;
         let release = Body::ReleaseTenant(cluster::ReleaseTenant {
             tenant: tenant.to_owned(),
             epoch,
         });
-        let _ = self.request_on(conn, release, STEP_TIMEOUT).await;
+        let _ = self.request_on(conn, release, STEP_TIMEOUT, 0).await;
         match erased {
             Ok(Body::TenantResponse(_)) => Ok(()),
             other => Err(format!("erasure: {other:?}")),

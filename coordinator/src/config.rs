@@ -24,6 +24,10 @@ pub struct Tier {
     pub max_collections: u32,
     /// Most live points over all collections.
     pub max_points: u64,
+    /// Most bytes the live points of all collections occupy, 0 for no limit: per point its vector
+    /// (4 bytes a component), id and payload, as the worker's memory budget counts them. An upsert
+    /// that would grow the tenant past it is refused (an overwrite that does not grow it is not).
+    pub max_stored_bytes: u64,
     /// Largest vector dimension of a collection.
     pub max_dim: u32,
     /// Sustained requests per second.
@@ -49,6 +53,13 @@ impl Tier {
         }
         if self.max_dim > 4096 {
             bail!("tier {name}: max_dim is at most 4096");
+        }
+        let one_vector = u64::from(self.max_dim) * 4;
+        if self.max_stored_bytes != 0 && self.max_stored_bytes < one_vector {
+            bail!(
+                "tier {name}: max_stored_bytes must be 0 (no limit) or at least one vector of \
+                 max_dim, {one_vector} bytes"
+            );
         }
         Ok(())
     }
@@ -416,6 +427,7 @@ impl Config {
             Tier {
                 max_collections: 3,
                 max_points: 1_000,
+                max_stored_bytes: 64 << 20,
                 max_dim: 256,
                 requests_per_second: 5.0,
                 burst: 10,
@@ -428,6 +440,7 @@ impl Config {
             Tier {
                 max_collections: 100,
                 max_points: 10_000_000,
+                max_stored_bytes: 0,
                 max_dim: 4096,
                 requests_per_second: 100_000.0,
                 burst: 100_000,

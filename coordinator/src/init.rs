@@ -85,6 +85,7 @@ token_file = "secrets/worker-1.token"
 [tiers.free]
 max_collections = 10
 max_points = 1000000
+max_stored_bytes = 1073741824
 max_dim = 4096
 requests_per_second = 1000.0
 burst = 2000
@@ -93,6 +94,7 @@ max_body_bytes = 33554432
 [tiers.pro]
 max_collections = 1000
 max_points = 100000000
+max_stored_bytes = 68719476736
 max_dim = 4096
 requests_per_second = 100000.0
 burst = 100000

@@ -657,6 +657,7 @@ async fn a_request_racing_a_pause_cannot_reload_the_paused_tenant() {
     let quota = wire::TenantQuota {
         max_points: 1000,
         max_collections: 10,
+        max_stored_bytes: 0,
     };
     let served = match hub
         .assign(&worker, "paused-race", old_epoch, quota, timeout)

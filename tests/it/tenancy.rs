@@ -182,3 +182,100 @@ async fn a_cursor_of_another_tenant_reads_only_your_own_points() {
     );
     cluster.shutdown().await;
 }
+
+/// A point of dim 3 with about 8 KB of payload.
+fn heavy(id: u64) -> Value {
+    json!({"id": id, "vector": [id as f32, 1.0, 0.0], "payload": {"pad": "x".repeat(8_000)}})
+}
+
+/// A tenant whose tier allows 40,000 stored bytes (about four 8 KB points) is refused once full,
+/// over HTTP with the same 429 as a points quota; a tenant of another tier on the same worker
+/// keeps writing and searching; overwrites, deletes and a tier change behave as the quota says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_quota_refuses_a_full_tenant_and_leaves_its_neighbour_alone() {
+    let mut cluster = Cluster::start_without_workers(1, |config| {
+        let mut small = config.tiers["pro"].clone();
+        small.max_stored_bytes = 40_000;
+        config.tiers.insert("small".into(), small);
+    })
+    .await;
+    cluster.start_worker(0).await;
+    let full = cluster.tenant("full", Some("small")).await;
+    let neighbour = cluster.tenant("neighbour", None).await;
+    for key in [&full, &neighbour] {
+        let (s, v) = cluster
+            .http(
+                "POST",
+                "/v1/collections",
+                Some(key),
+                Some(json!({"name": "docs", "dim": 3, "metric": "l2"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let put = |key: &str, points: Vec<Value>| {
+        let key = key.to_owned();
+        let cluster = &cluster;
+        async move {
+            cluster
+                .http(
+                    "PUT",
+                    "/v1/collections/docs/points",
+                    Some(&key),
+                    Some(json!({ "points": points })),
+                )
+                .await
+        }
+    };
+    let (s, v) = put(&full, (1..=4).map(heavy).collect()).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = put(&full, vec![heavy(5)]).await;
+    assert_eq!(s, 429, "{v}");
+    assert_eq!(v["error"]["code"], "resource_exhausted", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("quota of 40000 bytes"), "{message}");
+
+    // The neighbour stores ten times as much and searches, undisturbed.
+    let (s, v) = put(&neighbour, (1..=40).map(heavy).collect()).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = cluster
+        .http(
+            "POST",
+            "/v1/collections/docs/points/search",
+            Some(&neighbour),
+            Some(json!({"vector": [40.0, 1.0, 0.0], "top_k": 1})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["points"][0]["id"], 40, "{v}");
+
+    // The full tenant may still overwrite what it has; a delete makes room.
+    let (s, v) = put(&full, vec![heavy(2)]).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = cluster
+        .http(
+            "POST",
+            "/v1/collections/docs/points/delete",
+            Some(&full),
+            Some(json!({"ids": [1]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = put(&full, vec![heavy(5)]).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = put(&full, vec![heavy(6)]).await;
+    assert_eq!(s, 429);
+
+    // A tier without a byte quota lifts it.
+    let (s, v) = cluster
+        .admin(
+            "PUT",
+            "/admin/v1/tenants/full/tier",
+            Some(json!({"tier": "pro"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = put(&full, vec![heavy(6)]).await;
+    assert_eq!(s, 200, "{v}");
+    cluster.shutdown().await;
+}

@@ -591,3 +591,135 @@ async fn a_path_with_invalid_utf8_gets_the_json_error_body() {
     }
     cluster.shutdown().await;
 }
+
+/// HNSW parameters out of storage's ranges are a 400 from the coordinator itself, over HTTP and
+/// gRPC: with no worker connected, values at the edges of the ranges get as far as routing
+/// (503, no worker), values past them never leave the coordinator (400, naming the range).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_parameters_out_of_range_are_refused_before_any_worker() {
+    use proto::vaultvec::v1::collections_client::CollectionsClient;
+    let cluster = Cluster::start_without_workers(1, |_| {}).await;
+    let key = cluster.tenant("hnsw-params", None).await;
+    // (m, ef_construction, ef, the range named in the refusal, or None when it is in range)
+    type Case = (Option<u32>, Option<u32>, Option<u32>, Option<&'static str>);
+    let cases: Vec<Case> = vec![
+        (Some(2), Some(4), Some(1), None),
+        (Some(64), Some(1024), Some(4096), None),
+        (Some(64), Some(64), None, None),
+        (Some(1), None, None, Some("m 1 is outside 2..=64")),
+        (Some(0), None, None, Some("m 0 is outside 2..=64")),
+        (Some(65), None, None, Some("m 65 is outside 2..=64")),
+        (Some(4_000_000), None, None, Some("outside 2..=64")),
+        (
+            None,
+            Some(3),
+            None,
+            Some("ef_construction 3 is outside 16..=1024"),
+        ),
+        (
+            None,
+            Some(1025),
+            None,
+            Some("ef_construction 1025 is outside"),
+        ),
+        (
+            Some(32),
+            Some(31),
+            None,
+            Some("ef_construction 31 is outside 32..=1024"),
+        ),
+        (None, None, Some(0), Some("ef 0 is outside 1..=4096")),
+        (None, None, Some(4097), Some("ef 4097 is outside 1..=4096")),
+    ];
+    let channel = cluster.grpc_channel().await;
+    let mut grpc = CollectionsClient::new(channel);
+    for (m, ef_construction, ef, refusal) in cases {
+        let case = format!("m {m:?}, ef_construction {ef_construction:?}, ef {ef:?}");
+        let (s, v) = cluster
+            .http(
+                "POST",
+                "/v1/collections",
+                Some(&key),
+                Some(json!({"name": "c", "dim": 3, "metric": "l2",
+                            "m": m, "ef_construction": ef_construction, "ef": ef})),
+            )
+            .await;
+        let status = grpc
+            .create_collection(with_key(
+                api::CreateCollectionRequest {
+                    name: "c".into(),
+                    config: Some(api::CollectionConfig {
+                        dim: 3,
+                        metric: api::Metric::L2 as i32,
+                        m,
+                        ef_construction,
+                        ef,
+                    }),
+                },
+                &key,
+            ))
+            .await
+            .expect_err("no worker, so nothing succeeds");
+        match refusal {
+            None => {
+                assert_eq!(s, 503, "{case}: {v}");
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::Unavailable,
+                    "{case}: {status:?}"
+                );
+            }
+            Some(range) => {
+                assert_eq!(s, 400, "{case}: {v}");
+                assert_eq!(v["error"]["code"], "invalid_argument", "{case}: {v}");
+                let message = v["error"]["message"].as_str().unwrap();
+                assert!(message.contains(range), "{case}: {message}");
+                assert_eq!(status.code(), tonic::Code::InvalidArgument, "{case}");
+                assert_eq!(status.message(), message, "{case}");
+            }
+        }
+    }
+    // A search's ef, alone and in a batch, the same way.
+    let mut points = PointsClient::new(cluster.grpc_channel().await);
+    for (ef, refusal) in [
+        (1, None),
+        (4096, None),
+        (0, Some("ef 0")),
+        (4097, Some("ef 4097")),
+    ] {
+        let search = json!({"vector": [1.0, 0.0, 0.0], "top_k": 1, "ef": ef});
+        let batch = json!({ "searches": [search.clone()] });
+        for (path, body) in [("search", search), ("search/batch", batch)] {
+            let path = format!("/v1/collections/c/points/{path}");
+            let (s, v) = cluster.http("POST", &path, Some(&key), Some(body)).await;
+            match refusal {
+                None => assert_eq!(s, 503, "{path} ef {ef}: {v}"),
+                Some(named) => {
+                    assert_eq!(s, 400, "{path} ef {ef}: {v}");
+                    let message = v["error"]["message"].as_str().unwrap();
+                    assert!(message.contains(named), "{message}");
+                    assert!(message.contains("outside 1..=4096"), "{message}");
+                }
+            }
+        }
+        let status = points
+            .search(with_key(
+                api::SearchRequest {
+                    collection: "c".into(),
+                    vector: vec![1.0, 0.0, 0.0],
+                    top_k: 1,
+                    ef: Some(ef),
+                    ..Default::default()
+                },
+                &key,
+            ))
+            .await
+            .expect_err("no worker, so nothing succeeds");
+        let expected = match refusal {
+            None => tonic::Code::Unavailable,
+            Some(_) => tonic::Code::InvalidArgument,
+        };
+        assert_eq!(status.code(), expected, "ef {ef}: {status:?}");
+    }
+    cluster.shutdown().await;
+}

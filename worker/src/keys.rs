@@ -7,7 +7,7 @@
 //! buffers that carried them are zeroized.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -51,21 +51,24 @@ impl Link {
         *self.conn.lock() = None;
     }
 
-    /// Hands an answer to the caller waiting for `request_id`. Gives the body back when nobody waits.
+    /// Hands an answer to the caller waiting for `request_id`. Gives the body back when nobody
+    /// takes it (nobody waits, or the caller gave up), with any DEK in it zeroed.
     pub(crate) fn deliver(&self, request_id: u64, body: Body) -> Option<Body> {
         let waiter = self
             .conn
             .lock()
             .as_mut()
             .and_then(|conn| conn.pending.remove(&request_id));
-        match waiter {
-            // A full or closed channel means the caller gave up (timeout); dropping is right.
-            Some(waiter) => {
-                let _ = waiter.try_send(body);
-                None
-            }
-            None => Some(body),
-        }
+        let mut unclaimed = match waiter {
+            // A full or closed channel means the caller gave up (timeout).
+            Some(waiter) => match waiter.try_send(body) {
+                Ok(()) => return None,
+                Err(TrySendError::Full(body) | TrySendError::Disconnected(body)) => body,
+            },
+            None => body,
+        };
+        wipe_dek(&mut unclaimed);
+        Some(unclaimed)
     }
 
     /// Sends `body` as a request and waits for the answer.
@@ -139,6 +142,15 @@ fn refused(body: Body) -> storage::Error {
             storage::Error::Key("the key service sent an unexpected answer".into())
         }
         _ => storage::Error::Key("the key service sent an unexpected answer".into()),
+    }
+}
+
+/// Zeroes the DEK of a key answer in place.
+fn wipe_dek(body: &mut Body) {
+    match body {
+        Body::GenerateDataKeyResponse(r) => r.data_key.as_mut_slice().zeroize(),
+        Body::DecryptDataKeyResponse(r) => r.data_key.as_mut_slice().zeroize(),
+        _ => {}
     }
 }
 
@@ -223,5 +235,54 @@ impl KeyService for RemoteKeyService {
             Body::KekVersionResponse(resp) => Ok(resp.kek_version),
             other => Err(refused(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dek_answer() -> Body {
+        Body::DecryptDataKeyResponse(cluster::DecryptDataKeyResponse {
+            data_key: vec![0xA5; 32],
+        })
+    }
+
+    fn dek_of(body: &Body) -> &[u8] {
+        match body {
+            Body::DecryptDataKeyResponse(r) => &r.data_key,
+            Body::GenerateDataKeyResponse(r) => &r.data_key,
+            other => panic!("not a key answer: {other:?}"),
+        }
+    }
+
+    /// A key answer that nobody takes (its caller timed out, or it came from before a reconnect)
+    /// is handed back with its DEK zeroed, never dropped or logged with it.
+    #[test]
+    fn an_unclaimed_key_answer_comes_back_wiped() {
+        let link = Link::default();
+        let (outbound, _frames) = tokio::sync::mpsc::unbounded_channel();
+        link.attach(outbound);
+        // Nobody waits for request 5.
+        let back = link.deliver(5, dek_answer()).expect("handed back");
+        assert_eq!(dek_of(&back), &[0u8; 32]);
+        // The caller of request 6 gave up: its receiver is gone.
+        let (tx, rx) = sync_channel(1);
+        link.conn.lock().as_mut().unwrap().pending.insert(6, tx);
+        drop(rx);
+        let back = link.deliver(6, dek_answer()).expect("handed back");
+        assert_eq!(dek_of(&back), &[0u8; 32]);
+        let generated = Body::GenerateDataKeyResponse(cluster::GenerateDataKeyResponse {
+            data_key: vec![0xA5; 32],
+            kek_version: 1,
+            wrapped_data_key: vec![1; 60],
+        });
+        let back = link.deliver(7, generated).expect("handed back");
+        assert_eq!(dek_of(&back), &[0u8; 32]);
+        // A waiting caller gets the key itself.
+        let (tx, rx) = sync_channel(1);
+        link.conn.lock().as_mut().unwrap().pending.insert(8, tx);
+        assert!(link.deliver(8, dek_answer()).is_none());
+        assert_eq!(dek_of(&rx.recv().unwrap()), &[0xA5; 32]);
     }
 }

@@ -1,6 +1,6 @@
 //! One tenant request against the storage engine. Runs on a blocking thread.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use proto::vaultvec::cluster::v1 as cluster;
 use proto::vaultvec::v1 as api;
@@ -322,33 +322,58 @@ fn upsert(ctx: &Ctx<'_>, req: api::UpsertRequest) -> Result<Answer> {
         .map(|point| convert::point_input(point, dim, &payload_limits))
         .collect::<Result<Vec<_>>>()?;
     let n_points = points.len() as u64;
-    let max_points = ctx.quota.max_points;
-    let _quota = (max_points > 0).then(|| ctx.slot.quota.lock());
-    if max_points > 0 {
-        let live: u64 = ctx
-            .engine
-            .list_collections(ctx.tenant)?
-            .iter()
-            .filter_map(|(_, info)| info.as_ref().ok())
-            .map(|info| info.points)
-            .sum();
-        let distinct: Vec<PointId> = points
-            .iter()
-            .map(|p| &p.id)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .cloned()
-            .collect();
-        let existing = collection.get(&distinct, false, false)?.len() as u64;
-        let new = distinct.len() as u64 - existing;
-        if live + new > max_points {
-            return Err(Error::QuotaExceeded(format!(
-                "the upsert adds {new} points to the tenant's {live}, over its quota of {max_points} points"
-            )));
-        }
+    let _quota = has_point_quota(&ctx.quota).then(|| ctx.slot.quota.lock());
+    if has_point_quota(&ctx.quota) {
+        check_point_quota(ctx, &collection, dim, &points)?;
     }
     collection.upsert(points)?;
     Ok(Answer::Upsert(api::UpsertResponse { upserted: n_points }))
+}
+
+fn has_point_quota(quota: &cluster::TenantQuota) -> bool {
+    quota.max_points > 0 || quota.max_stored_bytes > 0
+}
+
+/// Refuses an upsert that would take the tenant past its points or stored-bytes quota. The caller
+/// holds the tenant's quota lock until the upsert is applied. Counted as storage will apply it:
+/// the last write of a repeated id wins, and an overwrite replaces the bytes of the point it
+/// replaces, so one that does not grow the tenant is never refused.
+fn check_point_quota(
+    ctx: &Ctx<'_>,
+    collection: &Collection,
+    dim: usize,
+    points: &[storage::PointInput],
+) -> Result<()> {
+    let (mut live, mut live_bytes) = (0u64, 0u64);
+    for (_, info) in ctx.engine.list_collections(ctx.tenant)? {
+        if let Ok(info) = info {
+            live += info.points;
+            live_bytes += info.stored_bytes;
+        }
+    }
+    let last: BTreeMap<&PointId, &storage::PointInput> =
+        points.iter().map(|p| (&p.id, p)).collect();
+    let distinct: Vec<PointId> = last.keys().map(|&id| id.clone()).collect();
+    let (existing, old_bytes) = collection.stored_bytes_of(&distinct);
+    let new = distinct.len() as u64 - existing;
+    let max_points = ctx.quota.max_points;
+    if max_points > 0 && live + new > max_points {
+        return Err(Error::QuotaExceeded(format!(
+            "the upsert adds {new} points to the tenant's {live}, over its quota of {max_points} points"
+        )));
+    }
+    let new_bytes: u64 = last
+        .values()
+        .map(|p| storage::collection::point_stored_bytes(dim, &p.id, p.payload.as_ref()))
+        .sum();
+    let max_bytes = ctx.quota.max_stored_bytes;
+    let after = live_bytes.saturating_sub(old_bytes) + new_bytes;
+    if max_bytes > 0 && new_bytes > old_bytes && after > max_bytes {
+        return Err(Error::QuotaExceeded(format!(
+            "the upsert would grow the tenant's stored bytes from {live_bytes} to {after}, over its quota of {max_bytes} bytes"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -367,6 +367,7 @@ impl Service {
         cluster::TenantQuota {
             max_points: tier.map_or(0, |t| t.max_points),
             max_collections: tier.map_or(0, |t| t.max_collections),
+            max_stored_bytes: tier.map_or(0, |t| t.max_stored_bytes),
         }
     }
 

@@ -142,6 +142,24 @@ fn search(r: &api::SearchRequest, limits: &Limits) -> Result<(), ApiError> {
     filter(&r.filter)
 }
 
+/// Checks the HNSW parameters of a new collection with storage's own check, so the ranges are
+/// the ones the worker applies (m 2..=64, ef_construction m.max(4)..=1024, ef 1..=max_ef).
+fn index_params(config: &api::CollectionConfig, limits: &Limits) -> Result<(), ApiError> {
+    // The metric plays no part in the ranges; the dimension was checked against the tier.
+    let mut storage_config =
+        storage::CollectionConfig::new(config.dim as usize, storage::index::Metric::L2);
+    let defaults = storage_config;
+    storage_config.m = config.m.map_or(defaults.m, |m| m as usize);
+    storage_config.ef_construction = config
+        .ef_construction
+        .map_or(defaults.ef_construction, |ef| ef as usize);
+    storage_config.ef = config.ef.map_or(defaults.ef, |ef| ef as usize);
+    storage_config.validate(limits).map_err(|err| match err {
+        storage::Error::InvalidArgument { reason } => ApiError::invalid(reason),
+        other => ApiError::invalid(other.to_string()),
+    })
+}
+
 /// Validates an operation against the engine limits and the tenant's tier.
 pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
     match op {
@@ -170,7 +188,7 @@ pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
             {
                 return Err(ApiError::invalid("metric must be cosine, dot or l2"));
             }
-            Ok(())
+            index_params(config, limits)
         }
         Op::DeleteCollection(r) => name(&r.name),
         Op::GetCollection(r) => name(&r.name),

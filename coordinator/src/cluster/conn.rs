@@ -466,7 +466,8 @@ impl Hub {
                     let conn = conn.clone();
                     tasks.spawn(async move {
                         let answer = hub.key_service(&conn, body).await;
-                        let _ = conn.send_message(reply(request_id, answer)).await;
+                        let frame = super::keys::key_reply(request_id, answer);
+                        let _ = conn.send_message(frame).await;
                     });
                 }
                 _ => {

@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
+use prost::Message as _;
 use proto::vaultvec::cluster::v1 as cluster;
 use storage::crypto::WrappedDek;
 use storage::crypto::{DekContext, KeyService};
 use storage::ids::TenantId;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use zeroize::Zeroizing;
 
 use super::{Hub, WorkerConn, now_ms};
 use crate::audit::Draft;
@@ -127,6 +130,8 @@ impl Hub {
             if let Err(err) = self.store.audit(&tenant, draft) {
                 // An answer that cannot be recorded is not given.
                 tracing::error!(error = %err, "audit write failed; withholding the key");
+                let mut withheld = reply;
+                wipe_dek(&mut withheld);
                 return error(cluster::ErrorCode::Unavailable, "audit write failed");
             }
         }
@@ -184,4 +189,97 @@ fn answer(
             });
         }
     })
+}
+
+/// The frame answering a key-service call: the answer [`encode_wiping`], in a buffer that
+/// zeroizes itself when the socket drops the message (tungstenite drops it once it has copied
+/// the frame into its own write buffer, which we cannot reach; see ARCHITECTURE, key handling).
+pub(super) fn key_reply(request_id: u64, body: Body) -> Message {
+    let mut envelope = cluster::Envelope {
+        request_id,
+        deadline_unix_ms: 0,
+        body: Some(body),
+    };
+    Message::Binary(Bytes::from_owner(encode_wiping(&mut envelope)))
+}
+
+/// Encodes an envelope into a buffer that zeroizes itself on drop, allocated once at its exact
+/// size so no reallocation leaves a copy behind, then zeroes the DEK the envelope carried.
+fn encode_wiping(envelope: &mut cluster::Envelope) -> Zeroizing<Vec<u8>> {
+    let mut frame = Zeroizing::new(Vec::with_capacity(envelope.encoded_len()));
+    // A Vec grows as needed, so encoding into it cannot fail; it does not grow here.
+    let _ = envelope.encode(&mut *frame);
+    if let Some(body) = envelope.body.as_mut() {
+        wipe_dek(body);
+    }
+    frame
+}
+
+/// Zeroes the DEK of a key answer in place.
+fn wipe_dek(body: &mut Body) {
+    use zeroize::Zeroize;
+    match body {
+        Body::GenerateDataKeyResponse(r) => r.data_key.as_mut_slice().zeroize(),
+        Body::DecryptDataKeyResponse(r) => r.data_key.as_mut_slice().zeroize(),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(envelope: &cluster::Envelope) -> Option<&[u8]> {
+        match envelope.body.as_ref()? {
+            Body::GenerateDataKeyResponse(r) => Some(&r.data_key),
+            Body::DecryptDataKeyResponse(r) => Some(&r.data_key),
+            _ => None,
+        }
+    }
+
+    /// Once a key answer is encoded for the socket, the DEK is left only in the frame, whose
+    /// buffer was sized once (no reallocation left a copy) and zeroizes itself on drop.
+    #[test]
+    fn a_key_answer_keeps_its_dek_only_in_the_frame() {
+        let dek = vec![0xA5u8; 32];
+        let answers = [
+            Body::GenerateDataKeyResponse(cluster::GenerateDataKeyResponse {
+                data_key: dek.clone(),
+                kek_version: 3,
+                wrapped_data_key: vec![1; 60],
+            }),
+            Body::DecryptDataKeyResponse(cluster::DecryptDataKeyResponse {
+                data_key: dek.clone(),
+            }),
+        ];
+        for body in answers {
+            let mut envelope = cluster::Envelope {
+                request_id: 7,
+                deadline_unix_ms: 0,
+                body: Some(body),
+            };
+            let frame = encode_wiping(&mut envelope);
+            let sent = cluster::Envelope::decode(frame.as_slice()).unwrap();
+            assert_eq!(key_of(&sent), Some(&dek[..]), "the frame carries the key");
+            assert_eq!(
+                key_of(&envelope),
+                Some(&[0u8; 32][..]),
+                "the encoded answer no longer holds the key"
+            );
+            assert_eq!(
+                frame.capacity(),
+                frame.len(),
+                "one allocation, exactly sized"
+            );
+        }
+        // The socket's message holds the same bytes.
+        let body = Body::DecryptDataKeyResponse(cluster::DecryptDataKeyResponse {
+            data_key: dek.clone(),
+        });
+        let Message::Binary(bytes) = key_reply(9, body) else {
+            panic!("a key answer is a binary frame");
+        };
+        let sent = cluster::Envelope::decode(bytes.as_ref()).unwrap();
+        assert_eq!((sent.request_id, key_of(&sent)), (9, Some(&dek[..])));
+    }
 }

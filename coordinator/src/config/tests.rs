@@ -40,6 +40,7 @@ token_file = "worker-a.token"
 [tiers.free]
 max_collections = 10
 max_points = 1000
+max_stored_bytes = 1048576
 max_dim = 8
 requests_per_second = 10.0
 burst = 10
@@ -156,6 +157,10 @@ fn the_example_config_parses_with_and_without_tls() {
     let config = Config::load(&path).unwrap();
     assert!(config.cluster_tls.is_none());
     assert_eq!(config.default_tier, "free");
+    // Every shipped tier bounds the bytes a tenant stores.
+    for (name, tier) in &config.tiers {
+        assert!(tier.max_stored_bytes > 0, "tier {name} has no byte quota");
+    }
     // The shipped nginx config proxies from loopback and sets X-Forwarded-For; the shipped
     // coordinator config must trust it, or every client behind nginx shares one failure budget.
     let nginx = fs::read_to_string(concat!(
@@ -227,4 +232,34 @@ fn the_per_tenant_in_flight_bound_defaults_to_a_quarter_of_the_per_worker_one() 
     );
     fs::write(&path, &text).unwrap();
     assert_eq!(Config::load(&path).unwrap().max_in_flight_per_tenant, 7);
+}
+
+/// A byte quota is required in every tier, and one too small for a single vector of the tier's
+/// largest dimension is refused at load; 0 means no limit.
+#[test]
+fn a_tier_byte_quota_is_required_and_at_least_one_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "");
+    let text = fs::read_to_string(&path).unwrap();
+    let set = |value: &str| {
+        let changed = text.replace(
+            "max_stored_bytes = 1048576",
+            &format!("max_stored_bytes = {value}"),
+        );
+        fs::write(&path, changed).unwrap();
+        Config::load(&path)
+    };
+    // max_dim is 8: one vector is 32 bytes.
+    let err = format!("{:#}", set("31").err().expect("31 bytes was accepted"));
+    assert!(
+        err.contains("max_stored_bytes must be 0 (no limit) or at least one vector"),
+        "{err}"
+    );
+    assert_eq!(set("32").unwrap().tiers["free"].max_stored_bytes, 32);
+    assert_eq!(set("0").unwrap().tiers["free"].max_stored_bytes, 0);
+    fs::write(&path, text.replace("max_stored_bytes = 1048576\n", "")).unwrap();
+    let Err(err) = Config::load(&path) else {
+        panic!("a tier without max_stored_bytes was accepted");
+    };
+    assert!(format!("{err:#}").contains("max_stored_bytes"), "{err:#}");
 }

@@ -38,6 +38,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 pub use config::{CollectionConfig, Limits, MAX_DIM};
 use segment::Segment;
+pub use segment::point_stored_bytes;
 
 use crate::crypto::{DekContext, KeyService};
 use crate::disk::{Disk, is_sim_backup};
@@ -145,6 +146,8 @@ pub struct CollectionInfo {
     pub unindexed_points: u64,
     /// Plaintext bytes in memory (estimate).
     pub memory_bytes: u64,
+    /// Bytes the live points occupy ([`point_stored_bytes`] summed), what a byte quota counts.
+    pub stored_bytes: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -535,7 +538,24 @@ impl Collection {
                 .map(|s| s.len().saturating_sub(s.indexed.load(Ordering::Acquire)) as u64)
                 .sum(),
             memory_bytes: state.segments.iter().map(|s| s.memory_bytes() as u64).sum(),
+            stored_bytes: (state.segments.iter())
+                .map(|s| s.live_bytes(self.inner.config.dim))
+                .sum(),
         }
+    }
+
+    /// Of `ids` (each counted once), how many are stored and the bytes they occupy
+    /// ([`point_stored_bytes`]), read under one lock: what an upsert of them replaces.
+    pub fn stored_bytes_of(&self, ids: &[PointId]) -> (u64, u64) {
+        let state = self.inner.state.read();
+        let distinct: BTreeSet<&PointId> = ids.iter().collect();
+        let locs = distinct.into_iter().filter_map(|id| state.ids.get(id));
+        locs.fold((0, 0), |(n, bytes), loc| {
+            let of = state
+                .segment(loc.segment)
+                .map_or(0, |s| s.slot_stored_bytes(loc.slot, self.inner.config.dim));
+            (n + 1, bytes + of)
+        })
     }
 
     /// Blocks until every acknowledged point is in a graph and every full segment is sealed.

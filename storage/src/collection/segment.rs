@@ -90,6 +90,12 @@ fn slot_memory_bytes(id: &PointId, payload: Option<&Payload>) -> usize {
         + payload.map_or(0, Payload::memory_bytes)
 }
 
+/// Bytes a stored point occupies, the figure a tenant's byte quota counts: its vector (4 bytes a
+/// component) and its id and payload as the memory budget counts them ([`slot_memory_bytes`]).
+pub fn point_stored_bytes(dim: usize, id: &PointId, payload: Option<&Payload>) -> u64 {
+    (dim * std::mem::size_of::<f32>() + slot_memory_bytes(id, payload)) as u64
+}
+
 fn params(config: &CollectionConfig) -> HnswParams {
     HnswParams {
         m: config.m,
@@ -415,6 +421,38 @@ impl Segment {
         self.vectors.memory_bytes()
             + self.graph.memory_bytes()
             + self.slot_bytes.load(Ordering::Relaxed)
+    }
+
+    /// [`point_stored_bytes`] of every point in the segment that is not deleted: every slot's,
+    /// less the tombstoned ones' (few, as compaction rewrites segments with many).
+    pub(crate) fn live_bytes(&self, dim: usize) -> u64 {
+        let ids = self.ids.read();
+        let payloads = self.payloads.read();
+        let all = (ids.len() * dim * std::mem::size_of::<f32>()
+            + self.slot_bytes.load(Ordering::Relaxed)) as u64;
+        let deleted: u64 = self
+            .deleted
+            .to_sorted_vec()
+            .into_iter()
+            .filter_map(|slot| {
+                let slot = slot as usize;
+                Some(point_stored_bytes(
+                    dim,
+                    ids.get(slot)?,
+                    payloads.get(slot)?.as_ref(),
+                ))
+            })
+            .sum();
+        all.saturating_sub(deleted)
+    }
+
+    /// [`point_stored_bytes`] of the point in `slot`.
+    pub(crate) fn slot_stored_bytes(&self, slot: u32, dim: usize) -> u64 {
+        let (ids, payloads) = (self.ids.read(), self.payloads.read());
+        match (ids.get(slot as usize), payloads.get(slot as usize)) {
+            (Some(id), Some(payload)) => point_stored_bytes(dim, id, payload.as_ref()),
+            _ => 0,
+        }
     }
 }
 

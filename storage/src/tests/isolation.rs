@@ -305,6 +305,45 @@ fn memory_accounting_counts_payload_and_id_bytes() {
     );
 }
 
+/// The bytes a tenant's byte quota counts follow the live points exactly: overwrites replace,
+/// deletes free at once (before any compaction), and a sealed, reloaded segment counts the same.
+#[test]
+fn stored_bytes_count_live_points_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, c) = setup(dir.path(), limits(), 300, 8_000);
+    let bytes_of = |c: &Collection| -> u64 {
+        let ids: Vec<PointId> = (0..300).map(PointId::Num).collect();
+        let records = c.get(&ids, true, false).unwrap();
+        records
+            .iter()
+            .map(|r| crate::collection::point_stored_bytes(2, &r.id, r.payload.as_ref()))
+            .sum()
+    };
+    let stored = c.info().stored_bytes;
+    assert_eq!(stored, bytes_of(&c));
+    // Real bytes: every payload's 8 KB and every vector's 8 bytes at least.
+    assert!(stored >= 300 * (8_000 + 8), "{stored}");
+    assert_eq!(c.stored_bytes_of(&[PointId::Num(0), PointId::Num(0)]).0, 1);
+    assert_eq!(
+        c.stored_bytes_of(&[PointId::Num(7), PointId::Num(1_000)]).0,
+        1
+    );
+    // Overwriting every point with the same payload leaves the figure as it was.
+    fill(&c, 300, 8_000);
+    assert_eq!(c.info().stored_bytes, stored);
+    // Deleting frees a point's bytes at once.
+    let (n, freed) = c.stored_bytes_of(&[PointId::Num(3), PointId::Num(4)]);
+    assert_eq!(n, 2);
+    c.delete(&[PointId::Num(3), PointId::Num(4)]).unwrap();
+    assert_eq!(c.info().stored_bytes, stored - freed);
+    c.flush().unwrap();
+    c.wait_idle().unwrap();
+    drop(c);
+    engine.unload_tenant(&tenant("a")).unwrap();
+    let c = engine.collection(&tenant("a"), &name("docs")).unwrap();
+    assert_eq!(c.info().stored_bytes, stored - freed);
+}
+
 #[test]
 fn a_file_of_another_tenant_is_refused_without_naming_that_tenant() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,348 @@
+//! Background work: indexing, sealing, compaction, the checkpoint at close and key re-wraps.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::segment::{self, Segment};
+use super::{COMPACT_DELETED_FRACTION, Inner, Loc, State, Writer, wal_path};
+use crate::crypto::DekContext;
+use crate::sealed::{FileKind, SealedFile};
+use crate::wal;
+use crate::{Error, Result};
+
+impl Inner {
+    pub(super) fn background(self: Arc<Self>) {
+        while !self.stop.load(Ordering::Acquire) {
+            let res = self.background_step();
+            match res {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::error!(tenant = %self.tenant, collection = %self.name, error = %err, "background work failed; collection stops acknowledging writes");
+                    self.writer.lock().is_poisoned = true;
+                    self.notify();
+                }
+            }
+            let mut flag = self.wake_lock.lock();
+            if !*flag && !self.stop.load(Ordering::Acquire) {
+                self.wake.wait_for(&mut flag, Duration::from_millis(500));
+            }
+            *flag = false;
+        }
+    }
+
+    /// One unit of background work. Returns whether there may be more.
+    pub(super) fn background_step(&self) -> Result<bool> {
+        if self.writer.lock().check_writable(&self.name).is_err() {
+            return Ok(false);
+        }
+        let segments = self.state.read().segments.clone();
+        // 1. Index what is acknowledged but not in a graph, oldest segment first, in slices so
+        //    that sealing and shutdown are not held up by a huge backlog.
+        for segment in &segments {
+            if !segment.is_fully_indexed() {
+                let start = segment.indexed.load(Ordering::Acquire);
+                let target = (start + 8192).min(segment.len());
+                self.pool.install(|| segment.index_up_to(target));
+                return Ok(true);
+            }
+        }
+        // 2. Seal frozen segments, oldest first.
+        if let Some(frozen) = segments
+            .iter()
+            .find(|s| s.is_frozen() && s.file_id().is_none())
+        {
+            if frozen.len() == 0 {
+                self.retire_empty(frozen)?;
+            } else {
+                self.seal(frozen)?;
+            }
+            return Ok(true);
+        }
+        // 3. Compact one sealed segment with many deleted points.
+        let candidate = self.compaction_candidate(&self.state.read());
+        if let Some(segment) = candidate {
+            self.compact(&segment)?;
+            return Ok(true);
+        }
+        self.notify_waiters();
+        Ok(false)
+    }
+
+    /// The sealing half of [`Collection::checkpoint_and_close`]; the background thread must be
+    /// stopped.
+    pub(super) fn checkpoint(&self) -> Result<()> {
+        {
+            let mut writer = self.writer.lock();
+            if writer.check_writable(&self.name).is_err() {
+                return Ok(());
+            }
+            let state = self.state.read();
+            let mutable = state.mutable();
+            if mutable.len() < self.limits.checkpoint_points.max(1) || !mutable.is_fully_indexed() {
+                return Ok(());
+            }
+            drop(state);
+            self.rotate_segment(&mut writer, true)?;
+        }
+        // Oldest first, as the background thread does; one not yet fully indexed stops the rest.
+        let frozen: Vec<Arc<Segment>> = self
+            .state
+            .read()
+            .segments
+            .iter()
+            .filter(|s| s.is_frozen() && s.file_id().is_none())
+            .cloned()
+            .collect();
+        for segment in frozen {
+            if !segment.is_fully_indexed() {
+                break;
+            }
+            if segment.len() == 0 {
+                self.retire_empty(&segment)?;
+            } else {
+                self.seal(&segment)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn notify_waiters(&self) {
+        self.wake.notify_all();
+    }
+
+    pub(super) fn compaction_candidate(&self, state: &State) -> Option<Arc<Segment>> {
+        state
+            .segments
+            .iter()
+            .filter(|s| s.file_id().is_some() && s.len() > 0)
+            .find(|s| s.deleted.len() as f64 >= COMPACT_DELETED_FRACTION * s.len() as f64)
+            .cloned()
+    }
+
+    /// Listed WAL files that no unsealed segment other than `sealing` was fed from and that the
+    /// writer no longer appends to. Their upserts are all in sealed segments (or `sealing`), and
+    /// their deletes are in the tombstones of the manifest that retires them.
+    pub(super) fn retirable_wals(
+        &self,
+        writer: &Writer,
+        state: &State,
+        sealing: &Segment,
+    ) -> Vec<u64> {
+        let mut in_use: BTreeSet<u64> = BTreeSet::new();
+        for segment in &state.segments {
+            if segment.id != sealing.id && segment.file_id().is_none() {
+                in_use.extend(segment.wals.lock().iter().copied());
+            }
+        }
+        if let Some(wal) = &writer.wal {
+            in_use.insert(wal.file_id());
+        }
+        writer
+            .manifest
+            .wals
+            .iter()
+            .copied()
+            .filter(|id| !in_use.contains(id))
+            .collect()
+    }
+
+    /// Drops a frozen segment that received no points.
+    pub(super) fn retire_empty(&self, frozen: &Arc<Segment>) -> Result<()> {
+        let _writer = self.writer.lock();
+        self.state.write().segments.retain(|s| s.id != frozen.id);
+        Ok(())
+    }
+
+    /// Takes the next file id. It becomes durable with the next manifest; if that never happens,
+    /// the id is not reused anyway, since open starts above every id found on disk.
+    pub(super) fn allocate_file_id(&self) -> u64 {
+        let mut writer = self.writer.lock();
+        let id = writer.manifest.next_file_id;
+        writer.manifest.next_file_id += 1;
+        id
+    }
+
+    /// Writes `segment` as `seg-<file_id>` in this collection's directory.
+    pub(super) fn write_segment(&self, segment: &Segment, file_id: u64) -> Result<()> {
+        segment.write_file(
+            self.disk.as_ref(),
+            &self.dir,
+            &self.tenant,
+            self.name.as_str(),
+            &self.config,
+            file_id,
+            self.keys.as_ref(),
+        )
+    }
+
+    pub(super) fn seal(&self, frozen: &Arc<Segment>) -> Result<()> {
+        let _maintenance = self.maintenance.lock();
+        let file_id = self.allocate_file_id();
+        self.write_segment(frozen, file_id)?;
+        let retired = {
+            let mut writer = self.writer.lock();
+            writer.check_writable(&self.name)?;
+            self.rewrap_segment_file(file_id)?;
+            let state = self.state.read();
+            let retired = self.retirable_wals(&writer, &state, frozen);
+            let wals: Vec<u64> = writer
+                .manifest
+                .wals
+                .iter()
+                .copied()
+                .filter(|id| !retired.contains(id))
+                .collect();
+            let segments = Inner::segment_entries(&state, Some((frozen, file_id)), None);
+            self.write_manifest(&mut writer, segments, wals)?;
+            frozen.set_sealed(file_id);
+            retired
+        };
+        for wal_id in retired {
+            let path = wal_path(&self.dir, wal_id);
+            if let Err(err) = self.disk.remove_file(&path) {
+                tracing::warn!(wal = %path.display(), error = %err, "could not remove a retired WAL; it is removed on next open");
+            }
+        }
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(Error::io(&self.dir))?;
+        tracing::debug!(tenant = %self.tenant, collection = %self.name, segment = file_id, points = frozen.len(), "sealed segment");
+        Ok(())
+    }
+
+    pub(super) fn compact(&self, old: &Arc<Segment>) -> Result<()> {
+        let _maintenance = self.maintenance.lock();
+        let old_file = old.file_id().expect("only sealed segments are compacted");
+        let live: Vec<u32> = (0..old.len() as u32)
+            .filter(|slot| !old.deleted.contains(*slot))
+            .collect();
+        let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
+        let new = Arc::new(Segment::new_mutable(id, &self.config, live.len().max(1))?);
+        {
+            let ids = old.ids.read();
+            let payloads = old.payloads.read();
+            for &slot in &live {
+                let vector = old.vectors.get(slot).expect("sealed slots are published");
+                new.push(
+                    ids[slot as usize].clone(),
+                    vector,
+                    payloads[slot as usize].clone(),
+                );
+            }
+        }
+        new.freeze();
+        self.pool.install(|| new.index_up_to(new.len()));
+        let file_id = self.allocate_file_id();
+        if !live.is_empty() {
+            self.write_segment(&new, file_id)?;
+        }
+        {
+            let mut writer = self.writer.lock();
+            writer.check_writable(&self.name)?;
+            if !live.is_empty() {
+                self.rewrap_segment_file(file_id)?;
+            }
+            let state = self.state.upgradable_read();
+            // Deletes that happened while the copy was built carry over.
+            for (new_slot, &old_slot) in live.iter().enumerate() {
+                if old.deleted.contains(old_slot) {
+                    new.deleted.insert(new_slot as u32);
+                }
+            }
+            let wals = writer.manifest.wals.clone();
+            let replacement = (!live.is_empty()).then_some((new.as_ref(), file_id));
+            let segments = Inner::segment_entries(&state, None, Some((old.id, replacement)));
+            self.write_manifest(&mut writer, segments, wals)?;
+            let mut state = parking_lot::RwLockUpgradableReadGuard::upgrade(state);
+            if !live.is_empty() {
+                new.set_sealed(file_id);
+                let ids = new.ids.read();
+                for (new_slot, &old_slot) in live.iter().enumerate() {
+                    let loc = state.ids.get_mut(&ids[new_slot]);
+                    if let Some(loc) = loc
+                        && *loc
+                            == (Loc {
+                                segment: old.id,
+                                slot: old_slot,
+                            })
+                    {
+                        *loc = Loc {
+                            segment: new.id,
+                            slot: new_slot as u32,
+                        };
+                    }
+                }
+                drop(ids);
+                let position = state
+                    .segments
+                    .iter()
+                    .position(|s| s.id == old.id)
+                    .expect("old segment listed");
+                state.segments[position] = new.clone();
+            } else {
+                state.segments.retain(|s| s.id != old.id);
+            }
+        }
+        let path = segment::segment_path(&self.dir, old_file);
+        self.disk.remove_file(&path).map_err(Error::io(&path))?;
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(Error::io(&self.dir))?;
+        tracing::debug!(tenant = %self.tenant, collection = %self.name, from = old_file, to = file_id, live = live.len(), "compacted segment");
+        Ok(())
+    }
+
+    /// Re-wraps a segment file's DEK under the tenant's current KEK if it is under an older one.
+    ///
+    /// Seal and compaction write their file outside the writer lock and call this under it, just
+    /// before listing the file: a re-wrap that ran meanwhile could not see the unlisted file, and
+    /// must not leave it under a KEK the caller is about to destroy.
+    pub(super) fn rewrap_segment_file(&self, file_id: u64) -> Result<()> {
+        let current = self.keys.current_kek_version(&self.tenant)?;
+        let collection = self.name.as_str();
+        let path = segment::segment_path(&self.dir, file_id);
+        let file = SealedFile::open(&path, FileKind::Segment, &self.tenant, collection)?;
+        if file.header().wrapped_dek.kek_version != current {
+            let ctx = DekContext {
+                collection,
+                file_id,
+            };
+            let wrapped =
+                self.keys
+                    .rewrap_data_key(&self.tenant, ctx, &file.header().wrapped_dek)?;
+            file.rewrite_key(self.disk.as_ref(), wrapped)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn rewrap_locked(&self, writer: &mut Writer) -> Result<()> {
+        let current = self.keys.current_kek_version(&self.tenant)?;
+        // New writes go to a WAL under the new KEK.
+        if writer.wal.as_ref().is_some() {
+            writer.wal = None;
+        }
+        let collection = self.name.as_str();
+        for entry in writer.manifest.segments.clone() {
+            self.rewrap_segment_file(entry.file_id)?;
+        }
+        for wal_id in writer.manifest.wals.clone() {
+            let path = wal_path(&self.dir, wal_id);
+            wal::rewrite_key(
+                self.disk.as_ref(),
+                &path,
+                &self.tenant,
+                collection,
+                wal_id,
+                self.keys.as_ref(),
+                current,
+            )?;
+        }
+        // A new manifest, under a new DEK wrapped by the current KEK.
+        let segments = Inner::segment_entries(&self.state.read(), None, None);
+        let wals = writer.manifest.wals.clone();
+        self.write_manifest(writer, segments, wals)
+    }
+}

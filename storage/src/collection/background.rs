@@ -12,13 +12,44 @@ use crate::sealed::{FileKind, SealedFile};
 use crate::wal;
 use crate::{Error, Result};
 
+/// The first wait before background work retries after the key service failed to give a key.
+pub(super) const KEY_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest such wait; each failure in a row doubles it up to this.
+pub(super) const KEY_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// What one background step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Nothing was left to do.
+    Idle,
+    /// It indexed points; there may be more.
+    Indexed,
+    /// It sealed, retired or compacted a segment; there may be more.
+    Maintained,
+}
+
 impl Inner {
+    /// The background thread: runs steps until stopped. A step that fails for lack of a key (the
+    /// key service is away) is retried after a wait that doubles from [`KEY_RETRY_FIRST`] to
+    /// [`KEY_RETRY_MAX`]; nothing it did is listed yet, so nothing is lost, and writes go on to
+    /// the open WAL meanwhile. Any other failure is a fault of the disk or the data and poisons.
     pub(super) fn background(self: Arc<Self>) {
+        let mut retry: Option<Duration> = None;
         while !self.stop.load(Ordering::Acquire) {
-            let res = self.background_step();
-            match res {
-                Ok(true) => continue,
-                Ok(false) => {}
+            match self.background_step() {
+                Ok(Step::Indexed) => continue,
+                Ok(Step::Maintained) => {
+                    retry = None;
+                    continue;
+                }
+                Ok(Step::Idle) => retry = None,
+                Err(err) if err.is_key_failure() => {
+                    let wait = retry.map_or(KEY_RETRY_FIRST, |wait| (wait * 2).min(KEY_RETRY_MAX));
+                    retry = Some(wait);
+                    tracing::warn!(tenant = %self.tenant, collection = %self.name, error = %err, retry_in_ms = wait.as_millis() as u64, "background work could not get a key; retrying");
+                    self.pause(wait);
+                    continue;
+                }
                 Err(err) => {
                     tracing::error!(tenant = %self.tenant, collection = %self.name, error = %err, "background work failed; collection stops acknowledging writes");
                     self.writer.lock().is_poisoned = true;
@@ -33,10 +64,21 @@ impl Inner {
         }
     }
 
-    /// One unit of background work. Returns whether there may be more.
-    pub(super) fn background_step(&self) -> Result<bool> {
+    /// Waits `wait`, or less if the collection is closed meanwhile. Writes do not cut it short:
+    /// they wake the thread on every write, which would retry the key service at their pace.
+    fn pause(&self, wait: Duration) {
+        let until = std::time::Instant::now() + wait;
+        let mut flag = self.wake_lock.lock();
+        while !self.stop.load(Ordering::Acquire) && std::time::Instant::now() < until {
+            self.wake.wait_until(&mut flag, until);
+        }
+        *flag = false;
+    }
+
+    /// One unit of background work.
+    pub(super) fn background_step(&self) -> Result<Step> {
         if self.writer.lock().check_writable(&self.name).is_err() {
-            return Ok(false);
+            return Ok(Step::Idle);
         }
         let segments = self.state.read().segments.clone();
         // 1. Index what is acknowledged but not in a graph, oldest segment first, in slices so
@@ -46,7 +88,7 @@ impl Inner {
                 let start = segment.indexed.load(Ordering::Acquire);
                 let target = (start + 8192).min(segment.len());
                 self.pool.install(|| segment.index_up_to(target));
-                return Ok(true);
+                return Ok(Step::Indexed);
             }
         }
         // 2. Seal frozen segments, oldest first.
@@ -59,16 +101,16 @@ impl Inner {
             } else {
                 self.seal(frozen)?;
             }
-            return Ok(true);
+            return Ok(Step::Maintained);
         }
         // 3. Compact one sealed segment with many deleted points.
         let candidate = self.compaction_candidate(&self.state.read());
         if let Some(segment) = candidate {
             self.compact(&segment)?;
-            return Ok(true);
+            return Ok(Step::Maintained);
         }
         self.notify_waiters();
-        Ok(false)
+        Ok(Step::Idle)
     }
 
     /// The sealing half of [`Collection::checkpoint_and_close`]; the background thread must be
@@ -185,7 +227,8 @@ impl Inner {
         let retired = {
             let mut writer = self.writer.lock();
             writer.check_writable(&self.name)?;
-            self.rewrap_segment_file(file_id)?;
+            self.rewrap_segment_file(file_id)
+                .inspect_err(|err| self.discard_unlisted(file_id, err))?;
             let state = self.state.read();
             let retired = self.retirable_wals(&writer, &state, frozen);
             let wals: Vec<u64> = writer
@@ -196,7 +239,8 @@ impl Inner {
                 .filter(|id| !retired.contains(id))
                 .collect();
             let segments = Inner::segment_entries(&state, Some((frozen, file_id)), None);
-            self.write_manifest(&mut writer, segments, wals)?;
+            self.write_manifest(&mut writer, segments, wals)
+                .inspect_err(|err| self.discard_unlisted(file_id, err))?;
             frozen.set_sealed(file_id);
             retired
         };
@@ -243,7 +287,8 @@ impl Inner {
             let mut writer = self.writer.lock();
             writer.check_writable(&self.name)?;
             if !live.is_empty() {
-                self.rewrap_segment_file(file_id)?;
+                self.rewrap_segment_file(file_id)
+                    .inspect_err(|err| self.discard_unlisted(file_id, err))?;
             }
             let state = self.state.upgradable_read();
             // Deletes that happened while the copy was built carry over.
@@ -255,7 +300,8 @@ impl Inner {
             let wals = writer.manifest.wals.clone();
             let replacement = (!live.is_empty()).then_some((new.as_ref(), file_id));
             let segments = Inner::segment_entries(&state, None, Some((old.id, replacement)));
-            self.write_manifest(&mut writer, segments, wals)?;
+            self.write_manifest(&mut writer, segments, wals)
+                .inspect_err(|err| self.discard_unlisted(file_id, err))?;
             let mut state = parking_lot::RwLockUpgradableReadGuard::upgrade(state);
             if !live.is_empty() {
                 new.set_sealed(file_id);
@@ -293,6 +339,19 @@ impl Inner {
             .map_err(Error::io(&self.dir))?;
         tracing::debug!(tenant = %self.tenant, collection = %self.name, from = old_file, to = file_id, live = live.len(), "compacted segment");
         Ok(())
+    }
+
+    /// Removes a segment file that was written but could not be listed for lack of a key, so that
+    /// retries during a long outage do not pile up copies (open would remove them, but only then).
+    /// After any other failure the collection is poisoned and the file is left for open.
+    fn discard_unlisted(&self, file_id: u64, err: &Error) {
+        if !err.is_key_failure() {
+            return;
+        }
+        let path = segment::segment_path(&self.dir, file_id);
+        if let Err(err) = self.disk.remove_file(&path) {
+            tracing::warn!(segment = %path.display(), error = %err, "could not remove an unlisted segment file; it is removed on next open");
+        }
     }
 
     /// Re-wraps a segment file's DEK under the tenant's current KEK if it is under an older one.

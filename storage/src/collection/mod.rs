@@ -4,7 +4,10 @@
 //!
 //! validate → append one WAL frame and fsync → apply to memory → acknowledge. One writer at a time
 //! (the `writer` lock), so memory changes in WAL order. A failed WAL or manifest write poisons the
-//! collection: it stops acknowledging writes until reopened (never retry-then-trust).
+//! collection: it stops acknowledging writes until reopened (never retry-then-trust). A key the
+//! key service does not give is not such a failure: it comes before anything is written, so a
+//! write that needs one (to start a WAL) is refused with [`Error::Key`] and may be retried, and
+//! background work that needs one waits and retries (100 ms doubling to 10 s).
 //!
 //! # Segments
 //!
@@ -277,7 +280,8 @@ impl Collection {
     }
 
     /// Blocks until every acknowledged point is in a graph and every full segment is sealed.
-    /// For tests, benchmarks and orderly shutdown; searches never need it.
+    /// For tests, benchmarks and orderly shutdown; searches never need it. While the key service
+    /// is away, sealing waits for it, and so does this.
     pub fn wait_idle(&self) -> Result<()> {
         loop {
             {
@@ -325,7 +329,11 @@ impl Collection {
         let mut writer = inner.writer.lock();
         writer.check_writable(&inner.name)?;
         let res = inner.rewrap_locked(&mut writer);
-        if res.is_err() {
+        // Every file is replaced whole, so a re-wrap cut short by the key service leaves each
+        // file under the old or the new KEK, and running it again completes it.
+        if let Err(err) = &res
+            && !err.is_key_failure()
+        {
             writer.is_poisoned = true;
         }
         res

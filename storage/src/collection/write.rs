@@ -209,6 +209,7 @@ impl Inner {
                     Ok(()) => Ok(()),
                     Err(Error::Dropped(name)) => Err(Error::Dropped(name.clone())),
                     Err(err) if err.is_user_error() => Err(Error::invalid(err.to_string())),
+                    Err(Error::Key(reason)) => Err(Error::Key(reason.clone())),
                     Err(_) => Err(Error::Poisoned(self.name.to_string())),
                 };
                 let _ = done.send(copy);
@@ -243,8 +244,11 @@ impl Inner {
     ) -> Result<()> {
         writer.check_writable(&self.name)?;
         let res = self.log_and_apply_inner(writer, ops, applies);
+        // A key failure can only come from starting a WAL, before anything is logged or applied:
+        // the write is refused and may be retried, and the collection stays writable.
         if let Err(err) = &res
             && !err.is_user_error()
+            && !err.is_key_failure()
         {
             writer.is_poisoned = true;
             tracing::error!(tenant = %self.tenant, collection = %self.name, error = %err, "write failed; collection stops acknowledging writes");
@@ -373,7 +377,17 @@ impl Inner {
         let mut wals = writer.manifest.wals.clone();
         wals.push(file_id);
         let segments = Inner::segment_entries(&self.state.read(), None, None);
-        self.write_manifest(writer, segments, wals)?;
+        if let Err(err) = self.write_manifest(writer, segments, wals) {
+            if err.is_key_failure() {
+                // Not listed and never written to; a retry starts another one.
+                drop(wal);
+                let path = wal_path(&self.dir, file_id);
+                if let Err(err) = self.disk.remove_file(&path) {
+                    tracing::warn!(wal = %path.display(), error = %err, "could not remove an unlisted WAL; it is removed on next open");
+                }
+            }
+            return Err(err);
+        }
         writer.wal = Some(wal);
         Ok(())
     }

@@ -6,6 +6,7 @@ mod crash;
 mod format;
 mod hygiene;
 mod isolation;
+mod outage;
 mod wal;
 
 use std::path::Path;

@@ -106,7 +106,13 @@ impl Inner {
         // 3. Compact one sealed segment with many deleted points.
         let candidate = self.compaction_candidate(&self.state.read());
         if let Some(segment) = candidate {
-            self.compact(&segment)?;
+            self.compact(&[segment])?;
+            return Ok(Step::Maintained);
+        }
+        // 4. Merge small sealed segments.
+        let small = self.merge_candidates(&self.state.read());
+        if !small.is_empty() {
+            self.compact(&small)?;
             return Ok(Step::Maintained);
         }
         self.notify_waiters();
@@ -153,6 +159,35 @@ impl Inner {
 
     pub(super) fn notify_waiters(&self) {
         self.wake.notify_all();
+    }
+
+    /// Small sealed segments to merge into one: those with fewer than half of
+    /// `Limits::segment_points` live points, smallest first, as many as fit in one segment; empty
+    /// unless at least two fit. Once none is left to merge, at most one sealed segment is small
+    /// (two small ones always fit together), so there are at most `2 * live / segment_points + 1`
+    /// sealed segments besides those waiting for compaction.
+    pub(super) fn merge_candidates(&self, state: &State) -> Vec<Arc<Segment>> {
+        let limit = self.limits.segment_points;
+        let live = |s: &Arc<Segment>| s.len().saturating_sub(s.deleted.len());
+        let mut small: Vec<&Arc<Segment>> = state
+            .segments
+            .iter()
+            .filter(|s| s.file_id().is_some() && live(s) < limit / 2)
+            .collect();
+        small.sort_by_key(|s| live(s));
+        let mut chosen = Vec::new();
+        let mut total = 0;
+        for segment in small {
+            if total + live(segment) > limit {
+                break;
+            }
+            total += live(segment);
+            chosen.push(segment.clone());
+        }
+        if chosen.len() < 2 {
+            chosen.clear();
+        }
+        chosen
     }
 
     pub(super) fn compaction_candidate(&self, state: &State) -> Option<Arc<Segment>> {
@@ -257,18 +292,32 @@ impl Inner {
         Ok(())
     }
 
-    pub(super) fn compact(&self, old: &Arc<Segment>) -> Result<()> {
+    /// Replaces sealed segments `olds` (one with many deleted points, or several small ones) by
+    /// one new segment holding their live points, or by nothing if none is live. Crash-safe: the
+    /// new file is written and synced, then one manifest lists it instead of the old ones, then
+    /// the old files are removed.
+    pub(super) fn compact(&self, olds: &[Arc<Segment>]) -> Result<()> {
         let _maintenance = self.maintenance.lock();
-        let old_file = old.file_id().expect("only sealed segments are compacted");
-        let live: Vec<u32> = (0..old.len() as u32)
-            .filter(|slot| !old.deleted.contains(*slot))
+        let old_files: Vec<u64> = olds
+            .iter()
+            .map(|old| old.file_id().expect("only sealed segments are compacted"))
+            .collect();
+        // (index in `olds`, slot) of every live point, in order.
+        let live: Vec<(usize, u32)> = olds
+            .iter()
+            .enumerate()
+            .flat_map(|(i, old)| {
+                (0..old.len() as u32)
+                    .filter(|slot| !old.deleted.contains(*slot))
+                    .map(move |slot| (i, slot))
+            })
             .collect();
         let id = self.next_segment_id.fetch_add(1, Ordering::Relaxed);
         let new = Arc::new(Segment::new_mutable(id, &self.config, live.len().max(1))?);
-        {
+        for (i, old) in olds.iter().enumerate() {
             let ids = old.ids.read();
             let payloads = old.payloads.read();
-            for &slot in &live {
+            for &(_, slot) in live.iter().filter(|(j, _)| *j == i) {
                 let vector = old.vectors.get(slot).expect("sealed slots are published");
                 new.push(
                     ids[slot as usize].clone(),
@@ -292,26 +341,27 @@ impl Inner {
             }
             let state = self.state.upgradable_read();
             // Deletes that happened while the copy was built carry over.
-            for (new_slot, &old_slot) in live.iter().enumerate() {
-                if old.deleted.contains(old_slot) {
+            for (new_slot, &(i, old_slot)) in live.iter().enumerate() {
+                if olds[i].deleted.contains(old_slot) {
                     new.deleted.insert(new_slot as u32);
                 }
             }
             let wals = writer.manifest.wals.clone();
             let replacement = (!live.is_empty()).then_some((new.as_ref(), file_id));
-            let segments = Inner::segment_entries(&state, None, Some((old.id, replacement)));
+            let old_ids: Vec<u64> = olds.iter().map(|old| old.id).collect();
+            let segments = Inner::segment_entries(&state, None, Some((&old_ids, replacement)));
             self.write_manifest(&mut writer, segments, wals)
                 .inspect_err(|err| self.discard_unlisted(file_id, err))?;
             let mut state = parking_lot::RwLockUpgradableReadGuard::upgrade(state);
             if !live.is_empty() {
                 new.set_sealed(file_id);
                 let ids = new.ids.read();
-                for (new_slot, &old_slot) in live.iter().enumerate() {
+                for (new_slot, &(i, old_slot)) in live.iter().enumerate() {
                     let loc = state.ids.get_mut(&ids[new_slot]);
                     if let Some(loc) = loc
                         && *loc
                             == (Loc {
-                                segment: old.id,
+                                segment: olds[i].id,
                                 slot: old_slot,
                             })
                     {
@@ -322,22 +372,24 @@ impl Inner {
                     }
                 }
                 drop(ids);
+                // The new segment takes the place of the first old one.
                 let position = state
                     .segments
                     .iter()
-                    .position(|s| s.id == old.id)
-                    .expect("old segment listed");
+                    .position(|s| old_ids.contains(&s.id))
+                    .expect("old segments listed");
                 state.segments[position] = new.clone();
-            } else {
-                state.segments.retain(|s| s.id != old.id);
             }
+            state.segments.retain(|s| !old_ids.contains(&s.id));
         }
-        let path = segment::segment_path(&self.dir, old_file);
-        self.disk.remove_file(&path).map_err(Error::io(&path))?;
+        for old_file in &old_files {
+            let path = segment::segment_path(&self.dir, *old_file);
+            self.disk.remove_file(&path).map_err(Error::io(&path))?;
+        }
         self.disk
             .sync_dir(&self.dir)
             .map_err(Error::io(&self.dir))?;
-        tracing::debug!(tenant = %self.tenant, collection = %self.name, from = old_file, to = file_id, live = live.len(), "compacted segment");
+        tracing::debug!(tenant = %self.tenant, collection = %self.name, from = ?old_files, to = file_id, live = live.len(), "compacted segments");
         Ok(())
     }
 

@@ -14,9 +14,11 @@
 //! The growing segment takes appends until it is full, then it is frozen, a new one starts, and writes
 //! move to a new WAL file. A background thread indexes new points into the growing segment's graph
 //! (searches scan the not-yet-indexed tail exactly, so an acknowledged point is visible at once), seals
-//! frozen segments to `seg-<id>` files, and compacts sealed segments with many deleted points. Each
+//! frozen segments to `seg-<id>` files, compacts sealed segments with many deleted points, and
+//! merges small sealed segments (under half of `segment_points` live points) into one. Each
 //! segment records which WAL files fed it points or tombstones; a WAL is retired once every segment it
-//! fed is sealed.
+//! fed is sealed. A collection opened with more than two WAL files rewrites them as one, so
+//! restarts of a lightly written collection (whose segment never fills) do not pile them up.
 //!
 //! # Durability
 //!
@@ -296,7 +298,9 @@ impl Collection {
                     .segments
                     .iter()
                     .any(|s| !s.is_fully_indexed() || (s.is_frozen() && s.file_id().is_none()));
-                !busy && self.inner.compaction_candidate(&state).is_none()
+                !busy
+                    && self.inner.compaction_candidate(&state).is_none()
+                    && self.inner.merge_candidates(&state).is_empty()
             };
             if is_idle {
                 return Ok(());

@@ -10,11 +10,12 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::segment::{self, Segment};
 use super::write::Apply;
 use super::{Collection, CollectionConfig, Context, Inner, Loc, State, Writer, wal_path};
+use crate::crypto::DekContext;
 use crate::disk::{Disk, is_sim_backup};
 use crate::filter::Payload;
 use crate::ids::{CollectionName, TenantId};
 use crate::manifest::{MANIFEST_NAME, Manifest};
-use crate::wal::{self, Op};
+use crate::wal::{self, Op, WalWriter};
 use crate::{Error, Result};
 
 impl Collection {
@@ -196,6 +197,12 @@ impl Collection {
                 tracing::warn!(tenant = %tenant, collection = %name, wal = wal_id, offset, bytes, "recovered past a torn WAL tail");
             }
         }
+        if let Err(err) = inner.consolidate_wals() {
+            if !err.is_key_failure() {
+                return Err(err);
+            }
+            tracing::warn!(tenant = %tenant, collection = %name, error = %err, "could not rewrite the WAL files as one for lack of a key; they stay as they are");
+        }
         let collection = Collection {
             inner: inner.clone(),
             background: Mutex::new(None),
@@ -248,4 +255,121 @@ pub(super) fn remove_debris(disk: &dyn Disk, dir: &Path, manifest: &Manifest) ->
         disk.sync_dir(dir).map_err(Error::io(dir))?;
     }
     Ok(max_id)
+}
+
+/// Most WAL files a collection keeps listed when it opens. Each run of a lightly written
+/// collection starts a new WAL, and a WAL retires only when the segments it fed are sealed, so
+/// without a bound they would pile up with restarts; beyond it, open rewrites them as one.
+pub(super) const MAX_WALS_AT_OPEN: usize = 2;
+
+impl Inner {
+    /// Rewrites what the listed WAL files hold as one new WAL when there are more than
+    /// [`MAX_WALS_AT_OPEN`]: the live points of the unsealed segments, in order, in frames of at
+    /// most half the frame limit. Crash-safe like a seal: the new WAL is written and synced,
+    /// then a manifest lists it instead of the old ones (and carries every tombstone of the
+    /// sealed segments, which the old ones may have carried), then the old ones are removed. The
+    /// new WAL stays open for this run's writes. Runs in open, before the background thread.
+    fn consolidate_wals(&self) -> Result<()> {
+        let mut writer = self.writer.lock();
+        if writer.manifest.wals.len() <= MAX_WALS_AT_OPEN {
+            return Ok(());
+        }
+        let old_wals = writer.manifest.wals.clone();
+        let state = self.state.read();
+        let unsealed: Vec<&Arc<Segment>> = state
+            .segments
+            .iter()
+            .filter(|s| s.file_id().is_none())
+            .collect();
+        let has_points = unsealed
+            .iter()
+            .any(|s| (0..s.len() as u32).any(|slot| !s.deleted.contains(slot)));
+        let mut wal = None;
+        if has_points {
+            let file_id = writer.manifest.next_file_id;
+            writer.manifest.next_file_id += 1;
+            let dek = self.keys.generate_data_key(
+                &self.tenant,
+                DekContext {
+                    collection: self.name.as_str(),
+                    file_id,
+                },
+            )?;
+            let path = wal_path(&self.dir, file_id);
+            let mut new = WalWriter::create(
+                self.disk.as_ref(),
+                &path,
+                &self.tenant,
+                self.name.as_str(),
+                file_id,
+                self.config.dim as u32,
+                dek,
+            )?;
+            let frame_limit = wal::MAX_FRAME_BYTES / 2;
+            let mut ops = Vec::new();
+            let mut bytes = 0;
+            for segment in &unsealed {
+                let ids = segment.ids.read();
+                let payloads = segment.payloads.read();
+                for slot in 0..segment.len() as u32 {
+                    if segment.deleted.contains(slot) {
+                        continue;
+                    }
+                    let vector = segment
+                        .vectors
+                        .get(slot)
+                        .expect("replayed slots are published");
+                    let payload = payloads[slot as usize].as_ref().map(Payload::encode);
+                    let size = 160 + vector.len() * 4 + payload.as_ref().map_or(0, Vec::len);
+                    if bytes + size > frame_limit && !ops.is_empty() {
+                        new.append(&ops)?;
+                        ops.clear();
+                        bytes = 0;
+                    }
+                    bytes += size;
+                    ops.push(Op::Upsert {
+                        id: ids[slot as usize].clone(),
+                        vector: vector.to_vec(),
+                        payload,
+                    });
+                }
+            }
+            if !ops.is_empty() {
+                new.append(&ops)?;
+            }
+            wal = Some(new);
+        }
+        let new_wals: Vec<u64> = wal.iter().map(WalWriter::file_id).collect();
+        let segments = Inner::segment_entries(&state, None, None);
+        if let Err(err) = self.write_manifest(&mut writer, segments, new_wals.clone()) {
+            // Without a key nothing was written, so the new WAL is surely unlisted. After an I/O
+            // failure either manifest may be the durable one: both sets of WALs stay, and the
+            // next open removes whichever the manifest it reads does not list.
+            if err.is_key_failure()
+                && let Some(id) = new_wals.first()
+            {
+                drop(wal);
+                let _ = self.disk.remove_file(&wal_path(&self.dir, *id));
+            }
+            return Err(err);
+        }
+        for segment in &unsealed {
+            let mut wals = segment.wals.lock();
+            wals.clear();
+            wals.extend(new_wals.iter().copied());
+        }
+        writer.wal = wal;
+        drop((state, writer));
+        for wal_id in old_wals {
+            let path = wal_path(&self.dir, wal_id);
+            if let Err(err) = self.disk.remove_file(&path) {
+                tracing::warn!(wal = %path.display(), error = %err, "could not remove a rewritten WAL; it is removed on next open");
+            }
+        }
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(Error::io(&self.dir))?;
+        tracing::info!(tenant = %self.tenant, collection = %self.name, wals = ?new_wals, "rewrote the WAL files as one");
+        Ok(())
+    }
 }

@@ -118,6 +118,10 @@ pub(super) fn tombstone(state: &State, old: Loc, wal_id: u64) {
     }
 }
 
+/// Segments replaced in a manifest: their ids, and the segment and file id that take the place
+/// of the first, if any.
+pub(super) type Replace<'a> = (&'a [u64], Option<(&'a Segment, u64)>);
+
 impl Inner {
     /// Checks dimension and finiteness; normalises for cosine.
     pub(super) fn check_vector(&self, mut vector: Vec<f32>) -> Result<Vec<f32>> {
@@ -393,12 +397,13 @@ impl Inner {
     }
 
     /// The manifest's segment list for `state`: every sealed segment with its current tombstones,
-    /// plus `sealing` (a segment being sealed, with the file id it gets), with `replace` (a compacted
-    /// segment's id and what replaces it, if anything) swapped in.
+    /// plus `sealing` (a segment being sealed, with the file id it gets), with `replace` (the ids
+    /// of compacted segments and what replaces them, if anything, at the place of the first)
+    /// swapped in.
     pub(super) fn segment_entries(
         state: &State,
         sealing: Option<(&Segment, u64)>,
-        replace: Option<(u64, Option<(&Segment, u64)>)>,
+        replace: Option<Replace<'_>>,
     ) -> Vec<SegmentEntry> {
         let entry = |segment: &Segment, file_id: u64| SegmentEntry {
             file_id,
@@ -406,10 +411,11 @@ impl Inner {
             deleted: segment.deleted.to_sorted_vec(),
         };
         let mut entries = Vec::with_capacity(state.segments.len());
+        let mut replacement = replace.and_then(|(_, new)| new);
         for segment in &state.segments {
             match (segment.file_id(), replace) {
-                (Some(_), Some((old, new))) if old == segment.id => {
-                    if let Some((new, file_id)) = new {
+                (Some(_), Some((olds, _))) if olds.contains(&segment.id) => {
+                    if let Some((new, file_id)) = replacement.take() {
                         entries.push(entry(new, file_id));
                     }
                 }

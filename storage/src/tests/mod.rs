@@ -4,6 +4,7 @@ mod churn;
 mod collection;
 mod crash;
 mod format;
+mod growth;
 mod hygiene;
 mod isolation;
 mod outage;

@@ -153,6 +153,13 @@ impl Error {
         )
     }
 
+    /// True when a key could not be obtained from the key service (unreachable, timed out,
+    /// refused). Often passing, and never a sign of damaged data: work that needs a key waits and
+    /// retries, and a write that needs one is refused as retriable.
+    pub fn is_key_failure(&self) -> bool {
+        matches!(self, Error::Key(_))
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }

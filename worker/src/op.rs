@@ -53,6 +53,7 @@ pub(crate) fn name(op: &Op) -> &'static str {
 
 /// Runs `op` under the tenant's gate, logging failures that are not the caller's fault.
 pub(crate) fn run(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
+    let is_create = matches!(op, Op::CreateCollection(_));
     let res = if matches!(op, Op::EraseTenant(_)) {
         let _exclusive = ctx.slot.gate.write();
         check_deadline(ctx)?;
@@ -75,17 +76,22 @@ pub(crate) fn run(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
         } else {
             tracing::warn!(error = %err, "request failed");
         }
-        if is_key_failure(err) {
-            // The engine keeps a collection that failed to load as failed, and a creation cut short
-            // keeps its name taken, until the tenant loads again. A key-service failure is usually
-            // passing (a reconnect, a timeout), so unload the tenant and let the next request retry.
-            if let Some(_exclusive) = ctx.slot.gate.try_write() {
-                match ctx.engine.unload_tenant(ctx.tenant) {
-                    Ok(()) => tracing::info!(
-                        "unloaded the tenant after a key-service failure; its next request loads it again"
-                    ),
-                    Err(err) => tracing::warn!(error = %err, "unloading the tenant failed"),
-                }
+        // The engine keeps a collection that failed to load as failed, and a creation cut short
+        // keeps its name taken, until the tenant loads again. A key-service failure is usually
+        // passing (a reconnect, a timeout), so unload the tenant and let the next request retry.
+        // A loaded collection that could not get a key (a write that needed a new WAL) is left
+        // alone: it stays writable and retries by itself, and unloading it would make its reads
+        // need the key service too.
+        let is_loaded_key_failure = matches!(err, Error::Storage(storage::Error::Key(_)));
+        if is_key_failure(err)
+            && (is_create || !is_loaded_key_failure)
+            && let Some(_exclusive) = ctx.slot.gate.try_write()
+        {
+            match ctx.engine.unload_tenant(ctx.tenant) {
+                Ok(()) => tracing::info!(
+                    "unloaded the tenant after a key-service failure; its next request loads it again"
+                ),
+                Err(err) => tracing::warn!(error = %err, "unloading the tenant failed"),
             }
         }
     }

@@ -7,14 +7,15 @@
 
 use std::collections::BTreeSet;
 
-use super::{Collection, Limits, Record, ScoredPoint, ScrollPage, SearchRequest, check_batch};
+use super::write::check_batch;
+use super::{Collection, Limits, Record, ScoredPoint, ScrollPage, SearchRequest};
 use crate::deadline::{Deadline, Watch};
 use crate::filter::{Filter, Payload};
 use crate::ids::PointId;
 use crate::wal::Op;
 use crate::{Error, Result};
 
-use super::Apply;
+use super::write::Apply;
 
 /// Bytes counted for each record besides its id, payload and vector: the score and the framing
 /// around each field on the wire.

@@ -264,8 +264,8 @@ fn new_points(ids: Range<u64>) -> Step {
 }
 
 /// Crosses WAL creation and rotation, segment rotation, sealing, updates of sealed points, deletes
-/// by id and by filter, compaction, KEK rotation with re-wrap and destruction of the old KEK, and
-/// writes under the new KEK.
+/// by id and by filter, compaction, KEK rotation with re-wrap and destruction of the old KEK,
+/// writes under the new KEK, and a merge of small sealed segments.
 fn scenario() -> Vec<Step> {
     use Step::*;
     vec![
@@ -313,6 +313,13 @@ fn scenario() -> Vec<Step> {
         WaitIdle,
         new_points(144..160),
         Delete(vec![144, 3, 100]),
+        // Two small sealed segments, merged into one (with the delete carried over) before the
+        // second flush returns.
+        new_points(160..172),
+        Flush,
+        new_points(172..184),
+        Delete(vec![161, 150]),
+        Flush,
     ]
 }
 

@@ -4,8 +4,10 @@ mod churn;
 mod collection;
 mod crash;
 mod format;
+mod growth;
 mod hygiene;
 mod isolation;
+mod outage;
 mod wal;
 
 use std::path::Path;

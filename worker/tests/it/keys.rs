@@ -52,6 +52,43 @@ async fn key_service_refusals_become_unavailable_and_the_tenant_recovers() {
 }
 
 #[tokio::test]
+async fn a_write_refused_for_lack_of_a_key_is_retriable_and_the_tenant_keeps_serving() {
+    let Setup {
+        coordinator: _coordinator,
+        mut conn,
+        worker,
+        dir: _dir,
+    } = Setup::with(4, |config| {
+        config.limits.segment_points = 4;
+        config.limits.max_batch = 4;
+    })
+    .await;
+
+    // The growing segment is full, so this write needs a new WAL file and with it a new DEK.
+    conn.key_error = Some(ErrorCode::Unavailable);
+    conn.refused(
+        upsert("docs", vec![point(5, vec![5.0, 0.0], None)]),
+        ErrorCode::Unavailable,
+    )
+    .await;
+    // What is in memory keeps answering: the tenant is not unloaded, which would need the key
+    // service to load it again.
+    assert_eq!(conn.count("docs").await, 4);
+
+    // Once the key service answers, the same write succeeds: the collection was not poisoned.
+    conn.key_error = None;
+    conn.op(upsert("docs", vec![point(5, vec![5.0, 0.0], None)]))
+        .await
+        .unwrap();
+    assert_eq!(conn.count("docs").await, 5);
+    // The background thread retries sealing the full segment; keep answering its key calls
+    // while the worker shuts down.
+    worker.signal_stop();
+    assert!(conn.closed().await, "no Close frame");
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn the_worker_holds_no_key_encryption_key_and_no_plaintext_dek() {
     let Setup {
         worker,

@@ -72,9 +72,12 @@ impl SectionEntry {
     pub fn n_blocks(&self, block_bytes: u32) -> u64 {
         self.plain_len.div_ceil(u64::from(block_bytes))
     }
-    /// Bytes the section occupies on disk.
-    pub fn stored_len(&self, block_bytes: u32) -> u64 {
-        self.plain_len + self.n_blocks(block_bytes) * TAG_BYTES as u64
+    /// Bytes the section occupies on disk; `None` if that does not fit in a `u64` (a hostile
+    /// header: the fields are read before anything authenticates them).
+    pub fn stored_len(&self, block_bytes: u32) -> Option<u64> {
+        self.n_blocks(block_bytes)
+            .checked_mul(TAG_BYTES as u64)?
+            .checked_add(self.plain_len)
     }
 }
 
@@ -322,7 +325,9 @@ pub fn write(
                 plain_len: bytes.len() as u64,
                 offset,
             };
-            offset += entry.stored_len(header.block_bytes);
+            offset += entry
+                .stored_len(header.block_bytes)
+                .expect("an in-memory section fits in a u64");
             entry
         })
         .collect();
@@ -373,6 +378,9 @@ pub struct SealedFile {
 
 impl SealedFile {
     /// Opens and checks a sealed file: header, identity, and that every section lies inside it.
+    /// Every length and offset of the header is checked with overflow-checked arithmetic against
+    /// the file's length before anything is sized from it: the header is not authenticated
+    /// until a block decrypts.
     pub fn open(
         path: &Path,
         kind: FileKind,
@@ -392,12 +400,17 @@ impl SealedFile {
                     reason: format!("section {} is not where the layout puts it", section.id),
                 });
             }
-            expected = expected
-                .checked_add(section.stored_len(header.block_bytes))
+            expected = section
+                .stored_len(header.block_bytes)
+                .and_then(|len| expected.checked_add(len))
+                .filter(|&end| end <= map.len() as u64)
                 .ok_or_else(|| Error::Corrupt {
                     path: path.to_owned(),
                     offset: 0,
-                    reason: "section length overflows".into(),
+                    reason: format!(
+                        "section {} of {} bytes does not fit in the file",
+                        section.id, section.plain_len
+                    ),
                 })?;
         }
         if expected != map.len() as u64 {
@@ -457,7 +470,10 @@ impl SealedFile {
         let stored_block = block_bytes + TAG_BYTES;
         let mut out = SecureBuf::new(section.plain_len as usize).map_err(Error::io(&self.path))?;
         let start = section.offset as usize;
-        let stored = &self.map[start..start + section.stored_len(self.header.block_bytes) as usize];
+        let stored_len = section
+            .stored_len(self.header.block_bytes)
+            .expect("checked against the file length in open");
+        let stored = &self.map[start..start + stored_len as usize];
         let bad_block = out
             .as_mut_bytes()
             .par_chunks_mut(block_bytes)

@@ -34,6 +34,12 @@ const FIXED_BYTES: usize = 256;
 const SECTION_ENTRY_BYTES: usize = 24;
 const CHECKSUM_BYTES: usize = 8;
 
+/// A collection's incarnation: 16 random bytes chosen when it is created and kept in its
+/// manifest. Bound into the AAD of every segment block and WAL frame it writes, so that a file of
+/// a dropped collection never authenticates in a new collection of the same name. Collections
+/// created before it existed have none, and their AAD is what it always was.
+pub type Incarnation = [u8; 16];
+
 /// What a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -288,6 +294,7 @@ fn block_aad(
     tenant: &TenantId,
     section: u32,
     block: u64,
+    incarnation: Option<&Incarnation>,
 ) -> Vec<u8> {
     let mut aad = aad::block(
         tenant,
@@ -298,13 +305,17 @@ fn block_aad(
         FORMAT_VERSION,
     );
     aad.bytes(digest);
+    if let Some(incarnation) = incarnation {
+        aad.bytes(incarnation);
+    }
     aad.into_bytes()
 }
 
 /// Writes a sealed file at `path` (via a temporary name, fsync, rename, directory fsync).
 ///
 /// `header.sections` is filled in from `sections`; blocks are numbered across the whole file, and a
-/// block's number is its nonce counter under the file's own DEK.
+/// block's number is its nonce counter under the file's own DEK. With an `incarnation`, every
+/// block is bound to it, and reads must give the same one ([`SealedFile::bind_incarnation`]).
 pub fn write(
     disk: &dyn Disk,
     path: &Path,
@@ -312,6 +323,7 @@ pub fn write(
     tenant: &TenantId,
     mut sealer: FileSealer,
     sections: &[(u32, &[u8])],
+    incarnation: Option<&Incarnation>,
 ) -> Result<()> {
     if sections.len() > MAX_SECTIONS {
         return Err(Error::invalid("too many sections"));
@@ -347,8 +359,10 @@ pub fn write(
             let buf = &mut block[..chunk.len()];
             buf.copy_from_slice(chunk);
             let counter = sealer.next_counter();
-            let (used, tag) =
-                sealer.seal_next(&block_aad(&header, &digest, tenant, *id, counter), buf)?;
+            let (used, tag) = sealer.seal_next(
+                &block_aad(&header, &digest, tenant, *id, counter, incarnation),
+                buf,
+            )?;
             debug_assert_eq!(used, counter);
             staging.extend_from_slice(buf);
             staging.extend_from_slice(&tag);
@@ -374,6 +388,7 @@ pub struct SealedFile {
     map: SealedMap,
     header: Header,
     digest: [u8; 32],
+    incarnation: Option<Incarnation>,
 }
 
 impl SealedFile {
@@ -429,7 +444,15 @@ impl SealedFile {
             map,
             header,
             digest,
+            incarnation: None,
         })
+    }
+
+    /// Reads blocks as bound to `incarnation` (the collection's, from its manifest): blocks
+    /// written under another incarnation, or none, fail to authenticate.
+    pub fn bind_incarnation(mut self, incarnation: Option<Incarnation>) -> SealedFile {
+        self.incarnation = incarnation;
+        self
     }
 
     /// The checked header.
@@ -483,7 +506,14 @@ impl SealedFile {
                 let block = first_block + i as u64;
                 let (body, tag) = cipher.split_at(cipher.len() - TAG_BYTES);
                 let tag: &[u8; TAG_BYTES] = tag.try_into().expect("split at TAG_BYTES");
-                let aad = block_aad(&self.header, &self.digest, tenant, id, block);
+                let aad = block_aad(
+                    &self.header,
+                    &self.digest,
+                    tenant,
+                    id,
+                    block,
+                    self.incarnation.as_ref(),
+                );
                 (!opener.open(block, &aad, body, tag, plain)).then_some((i, block))
             });
         if let Some((i, block)) = bad_block {

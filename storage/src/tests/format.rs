@@ -66,6 +66,7 @@ fn write_small_in(
         &t,
         FileSealer::new(dek),
         &[(1, SECTION_A), (2, SECTION_B)],
+        None,
     )
     .unwrap();
     path
@@ -266,6 +267,7 @@ fn manifest_round_trip_through_disk_and_tamper() {
             deleted: vec![1, 5, 99],
         }],
         wals: vec![7, 8],
+        incarnation: Some([7; 16]),
     };
     manifest
         .write(&StdDisk, dir.path(), &t, "docs", keys.as_ref())
@@ -383,6 +385,8 @@ fn any_manifest() -> impl Strategy<Value = Manifest> {
                         })
                         .collect(),
                     wals,
+                    // Both forms: with an incarnation, and without (older collections).
+                    incarnation: (next_file_id % 2 == 0).then_some([next_file_id as u8; 16]),
                 }
             },
         )

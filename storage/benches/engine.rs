@@ -751,6 +751,9 @@ mod engine_phase {
         let coll_dir = data_dir.join("tenants").join("bench").join("bench");
         let mut decrypt_s = 0.0;
         let mut segment_bytes = 0u64;
+        let incarnation =
+            storage::manifest::Manifest::read(&coll_dir, &tenant, "bench", keys.as_ref())?
+                .incarnation;
         for entry in std::fs::read_dir(&coll_dir)? {
             let path = entry?.path();
             if !path
@@ -759,7 +762,8 @@ mod engine_phase {
             {
                 continue;
             }
-            let file = SealedFile::open(&path, FileKind::Segment, &tenant, "bench")?;
+            let file = SealedFile::open(&path, FileKind::Segment, &tenant, "bench")?
+                .bind_incarnation(incarnation);
             let header = file.header().clone();
             segment_bytes += std::fs::metadata(&path)?.len();
             let dek = keys.decrypt_data_key(

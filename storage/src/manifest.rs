@@ -8,6 +8,7 @@
 //! next_file_id u64 | dim u32 | metric u8 | m u16 | ef_construction u16 | ef u16
 //! n_segments u32, per segment: file_id u64 | n_points u64 | n_deleted u32 | deleted slots u32 * n_deleted
 //! n_wals u32, per WAL: file_id u64
+//! incarnation [u8; 16]   (absent in manifests of collections created before incarnations)
 //! ```
 
 use std::path::Path;
@@ -17,7 +18,7 @@ use crate::crypto::{DekContext, FileOpener, FileSealer, KeyService};
 use crate::disk::Disk;
 use crate::ids::TenantId;
 use crate::index::Metric;
-use crate::sealed::{self, BLOCK_BYTES, FileKind, Header, SealedFile};
+use crate::sealed::{self, BLOCK_BYTES, FileKind, Header, Incarnation, SealedFile};
 use crate::{Error, Result};
 
 /// File name of the manifest inside a collection directory.
@@ -48,6 +49,9 @@ pub struct Manifest {
     pub segments: Vec<SegmentEntry>,
     /// WAL files to replay after the segments, oldest first.
     pub wals: Vec<u64>,
+    /// The collection's incarnation, bound into its segments' and WALs' AAD (`None` for a
+    /// collection created before incarnations, whose files carry none).
+    pub incarnation: Option<Incarnation>,
 }
 
 impl Manifest {
@@ -72,6 +76,9 @@ impl Manifest {
         out.extend_from_slice(&(self.wals.len() as u32).to_le_bytes());
         for wal in &self.wals {
             out.extend_from_slice(&wal.to_le_bytes());
+        }
+        if let Some(incarnation) = &self.incarnation {
+            out.extend_from_slice(incarnation);
         }
         out
     }
@@ -119,6 +126,10 @@ impl Manifest {
         for _ in 0..n_wals {
             wals.push(u64::from_le_bytes(take(8)?.try_into().ok()?));
         }
+        let incarnation: Option<Incarnation> = match take(16) {
+            Some(bytes) => Some(bytes.try_into().ok()?),
+            None => None,
+        };
         if at != buf.len() {
             return None;
         }
@@ -135,6 +146,7 @@ impl Manifest {
             config,
             segments,
             wals,
+            incarnation,
         })
     }
 
@@ -174,6 +186,7 @@ impl Manifest {
             tenant,
             FileSealer::new(dek),
             &[(BODY_SECTION, &body)],
+            None,
         )
     }
 

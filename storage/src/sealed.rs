@@ -34,6 +34,12 @@ const FIXED_BYTES: usize = 256;
 const SECTION_ENTRY_BYTES: usize = 24;
 const CHECKSUM_BYTES: usize = 8;
 
+/// A collection's incarnation: 16 random bytes chosen when it is created and kept in its
+/// manifest. Bound into the AAD of every segment block and WAL frame it writes, so that a file of
+/// a dropped collection never authenticates in a new collection of the same name. Collections
+/// created before it existed have none, and their AAD is what it always was.
+pub type Incarnation = [u8; 16];
+
 /// What a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -72,9 +78,12 @@ impl SectionEntry {
     pub fn n_blocks(&self, block_bytes: u32) -> u64 {
         self.plain_len.div_ceil(u64::from(block_bytes))
     }
-    /// Bytes the section occupies on disk.
-    pub fn stored_len(&self, block_bytes: u32) -> u64 {
-        self.plain_len + self.n_blocks(block_bytes) * TAG_BYTES as u64
+    /// Bytes the section occupies on disk; `None` if that does not fit in a `u64` (a hostile
+    /// header: the fields are read before anything authenticates them).
+    pub fn stored_len(&self, block_bytes: u32) -> Option<u64> {
+        self.n_blocks(block_bytes)
+            .checked_mul(TAG_BYTES as u64)?
+            .checked_add(self.plain_len)
     }
 }
 
@@ -285,6 +294,7 @@ fn block_aad(
     tenant: &TenantId,
     section: u32,
     block: u64,
+    incarnation: Option<&Incarnation>,
 ) -> Vec<u8> {
     let mut aad = aad::block(
         tenant,
@@ -295,13 +305,17 @@ fn block_aad(
         FORMAT_VERSION,
     );
     aad.bytes(digest);
+    if let Some(incarnation) = incarnation {
+        aad.bytes(incarnation);
+    }
     aad.into_bytes()
 }
 
 /// Writes a sealed file at `path` (via a temporary name, fsync, rename, directory fsync).
 ///
 /// `header.sections` is filled in from `sections`; blocks are numbered across the whole file, and a
-/// block's number is its nonce counter under the file's own DEK.
+/// block's number is its nonce counter under the file's own DEK. With an `incarnation`, every
+/// block is bound to it, and reads must give the same one ([`SealedFile::bind_incarnation`]).
 pub fn write(
     disk: &dyn Disk,
     path: &Path,
@@ -309,6 +323,7 @@ pub fn write(
     tenant: &TenantId,
     mut sealer: FileSealer,
     sections: &[(u32, &[u8])],
+    incarnation: Option<&Incarnation>,
 ) -> Result<()> {
     if sections.len() > MAX_SECTIONS {
         return Err(Error::invalid("too many sections"));
@@ -322,7 +337,9 @@ pub fn write(
                 plain_len: bytes.len() as u64,
                 offset,
             };
-            offset += entry.stored_len(header.block_bytes);
+            offset += entry
+                .stored_len(header.block_bytes)
+                .expect("an in-memory section fits in a u64");
             entry
         })
         .collect();
@@ -342,8 +359,10 @@ pub fn write(
             let buf = &mut block[..chunk.len()];
             buf.copy_from_slice(chunk);
             let counter = sealer.next_counter();
-            let (used, tag) =
-                sealer.seal_next(&block_aad(&header, &digest, tenant, *id, counter), buf)?;
+            let (used, tag) = sealer.seal_next(
+                &block_aad(&header, &digest, tenant, *id, counter, incarnation),
+                buf,
+            )?;
             debug_assert_eq!(used, counter);
             staging.extend_from_slice(buf);
             staging.extend_from_slice(&tag);
@@ -369,10 +388,14 @@ pub struct SealedFile {
     map: SealedMap,
     header: Header,
     digest: [u8; 32],
+    incarnation: Option<Incarnation>,
 }
 
 impl SealedFile {
     /// Opens and checks a sealed file: header, identity, and that every section lies inside it.
+    /// Every length and offset of the header is checked with overflow-checked arithmetic against
+    /// the file's length before anything is sized from it: the header is not authenticated
+    /// until a block decrypts.
     pub fn open(
         path: &Path,
         kind: FileKind,
@@ -392,12 +415,17 @@ impl SealedFile {
                     reason: format!("section {} is not where the layout puts it", section.id),
                 });
             }
-            expected = expected
-                .checked_add(section.stored_len(header.block_bytes))
+            expected = section
+                .stored_len(header.block_bytes)
+                .and_then(|len| expected.checked_add(len))
+                .filter(|&end| end <= map.len() as u64)
                 .ok_or_else(|| Error::Corrupt {
                     path: path.to_owned(),
                     offset: 0,
-                    reason: "section length overflows".into(),
+                    reason: format!(
+                        "section {} of {} bytes does not fit in the file",
+                        section.id, section.plain_len
+                    ),
                 })?;
         }
         if expected != map.len() as u64 {
@@ -416,7 +444,15 @@ impl SealedFile {
             map,
             header,
             digest,
+            incarnation: None,
         })
+    }
+
+    /// Reads blocks as bound to `incarnation` (the collection's, from its manifest): blocks
+    /// written under another incarnation, or none, fail to authenticate.
+    pub fn bind_incarnation(mut self, incarnation: Option<Incarnation>) -> SealedFile {
+        self.incarnation = incarnation;
+        self
     }
 
     /// The checked header.
@@ -457,7 +493,10 @@ impl SealedFile {
         let stored_block = block_bytes + TAG_BYTES;
         let mut out = SecureBuf::new(section.plain_len as usize).map_err(Error::io(&self.path))?;
         let start = section.offset as usize;
-        let stored = &self.map[start..start + section.stored_len(self.header.block_bytes) as usize];
+        let stored_len = section
+            .stored_len(self.header.block_bytes)
+            .expect("checked against the file length in open");
+        let stored = &self.map[start..start + stored_len as usize];
         let bad_block = out
             .as_mut_bytes()
             .par_chunks_mut(block_bytes)
@@ -467,7 +506,14 @@ impl SealedFile {
                 let block = first_block + i as u64;
                 let (body, tag) = cipher.split_at(cipher.len() - TAG_BYTES);
                 let tag: &[u8; TAG_BYTES] = tag.try_into().expect("split at TAG_BYTES");
-                let aad = block_aad(&self.header, &self.digest, tenant, id, block);
+                let aad = block_aad(
+                    &self.header,
+                    &self.digest,
+                    tenant,
+                    id,
+                    block,
+                    self.incarnation.as_ref(),
+                );
                 (!opener.open(block, &aad, body, tag, plain)).then_some((i, block))
             });
         if let Some((i, block)) = bad_block {

@@ -6,6 +6,7 @@
 //!          crc      u32 LE   CRC-32 (IEEE) of seq and sealed
 //!          seq      u64 LE   frame number in this file, from 0; also the GCM nonce counter
 //!          sealed   len bytes AES-256-GCM of the batch, AAD = aad::wal_frame(tenant, collection, file, seq)
+//!                   followed by the collection's incarnation, if it has one (see `sealed::Incarnation`)
 //! batch    n_ops u32, then per op: tag u8 (1 upsert, 2 delete), point id (ids::PointId encoding),
 //!          upsert only: dim u32, dim f32 LE, payload_len u32 (u32::MAX = none), payload bytes (JSON)
 //! ```
@@ -26,7 +27,7 @@ use crate::crypto::{
 };
 use crate::disk::{Disk, DiskFile};
 use crate::ids::{PointId, TenantId};
-use crate::sealed::{BLOCK_BYTES, FORMAT_VERSION, FileKind, Header};
+use crate::sealed::{BLOCK_BYTES, FORMAT_VERSION, FileKind, Header, Incarnation};
 use crate::{Error, Result};
 
 const FRAME_HEAD: usize = 16;
@@ -136,11 +137,13 @@ pub struct WalWriter {
     tenant: TenantId,
     collection: String,
     file_id: u64,
+    incarnation: Option<Incarnation>,
     is_poisoned: bool,
 }
 
 impl WalWriter {
     /// Creates `path` with its header, durably (file and directory fsynced) before any frame.
+    #[allow(clippy::too_many_arguments)] // the file's full identity; a struct would only rename them
     pub fn create(
         disk: &dyn Disk,
         path: &Path,
@@ -149,6 +152,7 @@ impl WalWriter {
         file_id: u64,
         dim: u32,
         (dek, wrapped): (DataKey, WrappedDek),
+        incarnation: Option<Incarnation>,
     ) -> Result<WalWriter> {
         let header = Header {
             kind: FileKind::Wal,
@@ -174,6 +178,7 @@ impl WalWriter {
             tenant: tenant.clone(),
             collection: collection.to_owned(),
             file_id,
+            incarnation,
             is_poisoned: false,
         })
     }
@@ -222,12 +227,12 @@ impl WalWriter {
         frame.extend_from_slice(&seq.to_le_bytes());
         frame.extend_from_slice(&plain);
         drop(plain);
-        let aad = aad::wal_frame(
+        let aad = frame_aad(
             &self.tenant,
             &self.collection,
             self.file_id,
             seq,
-            FORMAT_VERSION,
+            self.incarnation.as_ref(),
         );
         let (used, tag) = self
             .sealer
@@ -261,13 +266,30 @@ pub fn read_header(path: &Path, tenant: &TenantId, collection: &str) -> Result<(
     Ok((header, bytes))
 }
 
-/// Replays the WAL at `path`, calling `apply` with each frame's ops in order.
+/// A frame's AAD: its place, and the collection's incarnation if it has one.
+fn frame_aad(
+    tenant: &TenantId,
+    collection: &str,
+    file_id: u64,
+    seq: u64,
+    incarnation: Option<&Incarnation>,
+) -> aad::Aad {
+    let mut aad = aad::wal_frame(tenant, collection, file_id, seq, FORMAT_VERSION);
+    if let Some(incarnation) = incarnation {
+        aad.bytes(incarnation);
+    }
+    aad
+}
+
+/// Replays the WAL at `path`, calling `apply` with each frame's ops in order. Frames must be
+/// bound to `incarnation` (the collection's, from its manifest).
 pub fn replay(
     path: &Path,
     tenant: &TenantId,
     collection: &str,
     file_id: u64,
     keys: &dyn KeyService,
+    incarnation: Option<Incarnation>,
     mut apply: impl FnMut(Vec<Op>) -> Result<()>,
 ) -> Result<ReplayReport> {
     let (header, bytes) = read_header(path, tenant, collection)?;
@@ -319,7 +341,7 @@ pub fn replay(
         let (body, tag) = sealed.split_at(sealed.len() - TAG_BYTES);
         let tag: &[u8; TAG_BYTES] = tag.try_into().expect("split at TAG_BYTES");
         let mut plain = Zeroizing::new(body.to_vec());
-        let aad = aad::wal_frame(tenant, collection, file_id, seq, FORMAT_VERSION);
+        let aad = frame_aad(tenant, collection, file_id, seq, incarnation.as_ref());
         if !opener.open_in_place(seq, aad.as_bytes(), &mut plain, tag) {
             return Err(Error::Decrypt {
                 path: path.to_owned(),

@@ -252,6 +252,7 @@ impl Inner {
             &self.config,
             file_id,
             self.keys.as_ref(),
+            self.incarnation.as_ref(),
         )
     }
 

@@ -61,6 +61,7 @@ use crate::disk::Disk;
 use crate::filter::{Filter, Payload};
 use crate::ids::{CollectionName, PointId, TenantId};
 use crate::manifest::Manifest;
+use crate::sealed::Incarnation;
 use crate::wal::WalWriter;
 use crate::{Error, Result};
 
@@ -215,6 +216,8 @@ struct Inner {
     name: CollectionName,
     dir: PathBuf,
     config: CollectionConfig,
+    /// From the manifest; bound into every segment and WAL this collection writes or reads.
+    incarnation: Option<Incarnation>,
     limits: Limits,
     keys: Arc<dyn KeyService>,
     disk: Arc<dyn Disk>,

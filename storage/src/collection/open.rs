@@ -15,6 +15,7 @@ use crate::disk::{Disk, is_sim_backup};
 use crate::filter::Payload;
 use crate::ids::{CollectionName, TenantId};
 use crate::manifest::{MANIFEST_NAME, Manifest};
+use crate::sealed::Incarnation;
 use crate::wal::{self, Op, WalWriter};
 use crate::{Error, Result};
 
@@ -38,6 +39,7 @@ impl Collection {
             config,
             segments: Vec::new(),
             wals: Vec::new(),
+            incarnation: Some(new_incarnation()),
         };
         manifest.write(
             ctx.disk.as_ref(),
@@ -87,6 +89,7 @@ impl Collection {
                         entry.file_id,
                         i as u64 + 1,
                         keys,
+                        manifest.incarnation,
                     )?;
                     if segment.len() as u64 != entry.n_points {
                         return Err(Error::Corrupt {
@@ -135,6 +138,7 @@ impl Collection {
             name: name.clone(),
             dir: dir.to_owned(),
             config,
+            incarnation: manifest.incarnation,
             limits: ctx.limits,
             keys: ctx.keys.clone(),
             disk: ctx.disk.clone(),
@@ -156,42 +160,51 @@ impl Collection {
         // Replay the WAL files, oldest first, into growing segments.
         for &wal_id in &manifest.wals {
             let path = wal_path(dir, wal_id);
-            let report = wal::replay(&path, tenant, name.as_str(), wal_id, keys, |ops| {
-                let mut state = inner.state.write();
-                for op in ops {
-                    let op = match op {
-                        Op::Upsert {
-                            id,
-                            vector,
-                            payload,
-                        } => {
-                            let payload = payload
-                                .map(|bytes| Payload::decode(&bytes))
-                                .transpose()
-                                .map_err(|err| Error::Corrupt {
-                                    path: path.clone(),
-                                    offset: 0,
-                                    reason: format!("logged payload does not decode: {err}"),
-                                })?;
-                            if vector.len() != config.dim {
-                                return Err(Error::Corrupt {
-                                    path: path.clone(),
-                                    offset: 0,
-                                    reason: "logged vector has the wrong dimension".into(),
-                                });
-                            }
-                            Apply::Upsert {
+            let incarnation = manifest.incarnation;
+            let report = wal::replay(
+                &path,
+                tenant,
+                name.as_str(),
+                wal_id,
+                keys,
+                incarnation,
+                |ops| {
+                    let mut state = inner.state.write();
+                    for op in ops {
+                        let op = match op {
+                            Op::Upsert {
                                 id,
                                 vector,
                                 payload,
+                            } => {
+                                let payload = payload
+                                    .map(|bytes| Payload::decode(&bytes))
+                                    .transpose()
+                                    .map_err(|err| Error::Corrupt {
+                                        path: path.clone(),
+                                        offset: 0,
+                                        reason: format!("logged payload does not decode: {err}"),
+                                    })?;
+                                if vector.len() != config.dim {
+                                    return Err(Error::Corrupt {
+                                        path: path.clone(),
+                                        offset: 0,
+                                        reason: "logged vector has the wrong dimension".into(),
+                                    });
+                                }
+                                Apply::Upsert {
+                                    id,
+                                    vector,
+                                    payload,
+                                }
                             }
-                        }
-                        Op::Delete { id } => Apply::Delete { id },
-                    };
-                    inner.apply(&mut state, op, wal_id)?;
-                }
-                Ok(())
-            })?;
+                            Op::Delete { id } => Apply::Delete { id },
+                        };
+                        inner.apply(&mut state, op, wal_id)?;
+                    }
+                    Ok(())
+                },
+            )?;
             tracing::info!(tenant = %tenant, collection = %name, wal = wal_id, frames = report.frames, ops = report.ops, "replayed WAL");
             if let Some((offset, bytes)) = report.torn_tail {
                 tracing::warn!(tenant = %tenant, collection = %name, wal = wal_id, offset, bytes, "recovered past a torn WAL tail");
@@ -304,6 +317,7 @@ impl Inner {
                 file_id,
                 self.config.dim as u32,
                 dek,
+                self.incarnation,
             )?;
             let frame_limit = wal::MAX_FRAME_BYTES / 2;
             let mut ops = Vec::new();
@@ -372,4 +386,11 @@ impl Inner {
         tracing::info!(tenant = %self.tenant, collection = %self.name, wals = ?new_wals, "rewrote the WAL files as one");
         Ok(())
     }
+}
+
+/// A fresh random incarnation for a new collection.
+fn new_incarnation() -> Incarnation {
+    let mut incarnation = [0u8; 16];
+    crate::crypto::fill_random(&mut incarnation);
+    incarnation
 }

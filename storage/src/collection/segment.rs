@@ -28,7 +28,7 @@ use crate::disk::Disk;
 use crate::filter::{Filter, Payload};
 use crate::ids::{PointId, TenantId};
 use crate::index::{Graph, Hit, HnswParams, Vectors, exact_search_range};
-use crate::sealed::{self, BLOCK_BYTES, FileKind, Header, SealedFile};
+use crate::sealed::{self, BLOCK_BYTES, FileKind, Header, Incarnation, SealedFile};
 use crate::sys::append::AppendVectors;
 use crate::{Error, Result};
 
@@ -284,6 +284,7 @@ impl Segment {
         config: &CollectionConfig,
         file_id: u64,
         keys: &dyn KeyService,
+        incarnation: Option<&Incarnation>,
     ) -> Result<()> {
         let n = self.len();
         let ids = self.ids.read();
@@ -337,10 +338,12 @@ impl Segment {
                 (PAYLOADS, &payload_bytes),
                 (GRAPH, &graph),
             ],
+            incarnation,
         )
     }
 
     /// Loads and authenticates `<dir>/seg-<file_id>`.
+    #[allow(clippy::too_many_arguments)] // the file's full identity; a struct would only rename them
     pub(crate) fn load(
         dir: &Path,
         tenant: &TenantId,
@@ -349,9 +352,11 @@ impl Segment {
         file_id: u64,
         id: u64,
         keys: &dyn KeyService,
+        incarnation: Option<Incarnation>,
     ) -> Result<Segment> {
         let path = segment_path(dir, file_id);
-        let file = SealedFile::open(&path, FileKind::Segment, tenant, collection)?;
+        let file = SealedFile::open(&path, FileKind::Segment, tenant, collection)?
+            .bind_incarnation(incarnation);
         let header = file.header();
         let corrupt = |reason: String| Error::Corrupt {
             path: path.clone(),

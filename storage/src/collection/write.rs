@@ -377,6 +377,7 @@ impl Inner {
             file_id,
             self.config.dim as u32,
             dek,
+            self.incarnation,
         )?;
         let mut wals = writer.manifest.wals.clone();
         wals.push(file_id);
@@ -444,6 +445,7 @@ impl Inner {
             config: self.config,
             segments,
             wals,
+            incarnation: self.incarnation,
         };
         manifest.write(
             self.disk.as_ref(),

@@ -1082,13 +1082,16 @@ fn concurrent_writers_share_one_group_commit() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         if let Some(id) = name.strip_prefix("wal-") {
             let id: u64 = id.parse().unwrap();
+            let manifest =
+                crate::manifest::Manifest::read(&coll_dir, &t, "docs", keys.as_ref()).unwrap();
             crate::wal::replay(
                 &coll_dir.join(&name),
                 &t,
                 "docs",
                 id,
                 keys.as_ref(),
-                |ops| {
+                manifest.incarnation,
+                |ops: Vec<crate::wal::Op>| {
                     frames.push(ops.len());
                     Ok(())
                 },

@@ -66,6 +66,7 @@ fn write_small_in(
         &t,
         FileSealer::new(dek),
         &[(1, SECTION_A), (2, SECTION_B)],
+        None,
     )
     .unwrap();
     path
@@ -266,6 +267,7 @@ fn manifest_round_trip_through_disk_and_tamper() {
             deleted: vec![1, 5, 99],
         }],
         wals: vec![7, 8],
+        incarnation: Some([7; 16]),
     };
     manifest
         .write(&StdDisk, dir.path(), &t, "docs", keys.as_ref())
@@ -383,6 +385,8 @@ fn any_manifest() -> impl Strategy<Value = Manifest> {
                         })
                         .collect(),
                     wals,
+                    // Both forms: with an incarnation, and without (older collections).
+                    incarnation: (next_file_id % 2 == 0).then_some([next_file_id as u8; 16]),
                 }
             },
         )
@@ -408,5 +412,91 @@ proptest! {
     #[test]
     fn manifest_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = Manifest::decode_body(1, &bytes);
+    }
+}
+
+/// Every length, count and offset of a header is checked before it is used: a hostile header
+/// (with a valid checksum, which anyone can compute) is refused as corrupt, never a panic, an
+/// overflow or a huge allocation.
+#[test]
+fn hostile_header_fields_are_refused_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["acme"]);
+    let path = write_small(dir.path(), keys.as_ref(), "acme", 7);
+    let bytes = std::fs::read(&path).unwrap();
+    let original = Header::decode(&bytes, &path).unwrap();
+    let body = &bytes[Header::encoded_len(original.sections.len())..];
+    let file_len = bytes.len() as u64;
+    type Edit = fn(&mut Header, u64);
+    let edits: &[(&str, Edit)] = &[
+        ("a section of u64::MAX bytes", |h, _| {
+            h.sections[0].plain_len = u64::MAX
+        }),
+        ("a last section of u64::MAX bytes", |h, _| {
+            h.sections[1].plain_len = u64::MAX
+        }),
+        ("sections whose lengths overflow together", |h, _| {
+            h.sections[0].plain_len = 1 << 63;
+            h.sections[1].plain_len = 1 << 63;
+            h.sections[1].offset = h.sections[0].offset;
+        }),
+        ("one-byte blocks whose tags overflow", |h, _| {
+            h.block_bytes = 1;
+            h.sections[0].plain_len = 1 << 62;
+        }),
+        ("a section at offset u64::MAX", |h, _| {
+            h.sections[1].offset = u64::MAX
+        }),
+        ("a section past the end of the file", |h, len| {
+            h.sections[1].offset = len + 1
+        }),
+        ("a section longer than the file", |h, len| {
+            h.sections[1].plain_len = len
+        }),
+        ("u64::MAX points", |h, _| h.n_points = u64::MAX),
+    ];
+    for (what, edit) in edits {
+        let mut header = original.clone();
+        edit(&mut header, file_len);
+        let hostile = dir.path().join("hostile");
+        let mut file = header.encode();
+        file.extend_from_slice(body);
+        std::fs::write(&hostile, &file).unwrap();
+        match SealedFile::open(&hostile, FileKind::Segment, &tenant("acme"), "docs") {
+            Err(Error::Corrupt { .. }) => {}
+            Err(err) => panic!("{what}: {err}"),
+            // The counts the layout does not constrain are bound into every block's AAD.
+            Ok(_) => assert!(
+                matches!(
+                    read_small(&hostile, keys.as_ref(), "acme"),
+                    Err(Error::Decrypt { .. })
+                ),
+                "{what}: opened"
+            ),
+        }
+    }
+    // Raw fields the encoder cannot produce: section count and header length.
+    let raw_edits: &[(&str, usize, &[u8])] = &[
+        ("u16::MAX sections", 10, &[0xff, 0xff]),
+        ("a header of u32::MAX bytes", 12, &[0xff, 0xff, 0xff, 0xff]),
+    ];
+    for (what, at, patch) in raw_edits {
+        let mut file = bytes.clone();
+        file[*at..*at + patch.len()].copy_from_slice(patch);
+        let hostile = dir.path().join("hostile");
+        std::fs::write(&hostile, &file).unwrap();
+        let res = SealedFile::open(&hostile, FileKind::Segment, &tenant("acme"), "docs");
+        assert!(matches!(res, Err(Error::Corrupt { .. })), "{what}");
+    }
+    // A file cut inside its header.
+    for len in [0, 6, 100, 255, 300] {
+        std::fs::write(dir.path().join("hostile"), &bytes[..len]).unwrap();
+        let res = SealedFile::open(
+            &dir.path().join("hostile"),
+            FileKind::Segment,
+            &tenant("acme"),
+            "docs",
+        );
+        assert!(matches!(res, Err(Error::Corrupt { .. })), "cut at {len}");
     }
 }

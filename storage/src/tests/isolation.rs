@@ -382,3 +382,131 @@ fn a_file_of_another_tenant_is_refused_without_naming_that_tenant() {
         .unwrap();
     assert_eq!(c.count(None), 3);
 }
+
+/// A collection's files are bound to its incarnation: a segment or WAL of a dropped collection,
+/// put in place of the file with the same id in a new collection of the same name (same tenant,
+/// same KEK, same file ids), does not authenticate there.
+#[test]
+fn files_of_a_dropped_collection_do_not_authenticate_in_a_new_one_of_the_same_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["acme"]);
+    let t = tenant("acme");
+    let coll_dir = dir
+        .path()
+        .join("data")
+        .join("tenants")
+        .join("acme")
+        .join("docs");
+    // The same history in both incarnations, so their files get the same ids.
+    let history = |engine: &Engine, offset: f32| {
+        let collection = engine
+            .create_collection(&t, &name("docs"), CollectionConfig::new(2, Metric::L2))
+            .unwrap();
+        let points = |ids: std::ops::Range<u64>| {
+            ids.map(|i| PointInput {
+                id: PointId::Num(i),
+                vector: vec![i as f32 + offset, 1.0],
+                payload: None,
+            })
+            .collect()
+        };
+        collection.upsert(points(0..10)).unwrap();
+        collection.flush().unwrap();
+        collection.upsert(points(10..15)).unwrap();
+    };
+    let stash = dir.path().join("stash");
+    std::fs::create_dir(&stash).unwrap();
+    {
+        let engine = engine(dir.path(), &keys, limits());
+        history(&engine, 1000.0);
+        for entry in std::fs::read_dir(&coll_dir).unwrap() {
+            let entry = entry.unwrap();
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with("seg-") || file.starts_with("wal-") {
+                std::fs::copy(entry.path(), stash.join(&file)).unwrap();
+            }
+        }
+        engine.drop_collection(&t, &name("docs")).unwrap();
+        history(&engine, 0.0);
+    }
+    let mut stashed: Vec<String> = std::fs::read_dir(&stash)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    stashed.sort();
+    assert!(stashed.iter().any(|f| f.starts_with("seg-")), "{stashed:?}");
+    assert!(stashed.iter().any(|f| f.starts_with("wal-")), "{stashed:?}");
+    for file in &stashed {
+        let current = coll_dir.join(file);
+        assert!(
+            current.exists(),
+            "{file} has no counterpart in the new collection"
+        );
+        let kept = std::fs::read(&current).unwrap();
+        std::fs::copy(stash.join(file), &current).unwrap();
+        {
+            let engine = engine(dir.path(), &keys, limits());
+            let res = engine.collection(&t, &name("docs"));
+            assert!(
+                matches!(res, Err(Error::CollectionUnavailable { .. })),
+                "{file} of the dropped collection was accepted: {res:?}"
+            );
+        }
+        std::fs::write(&current, kept).unwrap();
+    }
+    // With its own files back, the new collection opens with its own points.
+    let engine = engine(dir.path(), &keys, limits());
+    let collection = engine.collection(&t, &name("docs")).unwrap();
+    assert_eq!(collection.count(None), 15);
+    let record = collection.get(&[PointId::Num(3)], false, true).unwrap();
+    assert_eq!(record[0].vector.as_deref(), Some(&[3.0, 1.0][..]));
+}
+
+/// A collection created before incarnations (its manifest has none) keeps opening and writing
+/// files whose AAD is what it always was.
+#[test]
+fn a_collection_without_an_incarnation_still_opens_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["acme"]);
+    let t = tenant("acme");
+    let coll_dir = dir.path().join("docs");
+    std::fs::create_dir(&coll_dir).unwrap();
+    let config = CollectionConfig::new(2, Metric::L2);
+    crate::manifest::Manifest {
+        file_id: 1,
+        next_file_id: 2,
+        config,
+        segments: Vec::new(),
+        wals: Vec::new(),
+        incarnation: None,
+    }
+    .write(&crate::disk::StdDisk, &coll_dir, &t, "docs", keys.as_ref())
+    .unwrap();
+    let context = || crate::collection::Context {
+        keys: keys.clone(),
+        disk: Arc::new(crate::disk::StdDisk),
+        limits: limits(),
+        pool: Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap(),
+        ),
+    };
+    let point = |i: u64| PointInput {
+        id: PointId::Num(i),
+        vector: vec![i as f32, 1.0],
+        payload: None,
+    };
+    {
+        let collection = Collection::open(&coll_dir, &t, &name("docs"), context()).unwrap();
+        collection.upsert((0..10).map(point).collect()).unwrap();
+        collection.flush().unwrap();
+        collection.upsert((10..15).map(point).collect()).unwrap();
+    }
+    let collection = Collection::open(&coll_dir, &t, &name("docs"), context()).unwrap();
+    assert_eq!(collection.count(None), 15);
+    let manifest = crate::manifest::Manifest::read(&coll_dir, &t, "docs", keys.as_ref()).unwrap();
+    assert_eq!(manifest.incarnation, None);
+    assert_eq!(manifest.segments.len(), 1);
+}

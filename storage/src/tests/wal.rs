@@ -43,7 +43,7 @@ fn write_wal(dir: &Path, keys: &LocalKeyService, frames: u64) -> (PathBuf, Vec<u
             },
         )
         .unwrap();
-    let mut writer = WalWriter::create(&StdDisk, &path, &t, "docs", 5, 3, dek).unwrap();
+    let mut writer = WalWriter::create(&StdDisk, &path, &t, "docs", 5, 3, dek, None).unwrap();
     let mut ends = Vec::new();
     for frame in 0..frames {
         writer.append(&batch(frame)).unwrap();
@@ -57,7 +57,7 @@ fn replay_all(
     keys: &LocalKeyService,
 ) -> crate::Result<(Vec<Vec<Op>>, wal::ReplayReport)> {
     let mut frames = Vec::new();
-    let report = wal::replay(path, &tenant("a"), "docs", 5, keys, |ops| {
+    let report = wal::replay(path, &tenant("a"), "docs", 5, keys, None, |ops| {
         frames.push(ops);
         Ok(())
     })?;
@@ -171,9 +171,30 @@ fn a_wal_of_another_tenant_or_file_id_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let keys = keys(dir.path(), &["a", "b"]);
     let (path, _) = write_wal(dir.path(), &keys, 1);
-    assert!(wal::replay(&path, &tenant("b"), "docs", 5, keys.as_ref(), |_| Ok(())).is_err());
-    assert!(wal::replay(&path, &tenant("a"), "docs", 6, keys.as_ref(), |_| Ok(())).is_err());
-    assert!(wal::replay(&path, &tenant("a"), "other", 5, keys.as_ref(), |_| Ok(())).is_err());
+    assert!(
+        wal::replay(&path, &tenant("b"), "docs", 5, keys.as_ref(), None, |_| Ok(
+            ()
+        ))
+        .is_err()
+    );
+    assert!(
+        wal::replay(&path, &tenant("a"), "docs", 6, keys.as_ref(), None, |_| Ok(
+            ()
+        ))
+        .is_err()
+    );
+    assert!(
+        wal::replay(
+            &path,
+            &tenant("a"),
+            "other",
+            5,
+            keys.as_ref(),
+            None,
+            |_| Ok(())
+        )
+        .is_err()
+    );
 }
 
 fn any_op() -> impl Strategy<Value = Op> {

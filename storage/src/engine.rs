@@ -82,6 +82,7 @@ impl Engine {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(limits.index_threads.max(1))
             .thread_name(|i| format!("vv-index-{i}"))
+            .start_handler(|_| crate::sys::process::lower_background_thread())
             .build()
             .map_err(|err| Error::invalid(format!("cannot start index threads: {err}")))?;
         Ok(Engine {
@@ -409,4 +410,23 @@ fn remove_tree(dir: &Path) -> Result<()> {
         crate::disk::sync_dir(parent)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Indexing runs below the priority of request threads, so one tenant's bulk writes leave the
+    /// cores to other tenants' searches.
+    #[test]
+    fn index_threads_run_at_background_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = crate::tests::keys(dir.path(), &["a"]);
+        let engine = Engine::open(dir.path(), keys, Limits::default()).unwrap();
+        let nice = engine
+            .ctx
+            .pool
+            .install(|| crate::sys::process::this_thread_nice().unwrap());
+        assert_eq!(nice, crate::sys::process::BACKGROUND_NICE);
+    }
 }

@@ -222,7 +222,10 @@ impl Collection {
         };
         let handle = std::thread::Builder::new()
             .name(format!("vv-bg-{}", name))
-            .spawn(move || inner.background())
+            .spawn(move || {
+                crate::sys::process::lower_background_thread();
+                inner.background()
+            })
             .map_err(Error::io(dir))?;
         *collection.background.lock() = Some(handle);
         collection.inner.notify();

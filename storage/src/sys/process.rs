@@ -9,7 +9,12 @@
 //! # Safety argument
 //!
 //! `prctl(PR_SET_DUMPABLE, arg2)` and `prctl(PR_GET_DUMPABLE)` take integers only and touch no
-//! memory of ours; unused arguments are passed as 0 as the man page asks.
+//! memory of ours; unused arguments are passed as 0 as the man page asks. `gettid`,
+//! `setpriority` and `getpriority` likewise take and return integers only.
+//!
+//! Background threads (indexing, sealing, compaction) lower their own scheduling priority with
+//! [`lower_this_thread`]: on Linux the nice value belongs to a thread, so a tenant's bulk writes,
+//! whose indexing can keep every core busy, leave the cores to requests that wait for an answer.
 
 use std::io;
 
@@ -22,6 +27,46 @@ pub fn forbid_core_dumps() -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// The nice value background threads run at (request threads keep 0).
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Gives the calling thread the nice value [`BACKGROUND_NICE`]. Best effort: a failure is
+/// returned, and the thread simply keeps its priority.
+pub fn lower_this_thread() -> io::Result<()> {
+    // SAFETY: see the module docs; integer arguments only.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// [`lower_this_thread`], logging a failure instead of returning it (thread start handlers).
+pub fn lower_background_thread() {
+    if let Err(err) = lower_this_thread() {
+        tracing::debug!(error = %err, "could not lower a background thread's priority");
+    }
+}
+
+/// The calling thread's nice value.
+pub fn this_thread_nice() -> io::Result<i32> {
+    // SAFETY: see the module docs; integer arguments only. `getpriority` may return -1 as a
+    // value, so errno is cleared first and checked after.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let tid = libc::gettid();
+        let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        if nice == -1 && *libc::__errno_location() != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(nice)
     }
 }
 
@@ -44,5 +89,18 @@ mod tests {
         // test process loses nothing.
         super::forbid_core_dumps().unwrap();
         assert!(!super::is_dumpable().unwrap());
+    }
+
+    #[test]
+    fn a_lowered_thread_runs_nicer_and_its_neighbours_do_not() {
+        let before = super::this_thread_nice().unwrap();
+        let lowered = std::thread::spawn(|| {
+            super::lower_this_thread().unwrap();
+            super::this_thread_nice().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, super::BACKGROUND_NICE.max(before));
+        assert_eq!(super::this_thread_nice().unwrap(), before);
     }
 }

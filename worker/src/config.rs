@@ -33,9 +33,8 @@ pub struct Config {
     /// Tenant requests running at once; one more is answered `ERROR_CODE_BUSY`. One tenant may
     /// hold `max_in_flight / (2 + other tenants with requests running)` of them, at least 1.
     pub max_in_flight: u32,
-    /// Reads of one tenant that run at once (each on a thread); the tenant's other admitted reads
-    /// wait for one of them to finish. Writes (upsert, delete) do not count: they wait for the
-    /// group commit instead. Default: the number of cores.
+    /// Requests of one tenant that run at once (each on a thread); the tenant's other admitted
+    /// requests wait for one of them to finish. Default: the number of cores.
     pub max_running_per_tenant: u32,
     /// How often a heartbeat is sent.
     pub heartbeat_interval: Duration,

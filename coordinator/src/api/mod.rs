@@ -51,10 +51,14 @@ struct TenantCache {
     generation: u64,
 }
 
-/// Runs `f`, which waits on the store, without holding up the other tasks of the runtime's
-/// thread: on the multi-threaded runtime they move to another thread while `f` blocks
-/// (`block_in_place`). On the current-thread runtime (some tests) it simply runs.
-fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+/// Requests and answers larger than this are parsed, checked and rendered with
+/// [`off_runtime`]: their CPU time then holds up no other request's task.
+pub const LARGE_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Runs `f`, which waits on the store or works through a large message, without holding up the
+/// other tasks of the runtime's thread: on the multi-threaded runtime they move to another thread
+/// while `f` runs (`block_in_place`). On the current-thread runtime (some tests) it simply runs.
+pub(crate) fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
@@ -93,6 +97,11 @@ pub struct Service {
     /// lookup there to race an admin change against it).
     tenant_read_hook: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
     placing: tokio::sync::Mutex<()>,
+    /// Threads (one per core, at background priority) that work through large messages:
+    /// parsing, checking and rendering of requests and answers over [`LARGE_MESSAGE_BYTES`] queue
+    /// for them, so a flood of them takes at most the cores, at a lower priority than the
+    /// runtime's threads that serve everyone else, and no more of their memory is expanded at once.
+    heavy: rayon::ThreadPool,
 }
 
 /// What [`Service::new`] needs.
@@ -146,6 +155,11 @@ impl Service {
             tenants: RwLock::new(TenantCache::default()),
             tenant_read_hook: parking_lot::Mutex::new(None),
             placing: tokio::sync::Mutex::new(()),
+            heavy: rayon::ThreadPoolBuilder::new()
+                .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .thread_name(|i| format!("vv-heavy-{i}"))
+                .start_handler(|_| storage::process::lower_background_thread())
+                .build()?,
         })
     }
 
@@ -203,6 +217,19 @@ impl Service {
             }
         }
         Some(peer)
+    }
+
+    /// Runs `f`, CPU work on a large message, on the background-priority pool, in turn.
+    pub(crate) async fn heavy<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.heavy.spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.await
+            .map_err(|_| ApiError::internal("work on a large message was lost"))
     }
 
     /// The proxies whose `X-Forwarded-For` is believed (`[auth_failures] trusted_proxies`).
@@ -372,7 +399,7 @@ impl Service {
     }
 
     /// Runs one data operation for the caller.
-    pub async fn call(&self, identity: &Identity, op: Op) -> Result<Reply, ApiError> {
+    pub async fn call(&self, identity: &Identity, mut op: Op) -> Result<Reply, ApiError> {
         let tenant = identity.tenant.as_str();
         let state = self.tenant_state(tenant)?;
         if state.tier == PAUSED_TIER {
@@ -391,7 +418,20 @@ impl Service {
         // cost the server little and must not drain the tenant's budget for its valid traffic.
         let (scope, collection) = validate::scope_of(&op);
         identity.require(scope, collection)?;
-        validate::check(&op, &self.limits, tier)?;
+        if op.encoded_len() > LARGE_MESSAGE_BYTES {
+            let limits = self.limits;
+            let tier_copy = tier.clone();
+            let (checked, result) = self
+                .heavy(move || {
+                    let result = validate::check(&op, &limits, &tier_copy);
+                    (op, result)
+                })
+                .await?;
+            result?;
+            op = checked;
+        } else {
+            validate::check(&op, &self.limits, tier)?;
+        }
         if let Err(wait) = self.rates.take(
             &identity.tenant,
             tier.requests_per_second,

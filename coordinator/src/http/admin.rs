@@ -81,7 +81,15 @@ where
         f(service.clone(), args).await
     }
     .await;
-    finish(&service, "admin", endpoint, "", "admin", started, result)
+    finish(
+        &service,
+        "admin",
+        endpoint,
+        "",
+        "admin",
+        started,
+        result.map(super::render),
+    )
 }
 
 fn no_body() -> Body {

@@ -355,7 +355,7 @@ async fn run<D: DeserializeOwned>(
     peer: SocketAddr,
     headers: HeaderMap,
     body: Body,
-    build: impl FnOnce(D) -> Result<Op, ApiError>,
+    build: impl FnOnce(D) -> Result<Op, ApiError> + Send + 'static,
 ) -> Response {
     let started = Instant::now();
     let mut tenant = String::new();
@@ -368,14 +368,31 @@ async fn run<D: DeserializeOwned>(
         // The body is read only now, and only up to the tier's limit.
         let limit = service.body_limit(&identity)?.min(MAX_BODY_BYTES);
         let body = read_body(&headers, body, limit).await?;
-        let op = build(parse_json(&body)?)?;
+        // A large body's parsing, and a large answer's rendering, run off the runtime's threads,
+        // so one tenant's megabytes of JSON do not hold up other tenants' requests.
+        let op = if body.len() > crate::api::LARGE_MESSAGE_BYTES {
+            service.heavy(move || build(parse_json(&body)?)).await??
+        } else {
+            build(parse_json(&body)?)?
+        };
         let reply = service.call(&identity, op).await?;
-        dto::reply_json(reply)
+        if reply.encoded_len() > crate::api::LARGE_MESSAGE_BYTES {
+            service
+                .heavy(move || dto::reply_json(reply).map(render))
+                .await?
+        } else {
+            dto::reply_json(reply).map(render)
+        }
     }
     .await;
     finish(
         &service, "http", endpoint, &tenant, &key_id, started, result,
     )
+}
+
+/// A successful answer's JSON body, serialised.
+pub(crate) fn render(value: serde_json::Value) -> Response {
+    axum::Json(value).into_response()
 }
 
 pub(crate) fn finish(
@@ -385,11 +402,11 @@ pub(crate) fn finish(
     tenant: &str,
     key_id: &str,
     started: Instant,
-    result: Result<serde_json::Value, ApiError>,
+    result: Result<Response, ApiError>,
 ) -> Response {
     let elapsed = started.elapsed();
     let (status, code, response) = match result {
-        Ok(value) => (StatusCode::OK, "ok", axum::Json(value).into_response()),
+        Ok(response) => (StatusCode::OK, "ok", response),
         Err(err) => (err.http_status(), err.code.as_str(), err.into_response()),
     };
     service

@@ -154,22 +154,15 @@ impl Worker {
         let quota = assignment.quota;
         let config = self.config.clone();
         let counted_for = tenant.clone();
-        // Writes spend their time waiting for the group commit's fsync, not on a core, and the
-        // group commit batches whatever writes are waiting: they do not queue for a running slot.
-        let is_write = matches!(
-            operation,
-            cluster::tenant_request::Op::Upsert(_) | cluster::tenant_request::Op::Delete(_)
-        );
-        let running = (!is_write).then(|| {
-            self.tenant_running
-                .entry(counted_for.clone())
-                .or_insert_with(|| {
-                    Arc::new(tokio::sync::Semaphore::new(
-                        self.config.max_running_per_tenant.max(1) as usize,
-                    ))
-                })
-                .clone()
-        });
+        let running = self
+            .tenant_running
+            .entry(counted_for.clone())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(
+                    self.config.max_running_per_tenant.max(1) as usize,
+                ))
+            })
+            .clone();
         let failed = Done::Reply {
             generation,
             request_id,
@@ -222,10 +215,7 @@ impl Worker {
         };
         self.jobs.spawn(async move {
             // The semaphore is never closed; without a permit the request still runs.
-            let _permit = match running {
-                Some(running) => running.acquire_owned().await.ok(),
-                None => None,
-            };
+            let _permit = running.acquire_owned().await.ok();
             match tokio::task::spawn_blocking(job).await {
                 Ok(done) => done,
                 Err(err) => {

@@ -241,3 +241,17 @@ async fn storage_files_are_0600_and_directories_0700() {
     );
     cluster.shutdown().await;
 }
+
+/// The coordinator works through large messages on its background-priority pool, so a tenant's
+/// megabytes of JSON yield the cores to other tenants' small requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_are_worked_through_at_background_priority() {
+    let cluster = tests::Cluster::start_without_workers(0, |_| {}).await;
+    let nice = cluster
+        .service()
+        .heavy(|| storage::process::this_thread_nice().expect("getpriority"))
+        .await
+        .expect("the pool answers");
+    assert_eq!(nice, storage::process::BACKGROUND_NICE);
+    cluster.shutdown().await;
+}

@@ -220,7 +220,7 @@ impl Service {
     }
 
     /// Runs `f`, CPU work on a large message, on the background-priority pool, in turn.
-    pub(crate) async fn heavy<T: Send + 'static>(
+    pub async fn heavy<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {

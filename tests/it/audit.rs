@@ -41,15 +41,7 @@ async fn every_admin_operation_is_in_the_chain_and_tampering_is_detected() {
     let cluster = Cluster::start(1).await;
     let key = cluster.tenant("audited", None).await;
     let key_id = key[3..11].to_owned();
-    let (s, _) = cluster
-        .http(
-            "POST",
-            "/v1/collections",
-            Some(&key),
-            Some(json!({"name": "c", "dim": 2, "metric": "l2"})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    cluster.create_collection(&key, "c", 2).await;
     let (s, _) = cluster
         .http(
             "PUT",
@@ -234,15 +226,7 @@ fn break_audit_writes(cluster: &Cluster) -> impl FnOnce() {
 async fn an_admin_operation_whose_audit_row_fails_does_not_happen() {
     let cluster = Cluster::start(1).await;
     let key = cluster.tenant("kept", None).await;
-    let (s, _) = cluster
-        .http(
-            "POST",
-            "/v1/collections",
-            Some(&key),
-            Some(json!({"name": "c", "dim": 2, "metric": "l2"})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    cluster.create_collection(&key, "c", 2).await;
     let (s, _) = cluster
         .http(
             "PUT",
@@ -314,15 +298,7 @@ async fn an_admin_operation_whose_audit_row_fails_does_not_happen() {
 async fn a_deletion_whose_key_destruction_fails_finishes_when_run_again() {
     let cluster = Cluster::start(1).await;
     let key = cluster.tenant("halfway", None).await;
-    let (s, _) = cluster
-        .http(
-            "POST",
-            "/v1/collections",
-            Some(&key),
-            Some(json!({"name": "c", "dim": 2, "metric": "l2"})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    cluster.create_collection(&key, "c", 2).await;
     let keks = cluster.dir().join("coordinator/keks");
     let kek_file = keks.join("halfway.keks");
     assert!(kek_file.exists());

@@ -5,23 +5,11 @@ use proto::vaultvec::v1::points_client::PointsClient;
 use serde_json::{Value, json};
 use tests::{ADMIN_TOKEN, Cluster, with_key};
 
-async fn make_collection(cluster: &Cluster, key: &str, name: &str, dim: usize) {
-    let (s, v) = cluster
-        .http(
-            "POST",
-            "/v1/collections",
-            Some(key),
-            Some(json!({"name": name, "dim": dim, "metric": "l2"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_keys_are_indistinguishable_and_revocation_is_immediate() {
     let cluster = Cluster::start(1).await;
     let key = cluster.tenant("auth-a", None).await;
-    make_collection(&cluster, &key, "c", 2).await;
+    cluster.create_collection(&key, "c", 2).await;
     let key_id = &key[3..11];
     let wrong_secret = format!("vv_{key_id}_{}", "A".repeat(32));
     let unknown = format!("vv_ZZZZZZZZ_{}", "b".repeat(32));
@@ -101,8 +89,8 @@ async fn bad_keys_are_indistinguishable_and_revocation_is_immediate() {
 async fn scopes_and_collection_restrictions_are_enforced() {
     let cluster = Cluster::start(1).await;
     let admin_key = cluster.tenant("scopes", None).await;
-    make_collection(&cluster, &admin_key, "open", 2).await;
-    make_collection(&cluster, &admin_key, "closed", 2).await;
+    cluster.create_collection(&admin_key, "open", 2).await;
+    cluster.create_collection(&admin_key, "closed", 2).await;
     let reader = cluster.key("scopes", &["read"], None).await;
     let writer_open = cluster
         .key("scopes", &["read", "write"], Some(&["open"]))
@@ -213,7 +201,7 @@ async fn rate_and_tier_limits_answer_with_the_right_codes() {
         "{v}"
     );
     for name in ["c1", "c2", "c3"] {
-        make_collection(&cluster, &key, name, 2).await;
+        cluster.create_collection(&key, name, 2).await;
     }
     let (s, v) = cluster
         .http(
@@ -315,7 +303,7 @@ async fn admin_routes_need_the_admin_token_and_pause_resume_keeps_results() {
             (401, Some("unauthenticated"))
         );
     }
-    make_collection(&cluster, &key, "c", 2).await;
+    cluster.create_collection(&key, "c", 2).await;
     let points: Vec<Value> = (0..50)
         .map(|i| json!({"id": i, "vector": [i as f32, (50 - i) as f32]}))
         .collect();
@@ -623,7 +611,7 @@ async fn a_request_racing_a_pause_cannot_reload_the_paused_tenant() {
     use proto::vaultvec::cluster::v1 as wire;
     let cluster = Cluster::start(1).await;
     let key = cluster.tenant("paused-race", None).await;
-    make_collection(&cluster, &key, "c", 2).await;
+    cluster.create_collection(&key, "c", 2).await;
     let (s, _) = cluster
         .http(
             "PUT",

@@ -255,15 +255,7 @@ fn audit_rows(export: &serde_json::Value, action: &str) -> Vec<serde_json::Value
 async fn a_second_connection_with_a_live_workers_id_is_refused_and_audited() {
     let cluster = Cluster::start(1).await;
     let key = cluster.tenant("held", None).await;
-    let (s, v) = cluster
-        .http(
-            "POST",
-            "/v1/collections",
-            Some(&key),
-            Some(serde_json::json!({"name": "c", "dim": 2, "metric": "l2"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    cluster.create_collection(&key, "c", 2).await;
     let live = cluster
         .hub()
         .worker("worker-0")
@@ -510,6 +502,44 @@ async fn parking_worker(
     (parked_rx, fake)
 }
 
+/// Sends `n` concurrent list requests with `key` and waits until each is parked on the
+/// [`parking_worker`] or answered; gives the number parked, the answers (status, body) and the
+/// requests still running.
+async fn send_and_settle(
+    cluster: &Cluster,
+    key: &str,
+    n: usize,
+    parked_rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> (
+    usize,
+    Vec<(u16, serde_json::Value)>,
+    tokio::task::JoinSet<(u16, serde_json::Value)>,
+) {
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let url = cluster.url("/v1/collections");
+        let key = key.to_owned();
+        requests.spawn(async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        });
+    }
+    let (mut parked, mut answered) = (0, Vec::new());
+    while parked + answered.len() < n {
+        tokio::select! {
+            Some(()) = parked_rx.recv() => parked += 1,
+            Some(done) = requests.join_next() => answered.push(done.unwrap()),
+        }
+    }
+    (parked, answered, requests)
+}
+
 /// A tier's `max_in_flight` bounds its tenants' requests in flight below the coordinator's
 /// per-tenant bound; tenants of other tiers keep the default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,28 +555,8 @@ async fn a_tiers_in_flight_bound_applies_to_its_tenants() {
     let (mut parked_rx, fake) = parking_worker(&cluster).await;
     let noisy = cluster.tenant("noisy", Some("small")).await;
     let quiet = cluster.tenant("quiet", None).await;
-    let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..3 {
-        let url = cluster.url("/v1/collections");
-        let key = noisy.clone();
-        requests.spawn(async move {
-            let response = reqwest::Client::new()
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<serde_json::Value>().await.unwrap())
-        });
-    }
-    let (mut parked, mut refused) = (0, Vec::new());
-    while parked + refused.len() < 3 {
-        tokio::select! {
-            Some(()) = parked_rx.recv() => parked += 1,
-            Some(done) = requests.join_next() => refused.push(done.unwrap()),
-        }
-    }
+    let (parked, refused, mut requests) =
+        send_and_settle(&cluster, &noisy, 3, &mut parked_rx).await;
     assert_eq!(parked, 1, "the tier allows one request in flight");
     for (status, body) in &refused {
         assert_eq!(*status, 429, "{body}");
@@ -574,29 +584,8 @@ async fn a_tenant_over_its_in_flight_share_is_refused_and_others_keep_getting_th
     let quiet = cluster.tenant("quiet", None).await;
 
     // The noisy tenant sends as many requests as the worker has slots.
-    let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let url = cluster.url("/v1/collections");
-        let key = noisy.clone();
-        requests.spawn(async move {
-            let response = reqwest::Client::new()
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<serde_json::Value>().await.unwrap())
-        });
-    }
-    // Wait until each of them is parked on the worker or answered.
-    let (mut parked, mut refused) = (0, Vec::new());
-    while parked + refused.len() < 4 {
-        tokio::select! {
-            Some(()) = parked_rx.recv() => parked += 1,
-            Some(done) = requests.join_next() => refused.push(done.unwrap()),
-        }
-    }
+    let (parked, refused, mut requests) =
+        send_and_settle(&cluster, &noisy, 4, &mut parked_rx).await;
     // The quiet tenant still gets a slot.
     let (s, v) = cluster
         .http("GET", "/v1/collections", Some(&quiet), None)

@@ -184,15 +184,7 @@ fn modes(dir: &Path, out: &mut Vec<(String, bool, u32)>) {
 async fn storage_files_are_0600_and_directories_0700() {
     let mut cluster = tests::Cluster::start(1).await;
     let key = cluster.tenant("modes", None).await;
-    let (s, v) = cluster
-        .http(
-            "POST",
-            "/v1/collections",
-            Some(&key),
-            Some(serde_json::json!({"name": "c", "dim": 2, "metric": "l2"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    cluster.create_collection(&key, "c", 2).await;
     let (s, v) = cluster
         .http(
             "PUT",

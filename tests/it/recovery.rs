@@ -43,15 +43,7 @@ async fn placement(cluster: &Cluster, tenant: &str) -> Value {
 async fn a_coordinator_restart_keeps_keys_placement_and_data() {
     let mut cluster = Cluster::start(2).await;
     let key = cluster.tenant("restart-c", None).await;
-    let (s, _) = cluster
-        .http(
-            "POST",
-            "/v1/collections",
-            Some(&key),
-            Some(json!({"name": "c", "dim": 3, "metric": "l2"})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    cluster.create_collection(&key, "c", 3).await;
     upsert_batches(&cluster, &key, 0..4).await;
     let before = placement(&cluster, "restart-c").await;
     let search = json!({"vector": [10.0, 1.0, 3.0], "top_k": 5});
@@ -93,15 +85,7 @@ async fn a_coordinator_restart_keeps_keys_placement_and_data() {
 async fn a_worker_killed_with_sigkill_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start_with_processes(2).await;
     let key = cluster.tenant("killed", None).await;
-    let (s, _) = cluster
-        .http(
-            "POST",
-            "/v1/collections",
-            Some(&key),
-            Some(json!({"name": "c", "dim": 3, "metric": "l2"})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    cluster.create_collection(&key, "c", 3).await;
     upsert_batches(&cluster, &key, 0..6).await;
     let before = placement(&cluster, "killed").await;
     let worker: usize = before["worker"]

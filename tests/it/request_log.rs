@@ -107,15 +107,7 @@ async fn every_request_is_logged_with_tenant_key_endpoint_status_and_latency() {
     let unknown = "vv_AAAAAAAA_notakeynotakeynotakeynotakeynotake";
 
     // HTTP: answered, refused for the key (401), refused for the scope (403), refused input (400).
-    let (s, v) = cluster
-        .http(
-            "POST",
-            "/v1/collections",
-            Some(&key),
-            Some(json!({"name": "c", "dim": 2, "metric": "l2"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    cluster.create_collection(&key, "c", 2).await;
     let upsert = json!({"points": [{"id": 1, "vector": [1.0, 2.0]}]});
     let (s, _) = cluster
         .http(

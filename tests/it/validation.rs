@@ -311,15 +311,7 @@ async fn large_malformed_filters_are_refused_by_the_coordinator_and_the_worker_k
     let cluster = Cluster::start(1).await;
     let victim = cluster.tenant("victim", None).await;
     let aggressor = cluster.tenant("aggressor", None).await;
-    let (s, _) = cluster
-        .http(
-            "POST",
-            "/v1/collections",
-            Some(&victim),
-            Some(json!({"name": "c", "dim": 3, "metric": "l2"})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    cluster.create_collection(&victim, "c", 3).await;
     let (s, _) = cluster
         .http(
             "PUT",
@@ -494,15 +486,7 @@ async fn payload_nesting_is_refused_beyond_the_documented_limit() {
 async fn duplicate_keys_in_filters_and_payloads_are_refused() {
     let cluster = Cluster::start(1).await;
     let key = cluster.tenant("dup-keys", None).await;
-    let (s, _) = cluster
-        .http(
-            "POST",
-            "/v1/collections",
-            Some(&key),
-            Some(json!({"name": "c", "dim": 2, "metric": "l2"})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    cluster.create_collection(&key, "c", 2).await;
     let client = reqwest::Client::new();
     let raw = |method: &str, route: &str, body: &'static str| {
         client

@@ -478,6 +478,19 @@ impl Cluster {
         self.key(id, &["read", "write", "manage"], None).await
     }
 
+    /// Creates an L2 collection `name` of dimension `dim` with `key`, asserting it was made.
+    pub async fn create_collection(&self, key: &str, name: &str, dim: usize) {
+        let (status, value) = self
+            .http(
+                "POST",
+                "/v1/collections",
+                Some(key),
+                Some(serde_json::json!({"name": name, "dim": dim, "metric": "l2"})),
+            )
+            .await;
+        assert_eq!(status, 200, "creating collection {name}: {value}");
+    }
+
     /// Issues a key for a tenant.
     pub async fn key(&self, tenant: &str, scopes: &[&str], collections: Option<&[&str]>) -> String {
         let (status, value) = self

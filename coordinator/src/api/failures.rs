@@ -66,44 +66,67 @@ impl FailureLog {
         tally.last_ms = tally.last_ms.max(now_ms);
     }
 
-    /// Takes the window's failures as audit drafts (oldest first), leaving the window empty.
-    pub(crate) fn drain(&self, now_ms: u64) -> Vec<Draft> {
+    /// Takes the window's failures (oldest first), leaving the window empty.
+    pub(crate) fn drain(&self) -> Vec<Pending> {
         let pending = std::mem::take(&mut *self.pending.lock());
-        let mut drafts: Vec<((String, String), Tally)> = pending.into_iter().collect();
-        drafts.sort_by(|a, b| (a.1.first_ms, &a.0).cmp(&(b.1.first_ms, &b.0)));
-        drafts
+        let mut drained: Vec<Pending> = pending
             .into_iter()
-            .map(|((actor, resource), tally)| Draft {
-                time_ms: now_ms,
+            .map(|((actor, resource), tally)| Pending {
                 actor,
-                action: "auth.failure".to_owned(),
                 resource,
-                outcome: "denied".to_owned(),
-                details: serde_json::json!({
-                    "count": tally.count,
-                    "first_ms": tally.first_ms,
-                    "last_ms": tally.last_ms,
-                }),
+                tally,
             })
-            .collect()
+            .collect();
+        drained.sort_by(|a, b| {
+            (a.tally.first_ms, &a.actor, &a.resource).cmp(&(
+                b.tally.first_ms,
+                &b.actor,
+                &b.resource,
+            ))
+        });
+        drained
     }
 
-    /// Puts drafts that could not be written back, so the next flush tries them again.
-    pub(crate) fn restore(&self, drafts: Vec<Draft>) {
+    /// Puts failures that could not be written back, so the next flush writes them.
+    pub(crate) fn restore(&self, drained: Vec<Pending>) {
         let mut pending = self.pending.lock();
-        for draft in drafts {
-            let field = |name: &str| draft.details[name].as_u64().unwrap_or(0);
-            let (count, first_ms, last_ms) = (field("count"), field("first_ms"), field("last_ms"));
-            let tally = pending
-                .entry((draft.actor, draft.resource))
-                .or_insert(Tally {
-                    count: 0,
-                    first_ms,
-                    last_ms,
-                });
-            tally.count += count;
-            tally.first_ms = tally.first_ms.min(first_ms);
-            tally.last_ms = tally.last_ms.max(last_ms);
+        for Pending {
+            actor,
+            resource,
+            tally,
+        } in drained
+        {
+            let kept = pending
+                .entry((actor, resource))
+                .or_insert(Tally { count: 0, ..tally });
+            kept.count += tally.count;
+            kept.first_ms = kept.first_ms.min(tally.first_ms);
+            kept.last_ms = kept.last_ms.max(tally.last_ms);
+        }
+    }
+}
+
+/// The failures of one (address, resource) in a window.
+pub(crate) struct Pending {
+    actor: String,
+    resource: String,
+    tally: Tally,
+}
+
+impl Pending {
+    /// The `auth.failure` row of these failures, written at `now_ms`.
+    pub(crate) fn draft(&self, now_ms: u64) -> Draft {
+        Draft {
+            time_ms: now_ms,
+            actor: self.actor.clone(),
+            action: "auth.failure".to_owned(),
+            resource: self.resource.clone(),
+            outcome: "denied".to_owned(),
+            details: serde_json::json!({
+                "count": self.tally.count,
+                "first_ms": self.tally.first_ms,
+                "last_ms": self.tally.last_ms,
+            }),
         }
     }
 }
@@ -144,7 +167,7 @@ mod tests {
             log.record("peer:10.0.0.1", "KEYID123", 5_000 + i);
         }
         log.record("peer:10.0.0.2", "admin", 4_000);
-        let rows = log.drain(9_999);
+        let rows: Vec<Draft> = log.drain().iter().map(|p| p.draft(9_999)).collect();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].actor, "peer:10.0.0.2");
         assert_eq!(rows[0].details["count"], 1);
@@ -152,7 +175,7 @@ mod tests {
         assert_eq!(rows[1].details["count"], 1_000);
         assert_eq!(rows[1].details["first_ms"], 5_000);
         assert_eq!(rows[1].details["last_ms"], 5_999);
-        assert!(log.drain(10_000).is_empty(), "a drained window is empty");
+        assert!(log.drain().is_empty(), "a drained window is empty");
     }
 
     #[test]
@@ -161,7 +184,7 @@ mod tests {
         for i in 0..10_000u32 {
             log.record(&format!("peer:{}", std::net::Ipv4Addr::from(i)), "k", 1);
         }
-        let rows = log.drain(2);
+        let rows: Vec<Draft> = log.drain().iter().map(|p| p.draft(2)).collect();
         assert_eq!(rows.len(), 16);
         let total: u64 = rows
             .iter()
@@ -176,10 +199,10 @@ mod tests {
     fn drafts_put_back_are_merged_into_the_next_window() {
         let log = FailureLog::new(100);
         log.record("peer:a", "k", 10);
-        let rows = log.drain(11);
+        let drained = log.drain();
         log.record("peer:a", "k", 20);
-        log.restore(rows);
-        let rows = log.drain(21);
+        log.restore(drained);
+        let rows: Vec<Draft> = log.drain().iter().map(|p| p.draft(21)).collect();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].details["count"], 2);
         assert_eq!(rows[0].details["first_ms"], 10);

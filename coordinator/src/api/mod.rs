@@ -280,14 +280,15 @@ impl Service {
     /// the store: call it from a blocking thread (the coordinator does, every
     /// [`failures::AUDIT_WINDOW`]). Rows that cannot be written are kept for the next call.
     pub fn flush_auth_failures(&self) {
-        let drafts = self.failure_log.drain(now_ms());
-        if drafts.is_empty() {
+        let drained = self.failure_log.drain();
+        if drained.is_empty() {
             return;
         }
-        let n = drafts.len();
-        if let Err(err) = self.store.audit_many(admin::PLATFORM_CHAIN, drafts.clone()) {
-            tracing::error!(rows = n, error = %err, "writing failed-authentication rows failed; kept for the next try");
-            self.failure_log.restore(drafts);
+        let now = now_ms();
+        let drafts = drained.iter().map(|p| p.draft(now)).collect();
+        if let Err(err) = self.store.audit_many(admin::PLATFORM_CHAIN, drafts) {
+            tracing::error!(rows = drained.len(), error = %err, "writing failed-authentication rows failed; kept for the next try");
+            self.failure_log.restore(drained);
         }
     }
 

@@ -10,7 +10,6 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::segment::{self, Segment};
 use super::write::Apply;
 use super::{Collection, CollectionConfig, Context, Inner, Loc, State, Writer, wal_path};
-use crate::crypto::DekContext;
 use crate::disk::{Disk, is_sim_backup};
 use crate::filter::Payload;
 use crate::ids::{CollectionName, TenantId};
@@ -302,26 +301,7 @@ impl Inner {
             .any(|s| (0..s.len() as u32).any(|slot| !s.deleted.contains(slot)));
         let mut wal = None;
         if has_points {
-            let file_id = writer.manifest.next_file_id;
-            writer.manifest.next_file_id += 1;
-            let dek = self.keys.generate_data_key(
-                &self.tenant,
-                DekContext {
-                    collection: self.name.as_str(),
-                    file_id,
-                },
-            )?;
-            let path = wal_path(&self.dir, file_id);
-            let mut new = WalWriter::create(
-                self.disk.as_ref(),
-                &path,
-                &self.tenant,
-                self.name.as_str(),
-                file_id,
-                self.config.dim as u32,
-                dek,
-                self.incarnation,
-            )?;
+            let mut new = self.create_wal(&mut writer.manifest)?;
             let frame_limit = wal::MAX_FRAME_BYTES / 2;
             let mut ops = Vec::new();
             let mut bytes = 0;

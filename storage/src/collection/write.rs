@@ -358,10 +358,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Creates a new WAL file and lists it in the manifest before any frame is written to it.
-    pub(super) fn start_wal(&self, writer: &mut Writer) -> Result<()> {
-        let file_id = writer.manifest.next_file_id;
-        writer.manifest.next_file_id += 1;
+    /// Creates an empty WAL file under the manifest's next file id and a new data key; listing
+    /// it in the manifest is the caller's.
+    pub(super) fn create_wal(&self, manifest: &mut Manifest) -> Result<WalWriter> {
+        let file_id = manifest.next_file_id;
+        manifest.next_file_id += 1;
         let dek = self.keys.generate_data_key(
             &self.tenant,
             DekContext {
@@ -369,7 +370,7 @@ impl Inner {
                 file_id,
             },
         )?;
-        let wal = WalWriter::create(
+        WalWriter::create(
             self.disk.as_ref(),
             &wal_path(&self.dir, file_id),
             &self.tenant,
@@ -378,7 +379,13 @@ impl Inner {
             self.config.dim as u32,
             dek,
             self.incarnation,
-        )?;
+        )
+    }
+
+    /// Creates a new WAL file and lists it in the manifest before any frame is written to it.
+    pub(super) fn start_wal(&self, writer: &mut Writer) -> Result<()> {
+        let wal = self.create_wal(&mut writer.manifest)?;
+        let file_id = wal.file_id();
         let mut wals = writer.manifest.wals.clone();
         wals.push(file_id);
         let segments = Inner::segment_entries(&self.state.read(), None, None);

@@ -689,17 +689,7 @@ fn kek_rotation_rewraps_without_reencrypting_and_erasure_locks_everything() {
 }
 
 fn test_context(keys: &Arc<LocalKeyService>) -> crate::collection::Context {
-    crate::collection::Context {
-        keys: keys.clone(),
-        disk: Arc::new(crate::disk::StdDisk),
-        limits: limits(),
-        pool: Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap(),
-        ),
-    }
+    super::context(keys.clone(), limits())
 }
 
 #[test]

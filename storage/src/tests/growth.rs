@@ -12,7 +12,6 @@ use super::{keys, tenant};
 use crate::Collection;
 use crate::collection::{CollectionConfig, Context, Limits, PointInput, SearchRequest};
 use crate::crypto::LocalKeyService;
-use crate::disk::StdDisk;
 use crate::filter::{Payload, PayloadLimits};
 use crate::ids::{CollectionName, PointId};
 use crate::index::Metric;
@@ -20,17 +19,7 @@ use crate::index::Metric;
 const DIM: usize = 8;
 
 fn context(keys: &Arc<LocalKeyService>, limits: Limits) -> Context {
-    Context {
-        keys: keys.clone(),
-        disk: Arc::new(StdDisk),
-        limits,
-        pool: Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap(),
-        ),
-    }
+    super::context(keys.clone(), limits)
 }
 
 fn files(dir: &Path, prefix: &str) -> usize {

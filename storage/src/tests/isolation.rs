@@ -482,17 +482,7 @@ fn a_collection_without_an_incarnation_still_opens_and_writes() {
     }
     .write(&crate::disk::StdDisk, &coll_dir, &t, "docs", keys.as_ref())
     .unwrap();
-    let context = || crate::collection::Context {
-        keys: keys.clone(),
-        disk: Arc::new(crate::disk::StdDisk),
-        limits: limits(),
-        pool: Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap(),
-        ),
-    };
+    let context = || super::context(keys.clone(), limits());
     let point = |i: u64| PointInput {
         id: PointId::Num(i),
         vector: vec![i as f32, 1.0],

@@ -29,3 +29,21 @@ pub(crate) fn keys(dir: &Path, tenants: &[&str]) -> Arc<LocalKeyService> {
     }
     Arc::new(keys)
 }
+
+/// A collection context over the real disk with `keys`, `limits` and one index thread.
+pub(crate) fn context(
+    keys: Arc<dyn crate::crypto::KeyService>,
+    limits: crate::collection::Limits,
+) -> crate::collection::Context {
+    crate::collection::Context {
+        keys,
+        disk: Arc::new(crate::disk::StdDisk),
+        limits,
+        pool: Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap(),
+        ),
+    }
+}

@@ -12,7 +12,6 @@ use parking_lot::{Condvar, Mutex};
 use super::{keys, tenant};
 use crate::collection::{CollectionConfig, Context, Limits, PointInput, SearchRequest};
 use crate::crypto::{DataKey, DekContext, KeyService, LocalKeyService, WrappedDek};
-use crate::disk::StdDisk;
 use crate::ids::{CollectionName, PointId, TenantId};
 use crate::index::Metric;
 use crate::{Collection, Error, Result};
@@ -101,17 +100,7 @@ impl KeyService for FlakyKeys {
 }
 
 fn context(keys: &Arc<FlakyKeys>, limits: Limits) -> Context {
-    Context {
-        keys: keys.clone(),
-        disk: Arc::new(StdDisk),
-        limits,
-        pool: Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap(),
-        ),
-    }
+    super::context(keys.clone(), limits)
 }
 
 fn point(i: u64) -> PointInput {

@@ -163,16 +163,7 @@ impl Worker {
                 ))
             })
             .clone();
-        let failed = Done::Reply {
-            generation,
-            request_id,
-            deadline_unix_ms,
-            counted_for: Some(counted_for.clone()),
-            frame: answer_frame(
-                request_id,
-                Err(Error::Internal("the request's task was lost".into())),
-            ),
-        };
+        let lost_for = counted_for.clone();
         // Every request, however cheap it looks, runs on a blocking thread: a search the loop ran
         // itself (huge ef, a misjudged filter) would stop heartbeats, key-service answers and
         // every other tenant's frames (INV-24). A tenant runs at most `max_running_per_tenant`
@@ -220,7 +211,16 @@ impl Worker {
                 Ok(done) => done,
                 Err(err) => {
                     tracing::error!(error = %err, "a tenant request's thread failed");
-                    failed
+                    Done::Reply {
+                        generation,
+                        request_id,
+                        deadline_unix_ms,
+                        counted_for: Some(lost_for),
+                        frame: answer_frame(
+                            request_id,
+                            Err(Error::Internal("the request's task was lost".into())),
+                        ),
+                    }
                 }
             }
         });

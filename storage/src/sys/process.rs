@@ -10,7 +10,8 @@
 //!
 //! `prctl(PR_SET_DUMPABLE, arg2)` and `prctl(PR_GET_DUMPABLE)` take integers only and touch no
 //! memory of ours; unused arguments are passed as 0 as the man page asks. `gettid`,
-//! `setpriority` and `getpriority` likewise take and return integers only.
+//! `setpriority` and `getpriority` likewise take and return integers only. `clock_gettime` writes
+//! one `timespec` through the pointer it is given, which points at a local of exactly that type.
 //!
 //! Background threads (indexing, sealing, compaction) lower their own scheduling priority with
 //! [`lower_this_thread`]: on Linux the nice value belongs to a thread, so a tenant's bulk writes,
@@ -70,6 +71,24 @@ pub fn this_thread_nice() -> io::Result<i32> {
     }
 }
 
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): what a request cost,
+/// whatever else ran on the cores meanwhile.
+pub fn this_thread_cpu_time() -> io::Result<std::time::Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: see the module docs; `ts` is a live local `timespec`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::time::Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    ))
+}
+
 /// Whether this process is dumpable (`PR_GET_DUMPABLE`).
 pub fn is_dumpable() -> io::Result<bool> {
     let zero: libc::c_ulong = 0;
@@ -89,6 +108,21 @@ mod tests {
         // test process loses nothing.
         super::forbid_core_dumps().unwrap();
         assert!(!super::is_dumpable().unwrap());
+    }
+
+    #[test]
+    fn thread_cpu_time_counts_this_threads_work_not_its_sleep() {
+        let start = super::this_thread_cpu_time().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let slept = super::this_thread_cpu_time().unwrap() - start;
+        let mut x = 0u64;
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let worked = super::this_thread_cpu_time().unwrap() - start - slept;
+        assert!(slept < std::time::Duration::from_millis(25), "{slept:?}");
+        assert!(worked > slept, "{worked:?} {slept:?}");
     }
 
     #[test]

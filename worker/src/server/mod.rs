@@ -48,6 +48,7 @@ use crate::replay::{REPLAY_WINDOW, ReplayWindow};
 use crate::tenant::Tenants;
 
 mod dial;
+mod share;
 mod tenants;
 
 pub use dial::check_connection;
@@ -115,6 +116,7 @@ pub async fn serve(
         in_flight: 0,
         tenant_in_flight: HashMap::new(),
         tenant_running: HashMap::new(),
+        shares: Arc::new(share::Shares::new(2 * default_threads())?),
         is_accounting: false,
         last_accounting: Instant::now(),
         generation: 0,
@@ -125,6 +127,11 @@ pub async fn serve(
     let mut shutdown: Shutdown<'_> = Box::pin(shutdown.fuse());
     worker.run(&mut shutdown).instrument(span).await;
     Ok(())
+}
+
+/// The number of cores (2 when it cannot be read).
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// What a finished task reports to the loop.
@@ -185,6 +192,8 @@ struct Worker {
     /// semaphore, not on a thread: one tenant's backlog never takes the CPU from another's
     /// request.
     tenant_running: HashMap<TenantId, Arc<tokio::sync::Semaphore>>,
+    /// Which pool each started request runs on, by its tenant's recent CPU use (`share`).
+    shares: Arc<share::Shares>,
     is_accounting: bool,
     last_accounting: Instant,
     /// Numbers connections; answers of an older one are dropped.

@@ -164,12 +164,16 @@ impl Worker {
             })
             .clone();
         let lost_for = counted_for.clone();
+        let shares = self.shares.clone();
+        let run_as = tenant.clone();
         // Every request, however cheap it looks, runs on a blocking thread: a search the loop ran
         // itself (huge ef, a misjudged filter) would stop heartbeats, key-service answers and
         // every other tenant's frames (INV-24). A tenant runs at most `max_running_per_tenant`
         // requests at once (about one per core); the rest wait their turn on its semaphore, so a
         // tenant with 32 heavy searches queued competes for the CPU with 2 threads, not 32, and
-        // another tenant's request starts at once on a thread of its own.
+        // another tenant's request starts at once on a thread of its own. Those threads run at
+        // background priority while the tenant has another request running or has used more than
+        // its share of the CPU lately (`share`), so a light tenant's request comes first.
         let job = move || {
             let _entered = span.enter();
             let started = std::time::Instant::now();
@@ -207,10 +211,10 @@ impl Worker {
         self.jobs.spawn(async move {
             // The semaphore is never closed; without a permit the request still runs.
             let _permit = running.acquire_owned().await.ok();
-            match tokio::task::spawn_blocking(job).await {
+            match shares.run(run_as, job).await {
                 Ok(done) => done,
-                Err(err) => {
-                    tracing::error!(error = %err, "a tenant request's thread failed");
+                Err(share::Lost) => {
+                    tracing::error!("a tenant request's thread failed");
                     Done::Reply {
                         generation,
                         request_id,

@@ -173,6 +173,57 @@ async fn a_tenant_runs_at_most_its_running_limit_and_the_rest_wait_their_turn() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_a_request_running_runs_the_next_at_background_priority_and_others_do_not() {
+    let (gate, mut entered) = Gate::new();
+    let gated = gate.hook(TENANT, "count");
+    // Reports the nice value of the thread each count runs on, then holds the tenant's counts.
+    let (nice_tx, mut nices) = mpsc::unbounded_channel();
+    let hook: worker::RequestHook = Arc::new(move |t: &str, o: &str| {
+        if o == "count" {
+            let nice = storage::process::this_thread_nice().unwrap();
+            let _ = nice_tx.send((t.to_owned(), nice));
+        }
+        gated(t, o);
+    });
+    let _open = OpenOnDrop(gate.clone());
+    let mut setup = Setup::with(4, |config| {
+        config.max_running_per_tenant = 2;
+        config.request_hook = Some(hook);
+    })
+    .await;
+    other_tenant(&mut setup).await;
+    let base = storage::process::this_thread_nice().unwrap();
+    let background = storage::process::BACKGROUND_NICE.max(base);
+    let conn = &mut setup.conn;
+    let first = conn
+        .request_burst(vec![tenant_request(TENANT, 1, count("docs", None))])
+        .await;
+    entered.recv().await.unwrap();
+    assert_eq!(nices.recv().await.unwrap(), (TENANT.to_owned(), base));
+    // Its second request runs while the first does: at background priority.
+    let second = conn
+        .request_burst(vec![tenant_request(TENANT, 1, count("docs", None))])
+        .await;
+    entered.recv().await.unwrap();
+    assert_eq!(nices.recv().await.unwrap(), (TENANT.to_owned(), background));
+    // Another tenant's request meanwhile runs at normal priority.
+    let Answer::Count(n) = conn.op_for(OTHER, 1, count("docs", None)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(n.count, 1);
+    assert_eq!(nices.recv().await.unwrap(), (OTHER.to_owned(), base));
+
+    gate.open();
+    for id in first.into_iter().chain(second) {
+        let Answer::Count(n) = answer(conn.reply(id).await).unwrap() else {
+            panic!()
+        };
+        assert_eq!(n.count, 4);
+    }
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_whose_deadline_passes_while_it_runs_deletes_nothing() {
     let deadline = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let hook_deadline = deadline.clone();

@@ -112,6 +112,7 @@ impl Coordinator {
             .iter()
             .map(|w| (w.id.clone(), w.token.clone()))
             .collect();
+        let heavy = api::heavy_pool().context("starting the large-message pool")?;
         let mut hub = Hub::new(
             credentials,
             store.clone(),
@@ -120,7 +121,8 @@ impl Coordinator {
             config.heartbeat_timeout,
         )
         .with_max_in_flight_per_tenant(config.max_in_flight_per_tenant)
-        .with_refusal_budget(config.auth_failures.per_second, config.auth_failures.burst);
+        .with_refusal_budget(config.auth_failures.per_second, config.auth_failures.burst)
+        .with_heavy(heavy.clone());
         if let Some(tls) = &config.cluster_tls {
             hub = hub.with_tls(tls.server_config());
         }
@@ -129,6 +131,7 @@ impl Coordinator {
             store,
             pepper: config.secrets.pepper.clone(),
             hub: hub.clone(),
+            heavy,
             keys,
             tiers: config.tiers.clone(),
             default_tier: config.default_tier.clone(),

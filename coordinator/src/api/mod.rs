@@ -101,7 +101,20 @@ pub struct Service {
     /// parsing, checking and rendering of requests and answers over [`LARGE_MESSAGE_BYTES`] queue
     /// for them, so a flood of them takes at most the cores, at a lower priority than the
     /// runtime's threads that serve everyone else, and no more of their memory is expanded at once.
-    heavy: rayon::ThreadPool,
+    heavy: Arc<rayon::ThreadPool>,
+}
+
+/// The large-message pool: one thread per core at background priority, where messages over
+/// [`LARGE_MESSAGE_BYTES`] are parsed, decoded and rendered in turn ([`Service::heavy`], and the
+/// hub's large answers).
+pub fn heavy_pool() -> anyhow::Result<Arc<rayon::ThreadPool>> {
+    Ok(Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .thread_name(|i| format!("vv-heavy-{i}"))
+            .start_handler(|_| storage::process::lower_background_thread())
+            .build()?,
+    ))
 }
 
 /// What [`Service::new`] needs.
@@ -112,6 +125,8 @@ pub struct Parts {
     pub pepper: zeroize::Zeroizing<Vec<u8>>,
     /// The workers.
     pub hub: Arc<Hub>,
+    /// The large-message pool ([`heavy_pool`]), shared with the hub.
+    pub heavy: Arc<rayon::ThreadPool>,
     /// Tenant KEKs.
     pub keys: Arc<LocalKeyService>,
     /// Tiers by name.
@@ -155,11 +170,7 @@ impl Service {
             tenants: RwLock::new(TenantCache::default()),
             tenant_read_hook: parking_lot::Mutex::new(None),
             placing: tokio::sync::Mutex::new(()),
-            heavy: rayon::ThreadPoolBuilder::new()
-                .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
-                .thread_name(|i| format!("vv-heavy-{i}"))
-                .start_handler(|_| storage::process::lower_background_thread())
-                .build()?,
+            heavy: parts.heavy,
         })
     }
 
@@ -226,7 +237,11 @@ impl Service {
     ) -> Result<T, ApiError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.heavy.spawn(move || {
-            let _ = tx.send(f());
+            // A panic must not reach rayon, which would abort the process; the dropped sender
+            // fails the request instead.
+            if let Ok(out) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let _ = tx.send(out);
+            }
         });
         rx.await
             .map_err(|_| ApiError::internal("work on a large message was lost"))

@@ -113,6 +113,46 @@ fn error_body(code: cluster::ErrorCode, message: impl Into<String>) -> cluster::
 }
 
 impl Hub {
+    /// A frame over [`crate::api::LARGE_MESSAGE_BYTES`] that answers a pending request (an
+    /// answer of megabytes: thousands of records, payloads) is decoded on the large-message pool,
+    /// at background priority, and handed to its waiter from there: decoding it on the
+    /// connection's task would hold up every other tenant's answers behind it (INV-24). Anything
+    /// else is given back to be decoded here.
+    pub(super) fn hand_off_large_answer(
+        &self,
+        conn: &WorkerConn,
+        bytes: tokio_tungstenite::tungstenite::Bytes,
+    ) -> Option<tokio_tungstenite::tungstenite::Bytes> {
+        if bytes.len() <= crate::api::LARGE_MESSAGE_BYTES {
+            return Some(bytes);
+        }
+        let Some(pool) = &self.heavy else {
+            return Some(bytes);
+        };
+        let request_id = EnvelopeId::decode(bytes.as_ref()).map_or(0, |e| e.request_id);
+        let Some(waiter) = conn.pending.lock().remove(&request_id) else {
+            return Some(bytes);
+        };
+        let worker = conn.id.clone();
+        pool.spawn(move || {
+            let decoded = std::panic::catch_unwind(|| cluster::Envelope::decode(bytes.as_ref()));
+            let body = match decoded {
+                Ok(Ok(cluster::Envelope {
+                    body: Some(body), ..
+                })) => body,
+                _ => {
+                    tracing::warn!(worker = %worker, request_id, bytes = bytes.len(), "the worker's answer does not decode");
+                    error_body(
+                        cluster::ErrorCode::Internal,
+                        "the worker's answer does not decode",
+                    )
+                }
+            };
+            let _ = waiter.send(body);
+        });
+        None
+    }
+
     fn check_upgrade(&self, request: &Request) -> Result<String, (u16, &'static str)> {
         if request.uri().path() != "/v1/cluster" {
             return Err((404, "not found"));
@@ -419,6 +459,9 @@ impl Hub {
                 conn.fail_oversize(bytes.as_ref());
                 continue;
             }
+            let Some(bytes) = self.hand_off_large_answer(&conn, bytes) else {
+                continue;
+            };
             let Ok(env) = cluster::Envelope::decode(bytes.as_ref()) else {
                 tracing::warn!(worker = %worker_id, "ignoring an undecodable frame");
                 continue;

@@ -174,6 +174,8 @@ pub struct Hub {
     refusals_not_audited: AtomicU64,
     changed: Notify,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Where large answers are decoded (`with_heavy`); without it, on the connection's task.
+    heavy: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Hub {
@@ -203,6 +205,7 @@ impl Hub {
             refusals_not_audited: AtomicU64::new(0),
             changed: Notify::new(),
             tls: None,
+            heavy: None,
         }
     }
 
@@ -226,6 +229,13 @@ impl Hub {
     }
 
     /// Serves the cluster listener over TLS with this configuration (`wss://`).
+    /// Decodes large answers on `pool` (the coordinator's large-message pool) instead of the
+    /// connection's task.
+    pub fn with_heavy(mut self, pool: Arc<rayon::ThreadPool>) -> Hub {
+        self.heavy = Some(pool);
+        self
+    }
+
     pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Hub {
         self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
         self
@@ -544,6 +554,77 @@ mod tests {
             "the new connection was never told about the tenant"
         );
         assert_eq!(old.assigned_epoch("t"), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_is_decoded_off_the_connection_task_and_reaches_its_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        // A large-message pool of one thread, kept busy until the test lets it go.
+        let pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap(),
+        );
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        pool.spawn(move || {
+            let _ = held.recv();
+        });
+        let hub = Arc::try_unwrap(hub(dir.path()))
+            .ok()
+            .unwrap()
+            .with_heavy(pool);
+        let (conn, _frames) = fake_conn("w", 8);
+        let envelope = |request_id: u64, len: usize| {
+            let body = cluster::envelope::Body::Error(cluster::Error {
+                code: cluster::ErrorCode::Internal as i32,
+                message: "x".repeat(len),
+            });
+            tokio_tungstenite::tungstenite::Bytes::from(
+                cluster::Envelope {
+                    request_id,
+                    deadline_unix_ms: 0,
+                    body: Some(body),
+                }
+                .encode_to_vec(),
+            )
+        };
+        let (tx, mut answer) = tokio::sync::oneshot::channel();
+        conn.pending.lock().insert(5, tx);
+        let large = crate::api::LARGE_MESSAGE_BYTES + 1;
+        // Small frames, and large ones nobody waits for, are decoded by the caller as before.
+        assert!(hub.hand_off_large_answer(&conn, envelope(5, 10)).is_some());
+        assert!(
+            hub.hand_off_large_answer(&conn, envelope(6, large))
+                .is_some()
+        );
+        // The large answer is taken and decoded on the pool, which is busy: the connection's
+        // task goes on without it.
+        assert!(
+            hub.hand_off_large_answer(&conn, envelope(5, large))
+                .is_none()
+        );
+        assert!(conn.pending.lock().is_empty());
+        assert!(matches!(
+            answer.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ));
+        release.send(()).unwrap();
+        let cluster::envelope::Body::Error(err) = answer.await.unwrap() else {
+            panic!("not the answer sent")
+        };
+        assert_eq!(err.message.len(), large);
+
+        // A large frame that does not decode fails its request with an error.
+        let (tx, answer) = tokio::sync::oneshot::channel();
+        conn.pending.lock().insert(7, tx);
+        let mut garbage = envelope(7, large).to_vec();
+        *garbage.last_mut().unwrap() = 0xff; // the message is no longer UTF-8
+        assert!(hub.hand_off_large_answer(&conn, garbage.into()).is_none());
+        let cluster::envelope::Body::Error(err) = answer.await.unwrap() else {
+            panic!("no error")
+        };
+        assert_eq!(err.message, "the worker's answer does not decode");
     }
 
     #[test]

@@ -100,8 +100,11 @@ impl Worker {
         s: &mut Session,
         request_id: u64,
         deadline_unix_ms: u64,
-        req: cluster::TenantRequest,
+        tenant: String,
+        epoch: u64,
+        op: OpSource,
     ) -> Option<Error> {
+        let req = RequestHead { tenant, epoch };
         if self.is_stopping() {
             return Some(Error::ShuttingDown);
         }
@@ -124,10 +127,14 @@ impl Worker {
                 got: req.epoch,
             });
         }
-        let Some(operation) = req.op else {
-            return Some(Error::InvalidArgument(
-                "the request has no operation".into(),
-            ));
+        let operation = match op {
+            OpSource::Decoded(Some(operation)) => Ok(operation),
+            OpSource::Decoded(None) => {
+                return Some(Error::InvalidArgument(
+                    "the request has no operation".into(),
+                ));
+            }
+            OpSource::Frame(bytes) => Err(bytes),
         };
         if self.in_flight >= self.config.max_in_flight {
             tracing::debug!(tenant = %tenant, request_id, in_flight = self.in_flight, "busy");
@@ -145,7 +152,7 @@ impl Worker {
             "request",
             tenant = %tenant,
             request_id,
-            op = op::name(&operation),
+            op = operation.as_ref().map_or("", op::name),
             collection = tracing::field::Empty,
         );
         let slot = self.tenants.touch(&tenant);
@@ -177,6 +184,17 @@ impl Worker {
         let job = move || {
             let _entered = span.enter();
             let started = std::time::Instant::now();
+            let operation = match operation {
+                Ok(operation) => Ok(operation),
+                Err(frame) => {
+                    if let Some(hook) = &config.request_hook {
+                        hook(tenant.as_str(), "decode");
+                    }
+                    super::decode_request_op(&frame).inspect(|operation| {
+                        span.record("op", op::name(operation));
+                    })
+                }
+            };
             let ctx = op::Ctx {
                 engine: &engine,
                 slot: &slot,
@@ -186,8 +204,9 @@ impl Worker {
                 deadline: op::storage_deadline(deadline_unix_ms),
                 hook: config.request_hook.as_ref(),
             };
-            let res =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op::run(&ctx, operation)));
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                op::run(&ctx, operation?)
+            }));
             let result = match res {
                 Ok(Ok(answer)) => Ok(Body::TenantResponse(cluster::TenantResponse {
                     result: Some(answer),
@@ -230,4 +249,18 @@ impl Worker {
         });
         None
     }
+}
+
+/// Where a request's operation comes from.
+pub(super) enum OpSource {
+    /// Decoded with its envelope on the loop (small frames).
+    Decoded(Option<cluster::tenant_request::Op>),
+    /// Still in its frame, to be decoded on the request's thread (`LARGE_FRAME_BYTES`).
+    Frame(tokio_tungstenite::tungstenite::Bytes),
+}
+
+/// The tenant and epoch of a request.
+struct RequestHead {
+    tenant: String,
+    epoch: u64,
 }

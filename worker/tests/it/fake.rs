@@ -32,7 +32,7 @@ pub const TENANT: &str = "acme";
 
 /// How long any single wait on the worker may take before the test fails (a guard against hangs,
 /// not a readiness delay).
-const PATIENCE: Duration = Duration::from_secs(60);
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The listener and the key service of a fake coordinator.
 pub struct Coordinator {

@@ -224,6 +224,66 @@ async fn a_tenant_with_a_request_running_runs_the_next_at_background_priority_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_request_is_decoded_on_its_own_thread_while_other_tenants_are_served() {
+    let (gate, mut entered) = Gate::new();
+    let _open = OpenOnDrop(gate.clone());
+    let mut setup = Setup::with(4, |config| {
+        config.request_hook = Some(gate.hook(TENANT, "decode"))
+    })
+    .await;
+    other_tenant(&mut setup).await;
+    let conn = &mut setup.conn;
+    // About 120 KiB: decoded off the loop, where the test holds it before it decodes.
+    let text = "x".repeat(3_000);
+    let points: Vec<_> = (100..140)
+        .map(|i| {
+            point(
+                i,
+                vec![i as f32, 1.0],
+                Some(serde_json::json!({ "text": text })),
+            )
+        })
+        .collect();
+    let large = tenant_request(TENANT, 1, upsert("docs", points.clone()));
+    let ids = conn.request_burst(vec![large]).await;
+    tokio::time::timeout(PATIENCE, entered.recv())
+        .await
+        .expect("the large request was not decoded on its own thread")
+        .unwrap();
+    // The loop goes on: another tenant is answered and heartbeats keep coming.
+    let Answer::Count(n) = conn.op_for(OTHER, 1, count("docs", None)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(n.count, 1);
+    conn.heartbeat().await;
+    gate.open();
+    answer(conn.reply(ids[0]).await).unwrap();
+    assert_eq!(conn.count("docs").await, 4 + 40);
+
+    // A large frame whose operation does not decode fails that request alone.
+    let bad = tenant_request(TENANT, 1, upsert("docs", points));
+    let mut frame = cluster::Envelope {
+        request_id: 1_000,
+        deadline_unix_ms: 0,
+        body: Some(bad),
+    }
+    .encode_to_vec();
+    // The last point's payload text ends the frame; it is no longer UTF-8.
+    let at = frame.len() - 1;
+    frame[at] = 0xff;
+    conn.send_raw(tokio_tungstenite::tungstenite::Message::binary(frame))
+        .await;
+    let body = conn.reply(1_000).await;
+    assert_eq!(
+        error_code(&body),
+        Some(ErrorCode::InvalidArgument),
+        "{body:?}"
+    );
+    assert_eq!(conn.count("docs").await, 4 + 40);
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_whose_deadline_passes_while_it_runs_deletes_nothing() {
     let deadline = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let hook_deadline = deadline.clone();

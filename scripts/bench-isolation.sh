@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: scripts/bench-isolation.sh [--json FILE] [--seconds S] [--clients N]
+# Usage: scripts/bench-isolation.sh [--json FILE] [--seconds S] [--clients N] [--scenarios A,B]
 #
 # The noisy-neighbour benchmark (not a test). Builds the release binaries, starts a coordinator and
 # one worker as real processes on loopback in a fresh temporary data directory, and makes two

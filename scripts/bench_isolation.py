@@ -22,6 +22,7 @@ import requests
 
 DIM = 128
 N_POINTS = 20_000
+SCENARIOS = ("heavy_search", "huge_batch_search", "maximal_filter", "bulk_upsert", "unauthenticated_flood")
 BAD_KEY = "vv_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
 
 
@@ -196,6 +197,8 @@ def main():
     parser.add_argument("--json")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated subset of the scenarios to run")
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="vv-isolation-")
@@ -253,7 +256,9 @@ def main():
         baseline = run_scenario(url, keys, pids, None, args.seconds, args.clients)
         print(json.dumps(baseline), file=sys.stderr)
         scenarios = []
-        for name in ("heavy_search", "huge_batch_search", "maximal_filter", "bulk_upsert", "unauthenticated_flood"):
+        for name in args.scenarios.split(","):
+            if name not in SCENARIOS:
+                raise SystemExit(f"unknown scenario {name}; choose from {', '.join(SCENARIOS)}")
             row = run_scenario(url, keys, pids, name, args.seconds, args.clients)
             row["p99_vs_baseline"] = (round(row["victim_p99_us"] / baseline["victim_p99_us"], 2)
                                       if row["victim_p99_us"] and baseline["victim_p99_us"] else None)

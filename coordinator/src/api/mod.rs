@@ -104,7 +104,7 @@ pub struct Service {
     heavy: Arc<rayon::ThreadPool>,
 }
 
-/// The large-message pool: one thread per core at background priority, where messages over
+/// The large-message pool: one thread per core in the `SCHED_IDLE` class, where messages over
 /// [`LARGE_MESSAGE_BYTES`] are parsed, decoded and rendered in turn ([`Service::heavy`], and the
 /// hub's large answers).
 pub fn heavy_pool() -> anyhow::Result<Arc<rayon::ThreadPool>> {
@@ -112,7 +112,7 @@ pub fn heavy_pool() -> anyhow::Result<Arc<rayon::ThreadPool>> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .thread_name(|i| format!("vv-heavy-{i}"))
-            .start_handler(|_| storage::process::lower_background_thread())
+            .start_handler(|_| storage::process::idle_background_thread())
             .build()?,
     ))
 }

@@ -10,7 +10,8 @@
 //!
 //! `prctl(PR_SET_DUMPABLE, arg2)` and `prctl(PR_GET_DUMPABLE)` take integers only and touch no
 //! memory of ours; unused arguments are passed as 0 as the man page asks. `gettid`,
-//! `setpriority` and `getpriority` likewise take and return integers only. `clock_gettime` writes
+//! `setpriority`, `getpriority` and `sched_getscheduler` likewise take and return integers only;
+//! `sched_setscheduler` reads one `sched_param` through a pointer to a live local of that type. `clock_gettime` writes
 //! one `timespec` through the pointer it is given, which points at a local of exactly that type.
 //!
 //! Background threads (indexing, sealing, compaction) lower their own scheduling priority with
@@ -46,6 +47,40 @@ pub fn lower_this_thread() -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Puts the calling thread in the `SCHED_IDLE` class: it runs only on cores no normal thread
+/// wants, and a waking normal thread preempts it at once, where a nice-10 thread keeps its slice.
+/// Best effort like [`lower_this_thread`]; a thread cannot leave the class again without
+/// privileges.
+pub fn idle_this_thread() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: see the module docs; `param` is a live local `sched_param`, read only.
+    let rc = unsafe { libc::sched_setscheduler(libc::gettid(), libc::SCHED_IDLE, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether the calling thread is in the `SCHED_IDLE` class.
+pub fn this_thread_is_idle_class() -> io::Result<bool> {
+    // SAFETY: see the module docs; integer arguments only.
+    let policy = unsafe { libc::sched_getscheduler(libc::gettid()) };
+    if policy == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(policy == libc::SCHED_IDLE)
+}
+
+/// [`idle_this_thread`] for a thread start handler: logs a failure, and falls back to
+/// [`lower_this_thread`].
+pub fn idle_background_thread() {
+    if let Err(err) = idle_this_thread() {
+        tracing::debug!(error = %err, "could not put a thread in the idle class");
+        lower_background_thread();
     }
 }
 
@@ -123,6 +158,18 @@ mod tests {
         let worked = super::this_thread_cpu_time().unwrap() - start - slept;
         assert!(slept < std::time::Duration::from_millis(25), "{slept:?}");
         assert!(worked > slept, "{worked:?} {slept:?}");
+    }
+
+    #[test]
+    fn an_idle_class_thread_is_seen_as_one_and_its_neighbours_are_not() {
+        let idle = std::thread::spawn(|| {
+            super::idle_this_thread().unwrap();
+            super::this_thread_is_idle_class().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert!(idle);
+        assert!(!super::this_thread_is_idle_class().unwrap());
     }
 
     #[test]

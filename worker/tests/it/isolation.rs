@@ -173,15 +173,15 @@ async fn a_tenant_runs_at_most_its_running_limit_and_the_rest_wait_their_turn() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_with_a_request_running_runs_the_next_at_background_priority_and_others_do_not() {
+async fn a_tenant_with_a_request_running_runs_the_next_in_the_idle_class_and_others_do_not() {
     let (gate, mut entered) = Gate::new();
     let gated = gate.hook(TENANT, "count");
-    // Reports the nice value of the thread each count runs on, then holds the tenant's counts.
+    // Reports whether each count runs on a SCHED_IDLE thread, then holds the tenant's counts.
     let (nice_tx, mut nices) = mpsc::unbounded_channel();
     let hook: worker::RequestHook = Arc::new(move |t: &str, o: &str| {
         if o == "count" {
-            let nice = storage::process::this_thread_nice().unwrap();
-            let _ = nice_tx.send((t.to_owned(), nice));
+            let idle = storage::process::this_thread_is_idle_class().unwrap();
+            let _ = nice_tx.send((t.to_owned(), idle));
         }
         gated(t, o);
     });
@@ -192,21 +192,20 @@ async fn a_tenant_with_a_request_running_runs_the_next_at_background_priority_an
     })
     .await;
     other_tenant(&mut setup).await;
-    let base = storage::process::this_thread_nice().unwrap();
-    let background = storage::process::BACKGROUND_NICE.max(base);
+    let (base, background) = (false, true);
     let conn = &mut setup.conn;
     let first = conn
         .request_burst(vec![tenant_request(TENANT, 1, count("docs", None))])
         .await;
     entered.recv().await.unwrap();
     assert_eq!(nices.recv().await.unwrap(), (TENANT.to_owned(), base));
-    // Its second request runs while the first does: at background priority.
+    // Its second request runs while the first does: in the idle class.
     let second = conn
         .request_burst(vec![tenant_request(TENANT, 1, count("docs", None))])
         .await;
     entered.recv().await.unwrap();
     assert_eq!(nices.recv().await.unwrap(), (TENANT.to_owned(), background));
-    // Another tenant's request meanwhile runs at normal priority.
+    // Another tenant's request meanwhile runs in the normal class.
     let Answer::Count(n) = conn.op_for(OTHER, 1, count("docs", None)).await.unwrap() else {
         panic!()
     };

@@ -13,6 +13,7 @@ pub use generated::*;
 /// for which gRPC methods exist (the coordinator's route inventory is checked against it).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
+pub mod chunk;
 pub mod codec;
 pub mod json;
 

@@ -19,7 +19,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use proto::chunk::{Piece, Reassembly};
+
 use super::{Hub, MAX_FRAME_BYTES, MAX_RECEIVE_BYTES, WorkerConn, now_ms};
+
+/// Bytes of answers arriving in pieces held per connection, all answers together.
+const MAX_REASSEMBLY_BYTES: usize = 2 * MAX_FRAME_BYTES;
 
 /// Request ids remembered per connection for replay detection.
 const REPLAY_WINDOW: usize = 4096;
@@ -66,15 +71,20 @@ impl WorkerConn {
     /// someone waits for it) with a clear error; the connection and its other requests go on.
     fn fail_oversize(&self, frame: &[u8]) {
         let request_id = EnvelopeId::decode(frame).map_or(0, |e| e.request_id);
-        tracing::warn!(worker = %self.id, request_id, bytes = frame.len(), "the worker sent a frame over the limit; failing its request");
+        self.fail_too_large(request_id, Some(frame.len()));
+    }
+
+    /// Fails request `request_id`, whose answer (of `bytes`, if known) is over the frame limit.
+    fn fail_too_large(&self, request_id: u64, bytes: Option<usize>) {
+        tracing::warn!(worker = %self.id, request_id, bytes, "the worker sent a frame over the limit; failing its request");
         let Some(waiter) = self.pending.lock().remove(&request_id) else {
             return;
         };
+        let size = bytes.map_or_else(|| "more bytes".to_owned(), |b| format!("{b} bytes"));
         let _ = waiter.send(error_body(
             cluster::ErrorCode::InvalidArgument,
             format!(
-                "the answer is too large: {} bytes, over the {} MiB limit of one answer; ask for less (fewer ids, a smaller limit or top_k, no vectors or payloads)",
-                frame.len(),
+                "the answer is too large: {size}, over the {} MiB limit of one answer; ask for less (fewer ids, a smaller limit or top_k, no vectors or payloads)",
                 MAX_FRAME_BYTES >> 20
             ),
         ));
@@ -433,6 +443,7 @@ impl Hub {
                 .reconcile(conn.clone(), hello.held_tenants.clone()),
         );
         let mut replay = ReplayGuard::default();
+        let mut reassembly = Reassembly::new(MAX_FRAME_BYTES, MAX_REASSEMBLY_BYTES);
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout(self.heartbeat_timeout, source.next()) => next,
@@ -459,6 +470,16 @@ impl Hub {
                 conn.fail_oversize(bytes.as_ref());
                 continue;
             }
+            // A large answer arrives in pieces, between which other answers can pass.
+            let bytes = match reassembly.offer(&bytes) {
+                Piece::Frame => bytes,
+                Piece::Pending => continue,
+                Piece::Whole(frame) => frame.into(),
+                Piece::TooLarge(request_id) => {
+                    conn.fail_too_large(request_id, None);
+                    continue;
+                }
+            };
             let Some(bytes) = self.hand_off_large_answer(&conn, bytes) else {
                 continue;
             };

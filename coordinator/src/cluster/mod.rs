@@ -88,10 +88,16 @@ impl WorkerConn {
         max - self.permits.available_permits()
     }
 
+    /// Sends a request; one over [`proto::chunk::CHUNK_BYTES`] goes in pieces, each written
+    /// under its own turn at the socket, so other tenants' requests pass between them.
     async fn send(&self, env: cluster::Envelope) -> Result<(), ApiError> {
-        self.send_message(Message::binary(env.encode_to_vec()))
-            .await
-            .map_err(|_| ApiError::new(Code::Unavailable, "the worker disconnected"))
+        let request_id = env.request_id;
+        for piece in proto::chunk::split(request_id, env.encode_to_vec()) {
+            self.send_message(Message::binary(piece))
+                .await
+                .map_err(|_| ApiError::new(Code::Unavailable, "the worker disconnected"))?;
+        }
+        Ok(())
     }
 
     /// Writes one frame on the worker's socket from the calling task.

@@ -38,6 +38,7 @@ use tracing::Instrument;
 use zeroize::{Zeroize, Zeroizing};
 
 use cluster::envelope::Body;
+use proto::chunk::{Outbox, Piece, Reassembly};
 
 use crate::backoff::Backoff;
 use crate::config::Config;
@@ -56,6 +57,8 @@ use dial::{UpgradeRefused, dial};
 
 /// Largest WebSocket frame and message, either direction.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Bytes of requests arriving in pieces held at once, all requests together.
+const MAX_REASSEMBLY_BYTES: usize = 2 * MAX_FRAME_BYTES;
 /// Most frames handled in one go before the loop looks at answers, heartbeats and shutdown again.
 const MAX_BURST: usize = 16;
 /// The largest answer frame the worker sends: the coordinator's limit, less room for the
@@ -173,6 +176,10 @@ struct Session {
     outbound: mpsc::UnboundedReceiver<cluster::Envelope>,
     assignments: HashMap<TenantId, Assignment>,
     replay: ReplayWindow,
+    /// Large requests arriving in pieces.
+    reassembly: Reassembly,
+    /// Large answers going out in pieces, one piece of each in turn.
+    bulk: Outbox,
 }
 
 struct Worker {
@@ -480,6 +487,8 @@ impl Worker {
             outbound,
             assignments: HashMap::new(),
             replay: ReplayWindow::new(REPLAY_WINDOW),
+            reassembly: Reassembly::new(MAX_FRAME_BYTES, MAX_REASSEMBLY_BYTES),
+            bulk: Outbox::default(),
         };
         let end = match self.serve_session(&mut session, shutdown).await {
             Ok(end) => end,
@@ -510,7 +519,7 @@ impl Worker {
         loop {
             if let Some(deadline) = self.drain_deadline
                 && !self.is_closing
-                && (self.jobs.is_empty() || Instant::now() >= deadline)
+                && ((self.jobs.is_empty() && s.bulk.is_empty()) || Instant::now() >= deadline)
             {
                 if !self.jobs.is_empty() {
                     tracing::warn!(
@@ -544,6 +553,9 @@ impl Worker {
                 }
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
                     if self.on_done(s, done).await? {
+                        while !s.bulk.is_empty() {
+                            send_piece(s).await?;
+                        }
                         let close = CloseFrame {
                             code: CloseCode::Normal,
                             reason: "worker shutting down".into(),
@@ -560,6 +572,8 @@ impl Worker {
                         if !self.on_burst(s, message).await? {
                             return Ok(End::Lost);
                         }
+                        // A steady stream of requests does not hold large answers back for good.
+                        send_piece(s).await?;
                     }
                     Some(Err(err)) => {
                         tracing::warn!(error = %err, "reading from the coordinator failed");
@@ -568,6 +582,8 @@ impl Worker {
                     None => return Ok(End::Lost),
                 },
                 () = tokio::time::sleep_until(drain_wake), if self.is_stopping() && !self.is_closing => {}
+                // Last: a piece of a large answer goes when nothing else is waiting.
+                () = std::future::ready(()), if !s.bulk.is_empty() => send_piece(s).await?,
             }
         }
     }
@@ -638,12 +654,15 @@ impl Worker {
                     );
                     return Ok(false);
                 }
-                let message = if deadline_unix_ms != 0 && now_ms() >= deadline_unix_ms {
-                    error_frame(request_id, &Error::DeadlineExceeded)
+                if deadline_unix_ms != 0 && now_ms() >= deadline_unix_ms {
+                    s.ws.send(error_frame(request_id, &Error::DeadlineExceeded))
+                        .await?;
+                } else if frame.len() > proto::chunk::CHUNK_BYTES {
+                    // Megabytes of one answer go in pieces between other frames (INV-24).
+                    s.bulk.push(request_id, frame);
                 } else {
-                    Message::binary(frame)
-                };
-                s.ws.send(message).await?;
+                    s.ws.send(Message::binary(frame)).await?;
+                }
                 self.maybe_account(false);
                 Ok(false)
             }
@@ -708,6 +727,19 @@ impl Worker {
                 return Ok(false);
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(true),
+        };
+        let bytes = match s.reassembly.offer(&bytes) {
+            Piece::Frame => bytes,
+            Piece::Pending => return Ok(true),
+            Piece::Whole(frame) => frame.into(),
+            Piece::TooLarge(request_id) => {
+                let err = Error::InvalidArgument(format!(
+                    "the request is larger than the {} MiB frame limit",
+                    MAX_FRAME_BYTES >> 20
+                ));
+                s.ws.send(error_frame(request_id, &err)).await?;
+                return Ok(true);
+            }
         };
         if let Some(head) = large_request_head(&bytes) {
             let request_id = head.request_id;
@@ -794,10 +826,10 @@ impl Worker {
                     wipe(bytes);
                 }
             }
-            Body::Hello(_) | Body::Heartbeat(_) => {
+            Body::Hello(_) | Body::Heartbeat(_) | Body::Chunk(_) => {
                 tracing::warn!(
                     request_id,
-                    "ignoring a hello or heartbeat sent by the coordinator"
+                    "ignoring a hello, heartbeat or stray chunk sent by the coordinator"
                 );
             }
             Body::GenerateDataKey(_)
@@ -874,6 +906,14 @@ fn decode_request_op(bytes: &[u8]) -> Result<cluster::tenant_request::Op, Error>
             "the frame does not decode: {err}"
         ))),
     }
+}
+
+/// Sends the next piece of a large answer, if one waits.
+async fn send_piece(s: &mut Session) -> Result<(), tungstenite::Error> {
+    if let Some(piece) = s.bulk.next_piece() {
+        s.ws.send(Message::binary(piece)).await?;
+    }
+    Ok(())
 }
 
 /// Zeroizes a received frame that carried a DEK, when this is its only reference.

@@ -91,6 +91,8 @@ impl Coordinator {
             early: HashMap::new(),
             heartbeats: Vec::new(),
             hello: cluster::Hello::default(),
+            reassembly: proto::chunk::Reassembly::new(64 << 20, 128 << 20),
+            pieces: HashMap::new(),
         };
         let hello = conn.read().await;
         assert_eq!(hello.request_id, 0);
@@ -183,6 +185,10 @@ pub struct Conn {
     early: HashMap<u64, cluster::Envelope>,
     pub heartbeats: Vec<cluster::Heartbeat>,
     pub hello: cluster::Hello,
+    /// Puts large frames sent in pieces back together.
+    reassembly: proto::chunk::Reassembly,
+    /// Pieces of large frames received so far, by request id.
+    pub pieces: HashMap<u64, usize>,
 }
 
 fn is_key_call(body: &Option<Body>) -> bool {
@@ -256,7 +262,25 @@ impl Conn {
                 .unwrap();
             match message {
                 Message::Binary(bytes) => {
-                    return cluster::Envelope::decode(bytes.as_ref()).unwrap();
+                    let frame = match self.reassembly.offer(&bytes) {
+                        proto::chunk::Piece::Frame => bytes.to_vec(),
+                        proto::chunk::Piece::Pending => {
+                            let id = cluster::Envelope::decode(bytes.as_ref())
+                                .unwrap()
+                                .request_id;
+                            *self.pieces.entry(id).or_default() += 1;
+                            continue;
+                        }
+                        proto::chunk::Piece::Whole(frame) => {
+                            let id = cluster::Envelope::decode(bytes.as_ref())
+                                .unwrap()
+                                .request_id;
+                            *self.pieces.entry(id).or_default() += 1;
+                            frame
+                        }
+                        other => panic!("the worker sent a frame over the limit: {other:?}"),
+                    };
+                    return cluster::Envelope::decode(frame.as_slice()).unwrap();
                 }
                 Message::Ping(_) | Message::Pong(_) => {}
                 other => panic!("unexpected frame from the worker: {other:?}"),

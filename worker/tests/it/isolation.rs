@@ -5,6 +5,7 @@ use prost::Message as _;
 use proto::vaultvec::cluster::v1 as cluster;
 use proto::vaultvec::v1 as api;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::fake::*;
 
@@ -472,5 +473,92 @@ async fn a_tenant_holding_its_share_leaves_slots_for_the_others() {
         }
     }
     assert_eq!(busy, 2);
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_travel_in_pieces_both_ways_with_other_frames_between() {
+    let mut setup = Setup::with(4, |_| {}).await;
+    other_tenant(&mut setup).await;
+    let conn = &mut setup.conn;
+    let text = "y".repeat(6_000);
+    let points: Vec<_> = (100..150)
+        .map(|i| {
+            point(
+                i,
+                vec![i as f32, 1.0],
+                Some(serde_json::json!({ "text": text })),
+            )
+        })
+        .collect();
+    // An upsert of about 300 KiB, sent in two pieces with another tenant's request between them.
+    let upsert_id = 5_000;
+    let frame = cluster::Envelope {
+        request_id: upsert_id,
+        deadline_unix_ms: 0,
+        body: Some(tenant_request(TENANT, 1, upsert("docs", points))),
+    }
+    .encode_to_vec();
+    let pieces = proto::chunk::split(upsert_id, frame);
+    assert_eq!(pieces.len(), 2);
+    conn.send_raw(Message::binary(pieces[0].clone())).await;
+    let Answer::Count(n) = conn.op_for(OTHER, 1, count("docs", None)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(n.count, 1);
+    conn.send_raw(Message::binary(pieces[1].clone())).await;
+    let Answer::Upsert(done) = answer(conn.reply(upsert_id).await).unwrap() else {
+        panic!()
+    };
+    assert_eq!(done.upserted, 50);
+    assert_eq!(conn.count("docs").await, 4 + 50);
+
+    // Their answer to a get of them all, about 300 KiB, comes back in pieces.
+    let get = tenant_request(
+        TENANT,
+        1,
+        Op::Get(api::GetPointsRequest {
+            collection: "docs".into(),
+            ids: (100..150).map(num_id).collect(),
+            with_payload: true,
+            with_vector: false,
+        }),
+    );
+    let id = conn.request(get).await;
+    let Answer::Get(got) = answer(conn.reply(id).await).unwrap() else {
+        panic!()
+    };
+    assert_eq!(got.points.len(), 50);
+    assert!(
+        conn.pieces.get(&id).copied().unwrap_or(0) >= 2,
+        "{:?}",
+        conn.pieces
+    );
+
+    // A request whose pieces pass the frame limit fails alone, at the piece that passes it.
+    let piece = |last: bool| {
+        Message::binary(
+            cluster::Envelope {
+                request_id: 6_000,
+                deadline_unix_ms: 0,
+                body: Some(Body::Chunk(cluster::Chunk {
+                    data: vec![0; proto::chunk::CHUNK_BYTES],
+                    last,
+                })),
+            }
+            .encode_to_vec(),
+        )
+    };
+    for _ in 0..(worker::MAX_FRAME_BYTES / proto::chunk::CHUNK_BYTES + 1) {
+        conn.send_raw(piece(false)).await;
+    }
+    conn.send_raw(piece(true)).await;
+    let body = conn.reply(6_000).await;
+    assert_eq!(
+        error_code(&body),
+        Some(ErrorCode::InvalidArgument),
+        "{body:?}"
+    );
+    assert_eq!(conn.count("docs").await, 4 + 50);
     setup.stop().await;
 }

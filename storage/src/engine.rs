@@ -82,7 +82,7 @@ impl Engine {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(limits.index_threads.max(1))
             .thread_name(|i| format!("vv-index-{i}"))
-            .start_handler(|_| crate::sys::process::lower_background_thread())
+            .start_handler(|_| crate::sys::process::idle_background_thread())
             .build()
             .map_err(|err| Error::invalid(format!("cannot start index threads: {err}")))?;
         Ok(Engine {

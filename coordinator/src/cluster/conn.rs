@@ -414,6 +414,7 @@ impl Hub {
         let conn = Arc::new(WorkerConn {
             id: worker_id.clone(),
             sink: tokio::sync::Mutex::new(Box::pin(sink)),
+            urgent: std::sync::atomic::AtomicUsize::new(0),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(self.max_in_flight)),

@@ -14,7 +14,7 @@ mod reconcile;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::SinkExt;
@@ -56,6 +56,8 @@ pub struct WorkerConn {
     /// The worker's id.
     pub id: String,
     sink: tokio::sync::Mutex<WsSink>,
+    /// Senders of whole frames waiting for the socket: pieces of large frames let them go first.
+    urgent: AtomicUsize,
     pending: Mutex<HashMap<u64, oneshot::Sender<cluster::envelope::Body>>>,
     next_id: AtomicU64,
     permits: Arc<Semaphore>,
@@ -92,17 +94,42 @@ impl WorkerConn {
     /// under its own turn at the socket, so other tenants' requests pass between them.
     async fn send(&self, env: cluster::Envelope) -> Result<(), ApiError> {
         let request_id = env.request_id;
-        for piece in proto::chunk::split(request_id, env.encode_to_vec()) {
-            self.send_message(Message::binary(piece))
+        let disconnected = |()| ApiError::new(Code::Unavailable, "the worker disconnected");
+        let pieces = proto::chunk::split(request_id, env.encode_to_vec());
+        if pieces.len() == 1 {
+            let frame = pieces.into_iter().next().unwrap_or_default();
+            return self
+                .send_message(Message::binary(frame))
                 .await
-                .map_err(|_| ApiError::new(Code::Unavailable, "the worker disconnected"))?;
+                .map_err(disconnected);
+        }
+        for piece in pieces {
+            self.send_piece(piece).await.map_err(disconnected)?;
         }
         Ok(())
     }
 
-    /// Writes one frame on the worker's socket from the calling task.
+    /// Writes one frame on the worker's socket from the calling task, before any piece of a
+    /// large frame that waits.
     pub(crate) async fn send_message(&self, message: Message) -> Result<(), ()> {
-        self.sink.lock().await.send(message).await.map_err(|_| ())
+        self.urgent.fetch_add(1, Ordering::SeqCst);
+        let mut sink = self.sink.lock().await;
+        self.urgent.fetch_sub(1, Ordering::SeqCst);
+        sink.send(message).await.map_err(|_| ())
+    }
+
+    /// Writes one piece of a large frame, once no whole frame waits for the socket: a request
+    /// of another tenant waits for at most the one piece being written, not for every piece
+    /// queued ahead of it (the socket's lock is first come, first served).
+    async fn send_piece(&self, piece: Vec<u8>) -> Result<(), ()> {
+        loop {
+            let mut sink = self.sink.lock().await;
+            if self.urgent.load(Ordering::SeqCst) == 0 {
+                return sink.send(Message::binary(piece)).await.map_err(|_| ());
+            }
+            drop(sink);
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -515,6 +542,7 @@ mod tests {
         let conn = Arc::new(WorkerConn {
             id: id.to_owned(),
             sink: tokio::sync::Mutex::new(Box::pin(sink)),
+            urgent: AtomicUsize::new(0),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(max_in_flight)),
@@ -631,6 +659,50 @@ mod tests {
             panic!("no error")
         };
         assert_eq!(err.message, "the worker's answer does not decode");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_whole_frame_goes_before_the_pieces_of_a_large_one_queued_ahead_of_it() {
+        let (conn, mut frames) = fake_conn("w", 8);
+        let held = conn.sink.lock().await;
+        let large = tokio::spawn({
+            let conn = conn.clone();
+            async move {
+                let body = cluster::envelope::Body::Error(cluster::Error {
+                    code: 1,
+                    message: "x".repeat(2 * proto::chunk::CHUNK_BYTES + 1),
+                });
+                conn.send(cluster::Envelope {
+                    request_id: 1,
+                    deadline_unix_ms: 0,
+                    body: Some(body),
+                })
+                .await
+            }
+        });
+        tokio::task::yield_now().await; // the large frame's first piece now waits for the socket
+        let small = tokio::spawn({
+            let conn = conn.clone();
+            async move {
+                conn.send(cluster::Envelope {
+                    request_id: 2,
+                    deadline_unix_ms: 0,
+                    body: Some(cluster::envelope::Body::Ack(cluster::Ack {})),
+                })
+                .await
+            }
+        });
+        tokio::task::yield_now().await; // and the small frame behind it
+        drop(held);
+        large.await.unwrap().unwrap();
+        small.await.unwrap().unwrap();
+        let mut order = Vec::new();
+        while let Ok(message) = frames.try_recv() {
+            let env = cluster::Envelope::decode(message.into_data().as_ref()).unwrap();
+            let is_piece = matches!(env.body, Some(cluster::envelope::Body::Chunk(_)));
+            order.push((env.request_id, is_piece));
+        }
+        assert_eq!(order, [(2, false), (1, true), (1, true), (1, true)]);
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl Collection {
         let handle = std::thread::Builder::new()
             .name(format!("vv-bg-{}", name))
             .spawn(move || {
-                crate::sys::process::lower_background_thread();
+                crate::sys::process::idle_background_thread();
                 inner.background()
             })
             .map_err(Error::io(dir))?;

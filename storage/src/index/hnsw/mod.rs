@@ -276,7 +276,7 @@ impl Graph {
         match rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("hnsw-build-{i}"))
-            .start_handler(|_| crate::sys::process::lower_background_thread())
+            .start_handler(|_| crate::sys::process::idle_background_thread())
             .build()
         {
             Ok(pool) => {

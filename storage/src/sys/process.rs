@@ -14,9 +14,12 @@
 //! `sched_setscheduler` reads one `sched_param` through a pointer to a live local of that type. `clock_gettime` writes
 //! one `timespec` through the pointer it is given, which points at a local of exactly that type.
 //!
-//! Background threads (indexing, sealing, compaction) lower their own scheduling priority with
-//! [`lower_this_thread`]: on Linux the nice value belongs to a thread, so a tenant's bulk writes,
-//! whose indexing can keep every core busy, leave the cores to requests that wait for an answer.
+//! Background threads (indexing, sealing, compaction) put themselves in the `SCHED_IDLE` class with
+//! [`idle_background_thread`] (nice [`BACKGROUND_NICE`] with [`lower_this_thread`] where that is
+//! refused): on Linux the scheduling class and nice value belong to a thread, so a tenant's bulk
+//! writes, whose indexing can keep every core busy, leave the cores to requests that wait for an
+//! answer, and a waking request thread preempts them at once. An idle-class thread still runs
+//! whenever no normal thread wants its core.
 
 use std::io;
 

@@ -114,6 +114,8 @@ struct RawConfig {
     max_in_flight_per_tenant: Option<usize>,
     #[serde(default = "default_heartbeat_timeout")]
     heartbeat_timeout_secs: u64,
+    #[serde(default = "default_large_message_budget")]
+    large_message_budget_bytes: usize,
     #[serde(default)]
     auth_failures: AuthFailureBudget,
     cluster_tls: Option<RawClusterTls>,
@@ -143,6 +145,10 @@ impl Default for AuthFailureBudget {
             trusted_proxies: Vec::new(),
         }
     }
+}
+
+fn default_large_message_budget() -> usize {
+    crate::api::DEFAULT_LARGE_MESSAGE_BUDGET_BYTES
 }
 
 fn default_request_timeout() -> u64 {
@@ -282,6 +288,10 @@ pub struct Config {
     pub max_in_flight_per_tenant: usize,
     /// A worker silent for this long is disconnected.
     pub heartbeat_timeout: Duration,
+    /// Memory that messages over 64 KiB in flight may hold, all tenants together, counted as
+    /// [`crate::api::LARGE_MESSAGE_EXPANSION`] times their size (request bodies from before they
+    /// are read, answers from their arrival until their last bytes are handed to the socket).
+    pub large_message_budget_bytes: usize,
     /// Failed authentications allowed per client address.
     pub auth_failures: AuthFailureBudget,
     /// TLS on the cluster listener (`[cluster_tls]`); `None` serves plain `ws://`.
@@ -381,6 +391,7 @@ impl Config {
                 .unwrap_or(raw.max_in_flight_per_worker / 4)
                 .max(1),
             heartbeat_timeout: Duration::from_secs(raw.heartbeat_timeout_secs.max(1)),
+            large_message_budget_bytes: raw.large_message_budget_bytes,
             auth_failures: raw.auth_failures,
             cluster_tls,
         };
@@ -389,6 +400,9 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if !(1 << 20..=1 << 40).contains(&self.large_message_budget_bytes) {
+            bail!("large_message_budget_bytes must be between 1 MiB and 1 TiB");
+        }
         let budget = &self.auth_failures;
         if !(budget.per_second.is_finite() && budget.per_second > 0.0) || budget.burst == 0 {
             bail!("[auth_failures] per_second must be a positive number and burst at least 1");
@@ -473,6 +487,7 @@ impl Config {
                 .collect(),
             default_tier: "pro".to_owned(),
             tiers,
+            large_message_budget_bytes: crate::api::DEFAULT_LARGE_MESSAGE_BUDGET_BYTES,
             request_timeout: Duration::from_secs(30),
             max_in_flight_per_worker: 256,
             max_in_flight_per_tenant: 64,

@@ -132,6 +132,7 @@ impl Coordinator {
             pepper: config.secrets.pepper.clone(),
             hub: hub.clone(),
             heavy,
+            large_message_budget_bytes: config.large_message_budget_bytes,
             keys,
             tiers: config.tiers.clone(),
             default_tier: config.default_tier.clone(),

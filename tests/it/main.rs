@@ -6,6 +6,7 @@ mod auth;
 mod cluster;
 mod grpc_routes;
 mod hardening;
+mod memory;
 mod python;
 mod recovery;
 mod request_log;

@@ -7,6 +7,7 @@
 //! the caller's own tenant on its worker, where the name simply does not exist.
 
 pub mod admin;
+pub mod budget;
 pub mod error;
 pub mod failures;
 pub mod limit;
@@ -50,6 +51,8 @@ struct TenantCache {
     states: HashMap<String, Arc<TenantState>>,
     generation: u64,
 }
+
+pub use budget::{DEFAULT_LARGE_MESSAGE_BUDGET_BYTES, LARGE_MESSAGE_EXPANSION, Reservation};
 
 /// Requests and answers larger than this are parsed, checked and rendered with
 /// [`off_runtime`]: their CPU time then holds up no other request's task.
@@ -102,6 +105,7 @@ pub struct Service {
     /// for them, so a flood of them takes at most the cores, at a lower priority than the
     /// runtime's threads that serve everyone else, and no more of their memory is expanded at once.
     heavy: Arc<rayon::ThreadPool>,
+    large: budget::LargeMessages,
 }
 
 /// The large-message pool: one thread per core in the `SCHED_IDLE` class, where messages over
@@ -127,6 +131,8 @@ pub struct Parts {
     pub hub: Arc<Hub>,
     /// The large-message pool ([`heavy_pool`]), shared with the hub.
     pub heavy: Arc<rayon::ThreadPool>,
+    /// Memory for large messages in flight (`budget`).
+    pub large_message_budget_bytes: usize,
     /// Tenant KEKs.
     pub keys: Arc<LocalKeyService>,
     /// Tiers by name.
@@ -171,6 +177,7 @@ impl Service {
             tenant_read_hook: parking_lot::Mutex::new(None),
             placing: tokio::sync::Mutex::new(()),
             heavy: parts.heavy,
+            large: budget::LargeMessages::new(parts.large_message_budget_bytes),
         })
     }
 
@@ -228,6 +235,22 @@ impl Service {
             }
         }
         Some(peer)
+    }
+
+    /// Reserves memory for a large message of `bytes` (see `budget`), waiting at most the
+    /// request timeout.
+    pub async fn reserve_large(&self, bytes: usize, what: &str) -> Result<Reservation, ApiError> {
+        self.large.reserve(bytes, self.request_timeout, what).await
+    }
+
+    /// Bytes reserved for large messages now.
+    pub fn large_reserved_bytes(&self) -> usize {
+        self.large.reserved_bytes()
+    }
+
+    /// Watches the bytes reserved for large messages.
+    pub fn watch_large_reserved(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.large.watch_reserved()
     }
 
     /// Runs `f`, CPU work on a large message, on the background-priority pool, in turn.

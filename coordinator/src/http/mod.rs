@@ -365,8 +365,15 @@ async fn run<D: DeserializeOwned>(
         let identity = service.authenticate(bearer(&headers), client)?;
         tenant.clone_from(&identity.tenant);
         key_id.clone_from(&identity.key_id);
-        // The body is read only now, and only up to the tier's limit.
+        // The body is read only now, and only up to the tier's limit; a large one only once the
+        // memory it will take is reserved.
         let limit = service.body_limit(&identity)?.min(MAX_BODY_BYTES);
+        let expected = declared_length(&headers).map_or(limit, |len| len.min(limit));
+        let _body_reserved = if expected > crate::api::LARGE_MESSAGE_BYTES {
+            Some(service.reserve_large(expected, "request body").await?)
+        } else {
+            None
+        };
         let body = read_body(&headers, body, limit).await?;
         // A large body's parsing, and a large answer's rendering, run off the runtime's threads,
         // so one tenant's megabytes of JSON do not hold up other tenants' requests.
@@ -376,9 +383,11 @@ async fn run<D: DeserializeOwned>(
             build(parse_json(&body)?)?
         };
         let reply = service.call(&identity, op).await?;
-        if reply.encoded_len() > crate::api::LARGE_MESSAGE_BYTES {
+        let answer_len = reply.encoded_len();
+        if answer_len > crate::api::LARGE_MESSAGE_BYTES {
+            let reserved = service.reserve_large(answer_len, "answer").await?;
             service
-                .heavy(move || dto::reply_json(reply).map(render))
+                .heavy(move || dto::reply_json(reply).map(|v| render_reserved(&v, reserved)))
                 .await?
         } else {
             dto::reply_json(reply).map(render)
@@ -388,6 +397,57 @@ async fn run<D: DeserializeOwned>(
     finish(
         &service, "http", endpoint, &tenant, &key_id, started, result,
     )
+}
+
+/// The declared `Content-Length` of a request, if it has a valid one.
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// Pieces a large answer's body is handed to the socket in: the answer's memory reservation is
+/// held until the last of them is taken, close to when the answer has left.
+const ANSWER_PIECE_BYTES: usize = 64 << 10;
+
+/// A large answer's JSON body, serialised, holding `reserved` until its last piece is sent.
+pub(crate) fn render_reserved(
+    value: &serde_json::Value,
+    reserved: crate::api::Reservation,
+) -> Response {
+    let bytes = match serde_json::to_vec(value) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(err) => {
+            return ApiError::internal(format!("rendering the answer failed: {err}"))
+                .into_response();
+        }
+    };
+    let len = bytes.len();
+    let pieces = futures_util::stream::unfold(
+        (bytes, 0usize, Some(reserved)),
+        |(bytes, at, reserved)| async move {
+            if at >= bytes.len() {
+                return None;
+            }
+            let end = (at + ANSWER_PIECE_BYTES).min(bytes.len());
+            let piece = bytes.slice(at..end);
+            // The reservation goes with the last piece.
+            let reserved = if end == bytes.len() { None } else { reserved };
+            Some((
+                Ok::<_, std::convert::Infallible>(piece),
+                (bytes, end, reserved),
+            ))
+        },
+    );
+    let mut response = Response::new(Body::from_stream(pieces));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    response
 }
 
 /// A successful answer's JSON body, serialised.

@@ -1,0 +1,110 @@
+//! The coordinator's memory for large messages: one configured budget bounds what request bodies
+//! and answers over 64 KiB hold at once (`api::budget`).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use coordinator::config::Config;
+
+fn small_budget(config: &mut Config) {
+    config.large_message_budget_bytes = 1 << 20;
+    config.request_timeout = Duration::from_secs(2);
+}
+
+/// `ids` as points with a payload text of `text` bytes each.
+fn points(ids: std::ops::Range<u64>, text: usize) -> Value {
+    let points: Vec<Value> = ids
+        .map(|i| json!({"id": i, "vector": [i as f32, 1.0], "payload": {"t": "x".repeat(text)}}))
+        .collect();
+    json!({ "points": points })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_and_answers_take_their_memory_from_one_budget() {
+    let mut cluster = tests::Cluster::start_without_workers(1, small_budget).await;
+    cluster.start_worker(0).await;
+    let key = cluster.tenant("budget", None).await;
+    cluster.create_collection(&key, "c", 2).await;
+    let upsert = "/v1/collections/c/points";
+
+    // A body that would take more than the whole budget (4 x its 300 KB) is refused unread.
+    let (s, v) = cluster
+        .http("PUT", upsert, Some(&key), Some(points(0..100, 3_000)))
+        .await;
+    assert_eq!(s, 413, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("larger than this server holds"), "{v}");
+
+    // A body of 150 KB holds 600 KB of the budget from before it is read: while one is held half
+    // sent, another does not fit beside it and gives up at the request timeout.
+    let held = serde_json::to_vec(&points(100..150, 3_000)).unwrap();
+    let mut first = tokio::net::TcpStream::connect(cluster.http).await.unwrap();
+    let head = format!(
+        "PUT {upsert} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        held.len()
+    );
+    first.write_all(head.as_bytes()).await.unwrap();
+    first.write_all(&held[..held.len() / 2]).await.unwrap();
+    // The second waits its turn behind the first, which holds its reservation until answered.
+    let mut reserved = cluster.service().watch_large_reserved();
+    tokio::time::timeout(Duration::from_secs(60), reserved.wait_for(|b| *b > 0))
+        .await
+        .expect("the held body reserved nothing")
+        .unwrap();
+    let (s, v) = cluster
+        .http("PUT", upsert, Some(&key), Some(points(150..200, 3_000)))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("busy with other large messages"),
+        "{v}"
+    );
+    first.write_all(&held[held.len() / 2..]).await.unwrap();
+    let mut answer = Vec::new();
+    first.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(cluster.service().large_reserved_bytes(), 0);
+    let (s, v) = cluster
+        .http("PUT", upsert, Some(&key), Some(points(150..200, 3_000)))
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    // An answer of about 300 KB would take more than the budget too: refused with the reason.
+    let ids: Vec<u64> = (100..200).collect();
+    let (s, v) = cluster
+        .http(
+            "POST",
+            "/v1/collections/c/points/get",
+            Some(&key),
+            Some(json!({"ids": ids, "with_payload": true})),
+        )
+        .await;
+    assert_eq!(s, 413, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("answer"),
+        "{v}"
+    );
+    // One of half the points fits, and comes back whole.
+    let ids: Vec<u64> = (100..150).collect();
+    let (s, v) = cluster
+        .http(
+            "POST",
+            "/v1/collections/c/points/get",
+            Some(&key),
+            Some(json!({"ids": ids, "with_payload": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["points"].as_array().map(Vec::len), Some(50));
+    assert_eq!(cluster.service().large_reserved_bytes(), 0);
+    cluster.shutdown().await;
+}

@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One module tree (vaultvec::v1, vaultvec::cluster::v1) in OUT_DIR/mod.rs. tonic-prost-build
     // maps google.protobuf.Struct and Value to prost-types itself.
     config.include_file("mod.rs");
+    // A frame's pieces are slices of it, and a received piece a slice of the frame it came in:
+    // no copy on either side but the one into the reassembled frame.
+    config.bytes([".vaultvec.cluster.v1.Chunk.data"]);
     // The descriptors of every service and method, for the gRPC route inventory (INV-12).
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     config.file_descriptor_set_path(out_dir.join("descriptors.bin"));

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use prost::Message as _;
+use prost::bytes::Bytes;
 
 use crate::vaultvec::cluster::v1 as cluster;
 
@@ -18,16 +19,16 @@ pub fn split(request_id: u64, frame: Vec<u8>) -> Vec<Vec<u8>> {
     if frame.len() <= CHUNK_BYTES {
         return vec![frame];
     }
+    let frame = Bytes::from(frame);
     let pieces = frame.len().div_ceil(CHUNK_BYTES);
-    frame
-        .chunks(CHUNK_BYTES)
-        .enumerate()
-        .map(|(i, data)| {
+    (0..pieces)
+        .map(|i| {
+            let end = ((i + 1) * CHUNK_BYTES).min(frame.len());
             cluster::Envelope {
                 request_id,
                 deadline_unix_ms: 0,
                 body: Some(cluster::envelope::Body::Chunk(cluster::Chunk {
-                    data: data.to_vec(),
+                    data: frame.slice(i * CHUNK_BYTES..end),
                     last: i + 1 == pieces,
                 })),
             }
@@ -35,9 +36,6 @@ pub fn split(request_id: u64, frame: Vec<u8>) -> Vec<Vec<u8>> {
         })
         .collect()
 }
-
-/// Refused request ids remembered by a [`Reassembly`].
-const MAX_REFUSED: usize = 4096;
 
 /// Large frames waiting to go out in pieces, one piece of each in turn, so two large answers
 /// share the connection and neither waits for all of the other.
@@ -49,7 +47,14 @@ pub struct Outbox {
 impl Outbox {
     /// Queues `frame` (an encoded envelope for `request_id`) as its pieces.
     pub fn push(&mut self, request_id: u64, frame: Vec<u8>) {
-        self.frames.push_back(split(request_id, frame).into());
+        self.push_pieces(split(request_id, frame));
+    }
+
+    /// Queues the pieces of a frame, cut already by [`split`].
+    pub fn push_pieces(&mut self, pieces: Vec<Vec<u8>>) {
+        if !pieces.is_empty() {
+            self.frames.push_back(pieces.into());
+        }
     }
 
     /// The next piece to send.
@@ -67,6 +72,9 @@ impl Outbox {
         self.frames.is_empty()
     }
 }
+
+/// Refused request ids remembered by a [`Reassembly`].
+const MAX_REFUSED: usize = 4096;
 
 /// Just the request id and the chunk of an envelope; any other body is skipped unread.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -117,11 +125,12 @@ impl Reassembly {
     }
 
     /// Takes one received frame.
-    pub fn offer(&mut self, frame: &[u8]) -> Piece {
+    pub fn offer(&mut self, frame: &Bytes) -> Piece {
+        // Decoded from the frame's own buffer, a chunk's data is a slice of it, not a copy.
         let Ok(ChunkEnvelope {
             request_id,
             chunk: Some(chunk),
-        }) = ChunkEnvelope::decode(frame)
+        }) = ChunkEnvelope::decode(frame.clone())
         else {
             return Piece::Frame;
         };
@@ -169,6 +178,10 @@ impl Reassembly {
 mod tests {
     use super::*;
 
+    fn bytes(frame: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(frame)
+    }
+
     fn envelope(request_id: u64, len: usize) -> Vec<u8> {
         cluster::Envelope {
             request_id,
@@ -186,7 +199,7 @@ mod tests {
         let frame = envelope(1, 100);
         assert_eq!(split(1, frame.clone()), vec![frame.clone()]);
         assert_eq!(
-            Reassembly::new(1 << 20, 1 << 20).offer(&frame),
+            Reassembly::new(1 << 20, 1 << 20).offer(&bytes(&frame)),
             Piece::Frame
         );
     }
@@ -202,7 +215,7 @@ mod tests {
         let mut whole = Vec::new();
         let order = [(&pa, 0), (&pb, 0), (&pa, 1), (&pa, 2), (&pb, 1), (&pa, 3)];
         for (pieces, i) in order {
-            match r.offer(&pieces[i]) {
+            match r.offer(&bytes(&pieces[i])) {
                 Piece::Whole(frame) => whole.push(frame),
                 Piece::Pending => {}
                 other => panic!("{other:?}"),
@@ -219,7 +232,7 @@ mod tests {
         let mut r = Reassembly::new(3 * CHUNK_BYTES, 64 << 20);
         let mut seen = Vec::new();
         for piece in &big {
-            seen.push(r.offer(piece));
+            seen.push(r.offer(&bytes(piece)));
         }
         assert_eq!(
             seen,
@@ -235,19 +248,19 @@ mod tests {
         // The other frame is unaffected, and the refused id is forgotten after its last piece.
         let last = small.len() - 1;
         for piece in &small[..last] {
-            assert_eq!(r.offer(piece), Piece::Pending);
+            assert_eq!(r.offer(&bytes(piece)), Piece::Pending);
         }
-        assert!(matches!(r.offer(&small[last]), Piece::Whole(_)));
+        assert!(matches!(r.offer(&bytes(&small[last])), Piece::Whole(_)));
         assert!(r.refused.is_empty());
     }
 
     #[test]
     fn unfinished_frames_are_bounded_in_all() {
         let a = split(1, envelope(1, 2 * CHUNK_BYTES));
-        let b = split(2, envelope(2, 2 * CHUNK_BYTES));
+        let b_pieces = split(2, envelope(2, 2 * CHUNK_BYTES));
         let mut r = Reassembly::new(64 << 20, CHUNK_BYTES + CHUNK_BYTES / 2);
-        assert_eq!(r.offer(&a[0]), Piece::Pending);
-        assert_eq!(r.offer(&b[0]), Piece::TooLarge(2));
+        assert_eq!(r.offer(&bytes(&a[0])), Piece::Pending);
+        assert_eq!(r.offer(&bytes(&b_pieces[0])), Piece::TooLarge(2));
         assert_eq!(r.held(), CHUNK_BYTES);
     }
 
@@ -260,7 +273,7 @@ mod tests {
         let mut order = Vec::new();
         while let Some(piece) = outbox.next_piece() {
             let id = ChunkEnvelope::decode(piece.as_slice()).unwrap().request_id;
-            order.push((id, matches!(r.offer(&piece), Piece::Whole(_))));
+            order.push((id, matches!(r.offer(&bytes(&piece)), Piece::Whole(_))));
         }
         assert_eq!(
             order,
@@ -272,7 +285,7 @@ mod tests {
     #[test]
     fn garbage_is_not_a_chunk() {
         let mut r = Reassembly::new(1 << 20, 1 << 20);
-        assert_eq!(r.offer(&[0xff, 0xff, 0xff]), Piece::Frame);
-        assert_eq!(r.offer(&[]), Piece::Frame);
+        assert_eq!(r.offer(&bytes(&[0xff, 0xff, 0xff])), Piece::Frame);
+        assert_eq!(r.offer(&bytes(&[])), Piece::Frame);
     }
 }

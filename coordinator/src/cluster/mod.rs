@@ -95,7 +95,13 @@ impl WorkerConn {
     async fn send(&self, env: cluster::Envelope) -> Result<(), ApiError> {
         let request_id = env.request_id;
         let disconnected = |()| ApiError::new(Code::Unavailable, "the worker disconnected");
-        let pieces = proto::chunk::split(request_id, env.encode_to_vec());
+        // Encoding and cutting megabytes (a filter of a quarter of a million values) is CPU work:
+        // the runtime thread's other tasks move on meanwhile.
+        let pieces = if env.encoded_len() > crate::api::LARGE_MESSAGE_BYTES {
+            crate::api::off_runtime(|| proto::chunk::split(request_id, env.encode_to_vec()))
+        } else {
+            vec![env.encode_to_vec()]
+        };
         if pieces.len() == 1 {
             let frame = pieces.into_iter().next().unwrap_or_default();
             return self

@@ -147,7 +147,8 @@ enum Done {
         /// The tenant whose request this answers, when it was counted against `max_in_flight`
         /// and the tenant's share of it.
         counted_for: Option<TenantId>,
-        frame: Vec<u8>,
+        /// The encoded answer: one frame, or the pieces of a large one.
+        frames: Vec<Vec<u8>>,
     },
     /// A memory accounting pass finished.
     Accounted,
@@ -229,6 +230,12 @@ fn error_frame(request_id: u64, err: &Error) -> Message {
 /// The encoded answer to request `request_id`. An answer larger than a frame the coordinator
 /// accepts becomes an error for this request alone: sent whole, it would make the coordinator drop
 /// the connection and every other tenant's requests on it (INV-25).
+/// [`answer_frame`] in the pieces it travels in (`proto::chunk`), cut on the calling thread so
+/// the loop only sends them.
+fn answer_frames(request_id: u64, result: Result<Body, Error>) -> Vec<Vec<u8>> {
+    proto::chunk::split(request_id, answer_frame(request_id, result))
+}
+
 fn answer_frame(request_id: u64, result: Result<Body, Error>) -> Vec<u8> {
     let encode = |body| {
         cluster::Envelope {
@@ -644,7 +651,7 @@ impl Worker {
                 request_id,
                 deadline_unix_ms,
                 counted_for,
-                frame,
+                mut frames,
             } => {
                 self.finished(counted_for);
                 if generation != self.generation {
@@ -657,10 +664,10 @@ impl Worker {
                 if deadline_unix_ms != 0 && now_ms() >= deadline_unix_ms {
                     s.ws.send(error_frame(request_id, &Error::DeadlineExceeded))
                         .await?;
-                } else if frame.len() > proto::chunk::CHUNK_BYTES {
+                } else if frames.len() > 1 {
                     // Megabytes of one answer go in pieces between other frames (INV-24).
-                    s.bulk.push(request_id, frame);
-                } else {
+                    s.bulk.push_pieces(frames);
+                } else if let Some(frame) = frames.pop() {
                     s.ws.send(Message::binary(frame)).await?;
                 }
                 self.maybe_account(false);

@@ -86,7 +86,7 @@ impl Worker {
                     request_id,
                     deadline_unix_ms: 0,
                     counted_for: None,
-                    frame: answer_frame(request_id, result),
+                    frames: answer_frames(request_id, result),
                 }
             }
             .in_current_span(),
@@ -224,7 +224,7 @@ impl Worker {
                 request_id,
                 deadline_unix_ms,
                 counted_for: Some(counted_for),
-                frame: answer_frame(request_id, result),
+                frames: answer_frames(request_id, result),
             }
         };
         self.jobs.spawn(async move {
@@ -239,7 +239,7 @@ impl Worker {
                         request_id,
                         deadline_unix_ms,
                         counted_for: Some(lost_for),
-                        frame: answer_frame(
+                        frames: answer_frames(
                             request_id,
                             Err(Error::Internal("the request's task was lost".into())),
                         ),

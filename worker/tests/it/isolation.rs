@@ -542,7 +542,7 @@ async fn large_frames_travel_in_pieces_both_ways_with_other_frames_between() {
                 request_id: 6_000,
                 deadline_unix_ms: 0,
                 body: Some(Body::Chunk(cluster::Chunk {
-                    data: vec![0; proto::chunk::CHUNK_BYTES],
+                    data: vec![0; proto::chunk::CHUNK_BYTES].into(),
                     last,
                 })),
             }

@@ -190,7 +190,7 @@ impl Worker {
                     if let Some(hook) = &config.request_hook {
                         hook(tenant.as_str(), "decode");
                     }
-                    super::decode_request_op(&frame).inspect(|operation| {
+                    super::frames::decode_request_op(&frame).inspect(|operation| {
                         span.record("op", op::name(operation));
                     })
                 }

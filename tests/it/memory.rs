@@ -108,3 +108,50 @@ async fn large_bodies_and_answers_take_their_memory_from_one_budget() {
     assert_eq!(cluster.service().large_reserved_bytes(), 0);
     cluster.shutdown().await;
 }
+
+/// Sends `body` to `path` in HTTP/1.1 chunks (no Content-Length); answers the raw response.
+async fn send_chunked(cluster: &tests::Cluster, path: &str, key: &str, body: &[u8]) -> String {
+    let mut conn = tokio::net::TcpStream::connect(cluster.http).await.unwrap();
+    let mut request = format!(
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in body.chunks(16 << 10) {
+        request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // One write of all of it: a server that refuses the body part way cannot fail the test's
+    // write, and what it answered is read until it closes (or resets) the connection.
+    let _ = conn.write_all(&request).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = conn.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A body sent in chunks declares no length, so nothing can be reserved for it before it is
+/// read: up to 64 KiB it is taken as usual, past that it is refused, and it never holds the
+/// budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_is_taken_up_to_64_kib_and_refused_past_that() {
+    let cluster = tests::Cluster::start(1).await;
+    let key = cluster.tenant("chunks", None).await;
+    cluster.create_collection(&key, "c", 2).await;
+    let small = serde_json::to_vec(&points(0..5, 1_000)).unwrap();
+    let answer = send_chunked(&cluster, "/v1/collections/c/points", &key, &small).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let large = serde_json::to_vec(&points(5..30, 3_000)).unwrap();
+    assert!(large.len() > 64 << 10);
+    let answer = send_chunked(&cluster, "/v1/collections/c/points", &key, &large).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("must declare its length"), "{answer}");
+    assert_eq!(cluster.service().large_reserved_bytes(), 0);
+    cluster.shutdown().await;
+}

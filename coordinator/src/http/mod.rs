@@ -368,13 +368,34 @@ async fn run<D: DeserializeOwned>(
         // The body is read only now, and only up to the tier's limit; a large one only once the
         // memory it will take is reserved.
         let limit = service.body_limit(&identity)?.min(MAX_BODY_BYTES);
-        let expected = declared_length(&headers).map_or(limit, |len| len.min(limit));
+        // A body's length is known up front (Content-Length, or none at all); a chunked body of
+        // unknown length may be at most 64 KiB, so that what it takes is known before it is read.
+        let known = axum::body::HttpBody::size_hint(&body).exact();
+        let read_limit = match known {
+            Some(_) => limit,
+            None => limit.min(crate::api::LARGE_MESSAGE_BYTES),
+        };
+        let expected = known.map_or(0, |len| usize::try_from(len).unwrap_or(usize::MAX));
+        if expected > limit {
+            return Err(too_large(limit));
+        }
         let _body_reserved = if expected > crate::api::LARGE_MESSAGE_BYTES {
             Some(service.reserve_large(expected, "request body").await?)
         } else {
             None
         };
-        let body = read_body(&headers, body, limit).await?;
+        let body = match read_body(&headers, body, read_limit).await {
+            Err(err) if known.is_none() && err.code == Code::PayloadTooLarge => {
+                return Err(ApiError::new(
+                    Code::PayloadTooLarge,
+                    format!(
+                        "a request body over {} bytes must declare its length (Content-Length), not be sent in chunks",
+                        crate::api::LARGE_MESSAGE_BYTES
+                    ),
+                ));
+            }
+            other => other?,
+        };
         // A large body's parsing, and a large answer's rendering, run off the runtime's threads,
         // so one tenant's megabytes of JSON do not hold up other tenants' requests.
         let op = if body.len() > crate::api::LARGE_MESSAGE_BYTES {
@@ -397,14 +418,6 @@ async fn run<D: DeserializeOwned>(
     finish(
         &service, "http", endpoint, &tenant, &key_id, started, result,
     )
-}
-
-/// The declared `Content-Length` of a request, if it has a valid one.
-fn declared_length(headers: &HeaderMap) -> Option<usize> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
 }
 
 /// Pieces a large answer's body is handed to the socket in: the answer's memory reservation is

@@ -13,6 +13,11 @@ fn small_budget(config: &mut Config) {
     config.request_timeout = Duration::from_secs(2);
 }
 
+/// The message of an error answer.
+fn message(v: &Value) -> &str {
+    v["error"]["message"].as_str().unwrap_or_default()
+}
+
 /// `ids` as points with a payload text of `text` bytes each.
 fn points(ids: std::ops::Range<u64>, text: usize) -> Value {
     let points: Vec<Value> = ids
@@ -34,8 +39,7 @@ async fn large_bodies_and_answers_take_their_memory_from_one_budget() {
         .http("PUT", upsert, Some(&key), Some(points(0..100, 3_000)))
         .await;
     assert_eq!(s, 413, "{v}");
-    let message = v["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("larger than this server holds"), "{v}");
+    assert!(message(&v).contains("larger than this server holds"), "{v}");
 
     // A body of 150 KB holds 600 KB of the budget from before it is read: while one is held half
     // sent, another does not fit beside it and gives up at the request timeout.
@@ -58,10 +62,7 @@ async fn large_bodies_and_answers_take_their_memory_from_one_budget() {
         .await;
     assert_eq!(s, 503, "{v}");
     assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("busy with other large messages"),
+        message(&v).contains("busy with other large messages"),
         "{v}"
     );
     first.write_all(&held[held.len() / 2..]).await.unwrap();
@@ -76,33 +77,21 @@ async fn large_bodies_and_answers_take_their_memory_from_one_budget() {
     assert_eq!(s, 200, "{v}");
 
     // An answer of about 300 KB would take more than the budget too: refused with the reason.
-    let ids: Vec<u64> = (100..200).collect();
-    let (s, v) = cluster
-        .http(
+    let get = |ids: std::ops::Range<u64>| {
+        let ids: Vec<u64> = ids.collect();
+        let body = json!({"ids": ids, "with_payload": true});
+        cluster.http(
             "POST",
             "/v1/collections/c/points/get",
             Some(&key),
-            Some(json!({"ids": ids, "with_payload": true})),
+            Some(body),
         )
-        .await;
+    };
+    let (s, v) = get(100..200).await;
     assert_eq!(s, 413, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("answer"),
-        "{v}"
-    );
+    assert!(message(&v).contains("answer"), "{v}");
     // One of half the points fits, and comes back whole.
-    let ids: Vec<u64> = (100..150).collect();
-    let (s, v) = cluster
-        .http(
-            "POST",
-            "/v1/collections/c/points/get",
-            Some(&key),
-            Some(json!({"ids": ids, "with_payload": true})),
-        )
-        .await;
+    let (s, v) = get(100..150).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["points"].as_array().map(Vec::len), Some(50));
     assert_eq!(cluster.service().large_reserved_bytes(), 0);

@@ -2,11 +2,13 @@
 
 mod churn;
 mod collection;
+mod concurrency;
 mod crash;
 mod format;
 mod growth;
 mod hygiene;
 mod isolation;
+mod lifecycle;
 mod outage;
 mod wal;
 

@@ -7,6 +7,7 @@ mod cluster;
 mod grpc_routes;
 mod hardening;
 mod memory;
+mod preauth;
 mod python;
 mod recovery;
 mod request_log;

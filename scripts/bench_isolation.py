@@ -274,7 +274,7 @@ def main():
         # Let background indexing finish, so the baseline is not measured against it.
         time.sleep(5)
         print(f"server: coordinator pid {coordinator.pid}, worker pid {worker.pid}, {url}", file=sys.stderr)
-        # A warm-up run, discarded: the victim's first searches fault its collection's pages in.
+        # A warm-up run, discarded: one baseline without it was slower than every scenario after it.
         run_scenario(url, keys, pids, None, min(args.seconds, 5.0), args.clients)
         baseline = run_scenario(url, keys, pids, None, args.seconds, args.clients)
         print(json.dumps(baseline), file=sys.stderr)

@@ -45,11 +45,6 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Queues `frame` (an encoded envelope for `request_id`) as its pieces.
-    pub fn push(&mut self, request_id: u64, frame: Vec<u8>) {
-        self.push_pieces(split(request_id, frame));
-    }
-
     /// Queues the pieces of a frame, cut already by [`split`].
     pub fn push_pieces(&mut self, pieces: Vec<Vec<u8>>) {
         if !pieces.is_empty() {
@@ -267,8 +262,8 @@ mod tests {
     #[test]
     fn the_outbox_takes_one_piece_of_each_frame_in_turn() {
         let mut outbox = Outbox::default();
-        outbox.push(1, envelope(1, 2 * CHUNK_BYTES + 1));
-        outbox.push(2, envelope(2, CHUNK_BYTES + 1));
+        outbox.push_pieces(split(1, envelope(1, 2 * CHUNK_BYTES + 1)));
+        outbox.push_pieces(split(2, envelope(2, CHUNK_BYTES + 1)));
         let mut r = Reassembly::new(64 << 20, 64 << 20);
         let mut order = Vec::new();
         while let Some(piece) = outbox.next_piece() {

@@ -18,9 +18,9 @@ use super::error::{ApiError, Code};
 
 /// What a large message reserves per byte of its size.
 pub const LARGE_MESSAGE_EXPANSION: usize = 4;
-/// The default budget: 256 MiB, room at once for two of the largest bodies `init`'s tiers allow
-/// (32 MiB, reserving 128 MiB each) or four of the largest answers a worker sends by default
-/// (16 MiB).
+/// The default budget: 256 MiB, room at once for two bodies at `init`'s `free` limit (32 MiB,
+/// reserving 128 MiB each), one at its `pro` limit (64 MiB, the whole budget), or four of the
+/// largest answers a worker sends by default (16 MiB).
 pub const DEFAULT_LARGE_MESSAGE_BUDGET_BYTES: usize = 256 << 20;
 
 /// Reservations are counted in KiB, so the semaphore's `u32` counts cover any budget.

@@ -100,31 +100,30 @@ impl Worker {
         s: &mut Session,
         request_id: u64,
         deadline_unix_ms: u64,
-        tenant: String,
+        tenant_name: String,
         epoch: u64,
         op: OpSource,
     ) -> Option<Error> {
-        let req = RequestHead { tenant, epoch };
         if self.is_stopping() {
             return Some(Error::ShuttingDown);
         }
         if deadline_unix_ms != 0 && now_ms() >= deadline_unix_ms {
-            tracing::debug!(tenant = %req.tenant, request_id, "refusing a request past its deadline");
+            tracing::debug!(tenant = %tenant_name, request_id, "refusing a request past its deadline");
             return Some(Error::DeadlineExceeded);
         }
-        let assignment = TenantId::parse(&req.tenant)
+        let assignment = TenantId::parse(&tenant_name)
             .ok()
             .and_then(|tenant| s.assignments.get(&tenant).map(|a| (tenant, *a)));
         let Some((tenant, assignment)) = assignment else {
-            tracing::warn!(tenant = %req.tenant, request_id, "refusing a request for a tenant not assigned here");
-            return Some(Error::NotAssigned(req.tenant));
+            tracing::warn!(tenant = %tenant_name, request_id, "refusing a request for a tenant not assigned here");
+            return Some(Error::NotAssigned(tenant_name));
         };
-        if req.epoch != assignment.epoch {
-            tracing::warn!(tenant = %tenant, request_id, epoch = req.epoch, current = assignment.epoch, "refusing a request with a stale epoch");
+        if epoch != assignment.epoch {
+            tracing::warn!(tenant = %tenant, request_id, epoch = epoch, current = assignment.epoch, "refusing a request with a stale epoch");
             return Some(Error::StaleEpoch {
-                tenant: req.tenant,
+                tenant: tenant_name,
                 current: assignment.epoch,
-                got: req.epoch,
+                got: epoch,
             });
         }
         let operation = match op {
@@ -257,10 +256,4 @@ pub(super) enum OpSource {
     Decoded(Option<cluster::tenant_request::Op>),
     /// Still in its frame, to be decoded on the request's thread (`LARGE_FRAME_BYTES`).
     Frame(tokio_tungstenite::tungstenite::Bytes),
-}
-
-/// The tenant and epoch of a request.
-struct RequestHead {
-    tenant: String,
-    epoch: u64,
 }

@@ -20,6 +20,10 @@ pub mod metrics;
 pub mod net;
 pub mod store;
 
+/// The name of the thread (and `storage::gate` counter) of the gate the pieces of large bodies
+/// and answers pass.
+pub const GATE_THREAD: &str = "vv-gate";
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -113,6 +117,7 @@ impl Coordinator {
             .map(|w| (w.id.clone(), w.token.clone()))
             .collect();
         let heavy = api::heavy_pool().context("starting the large-message pool")?;
+        let gate = storage::gate::IdleGate::start(GATE_THREAD);
         let mut hub = Hub::new(
             credentials,
             store.clone(),
@@ -122,7 +127,8 @@ impl Coordinator {
         )
         .with_max_in_flight_per_tenant(config.max_in_flight_per_tenant)
         .with_refusal_budget(config.auth_failures.per_second, config.auth_failures.burst)
-        .with_heavy(heavy.clone());
+        .with_heavy(heavy.clone())
+        .with_gate(gate.clone());
         if let Some(tls) = &config.cluster_tls {
             hub = hub.with_tls(tls.server_config());
         }
@@ -132,6 +138,7 @@ impl Coordinator {
             pepper: config.secrets.pepper.clone(),
             hub: hub.clone(),
             heavy,
+            gate,
             large_message_budget_bytes: config.large_message_budget_bytes,
             keys,
             tiers: config.tiers.clone(),

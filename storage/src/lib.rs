@@ -26,6 +26,7 @@ pub mod disk;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod gate;
 pub mod ids;
 pub mod index;
 pub mod logging;

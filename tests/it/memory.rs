@@ -144,3 +144,58 @@ async fn a_chunked_body_is_taken_up_to_64_kib_and_refused_past_that() {
     assert_eq!(cluster.service().large_reserved_bytes(), 0);
     cluster.shutdown().await;
 }
+
+/// The pieces of large messages are read and written only as the gates let them through
+/// (`storage::gate`): the coordinator's for a large body and each 64 KiB of a large answer, the
+/// worker's for each 256 KiB piece of a large answer frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_of_large_bodies_and_answers_pass_the_idle_gates() {
+    let cluster = tests::Cluster::start(1).await;
+    let key = cluster.tenant("gated", None).await;
+    cluster.create_collection(&key, "c", 2).await;
+    let coordinator_passes = || storage::gate::passes_by_name(coordinator::GATE_THREAD);
+    let worker_passes = || storage::gate::passes_by_name(worker::GATE_THREAD);
+
+    let (before, worker_before) = (coordinator_passes(), worker_passes());
+    let body = points(0..100, 8_000);
+    let (s, v) = cluster
+        .http("PUT", "/v1/collections/c/points", Some(&key), Some(body))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        coordinator_passes() > before,
+        "an 800 KB body was read without passing the coordinator's gate"
+    );
+    assert_eq!(
+        worker_passes(),
+        worker_before,
+        "the worker sent no large answer"
+    );
+
+    let (before, worker_before) = (coordinator_passes(), worker_passes());
+    let ids: Vec<u64> = (0..100).collect();
+    let (s, v) = cluster
+        .http(
+            "POST",
+            "/v1/collections/c/points/get",
+            Some(&key),
+            Some(json!({"ids": ids, "with_payload": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["points"].as_array().map(Vec::len), Some(100));
+    let answer_len = serde_json::to_vec(&v).unwrap().len() as u64;
+    // At least one pass per full 64 KiB piece of the HTTP answer ...
+    assert!(
+        coordinator_passes() - before >= answer_len / (64 << 10),
+        "{} passes for an answer of {answer_len} bytes",
+        coordinator_passes() - before
+    );
+    // ... and per full 256 KiB piece of the worker's answer frame (800 KB of payloads).
+    assert!(
+        worker_passes() - worker_before >= 3,
+        "{} worker passes for an answer frame of over 800 KB",
+        worker_passes() - worker_before
+    );
+    cluster.shutdown().await;
+}

@@ -105,6 +105,9 @@ pub struct Service {
     /// for them, so a flood of them takes at most the cores, at a lower priority than the
     /// runtime's threads that serve everyone else, and no more of their memory is expanded at once.
     heavy: Arc<rayon::ThreadPool>,
+    /// Lets the pieces of large bodies and answers through the socket only when a core is free
+    /// (`storage::gate`), shared with the hub.
+    gate: storage::gate::IdleGate,
     large: budget::LargeMessages,
 }
 
@@ -131,6 +134,8 @@ pub struct Parts {
     pub hub: Arc<Hub>,
     /// The large-message pool ([`heavy_pool`]), shared with the hub.
     pub heavy: Arc<rayon::ThreadPool>,
+    /// The gate large messages' pieces pass (`storage::gate`), shared with the hub.
+    pub gate: storage::gate::IdleGate,
     /// Memory for large messages in flight (`budget`).
     pub large_message_budget_bytes: usize,
     /// Tenant KEKs.
@@ -177,6 +182,7 @@ impl Service {
             tenant_read_hook: parking_lot::Mutex::new(None),
             placing: tokio::sync::Mutex::new(()),
             heavy: parts.heavy,
+            gate: parts.gate,
             large: budget::LargeMessages::new(parts.large_message_budget_bytes),
         })
     }
@@ -251,6 +257,11 @@ impl Service {
     /// Watches the bytes reserved for large messages.
     pub fn watch_large_reserved(&self) -> tokio::sync::watch::Receiver<usize> {
         self.large.watch_reserved()
+    }
+
+    /// The gate the pieces of large messages pass before they are read or written.
+    pub fn gate(&self) -> &storage::gate::IdleGate {
+        &self.gate
     }
 
     /// Runs `f`, CPU work on a large message, on the background-priority pool, in turn.
@@ -438,7 +449,20 @@ impl Service {
     }
 
     /// Runs one data operation for the caller.
-    pub async fn call(&self, identity: &Identity, mut op: Op) -> Result<Reply, ApiError> {
+    pub async fn call(&self, identity: &Identity, op: Op) -> Result<Reply, ApiError> {
+        let large = op.encoded_len() > LARGE_MESSAGE_BYTES;
+        self.call_sized(identity, op, large).await
+    }
+
+    /// [`Service::call`] for an operation whose size the caller knows: a `large` one (encoded
+    /// over [`LARGE_MESSAGE_BYTES`]) is checked, encoded for its worker and dropped on the
+    /// background-priority pool, never walked on the runtime's threads.
+    pub async fn call_sized(
+        &self,
+        identity: &Identity,
+        mut op: Op,
+        large: bool,
+    ) -> Result<Reply, ApiError> {
         let tenant = identity.tenant.as_str();
         let state = self.tenant_state(tenant)?;
         if state.tier == PAUSED_TIER {
@@ -457,7 +481,7 @@ impl Service {
         // cost the server little and must not drain the tenant's budget for its valid traffic.
         let (scope, collection) = validate::scope_of(&op);
         identity.require(scope, collection)?;
-        if op.encoded_len() > LARGE_MESSAGE_BYTES {
+        if large {
             let limits = self.limits;
             let tier_copy = tier.clone();
             let (checked, result) = self
@@ -486,7 +510,7 @@ impl Service {
         let restricted = matches!(op, Op::ListCollections(_))
             .then(|| identity.collections.clone())
             .flatten();
-        let mut reply = self.route(tenant, Some(tier), op).await?;
+        let mut reply = self.route_sized(tenant, Some(tier), op, large).await?;
         // A key restricted to named collections lists only those.
         if let (Some(allowed), Reply::Collections(list)) = (restricted, &mut reply) {
             list.collections.retain(|c| allowed.contains(&c.name));
@@ -533,6 +557,17 @@ impl Service {
         tier: Option<&Tier>,
         op: Op,
     ) -> Result<Reply, ApiError> {
+        self.route_sized(tenant, tier, op, false).await
+    }
+
+    /// [`Service::route`]; a `large` operation is encoded on the background-priority pool.
+    async fn route_sized(
+        &self,
+        tenant: &str,
+        tier: Option<&Tier>,
+        op: Op,
+        large: bool,
+    ) -> Result<Reply, ApiError> {
         let placement = self.placement_for(tenant).await?;
         let conn = self.hub.worker(&placement.worker).ok_or_else(|| {
             ApiError::new(
@@ -563,6 +598,7 @@ impl Service {
                 request,
                 self.request_timeout,
                 tier.map_or(0, |t| t.max_in_flight),
+                large,
             )
             .await?
         {

@@ -415,6 +415,7 @@ impl Hub {
             id: worker_id.clone(),
             sink: tokio::sync::Mutex::new(Box::pin(sink)),
             urgent: std::sync::atomic::AtomicUsize::new(0),
+            gate: self.gate.clone(),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(self.max_in_flight)),

@@ -58,6 +58,8 @@ pub struct WorkerConn {
     sink: tokio::sync::Mutex<WsSink>,
     /// Senders of whole frames waiting for the socket: pieces of large frames let them go first.
     urgent: AtomicUsize,
+    /// The hub's gate, which pieces of large requests pass before they are written.
+    gate: storage::gate::IdleGate,
     pending: Mutex<HashMap<u64, oneshot::Sender<cluster::envelope::Body>>>,
     next_id: AtomicU64,
     permits: Arc<Semaphore>,
@@ -92,12 +94,30 @@ impl WorkerConn {
 
     /// Sends a request; one over [`proto::chunk::CHUNK_BYTES`] goes in pieces, each written
     /// under its own turn at the socket, so other tenants' requests pass between them.
-    async fn send(&self, env: cluster::Envelope) -> Result<(), ApiError> {
+    async fn send(
+        &self,
+        env: cluster::Envelope,
+        encoder: Option<&Arc<rayon::ThreadPool>>,
+    ) -> Result<(), ApiError> {
         let request_id = env.request_id;
         let disconnected = |()| ApiError::new(Code::Unavailable, "the worker disconnected");
         // Encoding and cutting megabytes (a filter of a quarter of a million values) is CPU work:
-        // the runtime thread's other tasks move on meanwhile.
-        let pieces = if env.encoded_len() > crate::api::LARGE_MESSAGE_BYTES {
+        // a request known to be large is encoded (and dropped) on the background-priority
+        // pool; one found large here, off the runtime thread's other tasks.
+        let pieces = if let Some(pool) = encoder {
+            let (tx, rx) = oneshot::channel();
+            pool.spawn(move || {
+                // A panic must not reach rayon, which would abort the process.
+                let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    proto::chunk::split(request_id, env.encode_to_vec())
+                }));
+                if let Ok(pieces) = encoded {
+                    let _ = tx.send(pieces);
+                }
+            });
+            rx.await
+                .map_err(|_| ApiError::internal("encoding a large request failed"))?
+        } else if env.encoded_len() > crate::api::LARGE_MESSAGE_BYTES {
             crate::api::off_runtime(|| proto::chunk::split(request_id, env.encode_to_vec()))
         } else {
             vec![env.encode_to_vec()]
@@ -128,6 +148,7 @@ impl WorkerConn {
     /// of another tenant waits for at most the one piece being written, not for every piece
     /// queued ahead of it (the socket's lock is first come, first served).
     async fn send_piece(&self, piece: Vec<u8>) -> Result<(), ()> {
+        self.gate.pass().await;
         loop {
             let mut sink = self.sink.lock().await;
             if self.urgent.load(Ordering::SeqCst) == 0 {
@@ -215,6 +236,9 @@ pub struct Hub {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Where large answers are decoded (`with_heavy`); without it, on the connection's task.
     heavy: Option<Arc<rayon::ThreadPool>>,
+    /// What the pieces of large requests pass before they are written (`with_gate`; without
+    /// it, none is waited for).
+    gate: storage::gate::IdleGate,
 }
 
 impl Hub {
@@ -245,6 +269,7 @@ impl Hub {
             changed: Notify::new(),
             tls: None,
             heavy: None,
+            gate: storage::gate::IdleGate::open(),
         }
     }
 
@@ -272,6 +297,13 @@ impl Hub {
     /// connection's task.
     pub fn with_heavy(mut self, pool: Arc<rayon::ThreadPool>) -> Hub {
         self.heavy = Some(pool);
+        self
+    }
+
+    /// Large requests' pieces are written to a worker only as `gate` lets them through: when a
+    /// core is free (`storage::gate`).
+    pub fn with_gate(mut self, gate: storage::gate::IdleGate) -> Hub {
+        self.gate = gate;
         self
     }
 
@@ -366,10 +398,13 @@ impl Hub {
         request: cluster::TenantRequest,
         timeout: Duration,
         tenant_max: usize,
+        large: bool,
     ) -> Result<cluster::envelope::Body, ApiError> {
         let conn = self.connected_worker(worker)?;
         let body = cluster::envelope::Body::TenantRequest(request);
-        self.request_on(&conn, body, timeout, tenant_max).await
+        let encoder = if large { self.heavy.as_ref() } else { None };
+        self.request_with(&conn, body, timeout, tenant_max, encoder)
+            .await
     }
 
     fn connected_worker(&self, worker: &str) -> Result<Arc<WorkerConn>, ApiError> {
@@ -389,6 +424,20 @@ impl Hub {
         timeout: Duration,
         tenant_max: usize,
     ) -> Result<cluster::envelope::Body, ApiError> {
+        self.request_with(conn, body, timeout, tenant_max, None)
+            .await
+    }
+
+    /// [`Hub::request_on`]; with an `encoder`, the request is encoded, cut and dropped on that
+    /// pool (a large one, known to be so without walking it).
+    async fn request_with(
+        &self,
+        conn: &Arc<WorkerConn>,
+        body: cluster::envelope::Body,
+        timeout: Duration,
+        tenant_max: usize,
+        encoder: Option<&Arc<rayon::ThreadPool>>,
+    ) -> Result<cluster::envelope::Body, ApiError> {
         let _slot = match &body {
             cluster::envelope::Body::TenantRequest(r) => {
                 Some(self.tenant_slots.take(&r.tenant, tenant_max)?)
@@ -405,11 +454,14 @@ impl Hub {
         conn.pending.lock().insert(request_id, tx);
         let deadline = now_ms() + timeout.as_millis() as u64;
         let sent = conn
-            .send(cluster::Envelope {
-                request_id,
-                deadline_unix_ms: deadline,
-                body: Some(body),
-            })
+            .send(
+                cluster::Envelope {
+                    request_id,
+                    deadline_unix_ms: deadline,
+                    body: Some(body),
+                },
+                encoder,
+            )
             .await;
         if let Err(err) = sent {
             conn.pending.lock().remove(&request_id);
@@ -514,223 +566,4 @@ impl Hub {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hub(dir: &std::path::Path) -> Arc<Hub> {
-        let audit_key = crate::audit::AuditKey::new(b"audit key for hub tests, 32 b!!!").unwrap();
-        let store = Arc::new(Store::open_in_memory(audit_key).unwrap());
-        let root = storage::crypto::LocalKeyFile::generate(&dir.join("root.key")).unwrap();
-        let keys = Arc::new(LocalKeyService::open(Arc::new(root), &dir.join("keks")).unwrap());
-        Arc::new(Hub::new(
-            HashMap::new(),
-            store,
-            keys,
-            8,
-            Duration::from_secs(60),
-        ))
-    }
-
-    /// A connection whose frames go to a channel instead of a socket.
-    fn fake_conn(
-        id: &str,
-        max_in_flight: usize,
-    ) -> (
-        Arc<WorkerConn>,
-        tokio::sync::mpsc::UnboundedReceiver<Message>,
-    ) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let sink = futures_util::sink::unfold(tx, |tx, message: Message| async move {
-            tx.send(message)
-                .map_err(|_| tokio_tungstenite::tungstenite::Error::ConnectionClosed)?;
-            Ok(tx)
-        });
-        let conn = Arc::new(WorkerConn {
-            id: id.to_owned(),
-            sink: tokio::sync::Mutex::new(Box::pin(sink)),
-            urgent: AtomicUsize::new(0),
-            pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-            permits: Arc::new(Semaphore::new(max_in_flight)),
-            assigned: Mutex::new(HashMap::new()),
-            releasing: Mutex::new(HashSet::new()),
-        });
-        (conn, rx)
-    }
-
-    fn request_id(message: Message) -> u64 {
-        cluster::Envelope::decode(message.into_data().as_ref())
-            .unwrap()
-            .request_id
-    }
-
-    #[tokio::test]
-    async fn an_assignment_is_recorded_on_the_connection_that_acknowledged_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let hub = hub(dir.path());
-        let (old, mut old_frames) = fake_conn("w", 8);
-        hub.workers.write().insert("w".into(), old.clone());
-        let assign = tokio::spawn({
-            let hub = hub.clone();
-            async move {
-                let quota = cluster::TenantQuota::default();
-                hub.assign("w", "t", 3, quota, Duration::from_secs(60))
-                    .await
-            }
-        });
-        let id = request_id(old_frames.recv().await.unwrap());
-        // The worker reconnects after acknowledging on its old connection, before the
-        // acknowledgement is processed.
-        let (new, _new_frames) = fake_conn("w", 8);
-        hub.workers.write().insert("w".into(), new.clone());
-        let waiter = old.pending.lock().remove(&id).unwrap();
-        waiter
-            .send(cluster::envelope::Body::Ack(cluster::Ack {}))
-            .unwrap();
-        assign.await.unwrap().unwrap();
-        assert_eq!(
-            new.assigned_epoch("t"),
-            None,
-            "the new connection was never told about the tenant"
-        );
-        assert_eq!(old.assigned_epoch("t"), Some(3));
-    }
-
-    #[tokio::test]
-    async fn a_large_answer_is_decoded_off_the_connection_task_and_reaches_its_waiter() {
-        let dir = tempfile::tempdir().unwrap();
-        // A large-message pool of one thread, kept busy until the test lets it go.
-        let pool = Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap(),
-        );
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        pool.spawn(move || {
-            let _ = held.recv();
-        });
-        let hub = Arc::try_unwrap(hub(dir.path()))
-            .ok()
-            .unwrap()
-            .with_heavy(pool);
-        let (conn, _frames) = fake_conn("w", 8);
-        let envelope = |request_id: u64, len: usize| {
-            let body = cluster::envelope::Body::Error(cluster::Error {
-                code: cluster::ErrorCode::Internal as i32,
-                message: "x".repeat(len),
-            });
-            tokio_tungstenite::tungstenite::Bytes::from(
-                cluster::Envelope {
-                    request_id,
-                    deadline_unix_ms: 0,
-                    body: Some(body),
-                }
-                .encode_to_vec(),
-            )
-        };
-        let (tx, mut answer) = tokio::sync::oneshot::channel();
-        conn.pending.lock().insert(5, tx);
-        let large = crate::api::LARGE_MESSAGE_BYTES + 1;
-        // Small frames, and large ones nobody waits for, are decoded by the caller as before.
-        assert!(hub.hand_off_large_answer(&conn, envelope(5, 10)).is_some());
-        assert!(
-            hub.hand_off_large_answer(&conn, envelope(6, large))
-                .is_some()
-        );
-        // The large answer is taken and decoded on the pool, which is busy: the connection's
-        // task goes on without it.
-        assert!(
-            hub.hand_off_large_answer(&conn, envelope(5, large))
-                .is_none()
-        );
-        assert!(conn.pending.lock().is_empty());
-        assert!(matches!(
-            answer.try_recv(),
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
-        ));
-        release.send(()).unwrap();
-        let cluster::envelope::Body::Error(err) = answer.await.unwrap() else {
-            panic!("not the answer sent")
-        };
-        assert_eq!(err.message.len(), large);
-
-        // A large frame that does not decode fails its request with an error.
-        let (tx, answer) = tokio::sync::oneshot::channel();
-        conn.pending.lock().insert(7, tx);
-        let mut garbage = envelope(7, large).to_vec();
-        *garbage.last_mut().unwrap() = 0xff; // the message is no longer UTF-8
-        assert!(hub.hand_off_large_answer(&conn, garbage.into()).is_none());
-        let cluster::envelope::Body::Error(err) = answer.await.unwrap() else {
-            panic!("no error")
-        };
-        assert_eq!(err.message, "the worker's answer does not decode");
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_whole_frame_goes_before_the_pieces_of_a_large_one_queued_ahead_of_it() {
-        let (conn, mut frames) = fake_conn("w", 8);
-        let held = conn.sink.lock().await;
-        let large = tokio::spawn({
-            let conn = conn.clone();
-            async move {
-                let body = cluster::envelope::Body::Error(cluster::Error {
-                    code: 1,
-                    message: "x".repeat(2 * proto::chunk::CHUNK_BYTES + 1),
-                });
-                conn.send(cluster::Envelope {
-                    request_id: 1,
-                    deadline_unix_ms: 0,
-                    body: Some(body),
-                })
-                .await
-            }
-        });
-        tokio::task::yield_now().await; // the large frame's first piece now waits for the socket
-        let small = tokio::spawn({
-            let conn = conn.clone();
-            async move {
-                conn.send(cluster::Envelope {
-                    request_id: 2,
-                    deadline_unix_ms: 0,
-                    body: Some(cluster::envelope::Body::Ack(cluster::Ack {})),
-                })
-                .await
-            }
-        });
-        tokio::task::yield_now().await; // and the small frame behind it
-        drop(held);
-        large.await.unwrap().unwrap();
-        small.await.unwrap().unwrap();
-        let mut order = Vec::new();
-        while let Ok(message) = frames.try_recv() {
-            let env = cluster::Envelope::decode(message.into_data().as_ref()).unwrap();
-            let is_piece = matches!(env.body, Some(cluster::envelope::Body::Chunk(_)));
-            order.push((env.request_id, is_piece));
-        }
-        assert_eq!(order, [(2, false), (1, true), (1, true), (1, true)]);
-    }
-
-    #[test]
-    fn a_reconciliation_erases_deleted_tenants_and_unloads_those_placed_elsewhere() {
-        let dir = tempfile::tempdir().unwrap();
-        let hub = hub(dir.path());
-        let admin = crate::store::Actor("admin".into());
-        for worker in ["w", "other"] {
-            hub.store.record_worker(worker, "test", 1, 1).unwrap();
-        }
-        for tenant in ["here", "elsewhere", "nowhere", "erased"] {
-            hub.store.create_tenant(&admin, tenant, "free").unwrap();
-        }
-        hub.store.place(&admin, "here", "w").unwrap();
-        hub.store.place(&admin, "elsewhere", "other").unwrap();
-        hub.store.place(&admin, "erased", "w").unwrap();
-        hub.store.delete_tenant(&admin, "erased").unwrap();
-        let held: Vec<String> = ["here", "elsewhere", "nowhere", "erased", "stranger", "../x"]
-            .map(String::from)
-            .to_vec();
-        let plan = hub.plan("w", &held);
-        assert_eq!(plan.erase, ["erased"]);
-        assert_eq!(plan.unload, ["elsewhere", "nowhere"]);
-    }
-}
+mod tests;

@@ -316,6 +316,17 @@ pub(crate) async fn read_body(
     body: Body,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
+    read_body_gated(headers, body, limit, None).await
+}
+
+/// [`read_body`], reading each piece of the body only once `gate` (if any) lets it through
+/// (`storage::gate`): a large body is taken off the socket when a core is free.
+pub(crate) async fn read_body_gated(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    gate: Option<storage::gate::IdleGate>,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -324,12 +335,32 @@ pub(crate) async fn read_body(
         return Err(too_large(limit));
     }
     let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(BODY_TIMEOUT, http_body_util::BodyExt::collect(limited)).await {
+    let collect = async move {
+        let Some(gate) = gate else {
+            return http_body_util::BodyExt::collect(limited)
+                .await
+                .map(|collected| collected.to_bytes());
+        };
+        let mut limited = std::pin::pin!(limited);
+        let mut collected = Vec::with_capacity(declared.map_or(0, |len| len as usize).min(limit));
+        loop {
+            gate.pass().await;
+            match http_body_util::BodyExt::frame(&mut limited).await {
+                None => return Ok(Bytes::from(collected)),
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        collected.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
         Err(_) => Err(ApiError::invalid(format!(
             "the request body did not arrive within {} s",
             BODY_TIMEOUT.as_secs()
         ))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
         Ok(Err(err)) => Err(ApiError::invalid(format!(
             "could not read the request body: {err}"
@@ -384,7 +415,8 @@ async fn run<D: DeserializeOwned>(
         } else {
             None
         };
-        let body = match read_body(&headers, body, read_limit).await {
+        let gate = (expected > crate::api::LARGE_MESSAGE_BYTES).then(|| service.gate().clone());
+        let body = match read_body_gated(&headers, body, read_limit, gate).await {
             Err(err) if known.is_none() && err.code == Code::PayloadTooLarge => {
                 return Err(ApiError::new(
                     Code::PayloadTooLarge,
@@ -398,17 +430,25 @@ async fn run<D: DeserializeOwned>(
         };
         // A large body's parsing, and a large answer's rendering, run off the runtime's threads,
         // so one tenant's megabytes of JSON do not hold up other tenants' requests.
-        let op = if body.len() > crate::api::LARGE_MESSAGE_BYTES {
+        let body_len = body.len();
+        let op = if body_len > crate::api::LARGE_MESSAGE_BYTES {
             service.heavy(move || build(parse_json(&body)?)).await??
         } else {
             build(parse_json(&body)?)?
         };
-        let reply = service.call(&identity, op).await?;
+        // A body over the bound makes an operation known to be large without walking it; a
+        // smaller one (whose operation may still encode larger) is measured, at bounded cost.
+        let large = body_len > crate::api::LARGE_MESSAGE_BYTES
+            || op.encoded_len() > crate::api::LARGE_MESSAGE_BYTES;
+        let reply = service.call_sized(&identity, op, large).await?;
         let answer_len = reply.encoded_len();
         if answer_len > crate::api::LARGE_MESSAGE_BYTES {
             let reserved = service.reserve_large(answer_len, "answer").await?;
             service
-                .heavy(move || dto::reply_json(reply).map(|v| render_reserved(&v, reserved)))
+                .heavy({
+                    let gate = service.gate().clone();
+                    move || dto::reply_json(reply).map(|v| render_reserved(&v, reserved, gate))
+                })
                 .await?
         } else {
             dto::reply_json(reply).map(render)
@@ -425,9 +465,12 @@ async fn run<D: DeserializeOwned>(
 const ANSWER_PIECE_BYTES: usize = 64 << 10;
 
 /// A large answer's JSON body, serialised, holding `reserved` until its last piece is sent.
+/// Each piece is handed over once `gate` lets it through (`storage::gate`): megabytes of one
+/// tenant's answer are written when a core is free, not ahead of other tenants' requests.
 pub(crate) fn render_reserved(
     value: &serde_json::Value,
     reserved: crate::api::Reservation,
+    gate: storage::gate::IdleGate,
 ) -> Response {
     let bytes = match serde_json::to_vec(value) {
         Ok(bytes) => Bytes::from(bytes),
@@ -439,18 +482,22 @@ pub(crate) fn render_reserved(
     let len = bytes.len();
     let pieces = futures_util::stream::unfold(
         (bytes, 0usize, Some(reserved)),
-        |(bytes, at, reserved)| async move {
-            if at >= bytes.len() {
-                return None;
+        move |(bytes, at, reserved)| {
+            let pass = gate.pass();
+            async move {
+                if at >= bytes.len() {
+                    return None;
+                }
+                pass.await;
+                let end = (at + ANSWER_PIECE_BYTES).min(bytes.len());
+                let piece = bytes.slice(at..end);
+                // The reservation goes with the last piece.
+                let reserved = if end == bytes.len() { None } else { reserved };
+                Some((
+                    Ok::<_, std::convert::Infallible>(piece),
+                    (bytes, end, reserved),
+                ))
             }
-            let end = (at + ANSWER_PIECE_BYTES).min(bytes.len());
-            let piece = bytes.slice(at..end);
-            // The reservation goes with the last piece.
-            let reserved = if end == bytes.len() { None } else { reserved };
-            Some((
-                Ok::<_, std::convert::Infallible>(piece),
-                (bytes, end, reserved),
-            ))
         },
     );
     let mut response = Response::new(Body::from_stream(pieces));

@@ -58,6 +58,10 @@ use dial::{UpgradeRefused, dial};
 
 /// Largest WebSocket frame and message, either direction.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// The name of the thread (and `storage::gate` counter) of the gate the pieces of large answers
+/// pass.
+pub const GATE_THREAD: &str = "vv-worker-gate";
+
 /// Bytes of requests arriving in pieces held at once, all requests together.
 const MAX_REASSEMBLY_BYTES: usize = 2 * MAX_FRAME_BYTES;
 /// Most frames handled in one go before the loop looks at answers, heartbeats and shutdown again.
@@ -121,6 +125,7 @@ pub async fn serve(
         tenant_in_flight: HashMap::new(),
         tenant_running: HashMap::new(),
         shares: Arc::new(share::Shares::new(2 * default_threads())?),
+        gate: storage::gate::IdleGate::start(GATE_THREAD),
         is_accounting: false,
         last_accounting: Instant::now(),
         generation: 0,
@@ -182,6 +187,8 @@ struct Session {
     reassembly: Reassembly,
     /// Large answers going out in pieces, one piece of each in turn.
     bulk: Outbox,
+    /// The next piece's pass through the worker's gate (`storage::gate`), while pieces wait.
+    pass: Option<storage::gate::Pass>,
 }
 
 struct Worker {
@@ -203,6 +210,9 @@ struct Worker {
     tenant_running: HashMap<TenantId, Arc<tokio::sync::Semaphore>>,
     /// Which pool each started request runs on, by its tenant's recent CPU use (`share`).
     shares: Arc<share::Shares>,
+    /// Pieces of large answers are written only as it lets them through: when a core is free
+    /// (`storage::gate`).
+    gate: storage::gate::IdleGate,
     is_accounting: bool,
     last_accounting: Instant,
     /// Numbers connections; answers of an older one are dropped.
@@ -469,6 +479,7 @@ impl Worker {
             replay: ReplayWindow::new(REPLAY_WINDOW),
             reassembly: Reassembly::new(MAX_FRAME_BYTES, MAX_REASSEMBLY_BYTES),
             bulk: Outbox::default(),
+            pass: None,
         };
         let end = match self.serve_session(&mut session, shutdown).await {
             Ok(end) => end,
@@ -509,6 +520,9 @@ impl Worker {
                 }
                 self.start_close();
             }
+            if s.pass.is_none() && !s.bulk.is_empty() {
+                s.pass = Some(self.gate.pass());
+            }
             let drain_wake = self
                 .drain_deadline
                 .unwrap_or_else(|| Instant::now() + DRAIN_TIMEOUT);
@@ -531,6 +545,12 @@ impl Worker {
                 Some(envelope) = s.outbound.recv() => {
                     s.ws.send(Message::binary(envelope.encode_to_vec())).await?;
                 }
+                // A piece of a large answer goes once the gate lets it through, before more
+                // requests are read: a steady stream of them does not hold large answers back.
+                () = async { s.pass.as_mut().expect("checked by the guard").await }, if s.pass.is_some() => {
+                    s.pass = None;
+                    frames::send_piece(s).await?;
+                }
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
                     if self.on_done(s, done).await? {
                         while !s.bulk.is_empty() {
@@ -552,8 +572,6 @@ impl Worker {
                         if !self.on_burst(s, message).await? {
                             return Ok(End::Lost);
                         }
-                        // A steady stream of requests does not hold large answers back for good.
-                        frames::send_piece(s).await?;
                     }
                     Some(Err(err)) => {
                         tracing::warn!(error = %err, "reading from the coordinator failed");
@@ -562,8 +580,6 @@ impl Worker {
                     None => return Ok(End::Lost),
                 },
                 () = tokio::time::sleep_until(drain_wake), if self.is_stopping() && !self.is_closing => {}
-                // Last: a piece of a large answer goes when nothing else is waiting.
-                () = std::future::ready(()), if !s.bulk.is_empty() => frames::send_piece(s).await?,
             }
         }
     }

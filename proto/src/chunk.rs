@@ -11,7 +11,7 @@ use prost::bytes::Bytes;
 use crate::vaultvec::cluster::v1 as cluster;
 
 /// Frames above this many bytes are sent in pieces of at most this many bytes of frame.
-pub const CHUNK_BYTES: usize = 256 << 10;
+pub const CHUNK_BYTES: usize = 64 << 10;
 
 /// The encoded chunk envelopes that carry `frame` (an encoded envelope for `request_id`), in
 /// order. A frame of at most [`CHUNK_BYTES`] is not split: it comes back whole, as the one item.

@@ -26,6 +26,12 @@ struct Args {
 
 // One runtime thread: the async side only moves frames between the socket and the blocking threads
 // that run the storage calls, and a single thread does that with fewer cross-thread wake-ups.
+/// mimalloc, not glibc's malloc: glibc's arenas are shared between threads under a lock, and an
+/// idle-class thread preempted while holding one stalls every normal thread that allocates in the
+/// same arena (measured: request threads waiting up to 28 ms; see ARCHITECTURE, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     // First of all: no core dump and no same-user ptrace of the keys and plaintext we will hold.

@@ -491,7 +491,7 @@ async fn large_frames_travel_in_pieces_both_ways_with_other_frames_between() {
             )
         })
         .collect();
-    // An upsert of about 300 KiB, sent in two pieces with another tenant's request between them.
+    // An upsert of about 300 KiB, sent in pieces with another tenant's request after the first.
     let upsert_id = 5_000;
     let frame = cluster::Envelope {
         request_id: upsert_id,
@@ -500,13 +500,15 @@ async fn large_frames_travel_in_pieces_both_ways_with_other_frames_between() {
     }
     .encode_to_vec();
     let pieces = proto::chunk::split(upsert_id, frame);
-    assert_eq!(pieces.len(), 2);
+    assert!(pieces.len() >= 2, "{} pieces", pieces.len());
     conn.send_raw(Message::binary(pieces[0].clone())).await;
     let Answer::Count(n) = conn.op_for(OTHER, 1, count("docs", None)).await.unwrap() else {
         panic!()
     };
     assert_eq!(n.count, 1);
-    conn.send_raw(Message::binary(pieces[1].clone())).await;
+    for piece in &pieces[1..] {
+        conn.send_raw(Message::binary(piece.clone())).await;
+    }
     let Answer::Upsert(done) = answer(conn.reply(upsert_id).await).unwrap() else {
         panic!()
     };

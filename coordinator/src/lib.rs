@@ -203,6 +203,7 @@ impl Coordinator {
         let authenticate = grpc::Authenticate::new(service.clone());
         let call_timeout = service.request_timeout() + std::time::Duration::from_secs(5);
         let request_log = grpc::RequestLog::new(service.clone());
+        let message_budget = grpc::message::MessageBudget::new(service.clone());
         let stop = public.clone();
         servers.spawn(async move {
             use proto::vaultvec::v1::{
@@ -211,12 +212,15 @@ impl Coordinator {
             };
             let max = grpc::MAX_MESSAGE_BYTES;
             // The key is checked from the metadata before a message is read or decoded (INV-22):
-            // `tag_path` records which method a request is for, then the interceptor authenticates.
+            // `tag_path` records which method a request is for, then the interceptor authenticates,
+            // then `MessageBudget` checks the message's declared length against the tier and the
+            // large-message budget before tonic reads it.
             // The request log is outermost, so it also logs the calls the interceptor refuses.
             let layers = tower::ServiceBuilder::new()
                 .layer(request_log)
                 .layer(tower::util::MapRequestLayer::new(grpc::tag_path))
-                .layer(tonic::service::InterceptorLayer::new(authenticate));
+                .layer(tonic::service::InterceptorLayer::new(authenticate))
+                .layer(message_budget);
             tonic::transport::Server::builder()
                 .max_concurrent_streams(Some(grpc::MAX_STREAMS_PER_CONNECTION))
                 .concurrency_limit_per_connection(grpc::MAX_STREAMS_PER_CONNECTION as usize)

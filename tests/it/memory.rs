@@ -199,3 +199,195 @@ async fn pieces_of_large_bodies_and_answers_pass_the_idle_gates() {
     );
     cluster.shutdown().await;
 }
+
+/// A gRPC call to `path` over raw HTTP/2 whose message declares `declared` bytes and of which
+/// only the 5-byte prefix and `sent` bytes are sent; answers the open stream (to send the rest
+/// on, or not) and the answer to come. The connection's task runs until the test ends.
+async fn grpc_call_declaring(
+    cluster: &tests::Cluster,
+    key: &str,
+    path: &str,
+    declared: u32,
+    sent: usize,
+) -> (
+    h2::SendStream<prost::bytes::Bytes>,
+    h2::client::ResponseFuture,
+) {
+    use tonic::codegen::http;
+    let tcp = tokio::net::TcpStream::connect(cluster.grpc).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{}{path}", cluster.grpc))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {key}"))
+        .body(())
+        .unwrap();
+    let (answer, mut stream) = client.send_request(request, false).unwrap();
+    let mut message = vec![0u8];
+    message.extend_from_slice(&declared.to_be_bytes());
+    message.resize(5 + sent, 0);
+    stream
+        .send_data(prost::bytes::Bytes::from(message), false)
+        .unwrap();
+    (stream, answer)
+}
+
+/// The grpc-status and grpc-message of an answer that carries them in its headers (a call
+/// refused before its handler ran).
+fn grpc_status(answer: &tonic::codegen::http::Response<h2::RecvStream>) -> (String, String) {
+    let header = |name: &str| {
+        answer
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (
+        header("grpc-status"),
+        percent_decoded(&header("grpc-message")),
+    )
+}
+
+/// A `grpc-message` header's text (percent-encoded on the wire).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A gRPC message's declared length is checked against the tenant's tier and the large-message
+/// budget before tonic reads a byte of it: over the tier's limit it is refused unread (before,
+/// tonic read and decoded up to 64 MiB first); over 64 KiB it reserves 4x its size first and
+/// holds it until answered, so a second one waits and gives up, as HTTP bodies do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_messages_are_checked_and_reserved_from_their_declared_length() {
+    let mut cluster = tests::Cluster::start_without_workers(1, small_budget).await;
+    cluster.start_worker(0).await;
+    let free = cluster.tenant("grpc-free", Some("free")).await;
+    let pro = cluster.tenant("grpc-pro", None).await;
+    cluster.create_collection(&pro, "c", 2).await;
+    let upsert = "/vaultvec.v1.Points/Upsert";
+    // Within its 30 s wait for the message, the server answers at once: the message never comes.
+    let refused_unread = |answer: h2::client::ResponseFuture| async move {
+        tokio::time::timeout(Duration::from_secs(20), answer)
+            .await
+            .expect("the server waited for a message over the limit")
+            .unwrap()
+    };
+
+    // Tier `free` takes 256 KiB: a message declaring 1 MiB is refused from its prefix.
+    let (_stream, answer) = grpc_call_declaring(&cluster, &free, upsert, 1 << 20, 100).await;
+    let (status, message) = grpc_status(&refused_unread(answer).await);
+    assert_eq!(status, "8", "{message}"); // RESOURCE_EXHAUSTED
+    assert!(message.contains("over the tier's limit"), "{message}");
+
+    // One that would take more than the whole budget (4 x 300 KB) is refused from its prefix.
+    let (_stream, answer) = grpc_call_declaring(&cluster, &pro, upsert, 300_000, 100).await;
+    let (status, message) = grpc_status(&refused_unread(answer).await);
+    assert_eq!(status, "8", "{message}");
+    assert!(
+        message.contains("larger than this server holds"),
+        "{message}"
+    );
+
+    // 150 KB holds 600 KB of the budget before it is read; a second does not fit beside it.
+    let (mut held, held_answer) = grpc_call_declaring(&cluster, &pro, upsert, 150_000, 0).await;
+    let mut reserved = cluster.service().watch_large_reserved();
+    tokio::time::timeout(Duration::from_secs(60), reserved.wait_for(|b| *b > 0))
+        .await
+        .expect("the held message reserved nothing")
+        .unwrap();
+    let (_stream, answer) = grpc_call_declaring(&cluster, &pro, upsert, 150_000, 0).await;
+    let (status, message) = grpc_status(&answer.await.unwrap());
+    assert_eq!(status, "14", "{message}"); // UNAVAILABLE
+    assert!(
+        message.contains("busy with other large messages"),
+        "{message}"
+    );
+    // The held one, sent in full (garbage as an upsert), is answered and gives its share back.
+    held.send_data(prost::bytes::Bytes::from(vec![0u8; 150_000]), true)
+        .unwrap();
+    let answer = held_answer.await.unwrap();
+    let mut body = answer.into_body();
+    while body.data().await.is_some() {}
+    let _ = body.trailers().await;
+    tokio::time::timeout(Duration::from_secs(60), reserved.wait_for(|b| *b == 0))
+        .await
+        .expect("the reservation was not given back")
+        .unwrap();
+    cluster.shutdown().await;
+}
+
+/// A large gRPC answer reserves its share of the budget until it has been sent: one larger than
+/// the budget holds is refused with the reason, a smaller one comes back whole and gives its
+/// share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_answers_reserve_from_the_budget_until_sent() {
+    use proto::vaultvec::v1 as api;
+    let mut cluster = tests::Cluster::start_without_workers(1, small_budget).await;
+    cluster.start_worker(0).await;
+    let key = cluster.tenant("grpc-answers", None).await;
+    cluster.create_collection(&key, "c", 2).await;
+    for range in [0..50, 50..100] {
+        let (s, v) = cluster
+            .http(
+                "PUT",
+                "/v1/collections/c/points",
+                Some(&key),
+                Some(points(range, 3_000)),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut client = api::points_client::PointsClient::new(cluster.grpc_channel().await)
+        .max_decoding_message_size(64 << 20);
+    let get = |ids: std::ops::Range<u64>| {
+        let mut request = tonic::Request::new(api::GetPointsRequest {
+            collection: "c".into(),
+            ids: ids
+                .map(|i| api::PointId {
+                    kind: Some(api::point_id::Kind::Num(i)),
+                })
+                .collect(),
+            with_payload: true,
+            with_vector: false,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        request
+    };
+    // About 300 KB of payloads: 4x that is more than the 1 MiB budget.
+    let status = client.get(get(0..100)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("answer"), "{status:?}");
+    // Half of them fit, and come back whole.
+    let got = client.get(get(0..50)).await.unwrap().into_inner();
+    assert_eq!(got.points.len(), 50);
+    let mut reserved = cluster.service().watch_large_reserved();
+    tokio::time::timeout(Duration::from_secs(60), reserved.wait_for(|b| *b == 0))
+        .await
+        .expect("the answer's reservation was not given back")
+        .unwrap();
+    cluster.shutdown().await;
+}

@@ -11,6 +11,8 @@ use proto::vaultvec::v1::health_server::Health;
 use proto::vaultvec::v1::points_server::Points;
 use tonic::{Request, Response, Status};
 
+pub mod message;
+
 use crate::api::error::ApiError;
 use crate::api::{Op, Reply, Service};
 use crate::http::Policy;
@@ -171,7 +173,7 @@ impl Grpc {
         endpoint: &'static str,
         request: Request<T>,
         build: impl FnOnce(T) -> Op,
-    ) -> Result<Reply, Status> {
+    ) -> Result<(Reply, Option<message::Held>), Status> {
         let started = Instant::now();
         if let Some(Logged(logged)) = request.extensions().get::<Logged>() {
             logged.store(true, Ordering::Release);
@@ -195,9 +197,20 @@ impl Grpc {
             tenant.clone_from(&identity.tenant);
             key_id.clone_from(&identity.key_id);
             self.service.check_body_size(&identity, size)?;
-            self.service
+            let reply = self
+                .service
                 .call(&identity, build(request.into_inner()))
-                .await
+                .await?;
+            // A large answer holds its share of the large-message budget until it has been
+            // sent (`message::MessageBudget` releases it).
+            let answer_len = reply.encoded_len();
+            let held = if answer_len > crate::api::LARGE_MESSAGE_BYTES {
+                let reservation = self.service.reserve_large(answer_len, "answer").await?;
+                Some(message::Held(Arc::new(reservation)))
+            } else {
+                None
+            };
+            Ok::<_, ApiError>((reply, held))
         }
         .await;
         let elapsed = started.elapsed();
@@ -340,6 +353,15 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// The answer, with its reservation (if any) in its extensions for [`message::MessageBudget`].
+fn respond<T>(answer: T, held: Option<message::Held>) -> Response<T> {
+    let mut response = Response::new(answer);
+    if let Some(held) = held {
+        response.extensions_mut().insert(held);
+    }
+    response
+}
+
 fn unexpected() -> Status {
     Status::from(ApiError::internal(
         "a worker answered with the wrong kind of result",
@@ -352,11 +374,11 @@ impl Collections for Grpc {
         &self,
         request: Request<api::CreateCollectionRequest>,
     ) -> Result<Response<api::CollectionInfo>, Status> {
-        match self
+        let (reply, held) = self
             .run("create_collection", request, Op::CreateCollection)
-            .await?
-        {
-            Reply::Collection(info) => Ok(Response::new(info)),
+            .await?;
+        match reply {
+            Reply::Collection(info) => Ok(respond(info, held)),
             _ => Err(unexpected()),
         }
     }
@@ -365,11 +387,11 @@ impl Collections for Grpc {
         &self,
         request: Request<api::ListCollectionsRequest>,
     ) -> Result<Response<api::ListCollectionsResponse>, Status> {
-        match self
+        let (reply, held) = self
             .run("list_collections", request, Op::ListCollections)
-            .await?
-        {
-            Reply::Collections(list) => Ok(Response::new(list)),
+            .await?;
+        match reply {
+            Reply::Collections(list) => Ok(respond(list, held)),
             _ => Err(unexpected()),
         }
     }
@@ -378,11 +400,11 @@ impl Collections for Grpc {
         &self,
         request: Request<api::GetCollectionRequest>,
     ) -> Result<Response<api::CollectionInfo>, Status> {
-        match self
+        let (reply, held) = self
             .run("get_collection", request, Op::GetCollection)
-            .await?
-        {
-            Reply::Collection(info) => Ok(Response::new(info)),
+            .await?;
+        match reply {
+            Reply::Collection(info) => Ok(respond(info, held)),
             _ => Err(unexpected()),
         }
     }
@@ -391,11 +413,11 @@ impl Collections for Grpc {
         &self,
         request: Request<api::DeleteCollectionRequest>,
     ) -> Result<Response<api::DeleteCollectionResponse>, Status> {
-        match self
+        let (reply, held) = self
             .run("delete_collection", request, Op::DeleteCollection)
-            .await?
-        {
-            Reply::DeletedCollection(r) => Ok(Response::new(r)),
+            .await?;
+        match reply {
+            Reply::DeletedCollection(r) => Ok(respond(r, held)),
             _ => Err(unexpected()),
         }
     }
@@ -407,8 +429,9 @@ impl Points for Grpc {
         &self,
         request: Request<api::UpsertRequest>,
     ) -> Result<Response<api::UpsertResponse>, Status> {
-        match self.run("upsert", request, Op::Upsert).await? {
-            Reply::Upsert(r) => Ok(Response::new(r)),
+        let (reply, held) = self.run("upsert", request, Op::Upsert).await?;
+        match reply {
+            Reply::Upsert(r) => Ok(respond(r, held)),
             _ => Err(unexpected()),
         }
     }
@@ -417,8 +440,9 @@ impl Points for Grpc {
         &self,
         request: Request<api::GetPointsRequest>,
     ) -> Result<Response<api::GetPointsResponse>, Status> {
-        match self.run("get_points", request, Op::Get).await? {
-            Reply::Get(r) => Ok(Response::new(r)),
+        let (reply, held) = self.run("get_points", request, Op::Get).await?;
+        match reply {
+            Reply::Get(r) => Ok(respond(r, held)),
             _ => Err(unexpected()),
         }
     }
@@ -427,8 +451,9 @@ impl Points for Grpc {
         &self,
         request: Request<api::DeletePointsRequest>,
     ) -> Result<Response<api::DeletePointsResponse>, Status> {
-        match self.run("delete_points", request, Op::Delete).await? {
-            Reply::Delete(r) => Ok(Response::new(r)),
+        let (reply, held) = self.run("delete_points", request, Op::Delete).await?;
+        match reply {
+            Reply::Delete(r) => Ok(respond(r, held)),
             _ => Err(unexpected()),
         }
     }
@@ -437,8 +462,9 @@ impl Points for Grpc {
         &self,
         request: Request<api::ScrollRequest>,
     ) -> Result<Response<api::ScrollResponse>, Status> {
-        match self.run("scroll", request, Op::Scroll).await? {
-            Reply::Scroll(r) => Ok(Response::new(r)),
+        let (reply, held) = self.run("scroll", request, Op::Scroll).await?;
+        match reply {
+            Reply::Scroll(r) => Ok(respond(r, held)),
             _ => Err(unexpected()),
         }
     }
@@ -447,8 +473,9 @@ impl Points for Grpc {
         &self,
         request: Request<api::CountRequest>,
     ) -> Result<Response<api::CountResponse>, Status> {
-        match self.run("count", request, Op::Count).await? {
-            Reply::Count(r) => Ok(Response::new(r)),
+        let (reply, held) = self.run("count", request, Op::Count).await?;
+        match reply {
+            Reply::Count(r) => Ok(respond(r, held)),
             _ => Err(unexpected()),
         }
     }
@@ -457,8 +484,9 @@ impl Points for Grpc {
         &self,
         request: Request<api::SearchRequest>,
     ) -> Result<Response<api::SearchResponse>, Status> {
-        match self.run("search", request, Op::Search).await? {
-            Reply::Search(r) => Ok(Response::new(r)),
+        let (reply, held) = self.run("search", request, Op::Search).await?;
+        match reply {
+            Reply::Search(r) => Ok(respond(r, held)),
             _ => Err(unexpected()),
         }
     }
@@ -467,8 +495,9 @@ impl Points for Grpc {
         &self,
         request: Request<api::SearchBatchRequest>,
     ) -> Result<Response<api::SearchBatchResponse>, Status> {
-        match self.run("search_batch", request, Op::SearchBatch).await? {
-            Reply::SearchBatch(r) => Ok(Response::new(r)),
+        let (reply, held) = self.run("search_batch", request, Op::SearchBatch).await?;
+        match reply {
+            Reply::SearchBatch(r) => Ok(respond(r, held)),
             _ => Err(unexpected()),
         }
     }

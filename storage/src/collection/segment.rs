@@ -55,6 +55,11 @@ pub(crate) fn exact_switch_fraction(n: usize, ef: usize) -> f64 {
         .min(1.0)
 }
 
+/// Graphs up to this many nodes are checked for cut-off nodes (one walk of their level-0 links)
+/// each time indexing catches up with the writes; larger ones each time they have grown by an
+/// eighth.
+const REPAIR_ALWAYS_NODES: usize = 1 << 16;
+
 pub(crate) struct Segment {
     /// Unique within one open collection; the id map refers to segments by it.
     pub(crate) id: u64,
@@ -67,6 +72,8 @@ pub(crate) struct Segment {
     pub(crate) graph: Graph,
     /// Slots `0..indexed` are in the graph; the rest are scanned exactly.
     pub(crate) indexed: AtomicUsize,
+    /// Nodes in the graph when it was last checked for cut-off nodes (`Graph::repair`).
+    repaired: AtomicUsize,
     /// WAL files whose operations went into this segment.
     pub(crate) wals: Mutex<BTreeSet<u64>>,
     /// No more appends: full, and waiting to be sealed (or sealed).
@@ -121,6 +128,7 @@ impl Segment {
             deleted: Tombstones::new(capacity),
             graph: Graph::new(params(config), config.metric, capacity, id),
             indexed: AtomicUsize::new(0),
+            repaired: AtomicUsize::new(0),
             wals: Mutex::new(BTreeSet::new()),
             is_frozen: AtomicBool::new(false),
             slot_bytes: AtomicUsize::new(0),
@@ -179,6 +187,7 @@ impl Segment {
     }
 
     /// Indexes slots `indexed..target` on the current rayon pool, then publishes the new prefix.
+    /// Cut-off nodes are linked back on the way (see the body).
     pub(crate) fn index_up_to(&self, target: usize) {
         use rayon::prelude::*;
         let start = self.indexed.load(Ordering::Acquire);
@@ -191,6 +200,25 @@ impl Segment {
         (start as u32..target as u32)
             .into_par_iter()
             .for_each(|node| self.graph.insert(&vectors, node));
+        // Nodes cut off by pruning are linked back (`Graph::repair`, one walk of the graph): once
+        // the graph is complete (a frozen segment, before it is sealed or when compaction built
+        // it); while it grows, whenever indexing has caught up with the writes, for a graph of
+        // up to `REPAIR_ALWAYS_NODES` nodes, and beyond that each time it has grown by an eighth,
+        // which keeps the walks' cost linear in the inserts.
+        let repaired = self.repaired.load(Ordering::Acquire);
+        let grown = target.saturating_sub(repaired);
+        let caught_up = target == vectors.len();
+        let complete = self.is_frozen() && caught_up;
+        if complete
+            || grown > repaired / 8
+            || (caught_up && grown > 0 && target <= REPAIR_ALWAYS_NODES)
+        {
+            let linked = self.graph.repair(&vectors);
+            if linked > 0 {
+                tracing::debug!(linked, "linked cut-off graph nodes back");
+            }
+            self.repaired.store(target, Ordering::Release);
+        }
         self.indexed.store(target, Ordering::Release);
     }
 
@@ -415,6 +443,7 @@ impl Segment {
             deleted: Tombstones::new(n),
             graph,
             indexed: AtomicUsize::new(n),
+            repaired: AtomicUsize::new(n),
             wals: Mutex::new(BTreeSet::new()),
             is_frozen: AtomicBool::new(true),
             slot_bytes: AtomicUsize::new(slot_bytes),

@@ -48,6 +48,7 @@
 
 mod format;
 mod neighbours;
+mod repair;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -287,6 +288,7 @@ impl Graph {
                 work();
             }
         }
+        graph.repair(vectors);
         graph
     }
 
@@ -399,20 +401,8 @@ impl Graph {
         let limit = limit.min(self.capacity) as u32;
         let entry = self.entry.load(Ordering::Acquire);
         let mut seen = vec![false; limit as usize];
-        if entry != EMPTY && unpack(entry).1 < limit {
-            let start = unpack(entry).1;
-            seen[start as usize] = true;
-            let mut stack = vec![start];
-            while let Some(node) = stack.pop() {
-                let linked = neighbours(self.links(node, 0))
-                    .iter()
-                    .map(|slot| slot.load(Ordering::Relaxed));
-                for id in linked.chain(self.next_copy(node)) {
-                    if id < limit && !std::mem::replace(&mut seen[id as usize], true) {
-                        stack.push(id);
-                    }
-                }
-            }
+        if entry != EMPTY {
+            self.mark_reachable(unpack(entry).1, &mut seen);
         }
         (0..limit)
             .filter(|&node| self.contains(node) && !seen[node as usize])

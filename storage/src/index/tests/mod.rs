@@ -317,7 +317,24 @@ fn parallel_builds_leave_no_node_unreachable() {
         .collect();
     let vectors = Vectors::new(&flat, 16);
     for level_seed in 1..=5 {
-        let graph = Graph::build(PARAMS, Metric::L2, &vectors, 2, level_seed);
+        // Inserted on two threads as `Graph::build` does, without its final `repair`, which
+        // would hide the race.
+        let graph = Graph::new(PARAMS, Metric::L2, vectors.len(), level_seed);
+        graph.insert(&vectors, 0);
+        let next = std::sync::atomic::AtomicUsize::new(1);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    loop {
+                        let node = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if node >= vectors.len() {
+                            break;
+                        }
+                        graph.insert(&vectors, node as u32);
+                    }
+                });
+            }
+        });
         let unreachable = graph.unreachable(vectors.len());
         assert!(
             unreachable.is_empty(),

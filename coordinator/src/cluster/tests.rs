@@ -82,15 +82,8 @@ async fn an_assignment_is_recorded_on_the_connection_that_acknowledged_it() {
     assert_eq!(old.assigned_epoch("t"), Some(3));
 }
 
-/// A request the caller knows to be large is encoded and cut on the large-message pool (at
-/// background priority), not on the runtime's thread: while the pool is busy, nothing of it
-/// is written.
-/// On the paused clock, the runtime's time moves on only once no task can run: a request
-/// encoded on the runtime is written before the wait below ends, one encoded on the busy
-/// pool is not.
-#[tokio::test(start_paused = true)]
-async fn a_request_known_to_be_large_is_encoded_on_the_large_message_pool() {
-    let dir = tempfile::tempdir().unwrap();
+/// A large-message pool of one thread, kept busy until the test sends on the channel.
+fn busy_pool() -> (Arc<rayon::ThreadPool>, std::sync::mpsc::Sender<()>) {
     let pool = Arc::new(
         rayon::ThreadPoolBuilder::new()
             .num_threads(1)
@@ -101,6 +94,20 @@ async fn a_request_known_to_be_large_is_encoded_on_the_large_message_pool() {
     pool.spawn(move || {
         let _ = held.recv();
     });
+    (pool, release)
+}
+
+/// A request the caller knows to be large is encoded and cut on the large-message pool (at
+/// background priority), not on the runtime's thread: while the pool is busy, nothing of it
+/// is written.
+///
+/// On the paused clock, the runtime's time moves on only once no task can run: a request
+/// encoded on the runtime is written before the wait below ends, one encoded on the busy
+/// pool is not.
+#[tokio::test(start_paused = true)]
+async fn a_request_known_to_be_large_is_encoded_on_the_large_message_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, release) = busy_pool();
     let hub = hub(dir.path());
     let (conn, mut frames) = fake_conn("w", 8);
     let body = cluster::envelope::Body::Error(cluster::Error {
@@ -128,17 +135,7 @@ async fn a_request_known_to_be_large_is_encoded_on_the_large_message_pool() {
 #[tokio::test]
 async fn a_large_answer_is_decoded_off_the_connection_task_and_reaches_its_waiter() {
     let dir = tempfile::tempdir().unwrap();
-    // A large-message pool of one thread, kept busy until the test lets it go.
-    let pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap(),
-    );
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    pool.spawn(move || {
-        let _ = held.recv();
-    });
+    let (pool, release) = busy_pool();
     let hub = Arc::try_unwrap(hub(dir.path()))
         .ok()
         .unwrap()

@@ -483,12 +483,12 @@ pub(crate) fn render_reserved(
     let pieces = futures_util::stream::unfold(
         (bytes, 0usize, Some(reserved)),
         move |(bytes, at, reserved)| {
-            let pass = gate.pass();
+            let gate = gate.clone();
             async move {
                 if at >= bytes.len() {
                     return None;
                 }
-                pass.await;
+                gate.pass().await;
                 let end = (at + ANSWER_PIECE_BYTES).min(bytes.len());
                 let piece = bytes.slice(at..end);
                 // The reservation goes with the last piece.

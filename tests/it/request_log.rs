@@ -197,6 +197,25 @@ async fn every_request_is_logged_with_tenant_key_endpoint_status_and_latency() {
         .expect_err("malformed message");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
 
+    // A message over the tier's body limit, refused from its declared length before it is read.
+    let small = cluster.tenant("logline-free", Some("free")).await;
+    let large = api::UpsertRequest {
+        collection: "c".into(),
+        points: vec![api::Point {
+            id: Some(api::PointId {
+                kind: Some(api::point_id::Kind::Num(3)),
+            }),
+            vector: vec![0.5; 80_000],
+            payload: None,
+        }],
+        ..Default::default()
+    };
+    let refused = points
+        .upsert(with_key(large, &small))
+        .await
+        .expect_err("over the tier's limit");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+
     let lines = request_lines();
     let (id, ro) = (key_id(&key), key_id(&read_only));
     assert_logged(
@@ -227,16 +246,28 @@ async fn every_request_is_logged_with_tenant_key_endpoint_status_and_latency() {
         ro,
         json!("permission_denied"),
     );
+    // The undecodable message, refused by the codec after the key was checked: it names its
+    // caller too, so there are two such count lines (the invalid name and this one).
+    let invalid_counts = lines
+        .iter()
+        .filter(|l| {
+            l["transport"] == "grpc"
+                && l["endpoint"] == "count"
+                && l["tenant"] == "logline"
+                && l["key_id"] == id
+                && l["status"] == "invalid_argument"
+        })
+        .count();
+    assert_eq!(invalid_counts, 2, "{lines:?}");
+    // The message over the tier's limit, refused before tonic read it.
     assert_logged(
         &lines,
         "grpc",
-        "count",
-        "logline",
-        id,
-        json!("invalid_argument"),
+        "upsert",
+        "logline-free",
+        key_id(&small),
+        json!("resource_exhausted"),
     );
-    // The undecodable message, refused before authentication: no tenant, no key id.
-    assert_logged(&lines, "grpc", "count", "", "", json!("invalid_argument"));
 
     // No secret in any log line.
     let all = String::from_utf8(captured().lock().unwrap().clone()).unwrap();

@@ -24,6 +24,14 @@ const PREFIX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The bytes of gRPC's message prefix: a compression flag and a big-endian `u32` length.
 const PREFIX_BYTES: usize = 5;
 
+/// Who made an authenticated call, put in its answer's extensions for [`super::RequestLog`], which
+/// logs calls answered before their handler ran (refused here, or by tonic's codec).
+#[derive(Clone)]
+pub struct Caller {
+    pub tenant: String,
+    pub key_id: String,
+}
+
 /// A reservation held by a request or response until its body has been sent (see the module
 /// docs); cloned into extensions, so it is shared.
 #[derive(Clone)]
@@ -100,10 +108,11 @@ where
                 let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
                 match tokio::time::timeout(PREFIX_TIMEOUT, frame).await {
                     Err(_) => {
-                        return Ok(refusal(ApiError::invalid(format!(
+                        let err = ApiError::invalid(format!(
                             "the request message did not arrive within {} s",
                             PREFIX_TIMEOUT.as_secs()
-                        ))));
+                        ));
+                        return Ok(refusal(err, &identity));
                     }
                     Ok(Some(Ok(frame))) => {
                         if let Ok(mut data) = frame.into_data() {
@@ -123,12 +132,12 @@ where
             if head.len() >= PREFIX_BYTES {
                 let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
                 if let Err(err) = service.check_body_size(&identity, len) {
-                    return Ok(refusal(err));
+                    return Ok(refusal(err, &identity));
                 }
                 if len > LARGE_MESSAGE_BYTES {
                     match service.reserve_large(len, "request message").await {
                         Ok(reservation) => held = Some(reservation),
-                        Err(err) => return Ok(refusal(err)),
+                        Err(err) => return Ok(refusal(err, &identity)),
                     }
                 }
             }
@@ -138,16 +147,26 @@ where
             });
             // The message's reservation is held while it is read, decoded and worked on: the
             // handler has dropped the decoded message by the time it answers.
-            let response = inner.call(http::Request::from_parts(parts, body)).await?;
+            let mut response = inner.call(http::Request::from_parts(parts, body)).await?;
             drop(held);
+            response.extensions_mut().insert(caller(&identity));
             Ok(hold_until_sent(response))
         })
     }
 }
 
 /// An error answer for a call refused before its message was read.
-fn refusal(err: ApiError) -> http::Response<Body> {
-    tonic::Status::from(err).into_http()
+fn refusal(err: ApiError, identity: &crate::auth::Identity) -> http::Response<Body> {
+    let mut response: http::Response<Body> = tonic::Status::from(err).into_http();
+    response.extensions_mut().insert(caller(identity));
+    response
+}
+
+fn caller(identity: &crate::auth::Identity) -> Caller {
+    Caller {
+        tenant: identity.tenant.clone(),
+        key_id: identity.key_id.clone(),
+    }
 }
 
 /// The response, whose body keeps the answer's reservation (if the handler put one in its

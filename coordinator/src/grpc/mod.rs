@@ -239,9 +239,10 @@ impl Grpc {
 struct Logged(Arc<AtomicBool>);
 
 /// A layer on the gRPC server that logs and counts, as one `request` line like [`Grpc::run`]'s, the
-/// requests `run` never sees: messages that do not decode (refused by the codec before the
-/// handler), unknown methods and health checks. Their tenant and key id are empty: nothing was
-/// authenticated.
+/// requests `run` never sees: calls refused by the interceptor or by `message::MessageBudget`,
+/// messages that do not decode (refused by the codec before the handler), unknown methods and
+/// health checks. An authenticated one names its tenant and key id (`message::Caller`); the
+/// others have them empty.
 #[derive(Clone)]
 pub struct RequestLog {
     service: Arc<Service>,
@@ -311,13 +312,17 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32);
                 let status = code_name(code);
                 let elapsed = started.elapsed();
+                // Authenticated calls answered before their handler ran name their caller.
+                let caller = response.extensions().get::<message::Caller>();
+                let tenant = caller.map_or("", |c| c.tenant.as_str());
+                let key_id = caller.map_or("", |c| c.key_id.as_str());
                 service
                     .metrics
                     .observe("grpc", endpoint, status, elapsed.as_secs_f64());
                 tracing::info!(
                     transport = "grpc",
-                    tenant = "",
-                    key_id = "",
+                    tenant,
+                    key_id,
                     endpoint,
                     status,
                     latency_us = elapsed.as_micros() as u64,

@@ -319,6 +319,9 @@ pub(crate) async fn read_body(
     read_body_gated(headers, body, limit, None).await
 }
 
+/// How much of a gated body is read per pass through the gate.
+const GATED_READ_BYTES: usize = 64 << 10;
+
 /// [`read_body`], reading each piece of the body only once `gate` (if any) lets it through
 /// (`storage::gate`): a large body is taken off the socket when a core is free.
 pub(crate) async fn read_body_gated(
@@ -343,8 +346,13 @@ pub(crate) async fn read_body_gated(
         };
         let mut limited = std::pin::pin!(limited);
         let mut collected = Vec::with_capacity(declared.map_or(0, |len| len as usize).min(limit));
+        // One pass per 64 KiB taken, however small the frames the connection hands over.
+        let mut passed_at = None;
         loop {
-            gate.pass().await;
+            if passed_at.is_none_or(|at| collected.len() - at >= GATED_READ_BYTES) {
+                gate.pass().await;
+                passed_at = Some(collected.len());
+            }
             match http_body_util::BodyExt::frame(&mut limited).await {
                 None => return Ok(Bytes::from(collected)),
                 Some(frame) => {

@@ -111,6 +111,17 @@ impl IdleGate {
         IdleGate { queue, passes }
     }
 
+    /// A gate that never grants a pass: its queue is kept but nothing serves it (tests of what
+    /// waits for a gate).
+    pub fn closed() -> IdleGate {
+        let (queue, tickets) = mpsc::channel::<Arc<Ticket>>();
+        std::mem::forget(tickets);
+        IdleGate {
+            queue: Some(queue),
+            passes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     /// A gate that grants every pass at once (tests, tools).
     pub fn open() -> IdleGate {
         IdleGate {

@@ -319,6 +319,29 @@ pub(crate) async fn read_body(
     read_body_gated(headers, body, limit, None).await
 }
 
+/// Time a gated body read spent waiting for the gate.
+#[derive(Default)]
+struct GateWaits {
+    done: std::time::Duration,
+    /// When the wait under way (if any) began.
+    since: Option<tokio::time::Instant>,
+}
+
+impl GateWaits {
+    fn end(&mut self) {
+        if let Some(since) = self.since.take() {
+            self.done += since.elapsed();
+        }
+    }
+
+    fn total(&self) -> std::time::Duration {
+        self.done
+            + self
+                .since
+                .map_or(std::time::Duration::ZERO, |s| s.elapsed())
+    }
+}
+
 /// How much of a gated body is read per pass through the gate.
 const GATED_READ_BYTES: usize = 64 << 10;
 
@@ -338,6 +361,11 @@ pub(crate) async fn read_body_gated(
         return Err(too_large(limit));
     }
     let limited = http_body_util::Limited::new(body, limit);
+    // Time spent waiting for the gate, not for the client: if the body does not arrive in time
+    // mostly because the server had no core to spare, that is the server's state, not the
+    // client's mistake.
+    let gate_waits = std::sync::Arc::new(parking_lot::Mutex::new(GateWaits::default()));
+    let waits = gate_waits.clone();
     let collect = async move {
         let Some(gate) = gate else {
             return http_body_util::BodyExt::collect(limited)
@@ -350,7 +378,9 @@ pub(crate) async fn read_body_gated(
         let mut passed_at = None;
         loop {
             if passed_at.is_none_or(|at| collected.len() - at >= GATED_READ_BYTES) {
+                waits.lock().since = Some(tokio::time::Instant::now());
                 gate.pass().await;
+                waits.lock().end();
                 passed_at = Some(collected.len());
             }
             match http_body_util::BodyExt::frame(&mut limited).await {
@@ -364,6 +394,14 @@ pub(crate) async fn read_body_gated(
         }
     };
     match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Err(_) if gate_waits.lock().total() >= BODY_TIMEOUT / 2 => Err(ApiError {
+            code: Code::Unavailable,
+            message: format!(
+                "the server is too busy to read a large body now (it reads them when a core is free, and could not within {} s); retry later",
+                BODY_TIMEOUT.as_secs()
+            ),
+            retry_after: Some(std::time::Duration::from_secs(1)),
+        }),
         Err(_) => Err(ApiError::invalid(format!(
             "the request body did not arrive within {} s",
             BODY_TIMEOUT.as_secs()
@@ -692,4 +730,38 @@ async fn search_batch(
         Ok(d.into_op(name))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large body that cannot be read in time because the gate (the server's spare cores) never
+    /// let it through is the server's state: 503 with a retry, not the client's 400. A client that
+    /// stops sending still gets the 400.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_held_up_by_the_gate_is_unavailable_not_a_client_error() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(1_000_000));
+        let body = Body::from(vec![b' '; 1_000_000]);
+        let gate = storage::gate::IdleGate::closed();
+        let err = read_body_gated(&headers, body, 2_000_000, Some(gate))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, Code::Unavailable, "{err:?}");
+        assert!(err.retry_after.is_some());
+
+        // A client that sends nothing, through a gate that lets everything pass.
+        let stalled = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+        let body = Body::from_stream(stalled);
+        let err = read_body_gated(
+            &headers,
+            body,
+            2_000_000,
+            Some(storage::gate::IdleGate::open()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code, Code::InvalidArgument, "{err:?}");
+    }
 }

@@ -85,16 +85,15 @@ impl IdleGate {
     /// refused). If the thread cannot be started, the gate grants every pass at once.
     pub fn start(name: &str) -> IdleGate {
         let (queue, tickets) = mpsc::channel::<Arc<Ticket>>();
-        let passes = Arc::new(AtomicU64::new(0));
+        // Gates of one name share their count (`passes_by_name`).
+        let passes = PASSES.lock().entry(name.to_owned()).or_default().clone();
         let counted = passes.clone();
-        let by_name = PASSES.lock().entry(name.to_owned()).or_default().clone();
         let started = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
                 crate::process::idle_background_thread();
                 while let Ok(ticket) = tickets.recv() {
                     counted.fetch_add(1, Ordering::Relaxed);
-                    by_name.fetch_add(1, Ordering::Relaxed);
                     ticket.open();
                     // The woken loop preempts this thread on a busy core; on a free one, the
                     // next pass waits for whatever else is runnable first.
@@ -111,8 +110,8 @@ impl IdleGate {
         IdleGate { queue, passes }
     }
 
-    /// A gate that never grants a pass: its queue is kept but nothing serves it (tests of what
-    /// waits for a gate).
+    /// A gate that never grants a pass: its queue's receiving end is leaked, so nothing serves
+    /// it and nothing fails (tests of what waits for a gate).
     pub fn closed() -> IdleGate {
         let (queue, tickets) = mpsc::channel::<Arc<Ticket>>();
         std::mem::forget(tickets);
@@ -146,7 +145,8 @@ impl IdleGate {
         Pass { ticket }
     }
 
-    /// Passes granted by the gate's thread so far (metrics, tests).
+    /// Passes granted so far by this gate's thread and any other started under its name
+    /// (metrics, tests).
     pub fn passes(&self) -> u64 {
         self.passes.load(Ordering::Relaxed)
     }

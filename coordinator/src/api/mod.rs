@@ -70,6 +70,21 @@ pub(crate) fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Runs `f` on `pool` and waits for its result; `None` if it panicked. A panic must not reach
+/// rayon, which would abort the process.
+pub(crate) async fn on_pool<T: Send + 'static>(
+    pool: &rayon::ThreadPool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    pool.spawn(move || {
+        if let Ok(out) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            let _ = tx.send(out);
+        }
+    });
+    rx.await.ok()
+}
+
 /// The credential of an `authorization: Bearer <token>` value (the scheme is case-insensitive).
 pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -269,16 +284,9 @@ impl Service {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.heavy.spawn(move || {
-            // A panic must not reach rayon, which would abort the process; the dropped sender
-            // fails the request instead.
-            if let Ok(out) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                let _ = tx.send(out);
-            }
-        });
-        rx.await
-            .map_err(|_| ApiError::internal("work on a large message was lost"))
+        on_pool(&self.heavy, f)
+            .await
+            .ok_or_else(|| ApiError::internal("work on a large message was lost"))
     }
 
     /// The proxies whose `X-Forwarded-For` is believed (`[auth_failures] trusted_proxies`).
@@ -448,16 +456,11 @@ impl Service {
         }
     }
 
-    /// Runs one data operation for the caller.
-    pub async fn call(&self, identity: &Identity, op: Op) -> Result<Reply, ApiError> {
-        let large = op.encoded_len() > LARGE_MESSAGE_BYTES;
-        self.call_sized(identity, op, large).await
-    }
-
-    /// [`Service::call`] for an operation whose size the caller knows: a `large` one (encoded
-    /// over [`LARGE_MESSAGE_BYTES`]) is checked, encoded for its worker and dropped on the
-    /// background-priority pool, never walked on the runtime's threads.
-    pub async fn call_sized(
+    /// Runs one data operation for the caller. The caller says whether it is `large` (encoded
+    /// over [`LARGE_MESSAGE_BYTES`]), which it knows from the message it came in: a large one is
+    /// checked, encoded for its worker and dropped on the background-priority pool, never walked
+    /// on the runtime's threads.
+    pub async fn call(
         &self,
         identity: &Identity,
         mut op: Op,

@@ -105,18 +105,11 @@ impl WorkerConn {
         // a request known to be large is encoded (and dropped) on the background-priority
         // pool; one found large here, off the runtime thread's other tasks.
         let pieces = if let Some(pool) = encoder {
-            let (tx, rx) = oneshot::channel();
-            pool.spawn(move || {
-                // A panic must not reach rayon, which would abort the process.
-                let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    proto::chunk::split(request_id, env.encode_to_vec())
-                }));
-                if let Ok(pieces) = encoded {
-                    let _ = tx.send(pieces);
-                }
-            });
-            rx.await
-                .map_err(|_| ApiError::internal("encoding a large request failed"))?
+            crate::api::on_pool(pool, move || {
+                proto::chunk::split(request_id, env.encode_to_vec())
+            })
+            .await
+            .ok_or_else(|| ApiError::internal("encoding a large request failed"))?
         } else if env.encoded_len() > crate::api::LARGE_MESSAGE_BYTES {
             crate::api::off_runtime(|| proto::chunk::split(request_id, env.encode_to_vec()))
         } else {

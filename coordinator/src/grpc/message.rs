@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http_body::{Body as _, Frame};
-use prost::bytes::{Buf, Bytes};
+use prost::bytes::Bytes;
 use tonic::body::Body;
 
 use crate::api::error::ApiError;
@@ -115,13 +115,8 @@ where
                         return Ok(refusal(err, &identity));
                     }
                     Ok(Some(Ok(frame))) => {
-                        if let Ok(mut data) = frame.into_data() {
-                            while data.has_remaining() {
-                                let chunk = data.chunk();
-                                head.extend_from_slice(chunk);
-                                let n = chunk.len();
-                                data.advance(n);
-                            }
+                        if let Ok(data) = frame.into_data() {
+                            head.extend_from_slice(&data);
                         }
                     }
                     // A broken or ended body: tonic reports it as it does today.

@@ -197,9 +197,11 @@ impl Grpc {
             tenant.clone_from(&identity.tenant);
             key_id.clone_from(&identity.key_id);
             self.service.check_body_size(&identity, size)?;
+            // The operation wraps the message, so its size is the message's.
+            let large = size > crate::api::LARGE_MESSAGE_BYTES;
             let reply = self
                 .service
-                .call(&identity, build(request.into_inner()))
+                .call(&identity, build(request.into_inner()), large)
                 .await?;
             // A large answer holds its share of the large-message budget until it has been
             // sent (`message::MessageBudget` releases it).

@@ -486,7 +486,7 @@ async fn run<D: DeserializeOwned>(
         // smaller one (whose operation may still encode larger) is measured, at bounded cost.
         let large = body_len > crate::api::LARGE_MESSAGE_BYTES
             || op.encoded_len() > crate::api::LARGE_MESSAGE_BYTES;
-        let reply = service.call_sized(&identity, op, large).await?;
+        let reply = service.call(&identity, op, large).await?;
         let answer_len = reply.encoded_len();
         if answer_len > crate::api::LARGE_MESSAGE_BYTES {
             let reserved = service.reserve_large(answer_len, "answer").await?;

@@ -112,8 +112,8 @@ struct RawConfig {
     #[serde(default = "default_in_flight")]
     max_in_flight_per_worker: usize,
     max_in_flight_per_tenant: Option<usize>,
-    #[serde(default = "default_heartbeat_timeout")]
-    heartbeat_timeout_secs: u64,
+    #[serde(default)]
+    health: RawHealth,
     #[serde(default = "default_large_message_budget")]
     large_message_budget_bytes: usize,
     #[serde(default)]
@@ -157,8 +157,32 @@ fn default_request_timeout() -> u64 {
 fn default_in_flight() -> usize {
     256
 }
-fn default_heartbeat_timeout() -> u64 {
-    15
+/// `[health]`: when the health tracker calls a connected worker suspect (no new tenants are
+/// placed on it) and when down (its connection is closed and its tenants are unavailable on it),
+/// counted from its last heartbeat. Workers send one every second by default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default = "default_suspect_after_ms")]
+    suspect_after_ms: u64,
+    #[serde(default = "default_down_after_ms")]
+    down_after_ms: u64,
+}
+
+impl Default for RawHealth {
+    fn default() -> RawHealth {
+        RawHealth {
+            suspect_after_ms: default_suspect_after_ms(),
+            down_after_ms: default_down_after_ms(),
+        }
+    }
+}
+
+fn default_suspect_after_ms() -> u64 {
+    3_000
+}
+fn default_down_after_ms() -> u64 {
+    6_000
 }
 
 /// Secrets, read from their files. None of them is ever printed.
@@ -286,8 +310,8 @@ pub struct Config {
     /// Requests in flight per tenant before its new ones are answered 429 (default: a quarter of
     /// the per-worker bound), so one tenant cannot take every slot of its worker.
     pub max_in_flight_per_tenant: usize,
-    /// A worker silent for this long is disconnected.
-    pub heartbeat_timeout: Duration,
+    /// When a worker without heartbeats is suspect, and when down (disconnected).
+    pub health: crate::cluster::HealthConfig,
     /// Memory that messages over 64 KiB in flight may hold, all tenants together, counted as
     /// [`crate::api::LARGE_MESSAGE_EXPANSION`] times their size (request bodies from before they
     /// are read, answers from their arrival until their last bytes are handed to the socket).
@@ -390,7 +414,10 @@ impl Config {
                 .max_in_flight_per_tenant
                 .unwrap_or(raw.max_in_flight_per_worker / 4)
                 .max(1),
-            heartbeat_timeout: Duration::from_secs(raw.heartbeat_timeout_secs.max(1)),
+            health: crate::cluster::HealthConfig {
+                suspect_after: Duration::from_millis(raw.health.suspect_after_ms),
+                down_after: Duration::from_millis(raw.health.down_after_ms),
+            },
             large_message_budget_bytes: raw.large_message_budget_bytes,
             auth_failures: raw.auth_failures,
             cluster_tls,
@@ -402,6 +429,16 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         if !(1 << 20..=1 << 40).contains(&self.large_message_budget_bytes) {
             bail!("large_message_budget_bytes must be between 1 MiB and 1 TiB");
+        }
+        let health = &self.health;
+        if health.suspect_after < Duration::from_millis(100)
+            || health.suspect_after >= health.down_after
+            || health.down_after > Duration::from_secs(3600)
+        {
+            bail!(
+                "[health] needs 100 <= suspect_after_ms < down_after_ms <= 3600000 \
+                 (workers send a heartbeat every second by default)"
+            );
         }
         let budget = &self.auth_failures;
         if !(budget.per_second.is_finite() && budget.per_second > 0.0) || budget.burst == 0 {
@@ -491,7 +528,10 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             max_in_flight_per_worker: 256,
             max_in_flight_per_tenant: 64,
-            heartbeat_timeout: Duration::from_secs(60),
+            health: crate::cluster::HealthConfig {
+                suspect_after: Duration::from_secs(30),
+                down_after: Duration::from_secs(60),
+            },
             auth_failures: AuthFailureBudget::default(),
             cluster_tls: None,
         }

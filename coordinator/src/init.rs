@@ -1,5 +1,6 @@
-//! `vaultvec-coordinator init`: a data directory for the embedded default (one coordinator, one
-//! worker on loopback), with generated secrets (mode 0600), and a demo tenant and API key.
+//! `vaultvec-coordinator init`: a data directory for the embedded default (one coordinator and
+//! its workers on loopback, three by default), with generated secrets (mode 0600), and a demo
+//! tenant and API key.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -29,7 +30,7 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
+pub fn run(dir: &Path, port: u16, workers: u16) -> anyhow::Result<()> {
     let config_path = dir.join("coordinator.toml");
     if config_path.exists() {
         println!(
@@ -52,11 +53,21 @@ pub fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     write_private(&secrets.join("pepper"), pepper.as_bytes())?;
     write_private(&secrets.join("admin.token"), random_hex(24).as_bytes())?;
     write_private(&secrets.join("audit.key"), audit_key.as_bytes())?;
-    write_private(&secrets.join("worker-1.token"), random_hex(24).as_bytes())?;
+    let ids: Vec<String> = (1..=workers).map(|i| format!("worker-{i}")).collect();
+    for id in &ids {
+        write_private(
+            &secrets.join(format!("{id}.token")),
+            random_hex(24).as_bytes(),
+        )?;
+    }
     storage::crypto::LocalKeyFile::generate(&secrets.join("root.key"))
         .context("generating the root key")?;
 
     let (http, grpc, cluster, metrics) = (port, port + 1, port + 2, port + 3);
+    let workers_toml: String = ids
+        .iter()
+        .map(|id| format!("[[workers]]\nid = \"{id}\"\ntoken_file = \"secrets/{id}.token\"\n\n"))
+        .collect();
     let coordinator_toml = format!(
         r#"# vaultvec coordinator, embedded default (written by `vaultvec-coordinator init`).
 # Paths are relative to this file. Secrets are files with mode 0600, never values here.
@@ -78,10 +89,7 @@ root_key_file = "secrets/root.key"
 # Workers dial the cluster listener with plain ws:// on loopback. A worker on another host needs
 # TLS: a [cluster_tls] table with cert_file and key_file (see coordinator.example.toml) here, and
 # wss:// with ca_file in its own config.
-[[workers]]
-id = "worker-1"
-token_file = "secrets/worker-1.token"
-
+{workers_toml}
 [tiers.free]
 max_collections = 10
 max_points = 1000000
@@ -104,19 +112,21 @@ max_body_bytes = 67108864
     write_private(&config_path, coordinator_toml.as_bytes())?;
     // The worker reads paths as given, so they are written absolute.
     let abs = std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
-    let worker_toml = format!(
-        r#"# vaultvec worker, embedded default (written by `vaultvec-coordinator init`).
-worker_id = "worker-1"
+    for id in &ids {
+        let worker_toml = format!(
+            r#"# vaultvec worker, embedded default (written by `vaultvec-coordinator init`).
+worker_id = "{id}"
 coordinator_url = "ws://127.0.0.1:{cluster}/v1/cluster"
 token_file = "{token}"
 data_dir = "{data}"
 memory_budget_bytes = 4294967296
 max_in_flight = 256
 "#,
-        token = abs.join("secrets/worker-1.token").display(),
-        data = abs.join("worker-1").display(),
-    );
-    write_private(&dir.join("worker-1.toml"), worker_toml.as_bytes())?;
+            token = abs.join(format!("secrets/{id}.token")).display(),
+            data = abs.join(id).display(),
+        );
+        write_private(&dir.join(format!("{id}.toml")), worker_toml.as_bytes())?;
+    }
 
     // The demo tenant and its key, made directly in the database before the server starts.
     let data = dir.join("coordinator");

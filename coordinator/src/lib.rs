@@ -123,7 +123,7 @@ impl Coordinator {
             store.clone(),
             keys.clone(),
             config.max_in_flight_per_worker,
-            config.heartbeat_timeout,
+            config.health,
         )
         .with_max_in_flight_per_tenant(config.max_in_flight_per_tenant)
         .with_refusal_budget(config.auth_failures.per_second, config.auth_failures.burst)
@@ -319,6 +319,16 @@ fn metrics_router(service: Arc<Service>) -> axum::Router {
                         .metrics
                         .workers_connected
                         .set(service.hub.connected().len() as i64);
+                    let store = service.store.clone();
+                    let known = tokio::task::spawn_blocking(move || store.list_workers())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|w| w.id)
+                        .collect::<Vec<_>>();
+                    service.metrics.workers.set(&known, &service.hub.health());
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,

@@ -26,13 +26,17 @@ enum Command {
         config: PathBuf,
     },
     /// Create a data directory for the embedded default: secrets (0600), configs for the
-    /// coordinator and one worker, a demo tenant and API key (printed once).
+    /// coordinator and its workers (`worker-1.toml` ...), a demo tenant and API key (printed
+    /// once).
     Init {
         #[arg(long, default_value = "./data")]
         dir: PathBuf,
         /// HTTP port (gRPC, cluster and metrics use the next three).
         #[arg(long, default_value_t = 7700)]
         port: u16,
+        /// Workers to configure (1 to 64).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+        workers: u16,
     },
     /// Audit chain tools.
     Audit {
@@ -84,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     }
     match args.command {
         Command::Serve { config } => serve(config),
-        Command::Init { dir, port } => init::run(&dir, port),
+        Command::Init { dir, port, workers } => init::run(&dir, port, workers),
         Command::Audit {
             command:
                 AuditCommand::Verify {

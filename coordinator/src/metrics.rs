@@ -30,6 +30,167 @@ pub struct LatencyLabels {
     pub endpoint: &'static str,
 }
 
+/// Labels of a worker's figure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    /// The worker's id.
+    pub worker: String,
+}
+
+/// Labels of a worker's state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerStateLabels {
+    /// The worker's id.
+    pub worker: String,
+    /// `up`, `suspect` or `down`.
+    pub state: &'static str,
+}
+
+/// Each worker's health and its own figures from its heartbeats (`vaultvec_worker_*`), set from
+/// the health tracker each time metrics are scraped.
+#[derive(Clone, Default)]
+pub struct WorkerMetrics {
+    /// 1 for the worker's current state, 0 for the others.
+    pub state: Family<WorkerStateLabels, Gauge>,
+    /// Seconds since its last heartbeat (connected workers).
+    pub since_heartbeat: Family<WorkerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Tenants loaded in its memory.
+    pub loaded_tenants: Family<WorkerLabels, Gauge>,
+    /// Plaintext bytes they hold.
+    pub plaintext_bytes: Family<WorkerLabels, Gauge>,
+    /// Its memory budget.
+    pub memory_budget_bytes: Family<WorkerLabels, Gauge>,
+    /// Tenant requests running on it.
+    pub in_flight: Family<WorkerLabels, Gauge>,
+    /// Tenants assigned on its connection.
+    pub assigned_tenants: Family<WorkerLabels, Gauge>,
+    /// Resident set size of its process.
+    pub rss_bytes: Family<WorkerLabels, Gauge>,
+    /// Tenant requests it finished since it started.
+    pub requests_finished: Family<WorkerLabels, Gauge>,
+}
+
+impl WorkerMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let worker = registry.sub_registry_with_prefix("worker");
+        worker.register(
+            "state",
+            "health tracker state (1 for the current one)",
+            self.state.clone(),
+        );
+        worker.register(
+            "seconds_since_heartbeat",
+            "time since the last heartbeat",
+            self.since_heartbeat.clone(),
+        );
+        worker.register(
+            "loaded_tenants",
+            "tenants loaded in memory",
+            self.loaded_tenants.clone(),
+        );
+        worker.register(
+            "plaintext_bytes",
+            "plaintext bytes of loaded tenants",
+            self.plaintext_bytes.clone(),
+        );
+        worker.register(
+            "memory_budget_bytes",
+            "plaintext the worker may hold",
+            self.memory_budget_bytes.clone(),
+        );
+        worker.register(
+            "in_flight",
+            "tenant requests running",
+            self.in_flight.clone(),
+        );
+        worker.register(
+            "assigned_tenants",
+            "tenants assigned on the connection",
+            self.assigned_tenants.clone(),
+        );
+        worker.register("rss_bytes", "resident set size", self.rss_bytes.clone());
+        worker.register(
+            "requests_finished",
+            "tenant requests finished since the worker started",
+            self.requests_finished.clone(),
+        );
+    }
+
+    /// Sets every figure from the known workers' ids and the connected ones' health; figures of
+    /// workers no longer connected are removed, their state stays (`down`).
+    pub fn set(&self, known: &[String], health: &[crate::cluster::WorkerHealth]) {
+        use crate::cluster::WorkerState;
+        let families = [
+            &self.loaded_tenants,
+            &self.plaintext_bytes,
+            &self.memory_budget_bytes,
+            &self.in_flight,
+            &self.assigned_tenants,
+            &self.rss_bytes,
+            &self.requests_finished,
+        ];
+        for family in families {
+            family.clear();
+        }
+        self.since_heartbeat.clear();
+        self.state.clear();
+        let mut ids: Vec<&String> = known.iter().collect();
+        ids.extend(
+            health
+                .iter()
+                .map(|h| &h.id)
+                .filter(|id| !known.contains(id)),
+        );
+        for id in ids {
+            let current = health
+                .iter()
+                .find(|h| &h.id == id)
+                .map_or(WorkerState::Down, |h| h.state);
+            for state in WorkerState::ALL {
+                self.state
+                    .get_or_create(&WorkerStateLabels {
+                        worker: id.clone(),
+                        state: state.as_str(),
+                    })
+                    .set(i64::from(state == current));
+            }
+        }
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for h in health {
+            let labels = WorkerLabels {
+                worker: h.id.clone(),
+            };
+            let hb = &h.heartbeat;
+            self.loaded_tenants
+                .get_or_create(&labels)
+                .set(clamp(hb.loaded_tenants));
+            self.plaintext_bytes
+                .get_or_create(&labels)
+                .set(clamp(hb.plaintext_bytes));
+            self.memory_budget_bytes
+                .get_or_create(&labels)
+                .set(clamp(h.hello.memory_budget_bytes));
+            self.in_flight
+                .get_or_create(&labels)
+                .set(i64::from(hb.in_flight));
+            self.assigned_tenants
+                .get_or_create(&labels)
+                .set(clamp(hb.assigned_tenants));
+            self.rss_bytes
+                .get_or_create(&labels)
+                .set(clamp(hb.rss_bytes));
+            self.requests_finished
+                .get_or_create(&labels)
+                .set(clamp(hb.requests_total));
+            if let Some(since) = h.since_heartbeat {
+                self.since_heartbeat
+                    .get_or_create(&labels)
+                    .set(since.as_secs_f64());
+            }
+        }
+    }
+}
+
 /// The coordinator's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -42,6 +203,8 @@ pub struct Metrics {
     pub auth_failures: Counter,
     /// Workers connected now.
     pub workers_connected: Gauge,
+    /// Each worker's health and figures.
+    pub workers: WorkerMetrics,
 }
 
 impl Default for Metrics {
@@ -76,12 +239,15 @@ impl Metrics {
             "workers connected now",
             workers_connected.clone(),
         );
+        let workers = WorkerMetrics::default();
+        workers.register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
             requests,
             latency,
             auth_failures,
             workers_connected,
+            workers,
         }
     }
 

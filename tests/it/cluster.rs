@@ -38,6 +38,7 @@ async fn say_hello(ws: &mut Ws, worker_id: &str, max_in_flight: u32) {
         memory_budget_bytes: 1 << 20,
         max_in_flight,
         held_tenants: Vec::new(),
+        heartbeat_interval_ms: 0,
     };
     ws.send(frame(0, cluster::envelope::Body::Hello(hello)))
         .await
@@ -309,6 +310,7 @@ async fn of_two_connections_racing_with_one_id_only_the_first_hello_is_admitted(
         memory_budget_bytes: 1 << 20,
         max_in_flight: 4,
         held_tenants: Vec::new(),
+        heartbeat_interval_ms: 0,
     };
     second
         .send(frame(0, cluster::envelope::Body::Hello(hello)))

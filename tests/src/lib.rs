@@ -348,6 +348,14 @@ impl Cluster {
         self.hub.wait_for_worker(&id).await;
     }
 
+    /// The process id of worker `i`, if it runs as a process.
+    pub fn worker_pid(&self, i: usize) -> Option<u32> {
+        match self.workers[i].as_ref()? {
+            RunningWorker::Process(child) => child.id(),
+            RunningWorker::Task { .. } => None,
+        }
+    }
+
     /// Stops worker `i` gracefully (drain, flush): cancellation in process, SIGTERM for a process.
     pub async fn stop_worker(&mut self, i: usize) {
         match self.workers[i].take().expect("worker is running") {

@@ -148,7 +148,7 @@ const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
 pub(crate) fn default_running_per_tenant() -> u32 {
     std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
 }
-const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Config {

@@ -11,6 +11,7 @@ use super::error::{ApiError, Code};
 use super::{Op, Reply, Service};
 use crate::audit::{AuditRow, ChainHead};
 use crate::auth::{KeyRecord, Scopes, generate};
+use crate::cluster::{WorkerHealth, WorkerState};
 use crate::config::PAUSED_TIER;
 use crate::store::{self, Actor, KeyInfo, Placement, Tenant, WorkerRow};
 
@@ -26,6 +27,80 @@ impl From<store::Error> for ApiError {
             store::Error::AlreadyExists(m) => ApiError::new(Code::AlreadyExists, m),
             store::Error::Invalid(m) => ApiError::new(Code::FailedPrecondition, m),
             other => ApiError::internal(other),
+        }
+    }
+}
+
+/// A worker as `/admin/v1/workers` shows it.
+#[derive(Debug, Serialize)]
+pub struct WorkerView {
+    /// The worker's id.
+    pub id: String,
+    /// `up`, `suspect` or `down` (the health tracker's).
+    pub state: &'static str,
+    /// Whether it is connected now (up or suspect).
+    pub connected: bool,
+    /// Unix ms of its last heartbeat while connected; of its hello or disconnection otherwise.
+    pub last_seen_ms: u64,
+    /// Milliseconds since its last heartbeat, while connected.
+    pub since_heartbeat_ms: Option<u64>,
+    /// Its software version (from its last hello).
+    pub version: String,
+    /// Plaintext it may hold for loaded tenants.
+    pub memory_budget_bytes: u64,
+    /// Tenants placed on it.
+    pub placed_tenants: usize,
+    /// Its last heartbeat's figures, while connected.
+    pub heartbeat: Option<HeartbeatView>,
+}
+
+/// A worker's own figures from its last heartbeat.
+#[derive(Debug, Serialize)]
+pub struct HeartbeatView {
+    /// Tenants loaded in its memory.
+    pub loaded_tenants: u64,
+    /// Plaintext bytes they hold.
+    pub plaintext_bytes: u64,
+    /// Share of its memory budget they hold.
+    pub memory_fraction: f64,
+    /// Tenant requests running.
+    pub in_flight: u32,
+    /// Tenant requests it runs at once.
+    pub max_in_flight: u32,
+    /// Tenants assigned on its connection.
+    pub assigned_tenants: u64,
+    /// Resident set size of its process.
+    pub rss_bytes: u64,
+    /// Tenant requests finished since it started.
+    pub requests_total: u64,
+}
+
+impl WorkerView {
+    fn new(row: WorkerRow, live: Option<&WorkerHealth>, placed_tenants: usize) -> WorkerView {
+        let since = live.and_then(|h| h.since_heartbeat);
+        WorkerView {
+            state: live.map_or(WorkerState::Down, |h| h.state).as_str(),
+            connected: live.is_some(),
+            last_seen_ms: match since {
+                Some(since) => crate::cluster::now_ms().saturating_sub(since.as_millis() as u64),
+                None => row.last_seen_ms,
+            },
+            since_heartbeat_ms: since.map(|d| d.as_millis() as u64),
+            version: live.map_or(row.version, |h| h.hello.version.clone()),
+            memory_budget_bytes: live
+                .map_or(row.memory_budget_bytes, |h| h.hello.memory_budget_bytes),
+            placed_tenants,
+            heartbeat: live.map(|h| HeartbeatView {
+                loaded_tenants: h.heartbeat.loaded_tenants,
+                plaintext_bytes: h.heartbeat.plaintext_bytes,
+                memory_fraction: h.memory_fraction(),
+                in_flight: h.heartbeat.in_flight,
+                max_in_flight: h.hello.max_in_flight,
+                assigned_tenants: h.heartbeat.assigned_tenants,
+                rss_bytes: h.heartbeat.rss_bytes,
+                requests_total: h.heartbeat.requests_total,
+            }),
+            id: row.id,
         }
     }
 }
@@ -519,16 +594,20 @@ impl Service {
         Ok(result)
     }
 
-    /// Known workers, with whether each is connected now.
-    pub fn workers(&self) -> Result<Vec<(WorkerRow, bool)>, ApiError> {
-        let connected = self.hub.connected();
+    /// Every worker the store knows, with its health: `up` or `suspect` with its latest
+    /// heartbeat's figures while connected, `down` (figures absent) otherwise; and how many
+    /// tenants are placed on it.
+    pub fn workers(&self) -> Result<Vec<WorkerView>, ApiError> {
+        let health = self.hub.health();
+        let placements = self.store.placements()?;
         Ok(self
             .store
             .list_workers()?
             .into_iter()
-            .map(|w| {
-                let up = connected.contains(&w.id);
-                (w, up)
+            .map(|row| {
+                let placed_tenants = placements.iter().filter(|p| p.worker == row.id).count();
+                let live = health.iter().find(|h| h.id == row.id);
+                WorkerView::new(row, live, placed_tenants)
             })
             .collect())
     }

@@ -530,20 +530,14 @@ impl Service {
             self.forget_tenant_state(tenant);
             return Ok(p);
         }
-        let connected = self.hub.connected();
-        if connected.is_empty() {
+        let placements = self.store.placements().map_err(ApiError::internal)?;
+        let placed = |w: &str| placements.iter().filter(|p| p.worker == w).count();
+        let Some(worker) = crate::cluster::health::choose_worker(&self.hub.health(), placed) else {
             return Err(ApiError::new(
                 Code::Unavailable,
                 "no worker is connected; retry later",
             ));
-        }
-        let placements = self.store.placements().map_err(ApiError::internal)?;
-        let load = |w: &String| placements.iter().filter(|p| &p.worker == w).count();
-        let worker = connected
-            .iter()
-            .min_by_key(|w| (load(w), (*w).clone()))
-            .expect("non-empty")
-            .clone();
+        };
         let placement = self
             .store
             .place(&Actor("system".into()), tenant, &worker)

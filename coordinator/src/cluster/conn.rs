@@ -2,19 +2,17 @@
 //! token check, the hello, the reader loop that matches answers to waiting requests and serves the
 //! worker's key-service calls.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use parking_lot::Mutex;
 use prost::Message as _;
 use proto::vaultvec::cluster::v1 as cluster;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -394,7 +392,7 @@ impl Hub {
         let (sink, mut source) = ws.split();
 
         // The hello comes first.
-        let hello = match tokio::time::timeout(self.heartbeat_timeout, source.next()).await {
+        let hello = match tokio::time::timeout(self.health.down_after, source.next()).await {
             Ok(Some(Ok(Message::Binary(bytes)))) => cluster::Envelope::decode(bytes.as_ref()).ok(),
             _ => None,
         };
@@ -411,17 +409,29 @@ impl Hub {
             tracing::warn!(worker = %worker_id, claimed = %hello.worker_id, "hello names another worker");
             return;
         }
-        let conn = Arc::new(WorkerConn {
-            id: worker_id.clone(),
-            sink: tokio::sync::Mutex::new(Box::pin(sink)),
-            urgent: std::sync::atomic::AtomicUsize::new(0),
-            gate: self.gate.clone(),
-            pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-            permits: Arc::new(Semaphore::new(self.max_in_flight)),
-            assigned: Mutex::new(HashMap::new()),
-            releasing: Mutex::new(std::collections::HashSet::new()),
-        });
+        let interval = Duration::from_millis(hello.heartbeat_interval_ms);
+        let health = self.health.for_interval(interval);
+        if health != self.health {
+            tracing::warn!(
+                worker = %worker_id,
+                heartbeat_interval_ms = hello.heartbeat_interval_ms,
+                suspect_after_ms = health.suspect_after.as_millis() as u64,
+                down_after_ms = health.down_after.as_millis() as u64,
+                "the worker's heartbeat interval is long for [health]; judging it by 2 and 4 of its intervals"
+            );
+        }
+        let conn = Arc::new(WorkerConn::new(
+            worker_id.clone(),
+            Box::pin(sink),
+            self.gate.clone(),
+            self.max_in_flight,
+            super::health::HelloFacts {
+                version: hello.version.clone(),
+                memory_budget_bytes: hello.memory_budget_bytes,
+                max_in_flight: hello.max_in_flight,
+            },
+            health,
+        ));
         match self.register(&conn, hello_id, &hello).await {
             Registration::Admitted => {}
             Registration::Failed => return,
@@ -447,8 +457,11 @@ impl Hub {
         let mut replay = ReplayGuard::default();
         let mut reassembly = Reassembly::new(MAX_FRAME_BYTES, MAX_REASSEMBLY_BYTES);
         loop {
+            // Down once its heartbeats stop for `down_after` (answers do not count: they say
+            // nothing about the next ones coming).
+            let down_at = conn.pulse.last_at() + conn.pulse.config.down_after;
             let next = tokio::select! {
-                next = tokio::time::timeout(self.heartbeat_timeout, source.next()) => next,
+                next = tokio::time::timeout_at(down_at, source.next()) => next,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             };
             let message = match next {
@@ -492,15 +505,9 @@ impl Hub {
             let Some(body) = env.body else { continue };
             use cluster::envelope::Body;
             match body {
-                Body::Heartbeat(_) => {
-                    if let Err(err) = self.store.record_worker(
-                        &worker_id,
-                        &hello.version,
-                        hello.memory_budget_bytes,
-                        now_ms(),
-                    ) {
-                        tracing::warn!(worker = %worker_id, error = %err, "recording a heartbeat failed");
-                    }
+                Body::Heartbeat(heartbeat) => {
+                    conn.pulse.beat(heartbeat);
+                    self.changed.notify_waiters();
                 }
                 Body::Ack(_)
                 | Body::TenantResponse(_)
@@ -560,6 +567,13 @@ impl Hub {
         let close = async { conn.sink.lock().await.close().await };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), close).await;
         drop(conn);
+        // Heartbeats are kept in memory; the store learns when the worker was last seen now.
+        let store = self.store.clone();
+        let id = worker_id.clone();
+        let seen = tokio::task::spawn_blocking(move || store.worker_seen(&id, now_ms())).await;
+        if let Ok(Err(err)) = seen {
+            tracing::warn!(worker = %worker_id, error = %err, "recording when the worker was last seen failed");
+        }
         tracing::info!(worker = %worker_id, "worker disconnected");
     }
 }

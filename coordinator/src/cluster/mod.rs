@@ -9,8 +9,11 @@
 //! **Boundary:** the protocol is the one spelled out at the top of `cluster.proto`.
 
 mod conn;
+pub mod health;
 mod keys;
 mod reconcile;
+
+pub use health::{HealthConfig, WorkerHealth, WorkerState};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -69,9 +72,34 @@ pub struct WorkerConn {
     /// keys to seal their segments at close, although a pause or deletion has already moved
     /// their epoch on (the key service allows that, for the epoch the connection holds).
     releasing: Mutex<HashSet<String>>,
+    /// Its hello and latest heartbeat (the health tracker's view).
+    pulse: health::Pulse,
 }
 
 impl WorkerConn {
+    /// A connection of worker `id` writing to `sink`, admitting `max_in_flight` requests.
+    pub(crate) fn new(
+        id: String,
+        sink: WsSink,
+        gate: storage::gate::IdleGate,
+        max_in_flight: usize,
+        hello: health::HelloFacts,
+        health: HealthConfig,
+    ) -> WorkerConn {
+        WorkerConn {
+            id,
+            sink: tokio::sync::Mutex::new(sink),
+            urgent: AtomicUsize::new(0),
+            gate,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            assigned: Mutex::new(HashMap::new()),
+            releasing: Mutex::new(HashSet::new()),
+            pulse: health::Pulse::new(hello, health),
+        }
+    }
+
     /// The epoch under which `tenant` is assigned on this connection, if it is.
     pub fn assigned_epoch(&self, tenant: &str) -> Option<u64> {
         self.assigned.lock().get(tenant).copied()
@@ -215,7 +243,7 @@ pub struct Hub {
     keys: Arc<LocalKeyService>,
     max_in_flight: usize,
     tenant_slots: TenantSlots,
-    heartbeat_timeout: Duration,
+    health: HealthConfig,
     /// Reconciliations finished since start (one per admitted hello).
     reconciliations: AtomicU64,
     /// Refused connections per client address (IPv6 by /64), like the API's failed-authentication
@@ -241,7 +269,7 @@ impl Hub {
         store: Arc<Store>,
         keys: Arc<LocalKeyService>,
         max_in_flight: usize,
-        heartbeat_timeout: Duration,
+        health: HealthConfig,
     ) -> Hub {
         Hub {
             workers: RwLock::new(HashMap::new()),
@@ -254,7 +282,7 @@ impl Hub {
                 max: max_in_flight,
                 max_cap: max_in_flight,
             },
-            heartbeat_timeout,
+            health,
             reconciliations: AtomicU64::new(0),
             refusals: crate::api::limit::Buckets::new(100_000),
             refusal_budget: (10.0, 50),
@@ -322,6 +350,24 @@ impl Hub {
         ids
     }
 
+    /// The health of every connected worker, by id.
+    pub fn health(&self) -> Vec<WorkerHealth> {
+        let now = tokio::time::Instant::now();
+        let mut reports: Vec<WorkerHealth> = self
+            .workers
+            .read()
+            .values()
+            .map(|conn| conn.pulse.report(&conn.id, now))
+            .collect();
+        reports.sort_by(|a, b| a.id.cmp(&b.id));
+        reports
+    }
+
+    /// When workers are suspect and down.
+    pub fn health_config(&self) -> HealthConfig {
+        self.health
+    }
+
     /// Waits until at least `n` workers are connected (tests and startup use it; no sleeping).
     pub async fn wait_for_workers(&self, n: usize) {
         self.wait_until(|workers| workers.len() >= n).await;
@@ -353,6 +399,17 @@ impl Hub {
             }
             notified.await;
         }
+    }
+
+    /// Heartbeats received on worker `id`'s current connection, if it is connected.
+    pub fn heartbeats(&self, id: &str) -> Option<u64> {
+        self.worker(id).map(|conn| conn.pulse.count())
+    }
+
+    /// Waits until worker `id`'s current connection has received at least `n` heartbeats.
+    pub async fn wait_for_heartbeats(&self, id: &str, n: u64) {
+        self.wait_until(|workers| workers.get(id).is_some_and(|c| c.pulse.count() >= n))
+            .await;
     }
 
     /// Waits until worker `id` is connected.

@@ -12,7 +12,7 @@ fn hub(dir: &std::path::Path) -> Arc<Hub> {
         store,
         keys,
         8,
-        Duration::from_secs(60),
+        HealthConfig::default(),
     ))
 }
 
@@ -30,17 +30,14 @@ fn fake_conn(
             .map_err(|_| tokio_tungstenite::tungstenite::Error::ConnectionClosed)?;
         Ok(tx)
     });
-    let conn = Arc::new(WorkerConn {
-        id: id.to_owned(),
-        sink: tokio::sync::Mutex::new(Box::pin(sink)),
-        urgent: AtomicUsize::new(0),
-        gate: storage::gate::IdleGate::open(),
-        pending: Mutex::new(HashMap::new()),
-        next_id: AtomicU64::new(0),
-        permits: Arc::new(Semaphore::new(max_in_flight)),
-        assigned: Mutex::new(HashMap::new()),
-        releasing: Mutex::new(HashSet::new()),
-    });
+    let conn = Arc::new(WorkerConn::new(
+        id.to_owned(),
+        Box::pin(sink),
+        storage::gate::IdleGate::open(),
+        max_in_flight,
+        health::HelloFacts::default(),
+        HealthConfig::default(),
+    ));
     (conn, rx)
 }
 
@@ -264,4 +261,47 @@ fn a_reconciliation_erases_deleted_tenants_and_unloads_those_placed_elsewhere() 
     let plan = hub.plan("w", &held);
     assert_eq!(plan.erase, ["erased"]);
     assert_eq!(plan.unload, ["elsewhere", "nowhere"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_is_suspect_without_heartbeats_and_up_again_with_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let (conn, _frames) = fake_conn("w", 8);
+    hub.workers.write().insert("w".into(), conn.clone());
+    let config = hub.health_config();
+    let state = |hub: &Hub| hub.health()[0].state;
+    assert_eq!(state(&hub), WorkerState::Up, "fresh from its hello");
+    tokio::time::advance(config.suspect_after).await;
+    assert_eq!(
+        state(&hub),
+        WorkerState::Up,
+        "exactly suspect_after is still on time"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(state(&hub), WorkerState::Suspect);
+    conn.pulse.beat(cluster::Heartbeat {
+        loaded_tenants: 3,
+        plaintext_bytes: 4096,
+        in_flight: 2,
+        assigned_tenants: 5,
+        rss_bytes: 1 << 20,
+        requests_total: 77,
+    });
+    let report = &hub.health()[0];
+    assert_eq!(report.state, WorkerState::Up);
+    assert_eq!(report.since_heartbeat, Some(Duration::ZERO));
+    assert_eq!(
+        (
+            report.heartbeat.loaded_tenants,
+            report.heartbeat.requests_total
+        ),
+        (3, 77)
+    );
+    // A suspect worker takes no new tenant while another is up.
+    tokio::time::advance(config.suspect_after + Duration::from_millis(1)).await;
+    let (other, _other_frames) = fake_conn("x", 8);
+    hub.workers.write().insert("x".into(), other.clone());
+    let chosen = health::choose_worker(&hub.health(), |id| if id == "x" { 100 } else { 0 });
+    assert_eq!(chosen.as_deref(), Some("x"));
 }

@@ -365,19 +365,7 @@ async fn workers(
         peer,
         h,
         no_body(),
-        |s, _: NoArgs| async move {
-            let workers: Vec<Value> = s
-                .workers()?
-                .into_iter()
-                .map(|(w, connected)| {
-                    serde_json::json!({
-                        "id": w.id, "connected": connected, "last_seen_ms": w.last_seen_ms,
-                        "version": w.version, "memory_budget_bytes": w.memory_budget_bytes,
-                    })
-                })
-                .collect();
-            Ok(serde_json::json!({ "workers": workers }))
-        },
+        |s, _: NoArgs| async move { Ok(serde_json::json!({ "workers": s.workers()? })) },
     )
     .await
 }

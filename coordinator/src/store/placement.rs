@@ -83,8 +83,8 @@ pub(crate) fn fence(conn: &Connection, tenant: &str) -> Result<u64> {
 }
 
 impl Store {
-    /// Records a worker's hello or heartbeat (insert or update). Not audited: heartbeats are
-    /// frequent and say nothing about security. `last_seen_ms` never moves backwards, so a delayed
+    /// Records a worker's hello (insert or update). Not audited: it says nothing about
+    /// security (the connection's admission is audited where it is refused). `last_seen_ms` never moves backwards, so a delayed
     /// heartbeat cannot make a live worker look stale.
     pub fn record_worker(
         &self,
@@ -106,6 +106,19 @@ impl Store {
                      version = excluded.version,
                      memory_budget_bytes = excluded.memory_budget_bytes",
                 params![id, now, version, budget],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Records that a known worker was seen at `now_ms` (its connection ended). `last_seen_ms`
+    /// never moves backwards.
+    pub fn worker_seen(&self, id: &str, now_ms: u64) -> Result<()> {
+        let now = to_sql_int("time", now_ms)?;
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE workers SET last_seen_ms = max(last_seen_ms, ?2) WHERE id = ?1",
+                params![id, now],
             )?;
             Ok(())
         })

@@ -32,7 +32,7 @@ fn a_minimal_file_gets_the_defaults() {
     write_token(dir.path(), 0o600);
     let config = Config::load(&write_config(dir.path(), "")).unwrap();
     assert_eq!(config.token.as_str(), "s3cret-token");
-    assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
+    assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
     assert_eq!(config.limits, storage::Limits::default());
     assert!(!format!("{config:?}").contains("s3cret"));
 }

@@ -122,6 +122,7 @@ pub async fn serve(
         tenants: Arc::new(Tenants::default()),
         jobs: JoinSet::new(),
         in_flight: 0,
+        requests_total: 0,
         tenant_in_flight: HashMap::new(),
         tenant_running: HashMap::new(),
         shares: Arc::new(share::Shares::new(2 * default_threads())?),
@@ -201,6 +202,8 @@ struct Worker {
     jobs: JoinSet<Done>,
     /// Tenant requests running (counted against `max_in_flight`).
     in_flight: u32,
+    /// Tenant requests finished since the worker started (heartbeats carry it).
+    requests_total: u64,
     /// Of those, each tenant's (tenants with none are left out).
     tenant_in_flight: HashMap<TenantId, u32>,
     /// Each tenant's permits to run on a blocking thread (`max_running_per_tenant`), kept while
@@ -221,6 +224,19 @@ struct Worker {
     drain_deadline: Option<Instant>,
     is_closing: bool,
     is_engine_closed: bool,
+}
+
+/// The process's resident set size (`VmRSS` of `/proc/self/status`), 0 where unknown.
+fn resident_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb.saturating_mul(1024))
 }
 
 fn frame(request_id: u64, body: Body) -> Message {
@@ -375,6 +391,7 @@ impl Worker {
             return;
         };
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.requests_total += 1;
         if let Some(n) = self.tenant_in_flight.get_mut(&tenant) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -424,6 +441,7 @@ impl Worker {
             memory_budget_bytes: config.memory_budget_bytes,
             max_in_flight: config.max_in_flight,
             held_tenants,
+            heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
         });
         ws.send(frame(0, hello)).await.context("sending hello")?;
         let answer = tokio::time::timeout(HELLO_TIMEOUT, async {
@@ -538,6 +556,9 @@ impl Worker {
                         loaded_tenants,
                         plaintext_bytes,
                         in_flight: self.in_flight,
+                        assigned_tenants: s.assignments.len() as u64,
+                        rss_bytes: resident_bytes(),
+                        requests_total: self.requests_total,
                     });
                     s.ws.send(frame(0, beat)).await?;
                     self.maybe_account(true);

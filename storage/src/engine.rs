@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <data>/tenants/<tenant>/<collection>/{MANIFEST, wal-<n>, seg-<n>}
+//! <data>/tenants/.import-<tenant>/...     a copy of a tenant's files arriving (`transfer`)
 //! ```
 //!
 //! Every operation names its tenant, and a tenant's collections are found only under its own
@@ -20,6 +21,8 @@ use crate::disk::{Disk, StdDisk};
 use crate::ids::{CollectionName, TenantId};
 use crate::manifest::MANIFEST_NAME;
 use crate::{Error, Result};
+
+pub mod transfer;
 
 /// A tenant's collections: open ones, and those that failed to load with the reason.
 type Collections = BTreeMap<CollectionName, Slot>;
@@ -49,6 +52,8 @@ pub struct Engine {
     /// One entry per tenant seen; its mutex is held while that tenant loads, so loading one tenant
     /// (decrypting its files) never holds up requests for another.
     tenants: RwLock<HashMap<TenantId, Arc<TenantSlot>>>,
+    /// Imports of tenants' files in progress (`transfer`).
+    imports: transfer::Imports,
 }
 
 /// A tenant's collections once loaded.
@@ -79,6 +84,7 @@ impl Engine {
         let root = data_dir.join("tenants");
         disk.create_dir_all(&root).map_err(Error::io(&root))?;
         Engine::finish_removals(&root)?;
+        Engine::recover_imports(&root)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(limits.index_threads.max(1))
             .thread_name(|i| format!("vv-index-{i}"))
@@ -94,6 +100,7 @@ impl Engine {
                 pool: Arc::new(pool),
             },
             tenants: RwLock::new(HashMap::new()),
+            imports: transfer::Imports::default(),
         })
     }
 

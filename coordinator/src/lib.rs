@@ -260,6 +260,28 @@ impl Coordinator {
                 .context("metrics server")
         });
 
+        // Moves cut short: those still copying are aborted before any request is served; the
+        // copies they left are deleted when their workers say hello.
+        service
+            .abort_interrupted_moves()
+            .map_err(|err| anyhow::anyhow!("aborting interrupted moves: {}", err.message))?;
+        let mut hellos = hub.hellos();
+        let stop = internal.clone();
+        let moves_service = service.clone();
+        let moves = tokio::spawn(async move {
+            loop {
+                let worker = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    hello = hellos.recv() => match hello {
+                        Ok(worker) => worker,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                };
+                moves_service.finish_moves_on(&worker).await;
+            }
+        });
+
         let cluster_hub = hub.clone();
         let stop = internal.clone();
         let cluster = tokio::spawn(async move {
@@ -300,6 +322,7 @@ impl Coordinator {
         }
         internal.cancel();
         cluster.await.context("cluster listener")?;
+        let _ = moves.await;
         match failure.flatten() {
             Some(err) => Err(err),
             None => Ok(()),

@@ -8,10 +8,10 @@ use tests::Cluster;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn dial(
+pub(crate) async fn dial(
     cluster: &Cluster,
     worker: &str,
     token: &str,
@@ -31,7 +31,7 @@ async fn dial(
 }
 
 /// Says hello as a fake worker and expects the coordinator's acknowledgement.
-async fn say_hello(ws: &mut Ws, worker_id: &str, max_in_flight: u32) {
+pub(crate) async fn say_hello(ws: &mut Ws, worker_id: &str, max_in_flight: u32) {
     let hello = cluster::Hello {
         worker_id: worker_id.into(),
         version: "test".into(),
@@ -48,7 +48,7 @@ async fn say_hello(ws: &mut Ws, worker_id: &str, max_in_flight: u32) {
     assert!(matches!(ack.body, Some(cluster::envelope::Body::Ack(_))));
 }
 
-fn frame(request_id: u64, body: cluster::envelope::Body) -> Message {
+pub(crate) fn frame(request_id: u64, body: cluster::envelope::Body) -> Message {
     Message::binary(
         cluster::Envelope {
             request_id,
@@ -230,7 +230,7 @@ async fn a_full_worker_answers_busy_at_once_instead_of_queueing() {
 }
 
 /// Reads frames until the answer to `request_id` arrives.
-async fn answer_to(ws: &mut Ws, request_id: u64) -> Option<cluster::envelope::Body> {
+pub(crate) async fn answer_to(ws: &mut Ws, request_id: u64) -> Option<cluster::envelope::Body> {
     while let Some(Ok(message)) = ws.next().await {
         let Ok(env) = cluster::Envelope::decode(message.into_data().as_ref()) else {
             continue;
@@ -242,7 +242,7 @@ async fn answer_to(ws: &mut Ws, request_id: u64) -> Option<cluster::envelope::Bo
     None
 }
 
-fn audit_rows(export: &serde_json::Value, action: &str) -> Vec<serde_json::Value> {
+pub(crate) fn audit_rows(export: &serde_json::Value, action: &str) -> Vec<serde_json::Value> {
     export["rows"]
         .as_array()
         .unwrap()

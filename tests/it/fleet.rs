@@ -127,3 +127,299 @@ async fn the_health_tracker_shows_heartbeats_and_marks_a_hung_worker_down_until_
     assert_eq!(count(&cluster, &key).await.0, 200);
     cluster.shutdown().await;
 }
+
+async fn placement(cluster: &Cluster, tenant: &str) -> (String, u64) {
+    let (status, body) = cluster.admin("GET", "/admin/v1/placements", None).await;
+    assert_eq!(status, 200, "{body}");
+    let p = body["placements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tenant"] == tenant)
+        .cloned()
+        .unwrap_or_else(|| panic!("{tenant} is not placed: {body}"));
+    (
+        p["worker"].as_str().unwrap().to_owned(),
+        p["epoch"].as_u64().unwrap(),
+    )
+}
+
+/// Upserts points 0..n of dimension 4 with payloads, in batches.
+async fn fill(cluster: &Cluster, key: &str, n: u64) {
+    for start in (0..n).step_by(500) {
+        let points: Vec<Value> = (start..(start + 500).min(n))
+            .map(|id| {
+                serde_json::json!({
+                    "id": id,
+                    "vector": [id as f32, (id % 7) as f32, 1.0, (id % 3) as f32],
+                    "payload": {"n": id},
+                })
+            })
+            .collect();
+        let (status, body) = cluster
+            .http(
+                "PUT",
+                "/v1/collections/docs/points",
+                Some(key),
+                Some(serde_json::json!({ "points": points })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+async fn search(cluster: &Cluster, key: &str) -> Value {
+    let (status, body) = cluster
+        .http(
+            "POST",
+            "/v1/collections/docs/points/search",
+            Some(key),
+            Some(serde_json::json!({"vector": [10.0, 3.0, 1.0, 1.0], "top_k": 5, "with_payload": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn move_stages(export: &Value) -> Vec<String> {
+    super::cluster::audit_rows(export, "tenant.move")
+        .iter()
+        .map(|r| r["details"]["stage"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_tenant_keeps_every_point_and_leaves_no_copy_behind() {
+    let cluster = Cluster::start(2).await;
+    let key = cluster.tenant("acme", None).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    fill(&cluster, &key, 2500).await;
+    let before = search(&cluster, &key).await;
+    let (from, epoch) = placement(&cluster, "acme").await;
+    let to = if from == "worker-0" {
+        "worker-1"
+    } else {
+        "worker-0"
+    };
+    let from_dir = cluster.worker_dir(if from == "worker-0" { 0 } else { 1 });
+    assert!(from_dir.join("tenants/acme/docs").exists());
+
+    let (status, report) = cluster
+        .admin(
+            "POST",
+            "/admin/v1/tenants/acme/move",
+            Some(serde_json::json!({ "to": to })),
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["from"], from.as_str(), "{report}");
+    assert_eq!(report["to"], to, "{report}");
+    assert!(report["files"].as_u64().unwrap() >= 2, "{report}");
+    assert!(report["bytes"].as_u64().unwrap() > 2500 * 16, "{report}");
+    assert_eq!(report["source_copy_deleted"], true, "{report}");
+    let (now_on, new_epoch) = placement(&cluster, "acme").await;
+    assert_eq!(now_on, to);
+    assert!(new_epoch > epoch, "{new_epoch} after {epoch}");
+    assert_eq!(report["epoch"], new_epoch);
+
+    // Every point, payload and search answer came along; the source holds nothing of it.
+    let (status, counted) = count(&cluster, &key).await;
+    assert_eq!(status, 200, "{counted}");
+    assert_eq!(counted["count"], 2500, "{counted}");
+    assert_eq!(search(&cluster, &key).await, before);
+    assert!(
+        !from_dir.join("tenants/acme").exists(),
+        "the source's copy is deleted"
+    );
+    // Writes go to the new worker.
+    fill(&cluster, &key, 2600).await;
+    assert_eq!(count(&cluster, &key).await.1["count"], 2600);
+
+    // Back again, to whichever other worker the tracker chooses (the only other one).
+    let (status, report) = cluster
+        .admin(
+            "POST",
+            "/admin/v1/tenants/acme/move",
+            Some(serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["to"], from.as_str(), "{report}");
+    assert_eq!(count(&cluster, &key).await.1["count"], 2600);
+
+    // Clear refusals.
+    for (path, body, want) in [
+        ("/admin/v1/tenants/nobody/move", serde_json::json!({}), 404),
+        (
+            "/admin/v1/tenants/acme/move",
+            serde_json::json!({"to": "worker-9"}),
+            404,
+        ),
+        (
+            "/admin/v1/tenants/acme/move",
+            serde_json::json!({"to": from}),
+            409,
+        ),
+        (
+            "/admin/v1/tenants/acme/move",
+            serde_json::json!({"to": 3}),
+            400,
+        ),
+        (
+            "/admin/v1/tenants/acme/move",
+            serde_json::json!({"bogus": 1}),
+            400,
+        ),
+    ] {
+        let (status, answer) = cluster.admin("POST", path, Some(body.clone())).await;
+        assert_eq!(status, want, "{path} {body}: {answer}");
+    }
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/acme", None).await;
+    assert_eq!(
+        move_stages(&export),
+        ["started", "switched", "done", "started", "switched", "done"]
+    );
+    cluster.shutdown().await;
+}
+
+/// Reads frames from a fake worker's socket, reassembling pieces, until a `TransferTenant`
+/// arrives; answers the steps before `stop_at` and returns the first step that matches it.
+async fn fake_transfer(
+    ws: &mut super::cluster::Ws,
+    stop_at: fn(&proto::vaultvec::cluster::v1::transfer_tenant::Step) -> bool,
+) -> Option<(u64, proto::vaultvec::cluster::v1::TransferTenant)> {
+    use futures_util::{SinkExt, StreamExt};
+    use prost::Message as _;
+    use proto::vaultvec::cluster::v1 as cluster;
+    let mut reassembly = proto::chunk::Reassembly::new(64 << 20, 128 << 20);
+    while let Some(Ok(message)) = ws.next().await {
+        let bytes = message.into_data();
+        let bytes = match reassembly.offer(&bytes) {
+            proto::chunk::Piece::Frame => bytes.to_vec(),
+            proto::chunk::Piece::Whole(frame) => frame,
+            _ => continue,
+        };
+        let Ok(env) = cluster::Envelope::decode(bytes.as_slice()) else {
+            continue;
+        };
+        let Some(cluster::envelope::Body::TransferTenant(transfer)) = env.body else {
+            continue;
+        };
+        let step = transfer.step.as_ref().expect("a step");
+        if stop_at(step) {
+            return Some((env.request_id, transfer));
+        }
+        let answer = cluster::envelope::Body::TransferTenantResponse(Default::default());
+        ws.send(super::cluster::frame(env.request_id, answer))
+            .await
+            .unwrap();
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_target_dies_leaves_the_tenant_on_its_source_and_its_copy_is_dropped_later() {
+    use proto::vaultvec::cluster::v1::transfer_tenant::Step;
+    let mut cluster = Cluster::start_without_workers(2, |_| {}).await;
+    cluster.start_worker(0).await;
+    let key = cluster.tenant("acme", None).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    fill(&cluster, &key, 1200).await;
+    let before = search(&cluster, &key).await;
+    assert_eq!(placement(&cluster, "acme").await.0, "worker-0");
+
+    // worker-1 is this test: it takes the import's start, then dies at its first piece.
+    let token = "worker-token-1-0123456789abcdefghijklmnop";
+    let mut fake = super::cluster::dial(&cluster, "worker-1", token)
+        .await
+        .unwrap();
+    super::cluster::say_hello(&mut fake, "worker-1", 4).await;
+    let mover = {
+        let admin = cluster.url("/admin/v1/tenants/acme/move");
+        tokio::spawn(async move {
+            let response = reqwest::Client::new()
+                .post(admin)
+                .bearer_auth(tests::ADMIN_TOKEN)
+                .json(&serde_json::json!({ "to": "worker-1" }))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        })
+    };
+    let piece = fake_transfer(&mut fake, |s| matches!(s, Step::ImportPiece(_))).await;
+    assert!(piece.is_some(), "the copy reached the target");
+    drop(fake);
+    let (status, answer) = mover.await.unwrap();
+    assert_eq!(status, 503, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("stays on worker-0"), "{message}");
+
+    // The tenant is served from its source with every point, at once.
+    assert_eq!(count(&cluster, &key).await.1["count"], 1200);
+    assert_eq!(search(&cluster, &key).await, before);
+    assert_eq!(placement(&cluster, "acme").await.0, "worker-0");
+
+    // When worker-1 is back, it is told to drop what it staged, and the move ends.
+    let mut fake = super::cluster::dial(&cluster, "worker-1", token)
+        .await
+        .unwrap();
+    super::cluster::say_hello(&mut fake, "worker-1", 4).await;
+    let (request_id, drop_step) = fake_transfer(&mut fake, |s| matches!(s, Step::DropFiles(_)))
+        .await
+        .expect("a drop of the leftover copy");
+    assert_eq!(drop_step.tenant, "acme");
+    use futures_util::SinkExt;
+    fake.send(super::cluster::frame(
+        request_id,
+        proto::vaultvec::cluster::v1::envelope::Body::TransferTenantResponse(Default::default()),
+    ))
+    .await
+    .unwrap();
+    // The move ends once that answer is in.
+    cluster.service().wait_for_no_moves().await;
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/acme", None).await;
+    let stages = move_stages(&export);
+    assert_eq!(stages, ["started", "aborted", "done"]);
+    drop(fake);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_cut_short_by_a_coordinator_restart_is_aborted_and_the_tenant_served_from_its_source()
+ {
+    let mut cluster = Cluster::start(2).await;
+    let key = cluster.tenant("acme", None).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    fill(&cluster, &key, 600).await;
+    let (from, _) = placement(&cluster, "acme").await;
+    let to = if from == "worker-0" {
+        "worker-1"
+    } else {
+        "worker-0"
+    };
+    // The coordinator recorded the start of a move (and fenced the tenant), then stopped: the
+    // row is written through a second connection to its database.
+    {
+        let config =
+            coordinator::config::Config::for_tests(&cluster.dir().join("coordinator"), &[]);
+        let audit_key = coordinator::audit::AuditKey::new(&config.secrets.audit_key).unwrap();
+        let store =
+            coordinator::store::Store::open(&config.data_dir.join("coordinator.sqlite"), audit_key)
+                .unwrap();
+        store
+            .begin_move(&coordinator::store::Actor("test".into()), "acme", to)
+            .unwrap();
+    }
+    cluster.restart_coordinator().await;
+    cluster.service().wait_for_no_moves().await;
+    assert_eq!(placement(&cluster, "acme").await.0, from);
+    assert_eq!(count(&cluster, &key).await.1["count"], 600);
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/acme", None).await;
+    assert_eq!(move_stages(&export), ["started", "aborted", "done"]);
+    let aborted = super::cluster::audit_rows(&export, "tenant.move")[1].clone();
+    assert_eq!(aborted["actor"], "system", "{aborted}");
+    assert_eq!(aborted["outcome"], "error", "{aborted}");
+    cluster.shutdown().await;
+}

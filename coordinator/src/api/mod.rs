@@ -11,6 +11,7 @@ pub mod budget;
 pub mod error;
 pub mod failures;
 pub mod limit;
+pub mod moves;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -124,6 +125,8 @@ pub struct Service {
     /// (`storage::gate`), shared with the hub.
     gate: storage::gate::IdleGate,
     large: budget::LargeMessages,
+    /// Tenants being moved between workers now.
+    moving: moves::Moving,
 }
 
 /// The large-message pool: one thread per core in the `SCHED_IDLE` class, where messages over
@@ -199,6 +202,7 @@ impl Service {
             heavy: parts.heavy,
             gate: parts.gate,
             large: budget::LargeMessages::new(parts.large_message_budget_bytes),
+            moving: moves::Moving::default(),
         })
     }
 
@@ -565,6 +569,9 @@ impl Service {
         op: Op,
         large: bool,
     ) -> Result<Reply, ApiError> {
+        if self.moving.contains(tenant) {
+            return Err(moves::moving_error());
+        }
         let placement = self.placement_for(tenant).await?;
         let conn = self.hub.worker(&placement.worker).ok_or_else(|| {
             ApiError::new(

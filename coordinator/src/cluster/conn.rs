@@ -447,6 +447,7 @@ impl Hub {
             }
         }
         self.changed.notify_waiters();
+        let _ = self.hellos.send(worker_id.clone());
         tracing::info!(worker = %worker_id, %peer, version = %hello.version, "worker connected");
 
         let mut tasks = tokio::task::JoinSet::new();
@@ -515,7 +516,8 @@ impl Hub {
                 | Body::GenerateDataKeyResponse(_)
                 | Body::DecryptDataKeyResponse(_)
                 | Body::RewrapDataKeyResponse(_)
-                | Body::KekVersionResponse(_) => {
+                | Body::KekVersionResponse(_)
+                | Body::TransferTenantResponse(_) => {
                     if let Some(waiter) = conn.pending.lock().remove(&env.request_id) {
                         let _ = waiter.send(body);
                     }

@@ -260,6 +260,8 @@ pub struct Hub {
     /// What the pieces of large requests pass before they are written (`with_gate`; without
     /// it, none is waited for).
     gate: storage::gate::IdleGate,
+    /// Admitted hellos, by worker id ([`Hub::hellos`]).
+    hellos: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Hub {
@@ -291,6 +293,7 @@ impl Hub {
             tls: None,
             heavy: None,
             gate: storage::gate::IdleGate::open(),
+            hellos: tokio::sync::broadcast::channel(64).0,
         }
     }
 
@@ -560,6 +563,42 @@ impl Hub {
             )),
             _ => Err(ApiError::internal("unexpected answer to an assignment")),
         }
+    }
+
+    /// As [`Hub::release`], failing unless the worker acknowledged the release (a move must not
+    /// copy files a worker may still write).
+    pub async fn release_checked(
+        &self,
+        worker: &str,
+        tenant: &str,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        let conn = self.connected_worker(worker)?;
+        let body = cluster::envelope::Body::ReleaseTenant(cluster::ReleaseTenant {
+            tenant: tenant.to_owned(),
+            epoch,
+        });
+        conn.releasing.lock().insert(tenant.to_owned());
+        let answer = self.request_on(&conn, body, timeout, 0).await;
+        conn.forget_assignment(tenant);
+        conn.releasing.lock().remove(tenant);
+        match answer? {
+            cluster::envelope::Body::Ack(_) => Ok(()),
+            cluster::envelope::Body::Error(err) => Err(ApiError::new(
+                Code::Unavailable,
+                format!(
+                    "worker {worker} did not release the tenant: {}",
+                    err.message
+                ),
+            )),
+            _ => Err(ApiError::internal("unexpected answer to a release")),
+        }
+    }
+
+    /// Ids of workers as they say hello (admitted), for work that follows a reconnect.
+    pub fn hellos(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.hellos.subscribe()
     }
 
     /// Tells a worker to stop serving a tenant (paused, moved, deleted). The connection keeps the

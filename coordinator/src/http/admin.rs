@@ -38,6 +38,7 @@ pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
         "admin_rotate_kek" => post(rotate_kek),
         "admin_export_audit" => get(export_audit),
         "admin_verify_audit" => post(verify_audit),
+        "admin_move_tenant" => post(move_tenant),
         "admin_workers" => get(workers),
         "admin_placements" => get(placements),
         other => unreachable!("route {other} has no handler"),
@@ -94,6 +95,12 @@ where
 
 fn no_body() -> Body {
     Body::empty()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveTenant {
+    to: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -350,6 +357,24 @@ async fn verify_audit(
                 Err(error) => serde_json::json!({ "ok": false, "error": error }),
             })
         },
+    )
+    .await
+}
+
+async fn move_tenant(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+    b: Body,
+) -> Response {
+    admin(
+        s,
+        "admin_move_tenant",
+        peer,
+        h,
+        b,
+        |s, a: MoveTenant| async move { json(s.move_tenant(&tenant, a.to.as_deref()).await?) },
     )
     .await
 }

@@ -210,6 +210,12 @@ pub const ROUTES: &[RouteSpec] = &[
         Policy::Admin,
         "admin_verify_audit",
     ),
+    route(
+        "POST",
+        "/admin/v1/tenants/{tenant}/move",
+        Policy::Admin,
+        "admin_move_tenant",
+    ),
     route("GET", "/admin/v1/workers", Policy::Admin, "admin_workers"),
     route(
         "GET",

@@ -30,6 +30,8 @@
 
 mod audit;
 mod key;
+mod moves;
+pub use moves::{MoveRow, MoveState};
 mod placement;
 mod schema;
 mod tenant;

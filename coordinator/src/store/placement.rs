@@ -30,7 +30,7 @@ fn into_placement((tenant, worker, epoch): (String, String, i64)) -> Result<Plac
     })
 }
 
-fn load(conn: &Connection, tenant: &str) -> Result<Option<Placement>> {
+pub(super) fn load(conn: &Connection, tenant: &str) -> Result<Option<Placement>> {
     conn.query_row(
         "SELECT tenant, worker, epoch FROM placements WHERE tenant = ?1",
         [tenant],
@@ -50,7 +50,7 @@ fn query(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<
 }
 
 /// Hands out the tenant's next epoch and records it as the highest so far.
-fn next_epoch(conn: &Connection, tenant: &str) -> Result<u64> {
+pub(super) fn next_epoch(conn: &Connection, tenant: &str) -> Result<u64> {
     // The placement row's epoch is included in case the counter was ever behind it: the new epoch
     // must exceed every epoch a worker may still hold.
     let last: i64 = conn.query_row(

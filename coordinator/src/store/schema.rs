@@ -93,5 +93,22 @@ BEGIN
 END;
 ";
 
+/// Migration 2: tenant moves between workers, so a move cut short by a crash is finished or
+/// undone (`store::moves`).
+const V2: &str = "
+CREATE TABLE moves (
+    tenant TEXT NOT NULL PRIMARY KEY REFERENCES tenants (id),
+    from_worker TEXT NOT NULL,
+    to_worker TEXT NOT NULL,
+    -- copying: the tenant is fenced (served by no worker) while its files are copied;
+    -- cleanup: it is placed on to_worker, and from_worker's copy is still to be deleted;
+    -- aborted: it stays placed on from_worker, and to_worker's copy (whole or partial) is still
+    -- to be deleted.
+    state TEXT NOT NULL CHECK (state IN ('copying', 'cleanup', 'aborted')),
+    started_ms INTEGER NOT NULL,
+    CHECK (from_worker <> to_worker)
+) STRICT;
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];

@@ -72,6 +72,7 @@ pub(super) struct Imports {
 
 struct Import {
     dir: PathBuf,
+    limits: ImportLimits,
     files: BTreeMap<String, Staged>,
     bytes: u64,
 }
@@ -177,9 +178,9 @@ impl Engine {
         Ok(out)
     }
 
-    /// Starts an import of `tenant`'s files into a fresh staging directory (one left by an
-    /// earlier import is removed first).
-    pub fn begin_import(&self, tenant: &TenantId) -> Result<()> {
+    /// Starts an import of `tenant`'s files, within `limits`, into a fresh staging directory
+    /// (one left by an earlier import is removed first).
+    pub fn begin_import(&self, tenant: &TenantId, limits: ImportLimits) -> Result<()> {
         let dir = self.staging_dir(tenant);
         let mut open = self.imports.open.lock();
         open.remove(tenant);
@@ -192,6 +193,7 @@ impl Engine {
             tenant.clone(),
             Import {
                 dir,
+                limits,
                 files: BTreeMap::new(),
                 bytes: 0,
             },
@@ -207,13 +209,13 @@ impl Engine {
         path: &str,
         offset: u64,
         bytes: &[u8],
-        limits: ImportLimits,
     ) -> Result<()> {
         let (collection, _) = check_path(path)?;
         let mut open = self.imports.open.lock();
         let import = open.get_mut(tenant).ok_or_else(|| {
             Error::invalid(format!("no import of tenant {tenant} is in progress"))
         })?;
+        let limits = import.limits;
         let total = import.bytes.saturating_add(bytes.len() as u64);
         if total > limits.max_bytes {
             return Err(Error::invalid(format!(

@@ -135,13 +135,17 @@ impl Worker {
             return Ok(true);
         };
         match body {
-            Body::AssignTenant(_) | Body::ReleaseTenant(_) | Body::TenantRequest(_) => {
+            Body::AssignTenant(_)
+            | Body::ReleaseTenant(_)
+            | Body::TenantRequest(_)
+            | Body::TransferTenant(_) => {
                 if !self.fresh_request_id(s, request_id).await? {
                     return Ok(true);
                 }
                 let refusal = match body {
                     Body::AssignTenant(assign) => self.assign(s, request_id, assign).await?,
                     Body::ReleaseTenant(release) => self.release(s, request_id, release),
+                    Body::TransferTenant(transfer) => self.transfer(s, request_id, transfer),
                     Body::TenantRequest(req) => self.admit(
                         s,
                         request_id,
@@ -162,7 +166,8 @@ impl Worker {
             | Body::GenerateDataKeyResponse(_)
             | Body::DecryptDataKeyResponse(_)
             | Body::RewrapDataKeyResponse(_)
-            | Body::KekVersionResponse(_) => {
+            | Body::KekVersionResponse(_)
+            | Body::TransferTenantResponse(_) => {
                 let carries_key = matches!(
                     body,
                     Body::GenerateDataKeyResponse(_) | Body::DecryptDataKeyResponse(_)

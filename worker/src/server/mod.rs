@@ -52,6 +52,7 @@ mod dial;
 mod frames;
 mod share;
 mod tenants;
+mod transfer;
 
 pub use dial::check_connection;
 use dial::{UpgradeRefused, dial};
@@ -183,6 +184,10 @@ struct Session {
     ws: Ws,
     outbound: mpsc::UnboundedReceiver<cluster::Envelope>,
     assignments: HashMap<TenantId, Assignment>,
+    /// The epoch each tenant was last released at on this connection: an assignment under an
+    /// older one (a request that raced the release) is refused, so a tenant released for a move
+    /// cannot be loaded and written here again while its files are copied.
+    released: HashMap<TenantId, u64>,
     replay: ReplayWindow,
     /// Large requests arriving in pieces.
     reassembly: Reassembly,
@@ -494,6 +499,7 @@ impl Worker {
             ws,
             outbound,
             assignments: HashMap::new(),
+            released: HashMap::new(),
             replay: ReplayWindow::new(REPLAY_WINDOW),
             reassembly: Reassembly::new(MAX_FRAME_BYTES, MAX_REASSEMBLY_BYTES),
             bulk: Outbox::default(),

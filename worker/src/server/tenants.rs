@@ -14,6 +14,16 @@ impl Worker {
             Err(err) => return Ok(Some(err.into())),
         };
         let quota = assign.quota.unwrap_or_default();
+        if let Some(&fence) = s.released.get(&tenant)
+            && assign.epoch < fence
+        {
+            tracing::warn!(tenant = %tenant, request_id, epoch = assign.epoch, released = fence, "refusing an assignment older than the tenant's release");
+            return Ok(Some(Error::StaleEpoch {
+                tenant: tenant.to_string(),
+                current: fence,
+                got: assign.epoch,
+            }));
+        }
         match s.assignments.get_mut(&tenant) {
             Some(current) if assign.epoch < current.epoch => {
                 tracing::warn!(tenant = %tenant, request_id, epoch = assign.epoch, current = current.epoch, "refusing an assignment with a stale epoch");
@@ -64,6 +74,8 @@ impl Worker {
             });
         }
         s.assignments.remove(&tenant);
+        let fence = s.released.entry(tenant.clone()).or_insert(0);
+        *fence = (*fence).max(release.epoch);
         tracing::info!(tenant = %tenant, request_id, epoch = release.epoch, "tenant released");
         let slot = self.tenants.slot(&tenant);
         let engine = self.engine.clone();

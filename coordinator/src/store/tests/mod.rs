@@ -12,6 +12,7 @@ use crate::audit::{AuditKey, Draft, verify};
 use crate::auth::{Authenticator, KeyRecord, KeyStore, NewKey, Pepper, Scopes, generate};
 
 mod audit;
+mod moves;
 
 const AUDIT_KEY: &[u8; 32] = b"audit key for store tests, 32 b!";
 const PEPPER: &[u8; 32] = b"pepper for the store tests, 32 b";
@@ -129,6 +130,7 @@ fn a_fresh_file_gets_every_migration() {
             "audit_rows",
             "audit_rows_no_delete",
             "audit_rows_no_update",
+            "moves",
             "placements",
             "tenants",
             "tenants_never_deleted",

@@ -73,7 +73,7 @@ fn copy(
     piece: usize,
 ) -> Vec<ExportFile> {
     let files = from.export_files(source).unwrap();
-    to.begin_import(target).unwrap();
+    to.begin_import(target, GENEROUS).unwrap();
     for file in &files {
         let mut offset = 0u64;
         loop {
@@ -81,8 +81,7 @@ fn copy(
             if bytes.is_empty() {
                 break;
             }
-            to.write_import(target, &file.path, offset, &bytes, GENEROUS)
-                .unwrap();
+            to.write_import(target, &file.path, offset, &bytes).unwrap();
             offset += bytes.len() as u64;
         }
         assert_eq!(offset, file.len, "{} read whole", file.path);
@@ -188,10 +187,9 @@ fn an_import_refuses_hostile_names_offsets_and_sizes_before_writing_outside_its_
     let keys = keys(dir.path(), &["t"]);
     let t = tenant("t");
     let target = engine(dir.path(), &keys);
-    target.begin_import(&t).unwrap();
-    let write = |path: &str, offset: u64, bytes: &[u8], limits: ImportLimits| {
-        target.write_import(&t, path, offset, bytes, limits)
-    };
+    target.begin_import(&t, GENEROUS).unwrap();
+    let write =
+        |path: &str, offset: u64, bytes: &[u8]| target.write_import(&t, path, offset, bytes);
     for path in [
         "../escape",
         "/etc/passwd",
@@ -212,26 +210,25 @@ fn an_import_refuses_hostile_names_offsets_and_sizes_before_writing_outside_its_
         "docs//seg-1",
         "docs/seg-1\0",
     ] {
-        let err = write(path, 0, b"x", GENEROUS).unwrap_err();
+        let err = write(path, 0, b"x").unwrap_err();
         assert!(err.is_user_error(), "{path:?}: {err:?}");
     }
     // Offsets: a file starts at 0 and continues where it ended.
-    assert!(write("docs/seg-1", 5, b"x", GENEROUS).is_err());
-    write("docs/seg-1", 0, b"abc", GENEROUS).unwrap();
-    assert!(write("docs/seg-1", 2, b"x", GENEROUS).is_err(), "overlap");
-    assert!(write("docs/seg-1", 4, b"x", GENEROUS).is_err(), "gap");
-    write("docs/seg-1", 3, b"de", GENEROUS).unwrap();
-    // Limits on files and bytes.
+    assert!(write("docs/seg-1", 5, b"x").is_err());
+    write("docs/seg-1", 0, b"abc").unwrap();
+    assert!(write("docs/seg-1", 2, b"x").is_err(), "overlap");
+    assert!(write("docs/seg-1", 4, b"x").is_err(), "gap");
+    write("docs/seg-1", 3, b"de").unwrap();
+    // Limits on files and bytes, set when the import begins (a new begin starts afresh).
     let tight = ImportLimits {
         max_files: 2,
         max_bytes: 10,
     };
-    write("docs/seg-2", 0, b"12345", tight).unwrap();
-    assert!(write("docs/seg-3", 0, b"", tight).is_err(), "a third file");
-    assert!(
-        write("docs/seg-2", 5, b"6", tight).is_err(),
-        "an eleventh byte"
-    );
+    target.begin_import(&t, tight).unwrap();
+    write("docs/seg-1", 0, b"abcde").unwrap();
+    write("docs/seg-2", 0, b"12345").unwrap();
+    assert!(write("docs/seg-3", 0, b"").is_err(), "a third file");
+    assert!(write("docs/seg-2", 5, b"6").is_err(), "an eleventh byte");
     // Nothing was written outside the staging directory.
     let mut everything: Vec<String> = Vec::new();
     for entry in walk(dir.path()) {
@@ -256,9 +253,7 @@ fn an_import_refuses_hostile_names_offsets_and_sizes_before_writing_outside_its_
     target.abort_import(&t).unwrap();
     assert!(!dir.path().join("tenants/.import-t").exists());
     assert!(
-        target
-            .write_import(&t, "docs/seg-1", 0, b"x", GENEROUS)
-            .is_err(),
+        target.write_import(&t, "docs/seg-1", 0, b"x").is_err(),
         "aborted"
     );
 }
@@ -319,7 +314,7 @@ fn a_commit_refuses_a_listing_that_does_not_match_what_was_staged() {
         .cloned()
         .collect();
     target.abort_import(&t).unwrap();
-    target.begin_import(&t).unwrap();
+    target.begin_import(&t, GENEROUS).unwrap();
     for file in &no_manifest {
         let bytes = source
             .read_export(&t, &file.path, 0, MAX_PIECE_BYTES)
@@ -329,9 +324,7 @@ fn a_commit_refuses_a_listing_that_does_not_match_what_was_staged() {
             file.len,
             "small files come in one piece"
         );
-        target
-            .write_import(&t, &file.path, 0, &bytes, GENEROUS)
-            .unwrap();
+        target.write_import(&t, &file.path, 0, &bytes).unwrap();
     }
     let err = target.commit_import(&t, &no_manifest).unwrap_err();
     assert!(err.to_string().contains("MANIFEST"), "{err}");
@@ -363,7 +356,7 @@ fn a_loaded_tenant_is_neither_exported_nor_replaced_and_links_are_not_followed()
     );
     source.load_tenant(&t).unwrap();
     assert!(source.export_files(&t).unwrap_err().is_user_error());
-    source.begin_import(&t).unwrap();
+    source.begin_import(&t, GENEROUS).unwrap();
     assert!(source.commit_import(&t, &[]).unwrap_err().is_user_error());
 }
 

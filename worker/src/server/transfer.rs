@@ -1,0 +1,143 @@
+//! Copying a tenant's files to or from another worker (a move), one step per message
+//! (`TransferTenant`): listing, reading, staging, committing or dropping them, ciphertext only
+//! (`storage::engine::transfer`). Each step runs on a blocking thread under the tenant's gate,
+//! held exclusively, and only for a tenant not assigned on this connection: its files must not
+//! change while they are copied, and a request must not load it while they are replaced.
+
+use storage::engine::transfer::{ExportFile, ImportLimits};
+
+use super::*;
+
+use cluster::transfer_tenant::Step;
+
+/// Largest piece of a file read in one step.
+const MAX_READ_BYTES: u32 = 8 << 20;
+
+fn to_proto(file: ExportFile) -> cluster::TenantFile {
+    cluster::TenantFile {
+        path: file.path,
+        len: file.len,
+        sha256: file.sha256.to_vec(),
+    }
+}
+
+fn from_proto(file: cluster::TenantFile) -> Result<ExportFile, Error> {
+    let sha256: [u8; 32] = file.sha256.as_slice().try_into().map_err(|_| {
+        Error::InvalidArgument(format!("the digest of {:?} is not 32 bytes", file.path))
+    })?;
+    Ok(ExportFile {
+        path: file.path,
+        len: file.len,
+        sha256,
+    })
+}
+
+/// Runs one step against the engine.
+fn run(engine: &Engine, tenant: &TenantId, step: Step) -> Result<Body, Error> {
+    let mut answer = cluster::TransferTenantResponse::default();
+    match step {
+        Step::ExportFiles(_) => {
+            answer.files = engine
+                .export_files(tenant)?
+                .into_iter()
+                .map(to_proto)
+                .collect();
+        }
+        Step::ReadFile(read) => {
+            let max_len = read.max_len.min(MAX_READ_BYTES) as usize;
+            answer.data = engine.read_export(tenant, &read.path, read.offset, max_len)?;
+        }
+        Step::ImportBegin(begin) => {
+            let limits = ImportLimits {
+                max_files: begin.max_files as usize,
+                max_bytes: begin.max_bytes,
+            };
+            engine.begin_import(tenant, limits)?;
+        }
+        Step::ImportPiece(piece) => {
+            engine.write_import(tenant, &piece.path, piece.offset, &piece.data)?;
+        }
+        Step::ImportCommit(commit) => {
+            let files = commit
+                .files
+                .into_iter()
+                .map(from_proto)
+                .collect::<Result<Vec<_>, _>>()?;
+            engine.commit_import(tenant, &files)?;
+        }
+        Step::ImportAbort(_) => engine.abort_import(tenant)?,
+        Step::DropFiles(_) => {
+            engine.abort_import(tenant)?;
+            engine.delete_tenant(tenant)?;
+        }
+    }
+    Ok(Body::TransferTenantResponse(answer))
+}
+
+fn step_name(step: &Step) -> &'static str {
+    match step {
+        Step::ExportFiles(_) => "export_files",
+        Step::ReadFile(_) => "read_file",
+        Step::ImportBegin(_) => "import_begin",
+        Step::ImportPiece(_) => "import_piece",
+        Step::ImportCommit(_) => "import_commit",
+        Step::ImportAbort(_) => "import_abort",
+        Step::DropFiles(_) => "drop_files",
+    }
+}
+
+impl Worker {
+    /// Starts one transfer step, or says why not.
+    pub(super) fn transfer(
+        &mut self,
+        s: &mut Session,
+        request_id: u64,
+        transfer: cluster::TransferTenant,
+    ) -> Option<Error> {
+        if self.is_stopping() {
+            return Some(Error::ShuttingDown);
+        }
+        let tenant = match TenantId::parse(&transfer.tenant) {
+            Ok(tenant) => tenant,
+            Err(err) => return Some(err.into()),
+        };
+        let Some(step) = transfer.step else {
+            return Some(Error::InvalidArgument("the transfer has no step".into()));
+        };
+        if s.assignments.contains_key(&tenant) {
+            return Some(Error::InvalidArgument(format!(
+                "tenant {tenant} is assigned to this worker; its files are copied only once it is released"
+            )));
+        }
+        let name = step_name(&step);
+        tracing::info!(tenant = %tenant, request_id, step = name, "tenant transfer step");
+        let slot = self.tenants.slot(&tenant);
+        let engine = self.engine.clone();
+        let generation = self.generation;
+        self.jobs.spawn(
+            async move {
+                let res = tokio::task::spawn_blocking(move || {
+                    let _exclusive = slot.gate.write();
+                    run(&engine, &tenant, step)
+                })
+                .await;
+                let result = match res {
+                    Ok(result) => result,
+                    Err(err) => Err(Error::Internal(format!("the transfer step failed: {err}"))),
+                };
+                if let Err(err) = &result {
+                    tracing::warn!(request_id, step = name, error = %err, "tenant transfer step refused");
+                }
+                Done::Reply {
+                    generation,
+                    request_id,
+                    deadline_unix_ms: 0,
+                    counted_for: None,
+                    frames: answer_frames(request_id, result),
+                }
+            }
+            .in_current_span(),
+        );
+        None
+    }
+}

@@ -18,3 +18,5 @@ mod keys;
 mod lifecycle;
 /// Tenant quotas.
 mod quota;
+/// Copying a tenant's files for a move: refused while assigned, hostile names and sizes refused.
+mod transfer;

@@ -22,10 +22,19 @@ fn a_move_fences_then_switches_or_aborts_and_ends_once() {
     store.record_worker("w1", "0", 1, T0).unwrap();
     store.record_worker("w2", "0", 1, T0).unwrap();
     // Refusals: not placed yet, unknown worker, the worker it is on.
-    assert!(matches!(store.begin_move(&admin(), "acme", "w2"), Err(Error::Invalid(_))));
+    assert!(matches!(
+        store.begin_move(&admin(), "acme", "w2"),
+        Err(Error::Invalid(_))
+    ));
     let placed = store.place(&admin(), "acme", "w1").unwrap();
-    assert!(matches!(store.begin_move(&admin(), "acme", "w9"), Err(Error::NotFound(_))));
-    assert!(matches!(store.begin_move(&admin(), "acme", "w1"), Err(Error::Invalid(_))));
+    assert!(matches!(
+        store.begin_move(&admin(), "acme", "w9"),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store.begin_move(&admin(), "acme", "w1"),
+        Err(Error::Invalid(_))
+    ));
     assert!(store.moves().unwrap().is_empty(), "refusals record nothing");
 
     // Started: fenced on the source under a new epoch.
@@ -37,8 +46,17 @@ fn a_move_fences_then_switches_or_aborts_and_ends_once() {
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].from.as_str(), rows[0].to.as_str()), ("w1", "w2"));
     assert_eq!(rows[0].state, MoveState::Copying);
-    assert!(matches!(store.begin_move(&admin(), "acme", "w2"), Err(Error::Invalid(_))), "one move at a time");
-    assert!(matches!(store.end_move(&admin(), "acme"), Err(Error::Invalid(_))), "still copying");
+    assert!(
+        matches!(
+            store.begin_move(&admin(), "acme", "w2"),
+            Err(Error::Invalid(_))
+        ),
+        "one move at a time"
+    );
+    assert!(
+        matches!(store.end_move(&admin(), "acme"), Err(Error::Invalid(_))),
+        "still copying"
+    );
 
     // Switched: on the target under a newer epoch; the source's copy is to go.
     let switched = store
@@ -47,18 +65,36 @@ fn a_move_fences_then_switches_or_aborts_and_ends_once() {
     assert_eq!(switched.worker, "w2");
     assert!(switched.epoch > fenced.epoch);
     assert_eq!(store.moves().unwrap()[0].state, MoveState::Cleanup);
-    assert!(matches!(store.abort_move(&admin(), "acme", "late"), Err(Error::Invalid(_))), "switched moves are not aborted");
-    assert!(matches!(store.begin_move(&admin(), "acme", "w1"), Err(Error::Invalid(_))), "until cleaned up");
+    assert!(
+        matches!(
+            store.abort_move(&admin(), "acme", "late"),
+            Err(Error::Invalid(_))
+        ),
+        "switched moves are not aborted"
+    );
+    assert!(
+        matches!(
+            store.begin_move(&admin(), "acme", "w1"),
+            Err(Error::Invalid(_))
+        ),
+        "until cleaned up"
+    );
     store.end_move(&admin(), "acme").unwrap();
     assert!(store.moves().unwrap().is_empty());
-    assert!(matches!(store.end_move(&admin(), "acme"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.end_move(&admin(), "acme"),
+        Err(Error::NotFound(_))
+    ));
 
     // Aborted: stays on the source; the target's copy is to go.
     let fenced = store.begin_move(&admin(), "acme", "w1").unwrap();
     let row = store.abort_move(&admin(), "acme", "target died").unwrap();
     assert_eq!(row.state, MoveState::Aborted);
     assert_eq!(store.placement("acme").unwrap(), Some(fenced));
-    assert!(matches!(store.switch_move(&admin(), "acme", serde_json::json!({})), Err(Error::Invalid(_))));
+    assert!(matches!(
+        store.switch_move(&admin(), "acme", serde_json::json!({})),
+        Err(Error::Invalid(_))
+    ));
     store.end_move(&admin(), "acme").unwrap();
 
     assert_eq!(

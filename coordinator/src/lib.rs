@@ -265,6 +265,9 @@ impl Coordinator {
         service
             .abort_interrupted_moves()
             .map_err(|err| anyhow::anyhow!("aborting interrupted moves: {}", err.message))?;
+        service
+            .resume_drains()
+            .map_err(|err| anyhow::anyhow!("resuming drains: {}", err.message))?;
         let mut hellos = hub.hellos();
         let stop = internal.clone();
         let moves_service = service.clone();

@@ -386,6 +386,13 @@ async fn a_move_whose_target_dies_leaves_the_tenant_on_its_source_and_its_copy_i
     cluster.shutdown().await;
 }
 
+/// A second connection to the running coordinator's database (to stage what a crash leaves).
+fn second_store(cluster: &Cluster) -> coordinator::store::Store {
+    let config = coordinator::config::Config::for_tests(&cluster.dir().join("coordinator"), &[]);
+    let audit_key = coordinator::audit::AuditKey::new(&config.secrets.audit_key).unwrap();
+    coordinator::store::Store::open(&config.data_dir.join("coordinator.sqlite"), audit_key).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_cut_short_by_a_coordinator_restart_is_aborted_and_the_tenant_served_from_its_source()
  {
@@ -401,17 +408,9 @@ async fn a_move_cut_short_by_a_coordinator_restart_is_aborted_and_the_tenant_ser
     };
     // The coordinator recorded the start of a move (and fenced the tenant), then stopped: the
     // row is written through a second connection to its database.
-    {
-        let config =
-            coordinator::config::Config::for_tests(&cluster.dir().join("coordinator"), &[]);
-        let audit_key = coordinator::audit::AuditKey::new(&config.secrets.audit_key).unwrap();
-        let store =
-            coordinator::store::Store::open(&config.data_dir.join("coordinator.sqlite"), audit_key)
-                .unwrap();
-        store
-            .begin_move(&coordinator::store::Actor("test".into()), "acme", to)
-            .unwrap();
-    }
+    second_store(&cluster)
+        .begin_move(&coordinator::store::Actor("test".into()), "acme", to)
+        .unwrap();
     cluster.restart_coordinator().await;
     cluster.service().wait_for_no_moves().await;
     assert_eq!(placement(&cluster, "acme").await.0, from);
@@ -421,5 +420,96 @@ async fn a_move_cut_short_by_a_coordinator_restart_is_aborted_and_the_tenant_ser
     let aborted = super::cluster::audit_rows(&export, "tenant.move")[1].clone();
     assert_eq!(aborted["actor"], "system", "{aborted}");
     assert_eq!(aborted["outcome"], "error", "{aborted}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_worker_gives_up_its_tenants_and_takes_no_new_ones_until_undrained() {
+    let mut cluster = Cluster::start_without_workers(3, |_| {}).await;
+    cluster.start_worker(0).await;
+    // Three tenants, all on worker-0 (the only one up when they were placed).
+    let mut keys = Vec::new();
+    for (i, tenant) in ["t-a", "t-b", "t-c"].into_iter().enumerate() {
+        let key = cluster.tenant(tenant, None).await;
+        cluster.create_collection(&key, "docs", 4).await;
+        fill(&cluster, &key, 300 + 100 * i as u64).await;
+        assert_eq!(placement(&cluster, tenant).await.0, "worker-0");
+        keys.push((tenant, key, 300 + 100 * i as u64));
+    }
+    cluster.start_worker(1).await;
+    cluster.start_worker(2).await;
+
+    let (status, started) = cluster
+        .admin("POST", "/admin/v1/workers/worker-0/drain", None)
+        .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["tenants"], 3, "{started}");
+    let w = worker_view(&cluster, "worker-0").await;
+    assert_eq!(w["state"], "draining", "{w}");
+    assert_eq!(w["draining"], true, "{w}");
+    cluster.service().wait_for_drains().await;
+
+    // Every tenant moved off with every point, spread over the other two.
+    let mut on = std::collections::BTreeSet::new();
+    for (tenant, key, n) in &keys {
+        let (worker, _) = placement(&cluster, tenant).await;
+        assert_ne!(worker, "worker-0", "{tenant}");
+        on.insert(worker);
+        assert_eq!(count(&cluster, key).await.1["count"], *n, "{tenant}");
+    }
+    assert_eq!(on.len(), 2, "spread over both: {on:?}");
+    assert_eq!(worker_view(&cluster, "worker-0").await["placed_tenants"], 0);
+    let left: Vec<_> = std::fs::read_dir(cluster.worker_dir(0).join("tenants"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "worker-0 keeps no copy: {left:?}");
+    // A new tenant is not placed on the draining worker.
+    let key = cluster.tenant("t-new", None).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    assert_ne!(placement(&cluster, "t-new").await.0, "worker-0");
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/platform", None).await;
+    let drained = super::cluster::audit_rows(&export, "worker.drained");
+    assert_eq!(drained.len(), 1, "{drained:?}");
+    assert_eq!(drained[0]["details"]["moved"], 3, "{drained:?}");
+    assert_eq!(drained[0]["outcome"], "ok", "{drained:?}");
+
+    // Undrained, it is up and takes tenants again; unknown workers are refused.
+    let (status, _) = cluster
+        .admin("POST", "/admin/v1/workers/worker-0/undrain", None)
+        .await;
+    assert_eq!(status, 200);
+    let w = worker_view(&cluster, "worker-0").await;
+    assert_eq!(
+        (w["state"].as_str(), w["draining"].as_bool()),
+        (Some("up"), Some(false)),
+        "{w}"
+    );
+    for path in [
+        "/admin/v1/workers/worker-9/drain",
+        "/admin/v1/workers/worker-9/undrain",
+    ] {
+        assert_eq!(cluster.admin("POST", path, None).await.0, 404, "{path}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_cut_short_by_a_coordinator_restart_goes_on_when_it_starts() {
+    let mut cluster = Cluster::start_without_workers(2, |_| {}).await;
+    cluster.start_worker(0).await;
+    let key = cluster.tenant("acme", None).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    fill(&cluster, &key, 400).await;
+    cluster.start_worker(1).await;
+    // The drain was recorded, then the coordinator stopped before moving anything.
+    second_store(&cluster)
+        .set_draining(&coordinator::store::Actor("test".into()), "worker-0", true)
+        .unwrap();
+    cluster.restart_coordinator().await;
+    cluster.service().wait_for_drains().await;
+    assert_eq!(placement(&cluster, "acme").await.0, "worker-1");
+    assert_eq!(count(&cluster, &key).await.1["count"], 400);
+    assert_eq!(worker_view(&cluster, "worker-0").await["state"], "draining");
     cluster.shutdown().await;
 }

@@ -50,6 +50,8 @@ pub struct WorkerView {
     pub memory_budget_bytes: u64,
     /// Tenants placed on it.
     pub placed_tenants: usize,
+    /// Whether it is being drained (no new tenants; its tenants are moved off).
+    pub draining: bool,
     /// Its last heartbeat's figures, while connected.
     pub heartbeat: Option<HeartbeatView>,
 }
@@ -90,6 +92,7 @@ impl WorkerView {
             memory_budget_bytes: live
                 .map_or(row.memory_budget_bytes, |h| h.hello.memory_budget_bytes),
             placed_tenants,
+            draining: row.draining_since_ms.is_some(),
             heartbeat: live.map(|h| HeartbeatView {
                 loaded_tenants: h.heartbeat.loaded_tenants,
                 plaintext_bytes: h.heartbeat.plaintext_bytes,

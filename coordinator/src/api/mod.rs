@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod budget;
+pub mod drain;
 pub mod error;
 pub mod failures;
 pub mod limit;
@@ -127,6 +128,8 @@ pub struct Service {
     large: budget::LargeMessages,
     /// Tenants being moved between workers now.
     moving: moves::Moving,
+    /// Workers being drained now.
+    drains: drain::Drains,
 }
 
 /// The large-message pool: one thread per core in the `SCHED_IDLE` class, where messages over
@@ -203,6 +206,7 @@ impl Service {
             gate: parts.gate,
             large: budget::LargeMessages::new(parts.large_message_budget_bytes),
             moving: moves::Moving::default(),
+            drains: drain::Drains::default(),
         })
     }
 

@@ -56,6 +56,8 @@ pub enum WorkerState {
     Suspect,
     /// Not connected (dropped, or silent for `down_after`).
     Down,
+    /// Connected and being drained: it takes no new tenant, and its tenants are moved off.
+    Draining,
 }
 
 impl WorkerState {
@@ -65,11 +67,17 @@ impl WorkerState {
             WorkerState::Up => "up",
             WorkerState::Suspect => "suspect",
             WorkerState::Down => "down",
+            WorkerState::Draining => "draining",
         }
     }
 
     /// Every state, for metrics that show each.
-    pub const ALL: [WorkerState; 3] = [WorkerState::Up, WorkerState::Suspect, WorkerState::Down];
+    pub const ALL: [WorkerState; 4] = [
+        WorkerState::Up,
+        WorkerState::Suspect,
+        WorkerState::Down,
+        WorkerState::Draining,
+    ];
 }
 
 /// What a worker said in its hello.
@@ -147,7 +155,7 @@ impl Pulse {
 pub struct WorkerHealth {
     /// The worker's id.
     pub id: String,
-    /// Up or suspect (a connected worker is never down).
+    /// Up, suspect or draining (a connected worker is never down).
     pub state: WorkerState,
     /// Time since its last heartbeat (or its hello, before the first).
     pub since_heartbeat: Option<Duration>,
@@ -179,7 +187,7 @@ impl WorkerHealth {
 pub const MEMORY_FULL_FRACTION: f64 = 0.9;
 
 /// Chooses the worker for a new tenant among `workers`, given how many tenants each has placed
-/// (`placed`): `up` workers only (`suspect` ones if no worker is up), those under
+/// (`placed`): `up` workers only (`suspect` ones if no worker is up, never a `draining` one), those under
 /// [`MEMORY_FULL_FRACTION`] of their memory budget if any is, then the lowest cost
 /// `placed / (mean placed + 1) + memory fraction + load fraction`: tenants placed are the
 /// long-run load, memory and requests in flight what the heartbeats say now, each near 0..1.

@@ -262,6 +262,8 @@ pub struct Hub {
     gate: storage::gate::IdleGate,
     /// Admitted hellos, by worker id ([`Hub::hellos`]).
     hellos: tokio::sync::broadcast::Sender<String>,
+    /// Workers being drained ([`Hub::set_draining`]).
+    draining: RwLock<HashSet<String>>,
 }
 
 impl Hub {
@@ -294,6 +296,7 @@ impl Hub {
             heavy: None,
             gate: storage::gate::IdleGate::open(),
             hellos: tokio::sync::broadcast::channel(64).0,
+            draining: RwLock::new(HashSet::new()),
         }
     }
 
@@ -353,14 +356,39 @@ impl Hub {
         ids
     }
 
+    /// Marks a worker as draining (or not): the health tracker reports it `draining` while it is
+    /// connected, and no new tenant is placed on it. The store keeps the flag; this is its copy.
+    pub fn set_draining(&self, id: &str, draining: bool) {
+        let changed = if draining {
+            self.draining.write().insert(id.to_owned())
+        } else {
+            self.draining.write().remove(id)
+        };
+        if changed {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Whether worker `id` is being drained.
+    pub fn is_draining(&self, id: &str) -> bool {
+        self.draining.read().contains(id)
+    }
+
     /// The health of every connected worker, by id.
     pub fn health(&self) -> Vec<WorkerHealth> {
         let now = tokio::time::Instant::now();
+        let draining = self.draining.read();
         let mut reports: Vec<WorkerHealth> = self
             .workers
             .read()
             .values()
-            .map(|conn| conn.pulse.report(&conn.id, now))
+            .map(|conn| {
+                let mut report = conn.pulse.report(&conn.id, now);
+                if draining.contains(&conn.id) {
+                    report.state = WorkerState::Draining;
+                }
+                report
+            })
             .collect();
         reports.sort_by(|a, b| a.id.cmp(&b.id));
         reports
@@ -413,6 +441,12 @@ impl Hub {
     pub async fn wait_for_heartbeats(&self, id: &str, n: u64) {
         self.wait_until(|workers| workers.get(id).is_some_and(|c| c.pulse.count() >= n))
             .await;
+    }
+
+    /// Waits until the fleet changes: a worker connects or goes, sends a heartbeat, or is
+    /// drained or undrained.
+    pub async fn wait_for_change(&self) {
+        self.changed.notified().await;
     }
 
     /// Waits until worker `id` is connected.

@@ -40,6 +40,8 @@ pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
         "admin_verify_audit" => post(verify_audit),
         "admin_move_tenant" => post(move_tenant),
         "admin_workers" => get(workers),
+        "admin_drain_worker" => post(drain_worker),
+        "admin_undrain_worker" => post(undrain_worker),
         "admin_placements" => get(placements),
         other => unreachable!("route {other} has no handler"),
     }
@@ -375,6 +377,43 @@ async fn move_tenant(
         h,
         b,
         |s, a: MoveTenant| async move { json(s.move_tenant(&tenant, a.to.as_deref()).await?) },
+    )
+    .await
+}
+
+async fn drain_worker(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(worker): Path<String>,
+) -> Response {
+    admin(
+        s,
+        "admin_drain_worker",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move { json(s.drain_worker(&worker)?) },
+    )
+    .await
+}
+
+async fn undrain_worker(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(worker): Path<String>,
+) -> Response {
+    admin(
+        s,
+        "admin_undrain_worker",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            s.undrain_worker(&worker)?;
+            Ok(serde_json::json!({ "worker": worker, "draining": false }))
+        },
     )
     .await
 }

@@ -218,6 +218,18 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
     route("GET", "/admin/v1/workers", Policy::Admin, "admin_workers"),
     route(
+        "POST",
+        "/admin/v1/workers/{worker}/drain",
+        Policy::Admin,
+        "admin_drain_worker",
+    ),
+    route(
+        "POST",
+        "/admin/v1/workers/{worker}/undrain",
+        Policy::Admin,
+        "admin_undrain_worker",
+    ),
+    route(
         "GET",
         "/admin/v1/placements",
         Policy::Admin,

@@ -186,6 +186,8 @@ pub struct WorkerRow {
     pub version: String,
     /// Memory it may use for loaded tenants.
     pub memory_budget_bytes: u64,
+    /// Since when it is draining (Unix ms), if it is.
+    pub draining_since_ms: Option<u64>,
 }
 
 /// Which worker holds a tenant, under which fencing epoch.

@@ -128,7 +128,8 @@ impl Store {
     pub fn list_workers(&self) -> Result<Vec<WorkerRow>> {
         self.read(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, last_seen_ms, version, memory_budget_bytes FROM workers ORDER BY id",
+                "SELECT id, last_seen_ms, version, memory_budget_bytes, draining_since_ms
+                 FROM workers ORDER BY id",
             )?;
             let raws = stmt
                 .query_map([], |row| {
@@ -137,11 +138,12 @@ impl Store {
                         row.get::<_, i64>(1)?,
                         row.get::<_, String>(2)?,
                         row.get::<_, i64>(3)?,
+                        row.get::<_, Option<i64>>(4)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             raws.into_iter()
-                .map(|(id, last_seen_ms, version, budget)| {
+                .map(|(id, last_seen_ms, version, budget, draining)| {
                     Ok(WorkerRow {
                         last_seen_ms: from_sql_int(
                             &format!("last_seen_ms of worker {id}"),
@@ -151,11 +153,52 @@ impl Store {
                             &format!("memory budget of worker {id}"),
                             budget,
                         )?,
+                        draining_since_ms: draining
+                            .map(|ms| from_sql_int(&format!("drain start of worker {id}"), ms))
+                            .transpose()?,
                         id,
                         version,
                     })
                 })
                 .collect()
+        })
+    }
+
+    /// Starts (`true`) or stops draining a known worker: a draining worker takes no new tenant,
+    /// and its tenants are moved off. Audited in the platform chain as `worker.drain` or
+    /// `worker.undrain` (also when it changes nothing, which says so).
+    pub fn set_draining(&self, actor: &Actor, id: &str, draining: bool) -> Result<()> {
+        let now = to_sql_int("time", self.now())?;
+        self.write(|tx| {
+            let current: Option<Option<i64>> = tx
+                .query_row(
+                    "SELECT draining_since_ms FROM workers WHERE id = ?1",
+                    [id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(current) = current else {
+                return Err(Error::NotFound(format!("worker {} not found", shown(id))));
+            };
+            let changed = current.is_some() != draining;
+            if changed {
+                tx.execute(
+                    "UPDATE workers SET draining_since_ms = ?2 WHERE id = ?1",
+                    params![id, draining.then_some(now)],
+                )?;
+            }
+            let action = if draining {
+                "worker.drain"
+            } else {
+                "worker.undrain"
+            };
+            let details = json!({ "worker": id, "changed": changed });
+            self.append_in(
+                tx,
+                crate::api::admin::PLATFORM_CHAIN,
+                self.draft(actor, action, id, details),
+            )?;
+            Ok(())
         })
     }
 

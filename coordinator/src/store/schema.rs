@@ -110,5 +110,11 @@ CREATE TABLE moves (
 ) STRICT;
 ";
 
+/// Migration 3: draining workers (no new tenants; their tenants are moved off), so a drain
+/// survives a coordinator restart.
+const V3: &str = "
+ALTER TABLE workers ADD COLUMN draining_since_ms INTEGER;
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];

@@ -525,18 +525,46 @@ fn workers_are_upserted_and_never_go_back_in_time() {
                 id: "w1".into(),
                 last_seen_ms: T0 + 50,
                 version: "0.2.0".into(),
-                memory_budget_bytes: 200
+                memory_budget_bytes: 200,
+                draining_since_ms: None,
             },
             WorkerRow {
                 id: "w2".into(),
                 last_seen_ms: T0,
                 version: "0.1.0".into(),
-                memory_budget_bytes: 100
+                memory_budget_bytes: 100,
+                draining_since_ms: None,
             },
         ]
     );
-    // Heartbeats are not audited.
+    // Hellos and disconnections are not audited.
+    store.worker_seen("w2", T0 + 99).unwrap();
+    store.worker_seen("w2", T0 + 1).unwrap();
+    assert_eq!(store.list_workers().unwrap()[1].last_seen_ms, T0 + 99);
     assert_eq!(store.chain_head(PLATFORM_CHAIN).unwrap().seq, 0);
+    // Draining is kept, audited, and refused for an unknown worker.
+    store.set_draining(&admin(), "w1", true).unwrap();
+    let since = store.list_workers().unwrap()[0].draining_since_ms;
+    assert!(since.is_some());
+    store.set_draining(&admin(), "w1", true).unwrap();
+    assert_eq!(
+        store.list_workers().unwrap()[0].draining_since_ms,
+        since,
+        "unchanged"
+    );
+    store.set_draining(&admin(), "w1", false).unwrap();
+    assert_eq!(store.list_workers().unwrap()[0].draining_since_ms, None);
+    assert!(matches!(
+        store.set_draining(&admin(), "w9", true),
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        actions(&store, &[PLATFORM_CHAIN])
+            .into_iter()
+            .map(|(_, action, _)| action)
+            .collect::<Vec<_>>(),
+        ["worker.drain", "worker.drain", "worker.undrain"]
+    );
 }
 
 #[test]

@@ -1,0 +1,140 @@
+//! Draining a worker (`POST /admin/v1/workers/{id}/drain`): it takes no new tenant, and its
+//! tenants are moved off one at a time ([`Service::move_tenant`], to the worker the health tracker
+//! chooses) by a background task; `/admin/v1/workers` shows it `draining` with its placed tenants
+//! going down. The flag is in the store, so a drain that a coordinator restart cut short goes on
+//! when it starts again ([`Service::resume_drains`]). `POST .../undrain` stops it: the tenants
+//! moved stay where they went.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::Service;
+use super::error::{ApiError, Code};
+use crate::store::Actor;
+
+/// Drains running now, and a notification each time one ends.
+#[derive(Default)]
+pub(crate) struct Drains(parking_lot::Mutex<HashSet<String>>, tokio::sync::Notify);
+
+/// What `POST .../drain` answers.
+#[derive(Debug, serde::Serialize)]
+pub struct DrainStarted {
+    /// The worker.
+    pub worker: String,
+    /// Tenants placed on it now, to be moved off.
+    pub tenants: usize,
+}
+
+impl Service {
+    /// Starts draining worker `id` (or answers how far it has to go if it already is).
+    pub fn drain_worker(self: &Arc<Self>, id: &str) -> Result<DrainStarted, ApiError> {
+        self.store.set_draining(&Actor("admin".into()), id, true)?;
+        self.hub.set_draining(id, true);
+        let tenants = self.store.placements_of(id)?.len();
+        self.spawn_drain(id);
+        Ok(DrainStarted {
+            worker: id.to_owned(),
+            tenants,
+        })
+    }
+
+    /// Stops draining worker `id`: it takes new tenants again; tenants already moved stay.
+    pub fn undrain_worker(&self, id: &str) -> Result<(), ApiError> {
+        self.store.set_draining(&Actor("admin".into()), id, false)?;
+        self.hub.set_draining(id, false);
+        Ok(())
+    }
+
+    /// At start: marks the workers the store says are draining, and goes on draining them.
+    pub fn resume_drains(self: &Arc<Self>) -> Result<(), ApiError> {
+        for worker in self.store.list_workers()? {
+            if worker.draining_since_ms.is_some() {
+                self.hub.set_draining(&worker.id, true);
+                self.spawn_drain(&worker.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until no drain is running (tests; no sleeping).
+    pub async fn wait_for_drains(&self) {
+        loop {
+            let notified = self.drains.1.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.drains.0.lock().is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn spawn_drain(self: &Arc<Self>, id: &str) {
+        if !self.drains.0.lock().insert(id.to_owned()) {
+            return;
+        }
+        let service = self.clone();
+        let worker = id.to_owned();
+        tokio::spawn(async move {
+            service.drain(&worker).await;
+            service.drains.0.lock().remove(&worker);
+            service.drains.1.notify_waiters();
+        });
+    }
+
+    /// Moves the tenants placed on `worker` off it, one at a time, while it is draining; a tenant
+    /// whose move fails is skipped (a later drain request tries it again). Audits the outcome.
+    async fn drain(&self, worker: &str) {
+        let mut moved = 0usize;
+        let mut failed: Vec<String> = Vec::new();
+        loop {
+            if !self.hub.is_draining(worker) {
+                break;
+            }
+            let placements = match self.store.placements_of(worker) {
+                Ok(p) => p,
+                Err(err) => {
+                    tracing::error!(worker, error = %err, "reading placements failed; the drain stops");
+                    break;
+                }
+            };
+            let Some(next) = placements.into_iter().find(|p| !failed.contains(&p.tenant)) else {
+                break;
+            };
+            if self.hub.worker(worker).is_none() {
+                tracing::info!(
+                    worker,
+                    "the draining worker is not connected; waiting for it"
+                );
+                self.hub.wait_for_worker(worker).await;
+                continue;
+            }
+            match self.move_tenant(&next.tenant, None).await {
+                Ok(report) => {
+                    moved += 1;
+                    tracing::info!(worker, tenant = %next.tenant, to = %report.to, "drain moved a tenant");
+                }
+                Err(err) if err.code == Code::FailedPrecondition => {
+                    // No worker to move to yet (none other connected, say, right after a
+                    // restart): try again when the fleet changes (a hello, a heartbeat).
+                    tracing::info!(worker, tenant = %next.tenant, error = %err, "drain waits for a worker to move to");
+                    self.hub.wait_for_change().await;
+                }
+                Err(err) => {
+                    tracing::warn!(worker, tenant = %next.tenant, error = %err, "drain could not move a tenant; skipping it");
+                    failed.push(next.tenant);
+                }
+            }
+        }
+        let left = self.store.placements_of(worker).map_or(0, |p| p.len());
+        let outcome = if failed.is_empty() { "ok" } else { "error" };
+        self.audit(
+            crate::api::admin::PLATFORM_CHAIN,
+            "system",
+            "worker.drained",
+            worker,
+            outcome,
+            serde_json::json!({ "moved": moved, "failed": failed, "tenants_left": left }),
+        );
+    }
+}

@@ -513,3 +513,57 @@ async fn a_drain_cut_short_by_a_coordinator_restart_goes_on_when_it_starts() {
     assert_eq!(worker_view(&cluster, "worker-0").await["state"], "draining");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_evens_out_tenants_over_the_workers_that_are_up() {
+    let mut cluster = Cluster::start_without_workers(3, |_| {}).await;
+    cluster.start_worker(0).await;
+    let mut keys = Vec::new();
+    for tenant in ["r-a", "r-b", "r-c", "r-d", "r-e"] {
+        let key = cluster.tenant(tenant, None).await;
+        cluster.create_collection(&key, "docs", 4).await;
+        fill(&cluster, &key, 200).await;
+        keys.push(key);
+    }
+    cluster.start_worker(1).await;
+    cluster.start_worker(2).await;
+    let (status, answer) = cluster
+        .admin(
+            "POST",
+            "/admin/v1/rebalance",
+            Some(serde_json::json!({"max_moves": 0})),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    // One move at most: one tenant goes.
+    let (status, answer) = cluster
+        .admin(
+            "POST",
+            "/admin/v1/rebalance",
+            Some(serde_json::json!({"max_moves": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["moves"].as_array().unwrap().len(), 1, "{answer}");
+    let (status, answer) = cluster
+        .admin("POST", "/admin/v1/rebalance", Some(serde_json::json!({})))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["moves"].as_array().unwrap().len(), 2, "{answer}");
+    let placed = &answer["placed"];
+    let mut counts: Vec<u64> = ["worker-0", "worker-1", "worker-2"]
+        .iter()
+        .map(|w| placed[*w].as_u64().unwrap())
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [1, 2, 2], "{answer}");
+    for key in &keys {
+        assert_eq!(count(&cluster, key).await.1["count"], 200);
+    }
+    // Even already: nothing moves.
+    let (_, answer) = cluster
+        .admin("POST", "/admin/v1/rebalance", Some(serde_json::json!({})))
+        .await;
+    assert_eq!(answer["moves"].as_array().unwrap().len(), 0, "{answer}");
+    cluster.shutdown().await;
+}

@@ -138,3 +138,63 @@ impl Service {
         );
     }
 }
+
+/// What `POST /admin/v1/rebalance` did.
+#[derive(Debug, serde::Serialize)]
+pub struct Rebalanced {
+    /// The moves made, in order.
+    pub moves: Vec<super::moves::MoveReport>,
+    /// Tenants placed per worker (up, not draining) afterwards.
+    pub placed: std::collections::BTreeMap<String, usize>,
+}
+
+impl Service {
+    /// Evens out tenants over the workers that are up and not draining: while the most loaded
+    /// has at least two more placed tenants than the least loaded, moves one of its tenants
+    /// there, at most `max_moves` times. Each move makes its tenant answer 503 while its files
+    /// are copied. A move that fails ends the rebalance with the error.
+    pub async fn rebalance(&self, max_moves: usize) -> Result<Rebalanced, ApiError> {
+        let mut moves = Vec::new();
+        loop {
+            let up: Vec<String> = self
+                .hub
+                .health()
+                .into_iter()
+                .filter(|h| h.state == crate::cluster::WorkerState::Up)
+                .map(|h| h.id)
+                .collect();
+            let placements = self.store.placements()?;
+            let mut placed: std::collections::BTreeMap<String, usize> =
+                up.iter().map(|w| (w.clone(), 0)).collect();
+            for p in &placements {
+                if let Some(n) = placed.get_mut(&p.worker) {
+                    *n += 1;
+                }
+            }
+            let most = placed
+                .iter()
+                .max_by_key(|(w, n)| (**n, std::cmp::Reverse((*w).clone())));
+            let least = placed.iter().min_by_key(|(w, n)| (**n, (*w).clone()));
+            let (Some((from, &high)), Some((to, &low))) = (most, least) else {
+                return Ok(Rebalanced { moves, placed });
+            };
+            if high < low + 2 || moves.len() >= max_moves {
+                return Ok(Rebalanced { moves, placed });
+            }
+            let tenant = placements
+                .iter()
+                .filter(|p| &p.worker == from && !self.moving.contains(&p.tenant))
+                .map(|p| p.tenant.clone())
+                .next()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Code::FailedPrecondition,
+                        "every tenant of the most loaded worker is moving",
+                    )
+                })?;
+            let (from, to) = (from.clone(), to.clone());
+            tracing::info!(tenant = %tenant, from = %from, to = %to, "rebalancing a tenant");
+            moves.push(self.move_tenant(&tenant, Some(&to)).await?);
+        }
+    }
+}

@@ -168,7 +168,7 @@ impl Service {
                 ));
             }
         }
-        let _guard = MovingGuard {
+        let guard = MovingGuard {
             moving: &self.moving,
             tenant: tenant.to_owned(),
         };
@@ -184,6 +184,7 @@ impl Service {
                 self.store
                     .abort_move(&Actor(ADMIN.into()), tenant, &err.message)?;
                 self.forget_tenant_state(tenant);
+                drop(guard);
                 self.finish_moves_on(&to).await;
                 return Err(ApiError::new(
                     err.code,
@@ -200,7 +201,7 @@ impl Service {
             serde_json::json!({ "files": files, "bytes": bytes }),
         )?;
         self.forget_tenant_state(tenant);
-        drop(_guard);
+        drop(guard);
         self.finish_moves_on(&from).await;
         let source_copy_deleted = !self.store.moves()?.iter().any(|m| m.tenant == tenant);
         Ok(MoveReport {

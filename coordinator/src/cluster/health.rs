@@ -139,7 +139,7 @@ impl Pulse {
 
     /// A connected worker as the tracker sees it at `now`.
     pub(crate) fn report(&self, id: &str, now: Instant) -> WorkerHealth {
-        let (at, heartbeat) = self.last.lock().clone();
+        let (at, heartbeat) = *self.last.lock();
         WorkerHealth {
             id: id.to_owned(),
             state: self.state(now),

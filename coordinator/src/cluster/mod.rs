@@ -640,18 +640,10 @@ impl Hub {
     /// which the worker asks the key service, and refusing it would fail that seal and write a
     /// spurious `cluster.refused` row.
     pub async fn release(&self, worker: &str, tenant: &str, epoch: u64, timeout: Duration) {
-        let Some(conn) = self.worker(worker) else {
+        if self.worker(worker).is_none() {
             return;
-        };
-        let body = cluster::envelope::Body::ReleaseTenant(cluster::ReleaseTenant {
-            tenant: tenant.to_owned(),
-            epoch,
-        });
-        conn.releasing.lock().insert(tenant.to_owned());
-        let answer = self.request_on(&conn, body, timeout, 0).await;
-        conn.forget_assignment(tenant);
-        conn.releasing.lock().remove(tenant);
-        if let Err(err) = answer {
+        }
+        if let Err(err) = self.release_checked(worker, tenant, epoch, timeout).await {
             tracing::warn!(worker, tenant, error = %err, "release not acknowledged");
         }
     }

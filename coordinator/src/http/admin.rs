@@ -41,6 +41,7 @@ pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
         "admin_move_tenant" => post(move_tenant),
         "admin_workers" => get(workers),
         "admin_drain_worker" => post(drain_worker),
+        "admin_rebalance" => post(rebalance),
         "admin_undrain_worker" => post(undrain_worker),
         "admin_placements" => get(placements),
         other => unreachable!("route {other} has no handler"),
@@ -97,6 +98,12 @@ where
 
 fn no_body() -> Body {
     Body::empty()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rebalance {
+    max_moves: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -377,6 +384,29 @@ async fn move_tenant(
         h,
         b,
         |s, a: MoveTenant| async move { json(s.move_tenant(&tenant, a.to.as_deref()).await?) },
+    )
+    .await
+}
+
+async fn rebalance(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    b: Body,
+) -> Response {
+    admin(
+        s,
+        "admin_rebalance",
+        peer,
+        h,
+        b,
+        |s, a: Rebalance| async move {
+            let max_moves = a.max_moves.unwrap_or(16);
+            if !(1..=1000).contains(&max_moves) {
+                return Err(ApiError::invalid("max_moves is 1..=1000"));
+            }
+            json(s.rebalance(max_moves as usize).await?)
+        },
     )
     .await
 }

@@ -216,6 +216,12 @@ pub const ROUTES: &[RouteSpec] = &[
         Policy::Admin,
         "admin_move_tenant",
     ),
+    route(
+        "POST",
+        "/admin/v1/rebalance",
+        Policy::Admin,
+        "admin_rebalance",
+    ),
     route("GET", "/admin/v1/workers", Policy::Admin, "admin_workers"),
     route(
         "POST",

@@ -60,28 +60,32 @@ pub struct MoveRow {
     pub started_ms: u64,
 }
 
+const MOVE_COLUMNS: &str = "SELECT tenant, from_worker, to_worker, state, started_ms FROM moves";
+
+type RawMove = (String, String, String, String, i64);
+
+fn decode_move(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawMove> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
 fn load_move(conn: &rusqlite::Connection, tenant: &str) -> Result<Option<MoveRow>> {
     let raw = conn
         .query_row(
-            "SELECT tenant, from_worker, to_worker, state, started_ms FROM moves WHERE tenant = ?1",
+            &format!("{MOVE_COLUMNS} WHERE tenant = ?1"),
             [tenant],
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, i64>(4)?,
-                ))
-            },
+            decode_move,
         )
         .optional()?;
     raw.map(into_move).transpose()
 }
 
-fn into_move(
-    (tenant, from, to, state, started): (String, String, String, String, i64),
-) -> Result<MoveRow> {
+fn into_move((tenant, from, to, state, started): RawMove) -> Result<MoveRow> {
     Ok(MoveRow {
         state: MoveState::parse(&state)?,
         started_ms: from_sql_int(&format!("start of the move of {tenant}"), started)?,
@@ -225,19 +229,9 @@ impl Store {
     /// Every move in progress, by tenant.
     pub fn moves(&self) -> Result<Vec<MoveRow>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT tenant, from_worker, to_worker, state, started_ms FROM moves ORDER BY tenant",
-            )?;
+            let mut stmt = conn.prepare(&format!("{MOVE_COLUMNS} ORDER BY tenant"))?;
             let raws = stmt
-                .query_map([], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, i64>(4)?,
-                    ))
-                })?
+                .query_map([], decode_move)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             raws.into_iter().map(into_move).collect()
         })

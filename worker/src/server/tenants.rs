@@ -77,21 +77,37 @@ impl Worker {
         let fence = s.released.entry(tenant.clone()).or_insert(0);
         *fence = (*fence).max(release.epoch);
         tracing::info!(tenant = %tenant, request_id, epoch = release.epoch, "tenant released");
-        let slot = self.tenants.slot(&tenant);
         let engine = self.engine.clone();
+        let unloaded = tenant.clone();
+        // Waits for the tenant's requests in flight; unloading zeroizes its plaintext.
+        self.spawn_exclusive(request_id, &tenant, "unloading", move || {
+            engine.unload_tenant(&unloaded)?;
+            Ok(Body::Ack(cluster::Ack {}))
+        });
+        None
+    }
+
+    /// Runs `work` on a blocking thread under `tenant`'s gate, held exclusively (after the
+    /// tenant's requests in flight), and answers `request_id` with its result.
+    pub(super) fn spawn_exclusive(
+        &mut self,
+        request_id: u64,
+        tenant: &TenantId,
+        what: &'static str,
+        work: impl FnOnce() -> Result<Body, Error> + Send + 'static,
+    ) {
+        let slot = self.tenants.slot(tenant);
         let generation = self.generation;
         self.jobs.spawn(
             async move {
-                // Waits for the tenant's requests in flight; unloading zeroizes its plaintext.
                 let res = tokio::task::spawn_blocking(move || {
                     let _exclusive = slot.gate.write();
-                    engine.unload_tenant(&tenant)
+                    work()
                 })
                 .await;
                 let result = match res {
-                    Ok(Ok(())) => Ok(Body::Ack(cluster::Ack {})),
-                    Ok(Err(err)) => Err(err.into()),
-                    Err(err) => Err(Error::Internal(format!("unloading failed: {err}"))),
+                    Ok(result) => result,
+                    Err(err) => Err(Error::Internal(format!("{what} failed: {err}"))),
                 };
                 Done::Reply {
                     generation,
@@ -103,7 +119,6 @@ impl Worker {
             }
             .in_current_span(),
         );
-        None
     }
 
     /// Checks a tenant request and starts it, or says why not.

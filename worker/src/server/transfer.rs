@@ -111,33 +111,15 @@ impl Worker {
         }
         let name = step_name(&step);
         tracing::info!(tenant = %tenant, request_id, step = name, "tenant transfer step");
-        let slot = self.tenants.slot(&tenant);
         let engine = self.engine.clone();
-        let generation = self.generation;
-        self.jobs.spawn(
-            async move {
-                let res = tokio::task::spawn_blocking(move || {
-                    let _exclusive = slot.gate.write();
-                    run(&engine, &tenant, step)
-                })
-                .await;
-                let result = match res {
-                    Ok(result) => result,
-                    Err(err) => Err(Error::Internal(format!("the transfer step failed: {err}"))),
-                };
-                if let Err(err) = &result {
-                    tracing::warn!(request_id, step = name, error = %err, "tenant transfer step refused");
-                }
-                Done::Reply {
-                    generation,
-                    request_id,
-                    deadline_unix_ms: 0,
-                    counted_for: None,
-                    frames: answer_frames(request_id, result),
-                }
+        let copied = tenant.clone();
+        self.spawn_exclusive(request_id, &tenant, "the transfer step", move || {
+            let result = run(&engine, &copied, step);
+            if let Err(err) = &result {
+                tracing::warn!(request_id, step = name, error = %err, "tenant transfer step refused");
             }
-            .in_current_span(),
-        );
+            result
+        });
         None
     }
 }

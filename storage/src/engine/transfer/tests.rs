@@ -384,7 +384,7 @@ fn an_interrupted_commit_is_undone_or_finished_when_the_engine_opens() {
     {
         let engine = engine(dir.path(), &keys);
         assert_eq!(live_ids(&engine, &t), live);
-        assert_eq!(engine.stored_tenants().unwrap(), [t.clone()]);
+        assert_eq!(engine.stored_tenants().unwrap(), std::slice::from_ref(&t));
     }
     assert!(!root.join(".replaced-t").exists());
 }

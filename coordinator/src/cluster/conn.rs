@@ -204,17 +204,27 @@ impl Hub {
 
     /// Audits a refused connection if its address is within the refusal budget (spending one),
     /// with the count of refusals left unaudited since the last row; otherwise only counts it.
-    fn audit_denied_with(&self, peer: SocketAddr, mut details: serde_json::Value) {
+    fn audit_denied_with(&self, peer: SocketAddr, details: serde_json::Value) {
+        let within = self.spend_refusal(peer);
+        self.audit_spent_refusal(peer, details, within);
+    }
+
+    /// Spends one refusal of `peer`'s budget; false if it had none left.
+    fn spend_refusal(&self, peer: SocketAddr) -> bool {
         let (rate, burst) = self.refusal_budget;
-        let within = self
-            .refusals
+        self.refusals
             .take(
                 &budget_key(peer.ip()),
                 rate,
                 burst,
                 std::time::Instant::now(),
             )
-            .is_ok();
+            .is_ok()
+    }
+
+    /// Audits a refusal whose budget was spent already (`within`: there was one to spend), or
+    /// only counts it.
+    fn audit_spent_refusal(&self, peer: SocketAddr, mut details: serde_json::Value, within: bool) {
         if !within {
             self.refusals_not_audited.fetch_add(1, Ordering::SeqCst);
             return;
@@ -353,6 +363,9 @@ impl Hub {
     {
         let mut admitted: Option<String> = None;
         let mut refused: Option<u16> = None;
+        // Whether the refusal found budget left. It is spent when the refusal is decided, before
+        // the answer goes out: a client that dials again once it has its 401 must find it spent.
+        let mut within_budget = false;
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_RECEIVE_BYTES))
             .max_frame_size(Some(MAX_RECEIVE_BYTES));
@@ -365,6 +378,7 @@ impl Hub {
             }
             Err((status, reason)) => {
                 refused = Some(status);
+                within_budget = self.spend_refusal(peer);
                 Err(refuse(status, reason))
             }
         };
@@ -379,7 +393,12 @@ impl Hub {
                 } else {
                     "upgrade"
                 };
-                self.audit_denied(peer, stage);
+                if refused.is_some() {
+                    let details = serde_json::json!({ "stage": stage });
+                    self.audit_spent_refusal(peer, details, within_budget);
+                } else {
+                    self.audit_denied(peer, stage);
+                }
                 return;
             }
             Err(_) => {

@@ -103,7 +103,7 @@ else:
 PY
 )
 data="$tmp/data"
-"$bin/vaultvec-coordinator" init --dir "$data" --port "$port" >/dev/null
+"$bin/vaultvec-coordinator" init --dir "$data" --port "$port" --workers 1 >/dev/null
 "$bin/vaultvec-coordinator" serve --config "$data/coordinator.toml" \
     >"$tmp/coordinator.out" 2>"$tmp/coordinator.log" &
 coordinator_pid=$!

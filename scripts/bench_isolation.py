@@ -257,7 +257,7 @@ def main():
     try:
         port = free_port_block()
         data = os.path.join(tmp, "data")
-        subprocess.run([f"{args.bin}/vaultvec-coordinator", "init", "--dir", data, "--port", str(port)],
+        subprocess.run([f"{args.bin}/vaultvec-coordinator", "init", "--dir", data, "--port", str(port), "--workers", "1"],
                        check=True, stdout=subprocess.DEVNULL)
         coord_out = open(os.path.join(tmp, "coordinator.out"), "w+")
         coordinator = subprocess.Popen(

@@ -110,7 +110,11 @@ impl Worker {
             )));
         }
         let name = step_name(&step);
-        tracing::info!(tenant = %tenant, request_id, step = name, "tenant transfer step");
+        if matches!(step, Step::ReadFile(_) | Step::ImportPiece(_)) {
+            tracing::debug!(tenant = %tenant, request_id, step = name, "tenant transfer step");
+        } else {
+            tracing::info!(tenant = %tenant, request_id, step = name, "tenant transfer step");
+        }
         let engine = self.engine.clone();
         let copied = tenant.clone();
         self.spawn_exclusive(request_id, &tenant, "the transfer step", move || {

@@ -144,6 +144,19 @@ async fn placement(cluster: &Cluster, tenant: &str) -> (String, u64) {
     )
 }
 
+/// The tenant's move in progress as `/admin/v1/placements` shows it (null if none).
+async fn placement_move(cluster: &Cluster, tenant: &str) -> Value {
+    let (status, body) = cluster.admin("GET", "/admin/v1/placements", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["placements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tenant"] == tenant)
+        .map(|p| p["move"].clone())
+        .unwrap_or_else(|| panic!("{tenant} is not placed: {body}"))
+}
+
 /// Upserts points 0..n of dimension 4 with payloads, in batches.
 async fn fill(cluster: &Cluster, key: &str, n: u64) {
     for start in (0..n).step_by(500) {
@@ -350,6 +363,19 @@ async fn a_move_whose_target_dies_leaves_the_tenant_on_its_source_and_its_copy_i
     };
     let piece = fake_transfer(&mut fake, |s| matches!(s, Step::ImportPiece(_))).await;
     assert!(piece.is_some(), "the copy reached the target");
+    // The move shows in the placements with its progress: listed, nothing acknowledged yet.
+    let moving = placement_move(&cluster, "acme").await;
+    assert_eq!(moving["state"], "copying", "{moving}");
+    assert_eq!(moving["to"], "worker-1", "{moving}");
+    assert!(
+        moving["progress"]["bytes"].as_u64().unwrap() > 1200 * 16,
+        "{moving}"
+    );
+    assert!(
+        moving["progress"]["files"].as_u64().unwrap() >= 1,
+        "{moving}"
+    );
+    assert_eq!(moving["progress"]["copied_bytes"], 0, "{moving}");
     drop(fake);
     let (status, answer) = mover.await.unwrap();
     assert_eq!(status, 503, "{answer}");
@@ -360,6 +386,9 @@ async fn a_move_whose_target_dies_leaves_the_tenant_on_its_source_and_its_copy_i
     assert_eq!(count(&cluster, &key).await.1["count"], 1200);
     assert_eq!(search(&cluster, &key).await, before);
     assert_eq!(placement(&cluster, "acme").await.0, "worker-0");
+    let moving = placement_move(&cluster, "acme").await;
+    assert_eq!(moving["state"], "aborted", "{moving}");
+    assert!(moving["progress"].is_null(), "{moving}");
 
     // When worker-1 is back, it is told to drop what it staged, and the move ends.
     let mut fake = super::cluster::dial(&cluster, "worker-1", token)
@@ -382,6 +411,7 @@ async fn a_move_whose_target_dies_leaves_the_tenant_on_its_source_and_its_copy_i
     let (_, export) = cluster.admin("GET", "/admin/v1/audit/acme", None).await;
     let stages = move_stages(&export);
     assert_eq!(stages, ["started", "aborted", "done"]);
+    assert!(placement_move(&cluster, "acme").await.is_null());
     drop(fake);
     cluster.shutdown().await;
 }

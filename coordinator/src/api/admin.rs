@@ -13,7 +13,7 @@ use crate::audit::{AuditRow, ChainHead};
 use crate::auth::{KeyRecord, Scopes, generate};
 use crate::cluster::{WorkerHealth, WorkerState};
 use crate::config::PAUSED_TIER;
-use crate::store::{self, Actor, KeyInfo, Placement, Tenant, WorkerRow};
+use crate::store::{self, Actor, KeyInfo, Tenant, WorkerRow};
 
 const ADMIN: &str = "admin";
 
@@ -29,6 +29,36 @@ impl From<store::Error> for ApiError {
             other => ApiError::internal(other),
         }
     }
+}
+
+/// A placement as `/admin/v1/placements` shows it.
+#[derive(Debug, Serialize)]
+pub struct PlacementView {
+    /// The tenant.
+    pub tenant: String,
+    /// The worker it is placed on.
+    pub worker: String,
+    /// Its fencing epoch.
+    pub epoch: u64,
+    /// Its move in progress, if any.
+    #[serde(rename = "move")]
+    pub moving: Option<MoveView>,
+}
+
+/// A move in progress.
+#[derive(Debug, Serialize)]
+pub struct MoveView {
+    /// The worker it leaves.
+    pub from: String,
+    /// The worker it goes to.
+    pub to: String,
+    /// `copying`, `cleanup` (placed on `to`, `from`'s copy to be deleted) or `aborted` (stays
+    /// on `from`, `to`'s copy to be deleted).
+    pub state: &'static str,
+    /// When it started, Unix ms.
+    pub started_ms: u64,
+    /// How far the copy has got, while this coordinator is copying.
+    pub progress: Option<super::moves::MoveProgress>,
 }
 
 /// A worker as `/admin/v1/workers` shows it.
@@ -615,8 +645,31 @@ impl Service {
             .collect())
     }
 
-    /// Every placement.
-    pub fn placements(&self) -> Result<Vec<Placement>, ApiError> {
-        Ok(self.store.placements()?)
+    /// Every placement, with the move of its tenant in progress, if any.
+    pub fn placements(&self) -> Result<Vec<PlacementView>, ApiError> {
+        let moves = self.store.moves()?;
+        Ok(self
+            .store
+            .placements()?
+            .into_iter()
+            .map(|p| {
+                let moving = moves
+                    .iter()
+                    .find(|m| m.tenant == p.tenant)
+                    .map(|m| MoveView {
+                        from: m.from.clone(),
+                        to: m.to.clone(),
+                        state: m.state.as_str(),
+                        started_ms: m.started_ms,
+                        progress: self.moving.progress(&p.tenant),
+                    });
+                PlacementView {
+                    tenant: p.tenant,
+                    worker: p.worker,
+                    epoch: p.epoch,
+                    moving,
+                }
+            })
+            .collect())
     }
 }

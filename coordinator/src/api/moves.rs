@@ -10,7 +10,7 @@
 //! source's after a switch, the target's after an abort) is deleted when its worker is connected
 //! ([`Service::finish_moves`], run at start and at every worker's hello).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use proto::vaultvec::cluster::v1 as cluster;
@@ -28,15 +28,40 @@ const PIECE_BYTES: u32 = 1 << 20;
 const ADMIN: &str = "admin";
 const SYSTEM: &str = "system";
 
-/// Tenants being moved now (their requests are answered 503 meanwhile), and a notification
-/// each time a recorded move ends.
+/// How far a move's copy has got.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MoveProgress {
+    /// Files to copy (0 until they are listed).
+    pub files: usize,
+    /// Bytes to copy.
+    pub bytes: u64,
+    /// Bytes copied so far.
+    pub copied_bytes: u64,
+}
+
+/// Tenants being moved now (their requests are answered 503 meanwhile) with their progress,
+/// and a notification each time a recorded move ends.
 #[derive(Default)]
-pub(crate) struct Moving(parking_lot::Mutex<HashSet<String>>, tokio::sync::Notify);
+pub(crate) struct Moving(
+    parking_lot::Mutex<HashMap<String, MoveProgress>>,
+    tokio::sync::Notify,
+);
 
 impl Moving {
     /// True if `tenant` is being moved.
     pub(crate) fn contains(&self, tenant: &str) -> bool {
-        self.0.lock().contains(tenant)
+        self.0.lock().contains_key(tenant)
+    }
+
+    /// How far `tenant`'s move has got, if it is being moved.
+    pub(crate) fn progress(&self, tenant: &str) -> Option<MoveProgress> {
+        self.0.lock().get(tenant).cloned()
+    }
+
+    fn update(&self, tenant: &str, f: impl FnOnce(&mut MoveProgress)) {
+        if let Some(progress) = self.0.lock().get_mut(tenant) {
+            f(progress);
+        }
     }
 }
 
@@ -161,7 +186,10 @@ impl Service {
         }
         {
             let mut moving = self.moving.0.lock();
-            if !moving.insert(tenant.to_owned()) {
+            if moving
+                .insert(tenant.to_owned(), MoveProgress::default())
+                .is_some()
+            {
                 return Err(ApiError::new(
                     Code::FailedPrecondition,
                     format!("tenant {tenant} is already moving"),
@@ -232,6 +260,10 @@ impl Service {
             .await?
             .files;
         let bytes: u64 = listing.iter().map(|f| f.len).sum();
+        self.moving.update(tenant, |p| {
+            p.files = listing.len();
+            p.bytes = bytes;
+        });
         let max_files = u32::try_from(listing.len())
             .map_err(|_| ApiError::internal("too many files to move"))?;
         self.transfer(
@@ -276,6 +308,7 @@ impl Service {
                 )
                 .await?;
                 offset += n;
+                self.moving.update(tenant, |p| p.copied_bytes += n);
             }
             if file.len == 0 {
                 self.transfer(

@@ -469,13 +469,13 @@ async fn placements(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
 ) -> Response {
-    admin(s, "admin_placements", peer, h, no_body(), |s, _: NoArgs| async move {
-        let placements: Vec<Value> = s
-            .placements()?
-            .into_iter()
-            .map(|p| serde_json::json!({ "tenant": p.tenant, "worker": p.worker, "epoch": p.epoch }))
-            .collect();
-        Ok(serde_json::json!({ "placements": placements }))
-    })
+    admin(
+        s,
+        "admin_placements",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move { Ok(serde_json::json!({ "placements": s.placements()? })) },
+    )
     .await
 }

@@ -346,15 +346,20 @@ fn metrics_router(service: Arc<Service>) -> axum::Router {
                         .workers_connected
                         .set(service.hub.connected().len() as i64);
                     let store = service.store.clone();
-                    let known = tokio::task::spawn_blocking(move || store.list_workers())
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|w| w.id)
-                        .collect::<Vec<_>>();
-                    service.metrics.workers.set(&known, &service.hub.health());
+                    let (known, placements, moves) = tokio::task::spawn_blocking(move || {
+                        (
+                            store.list_workers().unwrap_or_default(),
+                            store.placements().unwrap_or_default(),
+                            store.moves().map_or(0, |m| m.len()),
+                        )
+                    })
+                    .await
+                    .unwrap_or_default();
+                    let known: Vec<String> = known.into_iter().map(|w| w.id).collect();
+                    let fleet = &service.metrics.workers;
+                    fleet.set(&known, &service.hub.health());
+                    fleet.set_placed(&known, &placements);
+                    fleet.moves.set(moves as i64);
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,

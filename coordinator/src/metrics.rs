@@ -68,10 +68,19 @@ pub struct WorkerMetrics {
     pub rss_bytes: Family<WorkerLabels, Gauge>,
     /// Tenant requests it finished since it started.
     pub requests_finished: Family<WorkerLabels, Gauge>,
+    /// Tenants placed on it (every known worker).
+    pub placed_tenants: Family<WorkerLabels, Gauge>,
+    /// Tenant moves recorded and not yet ended.
+    pub moves: Gauge,
 }
 
 impl WorkerMetrics {
     fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "tenant_moves",
+            "tenant moves recorded and not yet ended",
+            self.moves.clone(),
+        );
         let worker = registry.sub_registry_with_prefix("worker");
         worker.register(
             "state",
@@ -110,10 +119,26 @@ impl WorkerMetrics {
         );
         worker.register("rss_bytes", "resident set size", self.rss_bytes.clone());
         worker.register(
+            "placed_tenants",
+            "tenants placed on the worker",
+            self.placed_tenants.clone(),
+        );
+        worker.register(
             "requests_finished",
             "tenant requests finished since the worker started",
             self.requests_finished.clone(),
         );
+    }
+
+    /// Sets each known worker's placed tenants.
+    pub fn set_placed(&self, known: &[String], placements: &[crate::store::Placement]) {
+        self.placed_tenants.clear();
+        for id in known {
+            let placed = placements.iter().filter(|p| &p.worker == id).count();
+            self.placed_tenants
+                .get_or_create(&WorkerLabels { worker: id.clone() })
+                .set(placed as i64);
+        }
     }
 
     /// Sets every figure from the known workers' ids and the connected ones' health; figures of

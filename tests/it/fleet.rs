@@ -389,6 +389,16 @@ async fn a_move_whose_target_dies_leaves_the_tenant_on_its_source_and_its_copy_i
     let moving = placement_move(&cluster, "acme").await;
     assert_eq!(moving["state"], "aborted", "{moving}");
     assert!(moving["progress"].is_null(), "{moving}");
+    let text = metrics(&cluster).await;
+    assert!(
+        text.lines().any(|l| l == "vaultvec_tenant_moves 1"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == r#"vaultvec_worker_placed_tenants{worker="worker-0"} 1"#),
+        "{text}"
+    );
 
     // When worker-1 is back, it is told to drop what it staged, and the move ends.
     let mut fake = super::cluster::dial(&cluster, "worker-1", token)
@@ -489,6 +499,14 @@ async fn a_drained_worker_gives_up_its_tenants_and_takes_no_new_ones_until_undra
     }
     assert_eq!(on.len(), 2, "spread over both: {on:?}");
     assert_eq!(worker_view(&cluster, "worker-0").await["placed_tenants"], 0);
+    let text = metrics(&cluster).await;
+    for line in [
+        r#"vaultvec_worker_placed_tenants{worker="worker-0"} 0"#,
+        r#"vaultvec_worker_state{worker="worker-0",state="draining"} 1"#,
+        "vaultvec_tenant_moves 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
     let left: Vec<_> = std::fs::read_dir(cluster.worker_dir(0).join("tenants"))
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -615,3 +615,60 @@ async fn a_rebalance_evens_out_tenants_over_the_workers_that_are_up() {
     assert_eq!(answer["moves"].as_array().unwrap().len(), 0, "{answer}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_source_dies_midway_keeps_the_tenant_there_with_every_point() {
+    use futures_util::SinkExt;
+    use proto::vaultvec::cluster::v1::transfer_tenant::Step;
+    let mut cluster = Cluster::start_without_workers(2, |_| {}).await;
+    cluster.start_worker(0).await;
+    let key = cluster.tenant("acme", None).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    fill(&cluster, &key, 1500).await;
+    let before = search(&cluster, &key).await;
+    let token = "worker-token-1-0123456789abcdefghijklmnop";
+    let mut fake = super::cluster::dial(&cluster, "worker-1", token)
+        .await
+        .unwrap();
+    super::cluster::say_hello(&mut fake, "worker-1", 4).await;
+    let mover = {
+        let admin = cluster.url("/admin/v1/tenants/acme/move");
+        tokio::spawn(async move {
+            let response = reqwest::Client::new()
+                .post(admin)
+                .bearer_auth(tests::ADMIN_TOKEN)
+                .json(&serde_json::json!({ "to": "worker-1" }))
+                .send()
+                .await
+                .unwrap();
+            response.status().as_u16()
+        })
+    };
+    // The first piece reached the target; the source dies before the next one is read.
+    let (request_id, _) = fake_transfer(&mut fake, |s| matches!(s, Step::ImportPiece(_)))
+        .await
+        .expect("a piece");
+    cluster.kill_worker(0).await;
+    cluster.hub().wait_for_worker_gone("worker-0").await;
+    let ok =
+        proto::vaultvec::cluster::v1::envelope::Body::TransferTenantResponse(Default::default());
+    fake.send(super::cluster::frame(request_id, ok.clone()))
+        .await
+        .unwrap();
+    // The move fails and the target is told to drop what it staged.
+    let (drop_id, dropped) = fake_transfer(&mut fake, |s| matches!(s, Step::DropFiles(_)))
+        .await
+        .expect("a drop of the staged copy");
+    assert_eq!(dropped.tenant, "acme");
+    fake.send(super::cluster::frame(drop_id, ok)).await.unwrap();
+    assert_eq!(mover.await.unwrap(), 503);
+    cluster.service().wait_for_no_moves().await;
+    assert_eq!(placement(&cluster, "acme").await.0, "worker-0");
+
+    // The source comes back with the tenant's files, which nothing touched.
+    cluster.start_worker(0).await;
+    assert_eq!(count(&cluster, &key).await.1["count"], 1500);
+    assert_eq!(search(&cluster, &key).await, before);
+    drop(fake);
+    cluster.shutdown().await;
+}

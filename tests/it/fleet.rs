@@ -295,6 +295,35 @@ async fn a_moved_tenant_keeps_every_point_and_leaves_no_copy_behind() {
     cluster.shutdown().await;
 }
 
+/// Connects as worker-1, a worker this test plays (`fake_transfer` answers for it).
+async fn fake_worker_1(cluster: &Cluster) -> super::cluster::Ws {
+    let token = "worker-token-1-0123456789abcdefghijklmnop";
+    let mut fake = super::cluster::dial(cluster, "worker-1", token)
+        .await
+        .unwrap();
+    super::cluster::say_hello(&mut fake, "worker-1", 4).await;
+    fake
+}
+
+/// Asks for `tenant` to move to worker-1 in the background; answers the status and body.
+fn spawn_move_to_worker_1(
+    cluster: &Cluster,
+    tenant: &str,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let admin = cluster.url(&format!("/admin/v1/tenants/{tenant}/move"));
+    tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(admin)
+            .bearer_auth(tests::ADMIN_TOKEN)
+            .json(&serde_json::json!({ "to": "worker-1" }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    })
+}
+
 /// Reads frames from a fake worker's socket, reassembling pieces, until a `TransferTenant`
 /// arrives; answers the steps before `stop_at` and returns the first step that matches it.
 async fn fake_transfer(
@@ -342,25 +371,8 @@ async fn a_move_whose_target_dies_leaves_the_tenant_on_its_source_and_its_copy_i
     assert_eq!(placement(&cluster, "acme").await.0, "worker-0");
 
     // worker-1 is this test: it takes the import's start, then dies at its first piece.
-    let token = "worker-token-1-0123456789abcdefghijklmnop";
-    let mut fake = super::cluster::dial(&cluster, "worker-1", token)
-        .await
-        .unwrap();
-    super::cluster::say_hello(&mut fake, "worker-1", 4).await;
-    let mover = {
-        let admin = cluster.url("/admin/v1/tenants/acme/move");
-        tokio::spawn(async move {
-            let response = reqwest::Client::new()
-                .post(admin)
-                .bearer_auth(tests::ADMIN_TOKEN)
-                .json(&serde_json::json!({ "to": "worker-1" }))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap())
-        })
-    };
+    let mut fake = fake_worker_1(&cluster).await;
+    let mover = spawn_move_to_worker_1(&cluster, "acme");
     let piece = fake_transfer(&mut fake, |s| matches!(s, Step::ImportPiece(_))).await;
     assert!(piece.is_some(), "the copy reached the target");
     // The move shows in the placements with its progress: listed, nothing acknowledged yet.
@@ -401,10 +413,7 @@ async fn a_move_whose_target_dies_leaves_the_tenant_on_its_source_and_its_copy_i
     );
 
     // When worker-1 is back, it is told to drop what it staged, and the move ends.
-    let mut fake = super::cluster::dial(&cluster, "worker-1", token)
-        .await
-        .unwrap();
-    super::cluster::say_hello(&mut fake, "worker-1", 4).await;
+    let mut fake = fake_worker_1(&cluster).await;
     let (request_id, drop_step) = fake_transfer(&mut fake, |s| matches!(s, Step::DropFiles(_)))
         .await
         .expect("a drop of the leftover copy");
@@ -626,24 +635,8 @@ async fn a_move_whose_source_dies_midway_keeps_the_tenant_there_with_every_point
     cluster.create_collection(&key, "docs", 4).await;
     fill(&cluster, &key, 1500).await;
     let before = search(&cluster, &key).await;
-    let token = "worker-token-1-0123456789abcdefghijklmnop";
-    let mut fake = super::cluster::dial(&cluster, "worker-1", token)
-        .await
-        .unwrap();
-    super::cluster::say_hello(&mut fake, "worker-1", 4).await;
-    let mover = {
-        let admin = cluster.url("/admin/v1/tenants/acme/move");
-        tokio::spawn(async move {
-            let response = reqwest::Client::new()
-                .post(admin)
-                .bearer_auth(tests::ADMIN_TOKEN)
-                .json(&serde_json::json!({ "to": "worker-1" }))
-                .send()
-                .await
-                .unwrap();
-            response.status().as_u16()
-        })
-    };
+    let mut fake = fake_worker_1(&cluster).await;
+    let mover = spawn_move_to_worker_1(&cluster, "acme");
     // The first piece reached the target; the source dies before the next one is read.
     let (request_id, _) = fake_transfer(&mut fake, |s| matches!(s, Step::ImportPiece(_)))
         .await
@@ -661,7 +654,7 @@ async fn a_move_whose_source_dies_midway_keeps_the_tenant_there_with_every_point
         .expect("a drop of the staged copy");
     assert_eq!(dropped.tenant, "acme");
     fake.send(super::cluster::frame(drop_id, ok)).await.unwrap();
-    assert_eq!(mover.await.unwrap(), 503);
+    assert_eq!(mover.await.unwrap().0, 503);
     cluster.service().wait_for_no_moves().await;
     assert_eq!(placement(&cluster, "acme").await.0, "worker-0");
 

@@ -665,3 +665,49 @@ async fn a_move_whose_source_dies_midway_keeps_the_tenant_there_with_every_point
     drop(fake);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_goes_on_when_its_caller_goes_away() {
+    use futures_util::SinkExt;
+    use proto::vaultvec::cluster::v1::transfer_tenant::Step;
+    let mut cluster = Cluster::start_without_workers(2, |_| {}).await;
+    cluster.start_worker(0).await;
+    let key = cluster.tenant("acme", None).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    fill(&cluster, &key, 600).await;
+    let mut fake = fake_worker_1(&cluster).await;
+    let service = cluster.service().clone();
+    let caller =
+        tokio::spawn(async move { service.move_tenant_detached("acme", Some("worker-1")).await });
+    // The caller (an admin request whose client disconnected, say) goes away mid-copy.
+    let (piece_id, _) = fake_transfer(&mut fake, |s| matches!(s, Step::ImportPiece(_)))
+        .await
+        .expect("a piece");
+    caller.abort();
+    let _ = caller.await;
+    let ok =
+        proto::vaultvec::cluster::v1::envelope::Body::TransferTenantResponse(Default::default());
+    fake.send(super::cluster::frame(piece_id, ok.clone()))
+        .await
+        .unwrap();
+    // The copy goes on to its commit, the placement switches and the source's copy goes.
+    let (commit_id, _) = fake_transfer(&mut fake, |s| matches!(s, Step::ImportCommit(_)))
+        .await
+        .expect("the commit");
+    fake.send(super::cluster::frame(commit_id, ok))
+        .await
+        .unwrap();
+    // A bound on a failure, not a wait for readiness: a cancelled move never ends.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        cluster.service().wait_for_no_moves(),
+    )
+    .await
+    .expect("the move ended");
+    assert_eq!(placement(&cluster, "acme").await.0, "worker-1");
+    assert!(!cluster.worker_dir(0).join("tenants/acme").exists());
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/acme", None).await;
+    assert_eq!(move_stages(&export), ["started", "switched", "done"]);
+    drop(fake);
+    cluster.shutdown().await;
+}

@@ -149,6 +149,18 @@ pub struct Rebalanced {
 }
 
 impl Service {
+    /// [`Service::rebalance`] in a task of its own, so that a caller that goes away does not
+    /// stop a move halfway.
+    pub async fn rebalance_detached(
+        self: &Arc<Self>,
+        max_moves: usize,
+    ) -> Result<Rebalanced, ApiError> {
+        let service = self.clone();
+        tokio::spawn(async move { service.rebalance(max_moves).await })
+            .await
+            .map_err(|err| ApiError::internal(format!("the rebalance task failed: {err}")))?
+    }
+
     /// Evens out tenants over the workers that are up and not draining: while the most loaded
     /// has at least two more placed tenants than the least loaded, moves one of its tenants
     /// there, at most `max_moves` times. Each move makes its tenant answer 503 while its files

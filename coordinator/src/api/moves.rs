@@ -11,6 +11,7 @@
 //! ([`Service::finish_moves`], run at start and at every worker's hello).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::vaultvec::cluster::v1 as cluster;
@@ -127,8 +128,25 @@ impl Service {
         }
     }
 
+    /// [`Service::move_tenant`] in a task of its own: a caller that goes away (a client that
+    /// disconnects, a proxy that times out a long copy) does not stop the move halfway, which
+    /// would leave the tenant fenced until the coordinator restarts.
+    pub async fn move_tenant_detached(
+        self: &Arc<Self>,
+        tenant: &str,
+        to: Option<&str>,
+    ) -> Result<MoveReport, ApiError> {
+        let service = self.clone();
+        let (tenant, to) = (tenant.to_owned(), to.map(str::to_owned));
+        tokio::spawn(async move { service.move_tenant(&tenant, to.as_deref()).await })
+            .await
+            .map_err(|err| ApiError::internal(format!("the move task failed: {err}")))?
+    }
+
     /// Moves `tenant` to worker `to` (or, without it, to the worker the health tracker chooses
-    /// among the others). Answers once the tenant is served from its new worker.
+    /// among the others). Answers once the tenant is served from its new worker. Dropped
+    /// halfway, it leaves the move recorded as copying: callers that may go away use
+    /// [`Service::move_tenant_detached`].
     pub async fn move_tenant(
         &self,
         tenant: &str,

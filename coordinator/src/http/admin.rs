@@ -383,7 +383,7 @@ async fn move_tenant(
         peer,
         h,
         b,
-        |s, a: MoveTenant| async move { json(s.move_tenant(&tenant, a.to.as_deref()).await?) },
+        |s, a: MoveTenant| async move { json(s.move_tenant_detached(&tenant, a.to.as_deref()).await?) },
     )
     .await
 }
@@ -405,7 +405,7 @@ async fn rebalance(
             if !(1..=1000).contains(&max_moves) {
                 return Err(ApiError::invalid("max_moves is 1..=1000"));
             }
-            json(s.rebalance(max_moves as usize).await?)
+            json(s.rebalance_detached(max_moves as usize).await?)
         },
     )
     .await

@@ -64,6 +64,33 @@ fn filled(engine: &Engine, t: &TenantId) -> Vec<u64> {
     (100..2500).collect()
 }
 
+/// Two engines over one key service in `dir` (`a` and `b`): `source` holding tenant `t` as
+/// [`filled`] leaves it, with its `live` ids, and an empty `target`. `dir` is the first field, so
+/// a test that takes them apart in this order drops it last.
+struct Pair {
+    dir: tempfile::TempDir,
+    t: TenantId,
+    source: Engine,
+    live: Vec<u64>,
+    target: Engine,
+}
+
+fn pair() -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["t"]);
+    let t = tenant("t");
+    let source = engine(&dir.path().join("a"), &keys);
+    let live = filled(&source, &t);
+    let target = engine(&dir.path().join("b"), &keys);
+    Pair {
+        dir,
+        t,
+        source,
+        live,
+        target,
+    }
+}
+
 /// Copies `from`'s export of `source` into `to`'s import of `target` in pieces of `piece` bytes.
 fn copy(
     from: &Engine,
@@ -112,12 +139,13 @@ fn live_ids(engine: &Engine, t: &TenantId) -> Vec<u64> {
 
 #[test]
 fn a_tenants_files_copied_to_another_engine_serve_every_point() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = keys(dir.path(), &["t"]);
-    let t = tenant("t");
-    let source = engine(&dir.path().join("a"), &keys);
-    let live = filled(&source, &t);
-    let target = engine(&dir.path().join("b"), &keys);
+    let Pair {
+        dir,
+        t,
+        source,
+        live,
+        target,
+    } = pair();
     let files = copy(&source, &t, &target, &t, 64 << 10);
     assert!(
         files.iter().any(|f| f.path.starts_with("docs/seg-")),
@@ -137,12 +165,13 @@ fn a_tenants_files_copied_to_another_engine_serve_every_point() {
 
 #[test]
 fn an_import_replaces_what_the_tenant_had() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = keys(dir.path(), &["t"]);
-    let t = tenant("t");
-    let source = engine(&dir.path().join("a"), &keys);
-    let live = filled(&source, &t);
-    let target = engine(&dir.path().join("b"), &keys);
+    let Pair {
+        dir: _dir,
+        t,
+        source,
+        live,
+        target,
+    } = pair();
     let old = target
         .create_collection(&t, &name("stale"), CollectionConfig::new(DIM, Metric::L2))
         .unwrap();
@@ -273,12 +302,13 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_commit_refuses_a_listing_that_does_not_match_what_was_staged() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = keys(dir.path(), &["t"]);
-    let t = tenant("t");
-    let source = engine(&dir.path().join("a"), &keys);
-    let live = filled(&source, &t);
-    let target = engine(&dir.path().join("b"), &keys);
+    let Pair {
+        dir,
+        t,
+        source,
+        live,
+        target,
+    } = pair();
     let files = copy(&source, &t, &target, &t, 1 << 20);
     let mut flipped = files.clone();
     flipped[0].sha256[0] ^= 1;

@@ -41,6 +41,14 @@ pub struct Tier {
     /// `max_in_flight_per_worker`.
     #[serde(default)]
     pub max_in_flight: usize,
+    /// Copies of each tenant, each on a different worker (1 to 3; default 1). Writes are
+    /// acknowledged once every live copy has made them durable; reads go to any live copy.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+}
+
+fn default_replicas() -> u32 {
+    1
 }
 
 impl Tier {
@@ -50,6 +58,9 @@ impl Tier {
         }
         if self.burst == 0 || self.max_body_bytes == 0 || self.max_dim == 0 {
             bail!("tier {name}: burst, max_body_bytes and max_dim must be positive");
+        }
+        if !(1..=3).contains(&self.replicas) {
+            bail!("tier {name}: replicas must be 1, 2 or 3");
         }
         if self.max_dim > 4096 {
             bail!("tier {name}: max_dim is at most 4096");
@@ -167,6 +178,8 @@ struct RawHealth {
     suspect_after_ms: u64,
     #[serde(default = "default_down_after_ms")]
     down_after_ms: u64,
+    #[serde(default = "default_replace_after_ms")]
+    replace_after_ms: u64,
 }
 
 impl Default for RawHealth {
@@ -174,6 +187,7 @@ impl Default for RawHealth {
         RawHealth {
             suspect_after_ms: default_suspect_after_ms(),
             down_after_ms: default_down_after_ms(),
+            replace_after_ms: default_replace_after_ms(),
         }
     }
 }
@@ -183,6 +197,9 @@ fn default_suspect_after_ms() -> u64 {
 }
 fn default_down_after_ms() -> u64 {
     6_000
+}
+fn default_replace_after_ms() -> u64 {
+    60_000
 }
 
 /// Secrets, read from their files. None of them is ever printed.
@@ -312,6 +329,9 @@ pub struct Config {
     pub max_in_flight_per_tenant: usize,
     /// When a worker without heartbeats is suspect, and when down (disconnected).
     pub health: crate::cluster::HealthConfig,
+    /// How long a worker may be down before the copies of replicated tenants it held are
+    /// replaced by new ones on other workers (`[health] replace_after_ms`).
+    pub replace_after: Duration,
     /// Memory that messages over 64 KiB in flight may hold, all tenants together, counted as
     /// [`crate::api::LARGE_MESSAGE_EXPANSION`] times their size (request bodies from before they
     /// are read, answers from their arrival until their last bytes are handed to the socket).
@@ -418,6 +438,7 @@ impl Config {
                 suspect_after: Duration::from_millis(raw.health.suspect_after_ms),
                 down_after: Duration::from_millis(raw.health.down_after_ms),
             },
+            replace_after: Duration::from_millis(raw.health.replace_after_ms),
             large_message_budget_bytes: raw.large_message_budget_bytes,
             auth_failures: raw.auth_failures,
             cluster_tls,
@@ -439,6 +460,10 @@ impl Config {
                 "[health] needs 100 <= suspect_after_ms < down_after_ms <= 3600000 \
                  (workers send a heartbeat every second by default)"
             );
+        }
+        if self.replace_after < health.down_after || self.replace_after > Duration::from_secs(86_400)
+        {
+            bail!("[health] needs down_after_ms <= replace_after_ms <= 86400000");
         }
         let budget = &self.auth_failures;
         if !(budget.per_second.is_finite() && budget.per_second > 0.0) || budget.burst == 0 {
@@ -484,6 +509,7 @@ impl Config {
                 burst: 10,
                 max_body_bytes: 256 * 1024,
                 max_in_flight: 0,
+                replicas: 1,
             },
         );
         tiers.insert(
@@ -497,6 +523,7 @@ impl Config {
                 burst: 100_000,
                 max_body_bytes: 64 << 20,
                 max_in_flight: 0,
+                replicas: 1,
             },
         );
         Config {
@@ -532,6 +559,7 @@ impl Config {
                 suspect_after: Duration::from_secs(30),
                 down_after: Duration::from_secs(60),
             },
+            replace_after: Duration::from_secs(60),
             auth_failures: AuthFailureBudget::default(),
             cluster_tls: None,
         }

@@ -107,6 +107,9 @@ max_dim = 4096
 requests_per_second = 100000.0
 burst = 100000
 max_body_bytes = 67108864
+# Two copies of each tenant, on different workers: it keeps serving, with every acknowledged
+# write, when one of them is lost.
+replicas = 2
 "#
     );
     write_private(&config_path, coordinator_toml.as_bytes())?;

@@ -147,6 +147,7 @@ impl Coordinator {
             request_timeout: config.request_timeout,
             metrics: metrics::Metrics::new(),
             auth_failures: config.auth_failures,
+            replace_after: config.replace_after,
         })?);
         Ok(Coordinator {
             service,
@@ -268,6 +269,27 @@ impl Coordinator {
         service
             .resume_drains()
             .map_err(|err| anyhow::anyhow!("resuming drains: {}", err.message))?;
+        // A write in flight when the coordinator stopped may have reached only some copies:
+        // every replica copies its primary again before it is read from.
+        let staled = api::off_runtime(|| {
+            service
+                .store
+                .stale_all_replicas(&store::Actor("system".into()))
+        })
+        .map_err(|err| anyhow::anyhow!("recording replicas stale at start: {err}"))?;
+        if staled > 0 {
+            tracing::info!(replicas = staled, "replicas recorded stale at start; they catch up from their primaries");
+        }
+        let repair = tokio::spawn({
+            let service = service.clone();
+            let stop = internal.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = service.repair_replicas_forever() => {}
+                }
+            }
+        });
         let mut hellos = hub.hellos();
         let stop = internal.clone();
         let moves_service = service.clone();
@@ -326,6 +348,7 @@ impl Coordinator {
         internal.cancel();
         cluster.await.context("cluster listener")?;
         let _ = moves.await;
+        let _ = repair.await;
         match failure.flatten() {
             Some(err) => Err(err),
             None => Ok(()),

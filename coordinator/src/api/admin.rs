@@ -13,7 +13,7 @@ use crate::audit::{AuditRow, ChainHead};
 use crate::auth::{KeyRecord, Scopes, generate};
 use crate::cluster::{WorkerHealth, WorkerState};
 use crate::config::PAUSED_TIER;
-use crate::store::{self, Actor, KeyInfo, Tenant, WorkerRow};
+use crate::store::{self, Actor, KeyInfo, Placement, Tenant, WorkerRow};
 
 const ADMIN: &str = "admin";
 
@@ -43,6 +43,20 @@ pub struct PlacementView {
     /// Its move in progress, if any.
     #[serde(rename = "move")]
     pub moving: Option<MoveView>,
+    /// Its copies beyond `worker` (tiers with replicas), by worker.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// A copy of a tenant beyond its placement's worker.
+#[derive(Debug, Serialize)]
+pub struct ReplicaView {
+    /// The worker holding it.
+    pub worker: String,
+    /// `live` (holds every acknowledged write; read from and written to) or `stale` (catching
+    /// up; used for nothing meanwhile).
+    pub state: &'static str,
+    /// Since when it is in that state, Unix ms.
+    pub since_ms: u64,
 }
 
 /// A move in progress.
@@ -509,16 +523,26 @@ impl Service {
     pub async fn delete_tenant(&self, id: &str) -> Result<Erasure, ApiError> {
         let tenant = TenantId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
         let row = self.store.tenant(id)?;
-        let placement = match row {
+        let copies: Vec<Placement> = match row {
             Some(t) if !t.deleted => {
                 let placement = self.store.placement(id)?;
+                let replicas = self.store.replicas(id)?;
                 self.store.delete_tenant(&Actor(ADMIN.into()), id)?;
                 self.auth.forget_tenant(id);
                 self.forget_tenant_state(id);
+                // Every copy is erased under the epoch its worker was last given.
                 placement
+                    .iter()
+                    .cloned()
+                    .chain(replicas.into_iter().map(|r| Placement {
+                        tenant: r.tenant,
+                        worker: r.worker,
+                        epoch: placement.as_ref().map_or(0, |p| p.epoch),
+                    }))
+                    .collect()
             }
             // A deletion that stopped before its keys were destroyed is finished now.
-            Some(_) if self.keys.kek_versions(&tenant).is_ok() => None,
+            Some(_) if self.keys.kek_versions(&tenant).is_ok() => Vec::new(),
             _ => {
                 return Err(ApiError::new(
                     Code::NotFound,
@@ -534,10 +558,12 @@ impl Service {
                  run the deletion again to finish the erasure",
             ));
         }
-        let mut files_deleted = false;
-        if let Some(p) = &placement
-            && self.hub.worker(&p.worker).is_some()
-        {
+        let mut files_deleted = !copies.is_empty();
+        for p in &copies {
+            if self.hub.worker(&p.worker).is_none() {
+                files_deleted = false;
+                continue;
+            }
             let body = cluster::envelope::Body::TenantRequest(cluster::TenantRequest {
                 tenant: id.to_owned(),
                 epoch: p.epoch,
@@ -557,7 +583,7 @@ impl Service {
                     )
                     .await;
             }
-            files_deleted = matches!(
+            files_deleted &= matches!(
                 self.hub
                     .request(&p.worker, body, self.request_timeout)
                     .await,
@@ -648,6 +674,7 @@ impl Service {
     /// Every placement, with the move of its tenant in progress, if any.
     pub fn placements(&self) -> Result<Vec<PlacementView>, ApiError> {
         let moves = self.store.moves()?;
+        let replicas = self.store.all_replicas()?;
         Ok(self
             .store
             .placements()?
@@ -663,11 +690,21 @@ impl Service {
                         started_ms: m.started_ms,
                         progress: self.moving.progress(&p.tenant),
                     });
+                let replicas = replicas
+                    .iter()
+                    .filter(|r| r.tenant == p.tenant)
+                    .map(|r| ReplicaView {
+                        worker: r.worker.clone(),
+                        state: r.state.as_str(),
+                        since_ms: r.since_ms,
+                    })
+                    .collect();
                 PlacementView {
                     tenant: p.tenant,
                     worker: p.worker,
                     epoch: p.epoch,
                     moving,
+                    replicas,
                 }
             })
             .collect())

@@ -82,6 +82,47 @@ impl Service {
         });
     }
 
+    /// Hands `tenant`'s primary copy on `worker` to a live replica on a worker that is not
+    /// draining; the copy here becomes a stale replica, which the repair replaces. False if it
+    /// has no such replica (or the store failed; logged).
+    fn promote_off(&self, worker: &str, tenant: &str) -> bool {
+        let replicas = match self.store.replicas(tenant) {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::error!(tenant, error = %err, "reading replicas failed");
+                return false;
+            }
+        };
+        let has_live = replicas.iter().any(|r| {
+            r.state == crate::store::CopyState::Live
+                && r.worker != worker
+                && !self.hub.is_draining(&r.worker)
+                && self.hub.worker(&r.worker).is_some()
+        });
+        if !has_live {
+            return false;
+        }
+        // A write already sent to the old set of copies still reaches the new primary (a live
+        // copy), so this needs no write lock.
+        match self.store.mark_stale(
+            &crate::store::Actor("system".into()),
+            tenant,
+            &[worker.to_owned()],
+            "its worker is draining",
+        ) {
+            Ok(p) if p.worker != worker => {
+                self.forget_tenant_state(tenant);
+                tracing::info!(worker, tenant, primary = %p.worker, "drain handed a tenant to its replica");
+                true
+            }
+            Ok(_) => false,
+            Err(err) => {
+                tracing::error!(tenant, error = %err, "handing a tenant to its replica failed");
+                false
+            }
+        }
+    }
+
     /// Moves the tenants placed on `worker` off it, one at a time, while it is draining; a tenant
     /// whose move fails is skipped (a later drain request tries it again). Audits the outcome.
     async fn drain(&self, worker: &str) {
@@ -107,6 +148,12 @@ impl Service {
                     "the draining worker is not connected; waiting for it"
                 );
                 self.hub.wait_for_worker(worker).await;
+                continue;
+            }
+            // A replicated tenant with a live copy elsewhere needs no move: that copy becomes
+            // the primary at once, and the repair replaces the copy left here.
+            if self.promote_off(worker, &next.tenant) {
+                moved += 1;
                 continue;
             }
             match self.move_tenant(&next.tenant, None).await {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod failures;
 pub mod limit;
 pub mod moves;
+pub mod replicas;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,7 +36,7 @@ use crate::auth::{Authenticator, Identity, Pepper};
 use crate::cluster::{Hub, now_ms};
 use crate::config::{PAUSED_TIER, Tier};
 use crate::metrics::Metrics;
-use crate::store::{Actor, Placement, Store};
+use crate::store::{Actor, Placement, ReplicaRow, Store};
 
 /// API keys kept in the authentication cache.
 const AUTH_CACHE_KEYS: usize = 100_000;
@@ -43,6 +44,8 @@ const AUTH_CACHE_KEYS: usize = 100_000;
 struct TenantState {
     tier: String,
     placement: Option<Placement>,
+    /// Its copies beyond the placement's worker (tiers with replicas).
+    replicas: Vec<ReplicaRow>,
 }
 
 /// Cached tenant states, and how many times one was forgotten. A request that read the store
@@ -130,6 +133,12 @@ pub struct Service {
     moving: moves::Moving,
     /// Workers being drained now.
     drains: drain::Drains,
+    /// Write locks and counters of replicated tenants.
+    replication: replicas::Replication,
+    /// How long a worker may be down before its replicas are replaced elsewhere.
+    replace_after: Duration,
+    /// When this service started, Unix ms (a worker's downtime counts from here at the earliest).
+    started_ms: u64,
 }
 
 /// The large-message pool: one thread per core in the `SCHED_IDLE` class, where messages over
@@ -173,6 +182,8 @@ pub struct Parts {
     pub metrics: Metrics,
     /// Failed authentications allowed per client address.
     pub auth_failures: crate::config::AuthFailureBudget,
+    /// How long a worker may be down before its replicas are replaced elsewhere.
+    pub replace_after: Duration,
 }
 
 impl Service {
@@ -207,6 +218,9 @@ impl Service {
             large: budget::LargeMessages::new(parts.large_message_budget_bytes),
             moving: moves::Moving::default(),
             drains: drain::Drains::default(),
+            replication: replicas::Replication::default(),
+            replace_after: parts.replace_after,
+            started_ms: now_ms(),
         })
     }
 
@@ -389,10 +403,11 @@ impl Service {
             }
             cache.generation
         };
-        let (row, placement) = off_runtime(|| {
+        let (row, placement, replicas) = off_runtime(|| {
             let row = self.store.tenant(tenant)?;
             let placement = self.store.placement(tenant)?;
-            Ok::<_, crate::store::Error>((row, placement))
+            let replicas = self.store.replicas(tenant)?;
+            Ok::<_, crate::store::Error>((row, placement, replicas))
         })
         .map_err(ApiError::internal)?;
         let row = row
@@ -401,6 +416,7 @@ impl Service {
         let state = Arc::new(TenantState {
             tier: row.tier,
             placement,
+            replicas,
         });
         if let Some(hook) = self.tenant_read_hook.lock().take() {
             hook();
@@ -529,7 +545,11 @@ impl Service {
         Ok(reply)
     }
 
-    async fn placement_for(&self, tenant: &str) -> Result<Placement, ApiError> {
+    async fn placement_for(
+        &self,
+        tenant: &str,
+        tier: Option<&Tier>,
+    ) -> Result<Placement, ApiError> {
         if let Some(p) = &self.tenant_state(tenant)?.placement {
             return Ok(p.clone());
         }
@@ -546,10 +566,24 @@ impl Service {
                 "no worker is connected; retry later",
             ));
         };
-        let placement = self
+        let mut placement = self
             .store
             .place(&Actor("system".into()), tenant, &worker)
             .map_err(ApiError::internal)?;
+        // The other copies of a replicated tier go on other workers now, while the tenant is
+        // empty (they start live); those that do not fit yet are added when workers join.
+        let wanted = tier.map_or(1, |t| t.replicas as usize);
+        let mut holders = vec![worker];
+        for _ in 1..wanted {
+            let Some(next) = self.choose_copy_worker(&holders) else {
+                break;
+            };
+            placement = self
+                .store
+                .add_replica(&Actor("system".into()), tenant, &next)
+                .map_err(ApiError::internal)?;
+            holders.push(next);
+        }
         self.forget_tenant_state(tenant);
         Ok(placement)
     }
@@ -565,7 +599,8 @@ impl Service {
         self.route_sized(tenant, tier, op, false).await
     }
 
-    /// [`Service::route`]; a `large` operation is encoded on the background-priority pool.
+    /// [`Service::route`]; a `large` operation is encoded on the background-priority pool. A
+    /// tenant with replicas goes through `replicas` (writes to every live copy, reads to one).
     async fn route_sized(
         &self,
         tenant: &str,
@@ -576,40 +611,55 @@ impl Service {
         if self.moving.contains(tenant) {
             return Err(moves::moving_error());
         }
-        let placement = self.placement_for(tenant).await?;
-        let conn = self.hub.worker(&placement.worker).ok_or_else(|| {
+        let placement = self.placement_for(tenant, tier).await?;
+        if self.tenant_state(tenant)?.replicas.is_empty() {
+            return self
+                .send_to(&placement.worker, placement.epoch, tenant, tier, op, large)
+                .await?;
+        }
+        self.route_replicated(tenant, tier, op, large).await
+    }
+
+    /// Sends an operation to one worker holding the tenant under `epoch`, assigning it first if
+    /// that worker's connection has not acknowledged the epoch. The outer error says no answer
+    /// came from the worker (not connected, busy, timed out, disconnected: the operation may or
+    /// may not have run); the inner result is the worker's own answer.
+    pub(crate) async fn send_to(
+        &self,
+        worker: &str,
+        epoch: u64,
+        tenant: &str,
+        tier: Option<&Tier>,
+        op: Op,
+        large: bool,
+    ) -> Result<Result<Reply, ApiError>, ApiError> {
+        let conn = self.hub.worker(worker).ok_or_else(|| {
             ApiError::new(
                 Code::Unavailable,
                 "the worker holding this tenant is not connected; retry later",
             )
         })?;
-        if conn.assigned_epoch(tenant) != Some(placement.epoch) {
+        if conn.assigned_epoch(tenant) != Some(epoch) {
             self.hub
-                .assign(
-                    &placement.worker,
-                    tenant,
-                    placement.epoch,
-                    Self::quota(tier),
-                    self.request_timeout,
-                )
+                .assign(worker, tenant, epoch, Self::quota(tier), self.request_timeout)
                 .await?;
         }
         let request = cluster::TenantRequest {
             tenant: tenant.to_owned(),
-            epoch: placement.epoch,
+            epoch,
             op: Some(op),
         };
-        match self
+        let answer = self
             .hub
             .tenant_request(
-                &placement.worker,
+                worker,
                 request,
                 self.request_timeout,
                 tier.map_or(0, |t| t.max_in_flight),
                 large,
             )
-            .await?
-        {
+            .await?;
+        Ok(match answer {
             cluster::envelope::Body::TenantResponse(r) => r
                 .result
                 .ok_or_else(|| ApiError::internal("a worker answered without a result")),
@@ -623,16 +673,18 @@ impl Service {
                     conn.forget_assignment(tenant);
                     self.audit(
                         tenant,
-                        &format!("worker:{}", placement.worker),
+                        &format!("worker:{worker}"),
                         "cluster.refused",
                         tenant,
                         "denied",
-                        serde_json::json!({ "reason": err.message, "epoch": placement.epoch }),
+                        serde_json::json!({ "reason": err.message, "epoch": epoch }),
                     );
+                    // The worker did not run it: as good as no answer.
+                    return Err(err.into());
                 }
                 Err(err.into())
             }
             _ => Err(ApiError::internal("unexpected answer from a worker")),
-        }
+        })
     }
 }

@@ -97,6 +97,19 @@ pub struct MoveReport {
     pub source_copy_deleted: bool,
 }
 
+/// How far a copy of a tenant's files has got.
+pub(crate) enum CopyStep {
+    /// The source's files are listed.
+    Listed {
+        /// How many.
+        files: usize,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// These many more bytes are copied.
+    Copied(u64),
+}
+
 /// The error a tenant's requests get while it moves.
 pub(crate) fn moving_error() -> ApiError {
     ApiError {
@@ -108,7 +121,7 @@ pub(crate) fn moving_error() -> ApiError {
 
 impl Service {
     /// One transfer step on `worker`.
-    async fn transfer(
+    pub(crate) async fn transfer(
         &self,
         worker: &str,
         tenant: &str,
@@ -178,11 +191,14 @@ impl Service {
         let to = match to {
             Some(to) => to.to_owned(),
             None => {
+                let replicas = self.store.replicas(tenant)?;
                 let others: Vec<_> = self
                     .hub
                     .health()
                     .into_iter()
-                    .filter(|h| h.id != placement.worker)
+                    .filter(|h| {
+                        h.id != placement.worker && !replicas.iter().any(|r| r.worker == h.id)
+                    })
                     .collect();
                 let placements = self.store.placements()?;
                 let placed = |w: &str| placements.iter().filter(|p| p.worker == w).count();
@@ -273,14 +289,40 @@ impl Service {
         self.hub
             .release_checked(from, tenant, epoch, self.request_timeout)
             .await?;
-        let listing = self
-            .transfer(from, tenant, Step::ExportFiles(cluster::ExportFiles {}))
-            .await?
-            .files;
+        self.copy_tenant_files(tenant, from, to, false, &|step| match step {
+            CopyStep::Listed { files, bytes } => self.moving.update(tenant, |p| {
+                p.files = files;
+                p.bytes = bytes;
+            }),
+            CopyStep::Copied(n) => self.moving.update(tenant, |p| p.copied_bytes += n),
+        })
+        .await
+    }
+
+    /// Copies `tenant`'s files from `from` to `to` (which must not have it assigned) and commits
+    /// them there; answers the files and bytes copied. `live`: the tenant stays assigned and
+    /// serving on `from` (the caller holds its writes back), so its files are listed again after
+    /// the copy and the copy is kept only if nothing changed (`Engine::export_files_live`).
+    pub(crate) async fn copy_tenant_files(
+        &self,
+        tenant: &str,
+        from: &str,
+        to: &str,
+        live: bool,
+        progress: &(dyn Fn(CopyStep) + Sync),
+    ) -> Result<(usize, u64), ApiError> {
+        let list = || {
+            self.transfer(
+                from,
+                tenant,
+                Step::ExportFiles(cluster::ExportFiles { live }),
+            )
+        };
+        let listing = list().await?.files;
         let bytes: u64 = listing.iter().map(|f| f.len).sum();
-        self.moving.update(tenant, |p| {
-            p.files = listing.len();
-            p.bytes = bytes;
+        progress(CopyStep::Listed {
+            files: listing.len(),
+            bytes,
         });
         let max_files = u32::try_from(listing.len())
             .map_err(|_| ApiError::internal("too many files to move"))?;
@@ -326,7 +368,7 @@ impl Service {
                 )
                 .await?;
                 offset += n;
-                self.moving.update(tenant, |p| p.copied_bytes += n);
+                progress(CopyStep::Copied(n));
             }
             if file.len == 0 {
                 self.transfer(
@@ -340,6 +382,15 @@ impl Service {
                 )
                 .await?;
             }
+        }
+        if live && list().await?.files != listing {
+            let _ = self
+                .transfer(to, tenant, Step::ImportAbort(cluster::ImportAbort {}))
+                .await;
+            return Err(ApiError::new(
+                Code::Unavailable,
+                format!("the files of {tenant} on {from} changed during the copy; copied again later"),
+            ));
         }
         let files = listing.len();
         self.transfer(

@@ -33,6 +33,8 @@ mod key;
 mod moves;
 pub use moves::{MoveRow, MoveState};
 mod placement;
+mod replicas;
+pub use replicas::{CopyState, ReplicaRow};
 mod schema;
 mod tenant;
 

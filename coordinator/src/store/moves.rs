@@ -127,6 +127,7 @@ impl Store {
                     "tenant {tenant} is already on worker {to}"
                 )));
             }
+            super::replicas::check_no_copy(tx, tenant, to)?;
             placement.epoch = next_epoch(tx, tenant)?;
             tx.execute(
                 "UPDATE placements SET epoch = ?2 WHERE tenant = ?1",

@@ -242,6 +242,7 @@ impl Store {
             if known.is_none() {
                 return Err(Error::NotFound(format!("worker {} not found", shown(worker))));
             }
+            super::replicas::check_no_copy(tx, tenant, worker)?;
             let previous = load(tx, tenant)?;
             let epoch = next_epoch(tx, tenant)?;
             tx.execute(
@@ -295,7 +296,14 @@ impl Store {
                 return Err(Error::NotFound(format!("tenant {tenant} has no placement")));
             };
             tx.execute("DELETE FROM placements WHERE tenant = ?1", [tenant])?;
-            let details = json!({ "worker": placement.worker, "epoch": placement.epoch });
+            let replicas: Vec<String> = super::replicas::of(tx, tenant)?
+                .into_iter()
+                .map(|r| r.worker)
+                .collect();
+            tx.execute("DELETE FROM replicas WHERE tenant = ?1", [tenant])?;
+            let details = json!({
+                "worker": placement.worker, "epoch": placement.epoch, "replicas": replicas,
+            });
             self.append_in(
                 tx,
                 tenant,

@@ -116,5 +116,19 @@ const V3: &str = "
 ALTER TABLE workers ADD COLUMN draining_since_ms INTEGER;
 ";
 
+/// Migration 4: a tenant's copies beyond its placement's worker (tiers with `replicas` > 1).
+const V4: &str = "
+CREATE TABLE replicas (
+    tenant TEXT NOT NULL REFERENCES tenants (id),
+    worker TEXT NOT NULL,
+    -- live: it has made every acknowledged write of the tenant durable and is read from and
+    -- written to; stale: it missed a write (or may have), is neither read from nor written to,
+    -- and catches up from a live copy before it is live again.
+    state TEXT NOT NULL CHECK (state IN ('live', 'stale')),
+    since_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, worker)
+) STRICT, WITHOUT ROWID;
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];

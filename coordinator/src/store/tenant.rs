@@ -218,14 +218,21 @@ impl Store {
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()?;
+            let replicas: Vec<String> = super::replicas::of(tx, id)?
+                .into_iter()
+                .map(|r| r.worker)
+                .collect();
+            tx.execute("DELETE FROM replicas WHERE tenant = ?1", [id])?;
             tx.execute(
                 "UPDATE tenants SET deleted_ms = ?2 WHERE id = ?1",
                 params![id, now_sql],
             )?;
             let placement =
                 placement.map(|(worker, epoch)| json!({ "worker": worker, "epoch": epoch }));
-            let details =
-                json!({ "revoked_keys": revoked, "placement": placement, "epoch": epoch });
+            let details = json!({
+                "revoked_keys": revoked, "placement": placement, "replicas": replicas,
+                "epoch": epoch,
+            });
             let draft = self.draft(actor, "tenant.delete", id, details);
             self.append_in(tx, id, draft.clone())?;
             self.append_in(tx, PLATFORM_CHAIN, draft)?;

@@ -120,6 +120,21 @@ impl Engine {
                 "tenant {tenant} is loaded; unload it before exporting its files"
             )));
         }
+        self.list_files(tenant)
+    }
+
+    /// The files of `tenant` as [`Engine::export_files`] lists them, loaded or not. A loaded
+    /// tenant's files change under background work (a flush writes a segment and a new manifest,
+    /// then deletes what they replace), so one listing is not a consistent copy on its own: a
+    /// caller that copies a loaded tenant lists again after reading every file and keeps the copy
+    /// only if both listings are equal (file numbers only grow and every rewritten manifest names
+    /// new ones, so equal listings mean nothing changed in between). Writes must be held back by
+    /// the caller meanwhile.
+    pub fn export_files_live(&self, tenant: &TenantId) -> Result<Vec<ExportFile>> {
+        self.list_files(tenant)
+    }
+
+    fn list_files(&self, tenant: &TenantId) -> Result<Vec<ExportFile>> {
         let dir = self.tenant_dir(tenant);
         let mut files = Vec::new();
         if !dir.exists() {

@@ -2,7 +2,9 @@
 //! (`TransferTenant`): listing, reading, staging, committing or dropping them, ciphertext only
 //! (`storage::engine::transfer`). Each step runs on a blocking thread under the tenant's gate,
 //! held exclusively, and only for a tenant not assigned on this connection: its files must not
-//! change while they are copied, and a request must not load it while they are replaced.
+//! change while they are copied, and a request must not load it while they are replaced. The
+//! exceptions only read: a live listing and reading a file, with which a replica catches up from
+//! a copy that keeps serving.
 
 use storage::engine::transfer::{ExportFile, ImportLimits};
 
@@ -36,9 +38,13 @@ fn from_proto(file: cluster::TenantFile) -> Result<ExportFile, Error> {
 fn run(engine: &Engine, tenant: &TenantId, step: Step) -> Result<Body, Error> {
     let mut answer = cluster::TransferTenantResponse::default();
     match step {
-        Step::ExportFiles(_) => {
-            answer.files = engine
-                .export_files(tenant)?
+        Step::ExportFiles(export) => {
+            let files = if export.live {
+                engine.export_files_live(tenant)?
+            } else {
+                engine.export_files(tenant)?
+            };
+            answer.files = files
                 .into_iter()
                 .map(to_proto)
                 .collect();
@@ -104,7 +110,15 @@ impl Worker {
         let Some(step) = transfer.step else {
             return Some(Error::InvalidArgument("the transfer has no step".into()));
         };
-        if s.assignments.contains_key(&tenant) {
+        // A replica's catch-up reads from a copy that stays assigned and serving: the
+        // coordinator holds the tenant's writes back and compares a second listing (see
+        // `Engine::export_files_live`). Nothing that writes runs on an assigned tenant.
+        let reads_live = match &step {
+            Step::ExportFiles(export) => export.live,
+            Step::ReadFile(_) => true,
+            _ => false,
+        };
+        if !reads_live && s.assignments.contains_key(&tenant) {
             return Some(Error::InvalidArgument(format!(
                 "tenant {tenant} is assigned to this worker; its files are copied only once it is released"
             )));

@@ -1,0 +1,476 @@
+//! Tenants with more than one copy (tiers with `replicas` > 1): the write path, reads, and the
+//! background repair that catches stale copies up and replaces lost ones.
+//!
+//! # Why no acknowledged write is lost and no two copies diverge
+//!
+//! - **One order.** The coordinator is the one authority: a tenant's writes (collection create and
+//!   delete, upserts, deletes) pass one at a time, under the tenant's write lock here, and each
+//!   goes to every live copy before the next starts. Every live copy sees the same writes in the
+//!   same order, and each copy's engine is deterministic, so they hold the same points.
+//! - **Acknowledged means durable on every live copy.** A write is answered once every live copy
+//!   answered it. A copy that did not (its worker is gone, timed out, or answered differently
+//!   from the reference, the first copy that gave a definite answer, primary first) is recorded
+//!   `stale` in SQLite *before* the client is answered ([`crate::store::Store::mark_stale`]; if the
+//!   primary is among them a live replica takes its place in the same transaction). So a copy
+//!   recorded live holds every acknowledged write, whatever crashes next.
+//! - **Stale copies serve nothing.** Reads go only to live copies; writes only to live copies. A
+//!   stale copy becomes live only after it copied a live copy's files whole, under the write lock
+//!   (so no write slips between the copy and the switch), with the listing taken again after the
+//!   copy and compared ([`storage::Engine::export_files_live`]).
+//! - **Fencing.** Every change of a tenant's copies moves its epoch on, and workers refuse
+//!   requests under any other epoch than their assignment's (INV-14).
+//! - **A coordinator restart** cannot know whether a write it was sending reached some copies and
+//!   not others, so at start every replica is recorded stale and copies the primary again
+//!   ([`crate::store::Store::stale_all_replicas`]). That costs a full copy of each replicated
+//!   tenant after each coordinator restart; per-copy write sequence numbers would avoid it and
+//!   are not built yet.
+//!
+//! Every copy holds all of a tenant's points, so a search answered by one live copy consulted a
+//! whole owning copy (INV-21): there is no partial answer to flag.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use proto::vaultvec::cluster::v1 as cluster;
+
+use super::error::{ApiError, Code};
+use super::{Op, Reply, Service, off_runtime};
+use crate::cluster::WorkerState;
+use crate::cluster::health::choose_worker;
+use crate::config::{PAUSED_TIER, Tier};
+use crate::store::{Actor, CopyState};
+
+use cluster::transfer_tenant::Step;
+
+const SYSTEM: &str = "system";
+
+/// How often the repair pass runs when nothing wakes it sooner (it also runs at every worker's
+/// connection, disconnection and state change).
+pub const REPAIR_PERIOD: Duration = Duration::from_secs(1);
+
+/// Per-tenant write locks (one write of a replicated tenant at a time), a read spreader, and the
+/// repair's counters.
+#[derive(Default)]
+pub(crate) struct Replication {
+    locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    next_read: AtomicUsize,
+    /// Catch-ups finished since start (tests wait on it).
+    pub(crate) caught_up: AtomicUsize,
+    repaired: tokio::sync::Notify,
+}
+
+impl Replication {
+    fn lock_of(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone()
+    }
+}
+
+/// Whether an operation changes the tenant's data (and so goes to every live copy, in order).
+pub(crate) fn is_write(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::CreateCollection(_)
+            | Op::DeleteCollection(_)
+            | Op::Upsert(_)
+            | Op::Delete(_)
+            | Op::RewrapKeys(_)
+            | Op::EraseTenant(_)
+    )
+}
+
+/// Whether two definite answers agree (both succeeded, or both failed the same way).
+fn same_outcome(a: &Result<Reply, ApiError>, b: &Result<Reply, ApiError>) -> bool {
+    match (a, b) {
+        (Ok(_), Ok(_)) => true,
+        (Err(x), Err(y)) => x.code == y.code,
+        _ => false,
+    }
+}
+
+impl Service {
+    /// The up worker, holding no copy of the tenant (`holders`), that should take one.
+    pub(crate) fn choose_copy_worker(&self, holders: &[String]) -> Option<String> {
+        let placements = self.store.placements().ok()?;
+        let replicas = self.store.all_replicas().ok()?;
+        let copies = |w: &str| {
+            placements.iter().filter(|p| p.worker == w).count()
+                + replicas.iter().filter(|r| r.worker == w).count()
+        };
+        let others: Vec<_> = self
+            .hub
+            .health()
+            .into_iter()
+            .filter(|h| h.state == WorkerState::Up && !holders.contains(&h.id))
+            .collect();
+        choose_worker(&others, copies)
+    }
+
+    /// Routes an operation of a tenant that has replicas: a write to every live copy, a read to
+    /// one live copy (another if that one cannot answer).
+    pub(super) async fn route_replicated(
+        &self,
+        tenant: &str,
+        tier: Option<&Tier>,
+        op: Op,
+        large: bool,
+    ) -> Result<Reply, ApiError> {
+        if is_write(&op) {
+            return self.replicated_write(tenant, tier, op, large).await;
+        }
+        let state = self.tenant_state(tenant)?;
+        let placement = state
+            .placement
+            .clone()
+            .ok_or_else(|| ApiError::internal("a replicated tenant without a placement"))?;
+        let mut live: Vec<String> = std::iter::once(placement.worker.clone())
+            .chain(
+                state
+                    .replicas
+                    .iter()
+                    .filter(|r| r.state == CopyState::Live)
+                    .map(|r| r.worker.clone()),
+            )
+            .collect();
+        // Up workers first, spread in turn; then the others, in case they still answer.
+        let health = self.hub.health();
+        let up = |w: &String| {
+            health
+                .iter()
+                .any(|h| h.id == *w && h.state != WorkerState::Suspect)
+        };
+        let turn = self.replication.next_read.fetch_add(1, Ordering::Relaxed);
+        let n = live.len();
+        live.rotate_left(turn % n);
+        live.sort_by_key(|w| !up(w));
+        let mut last = None;
+        for worker in &live {
+            match self
+                .send_to(worker, placement.epoch, tenant, tier, op.clone(), large)
+                .await
+            {
+                Ok(answer) => return answer,
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| ApiError::new(Code::Unavailable, "no copy of the tenant answered")))
+    }
+
+    /// One write to every live copy, under the tenant's write lock; copies that did not make it
+    /// are recorded stale before the answer (see the module docs).
+    async fn replicated_write(
+        &self,
+        tenant: &str,
+        tier: Option<&Tier>,
+        op: Op,
+        large: bool,
+    ) -> Result<Reply, ApiError> {
+        let lock = self.replication.lock_of(tenant);
+        let _turn = tokio::time::timeout(self.request_timeout, lock.lock())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    Code::Unavailable,
+                    "the tenant's earlier writes (or a replica's catch-up) did not finish in time; \
+                     nothing was written, retry",
+                )
+            })?;
+        // Read again under the lock: a catch-up or another write may have changed the copies.
+        let state = self.tenant_state(tenant)?;
+        let placement = state
+            .placement
+            .clone()
+            .ok_or_else(|| ApiError::internal("a replicated tenant without a placement"))?;
+        let targets: Vec<String> = std::iter::once(placement.worker.clone())
+            .chain(
+                state
+                    .replicas
+                    .iter()
+                    .filter(|r| r.state == CopyState::Live)
+                    .map(|r| r.worker.clone()),
+            )
+            .collect();
+        // Writes pass one at a time per tenant, so the per-tenant bound on requests in flight
+        // need not stop one copy's write and not another's.
+        let tier_for_writes = tier.map(|t| Tier {
+            max_in_flight: usize::MAX,
+            ..t.clone()
+        });
+        let sends = targets.iter().map(|worker| {
+            self.send_to(
+                worker,
+                placement.epoch,
+                tenant,
+                tier_for_writes.as_ref(),
+                op.clone(),
+                large,
+            )
+        });
+        let results = futures_util::future::join_all(sends).await;
+        let reference = results.iter().position(Result::is_ok);
+        let missed: Vec<String> = match reference {
+            Some(r) => {
+                let want = results[r].as_ref().ok();
+                targets
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, got)| match (got, want) {
+                        (Ok(got), Some(want)) => !same_outcome(got, want),
+                        _ => true,
+                    })
+                    .map(|(w, _)| w.clone())
+                    .collect()
+            }
+            // Nothing answered for sure: the primary stays the reference.
+            None => targets[1..].to_vec(),
+        };
+        if !missed.is_empty() {
+            let reason = match reference {
+                Some(_) => "a write did not reach it, or it answered differently",
+                None => "no copy answered a write for sure",
+            };
+            off_runtime(|| {
+                self.store
+                    .mark_stale(&Actor(SYSTEM.into()), tenant, &missed, reason)
+            })
+            .map_err(|err| {
+                tracing::error!(tenant, error = %err, "recording stale replicas failed; the write is not acknowledged");
+                ApiError::new(
+                    Code::Unavailable,
+                    "the write's outcome could not be recorded; its outcome is unknown: upserts and deletes are safe to retry",
+                )
+            })?;
+            self.forget_tenant_state(tenant);
+            tracing::warn!(tenant, workers = ?missed, "copies recorded stale after a write");
+        }
+        match reference {
+            Some(r) => results
+                .into_iter()
+                .nth(r)
+                .expect("reference index is in range")
+                .expect("reference is a definite answer"),
+            None => Err(results
+                .into_iter()
+                .next()
+                .and_then(Result::err)
+                .unwrap_or_else(|| ApiError::new(Code::Unavailable, "no copy answered"))),
+        }
+    }
+
+    /// Runs [`Service::repair_replicas`] at start, at every change of the workers, and every
+    /// [`REPAIR_PERIOD`], until the service is dropped.
+    pub async fn repair_replicas_forever(self: Arc<Self>) {
+        loop {
+            let changed = self.hub.wait_for_change();
+            self.repair_replicas().await;
+            let _ = tokio::time::timeout(REPAIR_PERIOD, changed).await;
+        }
+    }
+
+    /// One repair pass over every replicated tenant: stale copies on connected workers catch up
+    /// from the primary; copies on workers down longer than `[health] replace_after_ms` (or
+    /// draining) are replaced by new copies on other workers; tenants with fewer copies than
+    /// their tier asks get more. Failures are logged and tried again next pass.
+    pub async fn repair_replicas(&self) {
+        let (placements, replicas, workers) = match off_runtime(|| {
+            Ok::<_, crate::store::Error>((
+                self.store.placements()?,
+                self.store.all_replicas()?,
+                self.store.list_workers()?,
+            ))
+        }) {
+            Ok(all) => all,
+            Err(err) => {
+                tracing::error!(error = %err, "reading placements for the replica repair failed");
+                return;
+            }
+        };
+        let health = self.hub.health();
+        let up = |w: &str| {
+            health
+                .iter()
+                .any(|h| h.id == w && h.state == WorkerState::Up)
+        };
+        let now = crate::cluster::now_ms();
+        let gone = |w: &str| {
+            if self.hub.worker(w).is_some() {
+                return health
+                    .iter()
+                    .any(|h| h.id == w && h.state == WorkerState::Draining);
+            }
+            let last_seen = workers
+                .iter()
+                .find(|row| row.id == w)
+                .map_or(0, |row| row.last_seen_ms);
+            let down_since = last_seen.max(self.started_ms);
+            now.saturating_sub(down_since) >= self.replace_after.as_millis() as u64
+        };
+        for p in &placements {
+            if self.moving.contains(&p.tenant) {
+                continue;
+            }
+            let Some(tier) = self.tier_of(&p.tenant) else {
+                continue;
+            };
+            let copies: Vec<_> = replicas.iter().filter(|r| r.tenant == p.tenant).collect();
+            for stale in copies.iter().filter(|r| r.state == CopyState::Stale) {
+                if up(&stale.worker) && up(&p.worker) {
+                    if let Err(err) = self.catch_up(&p.tenant, &stale.worker).await {
+                        tracing::warn!(tenant = %p.tenant, worker = %stale.worker, error = %err, "a replica's catch-up failed; tried again later");
+                    }
+                }
+            }
+            let mut holders: Vec<String> = std::iter::once(p.worker.clone())
+                .chain(copies.iter().map(|r| r.worker.clone()))
+                .collect();
+            let lost: Vec<String> = copies
+                .iter()
+                .filter(|r| gone(&r.worker))
+                .map(|r| r.worker.clone())
+                .collect();
+            let kept = holders.len() - lost.len();
+            let wanted = tier.replicas as usize;
+            for _ in kept..wanted {
+                let Some(worker) = self.choose_copy_worker(&holders) else {
+                    break;
+                };
+                match self.add_copy(&p.tenant, &worker).await {
+                    Ok(()) => holders.push(worker),
+                    Err(err) => {
+                        tracing::warn!(tenant = %p.tenant, worker, error = %err, "adding a replica failed; tried again later");
+                        break;
+                    }
+                }
+            }
+            // A lost copy goes once the tenant has its copies without it.
+            let have = holders.len() - lost.len();
+            if have >= wanted {
+                for worker in &lost {
+                    let removed = off_runtime(|| {
+                        self.store.remove_replica(
+                            &Actor(SYSTEM.into()),
+                            &p.tenant,
+                            worker,
+                            "its worker was down or draining; replaced by another copy",
+                        )
+                    });
+                    match removed {
+                        Ok(now_placed) => {
+                            self.forget_tenant_state(&p.tenant);
+                            self.drop_copy(&p.tenant, worker, now_placed.epoch).await;
+                        }
+                        Err(err) => {
+                            tracing::warn!(tenant = %p.tenant, worker, error = %err, "removing a lost replica failed")
+                        }
+                    }
+                }
+            }
+        }
+        self.replication.repaired.notify_waiters();
+    }
+
+    /// The tier of a live tenant whose copies the repair looks after; `None` for a paused or
+    /// deleted one, or on a read error.
+    fn tier_of(&self, tenant: &str) -> Option<Tier> {
+        let row = off_runtime(|| self.store.tenant(tenant)).ok()??;
+        if row.deleted || row.tier == PAUSED_TIER {
+            return None;
+        }
+        self.tiers.get(&row.tier).cloned()
+    }
+
+    /// Adds a stale copy of `tenant` on `worker` and catches it up.
+    async fn add_copy(&self, tenant: &str, worker: &str) -> Result<(), ApiError> {
+        off_runtime(|| {
+            self.store
+                .add_replica(&Actor(SYSTEM.into()), tenant, worker)
+        })?;
+        self.forget_tenant_state(tenant);
+        tracing::info!(tenant, worker, "replica added");
+        let is_stale = off_runtime(|| self.store.replicas(tenant))?
+            .iter()
+            .any(|r| r.worker == worker && r.state == CopyState::Stale);
+        if is_stale {
+            self.catch_up(tenant, worker).await?;
+        }
+        Ok(())
+    }
+
+    /// Has `worker` delete its copy of `tenant` if it is connected (a worker that is not deletes
+    /// nothing now; its files are unloaded at its next hello and stay on its disk).
+    async fn drop_copy(&self, tenant: &str, worker: &str, epoch: u64) {
+        if self.hub.worker(worker).is_none() {
+            return;
+        }
+        if let Err(err) = self
+            .hub
+            .release_checked(worker, tenant, epoch, self.request_timeout)
+            .await
+        {
+            tracing::warn!(tenant, worker, error = %err, "releasing a removed replica failed");
+            return;
+        }
+        if let Err(err) = self
+            .transfer(worker, tenant, Step::DropFiles(cluster::DropFiles {}))
+            .await
+        {
+            tracing::warn!(tenant, worker, error = %err, "deleting a removed replica's files failed");
+        }
+    }
+
+    /// Copies the primary's files to the stale copy on `worker` under the tenant's write lock
+    /// (reads go on from the live copies), then records it live.
+    pub(crate) async fn catch_up(&self, tenant: &str, worker: &str) -> Result<(), ApiError> {
+        let lock = self.replication.lock_of(tenant);
+        let _turn = lock.lock().await;
+        let placement = off_runtime(|| self.store.placement(tenant))?
+            .ok_or_else(|| ApiError::new(Code::NotFound, "the tenant has no placement"))?;
+        let still_stale = off_runtime(|| self.store.replicas(tenant))?
+            .iter()
+            .any(|r| r.worker == worker && r.state == CopyState::Stale);
+        if !still_stale {
+            return Ok(());
+        }
+        let from = placement.worker.clone();
+        tracing::info!(tenant, from = %from, to = worker, "a replica catches up");
+        // The stale copy is not served; releasing it lets its files be replaced.
+        self.hub
+            .release_checked(worker, tenant, placement.epoch, self.request_timeout)
+            .await?;
+        let (files, bytes) = self
+            .copy_tenant_files(tenant, &from, worker, true, &|_| {})
+            .await?;
+        off_runtime(|| {
+            self.store.mark_live(
+                &Actor(SYSTEM.into()),
+                tenant,
+                worker,
+                serde_json::json!({ "from": from, "files": files, "bytes": bytes }),
+            )
+        })?;
+        self.forget_tenant_state(tenant);
+        self.replication.caught_up.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(tenant, worker, files, bytes, "replica caught up");
+        Ok(())
+    }
+
+    /// Waits until a repair pass ends with no stale replica and no tenant short of its copies on
+    /// the connected workers (tests; no sleeping).
+    pub async fn wait_for_replicas_settled(&self) {
+        loop {
+            let notified = self.replication.repaired.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let replicas = self.store.all_replicas().unwrap_or_default();
+            if replicas.iter().all(|r| r.state == CopyState::Live) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}

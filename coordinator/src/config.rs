@@ -461,7 +461,8 @@ impl Config {
                  (workers send a heartbeat every second by default)"
             );
         }
-        if self.replace_after < health.down_after || self.replace_after > Duration::from_secs(86_400)
+        if self.replace_after < health.down_after
+            || self.replace_after > Duration::from_secs(86_400)
         {
             bail!("[health] needs down_after_ms <= replace_after_ms <= 86400000");
         }

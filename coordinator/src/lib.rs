@@ -182,6 +182,21 @@ impl Coordinator {
             hub,
             listeners,
         } = self;
+        // A write in flight when the coordinator stopped may have reached only some copies:
+        // before any request is served, every replica is recorded stale, to copy its primary
+        // again before it is read from.
+        let staled = api::off_runtime(|| {
+            service
+                .store
+                .stale_all_replicas(&store::Actor("system".into()))
+        })
+        .map_err(|err| anyhow::anyhow!("recording replicas stale at start: {err}"))?;
+        if staled > 0 {
+            tracing::info!(
+                replicas = staled,
+                "replicas recorded stale at start; they catch up from their primaries"
+            );
+        }
         let public = CancellationToken::new();
         let internal = CancellationToken::new();
         let mut servers = tokio::task::JoinSet::new();
@@ -269,17 +284,6 @@ impl Coordinator {
         service
             .resume_drains()
             .map_err(|err| anyhow::anyhow!("resuming drains: {}", err.message))?;
-        // A write in flight when the coordinator stopped may have reached only some copies:
-        // every replica copies its primary again before it is read from.
-        let staled = api::off_runtime(|| {
-            service
-                .store
-                .stale_all_replicas(&store::Actor("system".into()))
-        })
-        .map_err(|err| anyhow::anyhow!("recording replicas stale at start: {err}"))?;
-        if staled > 0 {
-            tracing::info!(replicas = staled, "replicas recorded stale at start; they catch up from their primaries");
-        }
         let repair = tokio::spawn({
             let service = service.clone();
             let stop = internal.clone();

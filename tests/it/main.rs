@@ -11,6 +11,7 @@ mod memory;
 mod preauth;
 mod python;
 mod recovery;
+mod replication;
 mod request_log;
 mod routes;
 mod schema;

@@ -641,7 +641,13 @@ impl Service {
         })?;
         if conn.assigned_epoch(tenant) != Some(epoch) {
             self.hub
-                .assign(worker, tenant, epoch, Self::quota(tier), self.request_timeout)
+                .assign(
+                    worker,
+                    tenant,
+                    epoch,
+                    Self::quota(tier),
+                    self.request_timeout,
+                )
                 .await?;
         }
         let request = cluster::TenantRequest {

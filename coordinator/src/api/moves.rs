@@ -389,7 +389,9 @@ impl Service {
                 .await;
             return Err(ApiError::new(
                 Code::Unavailable,
-                format!("the files of {tenant} on {from} changed during the copy; copied again later"),
+                format!(
+                    "the files of {tenant} on {from} changed during the copy; copied again later"
+                ),
             ));
         }
         let files = listing.len();

@@ -158,7 +158,8 @@ impl Service {
                 Err(err) => last = Some(err),
             }
         }
-        Err(last.unwrap_or_else(|| ApiError::new(Code::Unavailable, "no copy of the tenant answered")))
+        Err(last
+            .unwrap_or_else(|| ApiError::new(Code::Unavailable, "no copy of the tenant answered")))
     }
 
     /// One write to every live copy, under the tenant's write lock; copies that did not make it
@@ -336,13 +337,11 @@ impl Service {
             let kept = holders.len() - lost.len();
             let wanted = tier.replicas as usize;
             for _ in kept..wanted {
-                let Some(worker) = self.choose_copy_worker(&holders) else {
-                    break;
-                };
-                match self.add_copy(&p.tenant, &worker).await {
-                    Ok(()) => holders.push(worker),
+                match self.add_copy(&p.tenant, wanted + lost.len()).await {
+                    Ok(Some(worker)) => holders.push(worker),
+                    Ok(None) => break,
                     Err(err) => {
-                        tracing::warn!(tenant = %p.tenant, worker, error = %err, "adding a replica failed; tried again later");
+                        tracing::warn!(tenant = %p.tenant, error = %err, "adding a replica failed; tried again later");
                         break;
                     }
                 }
@@ -384,21 +383,44 @@ impl Service {
         self.tiers.get(&row.tier).cloned()
     }
 
-    /// Adds a stale copy of `tenant` on `worker` and catches it up.
-    async fn add_copy(&self, tenant: &str, worker: &str) -> Result<(), ApiError> {
-        off_runtime(|| {
-            self.store
-                .add_replica(&Actor(SYSTEM.into()), tenant, worker)
-        })?;
+    /// Adds a copy of `tenant` on the worker [`Service::choose_copy_worker`] picks, if it has
+    /// fewer than `wanted` copies, and catches it up. Answers the worker, or `None` if no copy
+    /// was wanted or no worker could take it.
+    async fn add_copy(&self, tenant: &str, wanted: usize) -> Result<Option<String>, ApiError> {
+        let worker = {
+            // The first placement adds its copies under this lock too: counted again under it,
+            // a copy is never added twice.
+            let _placing = self.placing.lock().await;
+            let placement = off_runtime(|| self.store.placement(tenant))?
+                .ok_or_else(|| ApiError::new(Code::NotFound, "the tenant has no placement"))?;
+            let holders: Vec<String> = std::iter::once(placement.worker)
+                .chain(
+                    off_runtime(|| self.store.replicas(tenant))?
+                        .into_iter()
+                        .map(|r| r.worker),
+                )
+                .collect();
+            if holders.len() >= wanted {
+                return Ok(None);
+            }
+            let Some(worker) = self.choose_copy_worker(&holders) else {
+                return Ok(None);
+            };
+            off_runtime(|| {
+                self.store
+                    .add_replica(&Actor(SYSTEM.into()), tenant, &worker)
+            })?;
+            worker
+        };
         self.forget_tenant_state(tenant);
         tracing::info!(tenant, worker, "replica added");
         let is_stale = off_runtime(|| self.store.replicas(tenant))?
             .iter()
             .any(|r| r.worker == worker && r.state == CopyState::Stale);
         if is_stale {
-            self.catch_up(tenant, worker).await?;
+            self.catch_up(tenant, &worker).await?;
         }
-        Ok(())
+        Ok(Some(worker))
     }
 
     /// Has `worker` delete its copy of `tenant` if it is connected (a worker that is not deletes
@@ -457,6 +479,11 @@ impl Service {
         self.replication.caught_up.fetch_add(1, Ordering::SeqCst);
         tracing::info!(tenant, worker, files, bytes, "replica caught up");
         Ok(())
+    }
+
+    /// Catch-ups finished since this service started.
+    pub fn replicas_caught_up(&self) -> usize {
+        self.replication.caught_up.load(Ordering::SeqCst)
     }
 
     /// Waits until a repair pass ends with no stale replica and no tenant short of its copies on

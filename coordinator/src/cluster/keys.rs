@@ -76,11 +76,20 @@ impl Hub {
             self.store.tenant(&tenant),
             Ok(Some(t)) if !t.deleted && t.tier != crate::config::PAUSED_TIER
         );
+        // Placed here: the primary copy, or a live replica (a stale one serves nothing and
+        // catches up with ciphertext only, so it gets no keys).
         let placed_here = is_active
-            && matches!(
-                self.store.placement(&tenant),
-                Ok(Some(p)) if p.worker == conn.id && conn.assigned_epoch(&tenant) == Some(p.epoch)
-            );
+            && match self.store.placement(&tenant) {
+                Ok(Some(p)) if conn.assigned_epoch(&tenant) == Some(p.epoch) => {
+                    p.worker == conn.id
+                        || self.store.replicas(&tenant).is_ok_and(|replicas| {
+                            replicas.iter().any(|r| {
+                                r.worker == conn.id && r.state == crate::store::CopyState::Live
+                            })
+                        })
+                }
+                _ => false,
+            };
         // While the coordinator releases a tenant from this connection (pause, deletion, move),
         // the worker may seal its segments at close, which needs keys, although the change has
         // already fenced the epoch. Only under the epoch this connection holds, and only until

@@ -113,8 +113,7 @@ fn bump(tx: &Transaction<'_>, tenant: &str, placement: &mut Placement) -> Result
 }
 
 fn placed(tx: &Transaction<'_>, tenant: &str) -> Result<Placement> {
-    load(tx, tenant)?
-        .ok_or_else(|| Error::NotFound(format!("tenant {tenant} has no placement")))
+    load(tx, tenant)?.ok_or_else(|| Error::NotFound(format!("tenant {tenant} has no placement")))
 }
 
 impl Store {
@@ -140,7 +139,10 @@ impl Store {
                 |row| row.get::<_, i64>(0).map(|n| n > 0),
             )?;
             if !known {
-                return Err(Error::NotFound(format!("worker {} not found", shown(worker))));
+                return Err(Error::NotFound(format!(
+                    "worker {} not found",
+                    shown(worker)
+                )));
             }
             let mut placement = placed(tx, tenant)?;
             if placement.worker == worker {
@@ -170,7 +172,11 @@ impl Store {
             let details = json!({
                 "worker": worker, "state": state.as_str(), "epoch": placement.epoch,
             });
-            self.append_in(tx, tenant, self.draft(actor, "replica.add", tenant, details))?;
+            self.append_in(
+                tx,
+                tenant,
+                self.draft(actor, "replica.add", tenant, details),
+            )?;
             Ok(placement)
         })
     }
@@ -266,7 +272,11 @@ impl Store {
             bump(tx, tenant, &mut placement)?;
             details["worker"] = worker.into();
             details["epoch"] = placement.epoch.into();
-            self.append_in(tx, tenant, self.draft(actor, "replica.live", tenant, details))?;
+            self.append_in(
+                tx,
+                tenant,
+                self.draft(actor, "replica.live", tenant, details),
+            )?;
             Ok(placement)
         })
     }

@@ -44,10 +44,7 @@ fn run(engine: &Engine, tenant: &TenantId, step: Step) -> Result<Body, Error> {
             } else {
                 engine.export_files(tenant)?
             };
-            answer.files = files
-                .into_iter()
-                .map(to_proto)
-                .collect();
+            answer.files = files.into_iter().map(to_proto).collect();
         }
         Step::ReadFile(read) => {
             let max_len = read.max_len.min(MAX_READ_BYTES) as usize;

@@ -6,6 +6,8 @@
 //! (see [`Cluster::dir`]). [`Cluster::start_tls`] puts TLS on the cluster listener, with a
 //! certificate from a CA made at run time ([`TestCa`]), and the workers dial `wss://`.
 
+pub mod partition;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -312,6 +314,13 @@ impl Cluster {
     /// Starts worker `i` as a real `vaultvec-worker` process on its data directory, with a TOML
     /// config and a 0600 token file, and waits for its hello.
     pub async fn start_worker_process(&mut self, i: usize) {
+        let url = self.worker_url();
+        self.start_worker_process_dialing(i, &url).await;
+    }
+
+    /// As [`Cluster::start_worker_process`], dialing `url` (a relay in front of the cluster
+    /// listener, say) instead of the cluster listener itself.
+    pub async fn start_worker_process_dialing(&mut self, i: usize, url: &str) {
         use std::os::unix::fs::OpenOptionsExt;
         assert!(self.workers[i].is_none(), "worker {i} is running");
         let id = format!("worker-{i}");
@@ -329,7 +338,7 @@ impl Cluster {
         }
         let mut config = format!(
             "worker_id = \"{id}\"\ncoordinator_url = \"{}\"\ntoken_file = \"{}\"\ndata_dir = \"{}\"\n",
-            self.worker_url(),
+            url,
             token_file.display(),
             self.worker_dir(i).display()
         );

@@ -320,10 +320,11 @@ impl Service {
             };
             let copies: Vec<_> = replicas.iter().filter(|r| r.tenant == p.tenant).collect();
             for stale in copies.iter().filter(|r| r.state == CopyState::Stale) {
-                if up(&stale.worker) && up(&p.worker) {
-                    if let Err(err) = self.catch_up(&p.tenant, &stale.worker).await {
-                        tracing::warn!(tenant = %p.tenant, worker = %stale.worker, error = %err, "a replica's catch-up failed; tried again later");
-                    }
+                if up(&stale.worker)
+                    && up(&p.worker)
+                    && let Err(err) = self.catch_up(&p.tenant, &stale.worker).await
+                {
+                    tracing::warn!(tenant = %p.tenant, worker = %stale.worker, error = %err, "a replica's catch-up failed; tried again later");
                 }
             }
             let mut holders: Vec<String> = std::iter::once(p.worker.clone())

@@ -29,9 +29,48 @@ fn refusal(body: &Body) -> String {
 async fn an_assigned_tenant_is_not_copied_and_a_released_one_is_listed_read_and_dropped() {
     let mut setup = Setup::new(20).await;
     let conn = &mut setup.conn;
-    let export = || transfer(TENANT, Step::ExportFiles(cluster::ExportFiles {}));
+    let export = || {
+        transfer(
+            TENANT,
+            Step::ExportFiles(cluster::ExportFiles { live: false }),
+        )
+    };
     let message = refusal(&conn.call(export()).await);
     assert!(message.contains("assigned"), "{message}");
+    // A replica's catch-up lists and reads a copy that keeps serving; nothing that writes runs
+    // on an assigned tenant.
+    let live = files(
+        conn.call(transfer(
+            TENANT,
+            Step::ExportFiles(cluster::ExportFiles { live: true }),
+        ))
+        .await,
+    );
+    assert!(live.iter().any(|f| f.path == "docs/MANIFEST"), "{live:?}");
+    let Body::TransferTenantResponse(piece) = conn
+        .call(transfer(
+            TENANT,
+            Step::ReadFile(cluster::ReadFile {
+                path: "docs/MANIFEST".into(),
+                offset: 0,
+                max_len: 1 << 20,
+            }),
+        ))
+        .await
+    else {
+        panic!("a read of an assigned tenant's file");
+    };
+    assert!(!piece.data.is_empty());
+    for writing in [
+        Step::ImportBegin(cluster::ImportBegin {
+            max_files: 1,
+            max_bytes: 1,
+        }),
+        Step::DropFiles(cluster::DropFiles {}),
+    ] {
+        let message = refusal(&conn.call(transfer(TENANT, writing)).await);
+        assert!(message.contains("assigned"), "{message}");
+    }
 
     // Released at a newer epoch (a move fences first): an assignment that raced the release,
     // under the older epoch, cannot bring the tenant back here.

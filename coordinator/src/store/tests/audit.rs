@@ -83,7 +83,7 @@ fn every_mutation_writes_exactly_its_audit_rows() {
     assert_eq!(acme[8].details, json!({ "to": "pro" }));
     assert_eq!(
         acme[11].details,
-        json!({ "revoked_keys": [], "placement": { "worker": "w1", "epoch": 5 }, "epoch": 5 })
+        json!({ "revoked_keys": [], "placement": { "worker": "w1", "epoch": 5 }, "replicas": [], "epoch": 5 })
     );
     let platform = store.export_chain(PLATFORM_CHAIN).unwrap();
     assert_eq!(platform[2].details, acme[11].details);

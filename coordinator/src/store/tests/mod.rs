@@ -13,6 +13,7 @@ use crate::auth::{Authenticator, KeyRecord, KeyStore, NewKey, Pepper, Scopes, ge
 
 mod audit;
 mod moves;
+mod replicas;
 
 const AUDIT_KEY: &[u8; 32] = b"audit key for store tests, 32 b!";
 const PEPPER: &[u8; 32] = b"pepper for the store tests, 32 b";
@@ -132,6 +133,7 @@ fn a_fresh_file_gets_every_migration() {
             "audit_rows_no_update",
             "moves",
             "placements",
+            "replicas",
             "tenants",
             "tenants_never_deleted",
             "workers",

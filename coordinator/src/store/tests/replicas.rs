@@ -1,0 +1,164 @@
+//! Replicas: added live only at a tenant's first placement, recorded stale with the primary
+//! handed to a live replica, made live again, removed; every change moves the epoch on and is
+//! audited with it; moves and placements refuse a worker that holds a copy.
+
+use super::*;
+use crate::store::CopyState;
+
+fn states(store: &Store, tenant: &str) -> (String, Vec<(String, CopyState)>) {
+    let primary = store.placement(tenant).unwrap().unwrap().worker;
+    let replicas = store
+        .replicas(tenant)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.worker, r.state))
+        .collect();
+    (primary, replicas)
+}
+
+fn replica_actions(store: &Store, tenant: &str) -> Vec<String> {
+    store
+        .export_chain(tenant)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action.starts_with("replica."))
+        .map(|r| format!("{} {}", r.action, r.details["epoch"]))
+        .collect()
+}
+
+fn store_with_workers(path: &Path) -> Store {
+    let store = open(path);
+    for w in ["w1", "w2", "w3"] {
+        store.record_worker(w, "0", 1, T0).unwrap();
+    }
+    store.create_tenant(&admin(), "acme", "pro").unwrap();
+    store
+}
+
+#[test]
+fn a_first_placements_replicas_start_live_and_later_ones_stale() {
+    let (_dir, path) = db_file();
+    let store = store_with_workers(&path);
+    store.place(&Actor::system(), "acme", "w1").unwrap();
+    let placed = store.add_replica(&Actor::system(), "acme", "w2").unwrap();
+    assert_eq!(placed.epoch, 2);
+    let placed = store.add_replica(&Actor::system(), "acme", "w3").unwrap();
+    assert_eq!(placed.epoch, 3);
+    assert_eq!(
+        states(&store, "acme").1,
+        [
+            ("w2".to_owned(), CopyState::Live),
+            ("w3".to_owned(), CopyState::Stale)
+        ],
+        "only the copy added at epoch 1 (nothing ever written) starts live"
+    );
+    // Refused: the primary's worker, a worker with a copy, an unknown worker; moves and
+    // placements onto a worker with a copy.
+    for (worker, unknown) in [("w1", false), ("w2", false), ("w9", true)] {
+        let err = store
+            .add_replica(&Actor::system(), "acme", worker)
+            .unwrap_err();
+        assert_eq!(
+            matches!(err, Error::NotFound(_)),
+            unknown,
+            "{worker}: {err}"
+        );
+    }
+    assert!(matches!(
+        store.begin_move(&admin(), "acme", "w2"),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        store.place(&admin(), "acme", "w3"),
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(
+        replica_actions(&store, "acme"),
+        ["replica.add 2", "replica.add 3"]
+    );
+}
+
+#[test]
+fn a_primary_that_missed_a_write_hands_over_to_a_live_replica() {
+    let (_dir, path) = db_file();
+    let store = store_with_workers(&path);
+    store.place(&Actor::system(), "acme", "w1").unwrap();
+    store.add_replica(&Actor::system(), "acme", "w2").unwrap();
+
+    // Nothing to record: no change, no epoch, no row.
+    let same = store
+        .mark_stale(&Actor::system(), "acme", &["w3".into()], "x")
+        .unwrap();
+    assert_eq!((same.worker.as_str(), same.epoch), ("w1", 2));
+
+    let placed = store
+        .mark_stale(
+            &Actor::system(),
+            "acme",
+            &["w1".into()],
+            "its worker is gone",
+        )
+        .unwrap();
+    assert_eq!((placed.worker.as_str(), placed.epoch), ("w2", 3));
+    assert_eq!(
+        states(&store, "acme"),
+        ("w2".to_owned(), vec![("w1".to_owned(), CopyState::Stale)])
+    );
+    // The only live copy left stays the primary, whatever the caller says.
+    let placed = store
+        .mark_stale(&Actor::system(), "acme", &["w2".into()], "x")
+        .unwrap();
+    assert_eq!((placed.worker.as_str(), placed.epoch), ("w2", 3));
+
+    let placed = store
+        .mark_live(&Actor::system(), "acme", "w1", json!({ "files": 3 }))
+        .unwrap();
+    assert_eq!(placed.epoch, 4);
+    assert_eq!(
+        states(&store, "acme").1,
+        [("w1".to_owned(), CopyState::Live)]
+    );
+    assert!(matches!(
+        store.mark_live(&Actor::system(), "acme", "w1", json!({})),
+        Err(Error::Invalid(_))
+    ));
+
+    // At a coordinator's start every live replica is stale again.
+    assert_eq!(store.stale_all_replicas(&Actor::system()).unwrap(), 1);
+    assert_eq!(
+        states(&store, "acme").1,
+        [("w1".to_owned(), CopyState::Stale)]
+    );
+    let placed = store
+        .remove_replica(&Actor::system(), "acme", "w1", "replaced")
+        .unwrap();
+    assert_eq!(placed.epoch, 6);
+    assert!(states(&store, "acme").1.is_empty());
+    assert!(matches!(
+        store.remove_replica(&Actor::system(), "acme", "w1", "again"),
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        replica_actions(&store, "acme"),
+        [
+            "replica.add 2",
+            "replica.stale 3",
+            "replica.live 4",
+            "replica.stale 5",
+            "replica.remove 6"
+        ]
+    );
+    let rows = store.export_chain("acme").unwrap();
+    let handover = rows.iter().find(|r| r.action == "replica.stale").unwrap();
+    assert_eq!(handover.outcome, "error");
+    assert_eq!(handover.details["promoted"], "w2");
+    assert_eq!(handover.details["reason"], "its worker is gone");
+    assert_chains_verify(&store, &["acme"]);
+
+    // Deleting the tenant removes its replicas with it, and says which.
+    store.add_replica(&Actor::system(), "acme", "w3").unwrap();
+    store.delete_tenant(&admin(), "acme").unwrap();
+    assert!(store.all_replicas().unwrap().is_empty());
+    let delete = store.export_chain("acme").unwrap().pop().unwrap();
+    assert_eq!(delete.details["replicas"], json!(["w3"]));
+}

@@ -43,6 +43,7 @@ fn upsert_envelope() -> cluster::Envelope {
                 tenant: "acme".into(),
                 epoch: 7,
                 op: Some(cluster::tenant_request::Op::Upsert(upsert)),
+                write_token: 0,
             },
         )),
     }

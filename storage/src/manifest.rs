@@ -9,7 +9,10 @@
 //! n_segments u32, per segment: file_id u64 | n_points u64 | n_deleted u32 | deleted slots u32 * n_deleted
 //! n_wals u32, per WAL: file_id u64
 //! incarnation [u8; 16]   (absent in manifests of collections created before incarnations)
+//! applied_token u64      (absent when 0: the highest write token applied, `wal::Op::Token`)
 //! ```
+//!
+//! The two optional tails are told apart by what is left after the WALs: 0, 8, 16 or 24 bytes.
 
 use std::path::Path;
 
@@ -52,6 +55,8 @@ pub struct Manifest {
     /// The collection's incarnation, bound into its segments' and WALs' AAD (`None` for a
     /// collection created before incarnations, whose files carry none).
     pub incarnation: Option<Incarnation>,
+    /// The highest write token applied to the collection when this manifest was written (0: none).
+    pub applied_token: u64,
 }
 
 impl Manifest {
@@ -80,15 +85,18 @@ impl Manifest {
         if let Some(incarnation) = &self.incarnation {
             out.extend_from_slice(incarnation);
         }
+        if self.applied_token != 0 {
+            out.extend_from_slice(&self.applied_token.to_le_bytes());
+        }
         out
     }
 
     /// Decodes a body; `None` if malformed in any way (lengths, metric, unsorted tombstones).
     pub fn decode_body(file_id: u64, buf: &[u8]) -> Option<Manifest> {
-        let mut at = 0usize;
-        let mut take = |n: usize| -> Option<&[u8]> {
-            let bytes = buf.get(at..at.checked_add(n)?)?;
-            at += n;
+        let at = std::cell::Cell::new(0usize);
+        let take = |n: usize| -> Option<&[u8]> {
+            let bytes = buf.get(at.get()..at.get().checked_add(n)?)?;
+            at.set(at.get() + n);
             Some(bytes)
         };
         let next_file_id = u64::from_le_bytes(take(8)?.try_into().ok()?);
@@ -126,11 +134,19 @@ impl Manifest {
         for _ in 0..n_wals {
             wals.push(u64::from_le_bytes(take(8)?.try_into().ok()?));
         }
-        let incarnation: Option<Incarnation> = match take(16) {
-            Some(bytes) => Some(bytes.try_into().ok()?),
-            None => None,
+        let left = buf.len().checked_sub(at.get())?;
+        let incarnation: Option<Incarnation> = if left >= 16 {
+            Some(take(16)?.try_into().ok()?)
+        } else {
+            None
         };
-        if at != buf.len() {
+        let applied_token = match buf.len() - at.get() {
+            0 => 0,
+            8 => u64::from_le_bytes(take(8)?.try_into().ok()?),
+            _ => return None,
+        };
+        // A token is written only when it is not 0, so a written 0 is not a body this code made.
+        if at.get() != buf.len() || (matches!(left, 8 | 24) && applied_token == 0) {
             return None;
         }
         let config = CollectionConfig {
@@ -147,6 +163,7 @@ impl Manifest {
             segments,
             wals,
             incarnation,
+            applied_token,
         })
     }
 

@@ -7,8 +7,10 @@
 //!          seq      u64 LE   frame number in this file, from 0; also the GCM nonce counter
 //!          sealed   len bytes AES-256-GCM of the batch, AAD = aad::wal_frame(tenant, collection, file, seq)
 //!                   followed by the collection's incarnation, if it has one (see `sealed::Incarnation`)
-//! batch    n_ops u32, then per op: tag u8 (1 upsert, 2 delete), point id (ids::PointId encoding),
+//! batch    n_ops u32, then per op: tag u8 (1 upsert, 2 delete, 3 write token), then
+//!          upsert and delete: point id (ids::PointId encoding),
 //!          upsert only: dim u32, dim f32 LE, payload_len u32 (u32::MAX = none), payload bytes (JSON)
+//!          write token only: token u64 (see `Op::Token`)
 //! ```
 //!
 //! Recovery reads frames in order. A frame that fails its length or CRC check is a *torn tail* if
@@ -52,6 +54,10 @@ pub enum Op {
         /// The point's id.
         id: PointId,
     },
+    /// The coordinator's token for the write whose operations share this frame: logged in the
+    /// same frame, so it is durable exactly when they are. The collection remembers the highest
+    /// (`Collection::applied_token`), which tells a retried write whether its first attempt ran.
+    Token(u64),
 }
 
 /// Encodes a batch of ops (the plaintext of one frame).
@@ -81,6 +87,10 @@ pub fn encode_batch(ops: &[Op]) -> Zeroizing<Vec<u8>> {
                 out.push(2);
                 id.encode_into(&mut out);
             }
+            Op::Token(token) => {
+                out.push(3);
+                out.extend_from_slice(&token.to_le_bytes());
+            }
         }
     }
     out
@@ -100,6 +110,11 @@ pub fn decode_batch(buf: &[u8]) -> Option<Vec<Op>> {
     let mut ops = Vec::with_capacity(n_ops.min(buf.len() / 10));
     for _ in 0..n_ops {
         let tag = take(&mut at, 1)?[0];
+        if tag == 3 {
+            let token = u64::from_le_bytes(take(&mut at, 8)?.try_into().ok()?);
+            ops.push(Op::Token(token));
+            continue;
+        }
         let (id, used) = PointId::decode(&buf[at..])?;
         at += used;
         match tag {

@@ -241,6 +241,33 @@ async fn fill(
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Polls `GetCollection` until four answers in a row (which go to the copies in turn) count `n`
+/// points and none unindexed.
+async fn wait_indexed(cluster: &Cluster, target: &Target, n: usize) -> Result<()> {
+    let mut client = CollectionsClient::new(connect(cluster).await?);
+    let started = Instant::now();
+    let mut in_a_row = 0;
+    while in_a_row < 4 {
+        let info = client
+            .get_collection(target.request(api::GetCollectionRequest {
+                name: target.collection.clone(),
+            }))
+            .await?
+            .into_inner();
+        if info.points as usize == n && info.unindexed_points == 0 {
+            in_a_row += 1;
+        } else {
+            in_a_row = 0;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eprintln!(
+        "  indexed {:.0} s after the last upsert",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 async fn search_once(
     client: &mut PointsClient<Channel>,
     target: &Target,
@@ -350,7 +377,11 @@ async fn failover_once(
     } else {
         cluster.kill_worker(victim).await;
     }
-    let after = if hang { args.seconds + 6.0 } else { args.seconds };
+    let after = if hang {
+        args.seconds + 6.0
+    } else {
+        args.seconds
+    };
     tokio::time::sleep(Duration::from_secs_f64(after)).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
@@ -462,6 +493,7 @@ async fn run(args: Args) -> Result<()> {
     for (tenant, tier) in [("r1", "one"), ("r2", "pro")] {
         let target = self::tenant(&cluster, tenant, tier, &data).await?;
         let pps = fill(&cluster, &data, &target, n, 2).await?;
+        wait_indexed(&cluster, &target, n).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = tokio::task::JoinSet::new();
         let answered = Arc::new(AtomicUsize::new(0));

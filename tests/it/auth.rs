@@ -566,6 +566,7 @@ async fn a_request_racing_a_pause_cannot_reload_the_paused_tenant() {
                     collection: "c".into(),
                     filter: None,
                 })),
+                write_token: 0,
             });
             Some(hub.request(&worker, body, timeout).await)
         }

@@ -7,6 +7,7 @@ mod cluster;
 mod fleet;
 mod grpc_routes;
 mod hardening;
+mod idempotency;
 mod memory;
 mod preauth;
 mod python;

@@ -253,6 +253,7 @@ async fn over_grpc(cluster: &Cluster, key: &str) -> Observed {
                 collection: "docs".into(),
                 ids,
                 filter: None,
+                idempotency_key: String::new(),
             },
             key,
         ))

@@ -302,9 +302,14 @@ impl Cluster {
 
     /// Starts worker `i` (again) on its data directory and waits for its hello.
     pub async fn start_worker(&mut self, i: usize) {
+        let config = self.worker_config(i);
+        self.start_worker_with(i, config).await;
+    }
+
+    /// As [`Cluster::start_worker`], with `config` (from [`Cluster::worker_config`], altered).
+    pub async fn start_worker_with(&mut self, i: usize, config: worker::Config) {
         assert!(self.workers[i].is_none(), "worker {i} is running");
         let id = format!("worker-{i}");
-        let config = self.worker_config(i);
         let stop = CancellationToken::new();
         let task = tokio::spawn(worker::serve(config, stop.clone().cancelled_owned()));
         self.workers[i] = Some(RunningWorker::Task { stop, task });

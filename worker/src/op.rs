@@ -30,6 +30,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) deadline: storage::Deadline,
     /// The test hook of [`crate::Config::request_hook`].
     pub(crate) hook: Option<&'a crate::RequestHook>,
+    /// The coordinator's token for a keyed write, logged with it (`TenantRequest.write_token`).
+    pub(crate) write_token: Option<u64>,
 }
 
 /// The short name of an operation, for logs.
@@ -48,6 +50,7 @@ pub(crate) fn name(op: &Op) -> &'static str {
         Op::SearchBatch(_) => "search_batch",
         Op::RewrapKeys(_) => "rewrap_keys",
         Op::EraseTenant(_) => "erase_tenant",
+        Op::AppliedToken(_) => "applied_token",
     }
 }
 
@@ -192,7 +195,7 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
             let deleted = match (req.ids.is_empty(), req.filter) {
                 (false, None) => {
                     let ids = convert::point_ids(req.ids, &limits)?;
-                    collection(ctx, &req.collection)?.delete(&ids)?
+                    collection(ctx, &req.collection)?.delete_with_token(&ids, ctx.write_token)?
                 }
                 (true, Some(filter)) => {
                     let filter = convert::filter(Some(filter))?
@@ -284,6 +287,16 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
         Op::EraseTenant(_) => Err(Error::Internal(
             "erase runs under the exclusive gate".into(),
         )),
+        // Admitted only while no other request of the tenant runs (`Worker::admit`).
+        Op::AppliedToken(req) => {
+            let name = collection_name(&req.collection)?;
+            let token = match ctx.engine.collection(ctx.tenant, &name) {
+                Ok(collection) => collection.applied_token(),
+                Err(storage::Error::CollectionNotFound(_)) => 0,
+                Err(err) => return Err(err.into()),
+            };
+            Ok(Answer::AppliedToken(token))
+        }
     }
 }
 
@@ -332,7 +345,7 @@ fn upsert(ctx: &Ctx<'_>, req: api::UpsertRequest) -> Result<Answer> {
     if has_point_quota(&ctx.quota) {
         check_point_quota(ctx, &collection, dim, &points)?;
     }
-    collection.upsert(points)?;
+    collection.upsert_with_token(points, ctx.write_token)?;
     Ok(Answer::Upsert(api::UpsertResponse { upserted: n_points }))
 }
 

@@ -568,6 +568,7 @@ impl Service {
                 tenant: id.to_owned(),
                 epoch: p.epoch,
                 op: Some(Op::EraseTenant(cluster::EraseTenant {})),
+                write_token: 0,
             });
             if let Some(conn) = self.hub.worker(&p.worker)
                 && conn.assigned_epoch(id) != Some(p.epoch)

@@ -41,6 +41,26 @@ pub enum Code {
 }
 
 impl Code {
+    /// The code whose [`Code::as_str`] is `raw`.
+    pub fn parse(raw: &str) -> Option<Code> {
+        [
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::ResourceExhausted,
+            Code::PayloadTooLarge,
+            Code::FailedPrecondition,
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::DataLoss,
+            Code::Internal,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == raw)
+    }
+
     /// The code as it appears in JSON error bodies.
     pub fn as_str(self) -> &'static str {
         match self {

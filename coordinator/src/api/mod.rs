@@ -11,6 +11,7 @@ pub mod budget;
 pub mod drain;
 pub mod error;
 pub mod failures;
+pub mod idempotency;
 pub mod limit;
 pub mod moves;
 pub mod replicas;
@@ -537,7 +538,13 @@ impl Service {
         let restricted = matches!(op, Op::ListCollections(_))
             .then(|| identity.collections.clone())
             .flatten();
-        let mut reply = self.route_sized(tenant, Some(tier), op, large).await?;
+        let mut reply = match idempotency::key_of(&op) {
+            Some(key) => {
+                let key = key.to_owned();
+                self.keyed_write(tenant, tier, op, large, key).await?
+            }
+            None => self.route_sized(tenant, Some(tier), op, large).await?,
+        };
         // A key restricted to named collections lists only those.
         if let (Some(allowed), Reply::Collections(list)) = (restricted, &mut reply) {
             list.collections.retain(|c| allowed.contains(&c.name));
@@ -614,16 +621,61 @@ impl Service {
         let placement = self.placement_for(tenant, tier).await?;
         if self.tenant_state(tenant)?.replicas.is_empty() {
             return self
-                .send_to(&placement.worker, placement.epoch, tenant, tier, op, large)
+                .send_to(
+                    &placement.worker,
+                    placement.epoch,
+                    tenant,
+                    tier,
+                    op,
+                    large,
+                    0,
+                )
                 .await?;
         }
         self.route_replicated(tenant, tier, op, large).await
+    }
+
+    /// [`Service::route_sized`] for a write carrying `token` (`TenantRequest.write_token`), with
+    /// the caller holding the tenant's write lock. The outer error says no copy answered for
+    /// sure (the write may or may not have run); the inner result is the definite answer.
+    pub(crate) async fn route_token(
+        &self,
+        tenant: &str,
+        tier: Option<&Tier>,
+        op: Op,
+        large: bool,
+        token: u64,
+    ) -> Result<Result<Reply, ApiError>, ApiError> {
+        if self.moving.contains(tenant) {
+            return Err(moves::moving_error());
+        }
+        let placement = self.placement_for(tenant, tier).await?;
+        if self.tenant_state(tenant)?.replicas.is_empty() {
+            return self
+                .send_to(
+                    &placement.worker,
+                    placement.epoch,
+                    tenant,
+                    tier,
+                    op,
+                    large,
+                    token,
+                )
+                .await;
+        }
+        if replicas::is_write(&op) {
+            return self
+                .replicated_write_locked(tenant, tier, op, large, token)
+                .await;
+        }
+        Ok(self.route_replicated(tenant, tier, op, large).await)
     }
 
     /// Sends an operation to one worker holding the tenant under `epoch`, assigning it first if
     /// that worker's connection has not acknowledged the epoch. The outer error says no answer
     /// came from the worker (not connected, busy, timed out, disconnected: the operation may or
     /// may not have run); the inner result is the worker's own answer.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn send_to(
         &self,
         worker: &str,
@@ -632,6 +684,7 @@ impl Service {
         tier: Option<&Tier>,
         op: Op,
         large: bool,
+        write_token: u64,
     ) -> Result<Result<Reply, ApiError>, ApiError> {
         let conn = self.hub.worker(worker).ok_or_else(|| {
             ApiError::new(
@@ -654,6 +707,7 @@ impl Service {
             tenant: tenant.to_owned(),
             epoch,
             op: Some(op),
+            write_token,
         };
         let answer = self
             .hub

@@ -151,7 +151,7 @@ impl Service {
         let mut last = None;
         for worker in &live {
             match self
-                .send_to(worker, placement.epoch, tenant, tier, op.clone(), large)
+                .send_to(worker, placement.epoch, tenant, tier, op.clone(), large, 0)
                 .await
             {
                 Ok(answer) => return answer,
@@ -160,6 +160,23 @@ impl Service {
         }
         Err(last
             .unwrap_or_else(|| ApiError::new(Code::Unavailable, "no copy of the tenant answered")))
+    }
+
+    /// The tenant's write lock, waited for up to the request timeout.
+    pub(crate) async fn write_turn(
+        &self,
+        tenant: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, ApiError> {
+        let lock = self.replication.lock_of(tenant);
+        tokio::time::timeout(self.request_timeout, lock.lock_owned())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    Code::Unavailable,
+                    "the tenant's earlier writes (or a replica's catch-up) did not finish in time; \
+                     nothing was written, retry",
+                )
+            })
     }
 
     /// One write to every live copy, under the tenant's write lock; copies that did not make it
@@ -171,16 +188,21 @@ impl Service {
         op: Op,
         large: bool,
     ) -> Result<Reply, ApiError> {
-        let lock = self.replication.lock_of(tenant);
-        let _turn = tokio::time::timeout(self.request_timeout, lock.lock())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    Code::Unavailable,
-                    "the tenant's earlier writes (or a replica's catch-up) did not finish in time; \
-                     nothing was written, retry",
-                )
-            })?;
+        let _turn = self.write_turn(tenant).await?;
+        self.replicated_write_locked(tenant, tier, op, large, 0)
+            .await?
+    }
+
+    /// [`Service::replicated_write`] with the lock held by the caller and `token` sent with the
+    /// write. The outer error: no copy answered for sure.
+    pub(super) async fn replicated_write_locked(
+        &self,
+        tenant: &str,
+        tier: Option<&Tier>,
+        op: Op,
+        large: bool,
+        token: u64,
+    ) -> Result<Result<Reply, ApiError>, ApiError> {
         // Read again under the lock: a catch-up or another write may have changed the copies.
         let state = self.tenant_state(tenant)?;
         let placement = state
@@ -210,6 +232,7 @@ impl Service {
                 tier_for_writes.as_ref(),
                 op.clone(),
                 large,
+                token,
             )
         });
         let results = futures_util::future::join_all(sends).await;
@@ -250,11 +273,11 @@ impl Service {
             tracing::warn!(tenant, workers = ?missed, "copies recorded stale after a write");
         }
         match reference {
-            Some(r) => results
+            Some(r) => Ok(results
                 .into_iter()
                 .nth(r)
                 .expect("reference index is in range")
-                .expect("reference is a definite answer"),
+                .expect("reference is a definite answer")),
             None => Err(results
                 .into_iter()
                 .next()

@@ -32,8 +32,25 @@ pub fn scope_of(op: &Op) -> (Scope, Option<&str>) {
         Op::Search(r) => (Scope::Read, Some(&r.collection)),
         Op::SearchBatch(r) => (Scope::Read, Some(&r.collection)),
         // Internal operations never come from a client; the most demanding scope is asked.
-        Op::RewrapKeys(_) | Op::EraseTenant(_) => (Scope::Manage, None),
+        Op::RewrapKeys(_) | Op::EraseTenant(_) | Op::AppliedToken(_) => (Scope::Manage, None),
     }
+}
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Checks an idempotency key: empty (none), or 1..=128 bytes of `[A-Za-z0-9._:-]`.
+fn idempotency_key(key: &str) -> Result<(), ApiError> {
+    if key.len() > MAX_IDEMPOTENCY_KEY
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return Err(ApiError::invalid(format!(
+            "idempotency_key must be 1..={MAX_IDEMPOTENCY_KEY} bytes of [A-Za-z0-9._:-]"
+        )));
+    }
+    Ok(())
 }
 
 fn name(raw: &str) -> Result<(), ApiError> {
@@ -195,6 +212,7 @@ pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
         Op::ListCollections(_) => Ok(()),
         Op::Upsert(r) => {
             name(&r.collection)?;
+            idempotency_key(&r.idempotency_key)?;
             batch(r.points.len(), "points", limits.max_batch)?;
             let payload_limits = payload_limits(limits);
             for p in &r.points {
@@ -211,6 +229,12 @@ pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
         }
         Op::Delete(r) => {
             name(&r.collection)?;
+            idempotency_key(&r.idempotency_key)?;
+            if !r.idempotency_key.is_empty() && r.filter.is_some() {
+                return Err(ApiError::invalid(
+                    "an idempotency_key is honoured for deletes by ids, not by filter",
+                ));
+            }
             match (r.ids.is_empty(), r.filter.is_some()) {
                 (false, false) => {
                     batch(r.ids.len(), "ids", limits.max_batch)?;
@@ -256,7 +280,7 @@ pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
             }
             Ok(())
         }
-        Op::RewrapKeys(_) | Op::EraseTenant(_) => {
+        Op::RewrapKeys(_) | Op::EraseTenant(_) | Op::AppliedToken(_) => {
             Err(ApiError::new(Code::PermissionDenied, "internal operation"))
         }
     }

@@ -130,6 +130,7 @@ impl Hub {
             op: Some(cluster::tenant_request::Op::EraseTenant(
                 cluster::EraseTenant {},
             )),
+            write_token: 0,
         });
         let erased = self.request_on(conn, erase, STEP_TIMEOUT, 0).await;
         let release = Body::ReleaseTenant(cluster::ReleaseTenant {

@@ -187,6 +187,8 @@ pub struct Delete {
     #[serde(default)]
     ids: Vec<PointId>,
     filter: Object,
+    #[serde(default)]
+    idempotency_key: String,
 }
 
 impl Delete {
@@ -196,6 +198,7 @@ impl Delete {
             collection,
             ids: self.ids.into_iter().map(Into::into).collect(),
             filter: object(self.filter),
+            idempotency_key: self.idempotency_key,
         })
     }
 }
@@ -353,6 +356,6 @@ pub fn reply_json(reply: Reply) -> Result<Value, ApiError> {
         Reply::SearchBatch(r) => serde_json::json!({
             "results": r.results.into_iter().map(search_json).collect::<Result<Vec<_>, _>>()?
         }),
-        Reply::Done(_) => serde_json::json!({}),
+        Reply::Done(_) | Reply::AppliedToken(_) => serde_json::json!({}),
     })
 }

@@ -32,6 +32,8 @@ mod audit;
 mod key;
 mod moves;
 pub use moves::{MoveRow, MoveState};
+mod idempotency;
+pub use idempotency::{IdemOutcome, IdemRow, IdemState};
 mod placement;
 mod replicas;
 pub use replicas::{CopyState, ReplicaRow};

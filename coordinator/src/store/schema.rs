@@ -130,5 +130,32 @@ CREATE TABLE replicas (
 ) STRICT, WITHOUT ROWID;
 ";
 
+/// Migration 5: idempotency keys of upserts and deletes, and each tenant's write-token counter.
+const V5: &str = "
+ALTER TABLE tenants ADD COLUMN write_token INTEGER NOT NULL DEFAULT 0 CHECK (write_token >= 0);
+CREATE TABLE idempotency (
+    tenant TEXT NOT NULL REFERENCES tenants (id),
+    key TEXT NOT NULL,
+    -- SHA-256 of the request (operation and collection), so a key reused with another request is
+    -- refused rather than answered with the first one's outcome.
+    digest BLOB NOT NULL CHECK (length(digest) = 32),
+    collection TEXT NOT NULL,
+    -- The write token sent with the attempt; the worker logs it with the write.
+    token INTEGER NOT NULL CHECK (token > 0),
+    kind TEXT NOT NULL CHECK (kind IN ('upsert', 'delete')),
+    -- Points (upsert) or distinct ids (delete) of the request.
+    items INTEGER NOT NULL CHECK (items >= 0),
+    -- pending: sent, outcome unknown; done: outcome recorded.
+    state TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+    -- The outcome: the encoded TenantResponse of a success, or an error's code and message.
+    reply BLOB,
+    error_code TEXT,
+    error_message TEXT,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, key)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX idempotency_age ON idempotency (tenant, created_ms);
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];

@@ -230,6 +230,9 @@ struct Inner {
     queue: Mutex<VecDeque<Pending>>,
     state: RwLock<State>,
     next_segment_id: AtomicU64,
+    /// The highest write token applied (`wal::Op::Token`): from the manifest, raised by every
+    /// logged token (replayed or live), written into every manifest.
+    applied_token: AtomicU64,
     wake: Condvar,
     wake_lock: Mutex<bool>,
     stop: AtomicBool,

@@ -39,6 +39,7 @@ impl Collection {
             segments: Vec::new(),
             wals: Vec::new(),
             incarnation: Some(new_incarnation()),
+            applied_token: 0,
         };
         manifest.write(
             ctx.disk.as_ref(),
@@ -152,6 +153,7 @@ impl Collection {
             maintenance: Mutex::new(()),
             state: RwLock::new(State { segments, ids }),
             next_segment_id: AtomicU64::new(next_segment_id + 1),
+            applied_token: AtomicU64::new(manifest.applied_token),
             wake: Condvar::new(),
             wake_lock: Mutex::new(false),
             stop: AtomicBool::new(false),
@@ -198,6 +200,7 @@ impl Collection {
                                 }
                             }
                             Op::Delete { id } => Apply::Delete { id },
+                            Op::Token(token) => Apply::Token(token),
                         };
                         inner.apply(&mut state, op, wal_id)?;
                     }

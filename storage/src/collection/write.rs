@@ -36,11 +36,25 @@ pub(super) enum Apply {
     Delete {
         id: PointId,
     },
+    Token(u64),
 }
 
 impl Collection {
     /// Inserts or replaces points. Returns once they are durable in the WAL and visible to search.
     pub fn upsert(&self, points: Vec<PointInput>) -> Result<()> {
+        self.upsert_with_token(points, None)
+    }
+
+    /// The highest write token applied to this collection (0: none). Tokens of one tenant's
+    /// writes are handed out in increasing order, and a caller that asks waits until no write
+    /// of the tenant is running, so a token at or below this one was applied.
+    pub fn applied_token(&self) -> u64 {
+        self.inner.applied_token.load(Ordering::SeqCst)
+    }
+
+    /// [`Collection::upsert`], logging `token` (the coordinator's, for an idempotent retry) in the
+    /// same WAL frame as the points, so it is durable exactly when they are.
+    pub fn upsert_with_token(&self, points: Vec<PointInput>, token: Option<u64>) -> Result<()> {
         let inner = &self.inner;
         check_batch(points.len(), &inner.limits)?;
         let mut ops = Vec::with_capacity(points.len());
@@ -71,12 +85,22 @@ impl Collection {
                 payload: point.payload,
             });
         }
+        if let Some(token) = token {
+            ops.push(Op::Token(token));
+            applies.push(Apply::Token(token));
+        }
         inner.log_and_apply(ops, applies)
     }
 
     /// Deletes points by id; ids that do not exist are ignored. Returns how many distinct ids
     /// existed when the call started (a concurrent write may change that before it applies).
     pub fn delete(&self, ids: &[PointId]) -> Result<u64> {
+        self.delete_with_token(ids, None)
+    }
+
+    /// [`Collection::delete`], logging `token` with the deletions (see
+    /// [`Collection::upsert_with_token`]).
+    pub fn delete_with_token(&self, ids: &[PointId], token: Option<u64>) -> Result<u64> {
         check_batch(ids.len(), &self.inner.limits)?;
         let existing = {
             let state = self.inner.state.read();
@@ -86,11 +110,15 @@ impl Collection {
                 .filter(|id| state.ids.contains_key(*id))
                 .count() as u64
         };
-        let ops: Vec<Op> = ids.iter().map(|id| Op::Delete { id: id.clone() }).collect();
-        let applies = ids
+        let mut ops: Vec<Op> = ids.iter().map(|id| Op::Delete { id: id.clone() }).collect();
+        let mut applies: Vec<Apply> = ids
             .iter()
             .map(|id| Apply::Delete { id: id.clone() })
             .collect();
+        if let Some(token) = token {
+            ops.push(Op::Token(token));
+            applies.push(Apply::Token(token));
+        }
         self.inner.log_and_apply(ops, applies)?;
         Ok(existing)
     }
@@ -171,6 +199,7 @@ impl Inner {
                     vector, payload, ..
                 } => 160 + vector.len() * 4 + payload.as_ref().map_or(0, Vec::len),
                 Op::Delete { .. } => 140,
+                Op::Token(_) => 9,
             })
             .sum();
         if bytes > wal::MAX_FRAME_BYTES / 2 {
@@ -330,6 +359,9 @@ impl Inner {
                     tombstone(state, old, wal_id);
                 }
             }
+            Apply::Token(token) => {
+                self.applied_token.fetch_max(token, Ordering::SeqCst);
+            }
         }
         Ok(())
     }
@@ -453,6 +485,7 @@ impl Inner {
             segments,
             wals,
             incarnation: self.incarnation,
+            applied_token: self.applied_token.load(Ordering::SeqCst),
         };
         manifest.write(
             self.disk.as_ref(),

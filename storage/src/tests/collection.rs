@@ -674,3 +674,48 @@ fn vectors_whose_distances_would_overflow_are_refused() {
         );
     }
 }
+
+#[test]
+fn write_tokens_are_applied_with_their_write_and_survive_reopen_and_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), &["a"]);
+    let t = tenant("a");
+    let point = |id: u64| PointInput {
+        id: PointId::Num(id),
+        vector: vec![1.0, id as f32 + 1.0, 0.5],
+        payload: None,
+    };
+    {
+        let engine = engine(dir.path(), &keys, limits());
+        let c = engine
+            .create_collection(&t, &name("docs"), CollectionConfig::new(3, Metric::L2))
+            .unwrap();
+        assert_eq!(c.applied_token(), 0);
+        c.upsert_with_token(vec![point(1)], Some(5)).unwrap();
+        c.upsert(vec![point(2)]).unwrap();
+        assert_eq!(c.applied_token(), 5, "a write without a token leaves it");
+        // A refused write logs nothing, its token included.
+        let refused = PointInput {
+            id: PointId::Num(3),
+            vector: vec![1.0],
+            payload: None,
+        };
+        c.upsert_with_token(vec![refused], Some(6)).unwrap_err();
+        assert_eq!(c.applied_token(), 5);
+        assert_eq!(c.delete_with_token(&[PointId::Num(2)], Some(7)).unwrap(), 1);
+        assert_eq!(c.applied_token(), 7);
+    }
+    // Replayed from the WAL.
+    {
+        let engine = engine(dir.path(), &keys, limits());
+        let c = engine.collection(&t, &name("docs")).unwrap();
+        assert_eq!(c.applied_token(), 7);
+        c.upsert_with_token(vec![point(4)], Some(9)).unwrap();
+        // Sealed: the WAL is retired, and the manifest carries the token.
+        c.flush().unwrap();
+    }
+    let engine = engine(dir.path(), &keys, limits());
+    let c = engine.collection(&t, &name("docs")).unwrap();
+    assert_eq!(c.applied_token(), 9);
+    assert_eq!(c.count(None), 2);
+}

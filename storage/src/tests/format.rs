@@ -268,6 +268,7 @@ fn manifest_round_trip_through_disk_and_tamper() {
         }],
         wals: vec![7, 8],
         incarnation: Some([7; 16]),
+        applied_token: 0,
     };
     manifest
         .write(&StdDisk, dir.path(), &t, "docs", keys.as_ref())
@@ -387,6 +388,11 @@ fn any_manifest() -> impl Strategy<Value = Manifest> {
                     wals,
                     // Both forms: with an incarnation, and without (older collections).
                     incarnation: (next_file_id % 2 == 0).then_some([next_file_id as u8; 16]),
+                    applied_token: if next_file_id % 3 == 0 {
+                        next_file_id.wrapping_mul(7).max(1)
+                    } else {
+                        0
+                    },
                 }
             },
         )

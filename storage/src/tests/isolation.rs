@@ -479,6 +479,7 @@ fn a_collection_without_an_incarnation_still_opens_and_writes() {
         segments: Vec::new(),
         wals: Vec::new(),
         incarnation: None,
+        applied_token: 0,
     }
     .write(&crate::disk::StdDisk, &coll_dir, &t, "docs", keys.as_ref())
     .unwrap();

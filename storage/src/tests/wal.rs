@@ -214,6 +214,7 @@ fn any_op() -> impl Strategy<Value = Op> {
                 payload
             }),
         id.prop_map(|id| Op::Delete { id }),
+        any::<u64>().prop_map(Op::Token),
     ]
 }
 

@@ -152,7 +152,7 @@ impl Worker {
                         deadline_unix_ms,
                         req.tenant,
                         req.epoch,
-                        tenants::OpSource::Decoded(req.op),
+                        tenants::OpSource::Decoded(req.op, req.write_token),
                     ),
                     _ => None,
                 };
@@ -251,14 +251,15 @@ fn large_request_head(bytes: &[u8]) -> Option<LargeRequestHead> {
     })
 }
 
-/// The operation of a tenant request frame, decoded in full.
-pub(super) fn decode_request_op(bytes: &[u8]) -> Result<cluster::tenant_request::Op, Error> {
+/// The operation of a tenant request frame, decoded in full, and its write token (0: none).
+pub(super) fn decode_request_op(bytes: &[u8]) -> Result<(cluster::tenant_request::Op, u64), Error> {
     match cluster::Envelope::decode(bytes) {
         Ok(cluster::Envelope {
             body: Some(Body::TenantRequest(req)),
             ..
         }) => req
             .op
+            .map(|op| (op, req.write_token))
             .ok_or_else(|| Error::InvalidArgument("the request has no operation".into())),
         Ok(_) => Err(Error::InvalidArgument(
             "the frame is not a tenant request".into(),

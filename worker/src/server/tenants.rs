@@ -154,14 +154,27 @@ impl Worker {
             });
         }
         let operation = match op {
-            OpSource::Decoded(Some(operation)) => Ok(operation),
-            OpSource::Decoded(None) => {
+            OpSource::Decoded(Some(operation), token) => Ok((operation, token)),
+            OpSource::Decoded(None, _) => {
                 return Some(Error::InvalidArgument(
                     "the request has no operation".into(),
                 ));
             }
             OpSource::Frame(bytes) => Err(bytes),
         };
+        // The applied write token is read only while nothing else of the tenant runs: a write
+        // admitted before it (an earlier attempt the coordinator lost track of) has finished, and
+        // frames come in order, so none admitted after it is that attempt. The coordinator
+        // retries while the tenant is busy.
+        if let Ok((cluster::tenant_request::Op::AppliedToken(_), _)) = &operation {
+            let running = self.tenant_in_flight.get(&tenant).copied().unwrap_or(0);
+            if running > 0 {
+                return Some(Error::TenantBusy {
+                    held: running,
+                    share: 0,
+                });
+            }
+        }
         if self.in_flight >= self.config.max_in_flight {
             tracing::debug!(tenant = %tenant, request_id, in_flight = self.in_flight, "busy");
             return Some(Error::Busy(self.in_flight));
@@ -178,7 +191,7 @@ impl Worker {
             "request",
             tenant = %tenant,
             request_id,
-            op = operation.as_ref().map_or("", op::name),
+            op = operation.as_ref().map_or("", |(operation, _)| op::name(operation)),
             collection = tracing::field::Empty,
         );
         let slot = self.tenants.touch(&tenant);
@@ -216,22 +229,24 @@ impl Worker {
                     if let Some(hook) = &config.request_hook {
                         hook(tenant.as_str(), "decode");
                     }
-                    super::frames::decode_request_op(&frame).inspect(|operation| {
+                    super::frames::decode_request_op(&frame).inspect(|(operation, _)| {
                         span.record("op", op::name(operation));
                     })
                 }
             };
-            let ctx = op::Ctx {
-                engine: &engine,
-                slot: &slot,
-                tenant: &tenant,
-                quota,
-                deadline_unix_ms,
-                deadline: op::storage_deadline(deadline_unix_ms),
-                hook: config.request_hook.as_ref(),
-            };
             let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                op::run(&ctx, operation?)
+                let (operation, token) = operation?;
+                let ctx = op::Ctx {
+                    engine: &engine,
+                    slot: &slot,
+                    tenant: &tenant,
+                    quota,
+                    deadline_unix_ms,
+                    deadline: op::storage_deadline(deadline_unix_ms),
+                    hook: config.request_hook.as_ref(),
+                    write_token: (token != 0).then_some(token),
+                };
+                op::run(&ctx, operation)
             }));
             let result = match res {
                 Ok(Ok(answer)) => Ok(Body::TenantResponse(cluster::TenantResponse {
@@ -279,8 +294,8 @@ impl Worker {
 
 /// Where a request's operation comes from.
 pub(super) enum OpSource {
-    /// Decoded with its envelope on the loop (small frames).
-    Decoded(Option<cluster::tenant_request::Op>),
+    /// Decoded with its envelope on the loop (small frames), with its write token (0: none).
+    Decoded(Option<cluster::tenant_request::Op>, u64),
     /// Still in its frame, to be decoded on the request's thread (`LARGE_FRAME_BYTES`).
     Frame(tokio_tungstenite::tungstenite::Bytes),
 }

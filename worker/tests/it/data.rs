@@ -248,6 +248,7 @@ async fn delete_by_ids_and_by_filter() {
         collection: "docs".into(),
         ids: vec![num_id(1), num_id(2), num_id(2), num_id(42)],
         filter: None,
+        idempotency_key: String::new(),
     });
     let Answer::Delete(deleted) = conn.op(by_ids).await.unwrap() else {
         panic!()
@@ -259,6 +260,7 @@ async fn delete_by_ids_and_by_filter() {
         collection: "docs".into(),
         ids: vec![],
         filter: filter(serde_json::json!({"must": [{"key": "even", "match": {"value": true}}]})),
+        idempotency_key: String::new(),
     });
     let Answer::Delete(deleted) = conn.op(by_filter).await.unwrap() else {
         panic!()
@@ -275,6 +277,7 @@ async fn delete_by_ids_and_by_filter() {
             collection: "docs".into(),
             ids,
             filter,
+            idempotency_key: String::new(),
         });
         conn.refused(op, ErrorCode::InvalidArgument).await;
     }

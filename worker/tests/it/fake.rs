@@ -451,6 +451,7 @@ pub fn tenant_request(tenant: &str, epoch: u64, op: Op) -> Body {
         tenant: tenant.into(),
         epoch,
         op: Some(op),
+        write_token: 0,
     })
 }
 

@@ -189,6 +189,7 @@ async fn malformed_frames_are_answered_or_ignored_and_the_connection_keeps_servi
         tenant: TENANT.into(),
         epoch: 1,
         op: None,
+        write_token: 0,
     });
     assert_eq!(
         error_code(&conn.call(empty).await),

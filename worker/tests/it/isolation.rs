@@ -305,6 +305,7 @@ async fn a_delete_whose_deadline_passes_while_it_runs_deletes_nothing() {
         collection: "docs".into(),
         ids: Vec::new(),
         filter: filter(serde_json::json!({"must": [{"key": "even", "match": {"value": true}}]})),
+        idempotency_key: String::new(),
     });
     conn.send(99, at, tenant_request(TENANT, 1, delete)).await;
     let body = conn.reply(99).await;

@@ -60,6 +60,7 @@ async fn max_points_counts_live_points_over_all_collections() {
         collection: "docs".into(),
         ids: vec![num_id(12)],
         filter: None,
+        idempotency_key: String::new(),
     }))
     .await
     .unwrap();
@@ -198,6 +199,7 @@ async fn max_stored_bytes_counts_real_bytes_and_lets_overwrites_through() {
         collection: "more".into(),
         ids: vec![num_id(3)],
         filter: None,
+        idempotency_key: String::new(),
     }))
     .await
     .unwrap();
@@ -205,6 +207,7 @@ async fn max_stored_bytes_counts_real_bytes_and_lets_overwrites_through() {
         collection: "docs".into(),
         ids: vec![num_id(5)],
         filter: None,
+        idempotency_key: String::new(),
     }))
     .await
     .unwrap();

@@ -131,6 +131,7 @@ fn a_fresh_file_gets_every_migration() {
             "audit_rows",
             "audit_rows_no_delete",
             "audit_rows_no_update",
+            "idempotency",
             "moves",
             "placements",
             "replicas",

@@ -634,3 +634,61 @@ async fn randomized_kills_restarts_partitions_and_moves_lose_no_acknowledged_wri
         cluster.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_replicated_tenants_worker_under_load_gives_no_client_error() {
+    let cluster = start(replicated, 3).await;
+    let key = cluster.tenant("acme", Some("pro")).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    let (primary, replicas) = copies(&cluster, "acme").await;
+    let client = Client::new(&cluster, &key);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let writers: Vec<_> = (1..=2)
+        .map(|w| tokio::spawn(writer(client.clone(), w, stop.clone(), acked.clone())))
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(reader(client.clone(), stop.clone())))
+        .collect();
+    while acked.lock().unwrap().len() < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The primary's worker drains: its live replica takes over at once, and the repair makes a
+    // new copy on the third worker.
+    let (status, body) = cluster
+        .admin("POST", &format!("/admin/v1/workers/{primary}/drain"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    cluster.service().wait_for_drains().await;
+    loop {
+        let (_, replicas) = copies(&cluster, "acme").await;
+        if replicas.iter().all(|(w, s)| *w != primary && s == "live") && !replicas.is_empty() {
+            break;
+        }
+        cluster.hub().wait_for_change().await;
+    }
+    let at_drain = acked.lock().unwrap().len();
+    while acked.lock().unwrap().len() < at_drain + 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut write_errors = 0;
+    for w in writers {
+        write_errors += w.await.expect("writer");
+    }
+    let mut search_errors = 0;
+    for r in readers {
+        search_errors += r.await.expect("reader").1;
+    }
+    assert_eq!(
+        (write_errors, search_errors),
+        (0, 0),
+        "clients saw errors during the drain"
+    );
+    let (now_primary, now_replicas) = copies(&cluster, "acme").await;
+    assert_eq!(now_primary, replicas[0].0, "the live replica took over");
+    assert!(now_replicas.iter().all(|(w, _)| *w != primary));
+    let acked = acked.lock().unwrap().clone();
+    assert_all_acked(&client, &acked).await;
+    cluster.shutdown().await;
+}

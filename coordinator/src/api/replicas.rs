@@ -84,6 +84,10 @@ pub(crate) fn is_write(op: &Op) -> bool {
     )
 }
 
+/// How often a request waiting on one copy of a replicated tenant checks that copy's worker is
+/// still heartbeating.
+const SILENCE_CHECK: Duration = Duration::from_millis(250);
+
 /// Whether two definite answers agree (both succeeded, or both failed the same way).
 fn same_outcome(a: &Result<Reply, ApiError>, b: &Result<Reply, ApiError>) -> bool {
     match (a, b) {
@@ -109,6 +113,35 @@ impl Service {
             .filter(|h| h.state == WorkerState::Up && !holders.contains(&h.id))
             .collect();
         choose_worker(&others, copies)
+    }
+
+    /// Waits for `send` to `worker`, giving up (as no answer) once the health tracker calls that
+    /// worker suspect or it is gone: a copy whose worker hangs holds a replicated tenant's reads
+    /// and writes up for `[health] suspect_after_ms`, not until it is called down.
+    async fn unless_silent<T>(
+        &self,
+        worker: &str,
+        send: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                answer = &mut send => return answer,
+                _ = tokio::time::sleep(SILENCE_CHECK) => {
+                    let heard = self
+                        .hub
+                        .health()
+                        .iter()
+                        .any(|h| h.id == worker && h.state != WorkerState::Suspect);
+                    if !heard {
+                        return Err(ApiError::new(
+                            Code::Unavailable,
+                            format!("worker {worker} stopped sending heartbeats"),
+                        ));
+                    }
+                }
+            }
+        }
     }
 
     /// Routes an operation of a tenant that has replicas: a write to every live copy, a read to
@@ -150,10 +183,8 @@ impl Service {
         live.sort_by_key(|w| !up(w));
         let mut last = None;
         for worker in &live {
-            match self
-                .send_to(worker, placement.epoch, tenant, tier, op.clone(), large, 0)
-                .await
-            {
+            let send = self.send_to(worker, placement.epoch, tenant, tier, op.clone(), large, 0);
+            match self.unless_silent(worker, send).await {
                 Ok(answer) => return answer,
                 Err(err) => last = Some(err),
             }
@@ -225,7 +256,7 @@ impl Service {
             ..t.clone()
         });
         let sends = targets.iter().map(|worker| {
-            self.send_to(
+            let send = self.send_to(
                 worker,
                 placement.epoch,
                 tenant,
@@ -233,7 +264,8 @@ impl Service {
                 op.clone(),
                 large,
                 token,
-            )
+            );
+            self.unless_silent(worker, send)
         });
         let results = futures_util::future::join_all(sends).await;
         let reference = results.iter().position(Result::is_ok);

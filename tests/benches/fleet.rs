@@ -13,7 +13,8 @@
 //!   after the kill) answered by the surviving copy, the later of the two; `failover_error_rate`
 //!   is the failed requests over all requests in the `--seconds` after the kill. The same with the
 //!   worker hung (SIGSTOP: its socket stays open) gives `reroute_hang_s`, which includes the
-//!   tracker's detection (`down_after_ms`, 6 s by default).
+//!   tracker's detection (requests give the hung copy up once it is suspect: `suspect_after_ms`,
+//!   3 s by default, after its last heartbeat).
 //! - **Catch-up**: one copy's worker is stopped, `--points` points are upserted (batches of 1,000)
 //!   to the other, the worker is started again; `catchup_s` is the time from its hello until its
 //!   copy is live again (files copied from the primary under the tenant's write lock).

@@ -127,6 +127,8 @@ struct RawConfig {
     health: RawHealth,
     #[serde(default = "default_large_message_budget")]
     large_message_budget_bytes: usize,
+    #[serde(default = "default_auto_rebalance")]
+    auto_rebalance: bool,
     #[serde(default)]
     auth_failures: AuthFailureBudget,
     cluster_tls: Option<RawClusterTls>,
@@ -164,6 +166,9 @@ fn default_large_message_budget() -> usize {
 
 fn default_request_timeout() -> u64 {
     30
+}
+fn default_auto_rebalance() -> bool {
+    true
 }
 fn default_in_flight() -> usize {
     256
@@ -332,6 +337,9 @@ pub struct Config {
     /// How long a worker may be down before the copies of replicated tenants it held are
     /// replaced by new ones on other workers (`[health] replace_after_ms`).
     pub replace_after: Duration,
+    /// Whether copies are handed over from the workers holding the most to those holding the
+    /// fewest (a worker that joins, say), one at a time, with no request refused.
+    pub auto_rebalance: bool,
     /// Memory that messages over 64 KiB in flight may hold, all tenants together, counted as
     /// [`crate::api::LARGE_MESSAGE_EXPANSION`] times their size (request bodies from before they
     /// are read, answers from their arrival until their last bytes are handed to the socket).
@@ -439,6 +447,7 @@ impl Config {
                 down_after: Duration::from_millis(raw.health.down_after_ms),
             },
             replace_after: Duration::from_millis(raw.health.replace_after_ms),
+            auto_rebalance: raw.auto_rebalance,
             large_message_budget_bytes: raw.large_message_budget_bytes,
             auth_failures: raw.auth_failures,
             cluster_tls,
@@ -561,6 +570,8 @@ impl Config {
                 down_after: Duration::from_secs(60),
             },
             replace_after: Duration::from_secs(60),
+            // Tests that place tenants where they want them turn it on only to test it.
+            auto_rebalance: false,
             auth_failures: AuthFailureBudget::default(),
             cluster_tls: None,
         }

@@ -148,6 +148,7 @@ impl Coordinator {
             metrics: metrics::Metrics::new(),
             auth_failures: config.auth_failures,
             replace_after: config.replace_after,
+            auto_rebalance: config.auto_rebalance,
         })?);
         Ok(Coordinator {
             service,

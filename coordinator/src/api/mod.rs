@@ -11,6 +11,7 @@ pub mod budget;
 pub mod drain;
 pub mod error;
 pub mod failures;
+pub mod handover;
 pub mod idempotency;
 pub mod limit;
 pub mod moves;
@@ -138,6 +139,10 @@ pub struct Service {
     replication: replicas::Replication,
     /// How long a worker may be down before its replicas are replaced elsewhere.
     replace_after: Duration,
+    /// Whether the repair hands copies over to even the workers out.
+    auto_rebalance: bool,
+    /// Tenants whose copy is being handed over now (the repair leaves their copies alone).
+    handing: handover::Handing,
     /// When this service started, Unix ms (a worker's downtime counts from here at the earliest).
     started_ms: u64,
 }
@@ -185,6 +190,8 @@ pub struct Parts {
     pub auth_failures: crate::config::AuthFailureBudget,
     /// How long a worker may be down before its replicas are replaced elsewhere.
     pub replace_after: Duration,
+    /// Whether the repair hands copies over to even the workers out.
+    pub auto_rebalance: bool,
 }
 
 impl Service {
@@ -221,6 +228,8 @@ impl Service {
             drains: drain::Drains::default(),
             replication: replicas::Replication::default(),
             replace_after: parts.replace_after,
+            auto_rebalance: parts.auto_rebalance,
+            handing: handover::Handing::default(),
             started_ms: now_ms(),
         })
     }
@@ -585,9 +594,11 @@ impl Service {
             let Some(next) = self.choose_copy_worker(&holders) else {
                 break;
             };
+            // Placed a moment ago under the placing lock and sent nothing yet: no copy holds
+            // anything, so the new one starts live.
             placement = self
                 .store
-                .add_replica(&Actor("system".into()), tenant, &next)
+                .add_replica(&Actor("system".into()), tenant, &next, true)
                 .map_err(ApiError::internal)?;
             holders.push(next);
         }

@@ -367,7 +367,7 @@ impl Service {
             now.saturating_sub(down_since) >= self.replace_after.as_millis() as u64
         };
         for p in &placements {
-            if self.moving.contains(&p.tenant) {
+            if self.moving.contains(&p.tenant) || self.handing.contains(&p.tenant) {
                 continue;
             }
             let Some(tier) = self.tier_of(&p.tenant) else {
@@ -404,6 +404,36 @@ impl Service {
             }
             // A lost copy goes once the tenant has its copies without it.
             let have = holders.len() - lost.len();
+            // Copies beyond the tier's (a hand-over cut short, a tier lowered) go too, stale
+            // ones first; never the primary.
+            let surplus: Vec<String> = copies
+                .iter()
+                .filter(|r| !lost.contains(&r.worker))
+                .map(|r| (r.state == CopyState::Live, r.worker.clone()))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .map(|(_, w)| w)
+                .take(have.saturating_sub(wanted))
+                .collect();
+            for worker in &surplus {
+                let removed = off_runtime(|| {
+                    self.store.remove_replica(
+                        &Actor(SYSTEM.into()),
+                        &p.tenant,
+                        worker,
+                        "more copies than the tier asks",
+                    )
+                });
+                match removed {
+                    Ok(now_placed) => {
+                        self.forget_tenant_state(&p.tenant);
+                        self.drop_copy(&p.tenant, worker, now_placed.epoch).await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(tenant = %p.tenant, worker, error = %err, "removing a surplus replica failed")
+                    }
+                }
+            }
             if have >= wanted {
                 for worker in &lost {
                     let removed = off_runtime(|| {
@@ -426,12 +456,13 @@ impl Service {
                 }
             }
         }
+        self.rebalance_step().await;
         self.replication.repaired.notify_waiters();
     }
 
     /// The tier of a live tenant whose copies the repair looks after; `None` for a paused or
     /// deleted one, or on a read error.
-    fn tier_of(&self, tenant: &str) -> Option<Tier> {
+    pub(super) fn tier_of(&self, tenant: &str) -> Option<Tier> {
         let row = off_runtime(|| self.store.tenant(tenant)).ok()??;
         if row.deleted || row.tier == PAUSED_TIER {
             return None;
@@ -464,7 +495,7 @@ impl Service {
             };
             off_runtime(|| {
                 self.store
-                    .add_replica(&Actor(SYSTEM.into()), tenant, &worker)
+                    .add_replica(&Actor(SYSTEM.into()), tenant, &worker, false)
             })?;
             worker
         };
@@ -481,7 +512,7 @@ impl Service {
 
     /// Has `worker` delete its copy of `tenant` if it is connected (a worker that is not deletes
     /// nothing now; its files are unloaded at its next hello and stay on its disk).
-    async fn drop_copy(&self, tenant: &str, worker: &str, epoch: u64) {
+    pub(super) async fn drop_copy(&self, tenant: &str, worker: &str, epoch: u64) {
         if self.hub.worker(worker).is_none() {
             return;
         }

@@ -128,9 +128,16 @@ impl Store {
     }
 
     /// Adds a replica of a placed live tenant on a known worker that holds no copy of it: `live`
-    /// only for a tenant that has never stored anything anywhere (its first placement), `stale`
-    /// otherwise (it catches up first). Moves the epoch on. Audited as `replica.add`.
-    pub fn add_replica(&self, actor: &Actor, tenant: &str, worker: &str) -> Result<Placement> {
+    /// only if `fresh` and the tenant is at its first placement (epoch 1; the caller placed it a
+    /// moment ago and has sent it nothing, so no copy holds anything), `stale` otherwise (it
+    /// catches up first). Moves the epoch on. Audited as `replica.add`.
+    pub fn add_replica(
+        &self,
+        actor: &Actor,
+        tenant: &str,
+        worker: &str,
+        fresh: bool,
+    ) -> Result<Placement> {
         self.write(|tx| {
             tenant::live(tx, tenant)?;
             let known: bool = tx.query_row(
@@ -152,9 +159,9 @@ impl Store {
                 )));
             }
             check_no_copy(tx, tenant, worker)?;
-            // Epoch 1 is the first placement: nothing was ever written, so nothing can be missed.
-            let fresh = placement.epoch == 1;
-            let state = if fresh {
+            // A tenant at epoch 1 may well have been written to (its placement never changed):
+            // only the caller knows that nothing was sent yet.
+            let state = if fresh && placement.epoch == 1 {
                 CopyState::Live
             } else {
                 CopyState::Stale
@@ -276,6 +283,55 @@ impl Store {
                 tx,
                 tenant,
                 self.draft(actor, "replica.live", tenant, details),
+            )?;
+            Ok(placement)
+        })
+    }
+
+    /// Makes the live replica on `worker` the primary; the primary becomes a live replica. Moves
+    /// the epoch on. Audited as `replica.promote` with `reason`.
+    pub fn make_primary(
+        &self,
+        actor: &Actor,
+        tenant: &str,
+        worker: &str,
+        reason: &str,
+    ) -> Result<Placement> {
+        self.write(|tx| {
+            tenant::live(tx, tenant)?;
+            let mut placement = placed(tx, tenant)?;
+            let is_live = of(tx, tenant)?
+                .iter()
+                .any(|r| r.worker == worker && r.state == CopyState::Live);
+            if !is_live {
+                return Err(Error::Invalid(format!(
+                    "tenant {tenant} has no live replica on worker {}",
+                    shown(worker)
+                )));
+            }
+            let now = to_sql_int("time", self.now())?;
+            tx.execute(
+                "DELETE FROM replicas WHERE tenant = ?1 AND worker = ?2",
+                params![tenant, worker],
+            )?;
+            tx.execute(
+                "INSERT INTO replicas (tenant, worker, state, since_ms) VALUES (?1, ?2, 'live', ?3)",
+                params![tenant, placement.worker, now],
+            )?;
+            tx.execute(
+                "UPDATE placements SET worker = ?2 WHERE tenant = ?1",
+                params![tenant, worker],
+            )?;
+            let previous = std::mem::replace(&mut placement.worker, worker.to_owned());
+            bump(tx, tenant, &mut placement)?;
+            let details = json!({
+                "primary": worker, "previous": previous, "reason": reason,
+                "epoch": placement.epoch,
+            });
+            self.append_in(
+                tx,
+                tenant,
+                self.draft(actor, "replica.promote", tenant, details),
             )?;
             Ok(placement)
         })

@@ -40,9 +40,13 @@ fn a_first_placements_replicas_start_live_and_later_ones_stale() {
     let (_dir, path) = db_file();
     let store = store_with_workers(&path);
     store.place(&Actor::system(), "acme", "w1").unwrap();
-    let placed = store.add_replica(&Actor::system(), "acme", "w2").unwrap();
+    let placed = store
+        .add_replica(&Actor::system(), "acme", "w2", true)
+        .unwrap();
     assert_eq!(placed.epoch, 2);
-    let placed = store.add_replica(&Actor::system(), "acme", "w3").unwrap();
+    let placed = store
+        .add_replica(&Actor::system(), "acme", "w3", true)
+        .unwrap();
     assert_eq!(placed.epoch, 3);
     assert_eq!(
         states(&store, "acme").1,
@@ -50,13 +54,23 @@ fn a_first_placements_replicas_start_live_and_later_ones_stale() {
             ("w2".to_owned(), CopyState::Live),
             ("w3".to_owned(), CopyState::Stale)
         ],
-        "only the copy added at epoch 1 (nothing ever written) starts live"
+        "only a copy added fresh at epoch 1 (nothing ever sent) starts live"
+    );
+    // Not fresh (a tenant at epoch 1 may have been written to): stale.
+    store.create_tenant(&admin(), "beta", "pro").unwrap();
+    store.place(&Actor::system(), "beta", "w1").unwrap();
+    store
+        .add_replica(&Actor::system(), "beta", "w2", false)
+        .unwrap();
+    assert_eq!(
+        states(&store, "beta").1,
+        [("w2".to_owned(), CopyState::Stale)]
     );
     // Refused: the primary's worker, a worker with a copy, an unknown worker; moves and
     // placements onto a worker with a copy.
     for (worker, unknown) in [("w1", false), ("w2", false), ("w9", true)] {
         let err = store
-            .add_replica(&Actor::system(), "acme", worker)
+            .add_replica(&Actor::system(), "acme", worker, true)
             .unwrap_err();
         assert_eq!(
             matches!(err, Error::NotFound(_)),
@@ -83,7 +97,9 @@ fn a_primary_that_missed_a_write_hands_over_to_a_live_replica() {
     let (_dir, path) = db_file();
     let store = store_with_workers(&path);
     store.place(&Actor::system(), "acme", "w1").unwrap();
-    store.add_replica(&Actor::system(), "acme", "w2").unwrap();
+    store
+        .add_replica(&Actor::system(), "acme", "w2", true)
+        .unwrap();
 
     // Nothing to record: no change, no epoch, no row.
     let same = store
@@ -156,7 +172,9 @@ fn a_primary_that_missed_a_write_hands_over_to_a_live_replica() {
     assert_chains_verify(&store, &["acme"]);
 
     // Deleting the tenant removes its replicas with it, and says which.
-    store.add_replica(&Actor::system(), "acme", "w3").unwrap();
+    store
+        .add_replica(&Actor::system(), "acme", "w3", true)
+        .unwrap();
     store.delete_tenant(&admin(), "acme").unwrap();
     assert!(store.all_replicas().unwrap().is_empty());
     let delete = store.export_chain("acme").unwrap().pop().unwrap();

@@ -85,7 +85,7 @@ impl Service {
     /// Hands `tenant`'s primary copy on `worker` to a live replica on a worker that is not
     /// draining; the copy here becomes a stale replica, which the repair replaces. False if it
     /// has no such replica (or the store failed; logged).
-    fn promote_off(&self, worker: &str, tenant: &str) -> bool {
+    async fn promote_off(&self, worker: &str, tenant: &str) -> bool {
         let replicas = match self.store.replicas(tenant) {
             Ok(r) => r,
             Err(err) => {
@@ -102,8 +102,10 @@ impl Service {
         if !has_live {
             return false;
         }
-        // A write already sent to the old set of copies still reaches the new primary (a live
-        // copy), so this needs no write lock.
+        // Under the write lock: the new epoch must not land between the copies of one write.
+        let Ok(_turn) = self.write_turn(tenant).await else {
+            return false;
+        };
         match self.store.mark_stale(
             &crate::store::Actor("system".into()),
             tenant,
@@ -152,7 +154,7 @@ impl Service {
             }
             // A replicated tenant with a live copy elsewhere needs no move: that copy becomes
             // the primary at once, and the repair replaces the copy left here.
-            if self.promote_off(worker, &next.tenant) {
+            if self.promote_off(worker, &next.tenant).await {
                 moved += 1;
                 continue;
             }

@@ -53,10 +53,13 @@ impl Service {
         if self.moving.contains(tenant) {
             return Err(super::moves::moving_error());
         }
-        off_runtime(|| {
-            self.store
-                .add_replica(&Actor(SYSTEM.into()), tenant, to, false)
-        })?;
+        {
+            let _turn = self.write_turn(tenant).await?;
+            off_runtime(|| {
+                self.store
+                    .add_replica(&Actor(SYSTEM.into()), tenant, to, false)
+            })?;
+        }
         self.forget_tenant_state(tenant);
         let stale = off_runtime(|| self.store.replicas(tenant))?
             .iter()

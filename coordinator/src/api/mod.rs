@@ -630,20 +630,32 @@ impl Service {
             return Err(moves::moving_error());
         }
         let placement = self.placement_for(tenant, tier).await?;
-        if self.tenant_state(tenant)?.replicas.is_empty() {
-            return self
-                .send_to(
-                    &placement.worker,
-                    placement.epoch,
-                    tenant,
-                    tier,
-                    op,
-                    large,
-                    0,
-                )
-                .await?;
+        if !self.tenant_state(tenant)?.replicas.is_empty() {
+            return self.route_replicated(tenant, tier, op, large).await;
         }
-        self.route_replicated(tenant, tier, op, large).await
+        let retry = (!replicas::is_write(&op)).then(|| op.clone());
+        match self
+            .send_to(
+                &placement.worker,
+                placement.epoch,
+                tenant,
+                tier,
+                op,
+                large,
+                0,
+            )
+            .await
+        {
+            Ok(answer) => answer,
+            // A read refused because the tenant's copies changed under it (a hand-over started:
+            // a new epoch) is sent again, once, where the tenant is now.
+            Err(err) => match retry {
+                Some(op) if self.placement_for(tenant, tier).await? != placement => {
+                    Box::pin(self.route_sized(tenant, tier, op, large)).await
+                }
+                _ => Err(err),
+            },
+        }
     }
 
     /// [`Service::route_sized`] for a write carrying `token` (`TenantRequest.write_token`), with

@@ -156,6 +156,24 @@ impl Service {
         if is_write(&op) {
             return self.replicated_write(tenant, tier, op, large).await;
         }
+        // A change of the copies (its epoch) between reading the state and the copy answering
+        // makes every copy refuse the read; a second round reads the state again.
+        match self.read_one(tenant, tier, op.clone(), large).await {
+            Err(err) if err.code == Code::Unavailable => {
+                self.read_one(tenant, tier, op, large).await
+            }
+            answer => answer,
+        }
+    }
+
+    /// One round of a replicated read: each live copy in turn until one answers.
+    async fn read_one(
+        &self,
+        tenant: &str,
+        tier: Option<&Tier>,
+        op: Op,
+        large: bool,
+    ) -> Result<Reply, ApiError> {
         let state = self.tenant_state(tenant)?;
         let placement = state
             .placement
@@ -416,43 +434,17 @@ impl Service {
                 .take(have.saturating_sub(wanted))
                 .collect();
             for worker in &surplus {
-                let removed = off_runtime(|| {
-                    self.store.remove_replica(
-                        &Actor(SYSTEM.into()),
-                        &p.tenant,
-                        worker,
-                        "more copies than the tier asks",
-                    )
-                });
-                match removed {
-                    Ok(now_placed) => {
-                        self.forget_tenant_state(&p.tenant);
-                        self.drop_copy(&p.tenant, worker, now_placed.epoch).await;
-                    }
-                    Err(err) => {
-                        tracing::warn!(tenant = %p.tenant, worker, error = %err, "removing a surplus replica failed")
-                    }
-                }
+                self.remove_copy(&p.tenant, worker, "more copies than the tier asks")
+                    .await;
             }
             if have >= wanted {
                 for worker in &lost {
-                    let removed = off_runtime(|| {
-                        self.store.remove_replica(
-                            &Actor(SYSTEM.into()),
-                            &p.tenant,
-                            worker,
-                            "its worker was down or draining; replaced by another copy",
-                        )
-                    });
-                    match removed {
-                        Ok(now_placed) => {
-                            self.forget_tenant_state(&p.tenant);
-                            self.drop_copy(&p.tenant, worker, now_placed.epoch).await;
-                        }
-                        Err(err) => {
-                            tracing::warn!(tenant = %p.tenant, worker, error = %err, "removing a lost replica failed")
-                        }
-                    }
+                    self.remove_copy(
+                        &p.tenant,
+                        worker,
+                        "its worker was down or draining; replaced by another copy",
+                    )
+                    .await;
                 }
             }
         }
@@ -475,6 +467,9 @@ impl Service {
     /// was wanted or no worker could take it.
     async fn add_copy(&self, tenant: &str, wanted: usize) -> Result<Option<String>, ApiError> {
         let worker = {
+            // The write lock first (as a keyed write takes it before it may place the tenant):
+            // the new copy's epoch must not land between the copies of one write.
+            let _turn = self.write_turn(tenant).await?;
             // The first placement adds its copies under this lock too: counted again under it,
             // a copy is never added twice.
             let _placing = self.placing.lock().await;
@@ -508,6 +503,31 @@ impl Service {
             self.catch_up(tenant, &worker).await?;
         }
         Ok(Some(worker))
+    }
+
+    /// Removes `tenant`'s replica on `worker` under the tenant's write lock (a change of the
+    /// copies moves the epoch on, which must not land between the copies of one write, or they
+    /// would refuse it), then has the worker delete its files. Failures are logged.
+    pub(super) async fn remove_copy(&self, tenant: &str, worker: &str, reason: &str) {
+        let turn = match self.write_turn(tenant).await {
+            Ok(turn) => turn,
+            Err(err) => {
+                tracing::warn!(tenant, worker, error = %err, "removing a replica waits for the next pass");
+                return;
+            }
+        };
+        let removed = off_runtime(|| {
+            self.store
+                .remove_replica(&Actor(SYSTEM.into()), tenant, worker, reason)
+        });
+        self.forget_tenant_state(tenant);
+        drop(turn);
+        match removed {
+            Ok(placed) => self.drop_copy(tenant, worker, placed.epoch).await,
+            Err(err) => {
+                tracing::warn!(tenant, worker, error = %err, "removing a replica failed")
+            }
+        }
     }
 
     /// Has `worker` delete its copy of `tenant` if it is connected (a worker that is not deletes

@@ -115,6 +115,28 @@ impl Service {
         choose_worker(&others, copies)
     }
 
+    /// The tenant's placement and its live copies' workers, the primary first.
+    fn live_copies(
+        &self,
+        tenant: &str,
+    ) -> Result<(crate::store::Placement, Vec<String>), ApiError> {
+        let state = self.tenant_state(tenant)?;
+        let placement = state
+            .placement
+            .clone()
+            .ok_or_else(|| ApiError::internal("a replicated tenant without a placement"))?;
+        let live = std::iter::once(placement.worker.clone())
+            .chain(
+                state
+                    .replicas
+                    .iter()
+                    .filter(|r| r.state == CopyState::Live)
+                    .map(|r| r.worker.clone()),
+            )
+            .collect();
+        Ok((placement, live))
+    }
+
     /// Waits for `send` to `worker`, giving up (as no answer) once the health tracker calls that
     /// worker suspect or it is gone: a copy whose worker hangs holds a replicated tenant's reads
     /// and writes up for `[health] suspect_after_ms`, not until it is called down.
@@ -174,20 +196,7 @@ impl Service {
         op: Op,
         large: bool,
     ) -> Result<Reply, ApiError> {
-        let state = self.tenant_state(tenant)?;
-        let placement = state
-            .placement
-            .clone()
-            .ok_or_else(|| ApiError::internal("a replicated tenant without a placement"))?;
-        let mut live: Vec<String> = std::iter::once(placement.worker.clone())
-            .chain(
-                state
-                    .replicas
-                    .iter()
-                    .filter(|r| r.state == CopyState::Live)
-                    .map(|r| r.worker.clone()),
-            )
-            .collect();
+        let (placement, mut live) = self.live_copies(tenant)?;
         // Up workers first, spread in turn; then the others, in case they still answer.
         let health = self.hub.health();
         let up = |w: &String| {
@@ -253,20 +262,7 @@ impl Service {
         token: u64,
     ) -> Result<Result<Reply, ApiError>, ApiError> {
         // Read again under the lock: a catch-up or another write may have changed the copies.
-        let state = self.tenant_state(tenant)?;
-        let placement = state
-            .placement
-            .clone()
-            .ok_or_else(|| ApiError::internal("a replicated tenant without a placement"))?;
-        let targets: Vec<String> = std::iter::once(placement.worker.clone())
-            .chain(
-                state
-                    .replicas
-                    .iter()
-                    .filter(|r| r.state == CopyState::Live)
-                    .map(|r| r.worker.clone()),
-            )
-            .collect();
+        let (placement, targets) = self.live_copies(tenant)?;
         // Writes pass one at a time per tenant, so the per-tenant bound on requests in flight
         // need not stop one copy's write and not another's.
         let tier_for_writes = tier.map(|t| Tier {

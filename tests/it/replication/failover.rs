@@ -90,12 +90,7 @@ async fn a_worker_killed_under_load_loses_no_acknowledged_write_and_its_copy_cat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_missed_writes_serves_nothing_until_it_caught_up() {
     let mut cluster = start(replicated, 2).await;
-    let key = cluster.tenant("acme", Some("pro")).await;
-    cluster.create_collection(&key, "docs", 4).await;
-    let client = Client::new(&cluster, &key);
-    for id in 0..20 {
-        assert_eq!(client.upsert(id, 1).await.0, 200);
-    }
+    let client = filled_tenant(&cluster, 20).await;
     let (primary, replicas) = copies(&cluster, "acme").await;
     let replica = replicas[0].0.clone();
 
@@ -137,12 +132,7 @@ async fn a_copy_that_missed_writes_serves_nothing_until_it_caught_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_lost_for_the_grace_period_is_replaced_on_another_worker() {
     let mut cluster = start(replaced_quickly, 3).await;
-    let key = cluster.tenant("acme", Some("pro")).await;
-    cluster.create_collection(&key, "docs", 4).await;
-    let client = Client::new(&cluster, &key);
-    for id in 0..50 {
-        assert_eq!(client.upsert(id, 1).await.0, 200);
-    }
+    let client = filled_tenant(&cluster, 50).await;
     let (primary, replicas) = copies(&cluster, "acme").await;
     let lost = replicas[0].0.clone();
     let third = (0..3)
@@ -172,12 +162,7 @@ async fn a_copy_lost_for_the_grace_period_is_replaced_on_another_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_coordinator_restart_replicas_copy_their_primary_before_serving() {
     let mut cluster = start(replicated, 2).await;
-    let key = cluster.tenant("acme", Some("pro")).await;
-    cluster.create_collection(&key, "docs", 4).await;
-    let client = Client::new(&cluster, &key);
-    for id in 0..30 {
-        assert_eq!(client.upsert(id, 1).await.0, 200);
-    }
+    let client = filled_tenant(&cluster, 30).await;
     cluster.restart_coordinator().await;
     cluster.service().wait_for_replicas_settled().await;
     assert_eq!(cluster.service().replicas_caught_up(), 1);
@@ -208,12 +193,7 @@ async fn after_a_coordinator_restart_replicas_copy_their_primary_before_serving(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_copy_is_written_around_and_after_the_heal_catches_up_before_serving() {
     let (mut cluster, links) = start_behind_links(replicated, 2).await;
-    let key = cluster.tenant("acme", Some("pro")).await;
-    cluster.create_collection(&key, "docs", 4).await;
-    let client = Client::new(&cluster, &key);
-    for id in 0..20 {
-        assert_eq!(client.upsert(id, 1).await.0, 200);
-    }
+    let client = filled_tenant(&cluster, 20).await;
     let (primary, replicas) = copies(&cluster, "acme").await;
     let replica = replicas[0].0.clone();
 

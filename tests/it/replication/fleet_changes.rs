@@ -169,12 +169,7 @@ async fn a_worker_that_joins_gets_copies_handed_over_with_no_client_error() {
 async fn a_tenant_placed_while_one_worker_was_up_gets_its_second_copy_with_its_data() {
     let mut cluster = Cluster::start_without_workers(2, replicated).await;
     cluster.start_worker_process(0).await;
-    let key = cluster.tenant("acme", Some("pro")).await;
-    cluster.create_collection(&key, "docs", 4).await;
-    let client = Client::new(&cluster, &key);
-    for id in 0..30 {
-        assert_eq!(client.upsert(id, 1).await.0, 200);
-    }
+    let client = filled_tenant(&cluster, 30).await;
     assert!(copies(&cluster, "acme").await.1.is_empty());
     // A second worker joins: the tenant gets its second copy there, copied from the first (it
     // was written to at its first epoch, so the new copy cannot start live).

@@ -234,6 +234,18 @@ async fn assert_all_acked(client: &Client, acked: &HashMap<u64, u64>) {
     );
 }
 
+/// Tenant `acme` on tier `pro` with collection `docs` (dimension 4) holding points `0..n` at
+/// version 1; answers its client.
+async fn filled_tenant(cluster: &Cluster, n: u64) -> Client {
+    let key = cluster.tenant("acme", Some("pro")).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    let client = Client::new(cluster, &key);
+    for id in 0..n {
+        assert_eq!(client.upsert(id, 1).await.0, 200);
+    }
+    client
+}
+
 async fn start(tweak: fn(&mut coordinator::config::Config), workers: usize) -> Cluster {
     let mut cluster = Cluster::start_without_workers(workers, tweak).await;
     for i in 0..workers {

@@ -12,7 +12,9 @@
 #   {"dataset", "ingest_pps", "time_to_indexed_s", "server": [...], "engine": [...],
 #    "peers": {"pgvector": [...]}, ...}
 # --ef (default 16,24,32,48,64,96,128) goes to all three; --clients (default 1,2,8) and --seconds
-# (default 3, the least measured time per row) to the load client.
+# (default 3, the least measured time per row) to the load client. --workers N (default 1) starts N
+# workers: `init` gives tier pro two copies, so with 2 or more the tenant has two (reads go to
+# either, writes to both) and the server's CPU per query counts every worker.
 set -euo pipefail
 
 if [[ $# -lt 1 || $1 == -* ]]; then
@@ -23,12 +25,14 @@ dataset=$(realpath "$1")
 shift
 json_out=""
 ef="16,24,32,48,64,96,128"
+workers=1
 client_args=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --json) json_out=$(realpath -m "$2"); shift 2 ;;
         --ef) ef=$2; shift 2 ;;
         --clients | --seconds) client_args+=("$1" "$2"); shift 2 ;;
+        --workers) workers=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -103,7 +107,7 @@ else:
 PY
 )
 data="$tmp/data"
-"$bin/vaultvec-coordinator" init --dir "$data" --port "$port" --workers 1 >/dev/null
+"$bin/vaultvec-coordinator" init --dir "$data" --port "$port" --workers "$workers" >/dev/null
 "$bin/vaultvec-coordinator" serve --config "$data/coordinator.toml" \
     >"$tmp/coordinator.out" 2>"$tmp/coordinator.log" &
 coordinator_pid=$!
@@ -115,23 +119,31 @@ done
 listening=$(grep '^listening ' "$tmp/coordinator.out") || { echo "the coordinator did not start" >&2; exit 1; }
 http=$(sed -E 's/.*http=([^ ]+).*/\1/' <<<"$listening")
 grpc=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$listening")
-"$bin/vaultvec-worker" --config "$data/worker-1.toml" >"$tmp/worker.log" 2>&1 &
-worker_pid=$!
+for i in $(seq "$workers"); do
+    "$bin/vaultvec-worker" --config "$data/worker-$i.toml" >"$tmp/worker-$i.log" 2>&1 &
+    worker_pid="$worker_pid $!"
+done
+admin=(-sf -H "authorization: Bearer $(cat "$data/secrets/admin.token")" -H 'content-type: application/json')
+# Every worker up before the tenant is placed, so its copies go on different workers.
 for _ in $(seq 300); do
-    curl -sf "http://$http/v1/health" 2>/dev/null | grep -q '"ready":true' && break
-    kill -0 "$worker_pid" 2>/dev/null || { tail -20 "$tmp/worker.log" >&2; exit 1; }
+    up=$(curl "${admin[@]}" "http://$http/admin/v1/workers" 2>/dev/null \
+        | jq '[.workers[] | select(.state == "up")] | length' 2>/dev/null || echo 0)
+    [[ $up -ge $workers ]] && break
+    for pid in $worker_pid; do
+        kill -0 "$pid" 2>/dev/null || { tail -20 "$tmp"/worker-*.log >&2; exit 1; }
+    done
     sleep 0.1
 done
-curl -sf "http://$http/v1/health" | grep -q '"ready":true' || { echo "no worker became ready" >&2; exit 1; }
+[[ $up -ge $workers ]] || { echo "only $up of $workers workers came up" >&2; exit 1; }
 
-admin=(-sf -H "authorization: Bearer $(cat "$data/secrets/admin.token")" -H 'content-type: application/json')
 curl "${admin[@]}" -X POST "http://$http/admin/v1/tenants" -d '{"id":"bench","tier":"pro"}' >/dev/null
 (umask 077; curl "${admin[@]}" -X POST "http://$http/admin/v1/tenants/bench/keys" \
     -d '{"scopes":["read","write","manage"]}' | jq -er .key >"$tmp/key")
 
-echo "== server: coordinator (pid $coordinator_pid) + worker (pid $worker_pid) on $http / grpc $grpc" >&2
+echo "== server: coordinator (pid $coordinator_pid) + workers (pids$worker_pid) on $http / grpc $grpc" >&2
+server_pids="$coordinator_pid$(printf ',%s' $worker_pid)"
 cargo bench --locked -p tests --bench server -- "$dataset" --grpc "$grpc" --key-file "$tmp/key" \
-    --json "$tmp/server.json" --ef "$ef" --server-pids "$coordinator_pid,$worker_pid" \
+    --json "$tmp/server.json" --ef "$ef" --server-pids "$server_pids" \
     ${client_args[@]+"${client_args[@]}"}
 stop_server
 

@@ -4,7 +4,6 @@
 //! their peers have given up on them) and relays new connections again.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -110,6 +109,3 @@ impl Link {
         });
     }
 }
-
-/// Shared ownership for tests that hand a link to tasks.
-pub type SharedLink = Arc<Link>;

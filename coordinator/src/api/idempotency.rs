@@ -31,7 +31,7 @@ use super::{Op, Reply, Service, off_runtime};
 use crate::config::Tier;
 use crate::store::{IdemOutcome, IdemRow, IdemState};
 
-/// How often settling asks a busy worker again, and for how long at most.
+/// How often settling asks a busy worker again (up to the request timeout).
 const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The idempotency key of a write, if it carries one.
@@ -61,13 +61,9 @@ fn target(op: &Op) -> (String, u64) {
 /// SHA-256 of the request as it would be sent (key included, so the same request under another
 /// key is another request).
 fn digest(op: &Op) -> [u8; 32] {
-    let request = cluster::TenantRequest {
-        tenant: String::new(),
-        epoch: 0,
-        write_token: 0,
-        op: Some(op.clone()),
-    };
-    Sha256::digest(request.encode_to_vec()).into()
+    let mut encoded = Vec::with_capacity(op.encoded_len());
+    op.encode(&mut encoded);
+    Sha256::digest(&encoded).into()
 }
 
 fn outcome_of(result: &Result<Reply, ApiError>) -> IdemOutcome {
@@ -107,11 +103,15 @@ impl Service {
     ) -> Result<Reply, ApiError> {
         let _turn = self.write_turn(tenant).await?;
         let (collection, items) = target(&op);
-        let digest = if large {
-            let copy = op.clone();
-            self.heavy(move || digest(&copy)).await?
+        let (op, digest) = if large {
+            self.heavy(move || {
+                let digest = digest(&op);
+                (op, digest)
+            })
+            .await?
         } else {
-            digest(&op)
+            let digest = digest(&op);
+            (op, digest)
         };
         for row in off_runtime(|| self.store.idem_pending(tenant))? {
             self.settle(tenant, tier, &row).await?;

@@ -626,13 +626,9 @@ impl Service {
         op: Op,
         large: bool,
     ) -> Result<Reply, ApiError> {
-        if self.moving.contains(tenant) {
-            return Err(moves::moving_error());
-        }
-        let placement = self.placement_for(tenant, tier).await?;
-        if !self.tenant_state(tenant)?.replicas.is_empty() {
+        let Some(placement) = self.single_copy(tenant, tier).await? else {
             return self.route_replicated(tenant, tier, op, large).await;
-        }
+        };
         let retry = (!replicas::is_write(&op)).then(|| op.clone());
         match self
             .send_to(
@@ -658,6 +654,24 @@ impl Service {
         }
     }
 
+    /// The placement of a tenant with one copy (placed first if it has none yet), or `None` for
+    /// a tenant with replicas. Refuses a tenant that is moving.
+    async fn single_copy(
+        &self,
+        tenant: &str,
+        tier: Option<&Tier>,
+    ) -> Result<Option<Placement>, ApiError> {
+        if self.moving.contains(tenant) {
+            return Err(moves::moving_error());
+        }
+        let placement = self.placement_for(tenant, tier).await?;
+        Ok(self
+            .tenant_state(tenant)?
+            .replicas
+            .is_empty()
+            .then_some(placement))
+    }
+
     /// [`Service::route_sized`] for a write carrying `token` (`TenantRequest.write_token`), with
     /// the caller holding the tenant's write lock. The outer error says no copy answered for
     /// sure (the write may or may not have run); the inner result is the definite answer.
@@ -669,11 +683,7 @@ impl Service {
         large: bool,
         token: u64,
     ) -> Result<Result<Reply, ApiError>, ApiError> {
-        if self.moving.contains(tenant) {
-            return Err(moves::moving_error());
-        }
-        let placement = self.placement_for(tenant, tier).await?;
-        if self.tenant_state(tenant)?.replicas.is_empty() {
+        if let Some(placement) = self.single_copy(tenant, tier).await? {
             return self
                 .send_to(
                     &placement.worker,

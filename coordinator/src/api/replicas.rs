@@ -269,13 +269,15 @@ impl Service {
             max_in_flight: usize::MAX,
             ..t.clone()
         });
-        let sends = targets.iter().map(|worker| {
+        // One copy of the operation per target, the last one the original.
+        let ops = std::iter::repeat_n(op, targets.len());
+        let sends = targets.iter().zip(ops).map(|(worker, op)| {
             let send = self.send_to(
                 worker,
                 placement.epoch,
                 tenant,
                 tier_for_writes.as_ref(),
-                op.clone(),
+                op,
                 large,
                 token,
             );
@@ -589,8 +591,7 @@ impl Service {
         self.replication.caught_up.load(Ordering::SeqCst)
     }
 
-    /// Waits until a repair pass ends with no stale replica and no tenant short of its copies on
-    /// the connected workers (tests; no sleeping).
+    /// Waits until a repair pass ends with no stale replica (tests; no sleeping).
     pub async fn wait_for_replicas_settled(&self) {
         loop {
             let notified = self.replication.repaired.notified();

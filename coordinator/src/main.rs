@@ -71,21 +71,12 @@ fn main() -> anyhow::Result<()> {
     // First of all: no core dump and no same-user ptrace of the keys and secrets we will hold.
     storage::process::forbid_core_dumps().context("prctl(PR_SET_DUMPABLE, 0)")?;
     let args = Args::parse();
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for directive in storage::logging::CAPPED_LOG_DIRECTIVES {
-        filter = filter.add_directive(directive.parse()?);
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::stderr().is_terminal());
-    if args.log_json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    // Colour only on a terminal: journald and log files get plain text.
+    storage::logging::init(
+        std::io::stderr,
+        args.log_json,
+        std::io::stderr().is_terminal(),
+    );
     match args.command {
         Command::Serve { config } => serve(config),
         Command::Init { dir, port, workers } => init::run(&dir, port, workers),

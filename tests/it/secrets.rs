@@ -5,7 +5,8 @@
 //! token, a KEK rotation, audit exports. Afterwards no secret the test knows (admin token, pepper,
 //! audit key, worker token, root key, the API keys' secrets) appears in either process's logs, in
 //! any answer body or in the audit chains, in hex or base64; and no vector component appears in a
-//! log line.
+//! log line, and the protocol crates log nothing below `debug`. At the default level nothing logs
+//! below `info`.
 
 use std::sync::{Arc, Mutex};
 
@@ -17,8 +18,6 @@ use tokio::sync::mpsc;
 
 use tests::binary;
 
-const LOG_FILTER: &str = "trace";
-
 /// A process whose stdout and stderr lines are collected; each line is also sent on `lines`.
 struct Logged {
     child: Child,
@@ -26,9 +25,13 @@ struct Logged {
     lines: mpsc::UnboundedReceiver<String>,
 }
 
-fn spawn_logged(mut command: Command) -> Logged {
+/// `log_filter` is `RUST_LOG`; `None` leaves it unset (the binaries' default, `info`).
+fn spawn_logged(mut command: Command, log_filter: Option<&str>) -> Logged {
+    match log_filter {
+        Some(filter) => command.env("RUST_LOG", filter),
+        None => command.env_remove("RUST_LOG"),
+    };
     command
-        .env("RUST_LOG", LOG_FILTER)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
@@ -98,66 +101,99 @@ fn forms(secret: &[u8]) -> Vec<String> {
     forms
 }
 
+/// A coordinator and a worker process, started from `init`'s files with every listener on port 0.
+struct Pair {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    coordinator: Logged,
+    worker: Logged,
+    http: String,
+    grpc: String,
+    demo_key: String,
+}
+
+impl Pair {
+    async fn start(log_filter: Option<&str>) -> Pair {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let init = std::process::Command::new(binary("vaultvec-coordinator"))
+            .arg("init")
+            .arg("--dir")
+            .arg(&data)
+            .output()
+            .expect("init");
+        assert!(init.status.success(), "init failed: {init:?}");
+        let init_out = String::from_utf8_lossy(&init.stdout).to_string();
+        let demo_key = init_out
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("VV_KEY="))
+            .expect("init prints the demo key")
+            .to_owned();
+
+        // Every listener on port 0; the coordinator prints the ports it got.
+        let config = data.join("coordinator.toml");
+        let text = std::fs::read_to_string(&config).expect("config");
+        let rewritten: String = text
+            .lines()
+            .map(|line| match line.find("127.0.0.1:") {
+                Some(at) => format!("{}127.0.0.1:0\"\n", &line[..at]),
+                None => format!("{line}\n"),
+            })
+            .collect();
+        std::fs::write(&config, rewritten).expect("config");
+        let mut command = Command::new(binary("vaultvec-coordinator"));
+        command.arg("serve").arg("--config").arg(&config);
+        let mut coordinator = spawn_logged(command, log_filter);
+        let listening = coordinator.wait_for("listening http=").await;
+        let addr = |name: &str| -> String {
+            listening
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .expect("an address")
+                .to_owned()
+        };
+        let (http, grpc, cluster) = (addr("http"), addr("grpc"), addr("cluster"));
+
+        let worker_config = data.join("worker-1.toml");
+        let text = std::fs::read_to_string(&worker_config).expect("worker config");
+        let rewritten: String = text
+            .lines()
+            .map(|line| {
+                if line.starts_with("coordinator_url") {
+                    format!("coordinator_url = \"ws://{cluster}/v1/cluster\"\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&worker_config, rewritten).expect("worker config");
+        let mut command = Command::new(binary("vaultvec-worker"));
+        command.arg("--config").arg(&worker_config);
+        let worker = spawn_logged(command, log_filter);
+        coordinator.wait_for("worker connected").await;
+        Pair {
+            _dir: dir,
+            data,
+            coordinator,
+            worker,
+            http,
+            grpc,
+            demo_key,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_a_log_line_an_answer_or_the_audit_chain() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let init = std::process::Command::new(binary("vaultvec-coordinator"))
-        .arg("init")
-        .arg("--dir")
-        .arg(&data)
-        .output()
-        .expect("init");
-    assert!(init.status.success(), "init failed: {init:?}");
-    let init_out = String::from_utf8_lossy(&init.stdout).to_string();
-    let demo_key = init_out
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("VV_KEY="))
-        .expect("init prints the demo key")
-        .to_owned();
-
-    // Every listener on port 0; the coordinator prints the ports it got.
-    let config = data.join("coordinator.toml");
-    let text = std::fs::read_to_string(&config).expect("config");
-    let rewritten: String = text
-        .lines()
-        .map(|line| match line.find("127.0.0.1:") {
-            Some(at) => format!("{}127.0.0.1:0\"\n", &line[..at]),
-            None => format!("{line}\n"),
-        })
-        .collect();
-    std::fs::write(&config, rewritten).expect("config");
-    let mut command = Command::new(binary("vaultvec-coordinator"));
-    command.arg("serve").arg("--config").arg(&config);
-    let mut coordinator = spawn_logged(command);
-    let listening = coordinator.wait_for("listening http=").await;
-    let addr = |name: &str| -> String {
-        listening
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .expect("an address")
-            .to_owned()
-    };
-    let (http, cluster) = (addr("http"), addr("cluster"));
-
-    let worker_config = data.join("worker-1.toml");
-    let text = std::fs::read_to_string(&worker_config).expect("worker config");
-    let rewritten: String = text
-        .lines()
-        .map(|line| {
-            if line.starts_with("coordinator_url") {
-                format!("coordinator_url = \"ws://{cluster}/v1/cluster\"\n")
-            } else {
-                format!("{line}\n")
-            }
-        })
-        .collect();
-    std::fs::write(&worker_config, rewritten).expect("worker config");
-    let mut command = Command::new(binary("vaultvec-worker"));
-    command.arg("--config").arg(&worker_config);
-    let worker = spawn_logged(command);
-    coordinator.wait_for("worker connected").await;
-
+    let Pair {
+        _dir,
+        data,
+        coordinator,
+        worker,
+        http,
+        grpc: _,
+        demo_key,
+    } = Pair::start(Some("trace")).await;
     let admin_token = std::fs::read_to_string(data.join("secrets/admin.token")).expect("token");
     let client = reqwest::Client::new();
     let bodies = std::cell::RefCell::new(String::new());
@@ -196,14 +232,14 @@ async fn no_secret_reaches_a_log_line_an_answer_or_the_audit_chain() {
     .await;
     call(
         "POST",
-        "/v1/collections/c/search",
+        "/v1/collections/c/points/search",
         &demo_key,
         Some(json!({"vector": vector, "top_k": 2, "with_vector": true})),
     )
     .await;
     call(
         "POST",
-        "/v1/collections/c/search",
+        "/v1/collections/c/points/search",
         &demo_key,
         Some(json!({"vector": [0.864_209_7, 1.0], "top_k": 2})),
     )
@@ -247,7 +283,7 @@ async fn no_secret_reaches_a_log_line_an_answer_or_the_audit_chain() {
     .await;
     call(
         "POST",
-        "/v1/collections/c/search",
+        "/v1/collections/c/points/search",
         &demo_key,
         Some(json!({"vector": vector, "top_k": 1})),
     )
@@ -302,4 +338,97 @@ async fn no_secret_reaches_a_log_line_an_answer_or_the_audit_chain() {
             "a vector component ({component}) appears in the logs"
         );
     }
+    // The cap holds under `RUST_LOG=trace`: the protocol crates log nothing below `debug`, while
+    // our own crates do log at `trace`.
+    let capped: Vec<&str> = logs
+        .lines()
+        .filter(|line| level(line) == Some("TRACE") && from_capped_target(line))
+        .take(3)
+        .collect();
+    assert!(
+        capped.is_empty(),
+        "capped dependencies logged at trace: {capped:?}"
+    );
+    assert!(
+        logs.lines()
+            .any(|line| level(line) == Some("DEBUG") && from_capped_target(line)),
+        "the protocol crates' debug lines were captured (the filter was trace)"
+    );
+}
+
+/// The level of a plain-text log line (its second word).
+fn level(line: &str) -> Option<&str> {
+    line.split_whitespace().nth(1)
+}
+
+/// Whether the line's target is one of the dependencies capped at `debug`.
+fn from_capped_target(line: &str) -> bool {
+    storage::logging::CAPPED_TARGETS.iter().any(|target| {
+        line.contains(&format!(" {target}::")) || line.contains(&format!(" {target}: "))
+    })
+}
+
+/// At the default level (no `RUST_LOG`) nothing logs below `info`: the cap on the protocol
+/// crates only ever removes lines. It once raised them to `debug`, a line per HTTP/2 frame, which
+/// cost a gRPC `Health` call more server CPU than the call itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_default_level_nothing_logs_below_info() {
+    let pair = Pair::start(None).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", pair.http);
+    for (method, path, body) in [
+        (
+            "POST",
+            "/v1/collections",
+            json!({"name": "c", "dim": 2, "metric": "l2"}),
+        ),
+        (
+            "PUT",
+            "/v1/collections/c/points",
+            json!({"points": [{"id": 1, "vector": [0.5, 1.0]}]}),
+        ),
+        (
+            "POST",
+            "/v1/collections/c/points/search",
+            json!({"vector": [0.5, 1.0], "top_k": 1}),
+        ),
+    ] {
+        let answer = client
+            .request(method.parse().unwrap(), url(path))
+            .bearer_auth(&pair.demo_key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = answer.status();
+        let text = answer.text().await.unwrap_or_default();
+        assert!(status.is_success(), "{method} {path}: {status} {text}");
+    }
+    let mut health =
+        proto::vaultvec::v1::health_client::HealthClient::connect(format!("http://{}", pair.grpc))
+            .await
+            .expect("a gRPC connection");
+    for _ in 0..3 {
+        health
+            .check(proto::vaultvec::v1::HealthCheckRequest {})
+            .await
+            .expect("Health.Check");
+    }
+    let worker_logs = pair.worker.stop().await;
+    let coordinator_logs = pair.coordinator.stop().await;
+    let logs = format!("{coordinator_logs}\n{worker_logs}");
+    assert!(
+        logs.lines()
+            .any(|line| level(line) == Some("INFO") && line.contains(" request")),
+        "the request lines were captured:\n{logs}"
+    );
+    let below_info: Vec<&str> = logs
+        .lines()
+        .filter(|line| matches!(level(line), Some("DEBUG" | "TRACE")))
+        .take(5)
+        .collect();
+    assert!(
+        below_info.is_empty(),
+        "lines below info at the default level: {below_info:?}"
+    );
 }

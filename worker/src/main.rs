@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// vaultvec worker: serves the tenants the coordinator assigns to it.
 #[derive(Parser)]
@@ -37,19 +36,12 @@ async fn main() -> anyhow::Result<()> {
     // First of all: no core dump and no same-user ptrace of the keys and plaintext we will hold.
     storage::process::forbid_core_dumps().context("prctl(PR_SET_DUMPABLE, 0)")?;
     let args = Args::parse();
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    for directive in storage::logging::CAPPED_LOG_DIRECTIVES {
-        filter = filter.add_directive(directive.parse()?);
-    }
     // Colour only on a terminal: journald and log files get plain text.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
-    if args.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    storage::logging::init(
+        std::io::stdout,
+        args.log_json,
+        std::io::stdout().is_terminal(),
+    );
     let config = worker::Config::load(&args.config)
         .with_context(|| format!("loading config {}", args.config.display()))?;
     if args.check {

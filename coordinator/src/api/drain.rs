@@ -114,6 +114,7 @@ impl Service {
         ) {
             Ok(p) if p.worker != worker => {
                 self.forget_tenant_state(tenant);
+                self.assign_live_copies(tenant).await;
                 tracing::info!(worker, tenant, primary = %p.worker, "drain handed a tenant to its replica");
                 true
             }

@@ -59,8 +59,10 @@ impl Service {
                 self.store
                     .add_replica(&Actor(SYSTEM.into()), tenant, to, false)
             })?;
+            // Before the lock is let go: the next write must see the replica.
+            self.forget_tenant_state(tenant);
+            self.assign_live_copies(tenant).await;
         }
-        self.forget_tenant_state(tenant);
         let stale = off_runtime(|| self.store.replicas(tenant))?
             .iter()
             .any(|r| r.worker == to && r.state == CopyState::Stale);
@@ -89,6 +91,7 @@ impl Service {
             )
         })?;
         self.forget_tenant_state(tenant);
+        self.assign_live_copies(tenant).await;
         drop(_turn);
         self.drop_copy(tenant, from, placed.epoch).await;
         tracing::info!(tenant, from, to, "a copy was handed over");

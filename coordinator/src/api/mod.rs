@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod budget;
+pub(crate) mod copy;
 pub mod drain;
 pub mod error;
 pub mod failures;
@@ -626,7 +627,16 @@ impl Service {
         op: Op,
         large: bool,
     ) -> Result<Reply, ApiError> {
+        // A single-copy write holds the tenant's write lock shared while in flight: a change of
+        // its copies (a hand-over's new epoch) waits for it, and one that came first is seen
+        // here, under the lock.
+        let shared = if replicas::is_write(&op) {
+            Some(self.shared_write_turn(tenant).await?)
+        } else {
+            None
+        };
         let Some(placement) = self.single_copy(tenant, tier).await? else {
+            drop(shared);
             return self.route_replicated(tenant, tier, op, large).await;
         };
         let retry = (!replicas::is_write(&op)).then(|| op.clone());

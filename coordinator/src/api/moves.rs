@@ -18,13 +18,11 @@ use proto::vaultvec::cluster::v1 as cluster;
 use serde::Serialize;
 
 use super::Service;
+use super::copy::CopyStep;
 use super::error::{ApiError, Code};
 use crate::store::{Actor, MoveState};
 
 use cluster::transfer_tenant::Step;
-
-/// Bytes of a file copied per step.
-const PIECE_BYTES: u32 = 1 << 20;
 
 const ADMIN: &str = "admin";
 const SYSTEM: &str = "system";
@@ -95,19 +93,6 @@ pub struct MoveReport {
     pub bytes: u64,
     /// Whether the source's copy is deleted already (otherwise it is when the source is back).
     pub source_copy_deleted: bool,
-}
-
-/// How far a copy of a tenant's files has got.
-pub(crate) enum CopyStep {
-    /// The source's files are listed.
-    Listed {
-        /// How many.
-        files: usize,
-        /// Their bytes.
-        bytes: u64,
-    },
-    /// These many more bytes are copied.
-    Copied(u64),
 }
 
 /// The error a tenant's requests get while it moves.
@@ -289,7 +274,7 @@ impl Service {
         self.hub
             .release_checked(from, tenant, epoch, self.request_timeout)
             .await?;
-        self.copy_tenant_files(tenant, from, to, false, &|step| match step {
+        self.copy_tenant_files(tenant, from, to, &|step| match step {
             CopyStep::Listed { files, bytes } => self.moving.update(tenant, |p| {
                 p.files = files;
                 p.bytes = bytes;
@@ -297,111 +282,6 @@ impl Service {
             CopyStep::Copied(n) => self.moving.update(tenant, |p| p.copied_bytes += n),
         })
         .await
-    }
-
-    /// Copies `tenant`'s files from `from` to `to` (which must not have it assigned) and commits
-    /// them there; answers the files and bytes copied. `live`: the tenant stays assigned and
-    /// serving on `from` (the caller holds its writes back), so its files are listed again after
-    /// the copy and the copy is kept only if nothing changed (`Engine::export_files_live`).
-    pub(crate) async fn copy_tenant_files(
-        &self,
-        tenant: &str,
-        from: &str,
-        to: &str,
-        live: bool,
-        progress: &(dyn Fn(CopyStep) + Sync),
-    ) -> Result<(usize, u64), ApiError> {
-        let list = || {
-            self.transfer(
-                from,
-                tenant,
-                Step::ExportFiles(cluster::ExportFiles { live }),
-            )
-        };
-        let listing = list().await?.files;
-        let bytes: u64 = listing.iter().map(|f| f.len).sum();
-        progress(CopyStep::Listed {
-            files: listing.len(),
-            bytes,
-        });
-        let max_files = u32::try_from(listing.len())
-            .map_err(|_| ApiError::internal("too many files to move"))?;
-        self.transfer(
-            to,
-            tenant,
-            Step::ImportBegin(cluster::ImportBegin {
-                max_files,
-                max_bytes: bytes,
-            }),
-        )
-        .await?;
-        for file in &listing {
-            let mut offset = 0u64;
-            while offset < file.len {
-                let data = self
-                    .transfer(
-                        from,
-                        tenant,
-                        Step::ReadFile(cluster::ReadFile {
-                            path: file.path.clone(),
-                            offset,
-                            max_len: PIECE_BYTES,
-                        }),
-                    )
-                    .await?
-                    .data;
-                if data.is_empty() {
-                    return Err(ApiError::new(
-                        Code::Unavailable,
-                        format!("{} on {from} ended before its listed length", file.path),
-                    ));
-                }
-                let n = data.len() as u64;
-                self.transfer(
-                    to,
-                    tenant,
-                    Step::ImportPiece(cluster::ImportPiece {
-                        path: file.path.clone(),
-                        offset,
-                        data,
-                    }),
-                )
-                .await?;
-                offset += n;
-                progress(CopyStep::Copied(n));
-            }
-            if file.len == 0 {
-                self.transfer(
-                    to,
-                    tenant,
-                    Step::ImportPiece(cluster::ImportPiece {
-                        path: file.path.clone(),
-                        offset: 0,
-                        data: Vec::new(),
-                    }),
-                )
-                .await?;
-            }
-        }
-        if live && list().await?.files != listing {
-            let _ = self
-                .transfer(to, tenant, Step::ImportAbort(cluster::ImportAbort {}))
-                .await;
-            return Err(ApiError::new(
-                Code::Unavailable,
-                format!(
-                    "the files of {tenant} on {from} changed during the copy; copied again later"
-                ),
-            ));
-        }
-        let files = listing.len();
-        self.transfer(
-            to,
-            tenant,
-            Step::ImportCommit(cluster::ImportCommit { files: listing }),
-        )
-        .await?;
-        Ok((files, bytes))
     }
 
     /// Deletes the copies moves left on `worker` (the source's after a switch, the target's after

@@ -54,21 +54,45 @@ pub const REPAIR_PERIOD: Duration = Duration::from_secs(1);
 /// repair's counters.
 #[derive(Default)]
 pub(crate) struct Replication {
-    locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per tenant: a replicated write, and any change of the tenant's copies, hold it
+    /// exclusively; a single-copy write holds it shared, so that no change of copies (and no
+    /// new epoch) lands while one is in flight.
+    locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// Per tenant: held by a catch-up for its whole length (taken before the write lock).
+    copy_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     next_read: AtomicUsize,
     /// Catch-ups finished since start (tests wait on it).
     pub(crate) caught_up: AtomicUsize,
+    /// Exclusive turns of the write lock being waited for now (tests wait on it).
+    waiting_exclusive: AtomicUsize,
     repaired: tokio::sync::Notify,
 }
 
 impl Replication {
-    fn lock_of(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn lock_of(&self, tenant: &str) -> Arc<tokio::sync::RwLock<()>> {
         self.locks
             .lock()
             .entry(tenant.to_owned())
             .or_default()
             .clone()
     }
+
+    pub(super) fn copy_lock_of(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.copy_locks
+            .lock()
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone()
+    }
+}
+
+/// A write that waited for the tenant's write lock past the request timeout.
+fn turn_timeout() -> ApiError {
+    ApiError::new(
+        Code::Unavailable,
+        "the tenant's earlier writes (or a change of its copies) did not finish in time; \
+         nothing was written, retry",
+    )
 }
 
 /// Whether an operation changes the tenant's data (and so goes to every live copy, in order).
@@ -220,21 +244,34 @@ impl Service {
             .unwrap_or_else(|| ApiError::new(Code::Unavailable, "no copy of the tenant answered")))
     }
 
-    /// The tenant's write lock, waited for up to the request timeout.
+    /// The tenant's write lock, held exclusively, waited for up to the request timeout.
     pub(crate) async fn write_turn(
         &self,
         tenant: &str,
-    ) -> Result<tokio::sync::OwnedMutexGuard<()>, ApiError> {
+    ) -> Result<tokio::sync::OwnedRwLockWriteGuard<()>, ApiError> {
         let lock = self.replication.lock_of(tenant);
-        tokio::time::timeout(self.request_timeout, lock.lock_owned())
+        let waiting = &self.replication.waiting_exclusive;
+        waiting.fetch_add(1, Ordering::SeqCst);
+        let turn = tokio::time::timeout(self.request_timeout, lock.write_owned()).await;
+        waiting.fetch_sub(1, Ordering::SeqCst);
+        turn.map_err(|_| turn_timeout())
+    }
+
+    /// How many tasks wait for an exclusive turn of some tenant's write lock now (tests).
+    pub fn write_turns_waiting(&self) -> usize {
+        self.replication.waiting_exclusive.load(Ordering::SeqCst)
+    }
+
+    /// The tenant's write lock, held shared (a single-copy write), waited for up to the request
+    /// timeout.
+    pub(crate) async fn shared_write_turn(
+        &self,
+        tenant: &str,
+    ) -> Result<tokio::sync::OwnedRwLockReadGuard<()>, ApiError> {
+        let lock = self.replication.lock_of(tenant);
+        tokio::time::timeout(self.request_timeout, lock.read_owned())
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    Code::Unavailable,
-                    "the tenant's earlier writes (or a replica's catch-up) did not finish in time; \
-                     nothing was written, retry",
-                )
-            })
+            .map_err(|_| turn_timeout())
     }
 
     /// One write to every live copy, under the tenant's write lock; copies that did not make it
@@ -319,6 +356,7 @@ impl Service {
             })?;
             self.forget_tenant_state(tenant);
             tracing::warn!(tenant, workers = ?missed, "copies recorded stale after a write");
+            self.assign_live_copies(tenant).await;
         }
         match reference {
             Some(r) => Ok(results
@@ -452,6 +490,40 @@ impl Service {
 
     /// The tier of a live tenant whose copies the repair looks after; `None` for a paused or
     /// deleted one, or on a read error.
+    /// After a change of `tenant`'s copies moved its epoch on: assigns the new epoch to every
+    /// live copy whose connection holds an earlier one, so that a key request it makes (a
+    /// collection loading, a seal) is answered at once (the key service waits for this; see
+    /// `cluster::keys`). Failures are logged; the copy's next request assigns it anyway.
+    pub(crate) async fn assign_live_copies(&self, tenant: &str) {
+        let Ok((placement, workers)) = self.live_copies(tenant) else {
+            return;
+        };
+        let tier = self.tier_of(tenant);
+        for worker in workers {
+            let behind = self
+                .hub
+                .worker(&worker)
+                .and_then(|conn| conn.assigned_epoch(tenant))
+                .is_some_and(|epoch| epoch < placement.epoch);
+            if !behind {
+                continue;
+            }
+            let assigned = self
+                .hub
+                .assign(
+                    &worker,
+                    tenant,
+                    placement.epoch,
+                    Self::quota(tier.as_ref()),
+                    self.request_timeout,
+                )
+                .await;
+            if let Err(err) = assigned {
+                tracing::info!(tenant, worker, error = %err, "assigning a copy the new epoch failed; its next request does");
+            }
+        }
+    }
+
     pub(super) fn tier_of(&self, tenant: &str) -> Option<Tier> {
         let row = off_runtime(|| self.store.tenant(tenant)).ok()??;
         if row.deleted || row.tier == PAUSED_TIER {
@@ -490,9 +562,10 @@ impl Service {
                 self.store
                     .add_replica(&Actor(SYSTEM.into()), tenant, &worker, false)
             })?;
+            // Before the lock is let go: the next write must see the replica.
+            self.forget_tenant_state(tenant);
             worker
         };
-        self.forget_tenant_state(tenant);
         tracing::info!(tenant, worker, "replica added");
         let is_stale = off_runtime(|| self.store.replicas(tenant))?
             .iter()
@@ -519,6 +592,7 @@ impl Service {
                 .remove_replica(&Actor(SYSTEM.into()), tenant, worker, reason)
         });
         self.forget_tenant_state(tenant);
+        self.assign_live_copies(tenant).await;
         drop(turn);
         match removed {
             Ok(placed) => self.drop_copy(tenant, worker, placed.epoch).await,
@@ -548,42 +622,6 @@ impl Service {
         {
             tracing::warn!(tenant, worker, error = %err, "deleting a removed replica's files failed");
         }
-    }
-
-    /// Copies the primary's files to the stale copy on `worker` under the tenant's write lock
-    /// (reads go on from the live copies), then records it live.
-    pub(crate) async fn catch_up(&self, tenant: &str, worker: &str) -> Result<(), ApiError> {
-        let lock = self.replication.lock_of(tenant);
-        let _turn = lock.lock().await;
-        let placement = off_runtime(|| self.store.placement(tenant))?
-            .ok_or_else(|| ApiError::new(Code::NotFound, "the tenant has no placement"))?;
-        let still_stale = off_runtime(|| self.store.replicas(tenant))?
-            .iter()
-            .any(|r| r.worker == worker && r.state == CopyState::Stale);
-        if !still_stale {
-            return Ok(());
-        }
-        let from = placement.worker.clone();
-        tracing::info!(tenant, from = %from, to = worker, "a replica catches up");
-        // The stale copy is not served; releasing it lets its files be replaced.
-        self.hub
-            .release_checked(worker, tenant, placement.epoch, self.request_timeout)
-            .await?;
-        let (files, bytes) = self
-            .copy_tenant_files(tenant, &from, worker, true, &|_| {})
-            .await?;
-        off_runtime(|| {
-            self.store.mark_live(
-                &Actor(SYSTEM.into()),
-                tenant,
-                worker,
-                serde_json::json!({ "from": from, "files": files, "bytes": bytes }),
-            )
-        })?;
-        self.forget_tenant_state(tenant);
-        self.replication.caught_up.fetch_add(1, Ordering::SeqCst);
-        tracing::info!(tenant, worker, files, bytes, "replica caught up");
-        Ok(())
     }
 
     /// Catch-ups finished since this service started.

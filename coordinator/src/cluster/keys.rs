@@ -12,6 +12,10 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use zeroize::Zeroizing;
 
 use super::{Hub, WorkerConn, now_ms};
+
+/// How long a key request waits for its worker to be assigned the tenant's current epoch (see
+/// [`Hub::placed_here`]).
+const ASSIGNMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::audit::Draft;
 
 type Body = cluster::envelope::Body;
@@ -44,6 +48,53 @@ impl Hub {
         }
     }
 
+    /// Whether `tenant` is placed on `conn`'s worker now, under the epoch the connection holds:
+    /// only for a live tenant that is not paused, whose primary copy or a live replica (a stale
+    /// one serves nothing and catches up with ciphertext only) is on this worker, assigned on
+    /// this connection under the current epoch. Pausing and deleting move the epoch on as
+    /// well, but a paused tenant is refused by name, so no ordering of requests can unlock its
+    /// keys.
+    ///
+    /// A change of the tenant's other copies (a replica added, caught up, promoted or removed)
+    /// moves the epoch on while this worker stays placed, and the coordinator assigns it again
+    /// under the new epoch with its next request there: a key request that comes in between
+    /// waits for that assignment (up to [`ASSIGNMENT_WAIT`]) instead of failing the load or
+    /// seal that asked.
+    async fn placed_here(&self, conn: &WorkerConn, tenant: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + ASSIGNMENT_WAIT;
+        loop {
+            let changed = conn.assignments_notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let is_active = matches!(
+                self.store.tenant(tenant),
+                Ok(Some(t)) if !t.deleted && t.tier != crate::config::PAUSED_TIER
+            );
+            let Ok(Some(placement)) = self.store.placement(tenant) else {
+                return false;
+            };
+            let holds_copy = placement.worker == conn.id
+                || self.store.replicas(tenant).is_ok_and(|replicas| {
+                    replicas
+                        .iter()
+                        .any(|r| r.worker == conn.id && r.state == crate::store::CopyState::Live)
+                });
+            if !is_active || !holds_copy {
+                return false;
+            }
+            match conn.assigned_epoch(tenant) {
+                Some(epoch) if epoch == placement.epoch => return true,
+                // Assigned under an earlier epoch of this placement: the new one is on its way.
+                Some(epoch) if epoch < placement.epoch => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+    }
+
     pub(super) async fn key_service(self: &Arc<Self>, conn: &Arc<WorkerConn>, body: Body) -> Body {
         let (tenant, action, resource) = match &body {
             Body::GenerateDataKey(r) => (
@@ -69,27 +120,7 @@ impl Hub {
                 );
             }
         };
-        // Only for a live tenant that is not paused, assigned to this worker, on this connection,
-        // under the current placement. Pausing and deleting move the epoch on as well, but a
-        // paused tenant is refused by name, so no ordering of requests can unlock its keys.
-        let is_active = matches!(
-            self.store.tenant(&tenant),
-            Ok(Some(t)) if !t.deleted && t.tier != crate::config::PAUSED_TIER
-        );
-        // Placed here: the primary copy, or a live replica (a stale one serves nothing and
-        // catches up with ciphertext only, so it gets no keys).
-        let placed_here = is_active
-            && match self.store.placement(&tenant) {
-                Ok(Some(p)) if conn.assigned_epoch(&tenant) == Some(p.epoch) => {
-                    p.worker == conn.id
-                        || self.store.replicas(&tenant).is_ok_and(|replicas| {
-                            replicas.iter().any(|r| {
-                                r.worker == conn.id && r.state == crate::store::CopyState::Live
-                            })
-                        })
-                }
-                _ => false,
-            };
+        let placed_here = self.placed_here(conn, &tenant).await;
         // While the coordinator releases a tenant from this connection (pause, deletion, move),
         // the worker may seal its segments at close, which needs keys, although the change has
         // already fenced the epoch. Only under the epoch this connection holds, and only until

@@ -68,6 +68,8 @@ pub struct WorkerConn {
     permits: Arc<Semaphore>,
     /// Tenants this connection has acknowledged, with their epoch.
     assigned: Mutex<HashMap<String, u64>>,
+    /// Notified whenever `assigned` changes.
+    assignments_changed: tokio::sync::Notify,
     /// Tenants being released on this connection. Until the worker answers, it may still ask for
     /// keys to seal their segments at close, although a pause or deletion has already moved
     /// their epoch on (the key service allows that, for the epoch the connection holds).
@@ -95,6 +97,7 @@ impl WorkerConn {
             next_id: AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(max_in_flight)),
             assigned: Mutex::new(HashMap::new()),
+            assignments_changed: tokio::sync::Notify::new(),
             releasing: Mutex::new(HashSet::new()),
             pulse: health::Pulse::new(hello, health),
         }
@@ -108,6 +111,19 @@ impl WorkerConn {
     /// Forgets an assignment (the worker refused it, or the tenant moved).
     pub fn forget_assignment(&self, tenant: &str) {
         self.assigned.lock().remove(tenant);
+        self.assignments_changed.notify_waiters();
+    }
+
+    /// Records that the worker acknowledged `tenant` under `epoch`.
+    fn record_assignment(&self, tenant: &str, epoch: u64) {
+        self.assigned.lock().insert(tenant.to_owned(), epoch);
+        self.assignments_changed.notify_waiters();
+    }
+
+    /// Resolves at the next change of this connection's assignments (enable it before reading
+    /// the assignment it should see change).
+    pub(crate) fn assignments_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.assignments_changed.notified()
     }
 
     /// Whether a release of `tenant` is in flight on this connection.
@@ -588,7 +604,7 @@ impl Hub {
         let conn = self.connected_worker(worker)?;
         match self.request_on(&conn, body, timeout, 0).await? {
             cluster::envelope::Body::Ack(_) => {
-                conn.assigned.lock().insert(tenant.to_owned(), epoch);
+                conn.record_assignment(tenant, epoch);
                 Ok(())
             }
             cluster::envelope::Body::Error(err) => Err(ApiError::new(

@@ -217,7 +217,8 @@ impl Engine {
     }
 
     /// Appends `bytes` at `offset` of `path` in `tenant`'s import: a file is written in order,
-    /// from 0, each piece where the last one ended.
+    /// from 0, each piece where the last one ended. A piece at offset 0 of a file staged already
+    /// starts it again (a catch-up re-copies a file that changed since it was staged).
     pub fn write_import(
         &self,
         tenant: &TenantId,
@@ -231,6 +232,14 @@ impl Engine {
             Error::invalid(format!("no import of tenant {tenant} is in progress"))
         })?;
         let limits = import.limits;
+        if offset == 0
+            && let Some(old) = import.files.remove(path)
+        {
+            import.bytes -= old.file.len();
+            drop(old);
+            let full = import.dir.join(path);
+            self.ctx.disk.remove_file(&full).map_err(Error::io(&full))?;
+        }
         let total = import.bytes.saturating_add(bytes.len() as u64);
         if total > limits.max_bytes {
             return Err(Error::invalid(format!(
@@ -277,10 +286,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Finishes `tenant`'s import if it holds exactly `expected` (names, lengths, digests) and
-    /// every collection in it has a manifest: makes every file and directory durable, then
-    /// replaces the tenant's directory with the staged one. The tenant must not be loaded.
-    /// Anything else leaves the tenant's files as they were, and the import can be aborted.
+    /// Finishes `tenant`'s import if it holds every file of `expected` (names, lengths, digests)
+    /// and every collection in it has a manifest: removes staged files `expected` does not list
+    /// (a catch-up staged files the source has deleted since), makes every file and directory
+    /// durable, then replaces the tenant's directory with the staged one. The tenant must not be
+    /// loaded. Anything else leaves the tenant's files as they were, and the import can be aborted.
     pub fn commit_import(&self, tenant: &TenantId, expected: &[ExportFile]) -> Result<()> {
         if self.is_loaded(tenant) {
             return Err(Error::invalid(format!(
@@ -298,12 +308,23 @@ impl Engine {
                 return Err(Error::invalid(format!("{} is listed twice", file.path)));
             }
         }
-        if wanted.len() != import.files.len()
-            || !wanted.keys().all(|p| import.files.contains_key(*p))
-        {
-            return Err(Error::invalid(
-                "the staged files are not the listed ones".to_owned(),
-            ));
+        if let Some(missing) = wanted.keys().find(|p| !import.files.contains_key(**p)) {
+            return Err(Error::invalid(format!(
+                "{missing} is listed but not staged"
+            )));
+        }
+        let unlisted: Vec<String> = import
+            .files
+            .keys()
+            .filter(|p| !wanted.contains_key(p.as_str()))
+            .cloned()
+            .collect();
+        for path in unlisted {
+            if let Some(old) = import.files.remove(&path) {
+                import.bytes -= old.file.len();
+            }
+            let full = import.dir.join(&path);
+            self.ctx.disk.remove_file(&full).map_err(Error::io(&full))?;
         }
         for (path, staged) in &mut import.files {
             let want = wanted[path.as_str()];
@@ -353,6 +374,84 @@ impl Engine {
         open.remove(tenant);
         drop(open);
         remove_tree(&replaced)
+    }
+
+    /// Stages, from the files `tenant` has on this worker now (a stale copy), those of `files`
+    /// whose length and digest match: a catch-up then copies only what differs. The local
+    /// files are read, not linked, and each is checked against its listing as it is staged;
+    /// one that does not match (or is missing) is left out. Answers how many were staged.
+    pub fn reuse_import(&self, tenant: &TenantId, files: &[ExportFile]) -> Result<usize> {
+        let mut reused = 0;
+        for want in files {
+            check_path(&want.path)?;
+            let local = self.tenant_dir(tenant).join(&want.path);
+            let Ok(meta) = std::fs::symlink_metadata(&local) else {
+                continue;
+            };
+            if !meta.is_file() || meta.len() != want.len {
+                continue;
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&local)
+                .map_err(Error::io(&local))?;
+            let mut buf = vec![0u8; MAX_PIECE_BYTES.min(1 << 20)];
+            let mut offset = 0u64;
+            loop {
+                let n = file.read(&mut buf).map_err(Error::io(&local))?;
+                if n == 0 {
+                    break;
+                }
+                self.write_import(tenant, &want.path, offset, &buf[..n])?;
+                offset += n as u64;
+            }
+            if offset == 0 {
+                // An empty file: staged by an empty piece.
+                self.write_import(tenant, &want.path, 0, &[])?;
+            }
+            let matches = self
+                .staged_files(tenant)?
+                .iter()
+                .any(|staged| staged == want);
+            if matches {
+                reused += 1;
+            } else {
+                self.unstage(tenant, &want.path)?;
+            }
+        }
+        Ok(reused)
+    }
+
+    /// The files staged in `tenant`'s import so far, with their lengths and digests.
+    pub fn staged_files(&self, tenant: &TenantId) -> Result<Vec<ExportFile>> {
+        let open = self.imports.open.lock();
+        let import = open.get(tenant).ok_or_else(|| {
+            Error::invalid(format!("no import of tenant {tenant} is in progress"))
+        })?;
+        Ok(import
+            .files
+            .iter()
+            .map(|(path, staged)| ExportFile {
+                path: path.clone(),
+                len: staged.file.len(),
+                sha256: staged.hasher.clone().finalize().into(),
+            })
+            .collect())
+    }
+
+    /// Removes `path` from `tenant`'s import.
+    fn unstage(&self, tenant: &TenantId, path: &str) -> Result<()> {
+        let mut open = self.imports.open.lock();
+        let Some(import) = open.get_mut(tenant) else {
+            return Ok(());
+        };
+        if let Some(old) = import.files.remove(path) {
+            import.bytes -= old.file.len();
+            let full = import.dir.join(path);
+            self.ctx.disk.remove_file(&full).map_err(Error::io(&full))?;
+        }
+        Ok(())
     }
 
     /// Drops `tenant`'s import and its staging directory, if any.

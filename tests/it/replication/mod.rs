@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tests::Cluster;
 use tests::partition::Link;
 
+mod catch_up;
 mod failover;
 mod fleet_changes;
 mod randomized;
@@ -199,12 +200,13 @@ async fn reader(client: Client, stop: Arc<AtomicBool>) -> (usize, usize, Duratio
     let mut last_ok = Instant::now();
     let mut longest = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
-        let (status, _) = client.search().await;
+        let (status, body) = client.search().await;
         if status == 200 {
             ok += 1;
             longest = longest.max(last_ok.elapsed());
             last_ok = Instant::now();
         } else {
+            eprintln!("a search failed: {status} {body}");
             failed += 1;
         }
     }

@@ -68,6 +68,21 @@ fn run(engine: &Engine, tenant: &TenantId, step: Step) -> Result<Body, Error> {
                 .collect::<Result<Vec<_>, _>>()?;
             engine.commit_import(tenant, &files)?;
         }
+        Step::ImportReuse(reuse) => {
+            let files = reuse
+                .files
+                .into_iter()
+                .map(from_proto)
+                .collect::<Result<Vec<_>, _>>()?;
+            engine.reuse_import(tenant, &files)?;
+        }
+        Step::ImportStaged(_) => {
+            answer.files = engine
+                .staged_files(tenant)?
+                .into_iter()
+                .map(to_proto)
+                .collect();
+        }
         Step::ImportAbort(_) => engine.abort_import(tenant)?,
         Step::DropFiles(_) => {
             engine.abort_import(tenant)?;
@@ -84,6 +99,8 @@ fn step_name(step: &Step) -> &'static str {
         Step::ImportBegin(_) => "import_begin",
         Step::ImportPiece(_) => "import_piece",
         Step::ImportCommit(_) => "import_commit",
+        Step::ImportReuse(_) => "import_reuse",
+        Step::ImportStaged(_) => "import_staged",
         Step::ImportAbort(_) => "import_abort",
         Step::DropFiles(_) => "drop_files",
     }

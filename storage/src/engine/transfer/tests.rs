@@ -118,13 +118,10 @@ fn copy(
 
 fn live_ids(engine: &Engine, t: &TenantId) -> Vec<u64> {
     let docs = engine.collection(t, &name("docs")).unwrap();
-    let ids: Vec<PointId> = (0..2500).map(PointId::Num).collect();
-    let mut found: Vec<u64> = docs
-        .get(&ids[..1000], false, true)
-        .unwrap()
-        .into_iter()
-        .chain(docs.get(&ids[1000..2000], false, true).unwrap())
-        .chain(docs.get(&ids[2000..], false, true).unwrap())
+    let ids: Vec<PointId> = (0..3000).map(PointId::Num).collect();
+    let mut found: Vec<u64> = ids
+        .chunks(1000)
+        .flat_map(|chunk| docs.get(chunk, false, true).unwrap())
         .map(|r| {
             let PointId::Num(id) = r.id else {
                 panic!("numeric ids")
@@ -316,7 +313,11 @@ fn a_commit_refuses_a_listing_that_does_not_match_what_was_staged() {
     longer[0].len += 1;
     let mut twice = files.clone();
     twice.push(files[0].clone());
-    let missing = files[1..].to_vec();
+    let manifest_unlisted: Vec<ExportFile> = files
+        .iter()
+        .filter(|f| f.path != "docs/MANIFEST")
+        .cloned()
+        .collect();
     let mut extra = files.clone();
     extra.push(ExportFile {
         path: "docs/seg-999".into(),
@@ -329,7 +330,7 @@ fn a_commit_refuses_a_listing_that_does_not_match_what_was_staged() {
         ("a flipped digest", flipped),
         ("a wrong length", longer),
         ("a file listed twice", twice),
-        ("a staged file not listed", missing),
+        ("a staged manifest not listed", manifest_unlisted),
         ("a listed file not staged", extra),
         ("a hostile name", hostile),
     ] {
@@ -417,4 +418,155 @@ fn an_interrupted_commit_is_undone_or_finished_when_the_engine_opens() {
         assert_eq!(engine.stored_tenants().unwrap(), std::slice::from_ref(&t));
     }
     assert!(!root.join(".replaced-t").exists());
+}
+
+/// Writes 500 more points to `t` on `engine` (a new segment, a new manifest) and unloads it.
+fn write_more(engine: &Engine, t: &TenantId) -> Vec<u64> {
+    let docs = engine.collection(t, &name("docs")).unwrap();
+    let points = (2500..3000u64)
+        .map(|id| PointInput {
+            id: PointId::Num(id),
+            vector: vector(id),
+            payload: None,
+        })
+        .collect();
+    docs.upsert(points).unwrap();
+    docs.wait_idle().unwrap();
+    drop(docs);
+    engine.unload_tenant(t).unwrap();
+    (100..3000).collect()
+}
+
+/// Stages whatever `files` the import lacks (by length and digest) from `from`; answers how
+/// many were copied.
+fn copy_missing(from: &Engine, to: &Engine, t: &TenantId, files: &[ExportFile]) -> usize {
+    let staged = to.staged_files(t).unwrap();
+    let mut copied = 0;
+    for file in files.iter().filter(|f| !staged.contains(f)) {
+        let bytes = from.read_export(t, &file.path, 0, MAX_PIECE_BYTES).unwrap();
+        to.write_import(t, &file.path, 0, &bytes).unwrap();
+        copied += 1;
+    }
+    copied
+}
+
+#[test]
+fn a_stale_copy_stages_its_unchanged_files_and_only_the_others_are_copied() {
+    let Pair {
+        dir: _dir,
+        t,
+        source,
+        live: _,
+        target,
+    } = pair();
+    // The target holds a copy of the tenant as it was; the source then moves on.
+    let before = copy(&source, &t, &target, &t, 1 << 20);
+    target.commit_import(&t, &before).unwrap();
+    let live = write_more(&source, &t);
+    let after = source.export_files(&t).unwrap();
+    let unchanged: Vec<&ExportFile> = after.iter().filter(|f| before.contains(f)).collect();
+    assert!(
+        unchanged.iter().any(|f| f.path.starts_with("docs/seg-")),
+        "sealed segments do not change: {before:?} / {after:?}"
+    );
+    assert!(unchanged.len() < after.len(), "something changed");
+
+    target.begin_import(&t, GENEROUS).unwrap();
+    let reused = target.reuse_import(&t, &after).unwrap();
+    assert_eq!(reused, unchanged.len());
+    let staged = target.staged_files(&t).unwrap();
+    assert_eq!(staged.iter().collect::<Vec<_>>(), unchanged);
+    assert_eq!(
+        copy_missing(&source, &target, &t, &after),
+        after.len() - unchanged.len()
+    );
+    target.commit_import(&t, &after).unwrap();
+    assert_eq!(live_ids(&target, &t), live);
+}
+
+#[test]
+fn a_restaged_file_starts_again_and_unlisted_staged_files_are_left_out() {
+    let Pair {
+        dir,
+        t,
+        source,
+        live,
+        target,
+    } = pair();
+    let files = copy(&source, &t, &target, &t, 1 << 20);
+    // A file staged with other contents, then again from offset 0 with its own.
+    let seg = files
+        .iter()
+        .find(|f| f.path.starts_with("docs/seg-"))
+        .unwrap();
+    target
+        .write_import(&t, &seg.path, 0, b"something else")
+        .unwrap();
+    assert!(!target.staged_files(&t).unwrap().contains(seg));
+    assert!(
+        target
+            .commit_import(&t, &files)
+            .unwrap_err()
+            .is_user_error()
+    );
+    let bytes = source
+        .read_export(&t, &seg.path, 0, MAX_PIECE_BYTES)
+        .unwrap();
+    target.write_import(&t, &seg.path, 0, &bytes).unwrap();
+    assert!(target.staged_files(&t).unwrap().contains(seg));
+    // A staged file the listing does not name is not kept.
+    target
+        .write_import(&t, "docs/seg-999", 0, b"gone at the source")
+        .unwrap();
+    target.commit_import(&t, &files).unwrap();
+    assert!(!dir.path().join("b/tenants/t/docs/seg-999").exists());
+    assert_eq!(live_ids(&target, &t), live);
+}
+
+#[test]
+fn reusing_local_files_checks_names_digests_and_follows_no_link() {
+    let Pair {
+        dir,
+        t,
+        source,
+        live: _,
+        target,
+    } = pair();
+    let files = copy(&source, &t, &target, &t, 1 << 20);
+    target.commit_import(&t, &files).unwrap();
+    // A file of the same length with one bit flipped is not taken.
+    let seg = files
+        .iter()
+        .find(|f| f.path.starts_with("docs/seg-"))
+        .unwrap();
+    let local = dir.path().join("b/tenants/t").join(&seg.path);
+    let mut bytes = std::fs::read(&local).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&local, &bytes).unwrap();
+    // A link where a listed file should be is not followed.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"not the tenant's").unwrap();
+    std::os::unix::fs::symlink(&secret, dir.path().join("b/tenants/t/docs/seg-77")).unwrap();
+    let link = ExportFile {
+        path: "docs/seg-77".into(),
+        len: 16,
+        sha256: Sha256::digest(b"not the tenant's").into(),
+    };
+    let mut listing = files.clone();
+    listing.push(link.clone());
+    target.begin_import(&t, GENEROUS).unwrap();
+    assert_eq!(target.reuse_import(&t, &listing).unwrap(), files.len() - 1);
+    let staged = target.staged_files(&t).unwrap();
+    assert!(!staged.contains(seg), "the flipped segment");
+    assert!(!staged.iter().any(|f| f.path == link.path), "the link");
+    // A hostile name is refused before anything is read.
+    let mut hostile = files[0].clone();
+    hostile.path = "../../secret".into();
+    assert!(
+        target
+            .reuse_import(&t, &[hostile])
+            .unwrap_err()
+            .is_user_error()
+    );
 }

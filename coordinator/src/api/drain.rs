@@ -1,6 +1,7 @@
 //! Draining a worker (`POST /admin/v1/workers/{id}/drain`): it takes no new tenant, and its
-//! tenants are moved off one at a time ([`Service::move_tenant`], to the worker the health tracker
-//! chooses) by a background task; `/admin/v1/workers` shows it `draining` with its placed tenants
+//! tenants are handed over one at a time (a replicated one to its live replica at once, any other
+//! by [`Service::hand_over`] to the worker the health tracker chooses: no request is refused) by
+//! a background task; `/admin/v1/workers` shows it `draining` with its placed tenants
 //! going down. The flag is in the store, so a drain that a coordinator restart cut short goes on
 //! when it starts again ([`Service::resume_drains`]). `POST .../undrain` stops it: the tenants
 //! moved stay where they went.
@@ -8,8 +9,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::Service;
 use super::error::{ApiError, Code};
+use super::{Service, off_runtime};
 use crate::store::Actor;
 
 /// Drains running now, and a notification each time one ends.
@@ -126,8 +127,38 @@ impl Service {
         }
     }
 
-    /// Moves the tenants placed on `worker` off it, one at a time, while it is draining; a tenant
-    /// whose move fails is skipped (a later drain request tries it again). Audits the outcome.
+    /// Hands `tenant`'s primary copy on the draining `worker` over (`handover.rs`: no request is
+    /// refused) to the worker the health tracker picks among the others that hold no copy of
+    /// it. Answers that worker.
+    async fn hand_off(&self, worker: &str, tenant: &str) -> Result<String, ApiError> {
+        let holders: Vec<String> = std::iter::once(worker.to_owned())
+            .chain(
+                off_runtime(|| self.store.replicas(tenant))?
+                    .into_iter()
+                    .map(|r| r.worker),
+            )
+            .collect();
+        let others: Vec<_> = self
+            .hub
+            .health()
+            .into_iter()
+            .filter(|h| !holders.contains(&h.id))
+            .collect();
+        let placements = off_runtime(|| self.store.placements())?;
+        let placed = |w: &str| placements.iter().filter(|p| p.worker == w).count();
+        let to = crate::cluster::health::choose_worker(&others, placed).ok_or_else(|| {
+            ApiError::new(
+                Code::FailedPrecondition,
+                "no other worker is connected to hand the tenant to",
+            )
+        })?;
+        self.hand_over(tenant, worker, &to).await?;
+        Ok(to)
+    }
+
+    /// Hands the tenants placed on `worker` over to others, one at a time, while it is
+    /// draining; a tenant whose hand-over fails is skipped (a later drain request tries it
+    /// again). Audits the outcome.
     async fn drain(&self, worker: &str) {
         let mut moved = 0usize;
         let mut failed: Vec<String> = Vec::new();
@@ -159,10 +190,10 @@ impl Service {
                 moved += 1;
                 continue;
             }
-            match self.move_tenant(&next.tenant, None).await {
-                Ok(report) => {
+            match self.hand_off(worker, &next.tenant).await {
+                Ok(to) => {
                     moved += 1;
-                    tracing::info!(worker, tenant = %next.tenant, to = %report.to, "drain moved a tenant");
+                    tracing::info!(worker, tenant = %next.tenant, to = %to, "drain handed a tenant over");
                 }
                 Err(err) if err.code == Code::FailedPrecondition => {
                     // No worker to move to yet (none other connected, say, right after a

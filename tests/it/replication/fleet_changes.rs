@@ -60,6 +60,57 @@ async fn draining_a_replicated_tenants_worker_under_load_gives_no_client_error()
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_single_copy_tenants_worker_under_load_gives_no_client_error() {
+    let cluster = start(|_| {}, 2).await;
+    let key = cluster.tenant("acme", None).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    let (from, replicas) = copies(&cluster, "acme").await;
+    assert!(replicas.is_empty(), "one copy: {replicas:?}");
+    let client = Client::new(&cluster, &key);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let writers: Vec<_> = (1..=2)
+        .map(|w| tokio::spawn(writer(client.clone(), w, stop.clone(), acked.clone())))
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(reader(client.clone(), stop.clone())))
+        .collect();
+    while acked.lock().unwrap().len() < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its worker drains: the tenant is handed over to the other one, served throughout.
+    let (status, body) = cluster
+        .admin("POST", &format!("/admin/v1/workers/{from}/drain"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    cluster.service().wait_for_drains().await;
+    let (to, replicas) = copies(&cluster, "acme").await;
+    assert_ne!(to, from);
+    assert!(replicas.is_empty(), "one copy again: {replicas:?}");
+    let at_drain = acked.lock().unwrap().len();
+    while acked.lock().unwrap().len() < at_drain + 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut write_errors = 0;
+    for w in writers {
+        write_errors += w.await.expect("writer");
+    }
+    let mut search_errors = 0;
+    for r in readers {
+        search_errors += r.await.expect("reader").1;
+    }
+    assert_eq!(
+        (write_errors, search_errors),
+        (0, 0),
+        "clients saw errors during the drain"
+    );
+    let acked = acked.lock().unwrap().clone();
+    assert_all_acked(&client, &acked).await;
+    cluster.shutdown().await;
+}
+
 /// Single-copy tenants, and copies handed over to even the workers out.
 fn rebalancing(config: &mut coordinator::config::Config) {
     config.health = HealthConfig {

@@ -181,6 +181,7 @@ async fn writer(client: Client, w: u64, stop: Arc<AtomicBool>, acked: Acked) -> 
                 acked.lock().unwrap().insert(id, version);
                 break;
             }
+            eprintln!("a write failed: {status} {body}");
             tries += 1;
             assert!(
                 tries < 500,

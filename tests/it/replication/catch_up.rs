@@ -115,48 +115,11 @@ async fn a_returning_copy_copies_only_what_changed_while_it_was_away() {
     cluster.shutdown().await;
 }
 
-/// Holds the upserts of tenant `acme` on a worker while closed, and counts those held.
-#[derive(Default)]
-struct Gate {
-    state: Mutex<(bool, usize)>,
-    changed: Condvar,
-}
-
-impl Gate {
-    fn set(&self, closed: bool) {
-        self.state.lock().unwrap().0 = closed;
-        self.changed.notify_all();
-    }
-
-    fn pass(&self) {
-        let mut state = self.state.lock().unwrap();
-        state.1 += 1;
-        self.changed.notify_all();
-        while state.0 {
-            state = self.changed.wait(state).unwrap();
-        }
-        state.1 -= 1;
-    }
-
-    fn wait_held(&self) {
-        let mut state = self.state.lock().unwrap();
-        while state.1 == 0 {
-            state = self.changed.wait(state).unwrap();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_over_waits_for_a_single_copy_write_in_flight() {
     let mut cluster = Cluster::start_without_workers(2, |_| {}).await;
-    let gate = Arc::new(Gate::default());
-    let mut config = cluster.worker_config(0);
-    let held = gate.clone();
-    config.request_hook = Some(Arc::new(move |tenant: &str, op: &str| {
-        if tenant == "acme" && op == "upsert" {
-            held.pass();
-        }
-    }));
+    let gate = Arc::new(WorkerGate::default());
+    let config = gated_config(&cluster, 0, &gate, "upsert");
     cluster.start_worker_with(0, config).await;
     let key = cluster.tenant("acme", None).await;
     cluster.create_collection(&key, "docs", 4).await;

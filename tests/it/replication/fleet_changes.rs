@@ -9,17 +9,8 @@ async fn draining_a_replicated_tenants_worker_under_load_gives_no_client_error()
     cluster.create_collection(&key, "docs", 4).await;
     let (primary, replicas) = copies(&cluster, "acme").await;
     let client = Client::new(&cluster, &key);
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Acked = Arc::default();
-    let writers: Vec<_> = (1..=2)
-        .map(|w| tokio::spawn(writer(client.clone(), w, stop.clone(), acked.clone())))
-        .collect();
-    let readers: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(reader(client.clone(), stop.clone())))
-        .collect();
-    while acked.lock().unwrap().len() < 100 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let load = Load::start(&client, 2, 2);
+    load.until_more_acked(100).await;
     // The primary's worker drains: its live replica takes over at once, and the repair makes a
     // new copy on the third worker.
     let (status, body) = cluster
@@ -34,19 +25,8 @@ async fn draining_a_replicated_tenants_worker_under_load_gives_no_client_error()
         }
         cluster.hub().wait_for_change().await;
     }
-    let at_drain = acked.lock().unwrap().len();
-    while acked.lock().unwrap().len() < at_drain + 100 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut write_errors = 0;
-    for w in writers {
-        write_errors += w.await.expect("writer");
-    }
-    let mut search_errors = 0;
-    for r in readers {
-        search_errors += r.await.expect("reader").1;
-    }
+    load.until_more_acked(100).await;
+    let (write_errors, search_errors, acked) = load.finish().await;
     assert_eq!(
         (write_errors, search_errors),
         (0, 0),
@@ -55,7 +35,6 @@ async fn draining_a_replicated_tenants_worker_under_load_gives_no_client_error()
     let (now_primary, now_replicas) = copies(&cluster, "acme").await;
     assert_eq!(now_primary, replicas[0].0, "the live replica took over");
     assert!(now_replicas.iter().all(|(w, _)| *w != primary));
-    let acked = acked.lock().unwrap().clone();
     assert_all_acked(&client, &acked).await;
     cluster.shutdown().await;
 }
@@ -68,17 +47,8 @@ async fn draining_a_single_copy_tenants_worker_under_load_gives_no_client_error(
     let (from, replicas) = copies(&cluster, "acme").await;
     assert!(replicas.is_empty(), "one copy: {replicas:?}");
     let client = Client::new(&cluster, &key);
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Acked = Arc::default();
-    let writers: Vec<_> = (1..=2)
-        .map(|w| tokio::spawn(writer(client.clone(), w, stop.clone(), acked.clone())))
-        .collect();
-    let readers: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(reader(client.clone(), stop.clone())))
-        .collect();
-    while acked.lock().unwrap().len() < 100 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let load = Load::start(&client, 2, 2);
+    load.until_more_acked(100).await;
     // Its worker drains: the tenant is handed over to the other one, served throughout.
     let (status, body) = cluster
         .admin("POST", &format!("/admin/v1/workers/{from}/drain"), None)
@@ -88,25 +58,13 @@ async fn draining_a_single_copy_tenants_worker_under_load_gives_no_client_error(
     let (to, replicas) = copies(&cluster, "acme").await;
     assert_ne!(to, from);
     assert!(replicas.is_empty(), "one copy again: {replicas:?}");
-    let at_drain = acked.lock().unwrap().len();
-    while acked.lock().unwrap().len() < at_drain + 100 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut write_errors = 0;
-    for w in writers {
-        write_errors += w.await.expect("writer");
-    }
-    let mut search_errors = 0;
-    for r in readers {
-        search_errors += r.await.expect("reader").1;
-    }
+    load.until_more_acked(100).await;
+    let (write_errors, search_errors, acked) = load.finish().await;
     assert_eq!(
         (write_errors, search_errors),
         (0, 0),
         "clients saw errors during the drain"
     );
-    let acked = acked.lock().unwrap().clone();
     assert_all_acked(&client, &acked).await;
     cluster.shutdown().await;
 }

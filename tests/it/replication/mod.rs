@@ -4,7 +4,8 @@
 //! nothing until it caught up; a lost copy is replaced after the grace period; a coordinator
 //! restart makes replicas copy their primary again. `fleet_changes`: a drain and a joining worker
 //! move copies with no client error, a tenant placed while one worker was up gets its second copy
-//! with its data. `randomized`: a seeded random mix of kills, restarts, partitions, moves and
+//! with its data. `catch_up`: a returning copy copies only what changed, a hand-over waits for a
+//! write in flight, a copy that stays placed through a change keeps getting its keys. `randomized`: a seeded random mix of kills, restarts, partitions, moves and
 //! writes keeps every acknowledged write.
 
 use std::collections::HashMap;
@@ -159,6 +160,60 @@ impl Client {
 
 /// What the writers had acknowledged: id -> last acknowledged version.
 type Acked = Arc<std::sync::Mutex<HashMap<u64, u64>>>;
+
+/// [`writer`]s and [`reader`]s running against one tenant until [`Load::finish`].
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+    writers: Vec<tokio::task::JoinHandle<usize>>,
+    readers: Vec<tokio::task::JoinHandle<(usize, usize, Duration)>>,
+}
+
+impl Load {
+    fn start(client: &Client, writers: u64, readers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Acked = Arc::default();
+        Load {
+            writers: (1..=writers)
+                .map(|w| tokio::spawn(writer(client.clone(), w, stop.clone(), acked.clone())))
+                .collect(),
+            readers: (0..readers)
+                .map(|_| tokio::spawn(reader(client.clone(), stop.clone())))
+                .collect(),
+            stop,
+            acked,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `more` writes beyond those acknowledged now are acknowledged.
+    async fn until_more_acked(&self, more: usize) {
+        let target = self.acked() + more;
+        while self.acked() < target {
+            // A poll of the clients' progress, not a wait for readiness.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the clients; answers the write and search errors they saw and the acknowledged
+    /// writes.
+    async fn finish(self) -> (usize, usize, HashMap<u64, u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut write_errors = 0;
+        for w in self.writers {
+            write_errors += w.await.expect("writer");
+        }
+        let mut search_errors = 0;
+        for r in self.readers {
+            search_errors += r.await.expect("reader").1;
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        (write_errors, search_errors, acked)
+    }
+}
 
 /// Writer `w` upserts new ids and rewrites old ones with higher versions, one at a time; an
 /// attempt that is not acknowledged is retried unchanged until it is (a write is never

@@ -120,14 +120,15 @@ impl Hub {
                 );
             }
         };
-        let placed_here = self.placed_here(conn, &tenant).await;
         // While the coordinator releases a tenant from this connection (pause, deletion, move),
         // the worker may seal its segments at close, which needs keys, although the change has
         // already fenced the epoch. Only under the epoch this connection holds, and only until
         // the worker answers the release: a request that raced the change cannot assign the
         // tenant again there (the release's newer epoch makes the worker refuse the older one).
+        // Checked first: a release follows a change that fenced the epoch, so the placement
+        // check below would wait for an assignment that never comes.
         let releasing = conn.is_releasing(&tenant) && conn.assigned_epoch(&tenant).is_some();
-        let placed_here = placed_here || releasing;
+        let placed_here = releasing || self.placed_here(conn, &tenant).await;
         if !placed_here {
             self.audit_refusal(
                 &conn.id,

@@ -151,6 +151,10 @@ async fn a_hand_over_waits_for_a_single_copy_write_in_flight() {
             alone,
             "the hand-over changed the tenant's copies while a write was in flight"
         );
+        assert!(
+            !hand_over.is_finished(),
+            "the hand-over ended without waiting"
+        );
         tokio::task::yield_now().await;
     }
     assert!(!hand_over.is_finished());
@@ -278,6 +282,10 @@ async fn a_copy_that_stays_placed_loads_its_tenant_after_the_epoch_moves_on() {
         .iter()
         .any(|(w, _)| *w == third)
     {
+        assert!(
+            !hand_over.is_finished(),
+            "the hand-over ended before adding its replica"
+        );
         tokio::task::yield_now().await;
     }
 

@@ -60,8 +60,7 @@ impl Service {
                     .add_replica(&Actor(SYSTEM.into()), tenant, to, false)
             })?;
             // Before the lock is let go: the next write must see the replica.
-            self.forget_tenant_state(tenant);
-            self.assign_live_copies(tenant).await;
+            self.copies_changed(tenant).await;
         }
         let stale = off_runtime(|| self.store.replicas(tenant))?
             .iter()
@@ -90,8 +89,7 @@ impl Service {
                 &format!("handed over to {to}"),
             )
         })?;
-        self.forget_tenant_state(tenant);
-        self.assign_live_copies(tenant).await;
+        self.copies_changed(tenant).await;
         drop(_turn);
         self.drop_copy(tenant, from, placed.epoch).await;
         tracing::info!(tenant, from, to, "a copy was handed over");

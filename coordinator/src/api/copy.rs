@@ -72,9 +72,8 @@ impl Service {
         self.begin_import(tenant, to, &listing, false).await?;
         self.copy_missing(tenant, from, to, &listing, false, progress)
             .await?;
-        let files = listing.len();
-        self.commit_import(tenant, to, listing).await?;
-        Ok((files, bytes))
+        self.commit_import(tenant, to, listing.clone()).await?;
+        Ok((listing.len(), bytes))
     }
 
     /// Catches the stale copy of `tenant` on `worker` up from its primary and records it live
@@ -143,15 +142,11 @@ impl Service {
                 format!("the copy of {tenant} on {worker} is no longer a stale replica"),
             ));
         };
-        // Each listing reads every file for its digest: one that differs from the round's is
-        // the next round's.
-        let mut listing = self.list_files(tenant, &from, true).await?;
         for _ in 0..LOCKED_ROUNDS {
+            let listing = self.list_files(tenant, &from, true).await?;
             self.copy_missing(tenant, &from, worker, &listing, true, &progress)
                 .await?;
-            let again = self.list_files(tenant, &from, true).await?;
-            if again != listing {
-                listing = again;
+            if self.list_files(tenant, &from, true).await? != listing {
                 continue;
             }
             let listing_bytes: u64 = listing.iter().map(|f| f.len).sum();
@@ -173,7 +168,8 @@ impl Service {
                     }),
                 )
             })?;
-            self.copies_changed(tenant).await;
+            self.forget_tenant_state(tenant);
+            self.assign_live_copies(tenant).await;
             return Ok(copied);
         }
         Err(ApiError::new(

@@ -114,7 +114,8 @@ impl Service {
             "its worker is draining",
         ) {
             Ok(p) if p.worker != worker => {
-                self.copies_changed(tenant).await;
+                self.forget_tenant_state(tenant);
+                self.assign_live_copies(tenant).await;
                 tracing::info!(worker, tenant, primary = %p.worker, "drain handed a tenant to its replica");
                 true
             }
@@ -127,8 +128,8 @@ impl Service {
     }
 
     /// Hands `tenant`'s primary copy on the draining `worker` over (`handover.rs`: no request is
-    /// refused) to the `up` worker [`Service::choose_copy_worker`] picks among those that hold
-    /// no copy of it. Answers that worker.
+    /// refused) to the worker the health tracker picks among the others that hold no copy of
+    /// it. Answers that worker.
     async fn hand_off(&self, worker: &str, tenant: &str) -> Result<String, ApiError> {
         let holders: Vec<String> = std::iter::once(worker.to_owned())
             .chain(
@@ -137,7 +138,15 @@ impl Service {
                     .map(|r| r.worker),
             )
             .collect();
-        let to = self.choose_copy_worker(&holders).ok_or_else(|| {
+        let others: Vec<_> = self
+            .hub
+            .health()
+            .into_iter()
+            .filter(|h| !holders.contains(&h.id))
+            .collect();
+        let placements = off_runtime(|| self.store.placements())?;
+        let placed = |w: &str| placements.iter().filter(|p| p.worker == w).count();
+        let to = crate::cluster::health::choose_worker(&others, placed).ok_or_else(|| {
             ApiError::new(
                 Code::FailedPrecondition,
                 "no other worker is connected to hand the tenant to",

@@ -60,7 +60,8 @@ impl Service {
                     .add_replica(&Actor(SYSTEM.into()), tenant, to, false)
             })?;
             // Before the lock is let go: the next write must see the replica.
-            self.copies_changed(tenant).await;
+            self.forget_tenant_state(tenant);
+            self.assign_live_copies(tenant).await;
         }
         let stale = off_runtime(|| self.store.replicas(tenant))?
             .iter()
@@ -89,7 +90,8 @@ impl Service {
                 &format!("handed over to {to}"),
             )
         })?;
-        self.copies_changed(tenant).await;
+        self.forget_tenant_state(tenant);
+        self.assign_live_copies(tenant).await;
         drop(_turn);
         self.drop_copy(tenant, from, placed.epoch).await;
         tracing::info!(tenant, from, to, "a copy was handed over");

@@ -630,8 +630,7 @@ impl Service {
         // A single-copy write holds the tenant's write lock shared while in flight: a change of
         // its copies (a hand-over's new epoch) waits for it, and one that came first is seen
         // here, under the lock.
-        let write = replicas::is_write(&op);
-        let shared = if write {
+        let shared = if replicas::is_write(&op) {
             Some(self.shared_write_turn(tenant).await?)
         } else {
             None
@@ -640,7 +639,7 @@ impl Service {
             drop(shared);
             return self.route_replicated(tenant, tier, op, large).await;
         };
-        let retry = (!write).then(|| op.clone());
+        let retry = (!replicas::is_write(&op)).then(|| op.clone());
         match self
             .send_to(
                 &placement.worker,

@@ -354,8 +354,9 @@ impl Service {
                     "the write's outcome could not be recorded; its outcome is unknown: upserts and deletes are safe to retry",
                 )
             })?;
+            self.forget_tenant_state(tenant);
             tracing::warn!(tenant, workers = ?missed, "copies recorded stale after a write");
-            self.copies_changed(tenant).await;
+            self.assign_live_copies(tenant).await;
         }
         match reference {
             Some(r) => Ok(results
@@ -487,14 +488,13 @@ impl Service {
         self.replication.repaired.notify_waiters();
     }
 
-    /// After a change of `tenant`'s copies (which moved its epoch on), with the tenant's write
-    /// lock held: forgets the cached state, so the next request reads the new copies, and
-    /// assigns the new epoch to every live copy whose connection holds an earlier one, so that
-    /// a key request it makes (a collection loading, a seal) is answered at once (the key
-    /// service waits for this; see `cluster::keys`). Assignment failures are logged; the
-    /// copy's next request assigns it anyway.
-    pub(crate) async fn copies_changed(&self, tenant: &str) {
-        self.forget_tenant_state(tenant);
+    /// The tier of a live tenant whose copies the repair looks after; `None` for a paused or
+    /// deleted one, or on a read error.
+    /// After a change of `tenant`'s copies moved its epoch on: assigns the new epoch to every
+    /// live copy whose connection holds an earlier one, so that a key request it makes (a
+    /// collection loading, a seal) is answered at once (the key service waits for this; see
+    /// `cluster::keys`). Failures are logged; the copy's next request assigns it anyway.
+    pub(crate) async fn assign_live_copies(&self, tenant: &str) {
         let Ok((placement, workers)) = self.live_copies(tenant) else {
             return;
         };
@@ -524,8 +524,6 @@ impl Service {
         }
     }
 
-    /// The tier of a live tenant whose copies the repair looks after; `None` for a paused or
-    /// deleted one, or on a read error.
     pub(super) fn tier_of(&self, tenant: &str) -> Option<Tier> {
         let row = off_runtime(|| self.store.tenant(tenant)).ok()??;
         if row.deleted || row.tier == PAUSED_TIER {
@@ -565,7 +563,7 @@ impl Service {
                     .add_replica(&Actor(SYSTEM.into()), tenant, &worker, false)
             })?;
             // Before the lock is let go: the next write must see the replica.
-            self.copies_changed(tenant).await;
+            self.forget_tenant_state(tenant);
             worker
         };
         tracing::info!(tenant, worker, "replica added");
@@ -593,7 +591,8 @@ impl Service {
             self.store
                 .remove_replica(&Actor(SYSTEM.into()), tenant, worker, reason)
         });
-        self.copies_changed(tenant).await;
+        self.forget_tenant_state(tenant);
+        self.assign_live_copies(tenant).await;
         drop(turn);
         match removed {
             Ok(placed) => self.drop_copy(tenant, worker, placed.epoch).await,

@@ -12,11 +12,11 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use zeroize::Zeroizing;
 
 use super::{Hub, WorkerConn, now_ms};
-use crate::audit::Draft;
 
 /// How long a key request waits for its worker to be assigned the tenant's current epoch (see
 /// [`Hub::placed_here`]).
 const ASSIGNMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::audit::Draft;
 
 type Body = cluster::envelope::Body;
 

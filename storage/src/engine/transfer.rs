@@ -82,28 +82,6 @@ struct Staged {
     hasher: Sha256,
 }
 
-impl Import {
-    /// Removes `path` from the import, and its file from the staging directory, if staged.
-    fn unstage(&mut self, disk: &dyn crate::disk::Disk, path: &str) -> Result<()> {
-        if let Some(old) = self.files.remove(path) {
-            self.bytes -= old.file.len();
-            drop(old);
-            let full = self.dir.join(path);
-            disk.remove_file(&full).map_err(Error::io(&full))?;
-        }
-        Ok(())
-    }
-
-    /// `path` as staged so far: its length and digest.
-    fn staged(&self, path: &str) -> Option<ExportFile> {
-        self.files.get(path).map(|staged| ExportFile {
-            path: path.to_owned(),
-            len: staged.file.len(),
-            sha256: staged.hasher.clone().finalize().into(),
-        })
-    }
-}
-
 /// Checks an export path: `<collection>/<file>`, the file `MANIFEST`, `seg-<n>` or `wal-<n>`.
 fn check_path(path: &str) -> Result<(CollectionName, &str)> {
     let refuse = |why: &str| Err(Error::invalid(format!("file name {path:?} refused: {why}")));
@@ -254,8 +232,13 @@ impl Engine {
             Error::invalid(format!("no import of tenant {tenant} is in progress"))
         })?;
         let limits = import.limits;
-        if offset == 0 {
-            import.unstage(self.ctx.disk.as_ref(), path)?;
+        if offset == 0
+            && let Some(old) = import.files.remove(path)
+        {
+            import.bytes -= old.file.len();
+            drop(old);
+            let full = import.dir.join(path);
+            self.ctx.disk.remove_file(&full).map_err(Error::io(&full))?;
         }
         let total = import.bytes.saturating_add(bytes.len() as u64);
         if total > limits.max_bytes {
@@ -337,7 +320,11 @@ impl Engine {
             .cloned()
             .collect();
         for path in unlisted {
-            import.unstage(self.ctx.disk.as_ref(), &path)?;
+            if let Some(old) = import.files.remove(&path) {
+                import.bytes -= old.file.len();
+            }
+            let full = import.dir.join(&path);
+            self.ctx.disk.remove_file(&full).map_err(Error::io(&full))?;
         }
         for (path, staged) in &mut import.files {
             let want = wanted[path.as_str()];
@@ -409,7 +396,7 @@ impl Engine {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&local)
                 .map_err(Error::io(&local))?;
-            let mut buf = vec![0u8; 1 << 20];
+            let mut buf = vec![0u8; MAX_PIECE_BYTES.min(1 << 20)];
             let mut offset = 0u64;
             loop {
                 let n = file.read(&mut buf).map_err(Error::io(&local))?;
@@ -423,14 +410,14 @@ impl Engine {
                 // An empty file: staged by an empty piece.
                 self.write_import(tenant, &want.path, 0, &[])?;
             }
-            let mut open = self.imports.open.lock();
-            let import = open.get_mut(tenant).ok_or_else(|| {
-                Error::invalid(format!("no import of tenant {tenant} is in progress"))
-            })?;
-            if import.staged(&want.path).as_ref() == Some(want) {
+            let matches = self
+                .staged_files(tenant)?
+                .iter()
+                .any(|staged| staged == want);
+            if matches {
                 reused += 1;
             } else {
-                import.unstage(self.ctx.disk.as_ref(), &want.path)?;
+                self.unstage(tenant, &want.path)?;
             }
         }
         Ok(reused)
@@ -444,9 +431,27 @@ impl Engine {
         })?;
         Ok(import
             .files
-            .keys()
-            .filter_map(|path| import.staged(path))
+            .iter()
+            .map(|(path, staged)| ExportFile {
+                path: path.clone(),
+                len: staged.file.len(),
+                sha256: staged.hasher.clone().finalize().into(),
+            })
             .collect())
+    }
+
+    /// Removes `path` from `tenant`'s import.
+    fn unstage(&self, tenant: &TenantId, path: &str) -> Result<()> {
+        let mut open = self.imports.open.lock();
+        let Some(import) = open.get_mut(tenant) else {
+            return Ok(());
+        };
+        if let Some(old) = import.files.remove(path) {
+            import.bytes -= old.file.len();
+            let full = import.dir.join(path);
+            self.ctx.disk.remove_file(&full).map_err(Error::io(&full))?;
+        }
+        Ok(())
     }
 
     /// Drops `tenant`'s import and its staging directory, if any.

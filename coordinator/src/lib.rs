@@ -309,6 +309,7 @@ impl Coordinator {
                     },
                 };
                 moves_service.finish_moves_on(&worker).await;
+                moves_service.drop_leftovers_on(&worker).await;
             }
         });
 
@@ -374,20 +375,23 @@ fn metrics_router(service: Arc<Service>) -> axum::Router {
                         .workers_connected
                         .set(service.hub.connected().len() as i64);
                     let store = service.store.clone();
-                    let (known, placements, moves) = tokio::task::spawn_blocking(move || {
-                        (
-                            store.list_workers().unwrap_or_default(),
-                            store.placements().unwrap_or_default(),
-                            store.moves().map_or(0, |m| m.len()),
-                        )
-                    })
-                    .await
-                    .unwrap_or_default();
+                    let (known, placements, moves, leftovers) =
+                        tokio::task::spawn_blocking(move || {
+                            (
+                                store.list_workers().unwrap_or_default(),
+                                store.placements().unwrap_or_default(),
+                                store.moves().map_or(0, |m| m.len()),
+                                store.leftover_count().unwrap_or(0),
+                            )
+                        })
+                        .await
+                        .unwrap_or_default();
                     let known: Vec<String> = known.into_iter().map(|w| w.id).collect();
                     let fleet = &service.metrics.workers;
                     fleet.set(&known, &service.hub.health());
                     fleet.set_placed(&known, &placements);
                     fleet.moves.set(moves as i64);
+                    fleet.leftover_copies.set(leftovers as i64);
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,

@@ -72,6 +72,8 @@ pub struct WorkerMetrics {
     pub placed_tenants: Family<WorkerLabels, Gauge>,
     /// Tenant moves recorded and not yet ended.
     pub moves: Gauge,
+    /// Copies whose files a worker still has to delete (`store::leftovers`).
+    pub leftover_copies: Gauge,
 }
 
 impl WorkerMetrics {
@@ -80,6 +82,11 @@ impl WorkerMetrics {
             "tenant_moves",
             "tenant moves recorded and not yet ended",
             self.moves.clone(),
+        );
+        registry.register(
+            "leftover_copies",
+            "copies whose files a worker still has to delete (it was away when they went)",
+            self.leftover_copies.clone(),
         );
         let worker = registry.sub_registry_with_prefix("worker");
         worker.register(

@@ -584,6 +584,45 @@ async fn a_rebalance_evens_out_tenants_over_the_workers_that_are_up() {
     }
     cluster.start_worker(1).await;
     cluster.start_worker(2).await;
+    // Clients write and read every tenant throughout: a hand-over refuses nothing.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = tokio::spawn({
+        let (http, keys, stop) = (cluster.url(""), keys.clone(), stop.clone());
+        async move {
+            let client = reqwest::Client::new();
+            let (mut errors, mut requests) = (Vec::new(), 0usize);
+            let mut id = 1000u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for key in &keys {
+                    id += 1;
+                    let point =
+                        serde_json::json!({"points": [{"id": id, "vector": [1.0, 2.0, 3.0, 4.0]}]});
+                    for (path, body) in [
+                        ("/v1/collections/docs/points", point),
+                        ("/v1/collections/docs/points/count", serde_json::json!({})),
+                    ] {
+                        let method = if path.ends_with("count") {
+                            reqwest::Method::POST
+                        } else {
+                            reqwest::Method::PUT
+                        };
+                        let response = client
+                            .request(method, format!("{http}{path}"))
+                            .bearer_auth(key)
+                            .json(&body)
+                            .send()
+                            .await
+                            .unwrap();
+                        requests += 1;
+                        if !response.status().is_success() {
+                            errors.push(format!("{path}: {}", response.status()));
+                        }
+                    }
+                }
+            }
+            (requests, errors, id - 1000)
+        }
+    });
     let (status, answer) = cluster
         .admin(
             "POST",
@@ -614,9 +653,22 @@ async fn a_rebalance_evens_out_tenants_over_the_workers_that_are_up() {
         .collect();
     counts.sort_unstable();
     assert_eq!(counts, [1, 2, 2], "{answer}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (requests, errors, written) = clients.await.unwrap();
+    assert!(requests > 0);
+    assert!(
+        errors.is_empty(),
+        "{} of {requests} failed: {errors:?}",
+        errors.len()
+    );
+    // Every write went to every tenant in turn: each holds its 200 points and its share.
+    let mut total = 0;
     for key in &keys {
-        assert_eq!(count(&cluster, key).await.1["count"], 200);
+        let n = count(&cluster, key).await.1["count"].as_u64().unwrap();
+        assert!(n >= 200, "{n}");
+        total += n - 200;
     }
+    assert_eq!(total, written);
     // Even already: nothing moves.
     let (_, answer) = cluster
         .admin("POST", "/admin/v1/rebalance", Some(serde_json::json!({})))

@@ -352,14 +352,19 @@ impl Cluster {
         }
         let config_file = dir.join("worker.toml");
         std::fs::write(&config_file, config).expect("worker config");
-        let child = tokio::process::Command::new(binary("vaultvec-worker"))
+        let mut child = tokio::process::Command::new(binary("vaultvec-worker"))
             .arg("--config")
             .arg(&config_file)
             .kill_on_drop(true)
             .spawn()
             .expect("starting vaultvec-worker");
+        // A worker that exits before its hello (it refused its data directory, say) fails the
+        // test with its status instead of leaving it waiting.
+        tokio::select! {
+            () = self.hub.wait_for_worker(&id) => {}
+            status = child.wait() => panic!("{id} exited before its hello: {status:?}"),
+        }
         self.workers[i] = Some(RunningWorker::Process(child));
-        self.hub.wait_for_worker(&id).await;
     }
 
     /// The process id of worker `i`, if it runs as a process.

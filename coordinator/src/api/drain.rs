@@ -223,15 +223,28 @@ impl Service {
 /// What `POST /admin/v1/rebalance` did.
 #[derive(Debug, serde::Serialize)]
 pub struct Rebalanced {
-    /// The moves made, in order.
-    pub moves: Vec<super::moves::MoveReport>,
+    /// The hand-overs made, in order.
+    pub moves: Vec<HandedOver>,
     /// Tenants placed per worker (up, not draining) afterwards.
     pub placed: std::collections::BTreeMap<String, usize>,
 }
 
+/// One tenant handed over by a rebalance.
+#[derive(Debug, serde::Serialize)]
+pub struct HandedOver {
+    /// The tenant.
+    pub tenant: String,
+    /// The worker its primary copy left.
+    pub from: String,
+    /// The worker it is on now.
+    pub to: String,
+    /// Its placement's epoch now.
+    pub epoch: u64,
+}
+
 impl Service {
     /// [`Service::rebalance`] in a task of its own, so that a caller that goes away does not
-    /// stop a move halfway.
+    /// stop a hand-over halfway.
     pub async fn rebalance_detached(
         self: &Arc<Self>,
         max_moves: usize,
@@ -243,9 +256,10 @@ impl Service {
     }
 
     /// Evens out tenants over the workers that are up and not draining: while the most loaded
-    /// has at least two more placed tenants than the least loaded, moves one of its tenants
-    /// there, at most `max_moves` times. Each move makes its tenant answer 503 while its files
-    /// are copied. A move that fails ends the rebalance with the error.
+    /// has at least two more placed tenants than the least loaded, hands one of its tenants
+    /// with no copy there over to it (`handover.rs`: no request is refused), at most
+    /// `max_moves` times. Ends early when every tenant of the most loaded worker has a copy on
+    /// the least loaded one or is being moved; a hand-over that fails ends it with the error.
     pub async fn rebalance(&self, max_moves: usize) -> Result<Rebalanced, ApiError> {
         let mut moves = Vec::new();
         loop {
@@ -256,7 +270,9 @@ impl Service {
                 .filter(|h| h.state == crate::cluster::WorkerState::Up)
                 .map(|h| h.id)
                 .collect();
-            let placements = self.store.placements()?;
+            let (placements, replicas) = off_runtime(|| {
+                Ok::<_, crate::store::Error>((self.store.placements()?, self.store.all_replicas()?))
+            })?;
             let mut placed: std::collections::BTreeMap<String, usize> =
                 up.iter().map(|w| (w.clone(), 0)).collect();
             for p in &placements {
@@ -274,20 +290,27 @@ impl Service {
             if high < low + 2 || moves.len() >= max_moves {
                 return Ok(Rebalanced { moves, placed });
             }
-            let tenant = placements
-                .iter()
-                .filter(|p| &p.worker == from && !self.moving.contains(&p.tenant))
-                .map(|p| p.tenant.clone())
-                .next()
-                .ok_or_else(|| {
-                    ApiError::new(
-                        Code::FailedPrecondition,
-                        "every tenant of the most loaded worker is moving",
-                    )
-                })?;
-            let (from, to) = (from.clone(), to.clone());
-            tracing::info!(tenant = %tenant, from = %from, to = %to, "rebalancing a tenant");
-            moves.push(self.move_tenant(&tenant, Some(&to)).await?);
+            let candidate = placements.iter().find(|p| {
+                &p.worker == from
+                    && !self.moving.contains(&p.tenant)
+                    && !self.handing.contains(&p.tenant)
+                    && !replicas
+                        .iter()
+                        .any(|r| r.tenant == p.tenant && &r.worker == to)
+            });
+            let Some(candidate) = candidate else {
+                return Ok(Rebalanced { moves, placed });
+            };
+            let (tenant, from, to) = (candidate.tenant.clone(), from.clone(), to.clone());
+            tracing::info!(tenant = %tenant, from = %from, to = %to, "rebalancing: handing a tenant over");
+            self.hand_over(&tenant, &from, &to).await?;
+            let epoch = off_runtime(|| self.store.placement(&tenant))?.map_or(0, |p| p.epoch);
+            moves.push(HandedOver {
+                tenant,
+                from,
+                to,
+                epoch,
+            });
         }
     }
 }

@@ -82,7 +82,7 @@ impl Service {
                 )
             })?;
         }
-        let placed = off_runtime(|| {
+        off_runtime(|| {
             self.store.remove_replica(
                 &Actor(SYSTEM.into()),
                 tenant,
@@ -93,7 +93,7 @@ impl Service {
         self.forget_tenant_state(tenant);
         self.assign_live_copies(tenant).await;
         drop(_turn);
-        self.drop_copy(tenant, from, placed.epoch).await;
+        self.drop_leftover(tenant, from).await;
         tracing::info!(tenant, from, to, "a copy was handed over");
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod failures;
 pub mod handover;
 pub mod idempotency;
+pub mod leftovers;
 pub mod limit;
 pub mod moves;
 pub mod replicas;
@@ -773,7 +774,7 @@ impl Service {
                     code,
                     cluster::ErrorCode::StaleEpoch | cluster::ErrorCode::NotAssigned
                 ) {
-                    conn.forget_assignment(tenant);
+                    conn.forget_assignment_up_to(tenant, epoch);
                     self.audit(
                         tenant,
                         &format!("worker:{worker}"),

@@ -2,7 +2,8 @@
 //! release it on the source (which seals and unloads it), copy its files to the target through
 //! the coordinator (ciphertext only, piece by piece: `TransferTenant`), commit them there, switch
 //! the placement, and delete the source's copy. While the files are copied the tenant's requests
-//! are answered 503 with a retry (one copy of a tenant exists; there are no replicas yet).
+//! are answered 503 with a retry (the move fences the tenant, replicas too). Drains and
+//! rebalances hand tenants over instead (`handover.rs`), with no request refused.
 //!
 //! Every stage is a `tenant.move` audit row written with the store change it goes with. A move cut
 //! short ends on one placement: one still copying when the coordinator starts again is aborted

@@ -33,16 +33,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use proto::vaultvec::cluster::v1 as cluster;
-
 use super::error::{ApiError, Code};
 use super::{Op, Reply, Service, off_runtime};
 use crate::cluster::WorkerState;
 use crate::cluster::health::choose_worker;
 use crate::config::{PAUSED_TIER, Tier};
 use crate::store::{Actor, CopyState};
-
-use cluster::transfer_tenant::Step;
 
 const SYSTEM: &str = "system";
 
@@ -65,7 +61,7 @@ pub(crate) struct Replication {
     pub(crate) caught_up: AtomicUsize,
     /// Exclusive turns of the write lock being waited for now (tests wait on it).
     waiting_exclusive: AtomicUsize,
-    repaired: tokio::sync::Notify,
+    pub(super) repaired: tokio::sync::Notify,
 }
 
 impl Replication {
@@ -595,32 +591,12 @@ impl Service {
         self.assign_live_copies(tenant).await;
         drop(turn);
         match removed {
-            Ok(placed) => self.drop_copy(tenant, worker, placed.epoch).await,
+            Ok(_) => {
+                self.drop_leftover(tenant, worker).await;
+            }
             Err(err) => {
                 tracing::warn!(tenant, worker, error = %err, "removing a replica failed")
             }
-        }
-    }
-
-    /// Has `worker` delete its copy of `tenant` if it is connected (a worker that is not deletes
-    /// nothing now; its files are unloaded at its next hello and stay on its disk).
-    pub(super) async fn drop_copy(&self, tenant: &str, worker: &str, epoch: u64) {
-        if self.hub.worker(worker).is_none() {
-            return;
-        }
-        if let Err(err) = self
-            .hub
-            .release_checked(worker, tenant, epoch, self.request_timeout)
-            .await
-        {
-            tracing::warn!(tenant, worker, error = %err, "releasing a removed replica failed");
-            return;
-        }
-        if let Err(err) = self
-            .transfer(worker, tenant, Step::DropFiles(cluster::DropFiles {}))
-            .await
-        {
-            tracing::warn!(tenant, worker, error = %err, "deleting a removed replica's files failed");
         }
     }
 

@@ -114,6 +114,19 @@ impl WorkerConn {
         self.assignments_changed.notify_waiters();
     }
 
+    /// Forgets an assignment that a refusal of a request sent under `epoch` proves gone, unless
+    /// the connection has since acknowledged a newer epoch (a request sent before an assignment
+    /// at a new epoch can be refused after it: forgetting that newer assignment would leave the
+    /// connection unassigned while the worker serves the tenant, and its key requests refused).
+    pub fn forget_assignment_up_to(&self, tenant: &str, epoch: u64) {
+        let mut assigned = self.assigned.lock();
+        if assigned.get(tenant).is_some_and(|held| *held <= epoch) {
+            assigned.remove(tenant);
+            drop(assigned);
+            self.assignments_changed.notify_waiters();
+        }
+    }
+
     /// Records that the worker acknowledged `tenant` under `epoch`.
     fn record_assignment(&self, tenant: &str, epoch: u64) {
         self.assigned.lock().insert(tenant.to_owned(), epoch);

@@ -305,3 +305,22 @@ async fn a_worker_is_suspect_without_heartbeats_and_up_again_with_one() {
     let chosen = health::choose_worker(&hub.health(), |id| if id == "x" { 100 } else { 0 });
     assert_eq!(chosen.as_deref(), Some("x"));
 }
+
+#[test]
+fn a_refusal_of_an_older_request_keeps_a_newer_assignment() {
+    let (conn, _frames) = fake_conn("w", 8);
+    conn.record_assignment("t", 5);
+    // A request sent under epoch 4, before the assignment at 5, is refused after it.
+    conn.forget_assignment_up_to("t", 4);
+    assert_eq!(conn.assigned_epoch("t"), Some(5));
+    // A refusal of a request sent under the epoch held proves the assignment gone.
+    conn.forget_assignment_up_to("t", 5);
+    assert_eq!(conn.assigned_epoch("t"), None);
+    conn.record_assignment("t", 6);
+    conn.forget_assignment_up_to("t", 7);
+    assert_eq!(conn.assigned_epoch("t"), None);
+    // Another tenant's refusal touches nothing else.
+    conn.record_assignment("u", 2);
+    conn.forget_assignment_up_to("t", 9);
+    assert_eq!(conn.assigned_epoch("u"), Some(2));
+}

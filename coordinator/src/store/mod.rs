@@ -30,7 +30,9 @@
 
 mod audit;
 mod key;
+mod leftovers;
 mod moves;
+pub use leftovers::Leftover;
 pub use moves::{MoveRow, MoveState};
 mod idempotency;
 pub use idempotency::{IdemOutcome, IdemRow, IdemState};

@@ -159,6 +159,8 @@ impl Store {
                 )));
             }
             check_no_copy(tx, tenant, worker)?;
+            // Files left there by an earlier copy are this copy's to replace (or reuse).
+            super::leftovers::clear(tx, tenant, worker)?;
             // A tenant at epoch 1 may well have been written to (its placement never changed):
             // only the caller knows that nothing was sent yet.
             let state = if fresh && placement.epoch == 1 {
@@ -337,7 +339,8 @@ impl Store {
         })
     }
 
-    /// Removes the replica of `tenant` on `worker` (its files are the worker's to delete).
+    /// Removes the replica of `tenant` on `worker`; its files are recorded as a leftover copy,
+    /// to delete (`store::leftovers`).
     /// Moves the epoch on. Audited as `replica.remove` with `reason`.
     pub fn remove_replica(
         &self,
@@ -359,6 +362,7 @@ impl Store {
                 )));
             }
             bump(tx, tenant, &mut placement)?;
+            super::leftovers::record(tx, tenant, worker, reason, self.now())?;
             let details = json!({ "worker": worker, "reason": reason, "epoch": placement.epoch });
             self.append_in(
                 tx,

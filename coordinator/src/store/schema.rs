@@ -157,5 +157,17 @@ CREATE TABLE idempotency (
 CREATE INDEX idempotency_age ON idempotency (tenant, created_ms);
 ";
 
+/// Migration 6: copies whose files a worker still has to delete (a replica removed, or handed
+/// over, while its worker was away or did not answer), so that the files go when it is back.
+const V6: &str = "
+CREATE TABLE leftover_copies (
+    tenant TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, worker)
+) STRICT, WITHOUT ROWID;
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];

@@ -152,6 +152,17 @@ async fn a_copy_lost_for_the_grace_period_is_replaced_on_another_worker() {
         }
         cluster.hub().wait_for_change().await;
     }
+    // The lost worker's files stay until it is back; then it deletes them.
+    let lost_files = cluster.worker_dir(index_of(&lost)).join("tenants/acme");
+    assert!(lost_files.exists());
+    assert_eq!(leftover_metric(&cluster).await, 1);
+    cluster.start_worker_process(index_of(&lost)).await;
+    cluster.service().wait_for_no_leftovers_on(&lost).await;
+    assert!(
+        !lost_files.exists(),
+        "the returning worker deleted its copy"
+    );
+    assert_eq!(leftover_metric(&cluster).await, 0);
     cluster.kill_worker(index_of(&primary)).await;
     let versions = client.versions(&[0, 49, 50]).await.expect("reading");
     assert_eq!(versions.get(&50), Some(&2), "{versions:?}");
@@ -227,4 +238,19 @@ async fn a_partitioned_copy_is_written_around_and_after_the_heal_catches_up_befo
         assert_eq!(versions.get(&id), Some(&want), "point {id}: {versions:?}");
     }
     cluster.shutdown().await;
+}
+
+/// `vaultvec_leftover_copies` on the coordinator's metrics.
+async fn leftover_metric(cluster: &Cluster) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", cluster.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("vaultvec_leftover_copies "))
+        .unwrap_or_else(|| panic!("no leftover_copies in:\n{text}"))
+        .parse()
+        .unwrap()
 }

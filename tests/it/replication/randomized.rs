@@ -19,6 +19,24 @@ impl Rng {
     }
 }
 
+/// How long one step may take before the run fails with its seed and steps (a bound on a
+/// failure, not a wait for readiness: a step that never ends would hang the suite).
+const STEP_BOUND: Duration = Duration::from_secs(120);
+
+async fn bounded<T>(
+    (seed, run): (u64, u64),
+    log: &[String],
+    what: &str,
+    step: impl std::future::Future<Output = T>,
+) -> T {
+    match tokio::time::timeout(STEP_BOUND, step).await {
+        Ok(done) => done,
+        Err(_) => panic!(
+            "seed {seed} run {run}: {what} did not end within {STEP_BOUND:?}; steps: {log:?}"
+        ),
+    }
+}
+
 /// What a point may hold at the end: its last acknowledged version, or a version written after
 /// it whose outcome was unknown.
 #[derive(Default)]
@@ -38,7 +56,13 @@ async fn randomized_kills_restarts_partitions_and_moves_lose_no_acknowledged_wri
                 .map_or(1, |d| d.as_nanos() as u64)
         });
     eprintln!("randomized fleet test: seed {seed} (set VAULTVEC_FLEET_SEED to replay)");
+    // The coordinator runs in this process: its log goes to the test's captured output.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
     for run in 0..3u64 {
+        let at = (seed, run);
         let mut rng = Rng(seed.wrapping_add(run));
         let (mut cluster, links) = start_behind_links(replicated, 3).await;
         let key = cluster.tenant("acme", Some("pro")).await;
@@ -55,7 +79,7 @@ async fn randomized_kills_restarts_partitions_and_moves_lose_no_acknowledged_wri
                     let i = rng.below(3) as usize;
                     if running[i] {
                         log.push(format!("kill worker-{i}"));
-                        cluster.kill_worker(i).await;
+                        bounded(at, &log, "kill", cluster.kill_worker(i)).await;
                         running[i] = false;
                     }
                 }
@@ -64,7 +88,8 @@ async fn randomized_kills_restarts_partitions_and_moves_lose_no_acknowledged_wri
                     if !running[i] {
                         log.push(format!("restart worker-{i}"));
                         let url = format!("ws://{}/v1/cluster", links[i].addr());
-                        cluster.start_worker_process_dialing(i, &url).await;
+                        let start = cluster.start_worker_process_dialing(i, &url);
+                        bounded(at, &log, "restart", start).await;
                         running[i] = true;
                     }
                 }
@@ -81,16 +106,17 @@ async fn randomized_kills_restarts_partitions_and_moves_lose_no_acknowledged_wri
                     }
                 }
                 4 => {
-                    let (status, body) = cluster
-                        .admin("POST", "/admin/v1/tenants/acme/move", Some(json!({})))
-                        .await;
+                    let moved =
+                        cluster.admin("POST", "/admin/v1/tenants/acme/move", Some(json!({})));
+                    let (status, body) = bounded(at, &log, "move", moved).await;
                     log.push(format!("move: {status} {}", body["error"]["message"]));
                 }
                 _ => {
                     for _ in 0..4 {
                         version += 1;
                         let id = rng.below(40);
-                        let (status, _) = client.upsert(id, version).await;
+                        let (status, _) =
+                            bounded(at, &log, "write", client.upsert(id, version)).await;
                         let entry = model.entry(id).or_default();
                         if status == 200 {
                             *entry = Possible {
@@ -112,22 +138,31 @@ async fn randomized_kills_restarts_partitions_and_moves_lose_no_acknowledged_wri
         for (i, up) in running.iter().enumerate() {
             if !up {
                 let url = format!("ws://{}/v1/cluster", links[i].addr());
-                cluster.start_worker_process_dialing(i, &url).await;
+                let start = cluster.start_worker_process_dialing(i, &url);
+                bounded(at, &log, "the last restart", start).await;
             }
         }
         for i in 0..3 {
-            cluster.hub().wait_for_worker(&format!("worker-{i}")).await;
+            let worker = format!("worker-{i}");
+            let back = cluster.hub().wait_for_worker(&worker);
+            bounded(at, &log, "a worker's return", back).await;
         }
-        cluster.service().wait_for_replicas_settled().await;
+        let settled = cluster.service().wait_for_replicas_settled();
+        bounded(at, &log, "settling the replicas", settled).await;
         let ids: Vec<u64> = model.keys().copied().collect();
-        let stored = loop {
-            // A tenant whose move was cut short answers 503 until the move is undone.
-            match client.versions(&ids).await {
-                Ok(stored) => break stored,
-                Err((503, _)) => cluster.hub().wait_for_change().await,
-                Err(other) => panic!("seed {seed} run {run}: reading failed: {other:?}; {log:?}"),
+        let read = async {
+            loop {
+                // A tenant whose move was cut short answers 503 until the move is undone.
+                match client.versions(&ids).await {
+                    Ok(stored) => break stored,
+                    Err((503, _)) => cluster.hub().wait_for_change().await,
+                    Err(other) => {
+                        panic!("seed {seed} run {run}: reading failed: {other:?}; {log:?}")
+                    }
+                }
             }
         };
+        let stored = bounded(at, &log, "the last read", read).await;
         for (id, possible) in &model {
             let got = stored.get(id).copied();
             let fine = got == possible.acked

@@ -180,3 +180,51 @@ fn a_primary_that_missed_a_write_hands_over_to_a_live_replica() {
     let delete = store.export_chain("acme").unwrap().pop().unwrap();
     assert_eq!(delete.details["replicas"], json!(["w3"]));
 }
+
+#[test]
+fn a_removed_copy_is_left_to_delete_until_its_worker_holds_one_again() {
+    let (_dir, path) = db_file();
+    let store = store_with_workers(&path);
+    let leftovers = |worker: &str| -> Vec<String> {
+        store
+            .leftovers_on(worker)
+            .unwrap()
+            .into_iter()
+            .map(|l| format!("{} {}", l.tenant, l.reason))
+            .collect()
+    };
+    store.place(&Actor::system(), "acme", "w1").unwrap();
+    store
+        .add_replica(&Actor::system(), "acme", "w2", true)
+        .unwrap();
+    assert!(store.holds_copy("acme", "w1").unwrap());
+    assert!(store.holds_copy("acme", "w2").unwrap());
+    assert!(!store.holds_copy("acme", "w3").unwrap());
+    assert!(leftovers("w2").is_empty());
+    store
+        .remove_replica(&Actor::system(), "acme", "w2", "lost")
+        .unwrap();
+    assert!(!store.holds_copy("acme", "w2").unwrap());
+    assert_eq!(leftovers("w2"), ["acme lost"]);
+    assert_eq!(store.leftover_count().unwrap(), 1);
+    // Survives a reopen (the worker may be away for a while).
+    drop(store);
+    let store = open(&path);
+    assert_eq!(store.leftovers_on("w2").unwrap().len(), 1);
+    // A copy added there again owns the files: nothing is left to delete.
+    store
+        .add_replica(&Actor::system(), "acme", "w2", false)
+        .unwrap();
+    assert!(store.leftovers_on("w2").unwrap().is_empty());
+    // A move's target holds a copy while the move is recorded.
+    store
+        .remove_replica(&Actor::system(), "acme", "w2", "again")
+        .unwrap();
+    store.begin_move(&admin(), "acme", "w2").unwrap();
+    assert!(store.holds_copy("acme", "w2").unwrap());
+    store.abort_move(&admin(), "acme", "test").unwrap();
+    assert!(!store.holds_copy("acme", "w2").unwrap());
+    store.end_leftover("acme", "w2").unwrap();
+    assert!(store.leftovers_on("w2").unwrap().is_empty());
+    assert_eq!(store.leftover_count().unwrap(), 0);
+}

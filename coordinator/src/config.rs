@@ -132,6 +132,28 @@ struct RawConfig {
     #[serde(default)]
     auth_failures: AuthFailureBudget,
     cluster_tls: Option<RawClusterTls>,
+    #[serde(default)]
+    jobs: RawJobs,
+}
+
+/// `[jobs]`: how often the scheduler runs each job (`crate::jobs`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    #[serde(default = "default_verify_audit_every_s")]
+    verify_audit_every_s: u64,
+}
+
+impl Default for RawJobs {
+    fn default() -> RawJobs {
+        RawJobs {
+            verify_audit_every_s: default_verify_audit_every_s(),
+        }
+    }
+}
+
+fn default_verify_audit_every_s() -> u64 {
+    3_600
 }
 
 /// Failed authentications allowed per client address (`[auth_failures]`): a sustained rate and a
@@ -348,6 +370,10 @@ pub struct Config {
     pub auth_failures: AuthFailureBudget,
     /// TLS on the cluster listener (`[cluster_tls]`); `None` serves plain `ws://`.
     pub cluster_tls: Option<ClusterTls>,
+    /// The scheduled jobs and their intervals (`[jobs]`).
+    pub jobs: Vec<crate::jobs::JobSpec>,
+    /// The scheduler's clock: the host's, or one a test moves.
+    pub clock: std::sync::Arc<dyn crate::jobs::Clock>,
 }
 
 /// Reads a secret file, refusing one that others may read.
@@ -451,6 +477,11 @@ impl Config {
             large_message_budget_bytes: raw.large_message_budget_bytes,
             auth_failures: raw.auth_failures,
             cluster_tls,
+            jobs: vec![crate::jobs::JobSpec {
+                name: crate::jobs::VERIFY_AUDIT,
+                every: Duration::from_secs(raw.jobs.verify_audit_every_s),
+            }],
+            clock: std::sync::Arc::new(crate::jobs::SystemClock),
         };
         config.validate()?;
         Ok(config)
@@ -474,6 +505,14 @@ impl Config {
             || self.replace_after > Duration::from_secs(86_400)
         {
             bail!("[health] needs down_after_ms <= replace_after_ms <= 86400000");
+        }
+        for job in &self.jobs {
+            if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86_400)).contains(&job.every) {
+                bail!(
+                    "[jobs] every interval is 60 seconds to 30 days ({})",
+                    job.name
+                );
+            }
         }
         let budget = &self.auth_failures;
         if !(budget.per_second.is_finite() && budget.per_second > 0.0) || budget.burst == 0 {
@@ -574,6 +613,11 @@ impl Config {
             auto_rebalance: false,
             auth_failures: AuthFailureBudget::default(),
             cluster_tls: None,
+            jobs: vec![crate::jobs::JobSpec {
+                name: crate::jobs::VERIFY_AUDIT,
+                every: Duration::from_secs(default_verify_audit_every_s()),
+            }],
+            clock: std::sync::Arc::new(crate::jobs::SystemClock),
         }
     }
 }

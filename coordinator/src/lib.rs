@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod net;
 pub mod store;
@@ -149,6 +150,7 @@ impl Coordinator {
             auth_failures: config.auth_failures,
             replace_after: config.replace_after,
             auto_rebalance: config.auto_rebalance,
+            jobs: jobs::Jobs::new(config.clock.clone(), config.jobs.clone()),
         })?);
         Ok(Coordinator {
             service,
@@ -295,6 +297,16 @@ impl Coordinator {
                 }
             }
         });
+        let scheduler = tokio::spawn({
+            let service = service.clone();
+            let stop = internal.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    () = service.run_jobs_forever() => {}
+                }
+            }
+        });
         let mut hellos = hub.hellos();
         let stop = internal.clone();
         let moves_service = service.clone();
@@ -355,6 +367,7 @@ impl Coordinator {
         cluster.await.context("cluster listener")?;
         let _ = moves.await;
         let _ = repair.await;
+        let _ = scheduler.await;
         match failure.flatten() {
             Some(err) => Err(err),
             None => Ok(()),

@@ -233,6 +233,8 @@ pub struct Metrics {
     pub latency: Family<LatencyLabels, Histogram>,
     /// Failed authentications (API keys and admin token).
     pub auth_failures: Counter,
+    /// Audit chains found not to verify by the scheduled verification.
+    pub audit_integrity_alerts: Counter,
     /// Workers connected now.
     pub workers_connected: Gauge,
     /// Each worker's health and figures.
@@ -254,6 +256,7 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
         });
         let auth_failures = Counter::default();
+        let audit_integrity_alerts = Counter::default();
         let workers_connected = Gauge::default();
         registry.register("requests", "API requests", requests.clone());
         registry.register(
@@ -267,6 +270,11 @@ impl Metrics {
             auth_failures.clone(),
         );
         registry.register(
+            "audit_integrity_alerts",
+            "audit chains the scheduled verification found not to verify",
+            audit_integrity_alerts.clone(),
+        );
+        registry.register(
             "workers_connected",
             "workers connected now",
             workers_connected.clone(),
@@ -278,6 +286,7 @@ impl Metrics {
             requests,
             latency,
             auth_failures,
+            audit_integrity_alerts,
             workers_connected,
             workers,
         }

@@ -140,6 +140,8 @@ async fn every_admin_operation_is_in_the_chain_and_tampering_is_detected() {
         "the key's secret is never in the chain"
     );
 
+    assert_eq!(export["chain_verified"], true, "{export}");
+    assert!(export["verify_error"].is_null(), "{export}");
     // The export verifies offline, with the CLI, with and without the audit key.
     let dir = cluster.dir().to_owned();
     let file = dir.join("export.json");
@@ -183,6 +185,11 @@ async fn every_admin_operation_is_in_the_chain_and_tampering_is_detected() {
     )
     .unwrap();
     let (_, edited) = cluster.admin("GET", "/admin/v1/audit/audited", None).await;
+    assert_eq!(edited["chain_verified"], false, "{edited}");
+    assert!(
+        edited["verify_error"].as_str().unwrap().contains("row 3"),
+        "{edited}"
+    );
     std::fs::write(&file, edited.to_string()).unwrap();
     let (ok, out) = verify_cli(&file, &[]);
     assert!(!ok && out.contains("row 3"), "{out}");

@@ -8,6 +8,7 @@ mod fleet;
 mod grpc_routes;
 mod hardening;
 mod idempotency;
+mod jobs;
 mod memory;
 mod preauth;
 mod python;

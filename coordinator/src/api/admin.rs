@@ -230,6 +230,11 @@ pub struct Export {
     pub rows: Vec<AuditRow>,
     /// The signed head at export time.
     pub head: ChainHead,
+    /// Whether the rows verify (links, hashes and signatures under the audit key, against the
+    /// head taken from them: a cut tail shows only against a head exported earlier).
+    pub chain_verified: bool,
+    /// The first bad row and what is wrong with it, when they do not.
+    pub verify_error: Option<String>,
 }
 
 /// Parses scope names.
@@ -624,7 +629,13 @@ impl Service {
         );
         let rows = self.store.export_chain(chain)?;
         let head = self.store.chain_head(chain)?;
-        Ok(Export { rows, head })
+        let verified = self.store.verify_rows(&rows);
+        Ok(Export {
+            rows,
+            head,
+            chain_verified: verified.is_ok(),
+            verify_error: verified.err().map(|e| e.to_string()),
+        })
     }
 
     fn existing_or_deleted(&self, tenant: &str) -> Result<(), ApiError> {

@@ -147,6 +147,8 @@ pub struct Service {
     handing: handover::Handing,
     /// When this service started, Unix ms (a worker's downtime counts from here at the earliest).
     started_ms: u64,
+    /// The scheduler's jobs and clock.
+    pub(crate) jobs: crate::jobs::Jobs,
 }
 
 /// The large-message pool: one thread per core in the `SCHED_IDLE` class, where messages over
@@ -194,6 +196,8 @@ pub struct Parts {
     pub replace_after: Duration,
     /// Whether the repair hands copies over to even the workers out.
     pub auto_rebalance: bool,
+    /// The scheduler's jobs and clock.
+    pub jobs: crate::jobs::Jobs,
 }
 
 impl Service {
@@ -233,6 +237,7 @@ impl Service {
             auto_rebalance: parts.auto_rebalance,
             handing: handover::Handing::default(),
             started_ms: now_ms(),
+            jobs: parts.jobs,
         })
     }
 

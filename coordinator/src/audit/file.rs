@@ -11,6 +11,11 @@ use super::{AuditKey, AuditRow, ChainHead, verify_anchored};
 struct Export {
     rows: Vec<AuditRow>,
     head: ChainHead,
+    // The server's own verdict, which the offline verification does not take on trust.
+    #[serde(default, rename = "chain_verified")]
+    _chain_verified: Option<bool>,
+    #[serde(default, rename = "verify_error")]
+    _verify_error: Option<String>,
 }
 
 /// Reads an export: the admin API's JSON object `{rows, head}`, or JSON lines of rows.

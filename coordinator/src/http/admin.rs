@@ -44,6 +44,7 @@ pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
         "admin_rebalance" => post(rebalance),
         "admin_undrain_worker" => post(undrain_worker),
         "admin_placements" => get(placements),
+        "admin_jobs" => get(jobs),
         other => unreachable!("route {other} has no handler"),
     }
 }
@@ -476,6 +477,22 @@ async fn placements(
         h,
         no_body(),
         |s, _: NoArgs| async move { Ok(serde_json::json!({ "placements": s.placements()? })) },
+    )
+    .await
+}
+
+async fn jobs(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+) -> Response {
+    admin(
+        s,
+        "admin_jobs",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move { Ok(serde_json::json!({ "jobs": s.jobs()? })) },
     )
     .await
 }

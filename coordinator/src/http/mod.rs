@@ -241,6 +241,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Policy::Admin,
         "admin_placements",
     ),
+    route("GET", "/admin/v1/jobs", Policy::Admin, "admin_jobs"),
 ];
 
 /// The OpenAPI document, checked against [`ROUTES`] by a test.

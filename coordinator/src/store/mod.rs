@@ -29,9 +29,11 @@
 //! the lock across an `.await` (it is never handed out).
 
 mod audit;
+mod jobs;
 mod key;
 mod leftovers;
 mod moves;
+pub use jobs::JobRow;
 pub use leftovers::Leftover;
 pub use moves::{MoveRow, MoveState};
 mod idempotency;

@@ -169,5 +169,19 @@ CREATE TABLE leftover_copies (
 ) STRICT, WITHOUT ROWID;
 ";
 
+/// Migration 7: the scheduler's jobs (`store::jobs`).
+const V7: &str = "
+CREATE TABLE jobs (
+    name TEXT NOT NULL PRIMARY KEY,
+    next_run_ms INTEGER NOT NULL,
+    last_start_ms INTEGER,
+    last_end_ms INTEGER,
+    last_outcome TEXT CHECK (last_outcome IN ('ok', 'error')),
+    -- What the last run found, as JSON.
+    last_details TEXT,
+    runs INTEGER NOT NULL CHECK (runs >= 0)
+) STRICT, WITHOUT ROWID;
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];

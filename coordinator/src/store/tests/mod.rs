@@ -132,6 +132,7 @@ fn a_fresh_file_gets_every_migration() {
             "audit_rows_no_delete",
             "audit_rows_no_update",
             "idempotency",
+            "jobs",
             "leftover_copies",
             "moves",
             "placements",

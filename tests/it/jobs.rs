@@ -1,0 +1,135 @@
+//! The scheduler on a clock the test moves (nothing waits for real time): the audit
+//! verification runs when due, is shown with its last run and next run in `GET /admin/v1/jobs`,
+//! and raises an integrity alert (metric, platform audit row, job outcome) for a chain edited in
+//! the SQLite file; audit exports say whether their chain verifies.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use coordinator::jobs::{ManualClock, VERIFY_AUDIT};
+use serde_json::Value;
+use tests::Cluster;
+
+const T0: u64 = 1_800_000_000_000;
+const HOUR: Duration = Duration::from_secs(3600);
+
+static CLOCK: LazyLock<Arc<ManualClock>> = LazyLock::new(|| Arc::new(ManualClock::new(T0)));
+
+fn on_the_test_clock(config: &mut coordinator::config::Config) {
+    config.clock = CLOCK.clone();
+}
+
+async fn verify_job(cluster: &Cluster) -> Value {
+    let (status, body) = cluster.admin("GET", "/admin/v1/jobs", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == VERIFY_AUDIT)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {VERIFY_AUDIT} in {body}"))
+}
+
+async fn alerts_metric(cluster: &Cluster) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", cluster.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("vaultvec_audit_integrity_alerts_total "))
+        .unwrap_or_else(|| panic!("no alert counter in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_verification_runs_when_due_and_raises_an_alert_for_an_edited_chain() {
+    let mut cluster = Cluster::start_without_workers(1, on_the_test_clock).await;
+    assert_eq!(cluster.service().clock().now_ms(), T0);
+    cluster.tenant("acme", None).await;
+    cluster.tenant("beta", None).await;
+
+    // Scheduled an hour after the start; nothing ran yet.
+    let job = verify_job(&cluster).await;
+    assert_eq!(job["next_run_ms"], T0 + 3_600_000, "{job}");
+    assert_eq!(job["runs"], 0, "{job}");
+    assert!(job["last_outcome"].is_null(), "{job}");
+    assert_eq!(job["every_s"], 3600, "{job}");
+
+    CLOCK.advance(HOUR);
+    cluster.service().wait_for_job_runs(VERIFY_AUDIT, 1).await;
+    let job = verify_job(&cluster).await;
+    assert_eq!(job["last_outcome"], "ok", "{job}");
+    assert_eq!(job["last_start_ms"], T0 + 3_600_000, "{job}");
+    assert_eq!(job["next_run_ms"], T0 + 7_200_000, "{job}");
+    assert_eq!(
+        job["last_details"]["failed"],
+        serde_json::json!([]),
+        "{job}"
+    );
+    // platform, acme and beta.
+    assert_eq!(job["last_details"]["chains"], 3, "{job}");
+    assert_eq!(alerts_metric(&cluster).await, 0);
+
+    // Someone with the file drops the trigger and edits one of acme's rows.
+    let db =
+        rusqlite::Connection::open(cluster.dir().join("coordinator/coordinator.sqlite")).unwrap();
+    db.execute_batch(
+        "DROP TRIGGER audit_rows_no_update;
+         UPDATE audit_rows SET actor = 'nobody' WHERE chain = 'acme' AND seq = 1;",
+    )
+    .unwrap();
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/acme", None).await;
+    assert_eq!(export["chain_verified"], false, "{export}");
+    assert!(
+        export["verify_error"].as_str().unwrap().contains("row 1"),
+        "{export}"
+    );
+
+    // Not before it is due; then the alert.
+    CLOCK.advance(HOUR - Duration::from_millis(1));
+    assert_eq!(verify_job(&cluster).await["runs"], 1);
+    CLOCK.advance(Duration::from_millis(1));
+    cluster.service().wait_for_job_runs(VERIFY_AUDIT, 2).await;
+    let job = verify_job(&cluster).await;
+    assert_eq!(job["last_outcome"], "error", "{job}");
+    let failed = job["last_details"]["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{job}");
+    assert_eq!(failed[0]["chain"], "acme", "{job}");
+    assert_eq!(failed[0]["line"], 1, "{job}");
+    assert_eq!(alerts_metric(&cluster).await, 1);
+    let (_, platform) = cluster.admin("GET", "/admin/v1/audit/platform", None).await;
+    assert_eq!(platform["chain_verified"], true, "{platform}");
+    let alerts = super::cluster::audit_rows(&platform, "audit.integrity_alert");
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["resource"], "acme", "{alerts:?}");
+    assert_eq!(alerts[0]["actor"], "system", "{alerts:?}");
+    // The untouched tenant's chain still verifies.
+    let (_, beta) = cluster.admin("GET", "/admin/v1/audit/beta", None).await;
+    assert_eq!(beta["chain_verified"], true, "{beta}");
+
+    // A coordinator that missed runs (the clock jumped three hours) runs once, not three times.
+    CLOCK.advance(3 * HOUR);
+    cluster.service().wait_for_job_runs(VERIFY_AUDIT, 3).await;
+    let job = verify_job(&cluster).await;
+    assert_eq!(job["runs"], 3, "{job}");
+    assert_eq!(job["next_run_ms"], T0 + 6 * 3_600_000, "{job}");
+
+    // A restarted coordinator keeps the schedule and the record of the last run.
+    CLOCK.advance(Duration::from_secs(600));
+    cluster.restart_coordinator().await;
+    let after = verify_job(&cluster).await;
+    for field in [
+        "runs",
+        "next_run_ms",
+        "last_start_ms",
+        "last_outcome",
+        "last_details",
+    ] {
+        assert_eq!(after[field], job[field], "{field}: {after} after {job}");
+    }
+    cluster.shutdown().await;
+}

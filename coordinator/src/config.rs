@@ -43,6 +43,10 @@ pub struct Tier {
     pub max_in_flight: usize,
     /// Copies of each tenant, each on a different worker (1 to 3; default 1). Writes are
     /// acknowledged once every live copy has made them durable; reads go to any live copy.
+    /// Days between scheduled rotations of each of its tenants' KEKs (`rotate_keks` job);
+    /// 0 (the default) rotates only on request.
+    #[serde(default)]
+    pub rotate_kek_every_days: u32,
     #[serde(default = "default_replicas")]
     pub replicas: u32,
 }
@@ -58,6 +62,9 @@ impl Tier {
         }
         if self.burst == 0 || self.max_body_bytes == 0 || self.max_dim == 0 {
             bail!("tier {name}: burst, max_body_bytes and max_dim must be positive");
+        }
+        if self.rotate_kek_every_days > 3_650 {
+            bail!("tier {name}: rotate_kek_every_days is 0 (never) to 3650");
         }
         if !(1..=3).contains(&self.replicas) {
             bail!("tier {name}: replicas must be 1, 2 or 3");
@@ -142,17 +149,24 @@ struct RawConfig {
 struct RawJobs {
     #[serde(default = "default_verify_audit_every_s")]
     verify_audit_every_s: u64,
+    #[serde(default = "default_rotate_keks_every_s")]
+    rotate_keks_every_s: u64,
 }
 
 impl Default for RawJobs {
     fn default() -> RawJobs {
         RawJobs {
             verify_audit_every_s: default_verify_audit_every_s(),
+            rotate_keks_every_s: default_rotate_keks_every_s(),
         }
     }
 }
 
 fn default_verify_audit_every_s() -> u64 {
+    3_600
+}
+
+fn default_rotate_keks_every_s() -> u64 {
     3_600
 }
 
@@ -477,10 +491,16 @@ impl Config {
             large_message_budget_bytes: raw.large_message_budget_bytes,
             auth_failures: raw.auth_failures,
             cluster_tls,
-            jobs: vec![crate::jobs::JobSpec {
-                name: crate::jobs::VERIFY_AUDIT,
-                every: Duration::from_secs(raw.jobs.verify_audit_every_s),
-            }],
+            jobs: vec![
+                crate::jobs::JobSpec {
+                    name: crate::jobs::VERIFY_AUDIT,
+                    every: Duration::from_secs(raw.jobs.verify_audit_every_s),
+                },
+                crate::jobs::JobSpec {
+                    name: crate::jobs::ROTATE_KEKS,
+                    every: Duration::from_secs(raw.jobs.rotate_keks_every_s),
+                },
+            ],
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
         };
         config.validate()?;
@@ -558,6 +578,7 @@ impl Config {
                 burst: 10,
                 max_body_bytes: 256 * 1024,
                 max_in_flight: 0,
+                rotate_kek_every_days: 0,
                 replicas: 1,
             },
         );
@@ -572,6 +593,7 @@ impl Config {
                 burst: 100_000,
                 max_body_bytes: 64 << 20,
                 max_in_flight: 0,
+                rotate_kek_every_days: 0,
                 replicas: 1,
             },
         );
@@ -613,10 +635,16 @@ impl Config {
             auto_rebalance: false,
             auth_failures: AuthFailureBudget::default(),
             cluster_tls: None,
-            jobs: vec![crate::jobs::JobSpec {
-                name: crate::jobs::VERIFY_AUDIT,
-                every: Duration::from_secs(default_verify_audit_every_s()),
-            }],
+            jobs: vec![
+                crate::jobs::JobSpec {
+                    name: crate::jobs::VERIFY_AUDIT,
+                    every: Duration::from_secs(default_verify_audit_every_s()),
+                },
+                crate::jobs::JobSpec {
+                    name: crate::jobs::ROTATE_KEKS,
+                    every: Duration::from_secs(default_rotate_keks_every_s()),
+                },
+            ],
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
         }
     }

@@ -439,6 +439,12 @@ impl Service {
     /// be written, the rotation fails and the old versions stay (INV-18). A rotation that failed
     /// can be run again; it destroys every version older than the new current one.
     pub async fn rotate_kek(&self, id: &str) -> Result<Rotation, ApiError> {
+        self.rotate_kek_by(id, ADMIN).await
+    }
+
+    /// [`Service::rotate_kek`] on behalf of `actor` (the admin, or the scheduler's `system`);
+    /// a rotation that destroyed the old versions is recorded as the tenant's last.
+    pub(crate) async fn rotate_kek_by(&self, id: &str, actor: &str) -> Result<Rotation, ApiError> {
         self.existing(id)?;
         let tenant = TenantId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
         let version = self.keys.rotate_kek(&tenant).map_err(ApiError::internal)?;
@@ -453,17 +459,18 @@ impl Service {
             Ok(false) => Vec::new(),
             Err(err) => {
                 let details = serde_json::json!({ "kek_version": version, "error": err.message });
-                self.audit_required(id, "kek.rotate", "error", details)?;
+                self.audit_required_by(actor, id, "kek.rotate", "error", details)?;
                 return Err(err);
             }
         };
         let details = serde_json::json!({ "kek_version": version, "destroyed": to_destroy });
-        self.audit_required(id, "kek.rotate", "ok", details)?;
+        self.audit_required_by(actor, id, "kek.rotate", "ok", details)?;
         for old in &to_destroy {
             self.keys
                 .destroy_kek(&tenant, *old)
                 .map_err(ApiError::internal)?;
         }
+        self.store.record_kek_rotation(id, self.clock().now_ms())?;
         Ok(Rotation {
             kek_version: version,
             destroyed_versions: to_destroy,
@@ -479,9 +486,21 @@ impl Service {
         outcome: &str,
         details: serde_json::Value,
     ) -> Result<(), ApiError> {
+        self.audit_required_by(ADMIN, chain, action, outcome, details)
+    }
+
+    /// [`Service::audit_required`] with `actor` as the row's actor.
+    fn audit_required_by(
+        &self,
+        actor: &str,
+        chain: &str,
+        action: &str,
+        outcome: &str,
+        details: serde_json::Value,
+    ) -> Result<(), ApiError> {
         let draft = crate::audit::Draft {
             time_ms: crate::cluster::now_ms(),
-            actor: ADMIN.to_owned(),
+            actor: actor.to_owned(),
             action: action.to_owned(),
             resource: chain.to_owned(),
             outcome: outcome.to_owned(),

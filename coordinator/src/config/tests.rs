@@ -263,3 +263,42 @@ fn a_tier_byte_quota_is_required_and_at_least_one_vector() {
     };
     assert!(format!("{err:#}").contains("max_stored_bytes"), "{err:#}");
 }
+
+#[test]
+fn kek_rotation_days_and_job_intervals_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "");
+    let text = fs::read_to_string(&path).unwrap();
+    let with = |tier_line: &str, jobs: &str| {
+        let changed = text.replace(
+            "max_stored_bytes = 1048576",
+            &format!("max_stored_bytes = 1048576\n{tier_line}"),
+        );
+        fs::write(&path, format!("{changed}\n{jobs}")).unwrap();
+        Config::load(&path)
+    };
+    let config = with("", "").unwrap();
+    assert_eq!(config.tiers["free"].rotate_kek_every_days, 0);
+    let every: Vec<(&str, u64)> = config
+        .jobs
+        .iter()
+        .map(|j| (j.name, j.every.as_secs()))
+        .collect();
+    assert_eq!(every, [("verify_audit", 3600), ("rotate_keks", 3600)]);
+    let config = with(
+        "rotate_kek_every_days = 90",
+        "[jobs]\nrotate_keks_every_s = 600\n",
+    )
+    .unwrap();
+    assert_eq!(config.tiers["free"].rotate_kek_every_days, 90);
+    assert_eq!(config.jobs[1].every.as_secs(), 600);
+    for (tier_line, jobs, want) in [
+        ("rotate_kek_every_days = 3651", "", "rotate_kek_every_days"),
+        ("", "[jobs]\nverify_audit_every_s = 59\n", "[jobs]"),
+        ("", "[jobs]\nrotate_keks_every_s = 2592001\n", "[jobs]"),
+        ("", "[jobs]\nverify_every = 60\n", "unknown field"),
+    ] {
+        let err = format!("{:#}", with(tier_line, jobs).err().expect(want));
+        assert!(err.contains(want), "{tier_line} {jobs}: {err}");
+    }
+}

@@ -5,7 +5,11 @@
 //! slot of the job's interval after the end. Time is a [`Clock`]: the host's, or in tests a
 //! [`ManualClock`] they move (nothing waits for real time).
 //!
-//! Jobs today: `verify_audit` re-verifies every audit chain (links, hashes, HMAC signatures);
+//! `rotate_keks` rotates the KEK of each live, unpaused tenant whose tier sets
+//! `rotate_kek_every_days` and whose last rotation (or creation) is at least that long ago, as the
+//! admin call does (re-wrap on the worker, audited `kek.rotate` with the version, by `system`).
+//!
+//! `verify_audit` re-verifies every audit chain (links, hashes, HMAC signatures);
 //! a chain that does not verify raises an integrity alert: an error log line naming the chain
 //! and the first bad row, `vaultvec_audit_integrity_alerts` counted, and an
 //! `audit.integrity_alert` row on the platform chain.
@@ -24,6 +28,8 @@ use crate::api::{Service, off_runtime};
 
 /// The audit chains' verification.
 pub const VERIFY_AUDIT: &str = "verify_audit";
+/// KEK rotation of the tenants whose tier asks for it (`rotate_kek_every_days`).
+pub const ROTATE_KEKS: &str = "rotate_keks";
 
 /// A job the scheduler runs, and how often.
 #[derive(Debug, Clone)]
@@ -131,6 +137,7 @@ impl Service {
         tracing::info!(job = spec.name, "a scheduled job starts");
         let (outcome, details) = match spec.name {
             VERIFY_AUDIT => off_runtime(|| self.verify_every_chain()),
+            ROTATE_KEKS => self.rotate_due_keks().await,
             other => (
                 "error",
                 serde_json::json!({ "error": format!("no job is named {other}") }),
@@ -191,6 +198,54 @@ impl Service {
         (
             outcome,
             serde_json::json!({ "chains": chains.len(), "failed": failed }),
+        )
+    }
+
+    /// Rotates the KEKs that are due (see the module docs). Answers the outcome and what it
+    /// did: tenants checked, rotated (with the new version) and failed.
+    async fn rotate_due_keks(&self) -> (&'static str, serde_json::Value) {
+        let now = self.jobs.clock.now_ms();
+        let tenants = match off_runtime(|| self.store.list_tenants()) {
+            Ok(tenants) => tenants,
+            Err(err) => {
+                return (
+                    "error",
+                    serde_json::json!({ "error": format!("listing the tenants failed: {err}") }),
+                );
+            }
+        };
+        let (mut rotated, mut failed) = (Vec::new(), Vec::new());
+        for tenant in &tenants {
+            let days = match self.tiers.get(&tenant.tier) {
+                Some(tier) if tier.rotate_kek_every_days > 0 => tier.rotate_kek_every_days,
+                // No policy, or paused (its files cannot be re-wrapped now).
+                _ => continue,
+            };
+            let last = match off_runtime(|| self.store.kek_rotated_ms(&tenant.id)) {
+                Ok(last) => last.unwrap_or(tenant.created_ms),
+                Err(err) => {
+                    failed
+                        .push(serde_json::json!({ "tenant": tenant.id, "error": err.to_string() }));
+                    continue;
+                }
+            };
+            if now.saturating_sub(last) < u64::from(days) * 86_400_000 {
+                continue;
+            }
+            match self.rotate_kek_by(&tenant.id, "system").await {
+                Ok(rotation) => rotated.push(serde_json::json!({
+                    "tenant": tenant.id, "kek_version": rotation.kek_version,
+                })),
+                Err(err) => {
+                    tracing::warn!(tenant = %tenant.id, error = %err, "a scheduled KEK rotation failed; tried again at the next run");
+                    failed.push(serde_json::json!({ "tenant": tenant.id, "error": err.message }));
+                }
+            }
+        }
+        let outcome = if failed.is_empty() { "ok" } else { "error" };
+        (
+            outcome,
+            serde_json::json!({ "tenants": tenants.len(), "rotated": rotated, "failed": failed }),
         )
     }
 

@@ -148,3 +148,31 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// When `tenant`'s KEK was last rotated, Unix ms (none since it was created).
+    pub fn kek_rotated_ms(&self, tenant: &str) -> Result<Option<u64>> {
+        self.read(|conn| {
+            let at: Option<i64> = conn
+                .query_row(
+                    "SELECT rotated_ms FROM kek_rotations WHERE tenant = ?1",
+                    [tenant],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            at.map(|at| from_sql_int("time", at)).transpose()
+        })
+    }
+
+    /// Records that `tenant`'s KEK was rotated at `at_ms`.
+    pub fn record_kek_rotation(&self, tenant: &str, at_ms: u64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO kek_rotations (tenant, rotated_ms) VALUES (?1, ?2) \
+                 ON CONFLICT (tenant) DO UPDATE SET rotated_ms = ?2",
+                params![tenant, to_sql_int("time", at_ms)?],
+            )?;
+            Ok(())
+        })
+    }
+}

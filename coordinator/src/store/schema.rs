@@ -183,5 +183,13 @@ CREATE TABLE jobs (
 ) STRICT, WITHOUT ROWID;
 ";
 
+/// Migration 8: when each tenant's KEK was last rotated (the scheduled rotation's policy).
+const V8: &str = "
+CREATE TABLE kek_rotations (
+    tenant TEXT NOT NULL PRIMARY KEY REFERENCES tenants (id),
+    rotated_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];

@@ -133,6 +133,7 @@ fn a_fresh_file_gets_every_migration() {
             "audit_rows_no_update",
             "idempotency",
             "jobs",
+            "kek_rotations",
             "leftover_copies",
             "moves",
             "placements",

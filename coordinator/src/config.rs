@@ -151,6 +151,10 @@ struct RawJobs {
     verify_audit_every_s: u64,
     #[serde(default = "default_rotate_keks_every_s")]
     rotate_keks_every_s: u64,
+    #[serde(default = "default_flush_usage_every_s")]
+    flush_usage_every_s: u64,
+    #[serde(default = "default_census_every_s")]
+    census_every_s: u64,
 }
 
 impl Default for RawJobs {
@@ -158,6 +162,8 @@ impl Default for RawJobs {
         RawJobs {
             verify_audit_every_s: default_verify_audit_every_s(),
             rotate_keks_every_s: default_rotate_keks_every_s(),
+            flush_usage_every_s: default_flush_usage_every_s(),
+            census_every_s: default_census_every_s(),
         }
     }
 }
@@ -168,6 +174,31 @@ fn default_verify_audit_every_s() -> u64 {
 
 fn default_rotate_keks_every_s() -> u64 {
     3_600
+}
+
+fn default_flush_usage_every_s() -> u64 {
+    60
+}
+
+fn default_census_every_s() -> u64 {
+    86_400
+}
+
+/// The scheduled jobs with the intervals of `raw`.
+fn job_specs(raw: &RawJobs) -> Vec<crate::jobs::JobSpec> {
+    use crate::jobs::{CENSUS, FLUSH_USAGE, JobSpec, ROTATE_KEKS, VERIFY_AUDIT};
+    [
+        (VERIFY_AUDIT, raw.verify_audit_every_s),
+        (ROTATE_KEKS, raw.rotate_keks_every_s),
+        (FLUSH_USAGE, raw.flush_usage_every_s),
+        (CENSUS, raw.census_every_s),
+    ]
+    .into_iter()
+    .map(|(name, s)| JobSpec {
+        name,
+        every: Duration::from_secs(s),
+    })
+    .collect()
 }
 
 /// Failed authentications allowed per client address (`[auth_failures]`): a sustained rate and a
@@ -491,16 +522,7 @@ impl Config {
             large_message_budget_bytes: raw.large_message_budget_bytes,
             auth_failures: raw.auth_failures,
             cluster_tls,
-            jobs: vec![
-                crate::jobs::JobSpec {
-                    name: crate::jobs::VERIFY_AUDIT,
-                    every: Duration::from_secs(raw.jobs.verify_audit_every_s),
-                },
-                crate::jobs::JobSpec {
-                    name: crate::jobs::ROTATE_KEKS,
-                    every: Duration::from_secs(raw.jobs.rotate_keks_every_s),
-                },
-            ],
+            jobs: job_specs(&raw.jobs),
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
         };
         config.validate()?;
@@ -635,16 +657,7 @@ impl Config {
             auto_rebalance: false,
             auth_failures: AuthFailureBudget::default(),
             cluster_tls: None,
-            jobs: vec![
-                crate::jobs::JobSpec {
-                    name: crate::jobs::VERIFY_AUDIT,
-                    every: Duration::from_secs(default_verify_audit_every_s()),
-                },
-                crate::jobs::JobSpec {
-                    name: crate::jobs::ROTATE_KEKS,
-                    every: Duration::from_secs(default_rotate_keks_every_s()),
-                },
-            ],
+            jobs: job_specs(&RawJobs::default()),
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
         }
     }

@@ -368,6 +368,8 @@ impl Coordinator {
         let _ = moves.await;
         let _ = repair.await;
         let _ = scheduler.await;
+        // Usage counted since the last flush is kept.
+        let _ = service.flush_usage();
         match failure.flatten() {
             Some(err) => Err(err),
             None => Ok(()),

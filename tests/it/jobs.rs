@@ -6,7 +6,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use coordinator::jobs::{ManualClock, ROTATE_KEKS, VERIFY_AUDIT};
+use coordinator::jobs::{CENSUS, ManualClock, ROTATE_KEKS, VERIFY_AUDIT};
 use serde_json::Value;
 use tests::Cluster;
 
@@ -242,6 +242,193 @@ async fn keks_are_rotated_when_their_tiers_policy_says_so_and_the_data_stays_rea
         seen,
         [("system".to_owned(), 2), ("system".to_owned(), 3)],
         "{rotations:?}"
+    );
+    cluster.shutdown().await;
+}
+
+static CENSUS_CLOCK: LazyLock<Arc<ManualClock>> = LazyLock::new(|| Arc::new(ManualClock::new(T0)));
+
+fn on_the_census_clock(config: &mut coordinator::config::Config) {
+    config.clock = CENSUS_CLOCK.clone();
+}
+
+async fn census(cluster: &Cluster, query: Value) -> (u16, Value) {
+    cluster.admin("POST", "/admin/v1/census", Some(query)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_census_records_each_tenants_figures_and_traffic() {
+    let mut cluster = Cluster::start_without_workers(1, on_the_census_clock).await;
+    cluster.start_worker(0).await;
+    let acme = cluster.tenant("acme", Some("pro")).await;
+    let beta = cluster.tenant("beta", Some("free")).await;
+    cluster.tenant("idle", Some("free")).await;
+    // Known traffic on 2027-01-15 (T0 is 08:00 UTC that day).
+    cluster.create_collection(&acme, "docs", 4).await;
+    cluster.create_collection(&beta, "docs", 4).await;
+    let shared = &cluster;
+    let upsert = |key: &str, n: u64| {
+        let points: Vec<Value> = (0..n)
+            .map(|id| serde_json::json!({"id": id, "vector": [id as f32, 1.0, 2.0, 3.0], "payload": {"n": id}}))
+            .collect();
+        let key = key.to_owned();
+        async move {
+            let (status, body) = shared
+                .http(
+                    "PUT",
+                    "/v1/collections/docs/points",
+                    Some(&key),
+                    Some(serde_json::json!({ "points": points })),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    upsert(&acme, 30).await;
+    upsert(&beta, 5).await;
+    let query = serde_json::json!({"vector": [1.0, 1.0, 2.0, 3.0], "top_k": 3});
+    for _ in 0..3 {
+        let (status, _) = cluster
+            .http(
+                "POST",
+                "/v1/collections/docs/points/search",
+                Some(&acme),
+                Some(query.clone()),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let (status, body) = cluster
+        .http(
+            "POST",
+            "/v1/collections/docs/points/search/batch",
+            Some(&acme),
+            Some(serde_json::json!({ "searches": [query.clone(), query.clone()] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A refused request counts too.
+    let (status, _) = cluster
+        .http(
+            "POST",
+            "/v1/collections/nope/points/count",
+            Some(&acme),
+            Some(serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (_, info) = cluster
+        .http("GET", "/v1/collections/docs", Some(&acme), None)
+        .await;
+    let acme_bytes = info["stored_bytes"].as_u64().expect("stored_bytes");
+    assert!(acme_bytes >= 30 * 16, "{info}");
+
+    // The census runs a day after the start and records the day that ended.
+    CENSUS_CLOCK.advance(24 * HOUR);
+    cluster.service().wait_for_job_runs(CENSUS, 1).await;
+    let (status, body) = census(
+        &cluster,
+        serde_json::json!({"from": "2027-01-15", "to": "2027-01-15"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["rows"].as_array().unwrap();
+    let row = |tenant: &str| {
+        rows.iter()
+            .find(|r| r["tenant"] == tenant)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {tenant} in {body}"))
+    };
+    assert_eq!(rows.len(), 3, "{body}");
+    let a = row("acme");
+    // create, upsert, 3 searches, a batch, the refused count, the collection read.
+    assert_eq!(
+        (a["requests"].as_u64(), a["searches"].as_u64()),
+        (Some(8), Some(4)),
+        "{a}"
+    );
+    assert_eq!(a["tier"], "pro", "{a}");
+    assert_eq!(a["state"], "active", "{a}");
+    assert_eq!(a["collections"], 1, "{a}");
+    assert_eq!(a["points"], 30, "{a}");
+    assert_eq!(a["bytes_hot"], acme_bytes, "{a}");
+    assert_eq!(a["bytes_cold"], 0, "{a}");
+    let b = row("beta");
+    assert_eq!(
+        (b["requests"].as_u64(), b["searches"].as_u64()),
+        (Some(2), Some(0)),
+        "{b}"
+    );
+    assert_eq!(b["points"], 5, "{b}");
+    let i = row("idle");
+    assert_eq!(i["state"], "unplaced", "{i}");
+    assert_eq!(
+        (i["requests"].as_u64(), i["points"].as_u64()),
+        (Some(0), Some(0)),
+        "{i}"
+    );
+    assert_eq!(a["day"], "2027-01-15", "{a}");
+
+    // One tenant; pages.
+    let (_, one) = census(
+        &cluster,
+        serde_json::json!({"from": "2027-01-01", "to": "2027-01-31", "tenant": "beta"}),
+    )
+    .await;
+    assert_eq!(one["rows"].as_array().unwrap().len(), 1, "{one}");
+    let (_, first) = census(
+        &cluster,
+        serde_json::json!({"from": "2027-01-15", "to": "2027-01-15", "limit": 2}),
+    )
+    .await;
+    assert_eq!(first["rows"].as_array().unwrap().len(), 2, "{first}");
+    let after = first["next"].as_str().expect("a cursor").to_owned();
+    let (_, second) = census(
+        &cluster,
+        serde_json::json!({"from": "2027-01-15", "to": "2027-01-15", "limit": 2, "after": after}),
+    )
+    .await;
+    assert_eq!(second["rows"][0]["tenant"], "idle", "{second}");
+    assert!(second["next"].is_null(), "{second}");
+
+    // Clear refusals.
+    for bad in [
+        serde_json::json!({"from": "2027-1-15", "to": "2027-01-15"}),
+        serde_json::json!({"from": "2027-01-16", "to": "2027-01-15"}),
+        serde_json::json!({"from": "2025-01-01", "to": "2027-01-15"}),
+        serde_json::json!({"from": "2027-01-15", "to": "2027-01-15", "limit": 0}),
+        serde_json::json!({"from": "2027-01-15", "to": "2027-01-15", "limit": 10001}),
+        serde_json::json!({"from": "2027-01-15", "to": "2027-01-15", "after": "junk"}),
+        serde_json::json!({"from": "2027-01-15", "to": "2027-01-15", "bogus": 1}),
+        serde_json::json!({"to": "2027-01-15"}),
+    ] {
+        let (status, answer) = census(&cluster, bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
+
+    // Counts survive a coordinator restart (flushed when it stops) and land on their day.
+    let (status, _) = cluster
+        .http(
+            "POST",
+            "/v1/collections/docs/points/search",
+            Some(&beta),
+            Some(query.clone()),
+        )
+        .await;
+    assert_eq!(status, 200);
+    cluster.restart_coordinator().await;
+    CENSUS_CLOCK.advance(24 * HOUR);
+    cluster.service().wait_for_job_runs(CENSUS, 2).await;
+    let (_, day2) = census(
+        &cluster,
+        serde_json::json!({"from": "2027-01-16", "to": "2027-01-16", "tenant": "beta"}),
+    )
+    .await;
+    let b = &day2["rows"][0];
+    assert_eq!(
+        (b["requests"].as_u64(), b["searches"].as_u64()),
+        (Some(1), Some(1)),
+        "{day2}"
     );
     cluster.shutdown().await;
 }

@@ -187,6 +187,7 @@ pub(crate) fn collection_info(name: &str, info: &CollectionInfo) -> api::Collect
         points: info.points,
         unindexed_points: info.unindexed_points,
         segments: info.segments as u32,
+        stored_bytes: info.stored_bytes,
     }
 }
 

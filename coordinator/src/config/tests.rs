@@ -284,7 +284,15 @@ fn kek_rotation_days_and_job_intervals_are_bounded() {
         .iter()
         .map(|j| (j.name, j.every.as_secs()))
         .collect();
-    assert_eq!(every, [("verify_audit", 3600), ("rotate_keks", 3600)]);
+    assert_eq!(
+        every,
+        [
+            ("verify_audit", 3600),
+            ("rotate_keks", 3600),
+            ("flush_usage", 60),
+            ("census", 86_400)
+        ]
+    );
     let config = with(
         "rotate_kek_every_days = 90",
         "[jobs]\nrotate_keks_every_s = 600\n",

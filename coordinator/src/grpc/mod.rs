@@ -223,6 +223,7 @@ impl Grpc {
         self.service
             .metrics
             .observe("grpc", endpoint, code, elapsed.as_secs_f64());
+        self.service.count_usage(&tenant, endpoint);
         tracing::info!(
             transport = "grpc",
             tenant,
@@ -321,6 +322,7 @@ where
                 service
                     .metrics
                     .observe("grpc", endpoint, status, elapsed.as_secs_f64());
+                service.count_usage(tenant, endpoint);
                 tracing::info!(
                     transport = "grpc",
                     tenant,

@@ -45,6 +45,7 @@ pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
         "admin_undrain_worker" => post(undrain_worker),
         "admin_placements" => get(placements),
         "admin_jobs" => get(jobs),
+        "admin_census" => post(census),
         other => unreachable!("route {other} has no handler"),
     }
 }
@@ -493,6 +494,23 @@ async fn jobs(
         h,
         no_body(),
         |s, _: NoArgs| async move { Ok(serde_json::json!({ "jobs": s.jobs()? })) },
+    )
+    .await
+}
+
+async fn census(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    b: Body,
+) -> Response {
+    admin(
+        s,
+        "admin_census",
+        peer,
+        h,
+        b,
+        |s, q: crate::jobs::CensusQuery| async move { json(s.census(&q)?) },
     )
     .await
 }

@@ -117,6 +117,7 @@ pub fn collection_json(info: api::CollectionInfo) -> Value {
         "points": info.points,
         "unindexed_points": info.unindexed_points,
         "segments": info.segments,
+        "stored_bytes": info.stored_bytes,
     })
 }
 

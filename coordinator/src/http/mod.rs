@@ -242,6 +242,7 @@ pub const ROUTES: &[RouteSpec] = &[
         "admin_placements",
     ),
     route("GET", "/admin/v1/jobs", Policy::Admin, "admin_jobs"),
+    route("POST", "/admin/v1/census", Policy::Admin, "admin_census"),
 ];
 
 /// The OpenAPI document, checked against [`ROUTES`] by a test.
@@ -603,6 +604,7 @@ pub(crate) fn finish(
     service
         .metrics
         .observe(transport, endpoint, code, elapsed.as_secs_f64());
+    service.count_usage(tenant, endpoint);
     tracing::info!(
         transport,
         tenant,

@@ -9,11 +9,14 @@
 //! `rotate_kek_every_days` and whose last rotation (or creation) is at least that long ago, as the
 //! admin call does (re-wrap on the worker, audited `kek.rotate` with the version, by `system`).
 //!
+//! `flush_usage` and `census`: see `census.rs`.
+//!
 //! `verify_audit` re-verifies every audit chain (links, hashes, HMAC signatures);
 //! a chain that does not verify raises an integrity alert: an error log line naming the chain
 //! and the first bad row, `vaultvec_audit_integrity_alerts` counted, and an
 //! `audit.integrity_alert` row on the platform chain.
 
+mod census;
 mod clock;
 
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use census::{CENSUS, CensusPage, CensusQuery, FLUSH_USAGE, MAX_CATCH_UP_DAYS};
 pub use clock::{Clock, ManualClock, SystemClock};
 
 use crate::api::error::ApiError;
@@ -46,6 +50,8 @@ pub struct Jobs {
     specs: Vec<JobSpec>,
     running: parking_lot::Mutex<Option<&'static str>>,
     finished: tokio::sync::Notify,
+    /// Requests and searches since the last usage flush.
+    usage: census::Usage,
 }
 
 impl Jobs {
@@ -56,6 +62,7 @@ impl Jobs {
             specs,
             running: parking_lot::Mutex::new(None),
             finished: tokio::sync::Notify::new(),
+            usage: census::Usage::default(),
         }
     }
 }
@@ -138,6 +145,8 @@ impl Service {
         let (outcome, details) = match spec.name {
             VERIFY_AUDIT => off_runtime(|| self.verify_every_chain()),
             ROTATE_KEKS => self.rotate_due_keks().await,
+            FLUSH_USAGE => off_runtime(|| self.flush_usage()),
+            CENSUS => self.take_census().await,
             other => (
                 "error",
                 serde_json::json!({ "error": format!("no job is named {other}") }),

@@ -29,6 +29,7 @@
 //! the lock across an `.await` (it is never handed out).
 
 mod audit;
+pub mod census;
 mod jobs;
 mod key;
 mod leftovers;

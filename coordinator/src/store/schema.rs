@@ -191,5 +191,32 @@ CREATE TABLE kek_rotations (
 ) STRICT, WITHOUT ROWID;
 ";
 
+/// Migration 9: usage per tenant and day, and the daily census (`store::census`).
+const V9: &str = "
+CREATE TABLE usage_days (
+    tenant TEXT NOT NULL,
+    -- UTC, YYYY-MM-DD.
+    day TEXT NOT NULL,
+    requests INTEGER NOT NULL CHECK (requests >= 0),
+    searches INTEGER NOT NULL CHECK (searches >= 0),
+    PRIMARY KEY (tenant, day)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE census (
+    day TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('active', 'paused', 'unplaced')),
+    -- NULL: the tenant's worker could not be asked.
+    collections INTEGER,
+    points INTEGER,
+    bytes_hot INTEGER,
+    bytes_cold INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    searches INTEGER NOT NULL,
+    taken_ms INTEGER NOT NULL,
+    PRIMARY KEY (day, tenant)
+) STRICT, WITHOUT ROWID;
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];

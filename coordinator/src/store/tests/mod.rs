@@ -131,6 +131,7 @@ fn a_fresh_file_gets_every_migration() {
             "audit_rows",
             "audit_rows_no_delete",
             "audit_rows_no_update",
+            "census",
             "idempotency",
             "jobs",
             "kek_rotations",
@@ -140,6 +141,7 @@ fn a_fresh_file_gets_every_migration() {
             "replicas",
             "tenants",
             "tenants_never_deleted",
+            "usage_days",
             "workers",
         ]
     );

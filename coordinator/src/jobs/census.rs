@@ -1,0 +1,270 @@
+//! Usage counting and the daily census.
+//!
+//! Every tenant request the coordinator answers (either transport, refused ones too) counts in
+//! memory against the tenant and the UTC day of the scheduler's clock; searches (single or batch,
+//! a batch once) count as searches too. The `flush_usage` job (every minute by default) adds the
+//! counts to `usage_days` in one transaction, and the coordinator flushes once more when it
+//! stops; a crash loses at most the counts since the last flush.
+//!
+//! The `census` job (daily by default) flushes, then writes one row per live tenant for each
+//! UTC day that ended since the last census (at most [`MAX_CATCH_UP_DAYS`] back): its tier, its
+//! state (`active`, `paused`, `unplaced`), its collections, points and stored bytes as its
+//! worker reports them now (`ListCollections`; unknown while paused or unreachable), and that
+//! day's requests and searches. `POST /admin/v1/census` exports the rows of a range of days.
+
+use std::collections::HashMap;
+
+use proto::vaultvec::v1 as api;
+
+use crate::api::error::ApiError;
+use crate::api::{Op, Reply, Service, off_runtime};
+use crate::store::census::{CensusRow, day_number, day_of};
+
+/// The usage flush.
+pub const FLUSH_USAGE: &str = "flush_usage";
+/// The daily census.
+pub const CENSUS: &str = "census";
+/// How many ended days a census fills in after the coordinator was stopped.
+pub const MAX_CATCH_UP_DAYS: u64 = 31;
+
+const DAY_MS: u64 = 86_400_000;
+
+/// Requests and searches per (tenant, day number) since the last flush.
+#[derive(Default)]
+pub struct Usage(parking_lot::Mutex<HashMap<(String, u64), (u64, u64)>>);
+
+impl Usage {
+    fn count(&self, tenant: &str, day: u64, search: bool) {
+        let mut counts = self.0.lock();
+        let add = |c: &mut (u64, u64)| {
+            c.0 += 1;
+            c.1 += u64::from(search);
+        };
+        // The tenant's string is copied only for its first request of the day.
+        if let Some(c) = counts.get_mut(&(tenant.to_owned(), day)) {
+            add(c);
+            return;
+        }
+        add(counts.entry((tenant.to_owned(), day)).or_default());
+    }
+
+    fn take(&self) -> HashMap<(String, u64), (u64, u64)> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+impl Service {
+    /// Counts one answered request of `tenant` at `endpoint` (nothing for an empty tenant: an
+    /// admin call, or a refusal before the caller was known).
+    pub(crate) fn count_usage(&self, tenant: &str, endpoint: &str) {
+        if tenant.is_empty() {
+            return;
+        }
+        let day = self.jobs.clock.now_ms() / DAY_MS;
+        let search = matches!(endpoint, "search" | "search_batch");
+        self.jobs.usage.count(tenant, day, search);
+    }
+
+    /// Adds the counts since the last flush to the store. Counts that could not be written are
+    /// put back, to be written at the next flush.
+    pub fn flush_usage(&self) -> (&'static str, serde_json::Value) {
+        let taken = self.jobs.usage.take();
+        let rows: Vec<(String, String, u64, u64)> = taken
+            .iter()
+            .map(|((tenant, day), (requests, searches))| {
+                (tenant.clone(), day_of(day * DAY_MS), *requests, *searches)
+            })
+            .collect();
+        match self.store.add_usage(&rows) {
+            Ok(()) => (
+                "ok",
+                serde_json::json!({ "tenant_days": rows.len(),
+                    "requests": rows.iter().map(|r| r.2).sum::<u64>() }),
+            ),
+            Err(err) => {
+                let mut counts = self.jobs.usage.0.lock();
+                for (key, (requests, searches)) in taken {
+                    let c = counts.entry(key).or_default();
+                    c.0 += requests;
+                    c.1 += searches;
+                }
+                tracing::error!(error = %err, "writing usage failed; kept for the next flush");
+                (
+                    "error",
+                    serde_json::json!({ "error": format!("writing usage failed: {err}") }),
+                )
+            }
+        }
+    }
+
+    /// The census (see the module docs). Answers the outcome and what it recorded.
+    pub(super) async fn take_census(&self) -> (&'static str, serde_json::Value) {
+        let (flushed, _) = off_runtime(|| self.flush_usage());
+        let now = self.jobs.clock.now_ms();
+        let today = now / DAY_MS;
+        let last = match off_runtime(|| self.store.last_census_day()) {
+            Ok(last) => last,
+            Err(err) => return failed(&err.to_string()),
+        };
+        // Every day that ended since the last census, at most MAX_CATCH_UP_DAYS of them.
+        let first = last
+            .map_or(today.saturating_sub(1), |d| d + 1)
+            .max(today.saturating_sub(MAX_CATCH_UP_DAYS));
+        let days: Vec<u64> = (first..today).collect();
+        if days.is_empty() {
+            return ("ok", serde_json::json!({ "days": [], "tenants": 0 }));
+        }
+        let tenants = match off_runtime(|| self.store.list_tenants()) {
+            Ok(tenants) => tenants,
+            Err(err) => return failed(&err.to_string()),
+        };
+        let mut rows = Vec::new();
+        let mut unknown = Vec::new();
+        for tenant in &tenants {
+            let (state, figures) = self.figures_of(tenant).await;
+            if figures.is_none() && state != "paused" {
+                unknown.push(tenant.id.clone());
+            }
+            for day in &days {
+                let day = day_of(day * DAY_MS);
+                let (requests, searches) =
+                    match off_runtime(|| self.store.usage_of(&tenant.id, &day)) {
+                        Ok(usage) => usage,
+                        Err(err) => return failed(&err.to_string()),
+                    };
+                rows.push(CensusRow {
+                    day,
+                    tenant: tenant.id.clone(),
+                    tier: tenant.tier.clone(),
+                    state: state.to_owned(),
+                    collections: figures.map(|f| f.0),
+                    points: figures.map(|f| f.1),
+                    bytes_hot: figures.map(|f| f.2),
+                    bytes_cold: 0,
+                    requests,
+                    searches,
+                    taken_ms: now,
+                });
+            }
+        }
+        if let Err(err) = off_runtime(|| self.store.record_census(&rows)) {
+            return failed(&err.to_string());
+        }
+        let days: Vec<String> = days.iter().map(|d| day_of(d * DAY_MS)).collect();
+        (
+            if flushed == "ok" { "ok" } else { "error" },
+            serde_json::json!({
+                "days": days, "tenants": tenants.len(), "rows": rows.len(),
+                "figures_unknown": unknown,
+            }),
+        )
+    }
+
+    /// A tenant's state and (collections, points, stored bytes) as its worker reports them, if
+    /// it could be asked.
+    async fn figures_of(
+        &self,
+        tenant: &crate::store::Tenant,
+    ) -> (&'static str, Option<(u64, u64, u64)>) {
+        if tenant.paused_from.is_some() {
+            return ("paused", None);
+        }
+        match off_runtime(|| self.store.placement(&tenant.id)) {
+            Ok(Some(_)) => {}
+            Ok(None) => return ("unplaced", Some((0, 0, 0))),
+            Err(_) => return ("active", None),
+        }
+        let tier = self.tiers.get(&tenant.tier).cloned();
+        let listed = self
+            .route(
+                &tenant.id,
+                tier.as_ref(),
+                Op::ListCollections(api::ListCollectionsRequest {}),
+            )
+            .await;
+        match listed {
+            Ok(Reply::Collections(list)) => {
+                let c = &list.collections;
+                (
+                    "active",
+                    Some((
+                        c.len() as u64,
+                        c.iter().map(|i| i.points).sum(),
+                        c.iter().map(|i| i.stored_bytes).sum(),
+                    )),
+                )
+            }
+            _ => ("active", None),
+        }
+    }
+}
+
+/// `POST /admin/v1/census`: days `from..=to` (UTC, `YYYY-MM-DD`, at most a year), of one tenant
+/// or all, at most `limit` rows (1..=10000, default 10000) after the cursor `after`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CensusQuery {
+    from: String,
+    to: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// A page of census rows, and the cursor of the next page if there may be one.
+#[derive(Debug, serde::Serialize)]
+pub struct CensusPage {
+    rows: Vec<CensusRow>,
+    next: Option<String>,
+}
+
+const MAX_CENSUS_ROWS: usize = 10_000;
+
+impl Service {
+    /// The census rows `query` asks for.
+    pub fn census(&self, query: &CensusQuery) -> Result<CensusPage, ApiError> {
+        let (Some(from), Some(to)) = (day_number(&query.from), day_number(&query.to)) else {
+            return Err(ApiError::invalid("from and to are days: YYYY-MM-DD"));
+        };
+        if from > to || to - from > 366 {
+            return Err(ApiError::invalid(
+                "from must not be after to, and the range is at most 366 days",
+            ));
+        }
+        let limit = query.limit.unwrap_or(MAX_CENSUS_ROWS);
+        if !(1..=MAX_CENSUS_ROWS).contains(&limit) {
+            return Err(ApiError::invalid("limit is 1..=10000"));
+        }
+        let after = match &query.after {
+            None => None,
+            Some(cursor) => match cursor.split_once('/') {
+                Some((day, tenant)) if day_number(day).is_some() && !tenant.is_empty() => {
+                    Some((day, tenant))
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        "after is the cursor a previous page answered as next",
+                    ));
+                }
+            },
+        };
+        let rows = self.store.census(
+            (&query.from, &query.to),
+            query.tenant.as_deref(),
+            after,
+            limit,
+        )?;
+        let next = (rows.len() == limit)
+            .then(|| rows.last().map(|r| format!("{}/{}", r.day, r.tenant)))
+            .flatten();
+        Ok(CensusPage { rows, next })
+    }
+}
+
+fn failed(error: &str) -> (&'static str, serde_json::Value) {
+    tracing::error!(error, "the census failed");
+    ("error", serde_json::json!({ "error": error }))
+}

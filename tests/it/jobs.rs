@@ -430,5 +430,45 @@ async fn the_daily_census_records_each_tenants_figures_and_traffic() {
         (Some(1), Some(1)),
         "{day2}"
     );
+
+    // The census kept every chain's signed head and exported it to a file only the owner reads.
+    let file = cluster
+        .dir()
+        .join("coordinator/audit-anchors/2027-01-15.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let heads: Vec<Value> = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let chains: Vec<&str> = heads.iter().map(|h| h["chain"].as_str().unwrap()).collect();
+    assert!(
+        chains.contains(&"platform") && chains.contains(&"acme"),
+        "{heads:?}"
+    );
+    let anchored = heads.iter().find(|h| h["chain"] == "acme").unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let (_, verdict) = cluster
+        .admin("POST", "/admin/v1/audit/acme/verify", None)
+        .await;
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    // Someone with the file cuts acme's chain back to before the kept head: every row left
+    // still links, and the kept head is what catches it.
+    let db =
+        rusqlite::Connection::open(cluster.dir().join("coordinator/coordinator.sqlite")).unwrap();
+    db.execute_batch("DROP TRIGGER audit_rows_no_delete;")
+        .unwrap();
+    db.execute(
+        "DELETE FROM audit_rows WHERE chain = 'acme' AND seq >= ?1",
+        [anchored as i64],
+    )
+    .unwrap();
+    let (_, verdict) = cluster
+        .admin("POST", "/admin/v1/audit/acme/verify", None)
+        .await;
+    assert_eq!(verdict["ok"], false, "{verdict}");
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/acme", None).await;
+    assert_eq!(export["chain_verified"], false, "{export}");
     cluster.shutdown().await;
 }

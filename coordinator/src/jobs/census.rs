@@ -11,6 +11,8 @@
 //! state (`active`, `paused`, `unplaced`), its collections, points and stored bytes as its
 //! worker reports them now (`ListCollections`; unknown while paused or unreachable), and that
 //! day's requests and searches. `POST /admin/v1/census` exports the rows of a range of days.
+//! With each census every audit chain's signed head is kept in the store (later verifications
+//! check against it) and exported to `<data_dir>/audit-anchors/<day>.json`.
 
 use std::collections::HashMap;
 
@@ -151,13 +153,40 @@ impl Service {
             return failed(&err.to_string());
         }
         let days: Vec<String> = days.iter().map(|d| day_of(d * DAY_MS)).collect();
+        let anchored = match off_runtime(|| self.keep_audit_heads(days.last().map_or("", |d| d))) {
+            Ok(anchored) => anchored,
+            Err(err) => return failed(&format!("keeping the audit heads failed: {err}")),
+        };
         (
             if flushed == "ok" { "ok" } else { "error" },
             serde_json::json!({
                 "days": days, "tenants": tenants.len(), "rows": rows.len(),
-                "figures_unknown": unknown,
+                "figures_unknown": unknown, "audit_heads": anchored,
             }),
         )
+    }
+
+    /// Takes the signed head of every audit chain, keeps them in the store (every later
+    /// verification of a chain checks against its latest) and exports them to
+    /// `<data_dir>/audit-anchors/<day>.json` (0600, written atomically) for the operator to ship
+    /// elsewhere. Answers how many.
+    fn keep_audit_heads(&self, day: &str) -> anyhow::Result<usize> {
+        let heads = self
+            .store
+            .audit_chains()?
+            .iter()
+            .map(|chain| self.store.chain_head(chain))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store.record_anchors(day, &heads)?;
+        if let Some(data_dir) = self.store.path().and_then(std::path::Path::parent) {
+            use storage::disk::Disk as _;
+            let dir = data_dir.join("audit-anchors");
+            let disk = storage::disk::StdDisk;
+            disk.create_dir_all(&dir)?;
+            let json = serde_json::to_vec_pretty(&heads)?;
+            storage::disk::write_atomic(&disk, &dir.join(format!("{day}.json")), &json)?;
+        }
+        Ok(heads.len())
     }
 
     /// A tenant's state and (collections, points, stored bytes) as its worker reports them, if

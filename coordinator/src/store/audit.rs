@@ -9,7 +9,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{Error, PLATFORM_CHAIN, Result, Store, shown, tenant, to_sql_int};
-use crate::audit::{AuditRow, ChainHead, Draft, VerifyError, verify};
+use crate::audit::{AuditRow, ChainHead, Draft, VerifyError, verify_anchored};
 
 const COLUMNS: &str =
     "chain, seq, time_ms, actor, action, resource, outcome, details, prev_hash, hash, signature";
@@ -185,18 +185,56 @@ impl Store {
     }
 
     /// Verifies exported `rows` of one chain under the audit key, against the head taken from
-    /// their last row.
+    /// their last row and the latest head kept with a census.
     pub fn verify_rows(&self, rows: &[AuditRow]) -> std::result::Result<(), VerifyError> {
         let Some(last) = rows.last() else {
             return Ok(());
         };
-        let head = ChainHead::of(&last.chain, Some(last), &self.audit_key);
-        verify(rows, Some(&self.audit_key), Some(&head))
+        let mut anchors = vec![ChainHead::of(&last.chain, Some(last), &self.audit_key)];
+        // The latest head kept with a census too (a kept head that cannot be read shows in the
+        // scheduled verification, which reads it through `verify_chain`).
+        anchors.extend(self.latest_anchor(&last.chain).ok().flatten());
+        verify_anchored(rows, Some(&self.audit_key), &anchors)
+    }
+
+    /// Keeps the signed heads of every chain taken with the census of `day` (a second census of
+    /// the same day replaces them).
+    pub fn record_anchors(&self, day: &str, heads: &[ChainHead]) -> Result<()> {
+        self.write(|tx| {
+            let mut stmt = tx.prepare(
+                "INSERT OR REPLACE INTO audit_anchors (chain, seq, day, head) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for head in heads {
+                let json = serde_json::to_string(head)
+                    .map_err(|err| Error::Corrupt(format!("a head: {err}")))?;
+                stmt.execute(params![head.chain, to_sql_int("seq", head.seq)?, day, json])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The latest kept head of `chain` (the longest), if any.
+    pub fn latest_anchor(&self, chain: &str) -> Result<Option<ChainHead>> {
+        let json: Option<String> = self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT head FROM audit_anchors WHERE chain = ?1 ORDER BY seq DESC LIMIT 1",
+                    [chain],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })?;
+        json.map(|j| {
+            serde_json::from_str(&j)
+                .map_err(|err| Error::Corrupt(format!("the kept head of {chain}: {err}")))
+        })
+        .transpose()
     }
 
     /// Re-verifies the stored rows of `chain`: seq, links, hashes and signatures under the audit
-    /// key, naming the first bad row. The head is taken from the same rows, so a cut tail is
-    /// caught only by verifying against an earlier exported head.
+    /// key, naming the first bad row; and against the latest head kept with a census
+    /// ([`Store::record_anchors`]), so a tail cut below it is caught (a tail cut after it shows
+    /// only against a head exported later).
     pub fn verify_chain(&self, chain: &str) -> Result<std::result::Result<(), VerifyError>> {
         let decoded = self.read(|conn| {
             check_chain(conn, chain)?;
@@ -214,7 +252,8 @@ impl Store {
                 }
             }
         }
-        let head = ChainHead::of(chain, rows.last(), &self.audit_key);
-        Ok(verify(&rows, Some(&self.audit_key), Some(&head)))
+        let mut anchors = vec![ChainHead::of(chain, rows.last(), &self.audit_key)];
+        anchors.extend(self.latest_anchor(chain)?);
+        Ok(verify_anchored(&rows, Some(&self.audit_key), &anchors))
     }
 }

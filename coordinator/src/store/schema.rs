@@ -218,5 +218,19 @@ CREATE TABLE census (
 ) STRICT, WITHOUT ROWID;
 ";
 
+/// Migration 10: the signed audit heads kept with each census (`store::audit`), against which
+/// every later verification of a chain checks, so a cut tail shows.
+const V10: &str = "
+CREATE TABLE audit_anchors (
+    chain TEXT NOT NULL,
+    seq INTEGER NOT NULL CHECK (seq >= 0),
+    -- The census day it was taken with.
+    day TEXT NOT NULL,
+    -- The signed head, as exported (JSON).
+    head TEXT NOT NULL,
+    PRIMARY KEY (chain, day)
+) STRICT, WITHOUT ROWID;
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];

@@ -128,6 +128,7 @@ fn a_fresh_file_gets_every_migration() {
         names,
         [
             "api_keys",
+            "audit_anchors",
             "audit_rows",
             "audit_rows_no_delete",
             "audit_rows_no_update",

@@ -391,6 +391,34 @@ async fn the_daily_census_records_each_tenants_figures_and_traffic() {
     assert_eq!(second["rows"][0]["tenant"], "idle", "{second}");
     assert!(second["next"].is_null(), "{second}");
 
+    // As CSV: a header line, a line per row, the cursor in a header.
+    let response = reqwest::Client::new()
+        .post(cluster.url("/admin/v1/census"))
+        .bearer_auth(tests::ADMIN_TOKEN)
+        .json(&serde_json::json!({"from": "2027-01-15", "to": "2027-01-15", "format": "csv", "limit": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/csv; charset=utf-8"
+    );
+    assert_eq!(response.headers()["vaultvec-next"], "2027-01-15/beta");
+    let text = response.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "day,tenant,tier,state,collections,points,bytes_hot,bytes_cold,requests,searches,taken_ms"
+    );
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[1].starts_with(&format!(
+            "2027-01-15,acme,pro,active,1,30,{acme_bytes},0,8,4,"
+        )),
+        "{text}"
+    );
+
     // Clear refusals.
     for bad in [
         serde_json::json!({"from": "2027-1-15", "to": "2027-01-15"}),
@@ -401,6 +429,7 @@ async fn the_daily_census_records_each_tenants_figures_and_traffic() {
         serde_json::json!({"from": "2027-01-15", "to": "2027-01-15", "after": "junk"}),
         serde_json::json!({"from": "2027-01-15", "to": "2027-01-15", "bogus": 1}),
         serde_json::json!({"to": "2027-01-15"}),
+        serde_json::json!({"from": "2027-01-15", "to": "2027-01-15", "format": "xml"}),
     ] {
         let (status, answer) = census(&cluster, bad.clone()).await;
         assert_eq!(status, 400, "{bad}: {answer}");

@@ -77,6 +77,26 @@ where
     F: FnOnce(Svc, D) -> Fut,
     Fut: Future<Output = Result<Value, ApiError>>,
 {
+    admin_response(service, endpoint, peer, headers, body, |s, d| async move {
+        f(s, d).await.map(super::render)
+    })
+    .await
+}
+
+/// [`admin`] for a handler that answers a whole response (another content type than JSON).
+async fn admin_response<D, F, Fut>(
+    service: Svc,
+    endpoint: &'static str,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+    f: F,
+) -> Response
+where
+    D: DeserializeOwned,
+    F: FnOnce(Svc, D) -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
     let started = Instant::now();
     let result = async {
         let client = service.client_ip(Some(peer.ip()), super::forwarded_for(&headers));
@@ -87,15 +107,7 @@ where
         f(service.clone(), args).await
     }
     .await;
-    finish(
-        &service,
-        "admin",
-        endpoint,
-        "",
-        "admin",
-        started,
-        result.map(super::render),
-    )
+    finish(&service, "admin", endpoint, "", "admin", started, result)
 }
 
 fn no_body() -> Body {
@@ -504,13 +516,31 @@ async fn census(
     h: HeaderMap,
     b: Body,
 ) -> Response {
-    admin(
+    admin_response(
         s,
         "admin_census",
         peer,
         h,
         b,
-        |s, q: crate::jobs::CensusQuery| async move { json(s.census(&q)?) },
+        |s, q: crate::jobs::CensusQuery| async move {
+            let csv = q.is_csv();
+            let page = s.census(&q)?;
+            if !csv {
+                return Ok(super::render(json(page)?));
+            }
+            let next = page.next.clone();
+            let text = page.to_csv()?;
+            let mut response = axum::response::IntoResponse::into_response((
+                [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                text,
+            ));
+            if let Some(next) = next
+                && let Ok(value) = axum::http::HeaderValue::from_str(&next)
+            {
+                response.headers_mut().insert("vaultvec-next", value);
+            }
+            Ok(response)
+        },
     )
     .await
 }

@@ -241,13 +241,78 @@ pub struct CensusQuery {
     limit: Option<usize>,
     #[serde(default)]
     after: Option<String>,
+    /// `json` (the default) or `csv`.
+    #[serde(default)]
+    format: Option<CensusFormat>,
+}
+
+/// How `POST /admin/v1/census` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CensusFormat {
+    /// `{rows, next}`.
+    Json,
+    /// A header line and one line per row (RFC 4180); the next page's cursor in the
+    /// `vaultvec-next` header.
+    Csv,
+}
+
+impl CensusQuery {
+    /// Whether the answer is CSV.
+    pub fn is_csv(&self) -> bool {
+        self.format == Some(CensusFormat::Csv)
+    }
 }
 
 /// A page of census rows, and the cursor of the next page if there may be one.
 #[derive(Debug, serde::Serialize)]
 pub struct CensusPage {
     rows: Vec<CensusRow>,
-    next: Option<String>,
+    /// The cursor of the next page, if there may be one.
+    pub next: Option<String>,
+}
+
+impl CensusPage {
+    /// The rows as CSV: a header line, then one line per row; an unknown figure is empty.
+    pub fn to_csv(&self) -> Result<String, ApiError> {
+        let mut out = csv::Writer::from_writer(Vec::new());
+        let fail = |err: csv::Error| ApiError::internal(format!("writing CSV failed: {err}"));
+        out.write_record([
+            "day",
+            "tenant",
+            "tier",
+            "state",
+            "collections",
+            "points",
+            "bytes_hot",
+            "bytes_cold",
+            "requests",
+            "searches",
+            "taken_ms",
+        ])
+        .map_err(fail)?;
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        for r in &self.rows {
+            out.write_record([
+                r.day.clone(),
+                r.tenant.clone(),
+                r.tier.clone(),
+                r.state.clone(),
+                opt(r.collections),
+                opt(r.points),
+                opt(r.bytes_hot),
+                r.bytes_cold.to_string(),
+                r.requests.to_string(),
+                r.searches.to_string(),
+                r.taken_ms.to_string(),
+            ])
+            .map_err(fail)?;
+        }
+        let bytes = out
+            .into_inner()
+            .map_err(|err| ApiError::internal(format!("writing CSV failed: {err}")))?;
+        String::from_utf8(bytes).map_err(|err| ApiError::internal(err.to_string()))
+    }
 }
 
 const MAX_CENSUS_ROWS: usize = 10_000;

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use census::{CENSUS, CensusPage, CensusQuery, FLUSH_USAGE, MAX_CATCH_UP_DAYS};
+pub use census::{CENSUS, CensusFormat, CensusPage, CensusQuery, FLUSH_USAGE, MAX_CATCH_UP_DAYS};
 pub use clock::{Clock, ManualClock, SystemClock};
 
 use crate::api::error::ApiError;

@@ -11,6 +11,7 @@ mod idempotency;
 mod jobs;
 mod memory;
 mod preauth;
+mod privacy;
 mod python;
 mod recovery;
 mod replication;

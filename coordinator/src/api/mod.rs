@@ -11,6 +11,7 @@ pub mod budget;
 pub(crate) mod copy;
 pub mod drain;
 pub mod error;
+pub mod export;
 pub mod failures;
 pub mod handover;
 pub mod idempotency;

@@ -46,6 +46,7 @@ pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
         "admin_placements" => get(placements),
         "admin_jobs" => get(jobs),
         "admin_census" => post(census),
+        "admin_export_tenant" => get(export_tenant),
         other => unreachable!("route {other} has no handler"),
     }
 }
@@ -541,6 +542,23 @@ async fn census(
             }
             Ok(response)
         },
+    )
+    .await
+}
+
+async fn export_tenant(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
+    admin_response(
+        s,
+        "admin_export_tenant",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move { super::export::export_tenant(s, tenant).await },
     )
     .await
 }

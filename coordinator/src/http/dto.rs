@@ -303,7 +303,7 @@ impl SearchBatch {
     }
 }
 
-fn record_json(r: api::Record) -> Result<Value, ApiError> {
+pub(crate) fn record_json(r: api::Record) -> Result<Value, ApiError> {
     let mut out = Map::new();
     out.insert("id".into(), id_json(r.id));
     if let Some(payload) = struct_json(r.payload)? {

@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod dto;
+mod export;
 mod path;
 
 use std::net::SocketAddr;
@@ -243,6 +244,12 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
     route("GET", "/admin/v1/jobs", Policy::Admin, "admin_jobs"),
     route("POST", "/admin/v1/census", Policy::Admin, "admin_census"),
+    route(
+        "GET",
+        "/admin/v1/tenants/{tenant}/export",
+        Policy::Admin,
+        "admin_export_tenant",
+    ),
 ];
 
 /// The OpenAPI document, checked against [`ROUTES`] by a test.

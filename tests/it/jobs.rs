@@ -19,30 +19,27 @@ fn on_the_test_clock(config: &mut coordinator::config::Config) {
     config.clock = CLOCK.clone();
 }
 
-async fn verify_job(cluster: &Cluster) -> Value {
+/// Job `name` as `GET /admin/v1/jobs` shows it.
+async fn job(cluster: &Cluster, name: &str) -> Value {
     let (status, body) = cluster.admin("GET", "/admin/v1/jobs", None).await;
     assert_eq!(status, 200, "{body}");
     body["jobs"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|j| j["name"] == VERIFY_AUDIT)
+        .find(|j| j["name"] == name)
         .cloned()
-        .unwrap_or_else(|| panic!("no {VERIFY_AUDIT} in {body}"))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+async fn verify_job(cluster: &Cluster) -> Value {
+    job(cluster, VERIFY_AUDIT).await
 }
 
 async fn alerts_metric(cluster: &Cluster) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", cluster.metrics))
+    cluster
+        .metric("vaultvec_audit_integrity_alerts_total")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("vaultvec_audit_integrity_alerts_total "))
-        .unwrap_or_else(|| panic!("no alert counter in:\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,14 +145,7 @@ fn rotating_daily(config: &mut coordinator::config::Config) {
 }
 
 async fn rotate_job(cluster: &Cluster) -> Value {
-    let (_, body) = cluster.admin("GET", "/admin/v1/jobs", None).await;
-    body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["name"] == ROTATE_KEKS)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {ROTATE_KEKS} in {body}"))
+    job(cluster, ROTATE_KEKS).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

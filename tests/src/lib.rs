@@ -465,6 +465,21 @@ impl Cluster {
         format!("http://{}{path}", self.http)
     }
 
+    /// The value of the unlabelled metric `name` on the coordinator's metrics listener.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await
+            .expect("scraping metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .parse()
+            .unwrap_or_else(|err| panic!("{name}: {err}"))
+    }
+
     /// A raw HTTP request; answers the status and the JSON body (`Null` if none).
     pub async fn http(
         &self,

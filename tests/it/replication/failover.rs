@@ -242,15 +242,5 @@ async fn a_partitioned_copy_is_written_around_and_after_the_heal_catches_up_befo
 
 /// `vaultvec_leftover_copies` on the coordinator's metrics.
 async fn leftover_metric(cluster: &Cluster) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", cluster.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("vaultvec_leftover_copies "))
-        .unwrap_or_else(|| panic!("no leftover_copies in:\n{text}"))
-        .parse()
-        .unwrap()
+    cluster.metric("vaultvec_leftover_copies").await
 }

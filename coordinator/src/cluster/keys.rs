@@ -84,13 +84,20 @@ impl Hub {
             }
             match conn.assigned_epoch(tenant) {
                 Some(epoch) if epoch == placement.epoch => return true,
-                // Assigned under an earlier epoch of this placement: the new one is on its way.
+                // Assigned under an earlier epoch of this placement, or not recorded on this
+                // connection yet (a refusal of an older request may have forgotten it while the
+                // acknowledgement of the current one was on its way): the current one is.
+                None => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return false;
+                    }
+                }
                 Some(epoch) if epoch < placement.epoch => {
                     if tokio::time::timeout_at(deadline, changed).await.is_err() {
                         return false;
                     }
                 }
-                _ => return false,
+                Some(_) => return false,
             }
         }
     }

@@ -127,9 +127,14 @@ impl WorkerConn {
         }
     }
 
-    /// Records that the worker acknowledged `tenant` under `epoch`.
+    /// Records that the worker acknowledged `tenant` under `epoch`. Acknowledgements of two
+    /// assignments in flight may be recorded out of order: an older one never replaces a newer.
     fn record_assignment(&self, tenant: &str, epoch: u64) {
-        self.assigned.lock().insert(tenant.to_owned(), epoch);
+        {
+            let mut assigned = self.assigned.lock();
+            let held = assigned.entry(tenant.to_owned()).or_insert(epoch);
+            *held = (*held).max(epoch);
+        }
         self.assignments_changed.notify_waiters();
     }
 

@@ -319,6 +319,11 @@ fn a_refusal_of_an_older_request_keeps_a_newer_assignment() {
     conn.record_assignment("t", 6);
     conn.forget_assignment_up_to("t", 7);
     assert_eq!(conn.assigned_epoch("t"), None);
+    // An acknowledgement recorded late never replaces a newer one.
+    conn.record_assignment("t", 8);
+    conn.record_assignment("t", 7);
+    assert_eq!(conn.assigned_epoch("t"), Some(8));
+    conn.forget_assignment_up_to("t", 8);
     // Another tenant's refusal touches nothing else.
     conn.record_assignment("u", 2);
     conn.forget_assignment_up_to("t", 9);

@@ -74,6 +74,8 @@ async fn the_audit_verification_runs_when_due_and_raises_an_alert_for_an_edited_
     // Someone with the file drops the trigger and edits one of acme's rows.
     let db =
         rusqlite::Connection::open(cluster.dir().join("coordinator/coordinator.sqlite")).unwrap();
+    // The coordinator's jobs may be writing now (their runs, usage): wait for its locks.
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
     db.execute_batch(
         "DROP TRIGGER audit_rows_no_update;
          UPDATE audit_rows SET actor = 'nobody' WHERE chain = 'acme' AND seq = 1;",
@@ -144,6 +146,22 @@ fn rotating_daily(config: &mut coordinator::config::Config) {
         .rotate_kek_every_days = 1;
 }
 
+/// Upserts points `0..n` (dimension 4, with payloads) into the tenant's collection `docs`.
+async fn put_points(cluster: &Cluster, key: &str, n: u64) {
+    let points: Vec<Value> = (0..n)
+        .map(|id| serde_json::json!({"id": id, "vector": [id as f32, 1.0, 2.0, 3.0], "payload": {"n": id}}))
+        .collect();
+    let (status, body) = cluster
+        .http(
+            "PUT",
+            "/v1/collections/docs/points",
+            Some(key),
+            Some(serde_json::json!({ "points": points })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 async fn rotate_job(cluster: &Cluster) -> Value {
     job(cluster, ROTATE_KEKS).await
 }
@@ -155,18 +173,7 @@ async fn keks_are_rotated_when_their_tiers_policy_says_so_and_the_data_stays_rea
     let key = cluster.tenant("acme", Some("pro")).await;
     cluster.tenant("never", Some("free")).await;
     cluster.create_collection(&key, "docs", 4).await;
-    let points: Vec<Value> = (0..50)
-        .map(|id| serde_json::json!({"id": id, "vector": [id as f32, 1.0, 2.0, 3.0], "payload": {"n": id}}))
-        .collect();
-    let (status, body) = cluster
-        .http(
-            "PUT",
-            "/v1/collections/docs/points",
-            Some(&key),
-            Some(serde_json::json!({ "points": points })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    put_points(&cluster, &key, 50).await;
     let search = || async {
         let (status, body) = cluster
             .http(
@@ -256,26 +263,8 @@ async fn the_daily_census_records_each_tenants_figures_and_traffic() {
     // Known traffic on 2027-01-15 (T0 is 08:00 UTC that day).
     cluster.create_collection(&acme, "docs", 4).await;
     cluster.create_collection(&beta, "docs", 4).await;
-    let shared = &cluster;
-    let upsert = |key: &str, n: u64| {
-        let points: Vec<Value> = (0..n)
-            .map(|id| serde_json::json!({"id": id, "vector": [id as f32, 1.0, 2.0, 3.0], "payload": {"n": id}}))
-            .collect();
-        let key = key.to_owned();
-        async move {
-            let (status, body) = shared
-                .http(
-                    "PUT",
-                    "/v1/collections/docs/points",
-                    Some(&key),
-                    Some(serde_json::json!({ "points": points })),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
-        }
-    };
-    upsert(&acme, 30).await;
-    upsert(&beta, 5).await;
+    put_points(&cluster, &acme, 30).await;
+    put_points(&cluster, &beta, 5).await;
     let query = serde_json::json!({"vector": [1.0, 1.0, 2.0, 3.0], "top_k": 3});
     for _ in 0..3 {
         let (status, _) = cluster
@@ -476,6 +465,8 @@ async fn the_daily_census_records_each_tenants_figures_and_traffic() {
     // still links, and the kept head is what catches it.
     let db =
         rusqlite::Connection::open(cluster.dir().join("coordinator/coordinator.sqlite")).unwrap();
+    // The coordinator's jobs may be writing now (their runs, usage): wait for its locks.
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
     db.execute_batch("DROP TRIGGER audit_rows_no_delete;")
         .unwrap();
     db.execute(

@@ -290,7 +290,7 @@ impl Service {
         Ok(())
     }
 
-    fn existing(&self, tenant: &str) -> Result<Tenant, ApiError> {
+    pub(super) fn existing(&self, tenant: &str) -> Result<Tenant, ApiError> {
         match self.store.tenant(tenant)? {
             Some(t) if !t.deleted => Ok(t),
             _ => Err(ApiError::new(

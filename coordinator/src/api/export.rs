@@ -16,7 +16,7 @@ impl Service {
     /// Checks that `tenant` can be exported and audits the export (`tenant.export`); answers its
     /// collections' names.
     pub async fn begin_export(&self, tenant: &str) -> Result<Vec<String>, ApiError> {
-        let row = self.existing_tenant(tenant)?;
+        let row = self.existing(tenant)?;
         if row.tier == PAUSED_TIER {
             return Err(ApiError::new(
                 Code::FailedPrecondition,
@@ -58,7 +58,7 @@ impl Service {
         collection: &str,
         cursor: String,
     ) -> Result<api::ScrollResponse, ApiError> {
-        let row = self.existing_tenant(tenant)?;
+        let row = self.existing(tenant)?;
         let tier = self.tiers.get(&row.tier).cloned();
         let op = Op::Scroll(api::ScrollRequest {
             collection: collection.to_owned(),
@@ -71,16 +71,6 @@ impl Service {
         match self.route(tenant, tier.as_ref(), op).await? {
             Reply::Scroll(page) => Ok(page),
             _ => Err(ApiError::internal("unexpected answer to a scroll")),
-        }
-    }
-
-    fn existing_tenant(&self, tenant: &str) -> Result<crate::store::Tenant, ApiError> {
-        match self.store.tenant(tenant)? {
-            Some(t) if !t.deleted => Ok(t),
-            _ => Err(ApiError::new(
-                Code::NotFound,
-                format!("tenant {tenant} not found"),
-            )),
         }
     }
 }

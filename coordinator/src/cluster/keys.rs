@@ -87,17 +87,12 @@ impl Hub {
                 // Assigned under an earlier epoch of this placement, or not recorded on this
                 // connection yet (a refusal of an older request may have forgotten it while the
                 // acknowledgement of the current one was on its way): the current one is.
-                None => {
+                held if held.is_none_or(|epoch| epoch < placement.epoch) => {
                     if tokio::time::timeout_at(deadline, changed).await.is_err() {
                         return false;
                     }
                 }
-                Some(epoch) if epoch < placement.epoch => {
-                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                        return false;
-                    }
-                }
-                Some(_) => return false,
+                _ => return false,
             }
         }
     }

@@ -31,26 +31,26 @@ pub const MAX_CATCH_UP_DAYS: u64 = 31;
 
 const DAY_MS: u64 = 86_400_000;
 
-/// Requests and searches per (tenant, day number) since the last flush.
+/// Requests and searches per day number and tenant since the last flush.
 #[derive(Default)]
-pub struct Usage(parking_lot::Mutex<HashMap<(String, u64), (u64, u64)>>);
+pub struct Usage(parking_lot::Mutex<Counts>);
+
+type Counts = HashMap<u64, HashMap<String, (u64, u64)>>;
 
 impl Usage {
     fn count(&self, tenant: &str, day: u64, search: bool) {
         let mut counts = self.0.lock();
-        let add = |c: &mut (u64, u64)| {
-            c.0 += 1;
-            c.1 += u64::from(search);
-        };
+        let day = counts.entry(day).or_default();
         // The tenant's string is copied only for its first request of the day.
-        if let Some(c) = counts.get_mut(&(tenant.to_owned(), day)) {
-            add(c);
-            return;
-        }
-        add(counts.entry((tenant.to_owned(), day)).or_default());
+        let c = match day.get_mut(tenant) {
+            Some(c) => c,
+            None => day.entry(tenant.to_owned()).or_default(),
+        };
+        c.0 += 1;
+        c.1 += u64::from(search);
     }
 
-    fn take(&self) -> HashMap<(String, u64), (u64, u64)> {
+    fn take(&self) -> Counts {
         std::mem::take(&mut *self.0.lock())
     }
 }
@@ -73,8 +73,11 @@ impl Service {
         let taken = self.jobs.usage.take();
         let rows: Vec<(String, String, u64, u64)> = taken
             .iter()
-            .map(|((tenant, day), (requests, searches))| {
-                (tenant.clone(), day_of(day * DAY_MS), *requests, *searches)
+            .flat_map(|(day, tenants)| {
+                let day = day_of(day * DAY_MS);
+                tenants.iter().map(move |(tenant, (requests, searches))| {
+                    (tenant.clone(), day.clone(), *requests, *searches)
+                })
             })
             .collect();
         match self.store.add_usage(&rows) {
@@ -85,10 +88,13 @@ impl Service {
             ),
             Err(err) => {
                 let mut counts = self.jobs.usage.0.lock();
-                for (key, (requests, searches)) in taken {
-                    let c = counts.entry(key).or_default();
-                    c.0 += requests;
-                    c.1 += searches;
+                for (day, tenants) in taken {
+                    let day = counts.entry(day).or_default();
+                    for (tenant, (requests, searches)) in tenants {
+                        let c = day.entry(tenant).or_default();
+                        c.0 += requests;
+                        c.1 += searches;
+                    }
                 }
                 tracing::error!(error = %err, "writing usage failed; kept for the next flush");
                 (

@@ -41,7 +41,7 @@ pub mod wal;
 pub use sys::process;
 
 pub use collection::{
-    Collection, CollectionConfig, Limits, PointInput, Record, ScoredPoint, SearchRequest,
+    Collection, CollectionConfig, Limits, PointInput, Purged, Record, ScoredPoint, SearchRequest,
 };
 pub use deadline::Deadline;
 pub use engine::Engine;

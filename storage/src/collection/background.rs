@@ -296,9 +296,17 @@ impl Inner {
     /// Replaces sealed segments `olds` (one with many deleted points, or several small ones) by
     /// one new segment holding their live points, or by nothing if none is live. Crash-safe: the
     /// new file is written and synced, then one manifest lists it instead of the old ones, then
-    /// the old files are removed.
-    pub(super) fn compact(&self, olds: &[Arc<Segment>]) -> Result<()> {
+    /// the old files are removed. Answers false, doing nothing, when another compaction
+    /// replaced one of `olds` first (the background thread and an erasure both compact).
+    pub(super) fn compact(&self, olds: &[Arc<Segment>]) -> Result<bool> {
         let _maintenance = self.maintenance.lock();
+        {
+            let state = self.state.read();
+            let listed = |old: &Arc<Segment>| state.segments.iter().any(|s| Arc::ptr_eq(s, old));
+            if !olds.iter().all(listed) {
+                return Ok(false);
+            }
+        }
         let old_files: Vec<u64> = olds
             .iter()
             .map(|old| old.file_id().expect("only sealed segments are compacted"))
@@ -391,7 +399,7 @@ impl Inner {
             .sync_dir(&self.dir)
             .map_err(Error::io(&self.dir))?;
         tracing::debug!(tenant = %self.tenant, collection = %self.name, from = ?old_files, to = file_id, live = live.len(), "compacted segments");
-        Ok(())
+        Ok(true)
     }
 
     /// Removes a segment file that was written but could not be listed for lack of a key, so that

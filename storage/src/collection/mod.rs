@@ -32,12 +32,13 @@
 //! `mod.rs` holds the types and the small public API, `open.rs` creation, opening and debris
 //! removal, `write.rs` the write path (validation, group commit, the WAL, applying to memory),
 //! `background.rs` indexing, sealing, compaction, the checkpoint at close and key re-wraps,
-//! `query.rs` the reads.
+//! `query.rs` the reads, `purge.rs` erasure (delete, then rewrite every file that held the points).
 
 mod background;
 mod bitset;
 mod config;
 mod open;
+mod purge;
 mod query;
 mod segment;
 mod write;
@@ -52,6 +53,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 pub use config::{CollectionConfig, Limits, MAX_DIM};
+pub use purge::Purged;
 use segment::Segment;
 pub use segment::point_stored_bytes;
 use write::Pending;
@@ -226,6 +228,8 @@ struct Inner {
     /// Held for the whole of a seal, a compaction or a key re-wrap, so a re-wrap never overlaps a
     /// file being written under a DEK from the KEK it is replacing. Taken before `writer`.
     maintenance: Mutex<()>,
+    /// Held for the whole of an erasure ([`Collection::erase_matching`]): one at a time.
+    erasing: Mutex<()>,
     /// Validated writes waiting for a group commit, oldest first.
     queue: Mutex<VecDeque<Pending>>,
     state: RwLock<State>,

@@ -151,6 +151,7 @@ impl Collection {
             }),
             queue: Mutex::new(VecDeque::new()),
             maintenance: Mutex::new(()),
+            erasing: Mutex::new(()),
             state: RwLock::new(State { segments, ids }),
             next_segment_id: AtomicU64::new(next_segment_id + 1),
             applied_token: AtomicU64::new(manifest.applied_token),

@@ -4,6 +4,7 @@ mod churn;
 mod collection;
 mod concurrency;
 mod crash;
+mod erasure;
 mod format;
 mod growth;
 mod hygiene;

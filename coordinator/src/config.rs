@@ -141,6 +141,40 @@ struct RawConfig {
     cluster_tls: Option<RawClusterTls>,
     #[serde(default)]
     jobs: RawJobs,
+    #[serde(default)]
+    privacy: Privacy,
+}
+
+/// `[privacy]`: privacy requests (`DELETE /admin/v1/tenants/{t}/entities/{entity_id}`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Privacy {
+    /// The payload field that names the entity (a person, a customer's customer) a point is
+    /// about; an entity erasure removes every point whose payload has this field equal to the
+    /// entity id. A dotted path reaches into nested objects.
+    #[serde(default = "default_entity_field")]
+    pub entity_field: String,
+    /// How long an erasure may take on a worker, rewrite included, before the coordinator stops
+    /// waiting (the worker finishes it anyway; running it again reports what is left).
+    #[serde(default = "default_erase_timeout_secs")]
+    pub erase_timeout_secs: u64,
+}
+
+impl Default for Privacy {
+    fn default() -> Privacy {
+        Privacy {
+            entity_field: default_entity_field(),
+            erase_timeout_secs: default_erase_timeout_secs(),
+        }
+    }
+}
+
+fn default_entity_field() -> String {
+    "entity_id".to_owned()
+}
+
+fn default_erase_timeout_secs() -> u64 {
+    600
 }
 
 /// `[jobs]`: how often the scheduler runs each job (`crate::jobs`).
@@ -417,6 +451,8 @@ pub struct Config {
     pub cluster_tls: Option<ClusterTls>,
     /// The scheduled jobs and their intervals (`[jobs]`).
     pub jobs: Vec<crate::jobs::JobSpec>,
+    /// Privacy requests (`[privacy]`).
+    pub privacy: Privacy,
     /// The scheduler's clock: the host's, or one a test moves.
     pub clock: std::sync::Arc<dyn crate::jobs::Clock>,
 }
@@ -523,6 +559,7 @@ impl Config {
             auth_failures: raw.auth_failures,
             cluster_tls,
             jobs: job_specs(&raw.jobs),
+            privacy: raw.privacy,
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
         };
         config.validate()?;
@@ -555,6 +592,20 @@ impl Config {
                     job.name
                 );
             }
+        }
+        let field = &self.privacy.entity_field;
+        if field.is_empty()
+            || field.len() > 128
+            || field.chars().any(char::is_control)
+            || field.split('.').any(str::is_empty)
+        {
+            bail!(
+                "[privacy] entity_field is a payload field: 1 to 128 bytes, no control \
+                 characters, no empty part between dots"
+            );
+        }
+        if !(1..=86_400).contains(&self.privacy.erase_timeout_secs) {
+            bail!("[privacy] erase_timeout_secs is 1 to 86400");
         }
         let budget = &self.auth_failures;
         if !(budget.per_second.is_finite() && budget.per_second > 0.0) || budget.burst == 0 {
@@ -658,6 +709,7 @@ impl Config {
             auth_failures: AuthFailureBudget::default(),
             cluster_tls: None,
             jobs: job_specs(&RawJobs::default()),
+            privacy: Privacy::default(),
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
         }
     }

@@ -151,6 +151,7 @@ impl Coordinator {
             replace_after: config.replace_after,
             auto_rebalance: config.auto_rebalance,
             jobs: jobs::Jobs::new(config.clock.clone(), config.jobs.clone()),
+            privacy: config.privacy.clone(),
         })?);
         Ok(Coordinator {
             service,

@@ -337,10 +337,14 @@ impl Engine {
     }
 
     /// Unloads the tenant and deletes all its files. With its KEKs destroyed by the key service,
-    /// any copy of them left elsewhere is unreadable.
-    pub fn delete_tenant(&self, tenant: &TenantId) -> Result<()> {
+    /// any copy of them left elsewhere is unreadable. Answers how many files it deleted (those
+    /// of its collections' directories: manifests, segments and WALs).
+    pub fn delete_tenant(&self, tenant: &TenantId) -> Result<u64> {
         self.unload(tenant, false);
-        self.remove_durably(&self.tenant_dir(tenant))
+        let dir = self.tenant_dir(tenant);
+        let files = count_files(&dir)?;
+        self.remove_durably(&dir)?;
+        Ok(files)
     }
 
     /// Stops every collection's background work, sealing large growing segments first
@@ -405,6 +409,27 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Files in `dir` and its subdirectories (0 if it does not exist). Links are counted, not
+/// followed.
+fn count_files(dir: &Path) -> Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(Error::io(dir)(err)),
+    };
+    let mut n = 0;
+    for entry in entries {
+        let entry = entry.map_err(Error::io(dir))?;
+        let kind = entry.file_type().map_err(Error::io(dir))?;
+        n += if kind.is_dir() {
+            count_files(&entry.path())?
+        } else {
+            1
+        };
+    }
+    Ok(n)
 }
 
 fn remove_tree(dir: &Path) -> Result<()> {

@@ -51,6 +51,7 @@ pub(crate) fn name(op: &Op) -> &'static str {
         Op::RewrapKeys(_) => "rewrap_keys",
         Op::EraseTenant(_) => "erase_tenant",
         Op::AppliedToken(_) => "applied_token",
+        Op::EraseEntity(_) => "erase_entity",
     }
 }
 
@@ -62,7 +63,12 @@ pub(crate) fn run(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
         check_deadline(ctx)?;
         ctx.engine
             .delete_tenant(ctx.tenant)
-            .map(|()| Answer::Done(cluster::Ack {}))
+            .map(|files_deleted| {
+                Answer::Purged(cluster::Purged {
+                    files_deleted,
+                    ..Default::default()
+                })
+            })
             .map_err(Error::from)
     } else {
         let _shared = ctx.slot.gate.read();
@@ -283,6 +289,24 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
             ctx.engine.rewrap_tenant(ctx.tenant)?;
             tracing::info!("tenant keys re-wrapped");
             Ok(Answer::Done(cluster::Ack {}))
+        }
+        Op::EraseEntity(req) => {
+            let filter = convert::filter(req.filter)?.ok_or_else(|| {
+                Error::InvalidArgument("an erasure names the points it removes by a filter".into())
+            })?;
+            let purged =
+                collection(ctx, &req.collection)?.erase_matching(&filter, &ctx.deadline)?;
+            tracing::info!(
+                points = purged.points,
+                segments_rewritten = purged.segments_rewritten,
+                files_deleted = purged.files_deleted,
+                "points erased"
+            );
+            Ok(Answer::Purged(cluster::Purged {
+                points: purged.points,
+                segments_rewritten: purged.segments_rewritten,
+                files_deleted: purged.files_deleted,
+            }))
         }
         Op::EraseTenant(_) => Err(Error::Internal(
             "erase runs under the exclusive gate".into(),

@@ -13,9 +13,9 @@ use crate::audit::{AuditRow, ChainHead};
 use crate::auth::{KeyRecord, Scopes, generate};
 use crate::cluster::{WorkerHealth, WorkerState};
 use crate::config::PAUSED_TIER;
-use crate::store::{self, Actor, KeyInfo, Placement, Tenant, WorkerRow};
+use crate::store::{self, Actor, KeyInfo, Tenant, WorkerRow};
 
-const ADMIN: &str = "admin";
+pub(super) const ADMIN: &str = "admin";
 
 /// The platform chain's name.
 pub const PLATFORM_CHAIN: &str = "platform";
@@ -212,15 +212,6 @@ pub struct Rotation {
     pub kek_version: u32,
     /// Versions destroyed after every file was re-wrapped.
     pub destroyed_versions: Vec<u32>,
-}
-
-/// Outcome of a tenant deletion.
-#[derive(Debug, Serialize)]
-pub struct Erasure {
-    /// The KEKs are destroyed: every copy of the tenant's files is unreadable from now on.
-    pub keys_destroyed: bool,
-    /// The worker also deleted the files (false if it was not connected; they stay unreadable).
-    pub files_deleted: bool,
 }
 
 /// An exported chain with its signed head.
@@ -479,13 +470,13 @@ impl Service {
 
     /// Writes the audit row of an operation that must not happen unrecorded: its failure fails
     /// the operation.
-    fn audit_required(
+    pub(super) fn audit_required(
         &self,
         chain: &str,
         action: &str,
         outcome: &str,
         details: serde_json::Value,
-    ) -> Result<(), ApiError> {
+    ) -> Result<AuditRow, ApiError> {
         self.audit_required_by(ADMIN, chain, action, outcome, details)
     }
 
@@ -497,7 +488,7 @@ impl Service {
         action: &str,
         outcome: &str,
         details: serde_json::Value,
-    ) -> Result<(), ApiError> {
+    ) -> Result<AuditRow, ApiError> {
         let draft = crate::audit::Draft {
             time_ms: crate::cluster::now_ms(),
             actor: actor.to_owned(),
@@ -506,7 +497,7 @@ impl Service {
             outcome: outcome.to_owned(),
             details,
         };
-        self.store.audit(chain, draft).map(|_| ()).map_err(|err| {
+        self.store.audit(chain, draft).map_err(|err| {
             tracing::error!(chain, action, error = %err, "audit write failed; the operation is refused");
             ApiError::new(
                 Code::Unavailable,
@@ -534,100 +525,6 @@ impl Service {
             Reply::Done(_) => Ok(true),
             _ => Err(ApiError::internal("unexpected answer to a re-wrap")),
         }
-    }
-
-    /// Deletes a tenant by destroying its keys (crypto-erasure), then its files on the worker.
-    ///
-    /// The store's transaction comes first: it marks the tenant deleted, revokes its keys, removes
-    /// its placement, moves its fencing epoch on and writes the audit rows, all or nothing
-    /// (INV-18). From that commit nothing of the tenant is served (the key service refuses a
-    /// deleted tenant). Then the KEKs are destroyed. If that fails, the deletion answers an error
-    /// and can be run again: a deleted tenant whose key file is still there finishes its erasure
-    /// (audited as `tenant.erase`).
-    pub async fn delete_tenant(&self, id: &str) -> Result<Erasure, ApiError> {
-        let tenant = TenantId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
-        let row = self.store.tenant(id)?;
-        let copies: Vec<Placement> = match row {
-            Some(t) if !t.deleted => {
-                let placement = self.store.placement(id)?;
-                let replicas = self.store.replicas(id)?;
-                self.store.delete_tenant(&Actor(ADMIN.into()), id)?;
-                self.auth.forget_tenant(id);
-                self.forget_tenant_state(id);
-                // Every copy is erased under the epoch its worker was last given.
-                placement
-                    .iter()
-                    .cloned()
-                    .chain(replicas.into_iter().map(|r| Placement {
-                        tenant: r.tenant,
-                        worker: r.worker,
-                        epoch: placement.as_ref().map_or(0, |p| p.epoch),
-                    }))
-                    .collect()
-            }
-            // A deletion that stopped before its keys were destroyed is finished now.
-            Some(_) if self.keys.kek_versions(&tenant).is_ok() => Vec::new(),
-            _ => {
-                return Err(ApiError::new(
-                    Code::NotFound,
-                    format!("tenant {id} not found"),
-                ));
-            }
-        };
-        if let Err(err) = self.keys.destroy_tenant(&tenant) {
-            tracing::error!(tenant = id, error = %err, "destroying a deleted tenant's KEKs failed");
-            return Err(ApiError::new(
-                Code::Unavailable,
-                "the tenant is deleted and serves nothing, but its keys could not be destroyed yet; \
-                 run the deletion again to finish the erasure",
-            ));
-        }
-        let mut files_deleted = !copies.is_empty();
-        for p in &copies {
-            if self.hub.worker(&p.worker).is_none() {
-                files_deleted = false;
-                continue;
-            }
-            let body = cluster::envelope::Body::TenantRequest(cluster::TenantRequest {
-                tenant: id.to_owned(),
-                epoch: p.epoch,
-                op: Some(Op::EraseTenant(cluster::EraseTenant {})),
-                write_token: 0,
-            });
-            if let Some(conn) = self.hub.worker(&p.worker)
-                && conn.assigned_epoch(id) != Some(p.epoch)
-            {
-                let _ = self
-                    .hub
-                    .assign(
-                        &p.worker,
-                        id,
-                        p.epoch,
-                        Self::quota(None),
-                        self.request_timeout,
-                    )
-                    .await;
-            }
-            files_deleted &= matches!(
-                self.hub
-                    .request(&p.worker, body, self.request_timeout)
-                    .await,
-                Ok(cluster::envelope::Body::TenantResponse(_))
-            );
-            self.hub
-                .release(&p.worker, id, p.epoch, self.request_timeout)
-                .await;
-        }
-        self.audit_required(
-            id,
-            "tenant.erase",
-            "ok",
-            serde_json::json!({ "keys_destroyed": true, "files_deleted": files_deleted }),
-        )?;
-        Ok(Erasure {
-            keys_destroyed: true,
-            files_deleted,
-        })
     }
 
     /// Exports a chain (a tenant's, or `platform`) with its signed head; the export is audited.

@@ -23,23 +23,12 @@ impl Service {
                 format!("tenant {tenant} is paused; resume it to export its data"),
             ));
         }
-        let names = if self.store.placement(tenant)?.is_none() {
-            // Never placed: it has no data.
-            Vec::new()
-        } else {
-            let tier = self.tiers.get(&row.tier).cloned();
-            match self
-                .route(
-                    tenant,
-                    tier.as_ref(),
-                    Op::ListCollections(api::ListCollectionsRequest {}),
-                )
-                .await?
-            {
-                Reply::Collections(list) => list.collections.into_iter().map(|c| c.name).collect(),
-                _ => return Err(ApiError::internal("unexpected answer to a listing")),
-            }
-        };
+        let names: Vec<String> = self
+            .stored_collections(&row)
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         self.audit(
             tenant,
             "admin",
@@ -49,6 +38,29 @@ impl Service {
             serde_json::json!({ "collections": names }),
         );
         Ok(names)
+    }
+
+    /// A tenant's collections, asked of its worker; none for a tenant never placed (it has no
+    /// data), without placing it.
+    pub(crate) async fn stored_collections(
+        &self,
+        row: &crate::store::Tenant,
+    ) -> Result<Vec<api::CollectionInfo>, ApiError> {
+        if self.store.placement(&row.id)?.is_none() {
+            return Ok(Vec::new());
+        }
+        let tier = self.tiers.get(&row.tier).cloned();
+        match self
+            .route(
+                &row.id,
+                tier.as_ref(),
+                Op::ListCollections(api::ListCollectionsRequest {}),
+            )
+            .await?
+        {
+            Reply::Collections(list) => Ok(list.collections),
+            _ => Err(ApiError::internal("unexpected answer to a listing")),
+        }
     }
 
     /// The page of `collection` after `cursor` (empty for the first), with vectors and payloads.

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod budget;
 pub(crate) mod copy;
 pub mod drain;
+pub mod erasure;
 pub mod error;
 pub mod export;
 pub mod failures;
@@ -150,6 +151,8 @@ pub struct Service {
     started_ms: u64,
     /// The scheduler's jobs and clock.
     pub(crate) jobs: crate::jobs::Jobs,
+    /// Privacy requests.
+    pub(crate) privacy: crate::config::Privacy,
 }
 
 /// The large-message pool: one thread per core in the `SCHED_IDLE` class, where messages over
@@ -199,6 +202,8 @@ pub struct Parts {
     pub auto_rebalance: bool,
     /// The scheduler's jobs and clock.
     pub jobs: crate::jobs::Jobs,
+    /// Privacy requests.
+    pub privacy: crate::config::Privacy,
 }
 
 impl Service {
@@ -239,6 +244,7 @@ impl Service {
             handing: handover::Handing::default(),
             started_ms: now_ms(),
             jobs: parts.jobs,
+            privacy: parts.privacy,
         })
     }
 
@@ -753,6 +759,11 @@ impl Service {
                 )
                 .await?;
         }
+        // An erasure rewrites files before it answers.
+        let timeout = match op {
+            Op::EraseEntity(_) => Duration::from_secs(self.privacy.erase_timeout_secs),
+            _ => self.request_timeout,
+        };
         let request = cluster::TenantRequest {
             tenant: tenant.to_owned(),
             epoch,
@@ -764,7 +775,7 @@ impl Service {
             .tenant_request(
                 worker,
                 request,
-                self.request_timeout,
+                timeout,
                 tier.map_or(0, |t| t.max_in_flight),
                 large,
             )

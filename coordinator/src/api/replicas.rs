@@ -101,6 +101,7 @@ pub(crate) fn is_write(op: &Op) -> bool {
             | Op::Delete(_)
             | Op::RewrapKeys(_)
             | Op::EraseTenant(_)
+            | Op::EraseEntity(_)
     )
 }
 

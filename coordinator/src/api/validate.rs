@@ -32,7 +32,9 @@ pub fn scope_of(op: &Op) -> (Scope, Option<&str>) {
         Op::Search(r) => (Scope::Read, Some(&r.collection)),
         Op::SearchBatch(r) => (Scope::Read, Some(&r.collection)),
         // Internal operations never come from a client; the most demanding scope is asked.
-        Op::RewrapKeys(_) | Op::EraseTenant(_) | Op::AppliedToken(_) => (Scope::Manage, None),
+        Op::RewrapKeys(_) | Op::EraseTenant(_) | Op::EraseEntity(_) | Op::AppliedToken(_) => {
+            (Scope::Manage, None)
+        }
     }
 }
 
@@ -280,7 +282,7 @@ pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
             }
             Ok(())
         }
-        Op::RewrapKeys(_) | Op::EraseTenant(_) | Op::AppliedToken(_) => {
+        Op::RewrapKeys(_) | Op::EraseTenant(_) | Op::EraseEntity(_) | Op::AppliedToken(_) => {
             Err(ApiError::new(Code::PermissionDenied, "internal operation"))
         }
     }

@@ -300,11 +300,24 @@ fn kek_rotation_days_and_job_intervals_are_bounded() {
     .unwrap();
     assert_eq!(config.tiers["free"].rotate_kek_every_days, 90);
     assert_eq!(config.jobs[1].every.as_secs(), 600);
+    assert_eq!(config.privacy.entity_field, "entity_id");
+    assert_eq!(config.privacy.erase_timeout_secs, 600);
+    let config = with("", "[privacy]\nentity_field = \"subject.id\"\n").unwrap();
+    assert_eq!(config.privacy.entity_field, "subject.id");
     for (tier_line, jobs, want) in [
         ("rotate_kek_every_days = 3651", "", "rotate_kek_every_days"),
         ("", "[jobs]\nverify_audit_every_s = 59\n", "[jobs]"),
         ("", "[jobs]\nrotate_keks_every_s = 2592001\n", "[jobs]"),
         ("", "[jobs]\nverify_every = 60\n", "unknown field"),
+        ("", "[privacy]\nentity_field = \"\"\n", "entity_field"),
+        ("", "[privacy]\nentity_field = \"a..b\"\n", "entity_field"),
+        ("", "[privacy]\nentity_field = \"a\\nb\"\n", "entity_field"),
+        (
+            "",
+            "[privacy]\nerase_timeout_secs = 0\n",
+            "erase_timeout_secs",
+        ),
+        ("", "[privacy]\nfield = \"x\"\n", "unknown field"),
     ] {
         let err = format!("{:#}", with(tier_line, jobs).err().expect(want));
         assert!(err.contains(want), "{tier_line} {jobs}: {err}");

@@ -29,6 +29,7 @@ pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
         "admin_list_tenants" => get(list_tenants),
         "admin_get_tenant" => get(get_tenant),
         "admin_delete_tenant" => delete(delete_tenant),
+        "admin_erase_entity" => delete(erase_entity),
         "admin_set_tier" => put(set_tier),
         "admin_pause" => post(pause),
         "admin_resume" => post(resume),
@@ -223,6 +224,23 @@ async fn delete_tenant(
         h,
         no_body(),
         |s, _: NoArgs| async move { json(s.delete_tenant(&tenant).await?) },
+    )
+    .await
+}
+
+async fn erase_entity(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((tenant, entity)): Path<(String, String)>,
+) -> Response {
+    admin(
+        s,
+        "admin_erase_entity",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move { json(s.erase_entity(&tenant, &entity).await?) },
     )
     .await
 }

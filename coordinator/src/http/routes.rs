@@ -129,6 +129,12 @@ pub const ROUTES: &[RouteSpec] = &[
         "admin_delete_tenant",
     ),
     route(
+        "DELETE",
+        "/admin/v1/tenants/{tenant}/entities/{entity_id}",
+        Policy::Admin,
+        "admin_erase_entity",
+    ),
+    route(
         "PUT",
         "/admin/v1/tenants/{tenant}/tier",
         Policy::Admin,

@@ -131,7 +131,7 @@ fn erasure_leaves_no_file_holding_an_erased_point() {
     let c = engine.collection(&t, &name("docs")).unwrap();
     // 450 points in batches (several sealed segments), every tenth naming the entity.
     let entity_of = |i: u64| {
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             "person-7".to_owned()
         } else {
             format!("other-{i}")
@@ -149,7 +149,7 @@ fn erasure_leaves_no_file_holding_an_erased_point() {
     c.upsert((450..455).map(|i| point(i, 0, "person-7")).collect())
         .unwrap();
     let erased: Vec<(u64, u64)> = (0..455u64)
-        .filter(|i| i % 10 == 0 || *i >= 450)
+        .filter(|i| i.is_multiple_of(10) || *i >= 450)
         .map(|i| (i, 0))
         .chain([(5, 1)])
         .collect();

@@ -74,8 +74,14 @@ fn kek_rotation_rewraps_without_reencrypting_and_erasure_locks_everything() {
     keys.destroy_tenant(&t).unwrap();
     let engine = self::engine(dir.path(), &keys, limits());
     assert!(engine.collection(&t, &name("docs")).is_err());
-    engine.delete_tenant(&t).unwrap();
+    let stolen_files = std::fs::read_dir(&stolen).unwrap().count() as u64;
+    assert_eq!(
+        engine.delete_tenant(&t).unwrap(),
+        stolen_files,
+        "every file of docs"
+    );
     assert!(!dir.path().join("data/tenants/a").exists());
+    assert_eq!(engine.delete_tenant(&t).unwrap(), 0, "nothing is left");
     keys.ensure_tenant(&t).unwrap();
     let res = crate::collection::Collection::open(&stolen, &t, &name("docs"), test_context(&keys));
     assert!(res.is_err(), "a copy must not open after erasure");

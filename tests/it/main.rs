@@ -8,6 +8,7 @@ mod fleet;
 mod grpc_routes;
 mod hardening;
 mod idempotency;
+mod idle;
 mod jobs;
 mod memory;
 mod preauth;

@@ -36,6 +36,13 @@ pub struct Config {
     /// Requests of one tenant that run at once (each on a thread); the tenant's other admitted
     /// requests wait for one of them to finish. Default: the number of cores.
     pub max_running_per_tenant: u32,
+    /// A tenant no request has used for this long is unloaded (`None`: only the memory budget
+    /// unloads). Default 5 minutes; `idle_unload_after = "0s"` in the file turns it off.
+    pub idle_unload_after: Option<Duration>,
+    /// The clock idle unloading goes by: the host's; tests move their own. Never set from the
+    /// configuration file.
+    #[doc(hidden)]
+    pub clock: Arc<dyn crate::tenant::Clock>,
     /// How often a heartbeat is sent.
     pub heartbeat_interval: Duration,
     /// Longest wait between reconnection attempts.
@@ -63,6 +70,7 @@ impl fmt::Debug for Config {
             .field("memory_budget_bytes", &self.memory_budget_bytes)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_running_per_tenant", &self.max_running_per_tenant)
+            .field("idle_unload_after", &self.idle_unload_after)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("reconnect_max_backoff", &self.reconnect_max_backoff)
             .field("limits", &self.limits)
@@ -137,6 +145,7 @@ struct RawConfig {
     max_running_per_tenant: Option<u32>,
     heartbeat_interval: Option<RawDuration>,
     reconnect_max_backoff: Option<RawDuration>,
+    idle_unload_after: Option<RawDuration>,
     #[serde(default)]
     limits: RawLimits,
 }
@@ -149,6 +158,7 @@ pub(crate) fn default_running_per_tenant() -> u32 {
     std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
 }
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+const DEFAULT_IDLE_UNLOAD_AFTER: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Config {
@@ -190,6 +200,11 @@ impl Config {
             max_running_per_tenant: raw
                 .max_running_per_tenant
                 .unwrap_or_else(default_running_per_tenant),
+            idle_unload_after: match raw.idle_unload_after {
+                Some(d) => Some(d.parse("idle_unload_after")?).filter(|d| !d.is_zero()),
+                None => Some(DEFAULT_IDLE_UNLOAD_AFTER),
+            },
+            clock: Arc::new(crate::tenant::SystemClock),
             heartbeat_interval: match raw.heartbeat_interval {
                 Some(d) => d.parse("heartbeat_interval")?,
                 None => DEFAULT_HEARTBEAT,
@@ -262,6 +277,11 @@ impl Config {
         if self.reconnect_max_backoff.is_zero() || self.reconnect_max_backoff > hour {
             bail!("reconnect_max_backoff must be positive and at most 1h");
         }
+        if let Some(idle) = self.idle_unload_after
+            && (idle < Duration::from_secs(1) || idle > Duration::from_secs(30 * 86_400))
+        {
+            bail!("idle_unload_after is 1s to 30 days, or \"0s\" for never");
+        }
         if self.limits.segment_points < self.limits.max_batch {
             bail!(
                 "limits.segment_points ({}) must be at least limits.max_batch ({})",
@@ -300,6 +320,8 @@ impl Config {
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
             max_in_flight: 16,
             max_running_per_tenant: 4,
+            idle_unload_after: Some(DEFAULT_IDLE_UNLOAD_AFTER),
+            clock: Arc::new(crate::tenant::SystemClock),
             heartbeat_interval: Duration::from_secs(1),
             reconnect_max_backoff: Duration::from_millis(200),
             limits: storage::Limits {

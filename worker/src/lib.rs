@@ -39,3 +39,4 @@ mod tls;
 pub use config::{Config, RequestHook};
 pub use error::{Error, Result};
 pub use server::{GATE_THREAD, MAX_FRAME_BYTES, check_connection, serve};
+pub use tenant::{Clock, SystemClock};

@@ -1,5 +1,7 @@
 //! The worker's view of its tenants: who may touch a tenant in the engine at a time, when each was
-//! last used, and the memory budget that unloads the least recently used ones.
+//! last used, the memory budget that unloads the least recently used ones, and the idle time after
+//! which a tenant is unloaded whatever the budget (`Config::idle_unload_after`): an unloaded
+//! tenant holds no plaintext, no open file and no thread, and loads again on its next request.
 //!
 //! **Invariant:** every engine call for a tenant happens under that tenant's `gate`: requests hold
 //! it shared; unloading (release, erase, eviction) holds it exclusively. So a tenant is never
@@ -9,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use storage::Engine;
@@ -23,29 +26,67 @@ pub(crate) struct TenantSlot {
     pub(crate) quota: Mutex<()>,
     /// Tick of the last request admitted for the tenant.
     last_used: AtomicU64,
+    /// When that was, in the clock's milliseconds (when the slot was made, before any).
+    last_used_ms: AtomicU64,
+}
+
+/// The time idle unloading goes by: the host's, or one a test moves.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since some fixed point (the Unix epoch for [`SystemClock`]).
+    fn now_ms(&self) -> u64;
+}
+
+/// The host's clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        crate::server::now_ms()
+    }
 }
 
 /// Every tenant this worker has served since it started, with the figures for heartbeats.
-#[derive(Default)]
 pub(crate) struct Tenants {
     slots: Mutex<HashMap<TenantId, Arc<TenantSlot>>>,
-    clock: AtomicU64,
+    ticks: AtomicU64,
+    clock: Arc<dyn Clock>,
     loaded: AtomicU64,
     plaintext_bytes: AtomicU64,
 }
 
 impl Tenants {
+    pub(crate) fn new(clock: Arc<dyn Clock>) -> Tenants {
+        Tenants {
+            slots: Mutex::default(),
+            ticks: AtomicU64::new(0),
+            clock,
+            loaded: AtomicU64::new(0),
+            plaintext_bytes: AtomicU64::new(0),
+        }
+    }
+
     /// The tenant's slot, marked as just used.
     pub(crate) fn touch(&self, tenant: &TenantId) -> Arc<TenantSlot> {
-        let tick = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
-        let slot = self.slots.lock().entry(tenant.clone()).or_default().clone();
+        let tick = self.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = self.slot(tenant);
         slot.last_used.store(tick, Ordering::Relaxed);
+        slot.last_used_ms
+            .store(self.clock.now_ms(), Ordering::Relaxed);
         slot
     }
 
     /// The tenant's slot, without marking it used.
     pub(crate) fn slot(&self, tenant: &TenantId) -> Arc<TenantSlot> {
-        self.slots.lock().entry(tenant.clone()).or_default().clone()
+        self.slots
+            .lock()
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                Arc::new(TenantSlot {
+                    last_used_ms: AtomicU64::new(self.clock.now_ms()),
+                    ..TenantSlot::default()
+                })
+            })
+            .clone()
     }
 
     /// Loaded tenants and their plaintext bytes, as of the last [`Tenants::account`].
@@ -56,9 +97,11 @@ impl Tenants {
         )
     }
 
-    /// Measures the loaded tenants and, while they hold more than `budget_bytes` of plaintext,
-    /// unloads the least recently used ones that no request is using. Blocking.
-    pub(crate) fn account(&self, engine: &Engine, budget_bytes: u64) {
+    /// Measures the loaded tenants, unloads those no request has used for `idle_after` (if set)
+    /// and, while the rest hold more than `budget_bytes` of plaintext, the least recently used
+    /// ones. A tenant a request is using is never unloaded. Blocking.
+    pub(crate) fn account(&self, engine: &Engine, budget_bytes: u64, idle_after: Option<Duration>) {
+        let now_ms = self.clock.now_ms();
         let slots: Vec<(TenantId, Arc<TenantSlot>)> = self
             .slots
             .lock()
@@ -88,7 +131,22 @@ impl Tenants {
                 Err(_) => (0, false),
             };
             let last_used = slot.last_used.load(Ordering::Relaxed);
+            let idle_ms = now_ms.saturating_sub(slot.last_used_ms.load(Ordering::Relaxed));
             drop(shared);
+            if let Some(idle_after) = idle_after
+                && u128::from(idle_ms) >= idle_after.as_millis()
+                && let Some(_exclusive) = slot.gate.try_write()
+            {
+                match engine.unload_tenant(&tenant) {
+                    Ok(()) => {
+                        tracing::info!(tenant = %tenant, idle_ms, "unloaded an idle tenant");
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::warn!(tenant = %tenant, error = %err, "unloading an idle tenant failed");
+                    }
+                }
+            }
             // A collection that failed to load for want of a key stays failed until the tenant
             // loads again; unload it so the next request retries (the key service may be back).
             if has_key_failure

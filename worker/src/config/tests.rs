@@ -42,13 +42,14 @@ fn every_key_can_be_set() {
     let dir = tempfile::tempdir().unwrap();
     write_token(dir.path(), 0o400);
     let extra = "memory_budget_bytes = 1000\nmax_in_flight = 3\nheartbeat_interval = \"500ms\"\n\
-                 reconnect_max_backoff = 7\n[limits]\nmax_top_k = 5\nmax_batch = 10\n\
+                 reconnect_max_backoff = 7\nidle_unload_after = \"2m\"\n[limits]\nmax_top_k = 5\nmax_batch = 10\n\
                  segment_points = 10\nindex_threads = 1\n";
     let config = Config::load(&write_config(dir.path(), extra)).unwrap();
     assert_eq!(config.memory_budget_bytes, 1000);
     assert_eq!(config.max_in_flight, 3);
     assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
     assert_eq!(config.reconnect_max_backoff, Duration::from_secs(7));
+    assert_eq!(config.idle_unload_after, Some(Duration::from_secs(120)));
     assert_eq!(config.limits.max_top_k, 5);
     assert_eq!(config.limits.max_batch, 10);
 }
@@ -200,4 +201,25 @@ fn the_example_config_parses() {
     fs::write(&path, example).unwrap();
     let config = Config::load(&path).unwrap();
     assert_eq!(config.worker_id, "worker-a");
+}
+
+#[test]
+fn idle_unloading_defaults_to_five_minutes_and_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    write_token(dir.path(), 0o600);
+    let config = Config::load(&write_config(dir.path(), "")).unwrap();
+    assert_eq!(config.idle_unload_after, Some(Duration::from_secs(300)));
+    let off = "idle_unload_after = \"0s\"\n";
+    let config = Config::load(&write_config(dir.path(), off)).unwrap();
+    assert_eq!(config.idle_unload_after, None);
+    for bad in [
+        "idle_unload_after = \"500ms\"\n",
+        "idle_unload_after = \"745h\"\n",
+    ] {
+        let err = Config::load(&write_config(dir.path(), bad)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("idle_unload_after"),
+            "{bad}: {err:#}"
+        );
+    }
 }

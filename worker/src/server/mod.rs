@@ -115,12 +115,13 @@ pub async fn serve(
         .await
         .context("opening the storage engine")?
         .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
+    let clock = config.clock.clone();
     let mut worker = Worker {
         config: Arc::new(config),
         tls,
         engine: Arc::new(engine),
         link,
-        tenants: Arc::new(Tenants::default()),
+        tenants: Arc::new(Tenants::new(clock)),
         jobs: JoinSet::new(),
         in_flight: 0,
         requests_total: 0,
@@ -635,10 +636,13 @@ impl Worker {
         self.last_accounting = Instant::now();
         let (engine, tenants) = (self.engine.clone(), self.tenants.clone());
         let budget = self.config.memory_budget_bytes;
+        let idle_after = self.config.idle_unload_after;
         self.jobs.spawn(
             async move {
-                if let Err(err) =
-                    tokio::task::spawn_blocking(move || tenants.account(&engine, budget)).await
+                if let Err(err) = tokio::task::spawn_blocking(move || {
+                    tenants.account(&engine, budget, idle_after)
+                })
+                .await
                 {
                     tracing::error!(error = %err, "memory accounting failed");
                 }

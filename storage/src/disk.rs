@@ -265,9 +265,7 @@ impl SimDisk {
                     if to.exists() {
                         std::fs::rename(&to, &from)?;
                     }
-                    if let Some(len) = state.synced_len.remove(&to) {
-                        state.synced_len.insert(from, len);
-                    }
+                    SimDisk::rebase(&mut state, &to, &from);
                     if let Some(backup) = replaced {
                         std::fs::rename(&backup, &to)?;
                         let len = std::fs::metadata(&to)?.len();
@@ -304,6 +302,27 @@ impl SimDisk {
         state.is_dead = false;
         state.fail_at = None;
         Ok(())
+    }
+
+    /// Moves the synced lengths of `from` and, when it is a directory, of every file under it, to
+    /// their names under `to`: a renamed directory's files keep their unsynced tails.
+    fn rebase(state: &mut SimState, from: &Path, to: &Path) {
+        let moved: Vec<PathBuf> = state
+            .synced_len
+            .keys()
+            .filter(|path| path.starts_with(from))
+            .cloned()
+            .collect();
+        for path in moved {
+            let len = state.synced_len.remove(&path).expect("listed");
+            let rest = path.strip_prefix(from).expect("under from");
+            let new = if rest.as_os_str().is_empty() {
+                to.to_owned()
+            } else {
+                to.join(rest)
+            };
+            state.synced_len.insert(new, len);
+        }
     }
 
     /// Drops backups of replaced and removed files that are no longer needed. Called by `sync_dir`.
@@ -385,9 +404,7 @@ impl Disk for SimDisk {
             None
         };
         std::fs::rename(from, to)?;
-        if let Some(len) = state.synced_len.remove(from) {
-            state.synced_len.insert(to.to_owned(), len);
-        }
+        SimDisk::rebase(&mut state, from, to);
         state.pending.push(PendingDirOp::Rename {
             from: from.to_owned(),
             to: to.to_owned(),

@@ -3,6 +3,7 @@
 //! ```text
 //! <data>/tenants/<tenant>/<collection>/{MANIFEST, wal-<n>, seg-<n>}
 //! <data>/tenants/.import-<tenant>/...     a copy of a tenant's files arriving (`transfer`)
+//! <data>/tenants/.warming-<tenant>/...    a paused tenant's files coming back from cold (`cold`)
 //! ```
 //!
 //! Every operation names its tenant, and a tenant's collections are found only under its own
@@ -22,6 +23,7 @@ use crate::ids::{CollectionName, TenantId};
 use crate::manifest::MANIFEST_NAME;
 use crate::{Error, Result};
 
+pub mod cold;
 pub mod transfer;
 
 /// A tenant's collections: open ones, and those that failed to load with the reason.
@@ -342,6 +344,15 @@ impl Engine {
     pub fn delete_tenant(&self, tenant: &TenantId) -> Result<u64> {
         self.unload(tenant, false);
         let dir = self.tenant_dir(tenant);
+        let files = count_files(&dir)?;
+        self.remove_durably(&dir)?;
+        Ok(files)
+    }
+
+    /// Deletes `tenant`'s copy on cold storage (its KEKs destroyed first, as for
+    /// [`Engine::delete_tenant`]). Answers how many files it deleted.
+    pub fn delete_cold(&self, tenant: &TenantId, cold_root: &Path) -> Result<u64> {
+        let dir = cold_root.join(tenant.as_str());
         let files = count_files(&dir)?;
         self.remove_durably(&dir)?;
         Ok(files)

@@ -466,7 +466,7 @@ impl Engine {
         for entry in std::fs::read_dir(root).map_err(Error::io(root))? {
             let entry = entry.map_err(Error::io(root))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(IMPORT_PREFIX) {
+            if name.starts_with(IMPORT_PREFIX) || name.starts_with(super::cold::WARMING_PREFIX) {
                 remove_tree(&entry.path())?;
             } else if let Some(tenant) = name.strip_prefix(REPLACED_PREFIX) {
                 let target = root.join(tenant);

@@ -1,6 +1,7 @@
 //! In-crate integration tests: whole files and collections on a real filesystem.
 
 mod churn;
+mod cold;
 mod collection;
 mod concurrency;
 mod crash;

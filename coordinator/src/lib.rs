@@ -323,6 +323,7 @@ impl Coordinator {
                 };
                 moves_service.finish_moves_on(&worker).await;
                 moves_service.drop_leftovers_on(&worker).await;
+                moves_service.finish_storage_moves_on(&worker).await;
             }
         });
 

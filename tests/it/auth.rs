@@ -370,8 +370,9 @@ async fn admin_routes_need_the_admin_token_and_pause_resume_keeps_results() {
         .admin("GET", "/admin/v1/tenants/pausable", None)
         .await;
     assert_eq!(
-        tenant["placement"]["epoch"], 3,
-        "the pause and the resume each fenced the assignment before them: {tenant}"
+        tenant["placement"]["epoch"], 5,
+        "the pause, its move to cold storage, the move back and the resume each fenced the \
+         assignment before them: {tenant}"
     );
     cluster.shutdown().await;
 }

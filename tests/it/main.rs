@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod cluster;
+mod cold;
 mod fleet;
 mod grpc_routes;
 mod hardening;

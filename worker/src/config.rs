@@ -28,6 +28,9 @@ pub struct Config {
     pub token: Zeroizing<String>,
     /// Where the tenants' encrypted files live.
     pub data_dir: PathBuf,
+    /// Where paused tenants' files are moved (an HDD mount in production). Default
+    /// `<data_dir>/cold`.
+    pub cold_dir: PathBuf,
     /// Plaintext bytes the loaded tenants may hold before least-recently-used ones are unloaded.
     pub memory_budget_bytes: u64,
     /// Tenant requests running at once; one more is answered `ERROR_CODE_BUSY`. One tenant may
@@ -67,6 +70,7 @@ impl fmt::Debug for Config {
             .field("ca_file", &self.ca_file)
             .field("token", &"<redacted>")
             .field("data_dir", &self.data_dir)
+            .field("cold_dir", &self.cold_dir)
             .field("memory_budget_bytes", &self.memory_budget_bytes)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_running_per_tenant", &self.max_running_per_tenant)
@@ -140,6 +144,7 @@ struct RawConfig {
     ca_file: Option<PathBuf>,
     token_file: PathBuf,
     data_dir: PathBuf,
+    cold_dir: Option<PathBuf>,
     memory_budget_bytes: Option<u64>,
     max_in_flight: Option<u32>,
     max_running_per_tenant: Option<u32>,
@@ -192,6 +197,7 @@ impl Config {
             coordinator_url: raw.coordinator_url,
             ca_file: raw.ca_file,
             token,
+            cold_dir: raw.cold_dir.unwrap_or_else(|| raw.data_dir.join("cold")),
             data_dir: raw.data_dir,
             memory_budget_bytes: raw
                 .memory_budget_bytes
@@ -317,6 +323,7 @@ impl Config {
             ca_file: None,
             token: Zeroizing::new(token.to_owned()),
             data_dir: data_dir.to_owned(),
+            cold_dir: data_dir.join("cold"),
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
             max_in_flight: 16,
             max_running_per_tenant: 4,

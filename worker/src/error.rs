@@ -68,6 +68,9 @@ pub enum Error {
         limit: usize,
     },
     /// A fault of the worker itself.
+    /// The tenant is not in a state to serve the request (its files are on cold storage).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -89,6 +92,7 @@ impl Error {
             Error::Busy(_) | Error::TenantBusy { .. } => ErrorCode::Busy,
             Error::ShuttingDown => ErrorCode::Unavailable,
             Error::FrameTooLarge { .. } => ErrorCode::InvalidArgument,
+            Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Error::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -32,6 +32,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) hook: Option<&'a crate::RequestHook>,
     /// The coordinator's token for a keyed write, logged with it (`TenantRequest.write_token`).
     pub(crate) write_token: Option<u64>,
+    /// Where paused tenants' files go (`Config::cold_dir`).
+    pub(crate) cold_dir: &'a std::path::Path,
 }
 
 /// The short name of an operation, for logs.
@@ -52,28 +54,29 @@ pub(crate) fn name(op: &Op) -> &'static str {
         Op::EraseTenant(_) => "erase_tenant",
         Op::AppliedToken(_) => "applied_token",
         Op::EraseEntity(_) => "erase_entity",
+        Op::MoveStorage(_) => "move_storage",
     }
 }
 
 /// Runs `op` under the tenant's gate, logging failures that are not the caller's fault.
 pub(crate) fn run(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
     let is_create = matches!(op, Op::CreateCollection(_));
-    let res = if matches!(op, Op::EraseTenant(_)) {
+    let res = if matches!(op, Op::EraseTenant(_) | Op::MoveStorage(_)) {
         let _exclusive = ctx.slot.gate.write();
         check_deadline(ctx)?;
-        ctx.engine
-            .delete_tenant(ctx.tenant)
-            .map(|files_deleted| {
-                Answer::Purged(cluster::Purged {
-                    files_deleted,
-                    ..Default::default()
-                })
-            })
-            .map_err(Error::from)
+        exclusive(ctx, op)
     } else {
         let _shared = ctx.slot.gate.read();
         // The request may have waited for the gate; nothing is applied after its deadline.
         check_deadline(ctx)?;
+        // A tenant whose files are on cold storage is not loaded from an empty data directory
+        // (where a creation could then start a second, empty copy).
+        if !ctx.engine.is_loaded(ctx.tenant) && ctx.cold_dir.join(ctx.tenant.as_str()).exists() {
+            return Err(Error::FailedPrecondition(format!(
+                "tenant {} is paused on cold storage",
+                ctx.tenant
+            )));
+        }
         if let Some(hook) = ctx.hook {
             hook(ctx.tenant.as_str(), name(&op));
         }
@@ -105,6 +108,36 @@ pub(crate) fn run(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
         }
     }
     res
+}
+
+/// An operation that runs with the tenant's gate held exclusively: erasure and cold storage moves.
+fn exclusive(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
+    match op {
+        Op::EraseTenant(_) => {
+            let hot = ctx.engine.delete_tenant(ctx.tenant)?;
+            let cold = ctx.engine.delete_cold(ctx.tenant, ctx.cold_dir)?;
+            Ok(Answer::Purged(cluster::Purged {
+                files_deleted: hot + cold,
+                ..Default::default()
+            }))
+        }
+        Op::MoveStorage(req) => {
+            let started = std::time::Instant::now();
+            let bytes = if req.to_cold {
+                ctx.engine.move_to_cold(ctx.tenant, ctx.cold_dir)?
+            } else {
+                ctx.engine.move_to_hot(ctx.tenant, ctx.cold_dir)?
+            };
+            tracing::info!(
+                to_cold = req.to_cold,
+                bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "tenant files moved"
+            );
+            Ok(Answer::MovedBytes(bytes))
+        }
+        _ => Err(Error::Internal("not an exclusive operation".into())),
+    }
 }
 
 /// Whether `err` comes from the key service rather than from the data.
@@ -308,8 +341,8 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
                 files_deleted: purged.files_deleted,
             }))
         }
-        Op::EraseTenant(_) => Err(Error::Internal(
-            "erase runs under the exclusive gate".into(),
+        Op::EraseTenant(_) | Op::MoveStorage(_) => Err(Error::Internal(
+            "erasure and moves run under the exclusive gate".into(),
         )),
         // Admitted only while no other request of the tenant runs (`Worker::admit`).
         Op::AppliedToken(req) => {

@@ -333,7 +333,7 @@ impl Service {
         Ok(tenant)
     }
 
-    fn after_change(&self, tenant: &str) {
+    pub(super) fn after_change(&self, tenant: &str) {
         self.forget_tenant_state(tenant);
         if let Ok(Some(p)) = self.store.placement(tenant)
             && let Some(conn) = self.hub.worker(&p.worker)
@@ -344,8 +344,12 @@ impl Service {
 
     /// Pauses a tenant: its requests are refused and its worker unloads it (plaintext zeroized).
     pub async fn pause(&self, id: &str) -> Result<Tenant, ApiError> {
-        self.existing(id)?;
-        let tenant = self.store.pause_tenant(&Actor(ADMIN.into()), id)?;
+        let existing = self.existing(id)?;
+        if existing.tier == PAUSED_TIER && existing.storage == crate::store::tenant::COOLING {
+            // Paused, its files not all moved yet: asking again finishes the moves.
+            return self.settle_storage(id).await;
+        }
+        self.store.pause_tenant(&Actor(ADMIN.into()), id)?;
         // New requests see the pause at once; the assignment goes when the worker has unloaded.
         self.forget_tenant_state(id);
         if let Some(p) = self.store.placement(id)? {
@@ -353,18 +357,8 @@ impl Service {
                 .release(&p.worker, id, p.epoch, self.request_timeout)
                 .await;
         }
-        Ok(tenant)
-    }
-
-    /// Resumes a paused tenant under a new fencing epoch.
-    pub fn resume(&self, id: &str) -> Result<Tenant, ApiError> {
-        self.existing(id)?;
-        let tenant = self.store.resume_tenant(&Actor(ADMIN.into()), id)?;
-        if self.store.placement(id)?.is_some() {
-            self.store.bump_epoch(&Actor(ADMIN.into()), id)?;
-        }
-        self.after_change(id);
-        Ok(tenant)
+        // Its files go to cold storage; a copy whose worker is away follows when it connects.
+        self.settle_storage(id).await
     }
 
     /// Issues an API key; the full key is returned once.

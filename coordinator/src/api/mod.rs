@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod budget;
+pub mod cold;
 pub(crate) mod copy;
 pub mod drain;
 pub mod erasure;
@@ -49,6 +50,8 @@ const AUTH_CACHE_KEYS: usize = 100_000;
 
 struct TenantState {
     tier: String,
+    /// Where its files are (`store::Tenant::storage`).
+    storage: String,
     placement: Option<Placement>,
     /// Its copies beyond the placement's worker (tiers with replicas).
     replicas: Vec<ReplicaRow>,
@@ -439,6 +442,7 @@ impl Service {
             .ok_or_else(ApiError::unauthenticated)?;
         let state = Arc::new(TenantState {
             tier: row.tier,
+            storage: row.storage,
             placement,
             replicas,
         });
@@ -516,6 +520,15 @@ impl Service {
     ) -> Result<Reply, ApiError> {
         let tenant = identity.tenant.as_str();
         let state = self.tenant_state(tenant)?;
+        if state.tier == PAUSED_TIER && state.storage == crate::store::tenant::WARMING {
+            return Err(ApiError {
+                code: Code::Unavailable,
+                message: "this tenant is resuming: its files are moving back from cold storage; \
+                          retry shortly"
+                    .into(),
+                retry_after: Some(Duration::from_secs(1)),
+            });
+        }
         if state.tier == PAUSED_TIER {
             return Err(ApiError::new(
                 Code::FailedPrecondition,

@@ -32,9 +32,11 @@ pub fn scope_of(op: &Op) -> (Scope, Option<&str>) {
         Op::Search(r) => (Scope::Read, Some(&r.collection)),
         Op::SearchBatch(r) => (Scope::Read, Some(&r.collection)),
         // Internal operations never come from a client; the most demanding scope is asked.
-        Op::RewrapKeys(_) | Op::EraseTenant(_) | Op::EraseEntity(_) | Op::AppliedToken(_) => {
-            (Scope::Manage, None)
-        }
+        Op::RewrapKeys(_)
+        | Op::EraseTenant(_)
+        | Op::EraseEntity(_)
+        | Op::MoveStorage(_)
+        | Op::AppliedToken(_) => (Scope::Manage, None),
     }
 }
 
@@ -282,8 +284,10 @@ pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
             }
             Ok(())
         }
-        Op::RewrapKeys(_) | Op::EraseTenant(_) | Op::EraseEntity(_) | Op::AppliedToken(_) => {
-            Err(ApiError::new(Code::PermissionDenied, "internal operation"))
-        }
+        Op::RewrapKeys(_)
+        | Op::EraseTenant(_)
+        | Op::EraseEntity(_)
+        | Op::MoveStorage(_)
+        | Op::AppliedToken(_) => Err(ApiError::new(Code::PermissionDenied, "internal operation")),
     }
 }

@@ -57,6 +57,7 @@ fn tenant_json(t: Tenant) -> Value {
         "id": t.id,
         "tier": t.tier,
         "paused": t.paused_from.is_some(),
+        "storage": t.storage,
         "created_ms": t.created_ms,
     })
 }
@@ -292,7 +293,7 @@ async fn resume(
         peer,
         h,
         no_body(),
-        |s, _: NoArgs| async move { Ok(tenant_json(s.resume(&tenant)?)) },
+        |s, _: NoArgs| async move { Ok(tenant_json(s.resume(&tenant).await?)) },
     )
     .await
 }

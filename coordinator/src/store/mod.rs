@@ -43,7 +43,7 @@ mod placement;
 mod replicas;
 pub use replicas::{CopyState, ReplicaRow};
 mod schema;
-mod tenant;
+pub(crate) mod tenant;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -163,6 +163,9 @@ pub struct Tenant {
     pub created_ms: u64,
     /// Deleted tenants stay (their ids are never reused) but no longer operate.
     pub deleted: bool,
+    /// Where its files are: `hot` (the workers' data directories), `cooling` (moving to cold
+    /// storage after a pause), `cold`, or `warming` (moving back for a resume).
+    pub storage: String,
 }
 
 /// An API key as listed: everything but the digest.

@@ -232,5 +232,13 @@ CREATE TABLE audit_anchors (
 ) STRICT, WITHOUT ROWID;
 ";
 
+/// Migration 11: where a tenant's files are (`store::tenant`): in the workers' data directories
+/// (`hot`), moving to their cold storage after a pause (`cooling`), there (`cold`), or moving back
+/// for a resume (`warming`).
+const V11: &str = "
+ALTER TABLE tenants ADD COLUMN storage TEXT NOT NULL DEFAULT 'hot'
+    CHECK (storage IN ('hot', 'cooling', 'cold', 'warming'));
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];

@@ -11,15 +11,27 @@ use super::{
 /// The tier of a paused tenant.
 pub(crate) const PAUSED: &str = "paused";
 
-const COLUMNS: &str = "id, tier, paused_from, created_ms, deleted_ms IS NOT NULL";
+/// Where a tenant's files are (`Tenant::storage`).
+pub(crate) const HOT: &str = "hot";
+/// Moving to cold storage after a pause.
+pub(crate) const COOLING: &str = "cooling";
+/// On cold storage.
+pub(crate) const COLD: &str = "cold";
+/// Moving back for a resume.
+pub(crate) const WARMING: &str = "warming";
 
-fn decode(row: &Row<'_>) -> rusqlite::Result<(String, String, Option<String>, i64, bool)> {
+const COLUMNS: &str = "id, tier, paused_from, created_ms, deleted_ms IS NOT NULL, storage";
+
+type Raw = (String, String, Option<String>, i64, bool, String);
+
+fn decode(row: &Row<'_>) -> rusqlite::Result<Raw> {
     Ok((
         row.get(0)?,
         row.get(1)?,
         row.get(2)?,
         row.get(3)?,
         row.get(4)?,
+        row.get(5)?,
     ))
 }
 
@@ -44,8 +56,8 @@ pub(crate) fn live(conn: &Connection, id: &str) -> Result<Tenant> {
     }
 }
 
-fn into_tenant(raw: (String, String, Option<String>, i64, bool)) -> Result<Tenant> {
-    let (id, tier, paused_from, created_ms, deleted) = raw;
+fn into_tenant(raw: Raw) -> Result<Tenant> {
+    let (id, tier, paused_from, created_ms, deleted, storage) = raw;
     let created_ms = from_sql_int(&format!("created_ms of tenant {id}"), created_ms)?;
     Ok(Tenant {
         id,
@@ -53,6 +65,7 @@ fn into_tenant(raw: (String, String, Option<String>, i64, bool)) -> Result<Tenan
         paused_from,
         created_ms,
         deleted,
+        storage,
     })
 }
 
@@ -100,6 +113,7 @@ impl Store {
                 paused_from: None,
                 created_ms: now,
                 deleted: false,
+                storage: HOT.to_owned(),
             })
         })
     }
@@ -155,13 +169,14 @@ impl Store {
                 return Err(Error::Invalid(format!("tenant {id} is already paused")));
             }
             tx.execute(
-                "UPDATE tenants SET tier = ?2, paused_from = tier WHERE id = ?1",
-                params![id, PAUSED],
+                "UPDATE tenants SET tier = ?2, paused_from = tier, storage = ?3 WHERE id = ?1",
+                params![id, PAUSED, COOLING],
             )?;
             let epoch = super::placement::fence(tx, id)?;
             let details = json!({ "from": tenant.tier, "epoch": epoch });
             self.append_in(tx, id, self.draft(actor, "tenant.pause", id, details))?;
             tenant.paused_from = Some(std::mem::replace(&mut tenant.tier, PAUSED.into()));
+            tenant.storage = COOLING.into();
             Ok(tenant)
         })
     }
@@ -179,13 +194,52 @@ impl Store {
                 )));
             };
             tx.execute(
-                "UPDATE tenants SET tier = paused_from, paused_from = NULL WHERE id = ?1",
-                [id],
+                "UPDATE tenants SET tier = paused_from, paused_from = NULL, storage = ?2
+                 WHERE id = ?1",
+                params![id, HOT],
             )?;
             let details = json!({ "to": tier });
             self.append_in(tx, id, self.draft(actor, "tenant.resume", id, details))?;
             tenant.tier = tier;
+            tenant.storage = HOT.into();
             Ok(tenant)
+        })
+    }
+
+    /// Records where a paused tenant's files are now (`cooling` -> `cold`, or `cold`/`cooling` ->
+    /// `warming`), with its audit row (`tenant.storage`). [`Error::Invalid`] if the tenant is not
+    /// paused. Answers the tenant as it is now.
+    pub fn set_storage(&self, actor: &Actor, id: &str, storage: &str) -> Result<Tenant> {
+        self.write(|tx| {
+            let mut tenant = live(tx, id)?;
+            if tenant.tier != PAUSED {
+                return Err(Error::Invalid(format!("tenant {id} is not paused")));
+            }
+            if tenant.storage == storage {
+                return Ok(tenant);
+            }
+            tx.execute(
+                "UPDATE tenants SET storage = ?2 WHERE id = ?1",
+                params![id, storage],
+            )?;
+            let details = json!({ "from": tenant.storage, "to": storage });
+            self.append_in(tx, id, self.draft(actor, "tenant.storage", id, details))?;
+            tenant.storage = storage.to_owned();
+            Ok(tenant)
+        })
+    }
+
+    /// Live tenants whose files are moving (`cooling` or `warming`).
+    pub fn tenants_moving_storage(&self) -> Result<Vec<Tenant>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM tenants
+                 WHERE deleted_ms IS NULL AND storage IN ('cooling', 'warming') ORDER BY id"
+            ))?;
+            let raws = stmt
+                .query_map([], decode)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            raws.into_iter().map(into_tenant).collect()
         })
     }
 

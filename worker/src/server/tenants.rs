@@ -245,6 +245,7 @@ impl Worker {
                     deadline: op::storage_deadline(deadline_unix_ms),
                     hook: config.request_hook.as_ref(),
                     write_token: (token != 0).then_some(token),
+                    cold_dir: &config.cold_dir,
                 };
                 op::run(&ctx, operation)
             }));

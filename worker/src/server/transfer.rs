@@ -137,6 +137,13 @@ impl Worker {
                 "tenant {tenant} is assigned to this worker; its files are copied only once it is released"
             )));
         }
+        // A paused tenant's files on cold storage never move between workers: a listing of its
+        // empty data directory would copy nothing, and the source would then drop the rest.
+        if self.config.cold_dir.join(tenant.as_str()).exists() {
+            return Some(Error::FailedPrecondition(format!(
+                "tenant {tenant} is paused on cold storage; resume it before copying or moving it"
+            )));
+        }
         let name = step_name(&step);
         if matches!(step, Step::ReadFile(_) | Step::ImportPiece(_)) {
             tracing::debug!(tenant = %tenant, request_id, step = name, "tenant transfer step");

@@ -238,7 +238,8 @@ fn tenant_lifecycle() {
             tier: "free".into(),
             paused_from: None,
             created_ms: acme.created_ms,
-            deleted: false
+            deleted: false,
+            storage: "hot".into(),
         }
     );
     assert!(acme.created_ms >= T0);

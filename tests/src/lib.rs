@@ -129,6 +129,8 @@ pub struct Cluster {
     client: reqwest::Client,
     tweak: fn(&mut Config),
     tls: Option<ClusterTlsFiles>,
+    /// Appended to the TOML config of every worker process started from now on.
+    pub worker_process_toml: String,
 }
 
 fn worker_ids(n: usize) -> Vec<(String, String)> {
@@ -238,6 +240,7 @@ impl Cluster {
             client: reqwest::Client::new(),
             tweak,
             tls,
+            worker_process_toml: String::new(),
         }
     }
 
@@ -350,6 +353,7 @@ impl Cluster {
         if let Some(ca_file) = self.ca_file() {
             config.push_str(&format!("ca_file = \"{}\"\n", ca_file.display()));
         }
+        config.push_str(&self.worker_process_toml);
         let config_file = dir.join("worker.toml");
         std::fs::write(&config_file, config).expect("worker config");
         let mut child = tokio::process::Command::new(binary("vaultvec-worker"))

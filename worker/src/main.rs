@@ -35,6 +35,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     // First of all: no core dump and no same-user ptrace of the keys and plaintext we will hold.
     storage::process::forbid_core_dumps().context("prctl(PR_SET_DUMPABLE, 0)")?;
+    storage::process::return_freed_memory_promptly();
     let args = Args::parse();
     // Colour only on a terminal: journald and log files get plain text.
     storage::logging::init(

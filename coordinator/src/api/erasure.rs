@@ -120,6 +120,15 @@ impl Service {
     pub async fn erase_entity(&self, id: &str, entity: &str) -> Result<EntityErasure, ApiError> {
         let row = self.existing(id)?;
         check_entity(entity)?;
+        if row.tier == crate::config::PAUSED_TIER {
+            return Err(ApiError::new(
+                Code::FailedPrecondition,
+                format!(
+                    "tenant {id} is paused (its files are on cold storage); resume it to erase \
+                     an entity"
+                ),
+            ));
+        }
         let field = self.privacy.entity_field.clone();
         let filter =
             serde_json::json!({ "must": [{ "key": field, "match": { "value": entity } }] });

@@ -121,6 +121,12 @@ impl Collection {
         let inner = &self.inner;
         loop {
             inner.writer.lock().check_writable(&inner.name)?;
+            if inner.stop.load(std::sync::atomic::Ordering::Acquire) {
+                // Closing: nothing seals any more. What is deleted stays deleted.
+                return Err(Error::invalid(
+                    "the collection closed before the erasure finished; run it again",
+                ));
+            }
             let unsealed = inner
                 .state
                 .read()

@@ -24,7 +24,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{DROPPED_PREFIX, Engine, remove_tree};
+use super::{Engine, remove_tree};
 use crate::ids::TenantId;
 use crate::{Error, Result};
 
@@ -101,7 +101,11 @@ impl Engine {
             self.ctx.disk.sync_dir(parent).map_err(Error::io(parent))?;
         }
         self.remove_durably(from)?;
-        Self::finish_dropped(parent_of(from))?;
+        let parent = parent_of(from);
+        if parent.exists() {
+            // Removals a crash cut short under the source's parent.
+            Engine::finish_removals(parent)?;
+        }
         Ok(copied)
     }
 
@@ -161,26 +165,6 @@ impl Engine {
                 .map_err(Error::io(&collection))?;
         }
         self.ctx.disk.sync_dir(dir).map_err(Error::io(dir))
-    }
-
-    /// Removes what removals cut short by a crash left under `dir` (hidden `.dropped-` trees).
-    fn finish_dropped(dir: &Path) -> Result<()> {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => return Err(Error::io(dir)(err)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(Error::io(dir))?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(DROPPED_PREFIX)
-            {
-                remove_tree(&entry.path())?;
-            }
-        }
-        Ok(())
     }
 }
 

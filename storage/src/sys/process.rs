@@ -55,9 +55,9 @@ pub fn return_freed_memory_promptly() {
 }
 
 /// mimalloc's purge delay in milliseconds (see [`return_freed_memory_promptly`]).
-pub fn purge_delay_ms() -> i64 {
+pub fn purge_delay_ms() -> libc::c_long {
     // SAFETY: see the module docs; integer arguments only.
-    i64::from(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) })
+    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
 }
 
 /// The nice value background threads run at (request threads keep 0).

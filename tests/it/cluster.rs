@@ -767,8 +767,18 @@ async fn refused_upgrades_are_budgeted_per_address_and_their_audit_rows_coalesce
         3,
         "one row per budgeted refusal, not per attempt: {platform}"
     );
-    // The refusals over the budget are not lost: the next row counts them.
+    // The refusals over the budget are not lost: the next row counts them. A budgeted refusal's
+    // row is written after its 401 is sent, so under load it may already count some of the
+    // closings that followed (`unaudited_refusals_before`); together they are all seven.
+    let in_rows: u64 = rows
+        .iter()
+        .map(|r| {
+            r["details"]["unaudited_refusals_before"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
     let suppressed = cluster.hub().refusals_not_audited();
-    assert_eq!(suppressed, 7);
+    assert_eq!(suppressed + in_rows, 7, "{platform}");
     cluster.shutdown().await;
 }

@@ -12,6 +12,7 @@ fn concrete(path: &str) -> String {
         .replace("{tenant}", "inv12")
         .replace("{key_id}", "AAAAAAAA")
         .replace("{chain}", "platform")
+        .replace("{entity_id}", "someone")
 }
 
 #[test]

@@ -33,30 +33,7 @@ const INCOMING_PREFIX: &str = ".incoming-";
 /// A move back in progress, under the data root's tenants directory.
 pub(super) const WARMING_PREFIX: &str = ".warming-";
 
-/// Where a tenant's files are, as far as the engine can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Whereabouts {
-    /// In the data directory only (or nowhere: a tenant with no files yet).
-    Hot,
-    /// In the cold directory only.
-    Cold,
-    /// In both, committed: a move stopped before removing its source; either copy is whole.
-    Both,
-}
-
 impl Engine {
-    /// Where `tenant`'s files are, with `cold_root` as the cold directory.
-    pub fn whereabouts(&self, tenant: &TenantId, cold_root: &Path) -> Whereabouts {
-        match (
-            self.tenant_dir(tenant).exists(),
-            cold_root.join(tenant.as_str()).exists(),
-        ) {
-            (_, false) => Whereabouts::Hot,
-            (false, true) => Whereabouts::Cold,
-            (true, true) => Whereabouts::Both,
-        }
-    }
-
     /// Unloads `tenant` and moves its files to `<cold_root>/<tenant>`. The caller holds the
     /// tenant's requests off (it is paused, and the worker holds its gate exclusively). Answers
     /// the bytes copied (0 when the copy was already committed).

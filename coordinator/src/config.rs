@@ -47,12 +47,24 @@ pub struct Tier {
     /// 0 (the default) rotates only on request.
     #[serde(default)]
     pub rotate_kek_every_days: u32,
+    /// Hours between scheduled snapshots of each of its tenants (`snapshots` job); 0 (the
+    /// default) snapshots only on request.
+    #[serde(default)]
+    pub snapshot_every_hours: u32,
+    /// Scheduled snapshots kept per tenant; older ones are deleted by the `snapshots` job
+    /// (snapshots taken on request are kept until deleted). Default 7.
+    #[serde(default = "default_snapshot_keep")]
+    pub snapshot_keep: u32,
     #[serde(default = "default_replicas")]
     pub replicas: u32,
 }
 
 fn default_replicas() -> u32 {
     1
+}
+
+fn default_snapshot_keep() -> u32 {
+    7
 }
 
 impl Tier {
@@ -65,6 +77,11 @@ impl Tier {
         }
         if self.rotate_kek_every_days > 3_650 {
             bail!("tier {name}: rotate_kek_every_days is 0 (never) to 3650");
+        }
+        if self.snapshot_every_hours > 8_760 || !(1..=1_000).contains(&self.snapshot_keep) {
+            bail!(
+                "tier {name}: snapshot_every_hours is 0 (never) to 8760, snapshot_keep 1 to 1000"
+            );
         }
         if !(1..=3).contains(&self.replicas) {
             bail!("tier {name}: replicas must be 1, 2 or 3");
@@ -143,6 +160,8 @@ struct RawConfig {
     jobs: RawJobs,
     #[serde(default)]
     privacy: Privacy,
+    #[serde(default)]
+    snapshots: crate::snapshot::RawSettings,
 }
 
 /// `[privacy]`: privacy requests (`DELETE /admin/v1/tenants/{t}/entities/{entity_id}`).
@@ -189,6 +208,8 @@ struct RawJobs {
     flush_usage_every_s: u64,
     #[serde(default = "default_census_every_s")]
     census_every_s: u64,
+    #[serde(default = "default_snapshots_every_s")]
+    snapshots_every_s: u64,
 }
 
 impl Default for RawJobs {
@@ -198,6 +219,7 @@ impl Default for RawJobs {
             rotate_keks_every_s: default_rotate_keks_every_s(),
             flush_usage_every_s: default_flush_usage_every_s(),
             census_every_s: default_census_every_s(),
+            snapshots_every_s: default_snapshots_every_s(),
         }
     }
 }
@@ -218,14 +240,19 @@ fn default_census_every_s() -> u64 {
     86_400
 }
 
+fn default_snapshots_every_s() -> u64 {
+    3_600
+}
+
 /// The scheduled jobs with the intervals of `raw`.
 fn job_specs(raw: &RawJobs) -> Vec<crate::jobs::JobSpec> {
-    use crate::jobs::{CENSUS, FLUSH_USAGE, JobSpec, ROTATE_KEKS, VERIFY_AUDIT};
+    use crate::jobs::{CENSUS, FLUSH_USAGE, JobSpec, ROTATE_KEKS, SNAPSHOTS, VERIFY_AUDIT};
     [
         (VERIFY_AUDIT, raw.verify_audit_every_s),
         (ROTATE_KEKS, raw.rotate_keks_every_s),
         (FLUSH_USAGE, raw.flush_usage_every_s),
         (CENSUS, raw.census_every_s),
+        (SNAPSHOTS, raw.snapshots_every_s),
     ]
     .into_iter()
     .map(|(name, s)| JobSpec {
@@ -453,6 +480,8 @@ pub struct Config {
     pub jobs: Vec<crate::jobs::JobSpec>,
     /// Privacy requests (`[privacy]`).
     pub privacy: Privacy,
+    /// The snapshot store (`[snapshots]`).
+    pub snapshots: crate::snapshot::Settings,
     /// The scheduler's clock: the host's, or one a test moves.
     pub clock: std::sync::Arc<dyn crate::jobs::Clock>,
 }
@@ -560,6 +589,7 @@ impl Config {
             cluster_tls,
             jobs: job_specs(&raw.jobs),
             privacy: raw.privacy,
+            snapshots: raw.snapshots.resolve(&raw.data_dir)?,
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
         };
         config.validate()?;
@@ -652,6 +682,8 @@ impl Config {
                 max_body_bytes: 256 * 1024,
                 max_in_flight: 0,
                 rotate_kek_every_days: 0,
+                snapshot_every_hours: 0,
+                snapshot_keep: 7,
                 replicas: 1,
             },
         );
@@ -667,6 +699,8 @@ impl Config {
                 max_body_bytes: 64 << 20,
                 max_in_flight: 0,
                 rotate_kek_every_days: 0,
+                snapshot_every_hours: 0,
+                snapshot_keep: 7,
                 replicas: 1,
             },
         );
@@ -710,6 +744,9 @@ impl Config {
             cluster_tls: None,
             jobs: job_specs(&RawJobs::default()),
             privacy: Privacy::default(),
+            snapshots: crate::snapshot::RawSettings::default()
+                .resolve(dir)
+                .expect("default snapshot settings"),
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
         }
     }

@@ -19,6 +19,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod net;
+pub mod snapshot;
 pub mod store;
 
 /// The name of the thread (and `storage::gate` counter) of the gate the pieces of large bodies
@@ -152,6 +153,7 @@ impl Coordinator {
             auto_rebalance: config.auto_rebalance,
             jobs: jobs::Jobs::new(config.clock.clone(), config.jobs.clone()),
             privacy: config.privacy.clone(),
+            snapshots: config.snapshots.clone(),
         })?);
         Ok(Coordinator {
             service,
@@ -285,6 +287,9 @@ impl Coordinator {
         service
             .abort_interrupted_moves()
             .map_err(|err| anyhow::anyhow!("aborting interrupted moves: {}", err.message))?;
+        service
+            .sweep_snapshot_store()
+            .map_err(|err| anyhow::anyhow!("sweeping the snapshot store: {}", err.message))?;
         service
             .resume_drains()
             .map_err(|err| anyhow::anyhow!("resuming drains: {}", err.message))?;

@@ -212,6 +212,9 @@ pub struct Rotation {
     pub kek_version: u32,
     /// Versions destroyed after every file was re-wrapped.
     pub destroyed_versions: Vec<u32>,
+    /// Old versions kept because a snapshot needs them (destroyed when the last snapshot that
+    /// needs them is deleted).
+    pub kept_for_snapshots: Vec<u32>,
 }
 
 /// An exported chain with its signed head.
@@ -430,10 +433,21 @@ impl Service {
     /// [`Service::rotate_kek`] on behalf of `actor` (the admin, or the scheduler's `system`);
     /// a rotation that destroyed the old versions is recorded as the tenant's last.
     pub(crate) async fn rotate_kek_by(&self, id: &str, actor: &str) -> Result<Rotation, ApiError> {
+        // Never beside a snapshot being taken, restored or deleted (`snapshots.rs`).
+        let _lifecycle = self.lifecycle_lock(id).await;
+        self.rotate_kek_locked(id, actor).await
+    }
+
+    /// [`Service::rotate_kek_by`] with the tenant's lifecycle lock held by the caller.
+    pub(super) async fn rotate_kek_locked(
+        &self,
+        id: &str,
+        actor: &str,
+    ) -> Result<Rotation, ApiError> {
         self.existing(id)?;
         let tenant = TenantId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
         let version = self.keys.rotate_kek(&tenant).map_err(ApiError::internal)?;
-        let to_destroy = match self.rewrap(id, version).await {
+        let old: Vec<u32> = match self.rewrap(id, version).await {
             Ok(true) => self
                 .keys
                 .kek_versions(&tenant)
@@ -448,17 +462,27 @@ impl Service {
                 return Err(err);
             }
         };
-        let details = serde_json::json!({ "kek_version": version, "destroyed": to_destroy });
+        // A version a snapshot still needs is retired, not destroyed: it is destroyed when the
+        // last snapshot that needs it is deleted.
+        let pinned = self.pinned_keks(id)?;
+        let (kept, to_destroy): (Vec<u32>, Vec<u32>) =
+            old.into_iter().partition(|v| pinned.contains(v));
+        let details = serde_json::json!({
+            "kek_version": version, "destroyed": to_destroy, "kept_for_snapshots": kept,
+        });
         self.audit_required_by(actor, id, "kek.rotate", "ok", details)?;
+        self.store.retire_keks(id, &kept)?;
         for old in &to_destroy {
             self.keys
                 .destroy_kek(&tenant, *old)
                 .map_err(ApiError::internal)?;
+            self.store.forget_retired_kek(id, *old)?;
         }
         self.store.record_kek_rotation(id, self.clock().now_ms())?;
         Ok(Rotation {
             kek_version: version,
             destroyed_versions: to_destroy,
+            kept_for_snapshots: kept,
         })
     }
 
@@ -475,7 +499,7 @@ impl Service {
     }
 
     /// [`Service::audit_required`] with `actor` as the row's actor.
-    fn audit_required_by(
+    pub(super) fn audit_required_by(
         &self,
         actor: &str,
         chain: &str,

@@ -53,6 +53,8 @@ pub struct Erasure {
     pub files_deleted: bool,
     /// Files the workers deleted, all copies together.
     pub files_removed: u64,
+    /// Snapshot archives deleted from the snapshot store.
+    pub snapshots_deleted: usize,
     /// The `tenant.erase` row.
     pub audit_row: AuditRef,
 }
@@ -85,6 +87,8 @@ pub struct EntityErasure {
     pub files_deleted: u64,
     /// KEK versions destroyed by the rotation that follows the rewrite.
     pub keys_destroyed: usize,
+    /// The tenant's snapshots deleted (each taken before the erasure may hold the points).
+    pub snapshots_deleted: usize,
     /// Per collection.
     pub collections: Vec<CollectionPurge>,
     /// The `tenant.erase_entity` row.
@@ -159,9 +163,15 @@ impl Service {
                 }
             }
         }
-        let rotation = match failure {
+        // Snapshots taken before hold the entity's points: they are deleted, so the rotation
+        // destroys the old KEK versions their files need.
+        let snapshots_deleted = match failure {
             Some(err) => Err(err),
-            None => self.rotate_kek(id).await,
+            None => self.delete_every_snapshot(id, "entity erasure").await,
+        };
+        let (rotation, snapshots_deleted) = match snapshots_deleted {
+            Err(err) => (Err(err), 0),
+            Ok(n) => (self.rotate_kek(id).await, n),
         };
         let points = collections.iter().map(|c| c.points).sum();
         let segments_rewritten = collections.iter().map(|c| c.segments_rewritten).sum();
@@ -174,6 +184,7 @@ impl Service {
             "segments_rewritten": segments_rewritten,
             "files_deleted": files_deleted,
             "keys_destroyed": keys_destroyed,
+            "snapshots_deleted": snapshots_deleted,
             "collections": collections,
         });
         if let Err(err) = rotation {
@@ -190,6 +201,7 @@ impl Service {
             segments_rewritten,
             files_deleted,
             keys_destroyed,
+            snapshots_deleted,
             collections,
             audit_row,
         })
@@ -251,6 +263,7 @@ impl Service {
                  run the deletion again to finish the erasure",
             ));
         }
+        let snapshots_deleted = self.delete_snapshots_of(id)?;
         let mut files_deleted = !copies.is_empty();
         let mut files_removed = 0;
         for p in &copies {
@@ -305,6 +318,7 @@ impl Service {
                     "points": points,
                     "files_deleted": files_deleted,
                     "files_removed": files_removed,
+                    "snapshots_deleted": snapshots_deleted,
                 }),
             )?
             .into();
@@ -314,6 +328,7 @@ impl Service {
             points,
             files_deleted,
             files_removed,
+            snapshots_deleted,
             audit_row,
         })
     }

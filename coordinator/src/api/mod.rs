@@ -22,6 +22,7 @@ pub mod limit;
 pub mod moves;
 pub mod replicas;
 mod route;
+pub mod snapshots;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -157,6 +158,8 @@ pub struct Service {
     pub(crate) jobs: crate::jobs::Jobs,
     /// Privacy requests.
     pub(crate) privacy: crate::config::Privacy,
+    /// The snapshot store and the tenants with a snapshot operation running.
+    pub(crate) snapshots: snapshots::Snapshots,
 }
 
 /// The large-message pool: one thread per core in the `SCHED_IDLE` class, where messages over
@@ -208,6 +211,8 @@ pub struct Parts {
     pub jobs: crate::jobs::Jobs,
     /// Privacy requests.
     pub privacy: crate::config::Privacy,
+    /// The snapshot store.
+    pub snapshots: crate::snapshot::Settings,
 }
 
 impl Service {
@@ -249,6 +254,7 @@ impl Service {
             started_ms: now_ms(),
             jobs: parts.jobs,
             privacy: parts.privacy,
+            snapshots: snapshots::Snapshots::new(parts.snapshots),
         })
     }
 

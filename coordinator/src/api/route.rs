@@ -124,6 +124,9 @@ impl Service {
         if self.moving.contains(tenant) {
             return Err(moves::moving_error());
         }
+        if self.snapshots.restoring(tenant) {
+            return Err(super::snapshots::restoring_error());
+        }
         let placement = self.placement_for(tenant, tier).await?;
         Ok(self
             .tenant_state(tenant)?

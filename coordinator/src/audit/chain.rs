@@ -29,6 +29,18 @@ impl AuditKey {
         }
         mac.finalize().into_bytes().into()
     }
+
+    /// `HMAC-SHA256(audit_key, "snapshot" ‖ meta)`, each part length-prefixed: a snapshot
+    /// archive's signature over its description (`crate::snapshot`). The first part keeps it
+    /// apart from row and head signatures.
+    pub fn sign_snapshot(&self, meta: &[u8]) -> [u8; 32] {
+        self.sign(&[b"snapshot", meta])
+    }
+
+    /// Whether `signature` is [`AuditKey::sign_snapshot`] of `meta` (compared in constant time).
+    pub fn verify_snapshot(&self, meta: &[u8], signature: &[u8]) -> bool {
+        bool::from(self.sign_snapshot(meta)[..].ct_eq(signature))
+    }
 }
 
 /// What happened, before it is linked into a chain.

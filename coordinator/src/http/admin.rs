@@ -48,6 +48,11 @@ pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
         "admin_jobs" => get(jobs),
         "admin_census" => post(census),
         "admin_export_tenant" => get(export_tenant),
+        "admin_take_snapshot" => post(take_snapshot),
+        "admin_list_snapshots" => get(list_snapshots),
+        "admin_verify_snapshot" => post(verify_snapshot),
+        "admin_restore_snapshot" => post(restore_snapshot),
+        "admin_delete_snapshot" => delete(delete_snapshot),
         other => unreachable!("route {other} has no handler"),
     }
 }
@@ -578,6 +583,119 @@ async fn export_tenant(
         h,
         no_body(),
         |s, _: NoArgs| async move { super::export::export_tenant(s, tenant).await },
+    )
+    .await
+}
+
+/// Runs a long snapshot operation in a task of its own: a caller that goes away does not stop
+/// it halfway.
+async fn detached<T, F>(f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, ApiError>> + Send + 'static,
+{
+    tokio::spawn(f)
+        .await
+        .map_err(|err| ApiError::internal(format!("the snapshot task failed: {err}")))?
+}
+
+async fn take_snapshot(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
+    admin(
+        s,
+        "admin_take_snapshot",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            let snapshot = detached(async move {
+                s.take_snapshot(&tenant, crate::api::snapshots::ORIGIN_ADMIN)
+                    .await
+            })
+            .await?;
+            json(snapshot)
+        },
+    )
+    .await
+}
+
+async fn list_snapshots(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
+    admin(
+        s,
+        "admin_list_snapshots",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            json(serde_json::json!({ "snapshots": s.list_snapshots(&tenant)? }))
+        },
+    )
+    .await
+}
+
+async fn verify_snapshot(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Response {
+    admin(
+        s,
+        "admin_verify_snapshot",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            json(detached(async move { s.verify_snapshot(&tenant, &id).await }).await?)
+        },
+    )
+    .await
+}
+
+async fn restore_snapshot(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Response {
+    admin(
+        s,
+        "admin_restore_snapshot",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            json(detached(async move { s.restore_snapshot(&tenant, &id).await }).await?)
+        },
+    )
+    .await
+}
+
+async fn delete_snapshot(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Response {
+    admin(
+        s,
+        "admin_delete_snapshot",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            s.delete_snapshot(&tenant, &id, "admin").await?;
+            json(serde_json::json!({ "deleted": id }))
+        },
     )
     .await
 }

@@ -227,4 +227,34 @@ pub const ROUTES: &[RouteSpec] = &[
         Policy::Admin,
         "admin_export_tenant",
     ),
+    route(
+        "POST",
+        "/admin/v1/tenants/{tenant}/snapshots",
+        Policy::Admin,
+        "admin_take_snapshot",
+    ),
+    route(
+        "GET",
+        "/admin/v1/tenants/{tenant}/snapshots",
+        Policy::Admin,
+        "admin_list_snapshots",
+    ),
+    route(
+        "POST",
+        "/admin/v1/tenants/{tenant}/snapshots/{snapshot}/verify",
+        Policy::Admin,
+        "admin_verify_snapshot",
+    ),
+    route(
+        "POST",
+        "/admin/v1/tenants/{tenant}/snapshots/{snapshot}/restore",
+        Policy::Admin,
+        "admin_restore_snapshot",
+    ),
+    route(
+        "DELETE",
+        "/admin/v1/tenants/{tenant}/snapshots/{snapshot}",
+        Policy::Admin,
+        "admin_delete_snapshot",
+    ),
 ];

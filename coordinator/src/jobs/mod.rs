@@ -11,6 +11,10 @@
 //!
 //! `flush_usage` and `census`: see `census.rs`.
 //!
+//! `snapshots` snapshots each live, unpaused tenant whose tier sets `snapshot_every_hours` and
+//! whose last scheduled snapshot is at least that old, then deletes its scheduled snapshots past
+//! the newest `snapshot_keep` (`crate::api::snapshots`; snapshots taken on request are kept).
+//!
 //! `verify_audit` re-verifies every audit chain (links, hashes, HMAC signatures);
 //! a chain that does not verify raises an integrity alert: an error log line naming the chain
 //! and the first bad row, `vaultvec_audit_integrity_alerts` counted, and an
@@ -32,6 +36,8 @@ use crate::api::{Service, off_runtime};
 
 /// The audit chains' verification.
 pub const VERIFY_AUDIT: &str = "verify_audit";
+/// Scheduled snapshots and their retention (`snapshot_every_hours`, `snapshot_keep`).
+pub const SNAPSHOTS: &str = "snapshots";
 /// KEK rotation of the tenants whose tier asks for it (`rotate_kek_every_days`).
 pub const ROTATE_KEKS: &str = "rotate_keks";
 
@@ -147,6 +153,7 @@ impl Service {
             ROTATE_KEKS => self.rotate_due_keks().await,
             FLUSH_USAGE => off_runtime(|| self.flush_usage()),
             CENSUS => self.take_census().await,
+            SNAPSHOTS => self.run_scheduled_snapshots().await,
             other => (
                 "error",
                 serde_json::json!({ "error": format!("no job is named {other}") }),

@@ -43,6 +43,8 @@ mod placement;
 mod replicas;
 pub use replicas::{CopyState, ReplicaRow};
 mod schema;
+mod snapshots;
+pub use snapshots::SnapshotRow;
 pub(crate) mod tenant;
 
 use std::fmt;

@@ -240,5 +240,27 @@ ALTER TABLE tenants ADD COLUMN storage TEXT NOT NULL DEFAULT 'hot'
     CHECK (storage IN ('hot', 'cooling', 'cold', 'warming'));
 ";
 
+/// Migration 12: snapshots in the snapshot store (`store::snapshots`), and the KEK versions a
+/// rotation kept only because a snapshot needs them.
+const V12: &str = "
+CREATE TABLE snapshots (
+    id TEXT NOT NULL PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants (id),
+    created_ms INTEGER NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('admin', 'schedule')),
+    files INTEGER NOT NULL CHECK (files >= 0),
+    bytes INTEGER NOT NULL CHECK (bytes >= 0),
+    archive_bytes INTEGER NOT NULL CHECK (archive_bytes >= 0),
+    -- JSON array of the tenant's KEK versions when it was taken.
+    kek_versions TEXT NOT NULL
+) STRICT;
+CREATE INDEX snapshots_of_tenant ON snapshots (tenant, created_ms);
+CREATE TABLE kek_retired (
+    tenant TEXT NOT NULL REFERENCES tenants (id),
+    version INTEGER NOT NULL CHECK (version > 0),
+    PRIMARY KEY (tenant, version)
+) STRICT, WITHOUT ROWID;
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12];

@@ -82,8 +82,9 @@ struct Staged {
     hasher: Sha256,
 }
 
-/// Checks an export path: `<collection>/<file>`, the file `MANIFEST`, `seg-<n>` or `wal-<n>`.
-fn check_path(path: &str) -> Result<(CollectionName, &str)> {
+/// Checks an export path: `<collection>/<file>`, the file `MANIFEST`, `seg-<n>` or `wal-<n>`
+/// (snapshot archives on the coordinator hold the same names).
+pub fn check_path(path: &str) -> Result<(CollectionName, &str)> {
     let refuse = |why: &str| Err(Error::invalid(format!("file name {path:?} refused: {why}")));
     let Some((collection, file)) = path.split_once('/') else {
         return refuse("not <collection>/<file>");

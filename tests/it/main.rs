@@ -22,6 +22,7 @@ mod routes;
 mod schema;
 mod search;
 mod secrets;
+mod snapshots;
 mod tenancy;
 mod tls;
 mod validation;

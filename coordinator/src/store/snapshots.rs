@@ -30,9 +30,7 @@ pub struct SnapshotRow {
 
 const COLUMNS: &str = "id, tenant, created_ms, origin, files, bytes, archive_bytes, kek_versions";
 
-fn decode(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(String, String, i64, String, i64, i64, i64, String)> {
+fn decode(row: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
     Ok((
         row.get(0)?,
         row.get(1)?,

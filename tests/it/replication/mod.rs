@@ -41,7 +41,7 @@ fn replaced_quickly(config: &mut coordinator::config::Config) {
 }
 
 /// The tenant's primary worker and its replicas (worker, state).
-async fn copies(cluster: &Cluster, tenant: &str) -> (String, Vec<(String, String)>) {
+pub(crate) async fn copies(cluster: &Cluster, tenant: &str) -> (String, Vec<(String, String)>) {
     let (status, body) = cluster.admin("GET", "/admin/v1/placements", None).await;
     assert_eq!(status, 200, "{body}");
     let p = body["placements"]

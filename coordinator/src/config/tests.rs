@@ -290,9 +290,23 @@ fn kek_rotation_days_and_job_intervals_are_bounded() {
             ("verify_audit", 3600),
             ("rotate_keks", 3600),
             ("flush_usage", 60),
-            ("census", 86_400)
+            ("census", 86_400),
+            ("snapshots", 3600)
         ]
     );
+    assert_eq!(config.tiers["free"].snapshot_every_hours, 0);
+    assert_eq!(config.tiers["free"].snapshot_keep, 7);
+    assert!(config.snapshots.dir.ends_with("snapshots"));
+    assert_eq!(config.snapshots.limits.max_files, 100_000);
+    let config = with(
+        "snapshot_every_hours = 24\nsnapshot_keep = 3",
+        "[snapshots]\ndir = \"/srv/snaps\"\nmax_files = 10\nmax_bytes = 2097152\n",
+    )
+    .unwrap();
+    assert_eq!(config.tiers["free"].snapshot_every_hours, 24);
+    assert_eq!(config.tiers["free"].snapshot_keep, 3);
+    assert_eq!(config.snapshots.dir, std::path::Path::new("/srv/snaps"));
+    assert_eq!(config.snapshots.limits.max_bytes, 2 << 20);
     let config = with(
         "rotate_kek_every_days = 90",
         "[jobs]\nrotate_keks_every_s = 600\n",
@@ -318,6 +332,11 @@ fn kek_rotation_days_and_job_intervals_are_bounded() {
             "erase_timeout_secs",
         ),
         ("", "[privacy]\nfield = \"x\"\n", "unknown field"),
+        ("snapshot_every_hours = 8761", "", "snapshot_every_hours"),
+        ("snapshot_keep = 0", "", "snapshot_keep"),
+        ("", "[snapshots]\nmax_files = 0\n", "max_files"),
+        ("", "[snapshots]\nmax_bytes = 1\n", "max_bytes"),
+        ("", "[snapshots]\nevery = 1\n", "unknown field"),
     ] {
         let err = format!("{:#}", with(tier_line, jobs).err().expect(want));
         assert!(err.contains(want), "{tier_line} {jobs}: {err}");

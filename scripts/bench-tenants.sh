@@ -12,11 +12,12 @@
 # first queries after a server restart) on the same data, printed side by side. With --json FILE:
 #   {"tenants", "idle_rss_mb", "idle_bytes_per_tenant", "open_files", "cold_small_p50_ms",
 #    "cold_small_p99_ms", "cold_large_p50_ms", "restart_ready_s", "pause_s", "resume_s",
-#    "snapshot_s", "restore_s", ..., "pgvector": {...}}   (snapshot_s, restore_s: null, not built)
+#    "snapshot_s", "restore_s", ..., "pgvector": {...}}   (pgvector's snapshot and restore: pg_dump
+#    -Fc of the large tenant's table, and pg_restore of it into the dropped table)
 set -euo pipefail
 
 if [[ $# -lt 1 || $1 == -* ]]; then
-    sed -n '2,16p' "$0" >&2
+    sed -n '2,17p' "$0" >&2
     exit 2
 fi
 dataset=$(realpath "$1")
@@ -86,7 +87,9 @@ print(f"| restart until a tenant answers | {ours['restart_ready_s']:.2f} s | "
 print(f"| pause / resume of the large tenant (cold storage) | {ours['pause_s']:.2f} / "
       f"{ours['resume_s']:.2f} s | n/a |")
 print(f"| creating and filling every tenant | {ours['fill_s']:.0f} s | {f(pg.get('fill_s'), '.0f')} s |")
-print("| snapshot / restore | not built | n/a |")
+print(f"| snapshot / restore of the large tenant | {f(ours.get('snapshot_s'), '.2f')} / "
+      f"{f(ours.get('restore_s'), '.2f')} s | {f(pg.get('snapshot_s'), '.2f')} / "
+      f"{f(pg.get('restore_s'), '.2f')} s (pg_dump / pg_restore) |")
 if out_path:
     json.dump(ours, open(out_path, "w"), indent=2)
 PY

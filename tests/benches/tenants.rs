@@ -21,7 +21,10 @@
 //!   its pause (files to cold storage) and resume (back).
 //! - `restart_ready_s`: the worker stopped (SIGTERM) and started again, from the start until a
 //!   search of a random tenant answered.
-//! - `snapshot_s`, `restore_s`: `null` (snapshots are not built yet).
+//! - `snapshot_s`, `restore_s`: a snapshot of the large tenant (`POST .../snapshots`: its files
+//!   copied from the worker into a signed archive in the coordinator's snapshot store), and its
+//!   restore (the archive checked whole, then staged on the worker and switched to), each until
+//!   the admin call answered; after the restore a search must answer.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -430,6 +433,30 @@ async fn run(args: Args) -> Result<()> {
         bail!("resuming: {status} {body}");
     }
     report.resume_s = started.elapsed().as_secs_f64();
+    search(&channel, &large, data.query(0).to_vec()).await?;
+
+    eprintln!("snapshot and restore of the large tenant");
+    let started = Instant::now();
+    let (status, body) = cluster
+        .admin("POST", "/admin/v1/tenants/large/snapshots", None)
+        .await;
+    if status != 200 {
+        bail!("taking a snapshot: {status} {body}");
+    }
+    report.snapshot_s = Some(started.elapsed().as_secs_f64());
+    let id = body["id"].as_str().context("a snapshot id")?.to_owned();
+    let started = Instant::now();
+    let (status, body) = cluster
+        .admin(
+            "POST",
+            &format!("/admin/v1/tenants/large/snapshots/{id}/restore"),
+            None,
+        )
+        .await;
+    if status != 200 {
+        bail!("restoring: {status} {body}");
+    }
+    report.restore_s = Some(started.elapsed().as_secs_f64());
     search(&channel, &large, data.query(0).to_vec()).await?;
 
     eprintln!("restarting the worker");

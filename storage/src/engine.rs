@@ -17,7 +17,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::collection::{Collection, CollectionConfig, CollectionInfo, Context, Limits};
-use crate::crypto::KeyService;
+use crate::crypto::{KeyService, Prefetching, WillOpen};
 use crate::disk::{Disk, StdDisk};
 use crate::ids::{CollectionName, TenantId};
 use crate::manifest::MANIFEST_NAME;
@@ -56,6 +56,8 @@ pub struct Engine {
     tenants: RwLock<HashMap<TenantId, Arc<TenantSlot>>>,
     /// Imports of tenants' files in progress (`transfer`).
     imports: transfer::Imports,
+    /// The key service collections use (`ctx.keys`), which serves the DEKs a load prefetched.
+    prefetch: Arc<Prefetching>,
 }
 
 /// A tenant's collections once loaded.
@@ -93,10 +95,12 @@ impl Engine {
             .start_handler(|_| crate::sys::process::idle_background_thread())
             .build()
             .map_err(|err| Error::invalid(format!("cannot start index threads: {err}")))?;
+        let prefetch = Arc::new(Prefetching::new(keys));
         Ok(Engine {
             root,
+            prefetch: prefetch.clone(),
             ctx: Context {
-                keys,
+                keys: prefetch,
                 disk,
                 limits,
                 pool: Arc::new(pool),
@@ -104,6 +108,11 @@ impl Engine {
             tenants: RwLock::new(HashMap::new()),
             imports: transfer::Imports::default(),
         })
+    }
+
+    /// DEKs prefetched for a load and not yet taken (none outside a load).
+    pub fn prefetched_deks(&self) -> usize {
+        self.prefetch.held()
     }
 
     /// The limits in force.
@@ -142,12 +151,21 @@ impl Engine {
     }
 
     /// Opens every collection of `tenant` found on disk, finishing interrupted drops and creations.
+    /// The DEKs of all its files are asked for in one call first ([`Prefetching`]), and any the
+    /// opens did not take are dropped before it answers.
     fn load_collections(&self, tenant: &TenantId) -> Result<Collections> {
         let dir = self.tenant_dir(tenant);
+        self.prefetch.prefetch(tenant, &files_to_open(&dir, tenant));
+        let loaded = self.open_collections(tenant, &dir);
+        self.prefetch.forget(tenant);
+        loaded
+    }
+
+    fn open_collections(&self, tenant: &TenantId, dir: &Path) -> Result<Collections> {
         let mut collections = Collections::new();
         if dir.exists() {
-            for entry in std::fs::read_dir(&dir).map_err(Error::io(&dir))? {
-                let entry = entry.map_err(Error::io(&dir))?;
+            for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+                let entry = entry.map_err(Error::io(dir))?;
                 let raw = entry.file_name().to_string_lossy().into_owned();
                 if raw.starts_with(DROPPED_PREFIX) {
                     // A drop that crashed after its durable rename: finish it.
@@ -453,6 +471,54 @@ fn remove_tree(dir: &Path) -> Result<()> {
         crate::disk::sync_dir(parent)?;
     }
     Ok(())
+}
+
+/// Bytes read from the start of a file for its header (a header with the most sections fits).
+const HEADER_PREFIX_BYTES: u64 = 4096;
+
+/// The manifest, segments and WALs of every collection of `tenant` under `dir`, with the wrapped
+/// DEKs their headers carry: what its load will ask the key service for. A file whose header does
+/// not read, or names another tenant or collection, is left out (its open reports it).
+fn files_to_open(dir: &Path, tenant: &TenantId) -> Vec<WillOpen> {
+    use std::io::Read;
+    let mut files = Vec::new();
+    let Ok(collections) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for collection in collections.flatten() {
+        let name = collection.file_name().to_string_lossy().into_owned();
+        if CollectionName::parse(&name).is_err() {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(collection.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if transfer::check_path(&format!("{name}/{file}")).is_err() {
+                continue;
+            }
+            let path = entry.path();
+            let mut prefix = Vec::new();
+            let read = std::fs::File::open(&path)
+                .and_then(|f| f.take(HEADER_PREFIX_BYTES).read_to_end(&mut prefix));
+            if read.is_err() {
+                continue;
+            }
+            let Ok(header) = crate::sealed::Header::decode(&prefix, &path) else {
+                continue;
+            };
+            if header.tenant != tenant.as_str() || header.collection != name {
+                continue;
+            }
+            files.push(WillOpen {
+                collection: name.clone(),
+                file_id: header.file_id,
+                wrapped: header.wrapped_dek,
+            });
+        }
+    }
+    files
 }
 
 #[cfg(test)]

@@ -131,6 +131,56 @@ async fn the_key_service_answers_only_for_tenants_assigned_to_the_asker() {
         }
         other => panic!("a replay was answered: {other:?}"),
     }
+    // So is a batch of its keys, and a batch that smuggles one of its keys under another
+    // tenant's name, and an empty or oversized batch.
+    let key_of = |tenant: &str| cluster::DecryptDataKeyRequest {
+        tenant: tenant.into(),
+        collection: "c".into(),
+        file_id: 1,
+        kek_version: 1,
+        wrapped_data_key: vec![0; 60],
+    };
+    let batch = |tenant: &str, keys: Vec<cluster::DecryptDataKeyRequest>| {
+        cluster::envelope::Body::DecryptDataKeys(cluster::DecryptDataKeysRequest {
+            tenant: tenant.into(),
+            keys,
+        })
+    };
+    for (id, ask, code) in [
+        (
+            2,
+            batch("victim", vec![key_of("victim"), key_of("victim")]),
+            cluster::ErrorCode::NotAssigned,
+        ),
+        (
+            3,
+            batch("nobody", vec![key_of("nobody"), key_of("victim")]),
+            cluster::ErrorCode::InvalidArgument,
+        ),
+        (
+            4,
+            batch("victim", Vec::new()),
+            cluster::ErrorCode::InvalidArgument,
+        ),
+        (
+            5,
+            batch("victim", (0..1025).map(|_| key_of("victim")).collect()),
+            cluster::ErrorCode::InvalidArgument,
+        ),
+    ] {
+        ws.send(frame(id, ask)).await.unwrap();
+        let answer = loop {
+            let message = ws.next().await.unwrap().unwrap();
+            let env = cluster::Envelope::decode(message.into_data().as_ref()).unwrap();
+            if env.request_id == id {
+                break env;
+            }
+        };
+        match answer.body {
+            Some(cluster::envelope::Body::Error(e)) => assert_eq!(e.code, code as i32, "{e:?}"),
+            other => panic!("batch {id} was answered: {other:?}"),
+        }
+    }
     drop(ws);
 
     let (_, export) = cluster.admin("GET", "/admin/v1/audit/victim", None).await;
@@ -140,7 +190,8 @@ async fn the_key_service_answers_only_for_tenants_assigned_to_the_asker() {
         .iter()
         .filter(|r| r["action"] == "cluster.refused" && r["actor"] == "worker:worker-1")
         .count();
-    assert_eq!(refused, 1, "{export}");
+    // The single key and the batch of the victim's keys.
+    assert_eq!(refused, 2, "{export}");
     let (_, platform) = cluster.admin("GET", "/admin/v1/audit/platform", None).await;
     assert!(
         platform.to_string().contains("worker.connect"),

@@ -110,8 +110,23 @@ async fn an_idle_tenant_is_unloaded_and_wakes_on_its_next_request() {
     );
     assert!(!held_under(&tenants.join("busy-b")).is_empty());
 
-    // Its next request loads it again, with every point.
+    // Its next request loads it again, with every point, asking the key service for every
+    // file's DEK in one call (each answer audited, with the size of its batch).
+    let (_, before) = cluster.admin("GET", "/admin/v1/audit/idle-a", None).await;
+    let seen = before["rows"].as_array().unwrap().len();
     assert_eq!(count(&cluster, &keys[0]).await, 50);
     assert_eq!(loaded_after_accounting(&cluster).await, 3);
+    let (_, after) = cluster.admin("GET", "/admin/v1/audit/idle-a", None).await;
+    let unwrapped: Vec<&serde_json::Value> = after["rows"].as_array().unwrap()[seen..]
+        .iter()
+        .filter(|r| r["action"] == "kms.decrypt_data_key")
+        .collect();
+    assert!(unwrapped.len() >= 2, "{unwrapped:?}");
+    assert!(
+        unwrapped
+            .iter()
+            .all(|r| r["details"]["batch"] == unwrapped.len()),
+        "{unwrapped:?}"
+    );
     cluster.shutdown().await;
 }

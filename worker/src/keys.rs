@@ -141,6 +141,10 @@ fn refused(body: Body) -> storage::Error {
             resp.data_key.zeroize();
             storage::Error::Key("the key service sent an unexpected answer".into())
         }
+        mut body @ Body::DecryptDataKeysResponse(_) => {
+            wipe_dek(&mut body);
+            storage::Error::Key("the key service sent an unexpected answer".into())
+        }
         _ => storage::Error::Key("the key service sent an unexpected answer".into()),
     }
 }
@@ -150,9 +154,17 @@ fn wipe_dek(body: &mut Body) {
     match body {
         Body::GenerateDataKeyResponse(r) => r.data_key.as_mut_slice().zeroize(),
         Body::DecryptDataKeyResponse(r) => r.data_key.as_mut_slice().zeroize(),
+        Body::DecryptDataKeysResponse(r) => {
+            for dek in &mut r.data_keys {
+                dek.as_mut_slice().zeroize();
+            }
+        }
         _ => {}
     }
 }
+
+/// Most keys one `DecryptDataKeys` call asks for (the coordinator's bound).
+const MAX_KEYS_PER_CALL: usize = 1024;
 
 /// A DEK from the wire; the buffer is zeroized whatever happens.
 fn data_key(mut bytes: Vec<u8>) -> storage::Result<DataKey> {
@@ -204,6 +216,45 @@ impl KeyService for RemoteKeyService {
             Body::DecryptDataKeyResponse(resp) => data_key(resp.data_key),
             other => Err(refused(other)),
         }
+    }
+
+    fn decrypt_data_keys(
+        &self,
+        tenant: &TenantId,
+        files: &[(DekContext<'_>, WrappedDek)],
+    ) -> storage::Result<Vec<DataKey>> {
+        let mut deks = Vec::with_capacity(files.len());
+        for chunk in files.chunks(MAX_KEYS_PER_CALL) {
+            let keys = chunk
+                .iter()
+                .map(|(ctx, wrapped)| cluster::DecryptDataKeyRequest {
+                    tenant: tenant.as_str().to_owned(),
+                    collection: ctx.collection.to_owned(),
+                    file_id: ctx.file_id,
+                    kek_version: wrapped.kek_version,
+                    wrapped_data_key: wrapped.bytes.to_vec(),
+                })
+                .collect();
+            let body = Body::DecryptDataKeys(cluster::DecryptDataKeysRequest {
+                tenant: tenant.as_str().to_owned(),
+                keys,
+            });
+            match self.link.call(body, self.timeout)? {
+                Body::DecryptDataKeysResponse(mut resp) => {
+                    if resp.data_keys.len() != chunk.len() {
+                        wipe_dek(&mut Body::DecryptDataKeysResponse(resp));
+                        return Err(storage::Error::Key(
+                            "the key service answered a different number of keys".into(),
+                        ));
+                    }
+                    for bytes in resp.data_keys.drain(..) {
+                        deks.push(data_key(bytes)?);
+                    }
+                }
+                other => return Err(refused(other)),
+            }
+        }
+        Ok(deks)
     }
 
     fn rewrap_data_key(

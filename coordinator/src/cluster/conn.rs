@@ -534,6 +534,7 @@ impl Hub {
                 | Body::Error(_)
                 | Body::GenerateDataKeyResponse(_)
                 | Body::DecryptDataKeyResponse(_)
+                | Body::DecryptDataKeysResponse(_)
                 | Body::RewrapDataKeyResponse(_)
                 | Body::KekVersionResponse(_)
                 | Body::TransferTenantResponse(_) => {
@@ -543,6 +544,7 @@ impl Hub {
                 }
                 Body::GenerateDataKey(_)
                 | Body::DecryptDataKey(_)
+                | Body::DecryptDataKeys(_)
                 | Body::RewrapDataKey(_)
                 | Body::KekVersion(_) => {
                     let request_id = env.request_id;

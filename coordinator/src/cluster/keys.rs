@@ -15,6 +15,9 @@ use super::{Hub, WorkerConn, now_ms};
 
 /// How long a key request waits for its worker to be assigned the tenant's current epoch (see
 /// [`Hub::placed_here`]).
+/// Most keys one `DecryptDataKeys` call may ask for.
+const MAX_KEYS_PER_CALL: usize = 1024;
+
 const ASSIGNMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::audit::Draft;
 
@@ -98,23 +101,47 @@ impl Hub {
     }
 
     pub(super) async fn key_service(self: &Arc<Self>, conn: &Arc<WorkerConn>, body: Body) -> Body {
-        let (tenant, action, resource) = match &body {
+        let file = |collection: &str, file_id: u64| vec![format!("{collection}/{file_id}")];
+        let batch = matches!(body, Body::DecryptDataKeys(_));
+        let (tenant, action, resources) = match &body {
             Body::GenerateDataKey(r) => (
                 r.tenant.clone(),
                 "kms.generate_data_key",
-                format!("{}/{}", r.collection, r.file_id),
+                file(&r.collection, r.file_id),
             ),
             Body::DecryptDataKey(r) => (
                 r.tenant.clone(),
                 "kms.decrypt_data_key",
-                format!("{}/{}", r.collection, r.file_id),
+                file(&r.collection, r.file_id),
             ),
+            Body::DecryptDataKeys(r) => {
+                if r.keys.is_empty() || r.keys.len() > MAX_KEYS_PER_CALL {
+                    return error(
+                        cluster::ErrorCode::InvalidArgument,
+                        format!("a call asks for 1 to {MAX_KEYS_PER_CALL} keys"),
+                    );
+                }
+                if r.keys.iter().any(|k| k.tenant != r.tenant) {
+                    return error(
+                        cluster::ErrorCode::InvalidArgument,
+                        "every key of a call is of the call's tenant",
+                    );
+                }
+                (
+                    r.tenant.clone(),
+                    "kms.decrypt_data_key",
+                    r.keys
+                        .iter()
+                        .map(|k| format!("{}/{}", k.collection, k.file_id))
+                        .collect(),
+                )
+            }
             Body::RewrapDataKey(r) => (
                 r.tenant.clone(),
                 "kms.rewrap_data_key",
-                format!("{}/{}", r.collection, r.file_id),
+                file(&r.collection, r.file_id),
             ),
-            Body::KekVersion(r) => (r.tenant.clone(), "kms.kek_version", String::new()),
+            Body::KekVersion(r) => (r.tenant.clone(), "kms.kek_version", Vec::new()),
             _ => {
                 return error(
                     cluster::ErrorCode::InvalidArgument,
@@ -162,15 +189,26 @@ impl Hub {
             ),
         };
         if action != "kms.kek_version" {
-            let draft = Draft {
-                time_ms: now_ms(),
-                actor: format!("worker:{}", conn.id),
-                action: action.into(),
-                resource,
-                outcome: outcome.into(),
-                details: serde_json::json!({}),
+            // One row per key answered (or refused), all in one transaction; a batch's rows say
+            // how many keys it asked for.
+            let time_ms = now_ms();
+            let details = if batch {
+                serde_json::json!({ "batch": resources.len() })
+            } else {
+                serde_json::json!({})
             };
-            if let Err(err) = self.store.audit(&tenant, draft) {
+            let drafts = resources
+                .into_iter()
+                .map(|resource| Draft {
+                    time_ms,
+                    actor: format!("worker:{}", conn.id),
+                    action: action.into(),
+                    resource,
+                    outcome: outcome.into(),
+                    details: details.clone(),
+                })
+                .collect();
+            if let Err(err) = self.store.audit_many(&tenant, drafts) {
                 // An answer that cannot be recorded is not given.
                 tracing::error!(error = %err, "audit write failed; withholding the key");
                 let mut withheld = reply;
@@ -210,6 +248,27 @@ fn answer(
             Body::DecryptDataKeyResponse(cluster::DecryptDataKeyResponse {
                 data_key: std::mem::take(&mut *dek.to_wire()),
             })
+        }
+        Body::DecryptDataKeys(r) => {
+            let mut data_keys = Vec::with_capacity(r.keys.len());
+            for k in &r.keys {
+                let ctx = DekContext {
+                    collection: &k.collection,
+                    file_id: k.file_id,
+                };
+                let wrapped = WrappedDek::from_wire(k.kek_version, &k.wrapped_data_key)?;
+                match keys.decrypt_data_key(tenant, ctx, &wrapped) {
+                    Ok(dek) => data_keys.push(std::mem::take(&mut *dek.to_wire())),
+                    Err(err) => {
+                        // None is given: the ones unwrapped so far are wiped.
+                        for dek in &mut data_keys {
+                            zeroize::Zeroize::zeroize(dek);
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+            Body::DecryptDataKeysResponse(cluster::DecryptDataKeysResponse { data_keys })
         }
         Body::RewrapDataKey(r) => {
             let ctx = DekContext {
@@ -264,6 +323,11 @@ fn wipe_dek(body: &mut Body) {
     match body {
         Body::GenerateDataKeyResponse(r) => r.data_key.as_mut_slice().zeroize(),
         Body::DecryptDataKeyResponse(r) => r.data_key.as_mut_slice().zeroize(),
+        Body::DecryptDataKeysResponse(r) => {
+            for dek in &mut r.data_keys {
+                dek.as_mut_slice().zeroize();
+            }
+        }
         _ => {}
     }
 }

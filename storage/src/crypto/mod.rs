@@ -19,12 +19,14 @@
 
 pub mod aad;
 mod key;
+mod prefetch;
 mod provider;
 mod seal;
 mod service;
 
 pub(crate) use key::fill_random;
 pub use key::{DataKey, KEY_BYTES, Kek, WRAPPED_KEY_BYTES, WrappedDek};
+pub use prefetch::{Prefetching, WillOpen};
 pub use provider::{KeyProvider, LocalKeyFile};
 pub use seal::{FileOpener, FileSealer, NONCE_BUDGET, TAG_BYTES};
 pub use service::{DekContext, KeyService, LocalKeyService};

@@ -41,6 +41,18 @@ pub trait KeyService: Send + Sync {
         ctx: DekContext<'_>,
         wrapped: &WrappedDek,
     ) -> Result<DataKey>;
+    /// Unwraps the DEKs of many files of one tenant, in order (a tenant's load asks for every
+    /// file's at once: `Prefetching`). The default asks for one at a time.
+    fn decrypt_data_keys(
+        &self,
+        tenant: &TenantId,
+        files: &[(DekContext<'_>, WrappedDek)],
+    ) -> Result<Vec<DataKey>> {
+        files
+            .iter()
+            .map(|(ctx, wrapped)| self.decrypt_data_key(tenant, *ctx, wrapped))
+            .collect()
+    }
     /// Re-wraps a DEK under the tenant's current KEK (KEK rotation); no data is re-encrypted.
     fn rewrap_data_key(
         &self,

@@ -12,6 +12,7 @@ mod hygiene;
 mod isolation;
 mod lifecycle;
 mod outage;
+mod prefetch;
 mod wal;
 
 use std::path::Path;

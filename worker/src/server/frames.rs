@@ -165,12 +165,15 @@ impl Worker {
             | Body::TenantResponse(_)
             | Body::GenerateDataKeyResponse(_)
             | Body::DecryptDataKeyResponse(_)
+            | Body::DecryptDataKeysResponse(_)
             | Body::RewrapDataKeyResponse(_)
             | Body::KekVersionResponse(_)
             | Body::TransferTenantResponse(_) => {
                 let carries_key = matches!(
                     body,
-                    Body::GenerateDataKeyResponse(_) | Body::DecryptDataKeyResponse(_)
+                    Body::GenerateDataKeyResponse(_)
+                        | Body::DecryptDataKeyResponse(_)
+                        | Body::DecryptDataKeysResponse(_)
                 );
                 if let Some(unclaimed) = self.link.deliver(request_id, body) {
                     match unclaimed {
@@ -195,6 +198,7 @@ impl Worker {
             }
             Body::GenerateDataKey(_)
             | Body::DecryptDataKey(_)
+            | Body::DecryptDataKeys(_)
             | Body::RewrapDataKey(_)
             | Body::KekVersion(_) => {
                 let err = Error::InvalidArgument(

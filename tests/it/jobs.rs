@@ -302,6 +302,18 @@ async fn the_daily_census_records_each_tenants_figures_and_traffic() {
     let acme_bytes = info["stored_bytes"].as_u64().expect("stored_bytes");
     assert!(acme_bytes >= 30 * 16, "{info}");
 
+    // beta is paused: its files move to cold storage, and the census counts their bytes there.
+    let (status, body) = cluster
+        .admin("POST", "/admin/v1/tenants/beta/pause", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["storage"], "cold", "{body}");
+    let cold_bytes: u64 = walk_files(&cluster.worker_dir(0).join("cold/beta"))
+        .iter()
+        .map(|f| f.metadata().unwrap().len())
+        .sum();
+    assert!(cold_bytes > 0);
+
     // The census runs a day after the start and records the day that ended.
     CENSUS_CLOCK.advance(24 * HOUR);
     cluster.service().wait_for_job_runs(CENSUS, 1).await;
@@ -338,7 +350,9 @@ async fn the_daily_census_records_each_tenants_figures_and_traffic() {
         (Some(2), Some(0)),
         "{b}"
     );
-    assert_eq!(b["points"], 5, "{b}");
+    assert_eq!(b["state"], "paused", "{b}");
+    assert!(b["points"].is_null(), "{b}");
+    assert_eq!(b["bytes_cold"], cold_bytes, "{b}");
     let i = row("idle");
     assert_eq!(i["state"], "unplaced", "{i}");
     assert_eq!(
@@ -415,6 +429,10 @@ async fn the_daily_census_records_each_tenants_figures_and_traffic() {
     }
 
     // Counts survive a coordinator restart (flushed when it stops) and land on their day.
+    let (status, body) = cluster
+        .admin("POST", "/admin/v1/tenants/beta/resume", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
     let (status, _) = cluster
         .http(
             "POST",
@@ -481,4 +499,18 @@ async fn the_daily_census_records_each_tenants_figures_and_traffic() {
     let (_, export) = cluster.admin("GET", "/admin/v1/audit/acme", None).await;
     assert_eq!(export["chain_verified"], false, "{export}");
     cluster.shutdown().await;
+}
+
+/// Every file under `dir`, any depth.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -122,6 +122,50 @@ async fn a_tenants_export_holds_every_point_of_its_own_and_nothing_else() {
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_cut_short_by_its_worker_ends_without_its_end_line() {
+    let mut cluster = Cluster::start(1).await;
+    let key = cluster.tenant("acme", Some("pro")).await;
+    cluster.create_collection(&key, "big", 2048).await;
+    // About 28 MB of JSON lines: far more than the sockets and buffers between the coordinator
+    // and this client hold, so the export is still reading pages from the worker when it stops.
+    let points: Vec<Value> = (0..2000u64)
+        .map(|id| json!({"id": id, "vector": vec![id as f32 + 0.5; 2048]}))
+        .collect();
+    put(&cluster, &key, "big", points).await;
+    let mut response = reqwest::Client::new()
+        .get(cluster.url("/admin/v1/tenants/acme/export"))
+        .bearer_auth(tests::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().expect("a first piece");
+    assert!(!first.is_empty());
+    cluster.stop_worker(0).await;
+    let mut text = first.to_vec();
+    let mut cut = false;
+    loop {
+        match response.chunk().await {
+            Ok(Some(piece)) => text.extend_from_slice(&piece),
+            Ok(None) => break,
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        !text.contains("\"end\""),
+        "a cut export carries an end line"
+    );
+    assert!(cut, "the stream ended as if whole");
+    let whole_lines = text.lines().filter(|l| l.ends_with('}')).count();
+    assert!(whole_lines < 2000, "{whole_lines} points before the cut");
+    cluster.shutdown().await;
+}
+
 /// Two copies of every `pro` tenant; the entity is named by a nested payload field.
 fn two_copies_nested_entity(config: &mut coordinator::config::Config) {
     config.tiers.get_mut("pro").expect("pro tier").replicas = 2;

@@ -55,13 +55,17 @@ pub(crate) fn name(op: &Op) -> &'static str {
         Op::AppliedToken(_) => "applied_token",
         Op::EraseEntity(_) => "erase_entity",
         Op::MoveStorage(_) => "move_storage",
+        Op::FileBytes(_) => "file_bytes",
     }
 }
 
 /// Runs `op` under the tenant's gate, logging failures that are not the caller's fault.
 pub(crate) fn run(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
     let is_create = matches!(op, Op::CreateCollection(_));
-    let res = if matches!(op, Op::EraseTenant(_) | Op::MoveStorage(_)) {
+    let res = if matches!(
+        op,
+        Op::EraseTenant(_) | Op::MoveStorage(_) | Op::FileBytes(_)
+    ) {
         let _exclusive = ctx.slot.gate.write();
         check_deadline(ctx)?;
         exclusive(ctx, op)
@@ -110,7 +114,8 @@ pub(crate) fn run(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
     res
 }
 
-/// An operation that runs with the tenant's gate held exclusively: erasure and cold storage moves.
+/// An operation that runs with the tenant's gate held exclusively, without loading the tenant:
+/// erasure, cold storage moves, and the size of its files.
 fn exclusive(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
     match op {
         Op::EraseTenant(_) => {
@@ -135,6 +140,13 @@ fn exclusive(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
                 "tenant files moved"
             );
             Ok(Answer::MovedBytes(bytes))
+        }
+        Op::FileBytes(_) => {
+            let (hot, cold) = ctx.engine.file_bytes(ctx.tenant, ctx.cold_dir)?;
+            Ok(Answer::StoredFileBytes(cluster::StoredFileBytes {
+                hot,
+                cold,
+            }))
         }
         _ => Err(Error::Internal("not an exclusive operation".into())),
     }
@@ -341,7 +353,7 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
                 files_deleted: purged.files_deleted,
             }))
         }
-        Op::EraseTenant(_) | Op::MoveStorage(_) => Err(Error::Internal(
+        Op::EraseTenant(_) | Op::MoveStorage(_) | Op::FileBytes(_) => Err(Error::Internal(
             "erasure and moves run under the exclusive gate".into(),
         )),
         // Admitted only while no other request of the tenant runs (`Worker::admit`).

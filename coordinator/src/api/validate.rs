@@ -36,6 +36,7 @@ pub fn scope_of(op: &Op) -> (Scope, Option<&str>) {
         | Op::EraseTenant(_)
         | Op::EraseEntity(_)
         | Op::MoveStorage(_)
+        | Op::FileBytes(_)
         | Op::AppliedToken(_) => (Scope::Manage, None),
     }
 }
@@ -288,6 +289,7 @@ pub fn check(op: &Op, limits: &Limits, tier: &Tier) -> Result<(), ApiError> {
         | Op::EraseTenant(_)
         | Op::EraseEntity(_)
         | Op::MoveStorage(_)
+        | Op::FileBytes(_)
         | Op::AppliedToken(_) => Err(ApiError::new(Code::PermissionDenied, "internal operation")),
     }
 }

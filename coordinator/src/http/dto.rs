@@ -357,8 +357,10 @@ pub fn reply_json(reply: Reply) -> Result<Value, ApiError> {
         Reply::SearchBatch(r) => serde_json::json!({
             "results": r.results.into_iter().map(search_json).collect::<Result<Vec<_>, _>>()?
         }),
-        Reply::Done(_) | Reply::AppliedToken(_) | Reply::Purged(_) | Reply::MovedBytes(_) => {
-            serde_json::json!({})
-        }
+        Reply::Done(_)
+        | Reply::AppliedToken(_)
+        | Reply::Purged(_)
+        | Reply::MovedBytes(_)
+        | Reply::StoredFileBytes(_) => serde_json::json!({}),
     })
 }

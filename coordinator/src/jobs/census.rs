@@ -21,6 +21,7 @@ use proto::vaultvec::v1 as api;
 use crate::api::error::ApiError;
 use crate::api::{Op, Reply, Service, off_runtime};
 use crate::store::census::{CensusRow, day_number, day_of};
+use proto::vaultvec::cluster::v1 as cluster;
 
 /// The usage flush.
 pub const FLUSH_USAGE: &str = "flush_usage";
@@ -130,7 +131,12 @@ impl Service {
         let mut unknown = Vec::new();
         for tenant in &tenants {
             let (state, figures) = self.figures_of(tenant).await;
-            if figures.is_none() && state != "paused" {
+            let bytes_cold = if state == "paused" {
+                self.cold_bytes_of(&tenant.id).await
+            } else {
+                Some(0)
+            };
+            if (figures.is_none() && state != "paused") || bytes_cold.is_none() {
                 unknown.push(tenant.id.clone());
             }
             for day in &days {
@@ -148,7 +154,7 @@ impl Service {
                     collections: figures.map(|f| f.0),
                     points: figures.map(|f| f.1),
                     bytes_hot: figures.map(|f| f.2),
-                    bytes_cold: 0,
+                    bytes_cold,
                     requests,
                     searches,
                     taken_ms: now,
@@ -193,6 +199,41 @@ impl Service {
             storage::disk::write_atomic(&disk, &dir.join(format!("{day}.json")), &json)?;
         }
         Ok(heads.len())
+    }
+
+    /// The bytes of a paused tenant's files on its primary's cold storage (ciphertext as stored),
+    /// if its worker could be asked; asked without loading it (`FileBytes`).
+    async fn cold_bytes_of(&self, tenant: &str) -> Option<u64> {
+        let placement = match off_runtime(|| self.store.placement(tenant)) {
+            Ok(Some(p)) => p,
+            // Never placed: no files anywhere.
+            Ok(None) => return Some(0),
+            Err(_) => return None,
+        };
+        let op = Op::FileBytes(cluster::FileBytes {});
+        let answer = self
+            .send_to(
+                &placement.worker,
+                placement.epoch,
+                tenant,
+                None,
+                op,
+                false,
+                0,
+            )
+            .await;
+        self.hub
+            .release(
+                &placement.worker,
+                tenant,
+                placement.epoch,
+                self.request_timeout(),
+            )
+            .await;
+        match answer {
+            Ok(Ok(Reply::StoredFileBytes(bytes))) => Some(bytes.cold),
+            _ => None,
+        }
     }
 
     /// A tenant's state and (collections, points, stored bytes) as its worker reports them, if
@@ -307,7 +348,7 @@ impl CensusPage {
                 opt(r.collections),
                 opt(r.points),
                 opt(r.bytes_hot),
-                r.bytes_cold.to_string(),
+                opt(r.bytes_cold),
                 r.requests.to_string(),
                 r.searches.to_string(),
                 r.taken_ms.to_string(),

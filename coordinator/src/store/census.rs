@@ -25,8 +25,9 @@ pub struct CensusRow {
     pub points: Option<u64>,
     /// Bytes its live points occupy on the workers' data paths (vectors, ids, payloads).
     pub bytes_hot: Option<u64>,
-    /// Bytes on cold storage (none until paused tenants move there).
-    pub bytes_cold: u64,
+    /// Bytes of its files on cold storage (its primary copy's, ciphertext as stored; 0 unless
+    /// paused), if they could be asked.
+    pub bytes_cold: Option<u64>,
     /// Requests that day.
     pub requests: u64,
     /// Searches that day (a batch counts once).
@@ -162,7 +163,7 @@ impl Store {
                     opt("collections", r.collections)?,
                     opt("points", r.points)?,
                     opt("bytes", r.bytes_hot)?,
-                    to_sql_int("bytes", r.bytes_cold)?,
+                    opt("bytes", r.bytes_cold)?,
                     to_sql_int("requests", r.requests)?,
                     to_sql_int("searches", r.searches)?,
                     to_sql_int("time", r.taken_ms)?
@@ -202,13 +203,9 @@ impl Store {
                             row.get::<_, Option<i64>>(4)?,
                             row.get::<_, Option<i64>>(5)?,
                             row.get::<_, Option<i64>>(6)?,
+                            row.get::<_, Option<i64>>(7)?,
                         ],
-                        [
-                            row.get::<_, i64>(7)?,
-                            row.get(8)?,
-                            row.get(9)?,
-                            row.get(10)?,
-                        ],
+                        [row.get::<_, i64>(8)?, row.get(9)?, row.get(10)?],
                     ))
                 },
             )?;
@@ -223,10 +220,10 @@ impl Store {
                     collections: opt(known[0])?,
                     points: opt(known[1])?,
                     bytes_hot: opt(known[2])?,
-                    bytes_cold: from_sql_int("census", counts[0])?,
-                    requests: from_sql_int("census", counts[1])?,
-                    searches: from_sql_int("census", counts[2])?,
-                    taken_ms: from_sql_int("census", counts[3])?,
+                    bytes_cold: opt(known[3])?,
+                    requests: from_sql_int("census", counts[0])?,
+                    searches: from_sql_int("census", counts[1])?,
+                    taken_ms: from_sql_int("census", counts[2])?,
                 })
             })
             .collect()

@@ -59,6 +59,14 @@ impl Engine {
         self.move_tree(&cold, &staging, &hot)
     }
 
+    /// The bytes of `tenant`'s files in the data directory and under `<cold_root>/<tenant>`.
+    pub fn file_bytes(&self, tenant: &TenantId, cold_root: &Path) -> Result<(u64, u64)> {
+        Ok((
+            tree_bytes(&self.tenant_dir(tenant))?,
+            tree_bytes(&cold_root.join(tenant.as_str()))?,
+        ))
+    }
+
     /// Moves the tree `from` to `to` through `staging` (see the module documentation).
     fn move_tree(&self, from: &Path, staging: &Path, to: &Path) -> Result<u64> {
         let mut copied = 0;
@@ -169,4 +177,26 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     entries.sort();
     Ok(entries)
+}
+
+/// The bytes of the regular files of a tenant's tree (collections, then their files); 0 if it
+/// does not exist.
+fn tree_bytes(root: &Path) -> Result<u64> {
+    if !root.exists() {
+        return Ok(0);
+    }
+    let mut bytes = 0;
+    for collection in sorted_entries(root)? {
+        let kind = std::fs::symlink_metadata(&collection).map_err(Error::io(&collection))?;
+        if !kind.is_dir() {
+            continue;
+        }
+        for file in sorted_entries(&collection)? {
+            let meta = std::fs::symlink_metadata(&file).map_err(Error::io(&file))?;
+            if meta.is_file() {
+                bytes += meta.len();
+            }
+        }
+    }
+    Ok(bytes)
 }

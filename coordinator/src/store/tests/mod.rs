@@ -103,6 +103,41 @@ fn companion(path: &Path, suffix: &str) -> PathBuf {
 }
 
 #[test]
+fn census_rows_of_before_migration_13_are_kept_and_bytes_cold_may_be_unknown_after() {
+    let (_dir, path) = db_file();
+    {
+        let conn = raw(&path);
+        for (i, sql) in MIGRATIONS[..12].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", i as i64 + 1)
+                .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO census VALUES ('2027-01-15', 'acme', 'pro', 'active', 1, 30, 480, 0, 8, 4, 1)",
+            [],
+        )
+        .unwrap();
+    }
+    let store = open(&path);
+    let rows = store
+        .census(("2027-01-15", "2027-01-15"), None, None, 10)
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].points, rows[0].bytes_hot, rows[0].bytes_cold),
+        (Some(30), Some(480), Some(0))
+    );
+    let mut unknown = rows[0].clone();
+    unknown.day = "2027-01-16".into();
+    unknown.bytes_cold = None;
+    store.record_census(&[unknown]).unwrap();
+    let rows = store
+        .census(("2027-01-16", "2027-01-16"), None, None, 10)
+        .unwrap();
+    assert_eq!(rows[0].bytes_cold, None);
+}
+
+#[test]
 fn a_fresh_file_gets_every_migration() {
     let (_dir, path) = db_file();
     let store = open(&path);
@@ -135,11 +170,13 @@ fn a_fresh_file_gets_every_migration() {
             "census",
             "idempotency",
             "jobs",
+            "kek_retired",
             "kek_rotations",
             "leftover_copies",
             "moves",
             "placements",
             "replicas",
+            "snapshots",
             "tenants",
             "tenants_never_deleted",
             "usage_days",

@@ -102,7 +102,8 @@ pub struct Limits {
     pub index_threads: usize,
     /// When a collection is closed (tenant unloaded, engine closed), a growing segment with at
     /// least this many points, all in its graph, is sealed first, so the next open reads its graph
-    /// instead of rebuilding it from the WAL.
+    /// instead of rebuilding it from the WAL. Small, so that an idle tenant's next request does
+    /// not rebuild its graph either; below it the replay costs little.
     pub checkpoint_points: usize,
     /// Most bytes one answer of get, scroll, search or batch search may carry (ids, payloads as
     /// compact JSON, vectors as 4 bytes a component). Checked while the answer is built: a get
@@ -121,7 +122,7 @@ impl Default for Limits {
             segment_points: 200_000,
             wal_bytes: 64 << 20,
             index_threads: 2,
-            checkpoint_points: 10_000,
+            checkpoint_points: 256,
             max_answer_bytes: 16 << 20,
         }
     }

@@ -78,7 +78,9 @@ async fn a_paused_tenant_moves_to_cold_storage_on_every_copy_and_back() {
     cluster.create_collection(&acme, "a", 4).await;
     cluster.create_collection(&acme, "b", 4).await;
     cluster.create_collection(&beta, "a", 4).await;
-    put(&cluster, &acme, "a", 300).await;
+    // Fewer points than `checkpoint_points`: the release at the pause seals nothing, so the files
+    // moved are exactly those listed here.
+    put(&cluster, &acme, "a", 200).await;
     put(&cluster, &acme, "b", 30).await;
     put(&cluster, &beta, "a", 10).await;
     let hot: Vec<Vec<String>> = (0..2)
@@ -131,7 +133,7 @@ async fn a_paused_tenant_moves_to_cold_storage_on_every_copy_and_back() {
     }
     // Reads go to the copies in turn: every point on both.
     for _ in 0..4 {
-        assert_eq!(count(&cluster, &acme, "a").await.1["count"], 300);
+        assert_eq!(count(&cluster, &acme, "a").await.1["count"], 200);
         assert_eq!(count(&cluster, &acme, "b").await.1["count"], 30);
     }
     put(&cluster, &acme, "b", 40).await;

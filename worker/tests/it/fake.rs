@@ -197,6 +197,7 @@ fn is_key_call(body: &Option<Body>) -> bool {
         Some(
             Body::GenerateDataKey(_)
                 | Body::DecryptDataKey(_)
+                | Body::DecryptDataKeys(_)
                 | Body::RewrapDataKey(_)
                 | Body::KekVersion(_)
         )
@@ -507,6 +508,31 @@ fn serve_key(keys: &LocalKeyService, body: Body) -> Body {
                     data_key: dek.to_wire().to_vec(),
                 }),
                 Err(err) => fail(err),
+            }
+        }
+        Body::DecryptDataKeys(req) => {
+            let tenant = TenantId::parse(&req.tenant).unwrap();
+            let mut data_keys = Vec::new();
+            let mut failed = None;
+            for k in &req.keys {
+                let ctx = DekContext {
+                    collection: &k.collection,
+                    file_id: k.file_id,
+                };
+                let wrapped = WrappedDek::from_wire(k.kek_version, &k.wrapped_data_key).unwrap();
+                match keys.decrypt_data_key(&tenant, ctx, &wrapped) {
+                    Ok(dek) => data_keys.push(dek.to_wire().to_vec()),
+                    Err(err) => {
+                        failed = Some(err);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => {
+                    Body::DecryptDataKeysResponse(cluster::DecryptDataKeysResponse { data_keys })
+                }
+                Some(err) => fail(err),
             }
         }
         Body::RewrapDataKey(req) => {

@@ -23,13 +23,14 @@ async fn a_request_beyond_max_in_flight_is_answered_busy_at_once() {
     assert_eq!(conn.hello.max_in_flight, 1);
     unload(conn, 2).await;
 
-    // The first request parks: loading the tenant waits for a DEK the coordinator holds back.
+    // The first request parks: loading the tenant waits for the DEKs (asked for in one call) the
+    // coordinator holds back.
     conn.hold_keys = true;
     let parked = conn
         .request(tenant_request(TENANT, 2, count("docs", None)))
         .await;
     let held = conn.held_key_call().await;
-    assert!(matches!(held.body, Some(Body::DecryptDataKey(_))));
+    assert!(matches!(held.body, Some(Body::DecryptDataKeys(_))));
 
     let second = conn
         .call(tenant_request(TENANT, 2, count("docs", None)))

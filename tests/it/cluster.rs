@@ -226,7 +226,7 @@ async fn a_full_worker_answers_busy_at_once_instead_of_queueing() {
                 Some(cluster::envelope::Body::AssignTenant(_)) => {
                     ws.send(frame(
                         env.request_id,
-                        cluster::envelope::Body::Ack(cluster::Ack {}),
+                        cluster::envelope::Body::Ack(cluster::Ack::default()),
                     ))
                     .await
                     .unwrap();
@@ -399,7 +399,7 @@ async fn of_two_connections_racing_with_one_id_only_the_first_hello_is_admitted(
                 first
                     .send(frame(
                         env.request_id,
-                        cluster::envelope::Body::Ack(cluster::Ack {}),
+                        cluster::envelope::Body::Ack(cluster::Ack::default()),
                     ))
                     .await
                     .unwrap();
@@ -451,7 +451,7 @@ async fn an_oversize_answer_fails_its_request_and_the_connection_stays_up() {
             };
             let reply = match env.body {
                 Some(cluster::envelope::Body::AssignTenant(_)) => {
-                    cluster::envelope::Body::Ack(cluster::Ack {})
+                    cluster::envelope::Body::Ack(cluster::Ack::default())
                 }
                 Some(cluster::envelope::Body::TenantRequest(_)) => {
                     let name = if answered == 0 {
@@ -530,7 +530,7 @@ async fn parking_worker(
             };
             let reply = match env.body {
                 Some(cluster::envelope::Body::AssignTenant(_)) => {
-                    cluster::envelope::Body::Ack(cluster::Ack {})
+                    cluster::envelope::Body::Ack(cluster::Ack::default())
                 }
                 Some(cluster::envelope::Body::TenantRequest(r)) if r.tenant == "noisy" => {
                     parked.push(env.request_id);
@@ -735,7 +735,7 @@ async fn pausing_a_tenant_writes_no_cluster_refused_rows() {
             };
             let reply = match env.body {
                 Some(cluster::envelope::Body::AssignTenant(_)) => {
-                    cluster::envelope::Body::Ack(cluster::Ack {})
+                    cluster::envelope::Body::Ack(cluster::Ack::default())
                 }
                 Some(cluster::envelope::Body::TenantRequest(_)) => {
                     cluster::envelope::Body::TenantResponse(cluster::TenantResponse {
@@ -755,7 +755,7 @@ async fn pausing_a_tenant_writes_no_cluster_refused_rows() {
                     let answer = answer_to(&mut ws, 1).await;
                     ws.send(frame(
                         env.request_id,
-                        cluster::envelope::Body::Ack(cluster::Ack {}),
+                        cluster::envelope::Body::Ack(cluster::Ack::default()),
                     ))
                     .await
                     .unwrap();

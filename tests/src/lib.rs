@@ -209,6 +209,14 @@ impl Cluster {
     }
 
     async fn start_empty_with(n_workers: usize, is_tls: bool, tweak: fn(&mut Config)) -> Cluster {
+        // With RUST_LOG set, the coordinator's and in-process workers' logs go to the test's
+        // output, which nextest shows for a test that fails or is stopped for hanging.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::Builder::new()
             .prefix("vaultvec-it-")
             .tempdir()

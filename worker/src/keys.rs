@@ -32,18 +32,28 @@ struct LinkConn {
     outbound: UnboundedSender<cluster::Envelope>,
     /// The id of the last request the worker sent on this connection.
     last_id: u64,
+    /// Whether the coordinator said (in its answer to the hello) that it answers
+    /// `DecryptDataKeys`.
+    key_batches: bool,
     /// Callers waiting for an answer, by request id.
     pending: HashMap<u64, SyncSender<Body>>,
 }
 
 impl Link {
-    /// A new connection is up: worker requests go out through `outbound`, numbered from 1.
-    pub(crate) fn attach(&self, outbound: UnboundedSender<cluster::Envelope>) {
+    /// A new connection is up: worker requests go out through `outbound`, numbered from 1;
+    /// `key_batches` if the coordinator answers `DecryptDataKeys`.
+    pub(crate) fn attach(&self, outbound: UnboundedSender<cluster::Envelope>, key_batches: bool) {
         *self.conn.lock() = Some(LinkConn {
             outbound,
             last_id: 0,
+            key_batches,
             pending: HashMap::new(),
         });
+    }
+
+    /// Whether the current connection's coordinator answers `DecryptDataKeys`.
+    fn key_batches(&self) -> bool {
+        self.conn.lock().as_ref().is_some_and(|c| c.key_batches)
     }
 
     /// The connection is gone: every waiting caller fails at once.
@@ -223,6 +233,13 @@ impl KeyService for RemoteKeyService {
         tenant: &TenantId,
         files: &[(DekContext<'_>, WrappedDek)],
     ) -> storage::Result<Vec<DataKey>> {
+        if !self.link.key_batches() {
+            // A coordinator from before the call would not answer it: one key at a time.
+            return files
+                .iter()
+                .map(|(ctx, wrapped)| self.decrypt_data_key(tenant, *ctx, wrapped))
+                .collect();
+        }
         let mut deks = Vec::with_capacity(files.len());
         for chunk in files.chunks(MAX_KEYS_PER_CALL) {
             let keys = chunk
@@ -313,7 +330,7 @@ mod tests {
     fn an_unclaimed_key_answer_comes_back_wiped() {
         let link = Link::default();
         let (outbound, _frames) = tokio::sync::mpsc::unbounded_channel();
-        link.attach(outbound);
+        link.attach(outbound, true);
         // Nobody waits for request 5.
         let back = link.deliver(5, dek_answer()).expect("handed back");
         assert_eq!(dek_of(&back), &[0u8; 32]);

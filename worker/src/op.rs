@@ -333,7 +333,7 @@ fn execute(ctx: &Ctx<'_>, op: Op) -> Result<Answer> {
         Op::RewrapKeys(_) => {
             ctx.engine.rewrap_tenant(ctx.tenant)?;
             tracing::info!("tenant keys re-wrapped");
-            Ok(Answer::Done(cluster::Ack {}))
+            Ok(Answer::Done(cluster::Ack::default()))
         }
         Op::EraseEntity(req) => {
             let filter = convert::filter(req.filter)?.ok_or_else(|| {

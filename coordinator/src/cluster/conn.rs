@@ -289,7 +289,7 @@ impl Hub {
             Ok(()) => sink
                 .send(reply(
                     hello_id,
-                    cluster::envelope::Body::Ack(cluster::Ack {}),
+                    cluster::envelope::Body::Ack(cluster::Ack { key_batches: true }),
                 ))
                 .await
                 .is_ok(),

@@ -68,7 +68,7 @@ async fn an_assignment_is_recorded_on_the_connection_that_acknowledged_it() {
     hub.workers.write().insert("w".into(), new.clone());
     let waiter = old.pending.lock().remove(&id).unwrap();
     waiter
-        .send(cluster::envelope::Body::Ack(cluster::Ack {}))
+        .send(cluster::envelope::Body::Ack(cluster::Ack::default()))
         .unwrap();
     assign.await.unwrap().unwrap();
     assert_eq!(
@@ -220,7 +220,7 @@ async fn a_whole_frame_goes_before_the_pieces_of_a_large_one_queued_ahead_of_it(
                 cluster::Envelope {
                     request_id: 2,
                     deadline_unix_ms: 0,
-                    body: Some(cluster::envelope::Body::Ack(cluster::Ack {})),
+                    body: Some(cluster::envelope::Body::Ack(cluster::Ack::default())),
                 },
                 None,
             )

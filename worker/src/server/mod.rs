@@ -320,9 +320,9 @@ impl Worker {
                 res = self.connect() => res,
             };
             match attempt {
-                Ok(ws) => {
+                Ok((ws, key_batches)) => {
                     backoff.reset();
-                    match self.session(ws, shutdown).await {
+                    match self.session(ws, key_batches, shutdown).await {
                         End::Stopped => return,
                         End::Lost if self.is_stopping() => break 'connect,
                         End::Lost => {}
@@ -429,8 +429,9 @@ impl Worker {
         }
     }
 
-    /// Dials the coordinator, says hello and waits for the acknowledgement.
-    async fn connect(&self) -> anyhow::Result<Ws> {
+    /// Dials the coordinator, says hello and waits for the acknowledgement. Answers the
+    /// connection and whether the coordinator answers `DecryptDataKeys`.
+    async fn connect(&self) -> anyhow::Result<(Ws, bool)> {
         let config = &self.config;
         let mut ws = dial(config, self.tls.clone()).await?;
         // The tenants on disk, so the coordinator can have erased ones deleted (reconciliation).
@@ -478,7 +479,7 @@ impl Worker {
             )
         })??;
         match answer.body {
-            Some(Body::Ack(_)) if answer.request_id == 0 => Ok(ws),
+            Some(Body::Ack(ack)) if answer.request_id == 0 => Ok((ws, ack.key_batches)),
             Some(Body::Error(err)) => bail!(
                 "the coordinator refused the hello: {}: {}",
                 cluster::ErrorCode::try_from(err.code)
@@ -491,10 +492,10 @@ impl Worker {
     }
 
     /// Serves one connection until it drops or shutdown completes on it.
-    async fn session(&mut self, ws: Ws, shutdown: &mut Shutdown<'_>) -> End {
+    async fn session(&mut self, ws: Ws, key_batches: bool, shutdown: &mut Shutdown<'_>) -> End {
         self.generation += 1;
         let (tx, outbound) = mpsc::unbounded_channel();
-        self.link.attach(tx);
+        self.link.attach(tx, key_batches);
         tracing::info!(generation = self.generation, "connected to the coordinator");
         let mut session = Session {
             ws,

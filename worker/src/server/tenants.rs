@@ -48,7 +48,7 @@ impl Worker {
             }
         }
         tracing::info!(tenant = %tenant, request_id, epoch = assign.epoch, max_points = quota.max_points, max_collections = quota.max_collections, "tenant assigned");
-        s.ws.send(frame(request_id, Body::Ack(cluster::Ack {})))
+        s.ws.send(frame(request_id, Body::Ack(cluster::Ack::default())))
             .await?;
         Ok(None)
     }
@@ -82,7 +82,7 @@ impl Worker {
         // Waits for the tenant's requests in flight; unloading zeroizes its plaintext.
         self.spawn_exclusive(request_id, &tenant, "unloading", move || {
             engine.unload_tenant(&unloaded)?;
-            Ok(Body::Ack(cluster::Ack {}))
+            Ok(Body::Ack(cluster::Ack::default()))
         });
         None
     }

@@ -296,14 +296,14 @@ async fn rewrap_keys_moves_every_file_to_the_new_kek_and_erase_deletes_the_tenan
             .op(Op::RewrapKeys(cluster::RewrapKeys {}))
             .await
             .unwrap(),
-        Answer::Done(cluster::Ack {})
+        Answer::Done(cluster::Ack::default())
     );
     // With the old KEK destroyed, the tenant still loads (after an unload) from re-wrapped files.
     setup.coordinator.destroy_kek(TENANT, old);
     assert_eq!(new, 2);
     assert_eq!(
         setup.conn.release(TENANT, 1).await,
-        Body::Ack(cluster::Ack {})
+        Body::Ack(cluster::Ack::default())
     );
     setup.conn.assign(TENANT, 2, no_quota()).await;
     let conn = &mut setup.conn;

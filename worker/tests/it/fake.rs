@@ -40,9 +40,17 @@ pub struct Coordinator {
     pub url: String,
     keys: Arc<LocalKeyService>,
     _keys_dir: TempDir,
+    /// Whether its answer to a hello says it answers `DecryptDataKeys` (as the real one does).
+    key_batches: std::sync::atomic::AtomicBool,
 }
 
 impl Coordinator {
+    /// From the next hello on, answers like a coordinator from before `DecryptDataKeys`.
+    pub fn without_key_batches(&self) {
+        self.key_batches
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub async fn start() -> Coordinator {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/v1/cluster", listener.local_addr().unwrap());
@@ -55,6 +63,7 @@ impl Coordinator {
             url,
             keys,
             _keys_dir: keys_dir,
+            key_batches: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -104,7 +113,9 @@ impl Coordinator {
         assert!(hello_body.max_in_flight > 0);
         assert!(hello_body.memory_budget_bytes > 0);
         conn.hello = hello_body;
-        conn.send(0, 0, Body::Ack(cluster::Ack {})).await;
+        let key_batches = self.key_batches.load(std::sync::atomic::Ordering::SeqCst);
+        conn.send(0, 0, Body::Ack(cluster::Ack { key_batches }))
+            .await;
         conn
     }
 
@@ -665,7 +676,7 @@ impl Setup {
         let mut conn = coordinator.accept().await;
         assert_eq!(
             conn.assign(TENANT, 1, no_quota()).await,
-            Body::Ack(cluster::Ack {})
+            Body::Ack(cluster::Ack::default())
         );
         conn.op(create("docs", 2, api::Metric::L2)).await.unwrap();
         if n > 0 {

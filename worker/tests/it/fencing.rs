@@ -28,7 +28,10 @@ async fn a_tenant_not_assigned_here_is_refused_and_nothing_applies() {
     assert!(!setup.dir.path().join("tenants").join("other").exists());
 
     // A released tenant is no longer served.
-    assert_eq!(conn.release(TENANT, 1).await, Body::Ack(cluster::Ack {}));
+    assert_eq!(
+        conn.release(TENANT, 1).await,
+        Body::Ack(cluster::Ack::default())
+    );
     conn.refused(one_point(9), ErrorCode::NotAssigned).await;
     conn.assign(TENANT, 1, no_quota()).await;
     assert_eq!(conn.count("docs").await, 2);
@@ -42,7 +45,7 @@ async fn a_stale_epoch_is_refused_and_nothing_applies() {
     // The placement moves on to epoch 3.
     assert_eq!(
         conn.assign(TENANT, 3, no_quota()).await,
-        Body::Ack(cluster::Ack {})
+        Body::Ack(cluster::Ack::default())
     );
     for epoch in [1, 2, 4] {
         let err = conn.op_for(TENANT, epoch, one_point(9)).await.unwrap_err();

@@ -68,7 +68,7 @@ async fn other_tenant(setup: &mut Setup) {
     let conn = &mut setup.conn;
     assert_eq!(
         conn.assign(OTHER, 1, no_quota()).await,
-        Body::Ack(cluster::Ack {})
+        Body::Ack(cluster::Ack::default())
     );
     conn.op_for(OTHER, 1, create("docs", 2, api::Metric::L2))
         .await

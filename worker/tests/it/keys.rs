@@ -33,7 +33,10 @@ async fn key_service_refusals_become_unavailable_and_the_tenant_recovers() {
     );
 
     // Loading existing files needs their DEKs: the collection is unavailable, nothing panics.
-    assert_eq!(conn.release(TENANT, 1).await, Body::Ack(cluster::Ack {}));
+    assert_eq!(
+        conn.release(TENANT, 1).await,
+        Body::Ack(cluster::Ack::default())
+    );
     conn.assign(TENANT, 1, no_quota()).await;
     conn.key_error = Some(ErrorCode::DataLoss);
     conn.refused(count("docs", None), ErrorCode::Unavailable)

@@ -8,12 +8,47 @@ use crate::fake::*;
 async fn unload(conn: &mut Conn, epoch: u64) {
     assert_eq!(
         conn.release(TENANT, epoch - 1).await,
-        Body::Ack(cluster::Ack {})
+        Body::Ack(cluster::Ack::default())
     );
     assert_eq!(
         conn.assign(TENANT, epoch, no_quota()).await,
-        Body::Ack(cluster::Ack {})
+        Body::Ack(cluster::Ack::default())
     );
+}
+
+#[tokio::test]
+async fn a_coordinator_without_key_batches_is_asked_one_key_at_a_time() {
+    let coordinator = Coordinator::start().await;
+    coordinator.ensure_tenant(TENANT);
+    coordinator.without_key_batches();
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Worker::start(coordinator.worker_config(dir.path()));
+    let mut conn = coordinator.accept().await;
+    conn.assign(TENANT, 1, no_quota()).await;
+    conn.op(create("docs", 2, api::Metric::L2)).await.unwrap();
+    conn.op(upsert("docs", vec![point(1, vec![1.0, 0.0], None)]))
+        .await
+        .unwrap();
+    unload(&mut conn, 2).await;
+
+    // The load asks for its files' DEKs one by one, and the tenant loads.
+    conn.hold_keys = true;
+    let parked = conn
+        .request(tenant_request(TENANT, 2, count("docs", None)))
+        .await;
+    let held = conn.held_key_call().await;
+    assert!(
+        matches!(held.body, Some(Body::DecryptDataKey(_))),
+        "{:?}",
+        held.body
+    );
+    conn.release_held_keys().await;
+    conn.answer_key(held).await;
+    let Answer::Count(n) = answer(conn.reply(parked).await).unwrap() else {
+        panic!()
+    };
+    assert_eq!(n.count, 1);
+    worker.stop().await;
 }
 
 #[tokio::test]
@@ -79,7 +114,7 @@ async fn after_a_dropped_connection_the_worker_reconnects_and_says_hello_again()
     assert_eq!(error_code(&body), Some(ErrorCode::NotAssigned));
     assert_eq!(
         conn.assign(TENANT, 3, no_quota()).await,
-        Body::Ack(cluster::Ack {})
+        Body::Ack(cluster::Ack::default())
     );
     let Answer::Count(n) = conn.op_for(TENANT, 3, count("docs", None)).await.unwrap() else {
         panic!()

@@ -16,7 +16,7 @@ async fn max_points_counts_live_points_over_all_collections() {
     // Same epoch: only the quota changes.
     assert_eq!(
         conn.assign(TENANT, 1, quota).await,
-        Body::Ack(cluster::Ack {})
+        Body::Ack(cluster::Ack::default())
     );
     conn.op(create("more", 2, api::Metric::L2)).await.unwrap();
     conn.op(upsert("more", vec![point(1, vec![1.0, 0.0], None)]))

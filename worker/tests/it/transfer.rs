@@ -74,7 +74,10 @@ async fn an_assigned_tenant_is_not_copied_and_a_released_one_is_listed_read_and_
 
     // Released at a newer epoch (a move fences first): an assignment that raced the release,
     // under the older epoch, cannot bring the tenant back here.
-    assert_eq!(conn.release(TENANT, 2).await, Body::Ack(cluster::Ack {}));
+    assert_eq!(
+        conn.release(TENANT, 2).await,
+        Body::Ack(cluster::Ack::default())
+    );
     assert_eq!(
         error_code(&conn.assign(TENANT, 1, no_quota()).await),
         Some(ErrorCode::StaleEpoch)

@@ -11,6 +11,7 @@ mod hardening;
 mod idempotency;
 mod idle;
 mod jobs;
+mod key_service;
 mod memory;
 mod preauth;
 mod privacy;

@@ -76,6 +76,14 @@ async fn snapshot(cluster: &Cluster, tenant: &str) -> Value {
     body
 }
 
+/// Takes a snapshot of `tenant` and answers its id.
+async fn snapshot_id(cluster: &Cluster, tenant: &str) -> String {
+    snapshot(cluster, tenant).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn restore(cluster: &Cluster, tenant: &str, id: &str) -> (u16, Value) {
     cluster
         .admin(
@@ -300,14 +308,8 @@ async fn tampered_or_swapped_archives_are_refused_before_anything_reaches_a_work
     cluster.create_collection(&beta, "docs", 4).await;
     put(&cluster, &acme, 0..100, "acme").await;
     put(&cluster, &beta, 0..7, "beta").await;
-    let acme_snap = snapshot(&cluster, "acme").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let beta_snap = snapshot(&cluster, "beta").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let acme_snap = snapshot_id(&cluster, "acme").await;
+    let beta_snap = snapshot_id(&cluster, "beta").await;
     put(&cluster, &acme, 100..120, "acme").await;
 
     // Another tenant's snapshot by id.
@@ -405,10 +407,7 @@ async fn a_restore_reaches_every_copy_of_a_replicated_tenant() {
     let key = cluster.tenant("acme", Some("pro")).await;
     cluster.create_collection(&key, "docs", 4).await;
     put(&cluster, &key, 0..200, "before").await;
-    let id = snapshot(&cluster, "acme").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = snapshot_id(&cluster, "acme").await;
     put(&cluster, &key, 200..260, "after").await;
     let (status, restored) = restore(&cluster, "acme", &id).await;
     assert_eq!(status, 200, "{restored}");
@@ -471,10 +470,7 @@ async fn a_deleted_tenants_snapshots_are_gone_and_a_kept_copy_does_not_decrypt()
     cluster.tenant("acme", Some("pro")).await;
     cluster.create_collection(&beta, "docs", 4).await;
     put(&cluster, &beta, 0..50, "beta").await;
-    let id = snapshot(&cluster, "beta").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = snapshot_id(&cluster, "beta").await;
     // Someone keeps a copy of the archive.
     let kept = std::fs::read(archive_path(&cluster, "beta", &id)).unwrap();
     let header = first_sealed_header(&kept);
@@ -506,10 +502,7 @@ async fn a_kek_version_a_snapshot_needs_outlives_rotations_until_the_snapshot_is
     let key = cluster.tenant("acme", Some("pro")).await;
     cluster.create_collection(&key, "docs", 4).await;
     put(&cluster, &key, 0..40, "v1").await;
-    let id = snapshot(&cluster, "acme").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = snapshot_id(&cluster, "acme").await;
     let (status, rotation) = cluster
         .admin("POST", "/admin/v1/tenants/acme/rotate-kek", None)
         .await;
@@ -574,10 +567,7 @@ async fn an_entity_erasure_deletes_the_snapshots_that_could_bring_it_back() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let id = snapshot(&cluster, "acme").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = snapshot_id(&cluster, "acme").await;
     let (status, receipt) = cluster
         .admin("DELETE", "/admin/v1/tenants/acme/entities/person-7", None)
         .await;
@@ -625,10 +615,7 @@ async fn the_scheduler_takes_snapshots_when_due_and_keeps_the_newest_per_the_tie
     cluster.create_collection(&key, "docs", 4).await;
     put(&cluster, &key, 0..10, "a").await;
     // One taken on request is never deleted by the retention.
-    let manual = snapshot(&cluster, "acme").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let manual = snapshot_id(&cluster, "acme").await;
     let hour = Duration::from_secs(3600);
     // First run: none yet, so one is taken (the free tier has no schedule).
     CLOCK.advance(hour);

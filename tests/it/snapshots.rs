@@ -471,8 +471,10 @@ async fn a_deleted_tenants_snapshots_are_gone_and_a_kept_copy_does_not_decrypt()
     cluster.create_collection(&beta, "docs", 4).await;
     put(&cluster, &beta, 0..50, "beta").await;
     let id = snapshot_id(&cluster, "beta").await;
-    // Someone keeps a copy of the archive.
+    // Someone keeps a copy of the archive; and a file that is not the store's sits beside it.
     let kept = std::fs::read(archive_path(&cluster, "beta", &id)).unwrap();
+    let foreign = archive_path(&cluster, "beta", &id).with_file_name("notes.txt");
+    std::fs::write(&foreign, b"not an archive").unwrap();
     let header = first_sealed_header(&kept);
     assert_eq!(header.tenant, "beta");
     // While beta lives its KEK unwraps the archive's DEKs; acme's never does (AAD and KEK are
@@ -486,6 +488,10 @@ async fn a_deleted_tenants_snapshots_are_gone_and_a_kept_copy_does_not_decrypt()
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(receipt["snapshots_deleted"], 1, "{receipt}");
     assert!(!archive_path(&cluster, "beta", &id).exists());
+    assert!(
+        foreign.exists(),
+        "a file the store did not write was deleted"
+    );
     let (status, _) = restore(&cluster, "beta", &id).await;
     assert_eq!(status, 404);
     let (status, _) = restore(&cluster, "acme", &id).await;
@@ -675,5 +681,41 @@ async fn the_scheduler_takes_snapshots_when_due_and_keeps_the_newest_per_the_tie
     let created = audit_actions(&cluster, "acme", "snapshot.create").await;
     assert_eq!(created.len(), 4, "{created:?}");
     assert_eq!(created[1]["actor"], "system");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_at_start_removes_only_unrecorded_archives_and_leftovers() {
+    let mut cluster = Cluster::start(1).await;
+    let key = cluster.tenant("acme", Some("pro")).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    put(&cluster, &key, 0..10, "a").await;
+    let id = snapshot_id(&cluster, "acme").await;
+    let store = coordinator_dir(&cluster).join("snapshots");
+    // Left by a crash: an archive written but not recorded, one being written, a staging
+    // directory. Not the store's: other files, and a directory not named like a tenant.
+    let leftovers = [
+        store.join("acme/snap-00000000000000aa.tar"),
+        store.join("acme/.snap-00000000000000bb.tar.tmp"),
+        store.join(".staging-snap-00000000000000cc/docs/seg-1"),
+    ];
+    let foreign = [
+        store.join("acme/operator-notes.txt"),
+        store.join("Backups/snap-00000000000000dd.tar"),
+        store.join(".staging-other/file"),
+    ];
+    for path in leftovers.iter().chain(&foreign) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"x").unwrap();
+    }
+    cluster.restart_coordinator().await;
+    for path in &leftovers {
+        assert!(!path.exists(), "{} was kept", path.display());
+    }
+    for path in &foreign {
+        assert!(path.exists(), "{} was deleted", path.display());
+    }
+    assert!(archive_path(&cluster, "acme", &id).exists());
+    assert_eq!(verify(&cluster, "acme", &id).await["verified"], true);
     cluster.shutdown().await;
 }

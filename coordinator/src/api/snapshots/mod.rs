@@ -443,8 +443,11 @@ impl Service {
         let mut deleted = 0;
         match std::fs::read_dir(&dir) {
             Ok(entries) => {
+                // Only what the store writes there: the directory may hold other files (a
+                // store configured over another directory), which are never touched.
                 for entry in entries.flatten() {
-                    if std::fs::remove_file(entry.path()).is_ok() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if store_file(&name).is_some() && std::fs::remove_file(entry.path()).is_ok() {
                         deleted += 1;
                     }
                 }
@@ -472,11 +475,17 @@ impl Service {
             .into_iter()
             .map(|s| (s.tenant, format!("{}.tar", s.id)))
             .collect();
+        // Only names the store makes are looked at: a staging directory of a snapshot id, and in
+        // a directory named like a tenant, archives and their temporary files. Anything else
+        // (the store configured over another directory) is never touched.
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.starts_with(".staging-") {
+            if name.strip_prefix(".staging-").is_some_and(is_snapshot_id) {
                 let _ = std::fs::remove_dir_all(&path);
+                continue;
+            }
+            if TenantId::parse(&name).is_err() {
                 continue;
             }
             let Ok(files) = std::fs::read_dir(&path) else {
@@ -484,7 +493,9 @@ impl Service {
             };
             for file in files.flatten() {
                 let file_name = file.file_name().to_string_lossy().into_owned();
-                if !recorded.contains(&(name.clone(), file_name.clone())) {
+                if store_file(&file_name).is_some()
+                    && !recorded.contains(&(name.clone(), file_name.clone()))
+                {
                     tracing::info!(tenant = %name, file = %file_name, "removing an unrecorded file from the snapshot store");
                     let _ = std::fs::remove_file(file.path());
                 }
@@ -494,7 +505,47 @@ impl Service {
     }
 }
 
+/// Whether `id` is a snapshot id as [`new_id`] makes them.
+fn is_snapshot_id(id: &str) -> bool {
+    id.strip_prefix("snap-")
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The snapshot id of a file the store writes in a tenant's directory (`<id>.tar`, or
+/// `.<id>.tar.tmp` while it is written), if it is one.
+fn store_file(name: &str) -> Option<&str> {
+    let id = name
+        .strip_suffix(".tar")
+        .or_else(|| name.strip_prefix('.')?.strip_suffix(".tar.tmp"))?;
+    is_snapshot_id(id).then_some(id)
+}
+
 /// `O_NOFOLLOW`: an archive that was replaced by a link is not followed.
 fn libc_o_nofollow() -> i32 {
     libc::O_NOFOLLOW
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_the_store_makes_are_its_files() {
+        let id = new_id();
+        assert!(is_snapshot_id(&id), "{id}");
+        assert_eq!(store_file(&format!("{id}.tar")), Some(id.as_str()));
+        assert_eq!(store_file(&format!(".{id}.tar.tmp")), Some(id.as_str()));
+        for other in [
+            "acme.keks",
+            "snap-xyz.tar",
+            "snap-0123456789abcdef0.tar",
+            "snap-0123456789abcdeg.tar",
+            "snap-0123456789abcdef.tar.bak",
+            ".snap-0123456789abcdef.tar",
+            "MANIFEST",
+            "coordinator.sqlite",
+        ] {
+            assert_eq!(store_file(other), None, "{other}");
+        }
+    }
 }

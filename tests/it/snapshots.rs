@@ -719,3 +719,47 @@ async fn the_sweep_at_start_removes_only_unrecorded_archives_and_leftovers() {
     assert_eq!(verify(&cluster, "acme", &id).await["verified"], true);
     cluster.shutdown().await;
 }
+
+/// Snapshots of at most 1 MiB.
+fn small_snapshots(config: &mut coordinator::config::Config) {
+    config.snapshots.limits.max_bytes = 1 << 20;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_larger_than_a_snapshot_may_be_is_refused_before_anything_is_copied() {
+    let mut cluster = Cluster::start_without_workers(1, small_snapshots).await;
+    cluster.start_worker(0).await;
+    let key = cluster.tenant("acme", Some("pro")).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    let points: Vec<Value> = (0..20_000u64)
+        .map(|id| json!({"id": id, "vector": [id as f32, 1.0, 2.0, 3.0], "payload": {"pad": "x".repeat(64)}}))
+        .collect();
+    for chunk in points.chunks(1000) {
+        let (status, body) = cluster
+            .http(
+                "PUT",
+                "/v1/collections/docs/points",
+                Some(&key),
+                Some(json!({ "points": chunk })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = cluster
+        .admin("POST", "/admin/v1/tenants/acme/snapshots", None)
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[snapshots]"),
+        "{body}"
+    );
+    let store = coordinator_dir(&cluster).join("snapshots");
+    let left: Vec<_> = std::fs::read_dir(&store)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.iter().all(|p| files_under(p).is_empty()), "{left:?}");
+    cluster.shutdown().await;
+}

@@ -52,19 +52,7 @@ impl Service {
                     .await?
             }
         };
-        let limits = self.snapshots.settings.limits;
         let bytes: u64 = files.iter().map(|f| f.len).sum();
-        if files.len() > limits.max_files || bytes > limits.max_bytes {
-            return Err(ApiError::new(
-                Code::ResourceExhausted,
-                format!(
-                    "the tenant has {} files, {bytes} bytes; a snapshot holds at most {} files, {} bytes ([snapshots])",
-                    files.len(),
-                    limits.max_files,
-                    limits.max_bytes
-                ),
-            ));
-        }
         let meta = Meta {
             format: snapshot::FORMAT,
             id: id.to_owned(),
@@ -205,6 +193,20 @@ impl Service {
             .await?
             .files;
         files.sort_by(|a, b| a.path.cmp(&b.path));
+        // Refused before a byte is fetched: a tenant past the limits never fills the store.
+        let limits = self.snapshots.settings.limits;
+        let bytes: u64 = files.iter().map(|f| f.len).sum();
+        if files.len() > limits.max_files || bytes > limits.max_bytes {
+            return Err(ApiError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "the tenant has {} files, {bytes} bytes; a snapshot holds at most {} files, {} bytes ([snapshots])",
+                    files.len(),
+                    limits.max_files,
+                    limits.max_bytes
+                ),
+            ));
+        }
         Ok(files)
     }
 

@@ -53,6 +53,9 @@ impl Service {
         if self.moving.contains(tenant) {
             return Err(super::moves::moving_error());
         }
+        if self.snapshots.restoring(tenant) {
+            return Err(super::snapshots::restoring_error());
+        }
         {
             let _turn = self.write_turn(tenant).await?;
             off_runtime(|| {

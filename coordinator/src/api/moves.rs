@@ -204,6 +204,9 @@ impl Service {
                 ));
             }
         }
+        if self.snapshots.restoring(tenant) {
+            return Err(super::snapshots::restoring_error());
+        }
         {
             let mut moving = self.moving.0.lock();
             if moving

@@ -243,7 +243,7 @@ impl Service {
                 ),
             ));
         }
-        if self.moving.contains(tenant) {
+        if self.moving.contains(tenant) || self.handing.contains(tenant) {
             return Err(super::moves::moving_error());
         }
         Ok(t)

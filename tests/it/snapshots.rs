@@ -763,3 +763,53 @@ async fn a_tenant_larger_than_a_snapshot_may_be_is_refused_before_anything_is_co
     assert!(left.iter().all(|p| files_under(p).is_empty()), "{left:?}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_under_writes_is_one_state_with_every_write_acknowledged_before_it() {
+    let cluster = Arc::new(Cluster::start(1).await);
+    let key = cluster.tenant("acme", Some("pro")).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    // One writer, one point per upsert, in id order: the tenant's state is always a prefix.
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (cluster, key, acked, stop) =
+            (cluster.clone(), key.clone(), acked.clone(), stop.clone());
+        async move {
+            let mut id = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                put(&cluster, &key, id..id + 1, "w").await;
+                id += 1;
+                acked.store(id, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    // Some writes first, so the snapshot has a WAL that grows while it is copied.
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < 200 {
+        tokio::task::yield_now().await;
+    }
+    let before = acked.load(std::sync::atomic::Ordering::SeqCst);
+    let id = snapshot_id(&cluster, "acme").await;
+    let after = acked.load(std::sync::atomic::Ordering::SeqCst);
+    // More writes after it.
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < after + 100 {
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.unwrap();
+
+    let (status, restored) = restore(&cluster, "acme", &id).await;
+    assert_eq!(status, 200, "{restored}");
+    let n = count(&cluster, &key).await;
+    // Every write acknowledged before the snapshot was asked for is in it; none acknowledged
+    // after it answered is (one may have been in flight while it was taken).
+    assert!(
+        before <= n && n <= after + 1,
+        "restored {n} points; {before} were acknowledged before the snapshot, {after} when it answered"
+    );
+    // And the state is a prefix: points 0..n, nothing after.
+    assert_eq!(tag(&cluster, &key, n - 1).await.as_deref(), Some("w"));
+    assert_eq!(tag(&cluster, &key, n).await, None);
+    let cluster = Arc::try_unwrap(cluster).unwrap_or_else(|_| panic!("the cluster is shared"));
+    cluster.shutdown().await;
+}

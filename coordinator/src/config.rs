@@ -589,7 +589,7 @@ impl Config {
             cluster_tls,
             jobs: job_specs(&raw.jobs),
             privacy: raw.privacy,
-            snapshots: raw.snapshots.resolve(&raw.data_dir)?,
+            snapshots: raw.snapshots.resolve(&at(&raw.data_dir), at)?,
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
         };
         config.validate()?;
@@ -745,7 +745,7 @@ impl Config {
             jobs: job_specs(&RawJobs::default()),
             privacy: Privacy::default(),
             snapshots: crate::snapshot::RawSettings::default()
-                .resolve(dir)
+                .resolve(dir, |p| dir.join(p))
                 .expect("default snapshot settings"),
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
         }

@@ -296,7 +296,9 @@ fn kek_rotation_days_and_job_intervals_are_bounded() {
     );
     assert_eq!(config.tiers["free"].snapshot_every_hours, 0);
     assert_eq!(config.tiers["free"].snapshot_keep, 7);
-    assert!(config.snapshots.dir.ends_with("snapshots"));
+    // Under the data directory, itself relative to the config file's directory.
+    assert_eq!(config.snapshots.dir, config.data_dir.join("snapshots"));
+    assert!(config.snapshots.dir.starts_with(dir.path()));
     assert_eq!(config.snapshots.limits.max_files, 100_000);
     let config = with(
         "snapshot_every_hours = 24\nsnapshot_keep = 3",
@@ -307,6 +309,8 @@ fn kek_rotation_days_and_job_intervals_are_bounded() {
     assert_eq!(config.tiers["free"].snapshot_keep, 3);
     assert_eq!(config.snapshots.dir, std::path::Path::new("/srv/snaps"));
     assert_eq!(config.snapshots.limits.max_bytes, 2 << 20);
+    let config = with("", "[snapshots]\ndir = \"snaps\"\n").unwrap();
+    assert_eq!(config.snapshots.dir, dir.path().join("snaps"));
     let config = with(
         "rotate_kek_every_days = 90",
         "[jobs]\nrotate_keks_every_s = 600\n",

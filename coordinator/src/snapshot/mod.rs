@@ -71,8 +71,13 @@ pub struct Settings {
 }
 
 impl RawSettings {
-    /// The settings, with defaults under `data_dir`.
-    pub fn resolve(&self, data_dir: &Path) -> anyhow::Result<Settings> {
+    /// The settings, with defaults under `data_dir` (already resolved); a `dir` given is
+    /// resolved with `at` (relative to the config file's directory).
+    pub fn resolve(
+        &self,
+        data_dir: &Path,
+        at: impl Fn(&Path) -> PathBuf,
+    ) -> anyhow::Result<Settings> {
         let max_files = self.max_files.unwrap_or(100_000);
         let max_bytes = self.max_bytes.unwrap_or(1 << 40);
         if !(1..=1_000_000).contains(&max_files) {
@@ -84,8 +89,8 @@ impl RawSettings {
         Ok(Settings {
             dir: self
                 .dir
-                .clone()
-                .unwrap_or_else(|| data_dir.join("snapshots")),
+                .as_deref()
+                .map_or_else(|| data_dir.join("snapshots"), at),
             limits: Limits {
                 max_files,
                 max_bytes,

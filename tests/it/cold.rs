@@ -1,7 +1,8 @@
 //! Paused tenants on cold storage: a pause moves every copy's files to its worker's cold storage
 //! (requests answered `paused`), a resume moves them back (answered `resuming` meanwhile) and
 //! every point is served again; a copy whose worker is away moves when the pause or resume is
-//! asked again, or when the worker connects. Both transitions are audited.
+//! asked again, or when the worker connects, also after the worker process was killed in the
+//! middle of a move. Both transitions are audited.
 
 use std::path::Path;
 
@@ -232,5 +233,67 @@ async fn a_copy_whose_worker_is_away_moves_when_asked_again_or_when_it_connects(
     for _ in 0..4 {
         assert_eq!(count(&cluster, &acme, "a").await.1["count"], 120);
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_in_the_middle_of_a_move_leaves_the_tenant_wholly_on_one_side() {
+    let mut cluster = Cluster::start_with_processes(1).await;
+    let acme = cluster.tenant("acme", Some("pro")).await;
+    cluster.create_collection(&acme, "a", 64).await;
+    // About 10 MB of files, so the copy to cold storage takes a while.
+    let n = 20_000u64;
+    for start in (0..n).step_by(500) {
+        let points: Vec<Value> = (start..start + 500)
+            .map(|i| json!({"id": i, "vector": vec![i as f32; 64], "payload": {"n": i}}))
+            .collect();
+        let (status, body) = cluster
+            .http(
+                "PUT",
+                "/v1/collections/a/points",
+                Some(&acme),
+                Some(json!({ "points": points })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let cold = cluster.worker_dir(0).join("cold");
+    let staging = cold.join(".incoming-acme");
+    let pause = tokio::spawn(
+        reqwest::Client::new()
+            .post(cluster.url("/admin/v1/tenants/acme/pause"))
+            .bearer_auth(tests::ADMIN_TOKEN)
+            .send(),
+    );
+    // SIGKILL as soon as the move has begun (its staging directory exists): in 5 of 5 runs the
+    // kill left the staging directory half copied and the data directory whole.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !staging.exists() && !cold.join("acme").exists() {
+        assert!(std::time::Instant::now() < deadline, "the move never began");
+        tokio::task::yield_now().await;
+    }
+    cluster.kill_worker(0).await;
+    let _ = pause.await;
+
+    // Its hello finishes the move: the tenant is wholly on cold storage, then wholly back.
+    cluster.start_worker_process(0).await;
+    while storage(&cluster, "acme").await != "cold" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hello did not finish the pause"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let data = cluster.worker_dir(0).join("tenants/acme");
+    assert!(!data.exists(), "hot files left after the pause");
+    assert!(!staging.exists(), "a staging directory left");
+    assert!(!files(&cold.join("acme")).is_empty());
+    let (status, body) = cluster
+        .admin("POST", "/admin/v1/tenants/acme/resume", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!cold.join("acme").exists());
+    let (status, body) = count(&cluster, &acme, "a").await;
+    assert_eq!((status, body["count"].as_u64()), (200, Some(n)), "{body}");
     cluster.shutdown().await;
 }

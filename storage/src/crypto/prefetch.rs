@@ -128,6 +128,10 @@ impl KeyService for Prefetching {
         ctx: DekContext<'_>,
         wrapped: &WrappedDek,
     ) -> Result<DataKey> {
+        // Outside a load nothing is prefetched: no key to build.
+        if self.ready.lock().is_empty() {
+            return self.inner.decrypt_data_key(tenant, ctx, wrapped);
+        }
         let asked = Asked {
             tenant: tenant.clone(),
             collection: ctx.collection.to_owned(),

@@ -86,7 +86,7 @@ impl Snapshots {
     }
 
     fn archive_path(&self, tenant: &str, id: &str) -> PathBuf {
-        self.settings.dir.join(tenant).join(format!("{id}.tar"))
+        archive_path(&self.settings, tenant, id)
     }
 }
 
@@ -284,35 +284,7 @@ impl Service {
         row: &SnapshotRow,
         sink: impl FnMut(&FileEntry, &mut dyn Read) -> std::io::Result<()>,
     ) -> Result<Meta, ApiError> {
-        let path = self.snapshots.archive_path(&row.tenant, &row.id);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc_o_nofollow())
-            .open(&path)
-            .map_err(|e| {
-                ApiError::new(
-                    Code::DataLoss,
-                    format!("snapshot {}'s archive cannot be opened: {e}", row.id),
-                )
-            })?;
-        let meta = snapshot::read_archive(
-            std::io::BufReader::new(file),
-            self.store.audit_key(),
-            self.snapshots.settings.limits,
-            &Expect {
-                tenant: &row.tenant,
-                id: Some(&row.id),
-            },
-            sink,
-        )
-        .map_err(refusal)?;
-        if meta.kek_versions != row.kek_versions {
-            return Err(ApiError::new(
-                Code::FailedPrecondition,
-                "snapshot archive refused: its KEK versions are not the recorded ones",
-            ));
-        }
-        Ok(meta)
+        read_stored_archive(&self.store, &self.snapshots.settings, row, sink)
     }
 
     /// The KEK versions of `row` that are gone (destroyed), if any.
@@ -371,12 +343,7 @@ impl Service {
         let _lifecycle = self.lifecycle_lock(tenant).await;
         self.store
             .remove_snapshot(&Actor(actor.into()), &row.id, "deleted")?;
-        let path = self.snapshots.archive_path(tenant, id);
-        if let Err(err) = std::fs::remove_file(&path)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(tenant, snapshot = id, error = %err, "deleting a snapshot's archive failed; the sweep at start removes it");
-        }
+        self.remove_archive(tenant, id);
         self.destroy_retired_keks(tenant, actor)
     }
 
@@ -391,14 +358,20 @@ impl Service {
         for row in &rows {
             self.store
                 .remove_snapshot(&Actor("admin".into()), &row.id, reason)?;
-            let path = self.snapshots.archive_path(tenant, &row.id);
-            if let Err(err) = std::fs::remove_file(&path)
-                && err.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(tenant, snapshot = %row.id, error = %err, "deleting a snapshot's archive failed; the sweep at start removes it");
-            }
+            self.remove_archive(tenant, &row.id);
         }
         Ok(rows.len())
+    }
+
+    /// Deletes the archive of a snapshot no longer recorded; a failure is logged (the sweep at
+    /// start removes it).
+    fn remove_archive(&self, tenant: &str, id: &str) {
+        let path = self.snapshots.archive_path(tenant, id);
+        if let Err(err) = std::fs::remove_file(&path)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(tenant, snapshot = id, error = %err, "deleting a snapshot's archive failed; the sweep at start removes it");
+        }
     }
 
     /// The KEK versions any snapshot of `tenant` needs.
@@ -520,9 +493,48 @@ fn store_file(name: &str) -> Option<&str> {
     is_snapshot_id(id).then_some(id)
 }
 
-/// `O_NOFOLLOW`: an archive that was replaced by a link is not followed.
-fn libc_o_nofollow() -> i32 {
-    libc::O_NOFOLLOW
+/// Where the archive of snapshot `id` of `tenant` is kept.
+fn archive_path(settings: &Settings, tenant: &str, id: &str) -> PathBuf {
+    settings.dir.join(tenant).join(format!("{id}.tar"))
+}
+
+/// Reads the stored archive of `row` (never through a link: `O_NOFOLLOW`) and checks it (see
+/// `crate::snapshot`), handing each file to `sink`, and that it names the recorded KEK versions.
+fn read_stored_archive(
+    store: &crate::store::Store,
+    settings: &Settings,
+    row: &SnapshotRow,
+    sink: impl FnMut(&FileEntry, &mut dyn Read) -> std::io::Result<()>,
+) -> Result<Meta, ApiError> {
+    let path = archive_path(settings, &row.tenant, &row.id);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| {
+            ApiError::new(
+                Code::DataLoss,
+                format!("snapshot {}'s archive cannot be opened: {e}", row.id),
+            )
+        })?;
+    let meta = snapshot::read_archive(
+        std::io::BufReader::new(file),
+        store.audit_key(),
+        settings.limits,
+        &Expect {
+            tenant: &row.tenant,
+            id: Some(&row.id),
+        },
+        sink,
+    )
+    .map_err(refusal)?;
+    if meta.kek_versions != row.kek_versions {
+        return Err(ApiError::new(
+            Code::FailedPrecondition,
+            "snapshot archive refused: its KEK versions are not the recorded ones",
+        ));
+    }
+    Ok(meta)
 }
 
 #[cfg(test)]

@@ -152,50 +152,34 @@ impl Service {
         .await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(2);
         let reader = {
-            let path = self.snapshots.archive_path(&row.tenant, &row.id);
-            let key_row = row.clone();
-            let limits = self.snapshots.settings.limits;
-            let key = self.store.clone();
+            let (store, settings, row) = (
+                self.store.clone(),
+                self.snapshots.settings.clone(),
+                row.clone(),
+            );
             tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc_o_nofollow())
-                    .open(&path)
-                    .map_err(|e| {
-                        ApiError::new(Code::DataLoss, format!("reading the archive: {e}"))
-                    })?;
-                snapshot::read_archive(
-                    std::io::BufReader::new(file),
-                    key.audit_key(),
-                    limits,
-                    &Expect {
-                        tenant: &key_row.tenant,
-                        id: Some(&key_row.id),
-                    },
-                    |file, r| {
-                        let mut offset = 0u64;
-                        loop {
-                            let mut data = Vec::with_capacity(PIECE_BYTES.min(file.len as usize));
-                            r.take(PIECE_BYTES as u64).read_to_end(&mut data)?;
-                            let n = data.len() as u64;
-                            let piece = Piece {
-                                path: file.path.clone(),
-                                offset,
-                                data,
-                            };
-                            // The first piece of an empty file creates it.
-                            if (n > 0 || offset == 0) && tx.blocking_send(piece).is_err() {
-                                return Err(std::io::Error::other("the restore stopped"));
-                            }
-                            offset += n;
-                            if n == 0 || offset >= file.len {
-                                return Ok(());
-                            }
+                read_stored_archive(&store, &settings, &row, |file, r| {
+                    let mut offset = 0u64;
+                    loop {
+                        let mut data = Vec::with_capacity(PIECE_BYTES.min(file.len as usize));
+                        r.take(PIECE_BYTES as u64).read_to_end(&mut data)?;
+                        let n = data.len() as u64;
+                        let piece = Piece {
+                            path: file.path.clone(),
+                            offset,
+                            data,
+                        };
+                        // The first piece of an empty file creates it.
+                        if (n > 0 || offset == 0) && tx.blocking_send(piece).is_err() {
+                            return Err(std::io::Error::other("the restore stopped"));
                         }
-                    },
-                )
+                        offset += n;
+                        if n == 0 || offset >= file.len {
+                            return Ok(());
+                        }
+                    }
+                })
                 .map(|_| ())
-                .map_err(refusal)
             })
         };
         while let Some(piece) = rx.recv().await {

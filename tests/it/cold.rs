@@ -324,3 +324,109 @@ async fn a_worker_killed_in_the_middle_of_either_move_leaves_the_tenant_wholly_o
     assert_eq!((status, body["count"].as_u64()), (200, Some(n)), "{body}");
     cluster.shutdown().await;
 }
+
+async fn placed_on(cluster: &Cluster, tenant: &str) -> String {
+    let (status, body) = cluster.admin("GET", "/admin/v1/placements", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["placements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tenant"] == tenant)
+        .and_then(|p| p["worker"].as_str())
+        .unwrap_or_else(|| panic!("{tenant} is not placed: {body}"))
+        .to_owned()
+}
+
+/// A drain of a worker holding paused tenants finishes: a single-copy one is copied from the
+/// worker's cold storage straight to another worker's (never through a data directory), a
+/// replicated one is handed to its other copy and the repair adds a new copy, cold too; the
+/// drained worker keeps no file of either, both stay paused, and resumed they serve every point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_hands_paused_tenants_over_on_cold_storage() {
+    let mut cluster = Cluster::start_without_workers(3, two_copies).await;
+    cluster.start_worker(0).await;
+    cluster.start_worker(1).await;
+    let solo = cluster.tenant("solo", Some("free")).await;
+    let duo = cluster.tenant("duo", Some("pro")).await;
+    cluster.create_collection(&solo, "a", 4).await;
+    cluster.create_collection(&duo, "a", 4).await;
+    put(&cluster, &solo, "a", 200).await;
+    put(&cluster, &duo, "a", 120).await;
+    let from = placed_on(&cluster, "solo").await;
+    let from_index: usize = from.trim_start_matches("worker-").parse().unwrap();
+    let other_index = 1 - from_index;
+    let before = files(&cluster.worker_dir(from_index).join("tenants/solo"));
+    assert!(before.len() >= 2, "{before:?}");
+    for tenant in ["solo", "duo"] {
+        let (status, body) = cluster
+            .admin("POST", &format!("/admin/v1/tenants/{tenant}/pause"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["storage"], "cold", "{body}");
+    }
+    let from_dir = cluster.worker_dir(from_index);
+    assert_eq!(files(&from_dir.join("cold/solo")), before);
+    let duo_kept = files(&cluster.worker_dir(other_index).join("cold/duo"));
+    assert!(duo_kept.len() >= 2, "{duo_kept:?}");
+    assert!(from_dir.join("cold/duo").exists());
+    cluster.start_worker(2).await;
+
+    let (status, body) = cluster
+        .admin("POST", &format!("/admin/v1/workers/{from}/drain"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    cluster.service().wait_for_drains().await;
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/platform", None).await;
+    let drained = super::cluster::audit_rows(&export, "worker.drained");
+    assert_eq!(drained.len(), 1, "{drained:?}");
+    assert_eq!(drained[0]["outcome"], "ok", "{drained:?}");
+    assert_eq!(drained[0]["details"]["tenants_left"], 0, "{drained:?}");
+    // The repair replaces the copies left on the draining worker (it runs at every change of
+    // the workers too; run here so the test need not wait for one).
+    cluster.service().repair_replicas().await;
+
+    let to = placed_on(&cluster, "solo").await;
+    assert_ne!(to, from);
+    let to_index: usize = to.trim_start_matches("worker-").parse().unwrap();
+    let to_dir = cluster.worker_dir(to_index);
+    assert_eq!(files(&to_dir.join("cold/solo")), before, "copied as it was");
+    assert!(!to_dir.join("tenants/solo").exists(), "not in the data dir");
+    assert_ne!(placed_on(&cluster, "duo").await, from);
+    let new_dir = cluster.worker_dir(2);
+    assert_eq!(
+        files(&new_dir.join("cold/duo")),
+        duo_kept,
+        "the new copy is cold"
+    );
+    assert!(!new_dir.join("tenants/duo").exists(), "not in the data dir");
+    for tenant in ["solo", "duo"] {
+        for dir in ["cold", "tenants"] {
+            assert!(
+                !from_dir.join(dir).join(tenant).exists(),
+                "the drained worker kept {dir}/{tenant}"
+            );
+        }
+        assert_eq!(storage(&cluster, tenant).await, "cold");
+    }
+    assert_eq!(count(&cluster, &solo, "a").await.0, 409);
+
+    for tenant in ["solo", "duo"] {
+        let (status, body) = cluster
+            .admin("POST", &format!("/admin/v1/tenants/{tenant}/resume"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["storage"], "hot", "{body}");
+    }
+    assert!(!to_dir.join("cold/solo").exists());
+    let (status, body) = count(&cluster, &solo, "a").await;
+    assert_eq!((status, body["count"].as_u64()), (200, Some(200)), "{body}");
+    // Reads go to the copies in turn: every point on both.
+    for _ in 0..4 {
+        let (status, body) = count(&cluster, &duo, "a").await;
+        assert_eq!((status, body["count"].as_u64()), (200, Some(120)), "{body}");
+    }
+    put(&cluster, &solo, "a", 250).await;
+    assert_eq!(count(&cluster, &solo, "a").await.1["count"], 250);
+    cluster.shutdown().await;
+}

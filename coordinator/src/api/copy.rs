@@ -251,16 +251,24 @@ impl Service {
         Ok(())
     }
 
+    /// Commits the import of `files` on `to`. A paused tenant's files (storage `cooling` or
+    /// `cold`) go on to `to`'s cold storage in the same step, so a drain or move of it never
+    /// leaves them in the data directory.
     async fn commit_import(
         &self,
         tenant: &str,
         to: &str,
         files: Vec<cluster::TenantFile>,
     ) -> Result<(), ApiError> {
+        let storage = off_runtime(|| self.store.tenant(tenant))?.map(|t| t.storage);
+        let to_cold = matches!(
+            storage.as_deref(),
+            Some(crate::store::tenant::COOLING | crate::store::tenant::COLD)
+        );
         self.transfer(
             to,
             tenant,
-            Step::ImportCommit(cluster::ImportCommit { files }),
+            Step::ImportCommit(cluster::ImportCommit { files, to_cold }),
         )
         .await?;
         Ok(())

@@ -421,7 +421,7 @@ impl Service {
             if self.moving.contains(&p.tenant) || self.handing.contains(&p.tenant) {
                 continue;
             }
-            let Some(tier) = self.tier_of(&p.tenant) else {
+            let Some(tier) = self.repair_tier(&p.tenant) else {
                 continue;
             };
             let copies: Vec<_> = replicas.iter().filter(|r| r.tenant == p.tenant).collect();
@@ -485,8 +485,25 @@ impl Service {
         self.replication.repaired.notify_waiters();
     }
 
-    /// The tier of a live tenant whose copies the repair looks after; `None` for a paused or
-    /// deleted one, or on a read error.
+    /// The tier whose copies the repair keeps for `tenant`: its own, or, for a paused tenant
+    /// whose files rest on cold storage, the one it had before the pause (its copies are caught
+    /// up, replaced and removed like a live tenant's, from cold storage to cold storage). `None`
+    /// for a deleted tenant, one whose files are moving between hot and cold storage, or on a
+    /// read error.
+    fn repair_tier(&self, tenant: &str) -> Option<Tier> {
+        let row = off_runtime(|| self.store.tenant(tenant)).ok()??;
+        if row.deleted {
+            return None;
+        }
+        if row.tier == PAUSED_TIER {
+            if row.storage != crate::store::tenant::COLD {
+                return None;
+            }
+            return self.tiers.get(row.paused_from.as_deref()?).cloned();
+        }
+        self.tiers.get(&row.tier).cloned()
+    }
+
     /// After a change of `tenant`'s copies moved its epoch on: assigns the new epoch to every
     /// live copy whose connection holds an earlier one, so that a key request it makes (a
     /// collection loading, a seal) is answered at once (the key service waits for this; see

@@ -121,7 +121,7 @@ impl Engine {
                 "tenant {tenant} is loaded; unload it before exporting its files"
             )));
         }
-        self.list_files(tenant)
+        list_files(&self.tenant_dir(tenant))
     }
 
     /// The files of `tenant` as [`Engine::export_files`] lists them, loaded or not. A loaded
@@ -132,41 +132,18 @@ impl Engine {
     /// new ones, so equal listings mean nothing changed in between). Writes must be held back by
     /// the caller meanwhile.
     pub fn export_files_live(&self, tenant: &TenantId) -> Result<Vec<ExportFile>> {
-        self.list_files(tenant)
+        list_files(&self.tenant_dir(tenant))
     }
 
-    fn list_files(&self, tenant: &TenantId) -> Result<Vec<ExportFile>> {
-        let dir = self.tenant_dir(tenant);
-        let mut files = Vec::new();
-        if !dir.exists() {
-            return Ok(files);
-        }
-        for entry in std::fs::read_dir(&dir).map_err(Error::io(&dir))? {
-            let entry = entry.map_err(Error::io(&dir))?;
-            let Some(collection) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if CollectionName::parse(&collection).is_err()
-                || !entry.file_type().is_ok_and(|t| t.is_dir())
-            {
-                continue;
-            }
-            let cdir = entry.path();
-            for file in std::fs::read_dir(&cdir).map_err(Error::io(&cdir))? {
-                let file = file.map_err(Error::io(&cdir))?;
-                let Some(name) = file.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                let path = format!("{collection}/{name}");
-                if check_path(&path).is_err() || !file.file_type().is_ok_and(|t| t.is_file()) {
-                    continue;
-                }
-                let (len, sha256) = digest(&file.path())?;
-                files.push(ExportFile { path, len, sha256 });
-            }
-        }
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(files)
+    /// The files of `tenant` on cold storage under `<cold_root>/<tenant>` (it is paused, so
+    /// nothing changes them), listed as [`Engine::export_files`] lists the data directory's: a
+    /// paused tenant is copied to another worker from there, never moved back first.
+    pub fn export_cold_files(
+        &self,
+        tenant: &TenantId,
+        cold_root: &Path,
+    ) -> Result<Vec<ExportFile>> {
+        list_files(&cold_root.join(tenant.as_str()))
     }
 
     /// Up to `max_len` bytes (at most [`MAX_PIECE_BYTES`]) of an exported file from `offset`;
@@ -178,20 +155,19 @@ impl Engine {
         offset: u64,
         max_len: usize,
     ) -> Result<Vec<u8>> {
-        check_path(path)?;
-        let full = self.tenant_dir(tenant).join(path);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&full)
-            .map_err(Error::io(&full))?;
-        file.seek(SeekFrom::Start(offset))
-            .map_err(Error::io(&full))?;
-        let mut out = Vec::new();
-        file.take(max_len.min(MAX_PIECE_BYTES) as u64)
-            .read_to_end(&mut out)
-            .map_err(Error::io(&full))?;
-        Ok(out)
+        read_piece(&self.tenant_dir(tenant), path, offset, max_len)
+    }
+
+    /// [`Engine::read_export`] of a file [`Engine::export_cold_files`] lists.
+    pub fn read_cold_export(
+        &self,
+        tenant: &TenantId,
+        cold_root: &Path,
+        path: &str,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Vec<u8>> {
+        read_piece(&cold_root.join(tenant.as_str()), path, offset, max_len)
     }
 
     /// Starts an import of `tenant`'s files, within `limits`, into a fresh staging directory
@@ -481,6 +457,60 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Every manifest, segment and WAL of the tenant directory `dir`, by `collection/file`, with
+/// its length and digest; temporary files and directories being removed are left out.
+fn list_files(dir: &Path) -> Result<Vec<ExportFile>> {
+    let mut files = Vec::new();
+    if !dir.exists() {
+        return Ok(files);
+    }
+    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+        let entry = entry.map_err(Error::io(dir))?;
+        let Some(collection) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if CollectionName::parse(&collection).is_err()
+            || !entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        let cdir = entry.path();
+        for file in std::fs::read_dir(&cdir).map_err(Error::io(&cdir))? {
+            let file = file.map_err(Error::io(&cdir))?;
+            let Some(name) = file.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let path = format!("{collection}/{name}");
+            if check_path(&path).is_err() || !file.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let (len, sha256) = digest(&file.path())?;
+            files.push(ExportFile { path, len, sha256 });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// Up to `max_len` bytes (at most [`MAX_PIECE_BYTES`]) of the file `path` under the tenant
+/// directory `dir` from `offset`.
+fn read_piece(dir: &Path, path: &str, offset: u64, max_len: usize) -> Result<Vec<u8>> {
+    check_path(path)?;
+    let full = dir.join(path);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&full)
+        .map_err(Error::io(&full))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(Error::io(&full))?;
+    let mut out = Vec::new();
+    file.take(max_len.min(MAX_PIECE_BYTES) as u64)
+        .read_to_end(&mut out)
+        .map_err(Error::io(&full))?;
+    Ok(out)
 }
 
 /// Length and SHA-256 of a regular file (links are not followed).

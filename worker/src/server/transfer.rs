@@ -34,12 +34,36 @@ fn from_proto(file: cluster::TenantFile) -> Result<ExportFile, Error> {
     })
 }
 
-/// Runs one step against the engine.
-fn run(engine: &Engine, tenant: &TenantId, step: Step) -> Result<Body, Error> {
+/// Runs one step against the engine, under the tenant's gate. `cold_root` is this worker's cold
+/// storage. A paused tenant's files there are listed and read from there (a drain copies it to
+/// another worker as it is) and dropped with the rest; nothing is imported over them (the
+/// coordinator moves a paused tenant's files only whole).
+fn run(
+    engine: &Engine,
+    tenant: &TenantId,
+    step: Step,
+    cold_root: &std::path::Path,
+) -> Result<Body, Error> {
+    let on_cold = cold_root.join(tenant.as_str()).exists();
+    let imports = matches!(
+        step,
+        Step::ImportBegin(_)
+            | Step::ImportPiece(_)
+            | Step::ImportCommit(_)
+            | Step::ImportReuse(_)
+            | Step::ImportStaged(_)
+    );
+    if on_cold && imports {
+        return Err(Error::FailedPrecondition(format!(
+            "tenant {tenant} is paused on cold storage here; nothing is imported over it"
+        )));
+    }
     let mut answer = cluster::TransferTenantResponse::default();
     match step {
         Step::ExportFiles(export) => {
-            let files = if export.live {
+            let files = if on_cold {
+                engine.export_cold_files(tenant, cold_root)?
+            } else if export.live {
                 engine.export_files_live(tenant)?
             } else {
                 engine.export_files(tenant)?
@@ -48,7 +72,11 @@ fn run(engine: &Engine, tenant: &TenantId, step: Step) -> Result<Body, Error> {
         }
         Step::ReadFile(read) => {
             let max_len = read.max_len.min(MAX_READ_BYTES) as usize;
-            answer.data = engine.read_export(tenant, &read.path, read.offset, max_len)?;
+            answer.data = if on_cold {
+                engine.read_cold_export(tenant, cold_root, &read.path, read.offset, max_len)?
+            } else {
+                engine.read_export(tenant, &read.path, read.offset, max_len)?
+            };
         }
         Step::ImportBegin(begin) => {
             let limits = ImportLimits {
@@ -67,6 +95,9 @@ fn run(engine: &Engine, tenant: &TenantId, step: Step) -> Result<Body, Error> {
                 .map(from_proto)
                 .collect::<Result<Vec<_>, _>>()?;
             engine.commit_import(tenant, &files)?;
+            if commit.to_cold {
+                engine.move_to_cold(tenant, cold_root)?;
+            }
         }
         Step::ImportReuse(reuse) => {
             let files = reuse
@@ -87,6 +118,7 @@ fn run(engine: &Engine, tenant: &TenantId, step: Step) -> Result<Body, Error> {
         Step::DropFiles(_) => {
             engine.abort_import(tenant)?;
             engine.delete_tenant(tenant)?;
+            engine.delete_cold(tenant, cold_root)?;
         }
     }
     Ok(Body::TransferTenantResponse(answer))
@@ -137,13 +169,6 @@ impl Worker {
                 "tenant {tenant} is assigned to this worker; its files are copied only once it is released"
             )));
         }
-        // A paused tenant's files on cold storage never move between workers: a listing of its
-        // empty data directory would copy nothing, and the source would then drop the rest.
-        if self.config.cold_dir.join(tenant.as_str()).exists() {
-            return Some(Error::FailedPrecondition(format!(
-                "tenant {tenant} is paused on cold storage; resume it before copying or moving it"
-            )));
-        }
         let name = step_name(&step);
         if matches!(step, Step::ReadFile(_) | Step::ImportPiece(_)) {
             tracing::debug!(tenant = %tenant, request_id, step = name, "tenant transfer step");
@@ -152,8 +177,9 @@ impl Worker {
         }
         let engine = self.engine.clone();
         let copied = tenant.clone();
+        let cold_root = self.config.cold_dir.clone();
         self.spawn_exclusive(request_id, &tenant, "the transfer step", move || {
-            let result = run(&engine, &copied, step);
+            let result = run(&engine, &copied, step, &cold_root);
             if let Err(err) = &result {
                 tracing::warn!(request_id, step = name, error = %err, "tenant transfer step refused");
             }

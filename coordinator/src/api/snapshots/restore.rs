@@ -93,7 +93,10 @@ impl Service {
             .transfer(
                 &primary,
                 tenant,
-                Step::ImportCommit(cluster::ImportCommit { files: listing }),
+                Step::ImportCommit(cluster::ImportCommit {
+                    files: listing,
+                    to_cold: false,
+                }),
             )
             .await;
         self.forget_tenant_state(tenant);

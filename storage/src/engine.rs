@@ -215,6 +215,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Unloads `tenant` without writing anything (no growing segment is sealed): for an engine
+    /// that only reads, such as a snapshot opened to be copied elsewhere.
+    pub fn unload_read_only(&self, tenant: &TenantId) {
+        self.unload(tenant, false);
+    }
+
     fn unload(&self, tenant: &TenantId, checkpoint: bool) {
         let removed = self.tenants.write().remove(tenant);
         let loaded = removed.and_then(|slot| slot.loaded.lock().take());

@@ -19,6 +19,7 @@ mod python;
 mod recovery;
 mod replication;
 mod request_log;
+mod restore_into;
 mod routes;
 mod schema;
 mod search;

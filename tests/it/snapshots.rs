@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use storage::crypto::KeyService;
 use tests::Cluster;
 
-async fn put(cluster: &Cluster, key: &str, ids: std::ops::Range<u64>, tag: &str) {
+pub(crate) async fn put(cluster: &Cluster, key: &str, ids: std::ops::Range<u64>, tag: &str) {
     let points: Vec<Value> = ids
         .map(|id| json!({"id": id, "vector": [id as f32, 1.0, -1.0, 0.5], "payload": {"tag": tag}}))
         .collect();
@@ -33,7 +33,7 @@ async fn put(cluster: &Cluster, key: &str, ids: std::ops::Range<u64>, tag: &str)
     }
 }
 
-async fn count(cluster: &Cluster, key: &str) -> u64 {
+pub(crate) async fn count(cluster: &Cluster, key: &str) -> u64 {
     let (status, body) = cluster
         .http(
             "POST",
@@ -47,7 +47,7 @@ async fn count(cluster: &Cluster, key: &str) -> u64 {
 }
 
 /// The payload tag of point `id`, or `None` if it does not exist.
-async fn tag(cluster: &Cluster, key: &str, id: u64) -> Option<String> {
+pub(crate) async fn tag(cluster: &Cluster, key: &str, id: u64) -> Option<String> {
     let (status, body) = cluster
         .http(
             "POST",
@@ -77,7 +77,7 @@ async fn snapshot(cluster: &Cluster, tenant: &str) -> Value {
 }
 
 /// Takes a snapshot of `tenant` and answers its id.
-async fn snapshot_id(cluster: &Cluster, tenant: &str) -> String {
+pub(crate) async fn snapshot_id(cluster: &Cluster, tenant: &str) -> String {
     snapshot(cluster, tenant).await["id"]
         .as_str()
         .unwrap()
@@ -106,11 +106,11 @@ async fn verify(cluster: &Cluster, tenant: &str, id: &str) -> Value {
     body
 }
 
-fn coordinator_dir(cluster: &Cluster) -> PathBuf {
+pub(crate) fn coordinator_dir(cluster: &Cluster) -> PathBuf {
     cluster.dir().join("coordinator")
 }
 
-fn archive_path(cluster: &Cluster, tenant: &str, id: &str) -> PathBuf {
+pub(crate) fn archive_path(cluster: &Cluster, tenant: &str, id: &str) -> PathBuf {
     coordinator_dir(cluster)
         .join("snapshots")
         .join(tenant)
@@ -118,7 +118,7 @@ fn archive_path(cluster: &Cluster, tenant: &str, id: &str) -> PathBuf {
 }
 
 /// Every file under `dir`, by path relative to it, with its bytes.
-fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -142,11 +142,11 @@ fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-fn tenant_dir(cluster: &Cluster, worker: usize, tenant: &str) -> PathBuf {
+pub(crate) fn tenant_dir(cluster: &Cluster, worker: usize, tenant: &str) -> PathBuf {
     cluster.worker_dir(worker).join("tenants").join(tenant)
 }
 
-async fn audit_actions(cluster: &Cluster, chain: &str, action: &str) -> Vec<Value> {
+pub(crate) async fn audit_actions(cluster: &Cluster, chain: &str, action: &str) -> Vec<Value> {
     let (status, export) = cluster
         .admin("GET", &format!("/admin/v1/audit/{chain}"), None)
         .await;
@@ -155,7 +155,7 @@ async fn audit_actions(cluster: &Cluster, chain: &str, action: &str) -> Vec<Valu
 }
 
 /// The coordinator's key service, opened beside the running one on the same files.
-fn key_service(cluster: &Cluster) -> storage::crypto::LocalKeyService {
+pub(crate) fn key_service(cluster: &Cluster) -> storage::crypto::LocalKeyService {
     let dir = coordinator_dir(cluster);
     let root = storage::crypto::LocalKeyFile::open(&dir.join("root.key")).unwrap();
     storage::crypto::LocalKeyService::open(Arc::new(root), &dir.join("keks")).unwrap()
@@ -163,7 +163,7 @@ fn key_service(cluster: &Cluster) -> storage::crypto::LocalKeyService {
 
 /// Every segment and WAL file of `tenant` by its DEK (unwrapped with the tenant's KEKs, so a
 /// re-wrapped header still names the same key): DEK bytes -> (name, bytes after the header).
-fn deks(
+pub(crate) fn deks(
     keys: &storage::crypto::LocalKeyService,
     tenant: &str,
     files: &BTreeMap<String, Vec<u8>>,

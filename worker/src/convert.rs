@@ -7,13 +7,15 @@
 use std::fmt::Write as _;
 
 use proto::vaultvec::v1 as api;
-use storage::collection::{CollectionInfo, MAX_DIM};
+use storage::collection::MAX_DIM;
 use storage::filter::{Filter, FilterLimits, Payload, PayloadLimits};
 use storage::ids::PointId;
 use storage::index::Metric;
 use storage::{CollectionConfig, Limits};
 
 use crate::error::{Error, Result};
+
+pub(crate) use proto::stored::{collection_info, record, scored_point};
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
@@ -40,15 +42,6 @@ pub(crate) fn point_id(id: Option<api::PointId>) -> Result<PointId> {
 pub(crate) fn point_ids(ids: Vec<api::PointId>, limits: &Limits) -> Result<Vec<PointId>> {
     check_batch("the id list", ids.len(), limits.max_batch)?;
     ids.into_iter().map(|id| point_id(Some(id))).collect()
-}
-
-/// A point id for the wire.
-pub(crate) fn point_id_to_proto(id: PointId) -> api::PointId {
-    let kind = match id {
-        PointId::Num(n) => api::point_id::Kind::Num(n),
-        PointId::Str(s) => api::point_id::Kind::Str(s),
-    };
-    api::PointId { kind: Some(kind) }
 }
 
 /// Checks a vector's length against `dim` and that every component is finite.
@@ -88,11 +81,6 @@ pub(crate) fn payload(
         serde_json::Value::Object(map),
         limits,
     )?))
-}
-
-/// A payload for the wire.
-pub(crate) fn payload_to_proto(payload: &Payload) -> prost_types::Struct {
-    proto::json::map_to_struct(payload.as_map())
 }
 
 /// A filter from the wire (`None` when absent).
@@ -144,14 +132,6 @@ pub(crate) fn metric(raw: i32) -> Result<Metric> {
     }
 }
 
-fn metric_to_proto(metric: Metric) -> api::Metric {
-    match metric {
-        Metric::Cosine => api::Metric::Cosine,
-        Metric::Dot => api::Metric::Dot,
-        Metric::L2 => api::Metric::L2,
-    }
-}
-
 /// A collection config from the wire, with the storage crate's defaults for absent HNSW
 /// parameters. Bounds are checked by the engine when the collection is created.
 pub(crate) fn collection_config(config: Option<api::CollectionConfig>) -> Result<CollectionConfig> {
@@ -169,28 +149,6 @@ pub(crate) fn collection_config(config: Option<api::CollectionConfig>) -> Result
     Ok(out)
 }
 
-fn collection_config_to_proto(config: &CollectionConfig) -> api::CollectionConfig {
-    api::CollectionConfig {
-        dim: config.dim as u32,
-        metric: metric_to_proto(config.metric) as i32,
-        m: Some(config.m as u32),
-        ef_construction: Some(config.ef_construction as u32),
-        ef: Some(config.ef as u32),
-    }
-}
-
-/// A collection's figures for the wire.
-pub(crate) fn collection_info(name: &str, info: &CollectionInfo) -> api::CollectionInfo {
-    api::CollectionInfo {
-        name: name.to_owned(),
-        config: Some(collection_config_to_proto(&info.config)),
-        points: info.points,
-        unindexed_points: info.unindexed_points,
-        segments: info.segments as u32,
-        stored_bytes: info.stored_bytes,
-    }
-}
-
 /// A point to upsert, its vector checked against the collection's dimension.
 pub(crate) fn point_input(
     point: api::Point,
@@ -202,25 +160,6 @@ pub(crate) fn point_input(
         vector: vector(point.vector, dim)?,
         payload: payload(point.payload, limits)?,
     })
-}
-
-/// A stored point for the wire.
-pub(crate) fn record(record: storage::Record) -> api::Record {
-    api::Record {
-        id: Some(point_id_to_proto(record.id)),
-        payload: record.payload.as_ref().map(payload_to_proto),
-        vector: record.vector.unwrap_or_default(),
-    }
-}
-
-/// A search hit for the wire.
-pub(crate) fn scored_point(point: storage::ScoredPoint) -> api::ScoredPoint {
-    api::ScoredPoint {
-        id: Some(point_id_to_proto(point.id)),
-        distance: point.distance,
-        payload: point.payload.as_ref().map(payload_to_proto),
-        vector: point.vector.unwrap_or_default(),
-    }
 }
 
 /// Checks the bounds of a search that need no collection: `top_k`, `ef` and the dimension ceiling.

@@ -147,6 +147,13 @@ struct NoArgs {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RestoreArgs {
+    /// Another tenant to restore the snapshot into (by re-encrypting it) instead of its own.
+    into: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TierArgs {
     tier: String,
 }
@@ -666,15 +673,24 @@ async fn restore_snapshot(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
     Path((tenant, id)): Path<(String, String)>,
+    b: Body,
 ) -> Response {
     admin(
         s,
         "admin_restore_snapshot",
         peer,
         h,
-        no_body(),
-        |s, _: NoArgs| async move {
-            json(detached(async move { s.restore_snapshot(&tenant, &id).await }).await?)
+        b,
+        |s, a: RestoreArgs| async move {
+            match a.into {
+                Some(into) => json(
+                    detached(async move { s.restore_snapshot_into(&tenant, &id, &into).await })
+                        .await?,
+                ),
+                None => {
+                    json(detached(async move { s.restore_snapshot(&tenant, &id).await }).await?)
+                }
+            }
         },
     )
     .await

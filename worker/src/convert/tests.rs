@@ -4,13 +4,13 @@ use storage::ids::PointId;
 use super::*;
 
 fn num(n: u64) -> api::PointId {
-    point_id_to_proto(PointId::Num(n))
+    proto::stored::point_id(PointId::Num(n))
 }
 
 #[test]
 fn point_ids_round_trip_and_a_missing_id_is_refused() {
     assert_eq!(point_id(Some(num(7))).unwrap(), PointId::Num(7));
-    let s = point_id_to_proto(PointId::string("doc-1").unwrap());
+    let s = proto::stored::point_id(PointId::string("doc-1").unwrap());
     assert_eq!(
         point_id(Some(s)).unwrap(),
         PointId::string("doc-1").unwrap()
@@ -149,7 +149,7 @@ fn payloads_and_filters_go_through_the_bounded_parsers() {
     let payload = payload(Some(payload_struct.clone()), &limits)
         .unwrap()
         .unwrap();
-    assert_eq!(payload_to_proto(&payload), payload_struct);
+    assert_eq!(proto::stored::payload(&payload), payload_struct);
     let tiny = PayloadLimits {
         max_bytes: 4,
         ..PayloadLimits::default()

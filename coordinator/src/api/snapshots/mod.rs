@@ -46,6 +46,7 @@ use crate::store::{Actor, SnapshotRow, tenant as tenant_state};
 
 use cluster::transfer_tenant::Step;
 
+mod clone;
 mod restore;
 mod schedule;
 mod take;
@@ -454,7 +455,11 @@ impl Service {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.strip_prefix(".staging-").is_some_and(is_snapshot_id) {
+            if name.strip_prefix(".staging-").is_some_and(is_snapshot_id)
+                || name
+                    .strip_prefix(clone::CLONE_PREFIX)
+                    .is_some_and(is_snapshot_id)
+            {
                 let _ = std::fs::remove_dir_all(&path);
                 continue;
             }

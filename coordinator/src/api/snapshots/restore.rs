@@ -74,7 +74,10 @@ impl Service {
             "snapshot": id, "worker": primary, "files": meta.files.len(), "bytes": meta.bytes(),
             "kek_versions": meta.kek_versions, "replicas_stale": replicas,
         });
-        let audit_row = self.audit_required(tenant, "snapshot.restore", "ok", details)?;
+        // Recorded before the switch (an action that cannot be recorded is not taken) as
+        // `started`, and as `ok` once it is done: a crash in between leaves no `ok` row for a
+        // restore that did not switch.
+        self.audit_required(tenant, "snapshot.restore", "started", details.clone())?;
         // The restored files' DEKs are wrapped by the snapshot's KEK versions: none of them may
         // be destroyed as merely retired now.
         for v in &meta.kek_versions {
@@ -105,6 +108,7 @@ impl Service {
             let _ = self.audit_required(tenant, "snapshot.restore", "error", details);
             return Err(err);
         }
+        let audit_row = self.audit_required(tenant, "snapshot.restore", "ok", details)?;
         drop(_turn);
         drop(_restoring);
         // A rotation re-wraps the restored files under a new KEK version (so they need none of

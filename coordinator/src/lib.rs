@@ -19,6 +19,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod net;
+pub mod outbound;
 pub mod snapshot;
 pub mod store;
 

@@ -13,6 +13,7 @@ mod idle;
 mod jobs;
 mod key_service;
 mod memory;
+mod outbound;
 mod preauth;
 mod privacy;
 mod python;

@@ -14,6 +14,10 @@ if ! cargo deny --version 2>/dev/null | grep -qF " $DENY_VERSION"; then
     cargo install --locked cargo-deny --version "$DENY_VERSION"
 fi
 
+# cargo-deny reads the metadata of every platform's dependencies offline: fetch them all first (a
+# build fetches only this platform's; reqwest, say, has wasm-only ones).
+cargo fetch --locked
+
 # The snapshot beside the checkout (../shared), or where VV_ADVISORY_DB points. Without one, the
 # checks that need no database (bans, licenses, sources) still run, and the skip is said loudly.
 snapshot=${VV_ADVISORY_DB:-../shared/advisory-db}

@@ -162,6 +162,9 @@ struct RawConfig {
     privacy: Privacy,
     #[serde(default)]
     snapshots: crate::snapshot::RawSettings,
+    #[serde(default)]
+    outbound: crate::outbound::OutboundConfig,
+    dashboard: Option<crate::dashboard::RawDashboard>,
 }
 
 /// `[privacy]`: privacy requests (`DELETE /admin/v1/tenants/{t}/entities/{entity_id}`).
@@ -482,8 +485,12 @@ pub struct Config {
     pub privacy: Privacy,
     /// The snapshot store (`[snapshots]`).
     pub snapshots: crate::snapshot::Settings,
-    /// The scheduler's clock: the host's, or one a test moves.
+    /// The scheduler's clock (the dashboard's sessions too): the host's, or one a test moves.
     pub clock: std::sync::Arc<dyn crate::jobs::Clock>,
+    /// The outbound guard's allowances and roots (`[outbound]`).
+    pub outbound: crate::outbound::OutboundConfig,
+    /// The dashboard (`[dashboard]`); without it the dashboard's routes answer 404.
+    pub dashboard: Option<crate::dashboard::DashboardConfig>,
 }
 
 /// Reads a secret file, refusing one that others may read.
@@ -508,7 +515,7 @@ pub fn read_secret(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     Ok(out)
 }
 
-fn read_secret_string(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+pub(crate) fn read_secret_string(path: &Path) -> anyhow::Result<Zeroizing<String>> {
     let bytes = read_secret(path)?;
     let text = std::str::from_utf8(&bytes)
         .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
@@ -591,6 +598,14 @@ impl Config {
             privacy: raw.privacy,
             snapshots: raw.snapshots.resolve(&at(&raw.data_dir), at)?,
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
+            outbound: crate::outbound::OutboundConfig {
+                allow_hosts: raw.outbound.allow_hosts.clone(),
+                ca_file: raw.outbound.ca_file.as_deref().map(at),
+            },
+            dashboard: match &raw.dashboard {
+                Some(d) => Some(d.resolve(at)?),
+                None => None,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -748,6 +763,8 @@ impl Config {
                 .resolve(dir, |p| dir.join(p))
                 .expect("default snapshot settings"),
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
+            outbound: crate::outbound::OutboundConfig::default(),
+            dashboard: None,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod grpc;
 pub mod http;
 pub mod jobs;
@@ -136,7 +137,17 @@ impl Coordinator {
             hub = hub.with_tls(tls.server_config());
         }
         let hub = Arc::new(hub);
+        let outbound = outbound::Outbound::new(&config.outbound).context("the outbound guard")?;
+        let dashboard = config.dashboard.clone().map(|d| {
+            Arc::new(dashboard::Dashboard::new(
+                d,
+                outbound.clone(),
+                store.clone(),
+                config.clock.clone(),
+            ))
+        });
         let service = Arc::new(Service::new(api::Parts {
+            dashboard,
             store,
             pepper: config.secrets.pepper.clone(),
             hub: hub.clone(),

@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod cluster;
 mod cold;
+mod dashboard;
 mod fleet;
 mod grpc_routes;
 mod hardening;

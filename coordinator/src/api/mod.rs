@@ -19,6 +19,7 @@ pub mod handover;
 pub mod idempotency;
 pub mod leftovers;
 pub mod limit;
+mod members;
 pub mod moves;
 pub mod replicas;
 mod route;
@@ -160,6 +161,7 @@ pub struct Service {
     pub(crate) privacy: crate::config::Privacy,
     /// The snapshot store and the tenants with a snapshot operation running.
     pub(crate) snapshots: snapshots::Snapshots,
+    dashboard: Option<Arc<crate::dashboard::Dashboard>>,
 }
 
 /// The large-message pool: one thread per core in the `SCHED_IDLE` class, where messages over
@@ -213,6 +215,8 @@ pub struct Parts {
     pub privacy: crate::config::Privacy,
     /// The snapshot store.
     pub snapshots: crate::snapshot::Settings,
+    /// The dashboard, if configured.
+    pub dashboard: Option<Arc<crate::dashboard::Dashboard>>,
 }
 
 impl Service {
@@ -255,6 +259,7 @@ impl Service {
             jobs: parts.jobs,
             privacy: parts.privacy,
             snapshots: snapshots::Snapshots::new(parts.snapshots),
+            dashboard: parts.dashboard,
         })
     }
 
@@ -513,6 +518,11 @@ impl Service {
             max_collections: tier.map_or(0, |t| t.max_collections),
             max_stored_bytes: tier.map_or(0, |t| t.max_stored_bytes),
         }
+    }
+
+    /// The dashboard, if configured.
+    pub fn dashboard(&self) -> Option<&crate::dashboard::Dashboard> {
+        self.dashboard.as_deref()
     }
 
     /// Runs one data operation for the caller. The caller says whether it is `large` (encoded

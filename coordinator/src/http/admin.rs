@@ -50,6 +50,9 @@ pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
         "admin_export_tenant" => get(export_tenant),
         "admin_take_snapshot" => post(take_snapshot),
         "admin_list_snapshots" => get(list_snapshots),
+        "admin_add_member" => post(add_member),
+        "admin_list_members" => get(list_members),
+        "admin_remove_member" => delete(remove_member),
         "admin_verify_snapshot" => post(verify_snapshot),
         "admin_restore_snapshot" => post(restore_snapshot),
         "admin_delete_snapshot" => delete(delete_snapshot),
@@ -144,6 +147,13 @@ struct NewTenant {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NoArgs {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMember {
+    email: String,
+    role: String,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -711,6 +721,63 @@ async fn delete_snapshot(
         |s, _: NoArgs| async move {
             s.delete_snapshot(&tenant, &id, "admin").await?;
             json(serde_json::json!({ "deleted": id }))
+        },
+    )
+    .await
+}
+
+async fn add_member(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+    b: Body,
+) -> Response {
+    admin(
+        s,
+        "admin_add_member",
+        peer,
+        h,
+        b,
+        |s, a: NewMember| async move { json(s.add_member(&tenant, &a.email, &a.role)?) },
+    )
+    .await
+}
+
+async fn list_members(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
+    admin(
+        s,
+        "admin_list_members",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            json(serde_json::json!({ "members": s.list_members(&tenant)? }))
+        },
+    )
+    .await
+}
+
+async fn remove_member(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((tenant, email)): Path<(String, String)>,
+) -> Response {
+    admin(
+        s,
+        "admin_remove_member",
+        peer,
+        h,
+        no_body(),
+        |s, _: NoArgs| async move {
+            s.remove_member(&tenant, &email)?;
+            json(serde_json::json!({ "removed": email }))
         },
     )
     .await

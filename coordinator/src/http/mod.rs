@@ -72,6 +72,7 @@ pub fn router(service: Svc) -> Router {
         router = router.route(path, methods.fallback(method_not_allowed));
     }
     router
+        .merge(crate::dashboard::routes::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)

@@ -257,4 +257,22 @@ pub const ROUTES: &[RouteSpec] = &[
         Policy::Admin,
         "admin_delete_snapshot",
     ),
+    route(
+        "POST",
+        "/admin/v1/tenants/{tenant}/members",
+        Policy::Admin,
+        "admin_add_member",
+    ),
+    route(
+        "GET",
+        "/admin/v1/tenants/{tenant}/members",
+        Policy::Admin,
+        "admin_list_members",
+    ),
+    route(
+        "DELETE",
+        "/admin/v1/tenants/{tenant}/members/{email}",
+        Policy::Admin,
+        "admin_remove_member",
+    ),
 ];

@@ -30,6 +30,7 @@
 
 mod audit;
 pub mod census;
+pub mod dashboard;
 mod jobs;
 mod key;
 mod leftovers;

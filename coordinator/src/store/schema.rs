@@ -285,5 +285,51 @@ DROP TABLE census;
 ALTER TABLE census_v13 RENAME TO census;
 ";
 
+/// Migration 14: the dashboard's people. A user is a verified email address (lowercased), known
+/// by one or more provider identities; a tenant's members are email addresses with a role,
+/// invited before their first login. A session row is keyed by the SHA-256 of the random id its
+/// cookie holds (the id itself is never stored); a login flow row, by the SHA-256 of its OAuth
+/// `state`, holds what the callback needs (PKCE verifier, nonce) and the hash of the cookie that
+/// binds it to the browser that started it. Both go when used or expired.
+const V14: &str = "
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE user_identities (
+    provider TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    user_id INTEGER NOT NULL REFERENCES users (id),
+    PRIMARY KEY (provider, subject)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE members (
+    tenant TEXT NOT NULL REFERENCES tenants (id),
+    email TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+    invited_by TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, email)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX members_by_email ON members (email);
+CREATE TABLE sessions (
+    id_hash BLOB PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users (id),
+    provider TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    csrf TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE TABLE login_flows (
+    state_hash BLOB PRIMARY KEY,
+    browser_hash BLOB NOT NULL,
+    provider TEXT NOT NULL,
+    pkce_verifier TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13];
+pub(crate) const MIGRATIONS: &[&str] =
+    &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14];

@@ -173,13 +173,18 @@ fn a_fresh_file_gets_every_migration() {
             "kek_retired",
             "kek_rotations",
             "leftover_copies",
+            "login_flows",
+            "members",
             "moves",
             "placements",
             "replicas",
+            "sessions",
             "snapshots",
             "tenants",
             "tenants_never_deleted",
             "usage_days",
+            "user_identities",
+            "users",
             "workers",
         ]
     );

@@ -1,0 +1,304 @@
+//! The dashboard's HTTP routes. Every route declares the permission it needs in
+//! [`DASHBOARD_ROUTES`], the router is built from that table, and a route that needs a session
+//! takes the [`SessionAuth`] extractor, which answers 401 without a valid one (and 403 for a
+//! state-changing request whose CSRF token is missing or wrong).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+
+use super::{Callback, Session};
+use crate::api::Service;
+
+type Svc = Arc<Service>;
+
+/// The cookie that holds a session's id.
+pub const SESSION_COOKIE: &str = "__Host-vv_session";
+/// The cookie that binds a login flow to its browser.
+pub const LOGIN_COOKIE: &str = "__Host-vv_login";
+/// The header (or form field `csrf`) a state-changing request carries its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// What a dashboard route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Nothing (the login redirect and the provider's callback).
+    Public,
+    /// A valid session.
+    Session,
+}
+
+/// One route of the dashboard.
+#[derive(Debug, Clone, Copy)]
+pub struct DashboardRoute {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path.
+    pub path: &'static str,
+    /// What it needs.
+    pub permission: Permission,
+    /// Its name.
+    pub name: &'static str,
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    permission: Permission,
+    name: &'static str,
+) -> DashboardRoute {
+    DashboardRoute {
+        method,
+        path,
+        permission,
+        name,
+    }
+}
+
+/// Every dashboard route; the router is built from this table.
+pub const DASHBOARD_ROUTES: &[DashboardRoute] = &[
+    route(
+        "GET",
+        "/dashboard/login/{provider}",
+        Permission::Public,
+        "dashboard_login",
+    ),
+    route(
+        "GET",
+        "/dashboard/callback/{provider}",
+        Permission::Public,
+        "dashboard_callback",
+    ),
+    route(
+        "GET",
+        "/dashboard/v1/me",
+        Permission::Session,
+        "dashboard_me",
+    ),
+    route(
+        "POST",
+        "/dashboard/logout",
+        Permission::Session,
+        "dashboard_logout",
+    ),
+];
+
+fn handler(name: &str) -> MethodRouter<Svc> {
+    match name {
+        "dashboard_login" => get(login),
+        "dashboard_callback" => get(callback),
+        "dashboard_me" => get(me),
+        "dashboard_logout" => post(logout),
+        other => unreachable!("dashboard route {other} has no handler"),
+    }
+}
+
+/// The dashboard's routes, merged into the HTTP listener's router.
+pub fn router() -> Router<Svc> {
+    let mut router = Router::new();
+    for r in DASHBOARD_ROUTES {
+        router = router.route(r.path, handler(r.name));
+    }
+    router
+}
+
+/// The value of cookie `name` in `headers`, if present once.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut found = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=')
+                && k == name
+            {
+                if found.is_some() {
+                    // Two cookies of one name (a subdomain's planted one beside ours): neither.
+                    return None;
+                }
+                found = Some(v);
+            }
+        }
+    }
+    found
+}
+
+fn plain(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        message.into(),
+    )
+        .into_response()
+}
+
+fn set_cookie(name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let age = max_age
+        .map(|s| format!("; Max-Age={s}"))
+        .unwrap_or_default();
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; Secure; HttpOnly; SameSite=Lax{age}"
+    ))
+    .expect("cookie values are base64url")
+}
+
+fn redirect(location: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn not_configured() -> Response {
+    plain(StatusCode::NOT_FOUND, "the dashboard is not configured")
+}
+
+/// A request's valid session, checked before its handler runs (see the module docs).
+pub struct SessionAuth {
+    /// The session.
+    pub session: Session,
+    /// Its id, from the cookie.
+    pub id: String,
+}
+
+impl FromRequestParts<Svc> for SessionAuth {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, service: &Svc) -> Result<Self, Response> {
+        let Some(dashboard) = service.dashboard() else {
+            return Err(not_configured());
+        };
+        let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else {
+            return Err(plain(StatusCode::UNAUTHORIZED, "log in first"));
+        };
+        let Some(session) = dashboard.session(id) else {
+            return Err(plain(
+                StatusCode::UNAUTHORIZED,
+                "the session has ended; log in again",
+            ));
+        };
+        let id = id.to_owned();
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            let presented = parts
+                .headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let matches: bool =
+                subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), session.csrf.as_bytes()).into();
+            if !matches {
+                return Err(plain(
+                    StatusCode::FORBIDDEN,
+                    "the request's CSRF token is missing or wrong",
+                ));
+            }
+        }
+        Ok(SessionAuth { session, id })
+    }
+}
+
+async fn login(State(service): State<Svc>, Path(provider): Path<String>) -> Response {
+    let Some(dashboard) = service.dashboard() else {
+        return not_configured();
+    };
+    match dashboard.start_login(&provider).await {
+        Ok((location, browser)) => {
+            let mut response = redirect(&location);
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                set_cookie(LOGIN_COOKIE, &browser, Some(600)),
+            );
+            response
+        }
+        Err(refused) => plain(StatusCode::NOT_FOUND, refused.0),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+async fn callback(
+    State(service): State<Svc>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(dashboard) = service.dashboard() else {
+        return not_configured();
+    };
+    let Ok(Query(query)) = query else {
+        return plain(StatusCode::BAD_REQUEST, "the callback's query is malformed");
+    };
+    let callback = Callback {
+        code: query.code,
+        state: query.state,
+        error: query.error,
+        browser: cookie(&headers, LOGIN_COOKIE).map(str::to_owned),
+    };
+    let previous = cookie(&headers, SESSION_COOKIE);
+    let mut response = match dashboard.finish_login(&provider, callback, previous).await {
+        Ok(id) => {
+            let mut response = redirect("/dashboard/v1/me");
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &id, None));
+            response
+        }
+        Err(refused) => plain(StatusCode::FORBIDDEN, format!("login refused: {refused}")),
+    };
+    // The flow is over either way.
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", Some(0)));
+    response
+}
+
+async fn me(State(service): State<Svc>, auth: SessionAuth) -> Response {
+    let Some(dashboard) = service.dashboard() else {
+        return not_configured();
+    };
+    let memberships: Vec<serde_json::Value> = dashboard
+        .memberships(&auth.session.email)
+        .into_iter()
+        .map(|m| serde_json::json!({ "tenant": m.tenant, "role": m.role }))
+        .collect();
+    let mut response = axum::Json(serde_json::json!({
+        "email": auth.session.email,
+        "provider": auth.session.provider,
+        "memberships": memberships,
+        "csrf_token": auth.session.csrf,
+    }))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn logout(State(service): State<Svc>, auth: SessionAuth, _body: Body) -> Response {
+    let Some(dashboard) = service.dashboard() else {
+        return not_configured();
+    };
+    dashboard.logout(&auth.id);
+    let mut response = plain(StatusCode::OK, "logged out");
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", Some(0)));
+    response
+}

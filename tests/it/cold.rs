@@ -326,16 +326,7 @@ async fn a_worker_killed_in_the_middle_of_either_move_leaves_the_tenant_wholly_o
 }
 
 async fn placed_on(cluster: &Cluster, tenant: &str) -> String {
-    let (status, body) = cluster.admin("GET", "/admin/v1/placements", None).await;
-    assert_eq!(status, 200, "{body}");
-    body["placements"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["tenant"] == tenant)
-        .and_then(|p| p["worker"].as_str())
-        .unwrap_or_else(|| panic!("{tenant} is not placed: {body}"))
-        .to_owned()
+    super::fleet::placement(cluster, tenant).await.0
 }
 
 /// A drain of a worker holding paused tenants finishes: a single-copy one is copied from the

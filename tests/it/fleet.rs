@@ -128,7 +128,7 @@ async fn the_health_tracker_shows_heartbeats_and_marks_a_hung_worker_down_until_
     cluster.shutdown().await;
 }
 
-async fn placement(cluster: &Cluster, tenant: &str) -> (String, u64) {
+pub(crate) async fn placement(cluster: &Cluster, tenant: &str) -> (String, u64) {
     let (status, body) = cluster.admin("GET", "/admin/v1/placements", None).await;
     assert_eq!(status, 200, "{body}");
     let p = body["placements"]

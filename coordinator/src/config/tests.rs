@@ -346,3 +346,48 @@ fn kek_rotation_days_and_job_intervals_are_bounded() {
         assert!(err.contains(want), "{tier_line} {jobs}: {err}");
     }
 }
+
+#[test]
+fn the_dashboard_and_outbound_sections_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "google.secret", "a-client-secret", 0o600);
+    let section = r#"
+[outbound]
+allow_hosts = ["idp.internal:8443"]
+
+[dashboard]
+public_url = "https://vaultvec.example/"
+session_idle_s = 600
+
+[[dashboard.oidc]]
+name = "google"
+issuer = "https://accounts.google.com"
+client_id = "the-client"
+client_secret_file = "google.secret"
+"#;
+    let config = Config::load(&write_config(dir.path(), section)).unwrap();
+    assert_eq!(config.outbound.allow_hosts, ["idp.internal:8443"]);
+    let dashboard = config.dashboard.unwrap();
+    assert_eq!(dashboard.public_url.as_str(), "https://vaultvec.example/");
+    assert_eq!(dashboard.idle.as_secs(), 600);
+    assert_eq!(dashboard.absolute.as_secs(), 43_200);
+    assert_eq!(dashboard.providers[0].name, "google");
+    assert_eq!(&*dashboard.providers[0].client_secret, "a-client-secret");
+    assert!(!format!("{dashboard:?}").contains("a-client-secret"));
+    // Plain http, a provider name that cannot be a path segment, a secret others can read.
+    for (from, to) in [
+        ("https://vaultvec.example/", "http://vaultvec.example/"),
+        ("name = \"google\"", "name = \"Goo/gle\""),
+    ] {
+        let bad = section.replace(from, to);
+        assert!(
+            Config::load(&write_config(dir.path(), &bad)).is_err(),
+            "{to}"
+        );
+    }
+    write(dir.path(), "google.secret", "a-client-secret", 0o644);
+    assert!(Config::load(&write_config(dir.path(), section)).is_err());
+    // Without the sections: no dashboard, no allowances.
+    let config = Config::load(&write_config(dir.path(), "")).unwrap();
+    assert!(config.dashboard.is_none() && config.outbound.allow_hosts.is_empty());
+}

@@ -12,7 +12,7 @@ use openidconnect::{
 };
 
 use super::{Provider, Refused};
-use crate::outbound::{Outbound, OutboundError};
+use crate::outbound::{Outbound, OutboundError, error_chain as chain};
 
 /// A provider's discovery document with its keys.
 pub(super) type Metadata = CoreProviderMetadata;
@@ -181,15 +181,4 @@ pub(super) async fn exchange(
         email,
         email_verified: claims.email_verified() == Some(true),
     })
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(err) = source {
-        out.push_str(": ");
-        out.push_str(&err.to_string());
-        source = err.source();
-    }
-    out
 }

@@ -363,7 +363,8 @@ fn refusal_in(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+/// `err` with its sources, `: `-separated.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(err) = source {

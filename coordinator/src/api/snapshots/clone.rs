@@ -156,15 +156,7 @@ impl Service {
                 ),
             ));
         }
-        let missing = self.missing_keks(&row)?;
-        if !missing.is_empty() {
-            return Err(ApiError::new(
-                Code::FailedPrecondition,
-                format!(
-                    "snapshot {id} cannot be restored: the KEK versions {missing:?} its files need are destroyed"
-                ),
-            ));
-        }
+        self.require_keks(&row)?;
         let source = TenantId::parse(tenant).map_err(|e| ApiError::invalid(e.to_string()))?;
         let scratch = Scratch(
             self.snapshots

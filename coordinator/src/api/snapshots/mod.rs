@@ -288,6 +288,22 @@ impl Service {
         read_stored_archive(&self.store, &self.snapshots.settings, row, sink)
     }
 
+    /// Refuses to restore `row` if any KEK version its files need is gone (an erased tenant's
+    /// snapshot never restores: INV-15).
+    fn require_keks(&self, row: &SnapshotRow) -> Result<(), ApiError> {
+        let missing = self.missing_keks(row)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            Code::FailedPrecondition,
+            format!(
+                "snapshot {} cannot be restored: the KEK versions {missing:?} its files need are destroyed",
+                row.id
+            ),
+        ))
+    }
+
     /// The KEK versions of `row` that are gone (destroyed), if any.
     fn missing_keks(&self, row: &SnapshotRow) -> Result<Vec<u32>, ApiError> {
         let tenant = TenantId::parse(&row.tenant).map_err(|e| ApiError::invalid(e.to_string()))?;

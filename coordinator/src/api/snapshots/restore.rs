@@ -15,15 +15,7 @@ impl Service {
         let t = self.snapshottable(tenant)?;
         let row = self.snapshot_of(tenant, id)?;
         let _lifecycle = self.lifecycle_lock(tenant).await;
-        let missing = self.missing_keks(&row)?;
-        if !missing.is_empty() {
-            return Err(ApiError::new(
-                Code::FailedPrecondition,
-                format!(
-                    "snapshot {id} cannot be restored: the KEK versions {missing:?} its files need are destroyed"
-                ),
-            ));
-        }
+        self.require_keks(&row)?;
         // Every check before anything is sent anywhere.
         let meta = off_runtime(|| {
             self.read_stored(&row, |_, r| {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use coordinator::config::Config;
 use coordinator::dashboard::routes::{DASHBOARD_ROUTES, Permission};
-use coordinator::dashboard::{DashboardConfig, Provider};
+use coordinator::dashboard::{DashboardConfig, Provider, ProviderKind};
 use coordinator::jobs::ManualClock;
 use coordinator::outbound::OutboundConfig;
 use serde_json::{Value, json};
@@ -102,6 +102,7 @@ async fn start() -> Harness {
             CLIENT_ID,
             CLIENT_SECRET,
             &format!("{PUBLIC_URL}/dashboard/callback/idp"),
+            &format!("{PUBLIC_URL}/dashboard/callback/github"),
         ])
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdout(std::process::Stdio::piped())
@@ -137,12 +138,32 @@ async fn start() -> Harness {
         public_url: url::Url::parse(PUBLIC_URL).unwrap(),
         idle: IDLE,
         absolute: ABSOLUTE,
-        providers: vec![Provider {
-            name: "idp".into(),
-            issuer: url::Url::parse(&format!("https://localhost:{port}")).unwrap(),
-            client_id: CLIENT_ID.into(),
-            client_secret: zeroize::Zeroizing::new(CLIENT_SECRET.into()),
-        }],
+        providers: vec![
+            Provider {
+                name: "idp".into(),
+                kind: ProviderKind::Oidc {
+                    issuer: url::Url::parse(&format!("https://localhost:{port}")).unwrap(),
+                },
+                client_id: CLIENT_ID.into(),
+                client_secret: zeroize::Zeroizing::new(CLIENT_SECRET.into()),
+            },
+            Provider {
+                name: "github".into(),
+                kind: ProviderKind::Github {
+                    authorize_url: url::Url::parse(&format!(
+                        "https://localhost:{port}/login/oauth/authorize"
+                    ))
+                    .unwrap(),
+                    token_url: url::Url::parse(&format!(
+                        "https://localhost:{port}/login/oauth/access_token"
+                    ))
+                    .unwrap(),
+                    api_url: url::Url::parse(&format!("https://localhost:{port}/api")).unwrap(),
+                },
+                client_id: CLIENT_ID.into(),
+                client_secret: zeroize::Zeroizing::new(CLIENT_SECRET.into()),
+            },
+        ],
     };
     let outbound = OutboundConfig {
         allow_hosts: vec![format!("localhost:{port}")],
@@ -208,6 +229,10 @@ impl Harness {
     }
 
     async fn begin(&self, email: &str, verified: bool) -> Flow {
+        self.begin_with("idp", email, verified).await
+    }
+
+    async fn begin_with(&self, provider: &str, email: &str, verified: bool) -> Flow {
         self.idp
             .control(
                 "/test/user",
@@ -216,7 +241,7 @@ impl Harness {
             .await;
         let response = self
             .client
-            .get(self.url("/dashboard/login/idp"))
+            .get(self.url(&format!("/dashboard/login/{provider}")))
             .send()
             .await
             .unwrap();
@@ -233,16 +258,19 @@ impl Harness {
         assert_eq!(query["response_type"], "code");
         assert_eq!(
             query["redirect_uri"],
-            format!("{PUBLIC_URL}/dashboard/callback/idp")
+            format!("{PUBLIC_URL}/dashboard/callback/{provider}")
         );
-        assert!(query["nonce"].len() >= 16 && query["state"].len() >= 16);
+        assert!(query["state"].len() >= 16);
+        if provider == "idp" {
+            assert!(query["nonce"].len() >= 16);
+        }
         let answer = self.idp.https.get(location).send().await.unwrap();
         assert_eq!(answer.status().as_u16(), 302, "{:?}", answer.text().await);
         let back = answer.headers()["location"].to_str().unwrap().to_owned();
         let back = url::Url::parse(&back).unwrap();
         assert_eq!(
             back.as_str().split('?').next().unwrap(),
-            format!("{PUBLIC_URL}/dashboard/callback/idp")
+            format!("{PUBLIC_URL}/dashboard/callback/{provider}")
         );
         Flow {
             browser,
@@ -256,9 +284,18 @@ impl Harness {
         query: &str,
         cookies: &[(&str, &str)],
     ) -> (u16, Option<String>, String) {
+        self.callback_with("idp", query, cookies).await
+    }
+
+    async fn callback_with(
+        &self,
+        provider: &str,
+        query: &str,
+        cookies: &[(&str, &str)],
+    ) -> (u16, Option<String>, String) {
         let mut request = self
             .client
-            .get(self.url(&format!("/dashboard/callback/idp?{query}")));
+            .get(self.url(&format!("/dashboard/callback/{provider}?{query}")));
         if !cookies.is_empty() {
             let header: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
             request = request.header("cookie", header.join("; "));
@@ -539,6 +576,62 @@ async fn sessions_are_fresh_at_login_and_end_at_the_idle_and_absolute_timeouts()
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(h.me(&session).await.0, 401);
+    h.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_account_logs_in_by_its_verified_primary_email() {
+    let h = start().await;
+    let flow = h.begin_with("github", "alice@example.com", true).await;
+    let cookie = [("__Host-vv_login", flow.browser.as_str())];
+    let (status, session, body) = h
+        .callback_with("github", &flow.callback_query, &cookie)
+        .await;
+    assert_eq!(status, 303, "{body}");
+    let (status, me) = h.me(&session.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&me["email"], &me["provider"]),
+        (&json!("alice@example.com"), &json!("github"))
+    );
+    // A replayed callback; a state issued for the other provider.
+    let (status, _, _) = h
+        .callback_with("github", &flow.callback_query, &cookie)
+        .await;
+    assert_eq!(status, 403);
+    let flow = h.begin("alice@example.com", true).await;
+    let (status, _, body) = h
+        .callback_with(
+            "github",
+            &flow.callback_query,
+            &[("__Host-vv_login", &flow.browser)],
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // A code from another flow: GitHub's PKCE check refuses it.
+    let stolen = h.begin_with("github", "alice@example.com", true).await;
+    let mine = h.begin_with("github", "alice@example.com", true).await;
+    let part = |q: &str, p: &str| q.split('&').find(|x| x.starts_with(p)).unwrap().to_owned();
+    let injected = format!(
+        "{}&{}",
+        part(&stolen.callback_query, "code="),
+        part(&mine.callback_query, "state=")
+    );
+    let (status, _, body) = h
+        .callback_with("github", &injected, &[("__Host-vv_login", &mine.browser)])
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // A primary address GitHub has not verified (its other, verified one is not used).
+    let flow = h.begin_with("github", "alice@example.com", false).await;
+    let (status, session, body) = h
+        .callback_with(
+            "github",
+            &flow.callback_query,
+            &[("__Host-vv_login", &flow.browser)],
+        )
+        .await;
+    assert_eq!((status, session), (403, None), "{body}");
+    assert!(body.contains("not verified"), "{body}");
     h.cluster.shutdown().await;
 }
 

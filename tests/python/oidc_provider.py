@@ -1,4 +1,5 @@
-"""A local OpenID Connect provider for the dashboard's login tests (tests/it/dashboard.rs).
+"""A local OpenID Connect provider, and a GitHub-style OAuth 2.0 one, for the dashboard's login
+tests (tests/it/dashboard.rs).
 
 Built on authlib's authorization server (authorization code grant, the OpenID Connect `OpenIDCode`
 extension, PKCE `CodeChallenge` required), served over HTTPS by werkzeug on 127.0.0.1 with the
@@ -6,15 +7,22 @@ certificate the test made. Nothing of the protocol is written here: authlib chec
 the redirect URI (exactly the registered one), the code (single use) and the PKCE verifier, and
 issues the ID token.
 
+The GitHub-style side (same server, same authlib grant without the OpenID Connect extension):
+`/login/oauth/authorize`, `/login/oauth/access_token` (JSON answer), and the API GitHub logins
+read, `/api/user` and `/api/user/emails`, which take the access token as a bearer token (authlib's
+`ResourceProtector`).
+
 Test controls (plain HTTP calls from the test, over the same HTTPS listener):
 - POST /test/user {"email": ..., "verified": bool, "sub": ...}: who the next authorization
-  logs in as (the provider approves at once, as if the user had consented);
+  logs in as (the provider approves at once, as if the user had consented); on the GitHub side
+  that email is the primary one, and a second, verified address `other-<sub>@example.org` is
+  listed too;
 - POST /test/tamper {"what": "iss" | "aud" | "nonce" | "exp" | "sig" | "at_hash"}: the next ID
   token is re-signed with that claim wrong (or, for "sig", signed by another key under the
   same key id).
 
-Usage: oidc_provider.py CERT KEY CLIENT_ID CLIENT_SECRET REDIRECT_URI; prints "PORT <n>" once it
-listens.
+Usage: oidc_provider.py CERT KEY CLIENT_ID CLIENT_SECRET REDIRECT_URI...; prints "PORT <n>" once
+it listens. Every redirect URI given is registered (exact match).
 """
 
 import hmac
@@ -23,17 +31,20 @@ import ssl
 import sys
 import time
 import uuid
+import zlib
 
-from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.jose import JsonWebKey, jwt
-from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, grants
+from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, TokenMixin, grants
+from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import UserInfo
 from authlib.oidc.core import grants as oidc_grants
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
-CERT, KEY, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI = sys.argv[1:6]
+CERT, KEY, CLIENT_ID, CLIENT_SECRET = sys.argv[1:5]
+REDIRECT_URIS = sys.argv[5:]
 
 SIGNING = JsonWebKey.generate_key("RSA", 2048, is_private=True)
 SIGNING_KID = "test-key-1"
@@ -45,6 +56,7 @@ STATE = {
     "tamper": None,
 }
 CODES = {}
+TOKENS = {}
 
 
 class Client(ClientMixin):
@@ -52,13 +64,14 @@ class Client(ClientMixin):
         return CLIENT_ID
 
     def get_default_redirect_uri(self):
-        return REDIRECT_URI
+        return REDIRECT_URIS[0]
 
     def get_allowed_scope(self, scope):
-        return " ".join(s for s in (scope or "").split() if s in ("openid", "email", "profile"))
+        allowed = ("openid", "email", "profile", "read:user", "user:email")
+        return " ".join(s for s in (scope or "").split() if s in allowed)
 
     def check_redirect_uri(self, redirect_uri):
-        return redirect_uri == REDIRECT_URI
+        return redirect_uri in REDIRECT_URIS
 
     def check_client_secret(self, client_secret):
         return hmac.compare_digest(client_secret.encode(), CLIENT_SECRET.encode())
@@ -148,12 +161,45 @@ class OpenIDCode(oidc_grants.OpenIDCode):
         return UserInfo(sub=user["sub"], email=user["email"], email_verified=user["verified"])
 
 
+class Token(TokenMixin):
+    def __init__(self, token, user):
+        self.token = token
+        self.user = user
+        self.issued = time.time()
+
+    def check_client(self, client):
+        return client.get_client_id() == CLIENT_ID
+
+    def get_scope(self):
+        return self.token.get("scope", "")
+
+    def get_expires_in(self):
+        return self.token.get("expires_in", 3600)
+
+    def is_expired(self):
+        return time.time() > self.issued + self.get_expires_in()
+
+    def is_revoked(self):
+        return False
+
+
+def save_token(token, req):
+    TOKENS[token["access_token"]] = Token(token, dict(req.user))
+
+
+class Validator(BearerTokenValidator):
+    def authenticate_token(self, token_string):
+        return TOKENS.get(token_string)
+
+
 app = Flask(__name__)
 server = AuthorizationServer(
     app,
     query_client=lambda client_id: CLIENT if client_id == CLIENT_ID else None,
-    save_token=lambda token, req: None,
+    save_token=save_token,
 )
+require_token = ResourceProtector()
+require_token.register_token_validator(Validator())
 server.register_grant(CodeGrant, [OpenIDCode(require_nonce=True), CodeChallenge(required=True)])
 
 
@@ -213,6 +259,35 @@ def token():
         body["id_token"] = jwt.encode({"alg": "RS256", "kid": SIGNING_KID}, claims, key).decode()
         response.set_data(json.dumps(body))
     return response
+
+
+@app.get("/login/oauth/authorize")
+def github_authorize():
+    return server.create_authorization_response(grant_user=dict(STATE["user"]))
+
+
+@app.post("/login/oauth/access_token")
+def github_token():
+    return server.create_token_response()
+
+
+@app.get("/api/user")
+@require_token()
+def github_user():
+    user = current_token.user
+    return jsonify(id=zlib.crc32(user["sub"].encode()), login=user["sub"])
+
+
+@app.get("/api/user/emails")
+@require_token()
+def github_emails():
+    user = current_token.user
+    return jsonify(
+        [
+            {"email": user["email"], "primary": True, "verified": user["verified"], "visibility": "private"},
+            {"email": f"other-{user['sub']}@example.org", "primary": False, "verified": True, "visibility": None},
+        ]
+    )
 
 
 @app.post("/test/user")

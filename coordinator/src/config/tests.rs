@@ -364,6 +364,10 @@ name = "google"
 issuer = "https://accounts.google.com"
 client_id = "the-client"
 client_secret_file = "google.secret"
+
+[dashboard.github]
+client_id = "the-github-client"
+client_secret_file = "google.secret"
 "#;
     let config = Config::load(&write_config(dir.path(), section)).unwrap();
     assert_eq!(config.outbound.allow_hosts, ["idp.internal:8443"]);
@@ -373,6 +377,11 @@ client_secret_file = "google.secret"
     assert_eq!(dashboard.absolute.as_secs(), 43_200);
     assert_eq!(dashboard.providers[0].name, "google");
     assert_eq!(&*dashboard.providers[0].client_secret, "a-client-secret");
+    assert_eq!(dashboard.providers[1].name, "github");
+    assert!(matches!(
+        &dashboard.providers[1].kind,
+        crate::dashboard::ProviderKind::Github { api_url, .. } if api_url.as_str() == "https://api.github.com/"
+    ));
     assert!(!format!("{dashboard:?}").contains("a-client-secret"));
     // Plain http, a provider name that cannot be a path segment, a secret others can read.
     for (from, to) in [

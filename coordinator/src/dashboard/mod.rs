@@ -1,6 +1,7 @@
 //! The dashboard a tenant's people log in to (issue 11): OAuth 2.0 authorization code flow with
 //! PKCE (S256) against OpenID Connect providers (Google is one: issuer
-//! `https://accounts.google.com`), server-side sessions in SQLite.
+//! `https://accounts.google.com`) and GitHub (OAuth 2.0, then its user and verified-email API:
+//! `github.rs`), server-side sessions in SQLite.
 //!
 //! **Login.** `GET /dashboard/login/{provider}` starts a flow: a random `state`, nonce and PKCE
 //! verifier, kept server-side (`login_flows`, keyed by the SHA-256 of the state) together with
@@ -22,6 +23,8 @@
 //! timeouts on every use, by the scheduler's clock; logout deletes the row. Logins, refused
 //! logins and logouts are audited.
 
+mod github;
+mod http_client;
 mod oidc;
 pub mod routes;
 
@@ -57,6 +60,22 @@ pub struct RawDashboard {
     /// OpenID Connect providers.
     #[serde(default)]
     oidc: Vec<RawOidc>,
+    /// GitHub (OAuth 2.0 and its user API), as provider `github`.
+    github: Option<RawGithub>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGithub {
+    client_id: String,
+    /// A 0600 file holding the client secret.
+    client_secret_file: PathBuf,
+    /// Default `https://github.com/login/oauth/authorize`.
+    authorize_url: Option<String>,
+    /// Default `https://github.com/login/oauth/access_token`.
+    token_url: Option<String>,
+    /// Default `https://api.github.com`.
+    api_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,27 +103,66 @@ pub struct DashboardConfig {
     pub providers: Vec<Provider>,
 }
 
-/// One OpenID Connect provider.
+/// One login provider.
 #[derive(Clone)]
 pub struct Provider {
     /// Its name in URLs.
     pub name: String,
-    /// Its issuer.
-    pub issuer: url::Url,
+    /// Its protocol and endpoints.
+    pub kind: ProviderKind,
     /// The client id.
     pub client_id: String,
     /// The client secret.
     pub client_secret: Zeroizing<String>,
 }
 
+/// A provider's protocol and endpoints.
+#[derive(Debug, Clone)]
+pub enum ProviderKind {
+    /// OpenID Connect, by discovery from the issuer.
+    Oidc {
+        /// The issuer.
+        issuer: url::Url,
+    },
+    /// GitHub: OAuth 2.0, then its user and email API.
+    Github {
+        /// The authorization endpoint.
+        authorize_url: url::Url,
+        /// The token endpoint.
+        token_url: url::Url,
+        /// The API's base URL.
+        api_url: url::Url,
+    },
+}
+
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Provider")
             .field("name", &self.name)
-            .field("issuer", &self.issuer.as_str())
+            .field("kind", &self.kind)
             .field("client_id", &self.client_id)
             .finish_non_exhaustive()
     }
+}
+
+/// An authorization request: where to send the browser, and what the callback needs.
+pub(crate) struct Authorization {
+    url: String,
+    state: String,
+    /// Empty for a provider without ID tokens.
+    nonce: String,
+    pkce_verifier: String,
+}
+
+/// Who the provider says logged in.
+pub(crate) struct Identity {
+    subject: String,
+    email: String,
+    email_verified: bool,
+}
+
+fn url_setting(what: &str, value: Option<&str>, default: &str) -> anyhow::Result<url::Url> {
+    url::Url::parse(value.unwrap_or(default)).map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }
 
 impl RawDashboard {
@@ -133,9 +191,38 @@ impl RawDashboard {
             let secret = crate::config::read_secret_string(&at(&raw.client_secret_file))?;
             providers.push(Provider {
                 name: raw.name.clone(),
-                issuer,
+                kind: ProviderKind::Oidc { issuer },
                 client_id: raw.client_id.clone(),
                 client_secret: secret,
+            });
+        }
+        if let Some(raw) = &self.github {
+            if providers.iter().any(|p| p.name == "github") {
+                anyhow::bail!(
+                    "[dashboard.github] and an OpenID Connect provider are both called github"
+                );
+            }
+            providers.push(Provider {
+                name: "github".into(),
+                kind: ProviderKind::Github {
+                    authorize_url: url_setting(
+                        "[dashboard.github] authorize_url",
+                        raw.authorize_url.as_deref(),
+                        "https://github.com/login/oauth/authorize",
+                    )?,
+                    token_url: url_setting(
+                        "[dashboard.github] token_url",
+                        raw.token_url.as_deref(),
+                        "https://github.com/login/oauth/access_token",
+                    )?,
+                    api_url: url_setting(
+                        "[dashboard.github] api_url",
+                        raw.api_url.as_deref(),
+                        "https://api.github.com",
+                    )?,
+                },
+                client_id: raw.client_id.clone(),
+                client_secret: crate::config::read_secret_string(&at(&raw.client_secret_file))?,
             });
         }
         Ok(DashboardConfig {
@@ -238,8 +325,18 @@ impl Dashboard {
     /// of the browser-binding cookie.
     pub async fn start_login(&self, provider: &str) -> Result<(String, String), Refused> {
         let provider = self.provider(provider)?.clone();
-        let metadata = self.metadata(&provider).await?;
-        let request = oidc::authorization(&provider, metadata, &self.redirect_uri(&provider.name))?;
+        let redirect_uri = self.redirect_uri(&provider.name);
+        let request = match &provider.kind {
+            ProviderKind::Oidc { .. } => {
+                let metadata = self.metadata(&provider).await?;
+                oidc::authorization(&provider, metadata, &redirect_uri)?
+            }
+            ProviderKind::Github {
+                authorize_url,
+                token_url,
+                ..
+            } => github::authorization(&provider, authorize_url, token_url, &redirect_uri)?,
+        };
         let browser = random_token();
         let flow = LoginFlow {
             state_hash: digest(&request.state),
@@ -336,17 +433,42 @@ impl Dashboard {
             return Err(refuse("the callback has no code"));
         };
         let provider = self.provider(provider).map_err(|r| (None, r))?.clone();
-        let metadata = self.metadata(&provider).await.map_err(|r| (None, r))?;
-        let identity = oidc::exchange(
-            &self.outbound,
-            &provider,
-            metadata,
-            &self.redirect_uri(&provider.name),
-            code,
-            flow.pkce_verifier,
-            flow.nonce,
-        )
-        .await
+        let redirect_uri = self.redirect_uri(&provider.name);
+        let identity = match &provider.kind {
+            ProviderKind::Oidc { .. } => {
+                let metadata = self.metadata(&provider).await.map_err(|r| (None, r))?;
+                oidc::exchange(
+                    &self.outbound,
+                    &provider,
+                    metadata,
+                    &redirect_uri,
+                    code,
+                    flow.pkce_verifier,
+                    flow.nonce,
+                )
+                .await
+            }
+            ProviderKind::Github {
+                authorize_url,
+                token_url,
+                api_url,
+            } => {
+                let endpoints = github::Endpoints {
+                    authorize_url,
+                    token_url,
+                    api_url,
+                };
+                github::exchange(
+                    &self.outbound,
+                    &provider,
+                    &endpoints,
+                    &redirect_uri,
+                    code,
+                    flow.pkce_verifier,
+                )
+                .await
+            }
+        }
         .map_err(|r| (None, r))?;
         let who = Some(identity.email.clone());
         if !identity.email_verified {

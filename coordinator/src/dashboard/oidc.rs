@@ -1,9 +1,6 @@
 //! The OpenID Connect protocol, all of it done by the `openidconnect` crate: discovery (with the
 //! provider's keys), the authorization URL with PKCE S256, the code exchange, and the ID token's
-//! checks. Its HTTP calls go through the outbound guard ([`Http`]).
-
-use std::future::Future;
-use std::pin::Pin;
+//! checks. Its HTTP calls go through the outbound guard (`http_client.rs`).
 
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
@@ -11,51 +8,25 @@ use openidconnect::{
     OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
 };
 
-use super::{Provider, Refused};
-use crate::outbound::{Outbound, OutboundError, error_chain as chain};
+use super::http_client::Http;
+use super::{Authorization, Identity, Provider, Refused};
+use crate::outbound::{Outbound, error_chain as chain};
 
 /// A provider's discovery document with its keys.
 pub(super) type Metadata = CoreProviderMetadata;
-
-/// The crate's HTTP client: every request through [`Outbound::send`] (https only, checked
-/// addresses, no redirects, bounded answers).
-struct Http(Outbound);
-
-impl<'c> openidconnect::AsyncHttpClient<'c> for Http {
-    type Error = OutboundError;
-    type Future = Pin<
-        Box<dyn Future<Output = Result<openidconnect::HttpResponse, OutboundError>> + Send + 'c>,
-    >;
-
-    fn call(&'c self, request: openidconnect::HttpRequest) -> Self::Future {
-        Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let url = reqwest::Url::parse(&parts.uri.to_string())
-                .map_err(|e| OutboundError::Refused(format!("an unusable URL: {e}")))?;
-            let request = self
-                .0
-                .http()
-                .request(parts.method, url)
-                .headers(parts.headers)
-                .body(body)
-                .build()
-                .map_err(|e| OutboundError::Failed(format!("building a request: {e}")))?;
-            let answer = self.0.send(request).await?;
-            let mut response = openidconnect::HttpResponse::new(answer.body);
-            *response.status_mut() = openidconnect::http::StatusCode::from_u16(answer.status)
-                .map_err(|e| OutboundError::Failed(format!("a bad status: {e}")))?;
-            *response.headers_mut() = answer.headers;
-            Ok(response)
-        })
-    }
-}
 
 /// Fetches `provider`'s discovery document and keys.
 pub(super) async fn discover(
     outbound: &Outbound,
     provider: &Provider,
 ) -> Result<Metadata, Refused> {
-    let issuer = IssuerUrl::new(provider.issuer.as_str().trim_end_matches('/').to_owned())
+    let super::ProviderKind::Oidc { issuer } = &provider.kind else {
+        return Err(Refused(format!(
+            "{} is not an OpenID Connect provider",
+            provider.name
+        )));
+    };
+    let issuer = IssuerUrl::new(issuer.as_str().trim_end_matches('/').to_owned())
         .map_err(|e| Refused(format!("the issuer URL: {e}")))?;
     let http = Http(outbound.clone());
     CoreProviderMetadata::discover_async(issuer, &http)
@@ -88,14 +59,6 @@ fn client(
     .set_redirect_uri(redirect))
 }
 
-/// An authorization request: where to send the browser, and what the callback needs.
-pub(super) struct Authorization {
-    pub(super) url: String,
-    pub(super) state: String,
-    pub(super) nonce: String,
-    pub(super) pkce_verifier: String,
-}
-
 /// Builds the authorization URL (code flow, PKCE S256, `openid email` scopes, random state and
 /// nonce).
 pub(super) fn authorization(
@@ -120,13 +83,6 @@ pub(super) fn authorization(
         nonce: nonce.secret().clone(),
         pkce_verifier: verifier.secret().clone(),
     })
-}
-
-/// Who the provider says logged in.
-pub(super) struct Identity {
-    pub(super) subject: String,
-    pub(super) email: String,
-    pub(super) email_verified: bool,
 }
 
 /// Exchanges `code` (with the PKCE verifier) and checks the ID token: signature against the

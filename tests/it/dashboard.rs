@@ -636,6 +636,27 @@ async fn a_github_account_logs_in_by_its_verified_primary_email() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forged_callbacks_is_cut_off_before_it_fills_the_audit_chain() {
+    let h = start().await;
+    let mut limited = 0;
+    for i in 0..120 {
+        let (status, _, _) = h.callback(&format!("code=x&state=forged-{i}"), &[]).await;
+        assert!(status == 403 || status == 429, "{status}");
+        limited += usize::from(status == 429);
+    }
+    assert!(limited > 0, "never limited");
+    let denied = h
+        .audit("platform", "dashboard.login")
+        .await
+        .into_iter()
+        .filter(|r| r["outcome"] == "denied")
+        .count();
+    // The budget's burst (50) and what it refills meanwhile; never one row per request.
+    assert!((50..120).contains(&denied), "{denied} rows");
+    h.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_manages_members_and_refuses_bad_input() {
     let cluster = Cluster::start(1).await;
     cluster.tenant("acme", Some("pro")).await;

@@ -376,6 +376,20 @@ impl Service {
         Ok(())
     }
 
+    /// Spends one failure from the client's budget, nothing else (a refused dashboard login,
+    /// which writes its own audit row).
+    pub(crate) fn spend_failure_budget(&self, peer: Option<IpAddr>) {
+        self.metrics.auth_failures.inc();
+        if let Some(ip) = peer.map(limit::client_bucket) {
+            let _ = self.failures.take(
+                &ip,
+                self.auth_failures.per_second,
+                self.auth_failures.burst,
+                Instant::now(),
+            );
+        }
+    }
+
     /// Spends one failure from the client's budget and counts it for the next coalesced audit row
     /// (platform chain; see [`failures`]). Touches no store.
     pub(crate) fn record_auth_failure(&self, peer: Option<IpAddr>, resource: &str) {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -213,6 +215,12 @@ async fn login(State(service): State<Svc>, Path(provider): Path<String>) -> Resp
     let Some(dashboard) = service.dashboard() else {
         return not_configured();
     };
+    if !dashboard.provider_names().contains(&provider) {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("no login provider is called {provider:?}"),
+        );
+    }
     match dashboard.start_login(&provider).await {
         Ok((location, browser)) => {
             let mut response = redirect(&location);
@@ -222,7 +230,14 @@ async fn login(State(service): State<Svc>, Path(provider): Path<String>) -> Resp
             );
             response
         }
-        Err(refused) => plain(StatusCode::NOT_FOUND, refused.0),
+        // The provider could not be reached (or answered nonsense): not the browser's fault.
+        Err(refused) => {
+            tracing::warn!(provider, error = %refused, "starting a dashboard login failed");
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the login provider cannot be reached; try again shortly",
+            )
+        }
     }
 }
 
@@ -235,6 +250,7 @@ struct CallbackQuery {
 
 async fn callback(
     State(service): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(provider): Path<String>,
     headers: HeaderMap,
     query: Result<Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
@@ -242,6 +258,12 @@ async fn callback(
     let Some(dashboard) = service.dashboard() else {
         return not_configured();
     };
+    // A refused login writes an audit row: a client spends its failed-authentication budget
+    // with each, and past it is answered 429 before anything is looked up or written.
+    let client = service.client_ip(Some(peer.ip()), crate::http::forwarded_for(&headers));
+    if let Err(err) = service.check_failure_budget(client) {
+        return err.into_response();
+    }
     let Ok(Query(query)) = query else {
         return plain(StatusCode::BAD_REQUEST, "the callback's query is malformed");
     };
@@ -260,7 +282,10 @@ async fn callback(
                 .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &id, None));
             response
         }
-        Err(refused) => plain(StatusCode::FORBIDDEN, format!("login refused: {refused}")),
+        Err(refused) => {
+            service.spend_failure_budget(client);
+            plain(StatusCode::FORBIDDEN, format!("login refused: {refused}"))
+        }
     };
     // The flow is over either way.
     response

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator::config::Config;
+use coordinator::dashboard::roles::allows;
 use coordinator::dashboard::routes::{DASHBOARD_ROUTES, Permission};
 use coordinator::dashboard::{DashboardConfig, Provider, ProviderKind};
 use coordinator::jobs::ManualClock;
@@ -656,6 +657,226 @@ async fn a_flood_of_forged_callbacks_is_cut_off_before_it_fills_the_audit_chain(
     h.cluster.shutdown().await;
 }
 
+impl Harness {
+    /// `method path` as the holder of `session` (with its CSRF token), with `body`.
+    async fn as_member(
+        &self,
+        method: &str,
+        path: &str,
+        session: &str,
+        csrf: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method.parse().unwrap(), self.url(path))
+            .header("cookie", format!("__Host-vv_session={session}"))
+            .header("x-csrf-token", csrf);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tenant_route_checks_the_members_role_in_that_tenant() {
+    let h = start().await;
+    for (tenant, email, role) in [
+        ("acme", "vera@example.com", "viewer"),
+        ("acme", "mo@example.com", "member"),
+        ("acme", "ada@example.com", "admin"),
+        ("beta", "nora@example.com", "owner"),
+    ] {
+        let (status, body) = h
+            .cluster
+            .admin(
+                "POST",
+                &format!("/admin/v1/tenants/{tenant}/members"),
+                Some(json!({"email": email, "role": role})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut people = Vec::new();
+    for (email, role) in [
+        ("vera@example.com", Some("viewer")),
+        ("mo@example.com", Some("member")),
+        ("ada@example.com", Some("admin")),
+        ("alice@example.com", Some("owner")),
+        ("nora@example.com", None),
+    ] {
+        let session = h.login(email).await;
+        let csrf = h.me(&session).await.1["csrf_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        people.push((email, role, session, csrf));
+    }
+    let mut checked = 0;
+    for route in DASHBOARD_ROUTES {
+        let Permission::Tenant(action) = route.permission else {
+            continue;
+        };
+        let path = route
+            .path
+            .replace("{tenant}", "acme")
+            .replace("{key_id}", "abcdefgh");
+        let body = match route.name {
+            "dashboard_issue_key" => Some(json!({"scopes": ["read"]})),
+            "dashboard_add_member" => Some(json!({"email": "guest@example.com", "role": "viewer"})),
+            _ => None,
+        };
+        for (email, role, session, csrf) in &people {
+            let (status, answer) = h
+                .as_member(route.method, &path, session, csrf, body.clone())
+                .await;
+            match role {
+                None => assert_eq!(status, 404, "{email} {path}: {answer}"),
+                Some(role) if allows(role, action) => assert!(
+                    ![401, 403].contains(&status),
+                    "{role} {} {path}: {status} {answer}",
+                    route.method
+                ),
+                Some(role) => assert_eq!(status, 403, "{role} {} {path}: {answer}", route.method),
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "{checked}");
+    h.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_creates_a_key_uses_it_revokes_it_invites_and_reads_the_verified_chain() {
+    let h = start().await;
+    let session = h.login("alice@example.com").await;
+    let csrf = h.me(&session).await.1["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, issued) = h
+        .as_member(
+            "POST",
+            "/dashboard/v1/tenants/acme/keys",
+            &session,
+            &csrf,
+            Some(json!({"scopes": ["read", "write", "manage"], "label": "from the dashboard"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{issued}");
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let key_id = issued["key_id"].as_str().unwrap().to_owned();
+    // The secret is shown once: listings never carry it.
+    let (status, listed) = h
+        .as_member(
+            "GET",
+            "/dashboard/v1/tenants/acme/keys",
+            &session,
+            &csrf,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(!listed.to_string().contains(&key), "{listed}");
+    assert!(listed.to_string().contains(&key_id), "{listed}");
+    // The key works against the API, until revoked from the dashboard.
+    h.cluster.create_collection(&key, "docs", 4).await;
+    let (status, _) = h
+        .cluster
+        .http("GET", "/v1/collections", Some(&key), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = h
+        .as_member(
+            "DELETE",
+            &format!("/dashboard/v1/tenants/acme/keys/{key_id}"),
+            &session,
+            &csrf,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = h
+        .cluster
+        .http("GET", "/v1/collections", Some(&key), None)
+        .await;
+    assert_eq!(status, 401);
+    // Another tenant's key is not this tenant's to revoke.
+    let beta_key = h.cluster.key("beta", &["read"], None).await;
+    let beta_id = &beta_key[3..11];
+    let (status, _) = h
+        .as_member(
+            "DELETE",
+            &format!("/dashboard/v1/tenants/acme/keys/{beta_id}"),
+            &session,
+            &csrf,
+            None,
+        )
+        .await;
+    assert!(
+        (400..500).contains(&status) && status != 401 && status != 403,
+        "{status}"
+    );
+    let (status, _) = h
+        .cluster
+        .http("GET", "/v1/collections", Some(&beta_key), None)
+        .await;
+    assert_eq!(status, 200, "beta's key still works");
+    // Invite a member; the list shows them.
+    let (status, body) = h
+        .as_member(
+            "POST",
+            "/dashboard/v1/tenants/acme/members",
+            &session,
+            &csrf,
+            Some(json!({"email": "Newbie@Example.com", "role": "member"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, members) = h
+        .as_member(
+            "GET",
+            "/dashboard/v1/tenants/acme/members",
+            &session,
+            &csrf,
+            None,
+        )
+        .await;
+    assert!(
+        members.to_string().contains("newbie@example.com"),
+        "{members}"
+    );
+    // The chain verifies and names the member for what they did.
+    let (status, chain) = h
+        .as_member(
+            "GET",
+            "/dashboard/v1/tenants/acme/audit",
+            &session,
+            &csrf,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(chain["chain_verified"], true, "{chain}");
+    let by_alice: Vec<&str> = chain["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["actor"] == "user:alice@example.com")
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert!(by_alice.len() >= 4, "{by_alice:?}");
+    assert!(by_alice.contains(&"member.add"), "{by_alice:?}");
+    h.cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_manages_members_and_refuses_bad_input() {
     let cluster = Cluster::start(1).await;
@@ -723,14 +944,19 @@ async fn the_admin_api_manages_members_and_refuses_bad_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_route_that_needs_a_session_refuses_without_one() {
+    // (Tenant routes included: the session is checked before the role.)
     let h = start().await;
     let session = h.login("alice@example.com").await;
     let mut checked = 0;
     for route in DASHBOARD_ROUTES {
-        if route.permission != Permission::Session {
+        if route.permission == Permission::Public {
             continue;
         }
-        let path = route.path.replace("{provider}", "idp");
+        let path = route
+            .path
+            .replace("{provider}", "idp")
+            .replace("{tenant}", "acme")
+            .replace("{key_id}", "abcdefgh");
         let method: reqwest::Method = route.method.parse().unwrap();
         let send = |cookie: Option<String>| {
             let mut request = h.client.request(method.clone(), h.url(&path));
@@ -763,6 +989,6 @@ async fn every_dashboard_route_that_needs_a_session_refuses_without_one() {
         }
         checked += 1;
     }
-    assert!(checked >= 2);
+    assert!(checked >= 8, "{checked}");
     h.cluster.shutdown().await;
 }

@@ -372,6 +372,18 @@ impl Service {
         collections: Option<Vec<String>>,
         label: &str,
     ) -> Result<IssuedKey, ApiError> {
+        self.issue_key_as(ADMIN, tenant, scopes, collections, label)
+    }
+
+    /// [`Service::issue_key`] recorded as done by `actor` (a dashboard user).
+    pub fn issue_key_as(
+        &self,
+        actor: &str,
+        tenant: &str,
+        scopes: Scopes,
+        collections: Option<Vec<String>>,
+        label: &str,
+    ) -> Result<IssuedKey, ApiError> {
         self.existing(tenant)?;
         if let Some(names) = &collections {
             for name in names {
@@ -393,7 +405,7 @@ impl Service {
         };
         let info = self
             .store
-            .insert_key(&Actor(ADMIN.into()), &record, label)?;
+            .insert_key(&Actor(actor.into()), &record, label)?;
         Ok(IssuedKey {
             info: info.into(),
             key: new.full.to_string(),
@@ -413,9 +425,19 @@ impl Service {
 
     /// Revokes a key: the very next request with it is refused.
     pub fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<KeyInfoView, ApiError> {
+        self.revoke_key_as(ADMIN, tenant, key_id)
+    }
+
+    /// [`Service::revoke_key`] recorded as done by `actor` (a dashboard user).
+    pub fn revoke_key_as(
+        &self,
+        actor: &str,
+        tenant: &str,
+        key_id: &str,
+    ) -> Result<KeyInfoView, ApiError> {
         let info = self
             .store
-            .revoke_key(&Actor(ADMIN.into()), tenant, key_id)?;
+            .revoke_key(&Actor(actor.into()), tenant, key_id)?;
         self.auth.forget(key_id);
         Ok(info.into())
     }
@@ -547,6 +569,11 @@ impl Service {
 
     /// Exports a chain (a tenant's, or `platform`) with its signed head; the export is audited.
     pub fn export_chain(&self, chain: &str) -> Result<Export, ApiError> {
+        self.export_chain_as(ADMIN, chain)
+    }
+
+    /// [`Service::export_chain`] recorded as done by `actor` (a dashboard user).
+    pub fn export_chain_as(&self, actor: &str, chain: &str) -> Result<Export, ApiError> {
         if chain != PLATFORM_CHAIN {
             self.existing_or_deleted(chain)?;
         } else {
@@ -555,7 +582,7 @@ impl Service {
         }
         self.audit(
             chain,
-            ADMIN,
+            actor,
             "audit.export",
             chain,
             "ok",

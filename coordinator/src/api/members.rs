@@ -9,11 +9,22 @@ use crate::store::dashboard::{Member, ROLES, normalize_email};
 impl Service {
     /// Adds `email` to `tenant` with `role` (or changes their role).
     pub fn add_member(&self, tenant: &str, email: &str, role: &str) -> Result<Member, ApiError> {
+        self.add_member_as("admin", tenant, email, role)
+    }
+
+    /// [`Service::add_member`] recorded as done by `actor` (a dashboard user).
+    pub fn add_member_as(
+        &self,
+        actor: &str,
+        tenant: &str,
+        email: &str,
+        role: &str,
+    ) -> Result<Member, ApiError> {
         self.existing(tenant)?;
         check(email, Some(role))?;
         Ok(self
             .store
-            .add_member(&Actor("admin".into()), tenant, email, role)?)
+            .add_member(&Actor(actor.into()), tenant, email, role)?)
     }
 
     /// The members of `tenant`.

@@ -26,7 +26,9 @@
 mod github;
 mod http_client;
 mod oidc;
+pub mod roles;
 pub mod routes;
+mod tenant;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 
+use super::roles::Action;
 use super::{Callback, Session};
 use crate::api::Service;
 
@@ -34,6 +35,9 @@ pub enum Permission {
     Public,
     /// A valid session.
     Session,
+    /// A valid session whose user is a member of the route's `{tenant}` with a role that has
+    /// this action ([`super::roles`]).
+    Tenant(super::roles::Action),
 }
 
 /// One route of the dashboard.
@@ -89,6 +93,42 @@ pub const DASHBOARD_ROUTES: &[DashboardRoute] = &[
         Permission::Session,
         "dashboard_logout",
     ),
+    route(
+        "GET",
+        "/dashboard/v1/tenants/{tenant}/keys",
+        Permission::Tenant(Action::KeysRead),
+        "dashboard_list_keys",
+    ),
+    route(
+        "POST",
+        "/dashboard/v1/tenants/{tenant}/keys",
+        Permission::Tenant(Action::KeysWrite),
+        "dashboard_issue_key",
+    ),
+    route(
+        "DELETE",
+        "/dashboard/v1/tenants/{tenant}/keys/{key_id}",
+        Permission::Tenant(Action::KeysWrite),
+        "dashboard_revoke_key",
+    ),
+    route(
+        "GET",
+        "/dashboard/v1/tenants/{tenant}/members",
+        Permission::Tenant(Action::MembersRead),
+        "dashboard_list_members",
+    ),
+    route(
+        "POST",
+        "/dashboard/v1/tenants/{tenant}/members",
+        Permission::Tenant(Action::MembersWrite),
+        "dashboard_add_member",
+    ),
+    route(
+        "GET",
+        "/dashboard/v1/tenants/{tenant}/audit",
+        Permission::Tenant(Action::AuditRead),
+        "dashboard_audit",
+    ),
 ];
 
 fn handler(name: &str) -> MethodRouter<Svc> {
@@ -97,6 +137,12 @@ fn handler(name: &str) -> MethodRouter<Svc> {
         "dashboard_callback" => get(callback),
         "dashboard_me" => get(me),
         "dashboard_logout" => post(logout),
+        "dashboard_list_keys" => get(super::tenant::list_keys),
+        "dashboard_issue_key" => post(super::tenant::issue_key),
+        "dashboard_revoke_key" => axum::routing::delete(super::tenant::revoke_key),
+        "dashboard_list_members" => get(super::tenant::list_members),
+        "dashboard_add_member" => post(super::tenant::add_member),
+        "dashboard_audit" => get(super::tenant::audit),
         other => unreachable!("dashboard route {other} has no handler"),
     }
 }
@@ -130,7 +176,7 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     found
 }
 
-fn plain(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn plain(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
         [
@@ -163,7 +209,7 @@ fn redirect(location: &str) -> Response {
     response
 }
 
-fn not_configured() -> Response {
+pub(super) fn not_configured() -> Response {
     plain(StatusCode::NOT_FOUND, "the dashboard is not configured")
 }
 

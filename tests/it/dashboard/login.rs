@@ -239,3 +239,47 @@ async fn a_flood_of_forged_callbacks_is_cut_off_before_it_fills_the_audit_chain(
     assert!((50..120).contains(&denied), "{denied} rows");
     h.cluster.shutdown().await;
 }
+
+/// The exchange names the configured redirect URI exactly: a code the provider issued for another
+/// (registered) redirect URI, delivered to this callback with its state, is refused there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_issued_for_another_redirect_uri_is_refused() {
+    let h = start().await;
+    h.idp
+        .control(
+            "/test/user",
+            json!({"email": "alice@example.com", "verified": true}),
+        )
+        .await;
+    let response = h
+        .client
+        .get(h.url("/dashboard/login/idp"))
+        .send()
+        .await
+        .unwrap();
+    let (browser, _) = set_cookie(&response, "__Host-vv_login").unwrap();
+    let mut authorize = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
+    let other = format!("{PUBLIC_URL}/dashboard/callback/github");
+    let pairs: Vec<(String, String)> = authorize
+        .query_pairs()
+        .into_owned()
+        .map(|(k, v)| {
+            if k == "redirect_uri" {
+                (k, other.clone())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    authorize.query_pairs_mut().clear().extend_pairs(pairs);
+    let answer = h.idp.https.get(authorize.as_str()).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 302);
+    let back = url::Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(back.as_str().starts_with(&other), "{back}");
+    let (status, session, body) = h
+        .callback(back.query().unwrap(), &[("__Host-vv_login", &browser)])
+        .await;
+    assert_eq!((status, session), (403, None), "{body}");
+    assert!(body.contains("code exchange"), "{body}");
+    h.cluster.shutdown().await;
+}

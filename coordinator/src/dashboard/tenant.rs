@@ -11,12 +11,12 @@ use axum::extract::{FromRequestParts, MatchedPath, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 use super::roles::allows;
 use super::routes::{DASHBOARD_ROUTES, Permission, SessionAuth, plain};
 use crate::api::Service;
 use crate::api::error::ApiError;
+use crate::http::admin::{NewKey, NewMember};
 
 type Svc = Arc<Service>;
 
@@ -106,15 +106,6 @@ pub(super) async fn list_keys(State(s): State<Svc>, auth: TenantAuth) -> Respons
     )
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewKey {
-    scopes: Vec<String>,
-    collections: Option<Vec<String>>,
-    #[serde(default)]
-    label: String,
-}
-
 pub(super) async fn issue_key(State(s): State<Svc>, auth: TenantAuth, body: Body) -> Response {
     let result = async {
         let a: NewKey = json_body(body).await?;
@@ -138,13 +129,6 @@ pub(super) async fn list_members(State(s): State<Svc>, auth: TenantAuth) -> Resp
         s.list_members(&auth.tenant)
             .map(|members| serde_json::json!({ "members": members })),
     )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewMember {
-    email: String,
-    role: String,
 }
 
 pub(super) async fn add_member(State(s): State<Svc>, auth: TenantAuth, body: Body) -> Response {

@@ -148,11 +148,12 @@ struct NewTenant {
 #[serde(deny_unknown_fields)]
 struct NoArgs {}
 
+/// A member to invite (the admin API's and the dashboard's body).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewMember {
-    email: String,
-    role: String,
+pub(crate) struct NewMember {
+    pub(crate) email: String,
+    pub(crate) role: String,
 }
 
 #[derive(Deserialize)]
@@ -168,13 +169,14 @@ struct TierArgs {
     tier: String,
 }
 
+/// A key to issue (the admin API's and the dashboard's body).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewKey {
-    scopes: Vec<String>,
-    collections: Option<Vec<String>>,
+pub(crate) struct NewKey {
+    pub(crate) scopes: Vec<String>,
+    pub(crate) collections: Option<Vec<String>>,
     #[serde(default)]
-    label: String,
+    pub(crate) label: String,
 }
 
 async fn create_tenant(

@@ -2,7 +2,7 @@
 //! OpenAPI document. Every route is listed in [`ROUTES`] with its auth policy, and the router is
 //! built from that table, so a route cannot exist without a policy (INV-12).
 
-mod admin;
+pub(crate) mod admin;
 pub mod dto;
 mod export;
 mod path;

@@ -11,7 +11,8 @@ use tests::{ADMIN_TOKEN, Cluster};
 /// Longer than the script ever needs (a few seconds); a hang fails instead of blocking the run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn repo_root() -> PathBuf {
+/// The workspace's directory.
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the tests crate is inside the workspace")

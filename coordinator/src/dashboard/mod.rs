@@ -46,7 +46,7 @@ use crate::store::Store;
 use crate::store::dashboard::{LoginFlow, NewSession, SessionLimits, SessionRow};
 
 /// How long a login flow may take from its redirect to its callback.
-const LOGIN_MAX_AGE: Duration = Duration::from_secs(600);
+pub(crate) const LOGIN_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// `[dashboard]` in the coordinator's config.
 #[derive(Debug, Clone, Deserialize)]

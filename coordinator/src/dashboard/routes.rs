@@ -272,7 +272,7 @@ async fn login(State(service): State<Svc>, Path(provider): Path<String>) -> Resp
             let mut response = redirect(&location);
             response.headers_mut().append(
                 header::SET_COOKIE,
-                set_cookie(LOGIN_COOKIE, &browser, Some(600)),
+                set_cookie(LOGIN_COOKIE, &browser, Some(super::LOGIN_MAX_AGE.as_secs())),
             );
             response
         }

@@ -13,7 +13,6 @@ mod login;
 mod sessions;
 mod tenant;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +26,8 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use tests::{Cluster, TestCa};
 use tokio::io::AsyncBufReadExt;
+
+use super::python::repo_root;
 
 const CLIENT_ID: &str = "vaultvec-dashboard";
 const CLIENT_SECRET: &str = "a-client-secret-for-the-test-provider";
@@ -63,13 +64,6 @@ impl Idp {
             .unwrap();
         assert_eq!(response.status().as_u16(), 200, "{path}");
     }
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
 }
 
 pub(crate) struct Harness {

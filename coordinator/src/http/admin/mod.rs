@@ -21,6 +21,16 @@ use crate::api::admin::parse_scopes;
 use crate::api::error::ApiError;
 use crate::store::Tenant;
 
+mod fleet;
+mod members;
+mod snapshots;
+
+use fleet::{drain_worker, move_tenant, placements, rebalance, undrain_worker, workers};
+use members::{add_member, list_members, remove_member};
+use snapshots::{
+    delete_snapshot, list_snapshots, restore_snapshot, take_snapshot, verify_snapshot,
+};
+
 type Svc = Arc<Service>;
 
 pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
@@ -127,18 +137,6 @@ fn no_body() -> Body {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Rebalance {
-    max_moves: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MoveTenant {
-    to: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct NewTenant {
     id: String,
     tier: Option<String>,
@@ -154,13 +152,6 @@ struct NoArgs {}
 pub(crate) struct NewMember {
     pub(crate) email: String,
     pub(crate) role: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RestoreArgs {
-    /// Another tenant to restore the snapshot into (by re-encrypting it) instead of its own.
-    into: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -428,116 +419,6 @@ async fn verify_audit(
     .await
 }
 
-async fn move_tenant(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path(tenant): Path<String>,
-    b: Body,
-) -> Response {
-    admin(
-        s,
-        "admin_move_tenant",
-        peer,
-        h,
-        b,
-        |s, a: MoveTenant| async move { json(s.move_tenant_detached(&tenant, a.to.as_deref()).await?) },
-    )
-    .await
-}
-
-async fn rebalance(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    b: Body,
-) -> Response {
-    admin(
-        s,
-        "admin_rebalance",
-        peer,
-        h,
-        b,
-        |s, a: Rebalance| async move {
-            let max_moves = a.max_moves.unwrap_or(16);
-            if !(1..=1000).contains(&max_moves) {
-                return Err(ApiError::invalid("max_moves is 1..=1000"));
-            }
-            json(s.rebalance_detached(max_moves as usize).await?)
-        },
-    )
-    .await
-}
-
-async fn drain_worker(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path(worker): Path<String>,
-) -> Response {
-    admin(
-        s,
-        "admin_drain_worker",
-        peer,
-        h,
-        no_body(),
-        |s, _: NoArgs| async move { json(s.drain_worker(&worker)?) },
-    )
-    .await
-}
-
-async fn undrain_worker(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path(worker): Path<String>,
-) -> Response {
-    admin(
-        s,
-        "admin_undrain_worker",
-        peer,
-        h,
-        no_body(),
-        |s, _: NoArgs| async move {
-            s.undrain_worker(&worker)?;
-            Ok(serde_json::json!({ "worker": worker, "draining": false }))
-        },
-    )
-    .await
-}
-
-async fn workers(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-) -> Response {
-    admin(
-        s,
-        "admin_workers",
-        peer,
-        h,
-        no_body(),
-        |s, _: NoArgs| async move { Ok(serde_json::json!({ "workers": s.workers()? })) },
-    )
-    .await
-}
-
-async fn placements(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-) -> Response {
-    admin(
-        s,
-        "admin_placements",
-        peer,
-        h,
-        no_body(),
-        |s, _: NoArgs| async move { Ok(serde_json::json!({ "placements": s.placements()? })) },
-    )
-    .await
-}
-
 async fn jobs(
     State(s): State<Svc>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -602,185 +483,6 @@ async fn export_tenant(
         h,
         no_body(),
         |s, _: NoArgs| async move { super::export::export_tenant(s, tenant).await },
-    )
-    .await
-}
-
-/// Runs a long snapshot operation in a task of its own: a caller that goes away does not stop
-/// it halfway.
-async fn detached<T, F>(f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<T, ApiError>> + Send + 'static,
-{
-    tokio::spawn(f)
-        .await
-        .map_err(|err| ApiError::internal(format!("the snapshot task failed: {err}")))?
-}
-
-async fn take_snapshot(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path(tenant): Path<String>,
-) -> Response {
-    admin(
-        s,
-        "admin_take_snapshot",
-        peer,
-        h,
-        no_body(),
-        |s, _: NoArgs| async move {
-            let snapshot = detached(async move {
-                s.take_snapshot(&tenant, crate::api::snapshots::ORIGIN_ADMIN)
-                    .await
-            })
-            .await?;
-            json(snapshot)
-        },
-    )
-    .await
-}
-
-async fn list_snapshots(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path(tenant): Path<String>,
-) -> Response {
-    admin(
-        s,
-        "admin_list_snapshots",
-        peer,
-        h,
-        no_body(),
-        |s, _: NoArgs| async move {
-            json(serde_json::json!({ "snapshots": s.list_snapshots(&tenant)? }))
-        },
-    )
-    .await
-}
-
-async fn verify_snapshot(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path((tenant, id)): Path<(String, String)>,
-) -> Response {
-    admin(
-        s,
-        "admin_verify_snapshot",
-        peer,
-        h,
-        no_body(),
-        |s, _: NoArgs| async move {
-            json(detached(async move { s.verify_snapshot(&tenant, &id).await }).await?)
-        },
-    )
-    .await
-}
-
-async fn restore_snapshot(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path((tenant, id)): Path<(String, String)>,
-    b: Body,
-) -> Response {
-    admin(
-        s,
-        "admin_restore_snapshot",
-        peer,
-        h,
-        b,
-        |s, a: RestoreArgs| async move {
-            match a.into {
-                Some(into) => json(
-                    detached(async move { s.restore_snapshot_into(&tenant, &id, &into).await })
-                        .await?,
-                ),
-                None => {
-                    json(detached(async move { s.restore_snapshot(&tenant, &id).await }).await?)
-                }
-            }
-        },
-    )
-    .await
-}
-
-async fn delete_snapshot(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path((tenant, id)): Path<(String, String)>,
-) -> Response {
-    admin(
-        s,
-        "admin_delete_snapshot",
-        peer,
-        h,
-        no_body(),
-        |s, _: NoArgs| async move {
-            s.delete_snapshot(&tenant, &id, "admin").await?;
-            json(serde_json::json!({ "deleted": id }))
-        },
-    )
-    .await
-}
-
-async fn add_member(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path(tenant): Path<String>,
-    b: Body,
-) -> Response {
-    admin(
-        s,
-        "admin_add_member",
-        peer,
-        h,
-        b,
-        |s, a: NewMember| async move { json(s.add_member(&tenant, &a.email, &a.role)?) },
-    )
-    .await
-}
-
-async fn list_members(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path(tenant): Path<String>,
-) -> Response {
-    admin(
-        s,
-        "admin_list_members",
-        peer,
-        h,
-        no_body(),
-        |s, _: NoArgs| async move {
-            json(serde_json::json!({ "members": s.list_members(&tenant)? }))
-        },
-    )
-    .await
-}
-
-async fn remove_member(
-    State(s): State<Svc>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
-    Path((tenant, email)): Path<(String, String)>,
-) -> Response {
-    admin(
-        s,
-        "admin_remove_member",
-        peer,
-        h,
-        no_body(),
-        |s, _: NoArgs| async move {
-            s.remove_member(&tenant, &email)?;
-            json(serde_json::json!({ "removed": email }))
-        },
     )
     .await
 }

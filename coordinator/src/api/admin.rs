@@ -521,7 +521,7 @@ impl Service {
     }
 
     /// [`Service::audit_required`] with `actor` as the row's actor.
-    pub(super) fn audit_required_by(
+    pub(crate) fn audit_required_by(
         &self,
         actor: &str,
         chain: &str,

@@ -26,6 +26,7 @@
 mod github;
 mod http_client;
 mod oidc;
+mod pages;
 pub mod roles;
 pub mod routes;
 mod tenant;
@@ -64,6 +65,10 @@ pub struct RawDashboard {
     oidc: Vec<RawOidc>,
     /// GitHub (OAuth 2.0 and its user API), as provider `github`.
     github: Option<RawGithub>,
+    /// Email addresses of operators: logged in (with a verified address), they see every
+    /// tenant and act in any as `operator:<email>`.
+    #[serde(default)]
+    operators: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +108,8 @@ pub struct DashboardConfig {
     pub absolute: Duration,
     /// The providers by name.
     pub providers: Vec<Provider>,
+    /// Operators' email addresses, normalized.
+    pub operators: Vec<String>,
 }
 
 /// One login provider.
@@ -227,7 +234,16 @@ impl RawDashboard {
                 client_secret: crate::config::read_secret_string(&at(&raw.client_secret_file))?,
             });
         }
+        let operators = self
+            .operators
+            .iter()
+            .map(|e| {
+                crate::store::dashboard::normalize_email(e)
+                    .map_err(|err| anyhow::anyhow!("[dashboard] operators: {err}"))
+            })
+            .collect::<anyhow::Result<Vec<String>>>()?;
         Ok(DashboardConfig {
+            operators,
             public_url,
             idle: Duration::from_secs(self.session_idle_s.unwrap_or(1800).max(1)),
             absolute: Duration::from_secs(self.session_absolute_s.unwrap_or(43_200).max(1)),
@@ -486,7 +502,7 @@ impl Dashboard {
                 Refused(format!("reading memberships failed: {e}")),
             )
         })?;
-        if memberships.is_empty() {
+        if memberships.is_empty() && !self.is_operator(&email) {
             return Err((
                 who,
                 Refused("the email address is not a member of any tenant".into()),
@@ -516,6 +532,17 @@ impl Dashboard {
         crate::api::off_runtime(|| self.store.end_session(&digest(id), now)).unwrap_or(false)
     }
 
+    /// Whether `email` is an operator's.
+    pub fn is_operator(&self, email: &str) -> bool {
+        crate::store::dashboard::normalize_email(email)
+            .is_ok_and(|e| self.config.operators.contains(&e))
+    }
+
+    /// The dashboard clock's time, Unix ms.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     /// The members' view of `email`: each tenant with its role.
     pub fn memberships(&self, email: &str) -> Vec<crate::store::dashboard::Member> {
         crate::api::off_runtime(|| self.store.memberships(email)).unwrap_or_default()
@@ -535,6 +562,19 @@ impl Dashboard {
         cache.insert(provider.name.clone(), (metadata.clone(), now));
         Ok(metadata)
     }
+}
+
+/// `segment` percent-encoded for a URL path (all but unreserved characters and `@`).
+pub fn encode_path(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// What a callback brought.

@@ -15,6 +15,16 @@ pub enum Action {
     MembersWrite,
     /// Read and export the tenant's audit chain.
     AuditRead,
+    /// See the overview: state, tier, limits, anomalies, usage charts.
+    Overview,
+    /// List the collections with their sizes.
+    CollectionsRead,
+    /// Create and delete collections.
+    CollectionsWrite,
+    /// Read the tenant's settings (notification addresses, anomaly thresholds).
+    SettingsRead,
+    /// Change the tenant's settings.
+    SettingsWrite,
 }
 
 /// Every action.
@@ -24,18 +34,36 @@ pub const ACTIONS: &[Action] = &[
     Action::MembersRead,
     Action::MembersWrite,
     Action::AuditRead,
+    Action::Overview,
+    Action::CollectionsRead,
+    Action::CollectionsWrite,
+    Action::SettingsRead,
+    Action::SettingsWrite,
 ];
 
-/// What `role` may do: a viewer lists the members; a member also lists the keys; an admin also
-/// manages keys and reads the audit chain; an owner also manages members. Unknown roles may do
-/// nothing.
+/// The role an operator (`[dashboard] operators`) holds in every tenant.
+pub const OPERATOR: &str = "operator";
+
+/// What `role` may do: a viewer sees the overview, the collections and the members; a member
+/// also lists the keys; an admin also manages keys and collections and reads the audit chain and
+/// the settings; an owner also manages members and changes the settings; an operator may do
+/// everything. Unknown roles may do nothing.
 pub fn allows(role: &str, action: Action) -> bool {
     use Action::*;
     let actions: &[Action] = match role {
-        "viewer" => &[MembersRead],
-        "member" => &[KeysRead, MembersRead],
-        "admin" => &[KeysRead, KeysWrite, MembersRead, AuditRead],
-        "owner" => &[KeysRead, KeysWrite, MembersRead, MembersWrite, AuditRead],
+        "viewer" => &[Overview, CollectionsRead, MembersRead],
+        "member" => &[Overview, CollectionsRead, MembersRead, KeysRead],
+        "admin" => &[
+            Overview,
+            CollectionsRead,
+            MembersRead,
+            KeysRead,
+            KeysWrite,
+            CollectionsWrite,
+            AuditRead,
+            SettingsRead,
+        ],
+        "owner" | OPERATOR => ACTIONS,
         _ => &[],
     };
     actions.contains(&action)

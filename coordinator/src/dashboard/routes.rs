@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 
 use super::roles::Action;
-use super::{Callback, Session};
+use super::{Callback, Session, pages};
 use crate::api::Service;
 
 type Svc = Arc<Service>;
@@ -129,6 +129,110 @@ pub const DASHBOARD_ROUTES: &[DashboardRoute] = &[
         Permission::Tenant(Action::AuditRead),
         "dashboard_audit",
     ),
+    // The HTML pages (`super::pages`).
+    route("GET", "/dashboard", Permission::Public, "page_home"),
+    route(
+        "GET",
+        "/dashboard/assets/style.css",
+        Permission::Public,
+        "page_style",
+    ),
+    route(
+        "GET",
+        "/dashboard/operator",
+        Permission::Session,
+        "page_operator",
+    ),
+    route(
+        "GET",
+        "/dashboard/t/{tenant}",
+        Permission::Tenant(Action::Overview),
+        "page_overview",
+    ),
+    route(
+        "GET",
+        "/dashboard/t/{tenant}/charts/{chart}",
+        Permission::Tenant(Action::Overview),
+        "page_chart",
+    ),
+    route(
+        "GET",
+        "/dashboard/t/{tenant}/collections",
+        Permission::Tenant(Action::CollectionsRead),
+        "page_collections",
+    ),
+    route(
+        "POST",
+        "/dashboard/t/{tenant}/collections",
+        Permission::Tenant(Action::CollectionsWrite),
+        "page_create_collection",
+    ),
+    route(
+        "GET",
+        "/dashboard/t/{tenant}/collections/{name}/delete",
+        Permission::Tenant(Action::CollectionsWrite),
+        "page_confirm_delete_collection",
+    ),
+    route(
+        "POST",
+        "/dashboard/t/{tenant}/collections/{name}/delete",
+        Permission::Tenant(Action::CollectionsWrite),
+        "page_delete_collection",
+    ),
+    route(
+        "GET",
+        "/dashboard/t/{tenant}/keys",
+        Permission::Tenant(Action::KeysRead),
+        "page_keys",
+    ),
+    route(
+        "POST",
+        "/dashboard/t/{tenant}/keys",
+        Permission::Tenant(Action::KeysWrite),
+        "page_create_key",
+    ),
+    route(
+        "POST",
+        "/dashboard/t/{tenant}/keys/{key_id}/revoke",
+        Permission::Tenant(Action::KeysWrite),
+        "page_revoke_key",
+    ),
+    route(
+        "GET",
+        "/dashboard/t/{tenant}/members",
+        Permission::Tenant(Action::MembersRead),
+        "page_members",
+    ),
+    route(
+        "POST",
+        "/dashboard/t/{tenant}/members",
+        Permission::Tenant(Action::MembersWrite),
+        "page_invite_member",
+    ),
+    route(
+        "POST",
+        "/dashboard/t/{tenant}/members/{email}/role",
+        Permission::Tenant(Action::MembersWrite),
+        "page_set_role",
+    ),
+    route(
+        "POST",
+        "/dashboard/t/{tenant}/members/{email}/remove",
+        Permission::Tenant(Action::MembersWrite),
+        "page_remove_member",
+    ),
+    route(
+        "GET",
+        "/dashboard/t/{tenant}/audit",
+        Permission::Tenant(Action::AuditRead),
+        "page_audit",
+    ),
+    route(
+        "GET",
+        "/dashboard/t/{tenant}/audit/export",
+        Permission::Tenant(Action::AuditRead),
+        "page_audit_export",
+    ),
 ];
 
 fn handler(name: &str) -> MethodRouter<Svc> {
@@ -143,17 +247,39 @@ fn handler(name: &str) -> MethodRouter<Svc> {
         "dashboard_list_members" => get(super::tenant::list_members),
         "dashboard_add_member" => post(super::tenant::add_member),
         "dashboard_audit" => get(super::tenant::audit),
+        "page_home" => get(pages::home),
+        "page_style" => get(pages::style),
+        "page_operator" => get(pages::operator),
+        "page_overview" => get(pages::overview),
+        "page_chart" => get(pages::chart),
+        "page_collections" => get(pages::collections_page),
+        "page_create_collection" => post(pages::create_collection),
+        "page_confirm_delete_collection" => get(pages::confirm_delete_collection),
+        "page_delete_collection" => post(pages::delete_collection),
+        "page_keys" => get(pages::keys_page),
+        "page_create_key" => post(pages::create_key),
+        "page_revoke_key" => post(pages::revoke_key),
+        "page_members" => get(pages::members_page),
+        "page_invite_member" => post(pages::invite_member),
+        "page_set_role" => post(pages::set_role),
+        "page_remove_member" => post(pages::remove_member),
+        "page_audit" => get(pages::audit_page),
+        "page_audit_export" => get(pages::audit_export),
         other => unreachable!("dashboard route {other} has no handler"),
     }
 }
 
-/// The dashboard's routes, merged into the HTTP listener's router.
+/// The dashboard's routes, merged into the HTTP listener's router: every answer carries the
+/// security headers (`pages::security_headers`), and a form's `csrf` field is checked as the
+/// CSRF header (`pages::lift_form_csrf`).
 pub fn router() -> Router<Svc> {
     let mut router = Router::new();
     for r in DASHBOARD_ROUTES {
         router = router.route(r.path, handler(r.name));
     }
     router
+        .layer(axum::middleware::from_fn(pages::lift_form_csrf))
+        .layer(axum::middleware::map_response(pages::security_headers))
 }
 
 /// The value of cookie `name` in `headers`, if present once.
@@ -322,7 +448,7 @@ async fn callback(
     let previous = cookie(&headers, SESSION_COOKIE);
     let mut response = match dashboard.finish_login(&provider, callback, previous).await {
         Ok(id) => {
-            let mut response = redirect("/dashboard/v1/me");
+            let mut response = redirect("/dashboard");
             response
                 .headers_mut()
                 .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &id, None));
@@ -362,12 +488,26 @@ async fn me(State(service): State<Svc>, auth: SessionAuth) -> Response {
     response
 }
 
-async fn logout(State(service): State<Svc>, auth: SessionAuth, _body: Body) -> Response {
+async fn logout(
+    State(service): State<Svc>,
+    headers: HeaderMap,
+    auth: SessionAuth,
+    _body: Body,
+) -> Response {
     let Some(dashboard) = service.dashboard() else {
         return not_configured();
     };
     dashboard.logout(&auth.id);
-    let mut response = plain(StatusCode::OK, "logged out");
+    // The page's form goes back to the login page; a script's request gets text.
+    let from_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let mut response = if from_form {
+        redirect("/dashboard")
+    } else {
+        plain(StatusCode::OK, "logged out")
+    };
     response
         .headers_mut()
         .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", Some(0)));

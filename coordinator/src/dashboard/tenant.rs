@@ -23,17 +23,35 @@ type Svc = Arc<Service>;
 /// Largest body of a dashboard request.
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// A member of the route's tenant whose role allows the route's declared action.
+/// A member of the route's tenant (or an operator) whose role allows the route's declared
+/// action.
 pub struct TenantAuth {
     /// The tenant.
     pub tenant: String,
     /// The member's email.
     pub email: String,
+    /// Their role in the tenant (`operator` for an operator).
+    pub role: String,
+    /// The session's CSRF token, for the page's forms.
+    pub csrf: String,
+    /// The dashboard clock's time of the request, Unix ms.
+    pub now_ms: u64,
 }
 
 impl TenantAuth {
-    fn actor(&self) -> String {
-        format!("user:{}", self.email)
+    /// Who the tenant's audit chain names for what this request does: `user:<email>`, or
+    /// `operator:<email>` for an operator.
+    pub fn actor(&self) -> String {
+        if self.role == super::roles::OPERATOR {
+            format!("operator:{}", self.email)
+        } else {
+            format!("user:{}", self.email)
+        }
+    }
+
+    /// Whether the caller's role allows `action`.
+    pub fn may(&self, action: super::roles::Action) -> bool {
+        allows(&self.role, action)
     }
 }
 
@@ -65,23 +83,46 @@ impl FromRequestParts<Svc> for TenantAuth {
         let Some(dashboard) = service.dashboard() else {
             return Err(super::routes::not_configured());
         };
-        // Not a member: the same answer as a tenant that does not exist.
-        let role = dashboard
-            .memberships(&auth.session.email)
-            .into_iter()
-            .find(|m| m.tenant == tenant)
-            .map(|m| m.role)
-            .ok_or_else(|| plain(StatusCode::NOT_FOUND, "no such tenant"))?;
+        // An operator holds the operator role in every live tenant; anyone else their
+        // membership's. Not a member: the same answer as a tenant that does not exist.
+        let role = if dashboard.is_operator(&auth.session.email) {
+            crate::api::off_runtime(|| service.get_tenant(&tenant))
+                .map(|_| super::roles::OPERATOR.to_owned())
+                .map_err(|_| plain(StatusCode::NOT_FOUND, "no such tenant"))?
+        } else {
+            dashboard
+                .memberships(&auth.session.email)
+                .into_iter()
+                .find(|m| m.tenant == tenant)
+                .map(|m| m.role)
+                .ok_or_else(|| plain(StatusCode::NOT_FOUND, "no such tenant"))?
+        };
         if !allows(&role, action) {
             return Err(plain(
                 StatusCode::FORBIDDEN,
                 format!("a {role} may not do this ({action:?})"),
             ));
         }
-        Ok(TenantAuth {
+        let auth = TenantAuth {
             tenant,
             email: auth.session.email,
-        })
+            role,
+            csrf: auth.session.csrf,
+            now_ms: dashboard.now_ms(),
+        };
+        // An operator's change to a tenant is mirrored on the platform chain (the tenant's
+        // own chain names them in the change's row).
+        if auth.role == super::roles::OPERATOR && parts.method != axum::http::Method::GET {
+            service.audit(
+                crate::api::admin::PLATFORM_CHAIN,
+                &auth.actor(),
+                "operator.request",
+                &auth.tenant,
+                "ok",
+                serde_json::json!({ "method": parts.method.as_str(), "route": matched }),
+            );
+        }
+        Ok(auth)
     }
 }
 

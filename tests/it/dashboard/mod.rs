@@ -10,6 +10,7 @@
 //!   and used against the API, members, the verified chain; the admin API's members routes.
 
 mod login;
+mod pages;
 mod sessions;
 mod tenant;
 
@@ -32,6 +33,8 @@ use super::python::repo_root;
 const CLIENT_ID: &str = "vaultvec-dashboard";
 const CLIENT_SECRET: &str = "a-client-secret-for-the-test-provider";
 const PUBLIC_URL: &str = "https://vaultvec.test";
+/// An operator's address (`[dashboard] operators`), a member of no tenant.
+const OPERATOR: &str = "root@ops.example";
 const IDLE: Duration = Duration::from_secs(1800);
 const ABSOLUTE: Duration = Duration::from_secs(12 * 3600);
 
@@ -132,6 +135,7 @@ pub(crate) async fn start() -> Harness {
             .as_millis() as u64,
     ));
     let dashboard = DashboardConfig {
+        operators: vec![OPERATOR.into()],
         public_url: url::Url::parse(PUBLIC_URL).unwrap(),
         idle: IDLE,
         absolute: ABSOLUTE,

@@ -47,7 +47,10 @@ async fn every_tenant_route_checks_the_members_role_in_that_tenant() {
         let path = route
             .path
             .replace("{tenant}", "acme")
-            .replace("{key_id}", "abcdefgh");
+            .replace("{key_id}", "abcdefgh")
+            .replace("{chart}", "daily-requests")
+            .replace("{name}", "docs")
+            .replace("{email}", "nobody@example.com");
         let body = match route.name {
             "dashboard_issue_key" => Some(json!({"scopes": ["read"]})),
             "dashboard_add_member" => Some(json!({"email": "guest@example.com", "role": "viewer"})),

@@ -19,6 +19,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
 # The Python client tests (tests/it/python.rs) run in this venv.
 bash scripts/py-env.sh
+# Headless Chromium, its WebDriver and nginx for the dashboard's browser test (apt-get if missing).
+bash scripts/browser-env.sh
 # The deploy files are checked, not just shipped: systemd-analyze verify/security, nginx -t and
 # the HTTP-to-HTTPS redirect on a real nginx (installs systemd, nginx, openssl, curl if missing).
 bash scripts/check-deploy.sh

@@ -9,6 +9,7 @@
 //! - `tenant.rs`: every tenant route against every role, keys made and revoked in the dashboard
 //!   and used against the API, members, the verified chain; the admin API's members routes.
 
+mod browser;
 mod login;
 mod pages;
 mod sessions;
@@ -70,6 +71,8 @@ impl Idp {
 }
 
 pub(crate) struct Harness {
+    /// The CA of the provider's certificate (and of any other the test makes).
+    ca: TestCa,
     cluster: Cluster,
     idp: Idp,
     clock: Arc<ManualClock>,
@@ -78,6 +81,11 @@ pub(crate) struct Harness {
 }
 
 pub(crate) async fn start() -> Harness {
+    start_at(PUBLIC_URL).await
+}
+
+/// A harness whose dashboard is reached at `public_url` (its redirect URIs registered there).
+pub(crate) async fn start_at(public_url: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("dashboard test CA");
     let (cert, key) = ca.server_cert();
@@ -101,8 +109,8 @@ pub(crate) async fn start() -> Harness {
         .args([
             CLIENT_ID,
             CLIENT_SECRET,
-            &format!("{PUBLIC_URL}/dashboard/callback/idp"),
-            &format!("{PUBLIC_URL}/dashboard/callback/github"),
+            &format!("{public_url}/dashboard/callback/idp"),
+            &format!("{public_url}/dashboard/callback/github"),
         ])
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdout(std::process::Stdio::piped())
@@ -136,7 +144,7 @@ pub(crate) async fn start() -> Harness {
     ));
     let dashboard = DashboardConfig {
         operators: vec![OPERATOR.into()],
-        public_url: url::Url::parse(PUBLIC_URL).unwrap(),
+        public_url: url::Url::parse(public_url).unwrap(),
         idle: IDLE,
         absolute: ABSOLUTE,
         providers: vec![
@@ -185,6 +193,7 @@ pub(crate) async fn start() -> Harness {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["email"], "alice@example.com", "{body}");
     Harness {
+        ca,
         cluster,
         idp: Idp {
             port,

@@ -769,6 +769,47 @@ async fn a_tenant_larger_than_a_snapshot_may_be_is_refused_before_anything_is_co
     cluster.shutdown().await;
 }
 
+/// A snapshot store full once it holds any archive.
+fn tiny_store(config: &mut coordinator::config::Config) {
+    config.snapshots.max_total_bytes = 1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_snapshot_starts_once_the_store_holds_its_limit_until_one_is_deleted() {
+    let mut cluster = Cluster::start_without_workers(1, tiny_store).await;
+    cluster.start_worker(0).await;
+    let key = cluster.tenant("acme", Some("pro")).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    put(&cluster, &key, 0..10, "a").await;
+    let first = snapshot_id(&cluster, "acme").await;
+    // Refused every time, not only once.
+    for _ in 0..2 {
+        let (status, body) = cluster
+            .admin("POST", "/admin/v1/tenants/acme/snapshots", None)
+            .await;
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("full"),
+            "{body}"
+        );
+    }
+    let (status, list) = cluster
+        .admin("GET", "/admin/v1/tenants/acme/snapshots", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1, "{list}");
+    let (status, body) = cluster
+        .admin(
+            "DELETE",
+            &format!("/admin/v1/tenants/acme/snapshots/{first}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    snapshot_id(&cluster, "acme").await;
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_taken_under_writes_is_one_state_with_every_write_acknowledged_before_it() {
     let cluster = Arc::new(Cluster::start(1).await);

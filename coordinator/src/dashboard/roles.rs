@@ -25,6 +25,10 @@ pub enum Action {
     SettingsRead,
     /// Change the tenant's settings.
     SettingsWrite,
+    /// List the tenant's snapshots.
+    SnapshotsRead,
+    /// Take a snapshot.
+    SnapshotsWrite,
 }
 
 /// Every action.
@@ -39,15 +43,17 @@ pub const ACTIONS: &[Action] = &[
     Action::CollectionsWrite,
     Action::SettingsRead,
     Action::SettingsWrite,
+    Action::SnapshotsRead,
+    Action::SnapshotsWrite,
 ];
 
 /// The role an operator (`[dashboard] operators`) holds in every tenant.
 pub const OPERATOR: &str = "operator";
 
 /// What `role` may do: a viewer sees the overview, the collections and the members; a member
-/// also lists the keys; an admin also manages keys and collections and reads the audit chain and
-/// the settings; an owner also manages members and changes the settings; an operator may do
-/// everything. Unknown roles may do nothing.
+/// also lists the keys; an admin also manages keys and collections and reads the audit chain, the
+/// settings and the snapshots; an owner also manages members, changes the settings and takes
+/// snapshots; an operator may do everything. Unknown roles may do nothing.
 pub fn allows(role: &str, action: Action) -> bool {
     use Action::*;
     let actions: &[Action] = match role {
@@ -62,6 +68,7 @@ pub fn allows(role: &str, action: Action) -> bool {
             CollectionsWrite,
             AuditRead,
             SettingsRead,
+            SnapshotsRead,
         ],
         "owner" | OPERATOR => ACTIONS,
         _ => &[],

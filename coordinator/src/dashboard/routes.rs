@@ -229,6 +229,18 @@ pub const DASHBOARD_ROUTES: &[DashboardRoute] = &[
     ),
     route(
         "GET",
+        "/dashboard/t/{tenant}/snapshots",
+        Permission::Tenant(Action::SnapshotsRead),
+        "page_snapshots",
+    ),
+    route(
+        "POST",
+        "/dashboard/t/{tenant}/snapshots",
+        Permission::Tenant(Action::SnapshotsWrite),
+        "page_take_snapshot",
+    ),
+    route(
+        "GET",
         "/dashboard/t/{tenant}/audit/export",
         Permission::Tenant(Action::AuditRead),
         "page_audit_export",
@@ -264,6 +276,8 @@ fn handler(name: &str) -> MethodRouter<Svc> {
         "page_set_role" => post(pages::set_role),
         "page_remove_member" => post(pages::remove_member),
         "page_audit" => get(pages::audit_page),
+        "page_snapshots" => get(pages::snapshots_page),
+        "page_take_snapshot" => post(pages::take_snapshot),
         "page_audit_export" => get(pages::audit_export),
         other => unreachable!("dashboard route {other} has no handler"),
     }

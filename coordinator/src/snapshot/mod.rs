@@ -59,6 +59,10 @@ pub struct RawSettings {
     max_files: Option<usize>,
     /// Most bytes one snapshot may hold; default 1 TiB.
     max_bytes: Option<u64>,
+    /// A snapshot starts only while the store's archives take less than this; default 4 TiB.
+    max_total_bytes: Option<u64>,
+    /// Snapshots a tenant's owner may keep (taken from the dashboard); default 5.
+    max_owner_snapshots: Option<u32>,
 }
 
 /// Where snapshots are kept, and how large one may be.
@@ -68,6 +72,10 @@ pub struct Settings {
     pub dir: PathBuf,
     /// Limits of one archive, checked when it is taken and when it is read.
     pub limits: Limits,
+    /// A snapshot starts only while the store's archives take less than this many bytes.
+    pub max_total_bytes: u64,
+    /// Snapshots taken from the dashboard a tenant may keep.
+    pub max_owner_snapshots: u32,
 }
 
 impl RawSettings {
@@ -86,7 +94,13 @@ impl RawSettings {
         if max_bytes < 1 << 20 {
             anyhow::bail!("[snapshots] max_bytes is at least 1048576");
         }
+        let max_owner_snapshots = self.max_owner_snapshots.unwrap_or(5);
+        if max_owner_snapshots > 1000 {
+            anyhow::bail!("[snapshots] max_owner_snapshots is 0 to 1000");
+        }
         Ok(Settings {
+            max_total_bytes: self.max_total_bytes.unwrap_or(4 << 40),
+            max_owner_snapshots,
             dir: self
                 .dir
                 .as_deref()

@@ -330,6 +330,28 @@ CREATE TABLE login_flows (
 ) STRICT, WITHOUT ROWID;
 ";
 
+/// Migration 15: snapshots a tenant's owner takes from the dashboard (origin `owner`). SQLite
+/// cannot change a CHECK constraint in place, so the table is rebuilt with its rows.
+const V15: &str = "
+CREATE TABLE snapshots_v15 (
+    id TEXT NOT NULL PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants (id),
+    created_ms INTEGER NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('admin', 'schedule', 'owner')),
+    files INTEGER NOT NULL CHECK (files >= 0),
+    bytes INTEGER NOT NULL CHECK (bytes >= 0),
+    archive_bytes INTEGER NOT NULL CHECK (archive_bytes >= 0),
+    -- JSON array of the tenant's KEK versions when it was taken.
+    kek_versions TEXT NOT NULL
+) STRICT;
+INSERT INTO snapshots_v15 (id, tenant, created_ms, origin, files, bytes, archive_bytes, kek_versions)
+    SELECT id, tenant, created_ms, origin, files, bytes, archive_bytes, kek_versions FROM snapshots;
+DROP TABLE snapshots;
+ALTER TABLE snapshots_v15 RENAME TO snapshots;
+CREATE INDEX snapshots_of_tenant ON snapshots (tenant, created_ms);
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
-pub(crate) const MIGRATIONS: &[&str] =
-    &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15,
+];

@@ -66,6 +66,18 @@ impl Store {
         &self.audit_key
     }
 
+    /// Bytes of every recorded archive in the snapshot store.
+    pub fn snapshot_store_bytes(&self) -> Result<u64> {
+        self.read(|conn| {
+            let total: i64 = conn.query_row(
+                "SELECT COALESCE(SUM(archive_bytes), 0) FROM snapshots",
+                [],
+                |r| r.get(0),
+            )?;
+            from_sql_int("bytes", total)
+        })
+    }
+
     /// Records a snapshot whose archive is durable, with its audit row (`snapshot.create`).
     pub fn add_snapshot(&self, actor: &Actor, row: &SnapshotRow) -> Result<()> {
         self.write(|tx| {

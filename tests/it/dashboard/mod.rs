@@ -48,6 +48,7 @@ fn with_dashboard(config: &mut Config) {
     config.dashboard = Some(dashboard);
     config.outbound = outbound;
     config.clock = clock;
+    config.snapshots.max_owner_snapshots = 2;
 }
 
 struct Idp {

@@ -618,3 +618,64 @@ async fn an_operator_sees_every_tenant_and_their_actions_are_in_its_chain_under_
     assert_eq!(h.page(&session, "/dashboard/t/nobody").await.status, 404);
     h.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_takes_snapshots_up_to_the_limit_and_an_admin_only_lists_them() {
+    let h = start().await;
+    let session = h.login("alice@example.com").await;
+    let csrf = h.csrf(&session).await;
+    let page = h.page(&session, "/dashboard/t/acme/snapshots").await;
+    assert!(page.body.contains("No snapshots yet"), "{}", page.body);
+    for _ in 0..2 {
+        let taken = h
+            .form(&session, "/dashboard/t/acme/snapshots", &[("csrf", &csrf)])
+            .await;
+        assert_eq!(taken.status, 303, "{}", taken.body);
+    }
+    let page = h.page(&session, "/dashboard/t/acme/snapshots").await;
+    assert_eq!(
+        page.body.matches("<td>owner</td>").count(),
+        2,
+        "{}",
+        page.body
+    );
+    // The owner's limit (2 in this harness) holds; the operator's own snapshots do not count.
+    let refused = h
+        .form(&session, "/dashboard/t/acme/snapshots", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    let (status, body) = h
+        .cluster
+        .admin("POST", "/admin/v1/tenants/acme/snapshots", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rows = h.audit("acme", "snapshot.create").await;
+    let actors: Vec<&str> = rows.iter().map(|r| r["actor"].as_str().unwrap()).collect();
+    assert_eq!(
+        actors,
+        ["user:alice@example.com", "user:alice@example.com", "admin"],
+        "{rows:?}"
+    );
+    // An admin of the tenant sees them and may not take one.
+    h.cluster
+        .admin(
+            "POST",
+            "/admin/v1/tenants/acme/members",
+            Some(json!({"email": "dana@example.com", "role": "admin"})),
+        )
+        .await;
+    let dana = h.login("dana@example.com").await;
+    let dana_csrf = h.csrf(&dana).await;
+    let page = h.page(&dana, "/dashboard/t/acme/snapshots").await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("take-snapshot"), "{}", page.body);
+    let refused = h
+        .form(
+            &dana,
+            "/dashboard/t/acme/snapshots",
+            &[("csrf", &dana_csrf)],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    h.cluster.shutdown().await;
+}

@@ -60,6 +60,8 @@ const LOCKED_ROUNDS: usize = 3;
 pub const ORIGIN_ADMIN: &str = "admin";
 /// The scheduler.
 pub const ORIGIN_SCHEDULE: &str = "schedule";
+/// The tenant's owner, from the dashboard.
+pub const ORIGIN_OWNER: &str = "owner";
 
 /// The service's snapshot state: settings, and the tenants with a snapshot operation running.
 pub(crate) struct Snapshots {
@@ -118,7 +120,7 @@ pub struct SnapshotView {
     pub tenant: String,
     /// When it was taken, Unix ms.
     pub created_ms: u64,
-    /// `admin` or `schedule`.
+    /// `admin`, `schedule` or `owner` (from the dashboard).
     pub origin: String,
     /// Files in it.
     pub files: u64,
@@ -248,6 +250,11 @@ impl Service {
             return Err(super::moves::moving_error());
         }
         Ok(t)
+    }
+
+    /// The snapshot store's settings.
+    pub fn snapshot_settings(&self) -> &crate::snapshot::Settings {
+        &self.snapshots.settings
     }
 
     /// A tenant's snapshots, oldest first.

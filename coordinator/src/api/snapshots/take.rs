@@ -3,15 +3,66 @@
 
 use super::*;
 
+/// Who takes a snapshot: its origin (admin, schedule, owner) and the audited actor.
+struct By<'a> {
+    origin: &'a str,
+    actor: &'a str,
+}
+
 impl Service {
-    /// Takes a snapshot of `tenant` now (see the module docs).
+    /// Takes a snapshot of `tenant` now (see the module docs), for the admin API or the
+    /// scheduler (`origin`).
     pub async fn take_snapshot(
         &self,
         tenant: &str,
         origin: &str,
     ) -> Result<SnapshotView, ApiError> {
+        let actor = if origin == ORIGIN_SCHEDULE {
+            "system"
+        } else {
+            "admin"
+        };
+        self.take_snapshot_by(tenant, origin, actor).await
+    }
+
+    /// [`Service::take_snapshot`] recorded as done by `actor`. Refused (429) while the store's
+    /// archives take `[snapshots] max_total_bytes` or more, and for the owner's origin while the
+    /// tenant keeps `max_owner_snapshots` of theirs.
+    pub async fn take_snapshot_by(
+        &self,
+        tenant: &str,
+        origin: &str,
+        actor: &str,
+    ) -> Result<SnapshotView, ApiError> {
         self.snapshottable(tenant)?;
         let _lifecycle = self.lifecycle_lock(tenant).await;
+        let settings = &self.snapshots.settings;
+        let stored = off_runtime(|| self.store.snapshot_store_bytes())?;
+        if stored >= settings.max_total_bytes {
+            return Err(ApiError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "the snapshot store is full ({stored} bytes of archives, the limit is {}); \
+                     delete snapshots first",
+                    settings.max_total_bytes
+                ),
+            ));
+        }
+        if origin == ORIGIN_OWNER {
+            let kept = off_runtime(|| self.store.snapshots(tenant))?
+                .iter()
+                .filter(|s| s.origin == ORIGIN_OWNER)
+                .count();
+            if kept >= settings.max_owner_snapshots as usize {
+                return Err(ApiError::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "the tenant keeps {kept} snapshots taken from the dashboard, the most \
+                         allowed; an operator deletes old ones"
+                    ),
+                ));
+            }
+        }
         let tenant_id = TenantId::parse(tenant).map_err(|e| ApiError::invalid(e.to_string()))?;
         let kek_versions = self
             .keys
@@ -21,7 +72,14 @@ impl Service {
         let created_ms = self.clock().now_ms();
         let staging = self.snapshots.settings.dir.join(format!(".staging-{id}"));
         let result = self
-            .snapshot_into(tenant, &id, created_ms, kek_versions, origin, &staging)
+            .snapshot_into(
+                tenant,
+                &id,
+                created_ms,
+                kek_versions,
+                By { origin, actor },
+                &staging,
+            )
             .await;
         if let Err(err) = off_runtime(|| std::fs::remove_dir_all(&staging))
             && err.kind() != std::io::ErrorKind::NotFound
@@ -40,9 +98,10 @@ impl Service {
         id: &str,
         created_ms: u64,
         kek_versions: Vec<u32>,
-        origin: &str,
+        by: By<'_>,
         staging: &Path,
     ) -> Result<SnapshotView, ApiError> {
+        let By { origin, actor } = by;
         off_runtime(|| private_dir(staging))?;
         let files = match self.store.placement(tenant)? {
             // Never placed: it has no files.
@@ -72,14 +131,7 @@ impl Service {
             archive_bytes,
             kek_versions: meta.kek_versions.clone(),
         };
-        let actor = Actor(
-            if origin == ORIGIN_SCHEDULE {
-                "system"
-            } else {
-                "admin"
-            }
-            .into(),
-        );
+        let actor = Actor(actor.into());
         if let Err(err) = off_runtime(|| self.store.add_snapshot(&actor, &row)) {
             // Not recorded: not kept.
             let _ = std::fs::remove_file(self.snapshots.archive_path(tenant, id));

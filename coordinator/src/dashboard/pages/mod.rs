@@ -13,6 +13,7 @@ mod audit;
 mod charts;
 mod collections;
 mod people;
+mod snapshots;
 
 use std::sync::{Arc, OnceLock};
 
@@ -36,6 +37,7 @@ pub(super) use collections::{
 pub(super) use people::{
     create_key, invite_member, keys_page, members_page, remove_member, revoke_key, set_role,
 };
+pub(super) use snapshots::{snapshots_page, take_snapshot};
 
 type Svc = Arc<Service>;
 
@@ -64,6 +66,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("keys.html", include_str!("templates/keys.html")),
     ("members.html", include_str!("templates/members.html")),
     ("audit.html", include_str!("templates/audit.html")),
+    ("snapshots.html", include_str!("templates/snapshots.html")),
 ];
 
 /// The stylesheet, served at `/dashboard/assets/style.css`.
@@ -122,6 +125,8 @@ fn can(auth: &TenantAuth) -> Value {
         audit_read => may(AuditRead),
         collections_write => may(CollectionsWrite),
         settings_read => may(SettingsRead),
+        snapshots_read => may(SnapshotsRead),
+        snapshots_write => may(SnapshotsWrite),
     }
 }
 

@@ -41,8 +41,6 @@ pub struct Tier {
     /// `max_in_flight_per_worker`.
     #[serde(default)]
     pub max_in_flight: usize,
-    /// Copies of each tenant, each on a different worker (1 to 3; default 1). Writes are
-    /// acknowledged once every live copy has made them durable; reads go to any live copy.
     /// Days between scheduled rotations of each of its tenants' KEKs (`rotate_keks` job);
     /// 0 (the default) rotates only on request.
     #[serde(default)]
@@ -55,8 +53,13 @@ pub struct Tier {
     /// (snapshots taken on request are kept until deleted). Default 7.
     #[serde(default = "default_snapshot_keep")]
     pub snapshot_keep: u32,
+    /// Copies of each tenant, each on a different worker (1 to 3; default 1). Writes are
+    /// acknowledged once every live copy has made them durable; reads go to any live copy.
     #[serde(default = "default_replicas")]
     pub replicas: u32,
+    /// Billing anomalies (`[tiers.<name>.anomaly]`, `crate::billing`).
+    #[serde(default)]
+    pub anomaly: crate::billing::AnomalyPolicy,
 }
 
 fn default_replicas() -> u32 {
@@ -83,6 +86,7 @@ impl Tier {
                 "tier {name}: snapshot_every_hours is 0 (never) to 8760, snapshot_keep 1 to 1000"
             );
         }
+        self.anomaly.validate(name)?;
         if !(1..=3).contains(&self.replicas) {
             bail!("tier {name}: replicas must be 1, 2 or 3");
         }
@@ -157,7 +161,7 @@ struct RawConfig {
     auth_failures: AuthFailureBudget,
     cluster_tls: Option<RawClusterTls>,
     #[serde(default)]
-    jobs: RawJobs,
+    jobs: jobs::RawJobs,
     #[serde(default)]
     privacy: Privacy,
     #[serde(default)]
@@ -165,6 +169,7 @@ struct RawConfig {
     #[serde(default)]
     outbound: crate::outbound::OutboundConfig,
     dashboard: Option<crate::dashboard::RawDashboard>,
+    mail: Option<crate::mail::RawMail>,
 }
 
 /// `[privacy]`: privacy requests (`DELETE /admin/v1/tenants/{t}/entities/{entity_id}`).
@@ -197,72 +202,6 @@ fn default_entity_field() -> String {
 
 fn default_erase_timeout_secs() -> u64 {
     600
-}
-
-/// `[jobs]`: how often the scheduler runs each job (`crate::jobs`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJobs {
-    #[serde(default = "default_verify_audit_every_s")]
-    verify_audit_every_s: u64,
-    #[serde(default = "default_rotate_keks_every_s")]
-    rotate_keks_every_s: u64,
-    #[serde(default = "default_flush_usage_every_s")]
-    flush_usage_every_s: u64,
-    #[serde(default = "default_census_every_s")]
-    census_every_s: u64,
-    #[serde(default = "default_snapshots_every_s")]
-    snapshots_every_s: u64,
-}
-
-impl Default for RawJobs {
-    fn default() -> RawJobs {
-        RawJobs {
-            verify_audit_every_s: default_verify_audit_every_s(),
-            rotate_keks_every_s: default_rotate_keks_every_s(),
-            flush_usage_every_s: default_flush_usage_every_s(),
-            census_every_s: default_census_every_s(),
-            snapshots_every_s: default_snapshots_every_s(),
-        }
-    }
-}
-
-fn default_verify_audit_every_s() -> u64 {
-    3_600
-}
-
-fn default_rotate_keks_every_s() -> u64 {
-    3_600
-}
-
-fn default_flush_usage_every_s() -> u64 {
-    60
-}
-
-fn default_census_every_s() -> u64 {
-    86_400
-}
-
-fn default_snapshots_every_s() -> u64 {
-    3_600
-}
-
-/// The scheduled jobs with the intervals of `raw`.
-fn job_specs(raw: &RawJobs) -> Vec<crate::jobs::JobSpec> {
-    use crate::jobs::{CENSUS, FLUSH_USAGE, JobSpec, ROTATE_KEKS, SNAPSHOTS, VERIFY_AUDIT};
-    [
-        (VERIFY_AUDIT, raw.verify_audit_every_s),
-        (ROTATE_KEKS, raw.rotate_keks_every_s),
-        (FLUSH_USAGE, raw.flush_usage_every_s),
-        (CENSUS, raw.census_every_s),
-        (SNAPSHOTS, raw.snapshots_every_s),
-    ]
-    .into_iter()
-    .map(|(name, s)| JobSpec {
-        name,
-        every: Duration::from_secs(s),
-    })
-    .collect()
 }
 
 /// Failed authentications allowed per client address (`[auth_failures]`): a sustained rate and a
@@ -491,6 +430,8 @@ pub struct Config {
     pub outbound: crate::outbound::OutboundConfig,
     /// The dashboard (`[dashboard]`); without it the dashboard's routes answer 404.
     pub dashboard: Option<crate::dashboard::DashboardConfig>,
+    /// The mail relay (`[mail]`); without it mail waits in the outbox.
+    pub mail: Option<crate::mail::MailConfig>,
 }
 
 /// Reads a secret file, refusing one that others may read.
@@ -594,7 +535,7 @@ impl Config {
             large_message_budget_bytes: raw.large_message_budget_bytes,
             auth_failures: raw.auth_failures,
             cluster_tls,
-            jobs: job_specs(&raw.jobs),
+            jobs: jobs::job_specs(&raw.jobs),
             privacy: raw.privacy,
             snapshots: raw.snapshots.resolve(&at(&raw.data_dir), at)?,
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
@@ -604,6 +545,10 @@ impl Config {
             },
             dashboard: match &raw.dashboard {
                 Some(d) => Some(d.resolve(at)?),
+                None => None,
+            },
+            mail: match &raw.mail {
+                Some(m) => Some(m.resolve(at)?),
                 None => None,
             },
         };
@@ -700,6 +645,7 @@ impl Config {
                 snapshot_every_hours: 0,
                 snapshot_keep: 7,
                 replicas: 1,
+                anomaly: crate::billing::AnomalyPolicy::default(),
             },
         );
         tiers.insert(
@@ -717,6 +663,7 @@ impl Config {
                 snapshot_every_hours: 0,
                 snapshot_keep: 7,
                 replicas: 1,
+                anomaly: crate::billing::AnomalyPolicy::default(),
             },
         );
         Config {
@@ -757,7 +704,7 @@ impl Config {
             auto_rebalance: false,
             auth_failures: AuthFailureBudget::default(),
             cluster_tls: None,
-            jobs: job_specs(&RawJobs::default()),
+            jobs: jobs::job_specs(&jobs::RawJobs::default()),
             privacy: Privacy::default(),
             snapshots: crate::snapshot::RawSettings::default()
                 .resolve(dir, |p| dir.join(p))
@@ -765,9 +712,12 @@ impl Config {
             clock: std::sync::Arc::new(crate::jobs::SystemClock),
             outbound: crate::outbound::OutboundConfig::default(),
             dashboard: None,
+            mail: None,
         }
     }
 }
+
+mod jobs;
 
 #[cfg(test)]
 mod tests;

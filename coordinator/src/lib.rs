@@ -12,12 +12,14 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod grpc;
 pub mod http;
 pub mod jobs;
+pub mod mail;
 pub mod metrics;
 pub mod net;
 pub mod outbound;
@@ -146,8 +148,13 @@ impl Coordinator {
                 config.clock.clone(),
             ))
         });
+        let mailer = config
+            .mail
+            .clone()
+            .map(|m| Arc::new(mail::Mailer::new(m, outbound.clone())));
         let service = Arc::new(Service::new(api::Parts {
             dashboard,
+            mailer,
             store,
             pepper: config.secrets.pepper.clone(),
             hub: hub.clone(),
@@ -167,6 +174,7 @@ impl Coordinator {
             privacy: config.privacy.clone(),
             snapshots: config.snapshots.clone(),
         })?);
+        service.schedule_jobs();
         Ok(Coordinator {
             service,
             hub,

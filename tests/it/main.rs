@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod billing;
 mod cluster;
 mod cold;
 mod dashboard;

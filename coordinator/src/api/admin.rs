@@ -284,7 +284,7 @@ impl Service {
         Ok(())
     }
 
-    pub(super) fn existing(&self, tenant: &str) -> Result<Tenant, ApiError> {
+    pub(crate) fn existing(&self, tenant: &str) -> Result<Tenant, ApiError> {
         match self.store.tenant(tenant)? {
             Some(t) if !t.deleted => Ok(t),
             _ => Err(ApiError::new(
@@ -347,12 +347,17 @@ impl Service {
 
     /// Pauses a tenant: its requests are refused and its worker unloads it (plaintext zeroized).
     pub async fn pause(&self, id: &str) -> Result<Tenant, ApiError> {
+        self.pause_by(id, ADMIN).await
+    }
+
+    /// [`Service::pause`] recorded as done by `actor` (`system` for an anomaly's pause).
+    pub async fn pause_by(&self, id: &str, actor: &str) -> Result<Tenant, ApiError> {
         let existing = self.existing(id)?;
         if existing.tier == PAUSED_TIER && existing.storage == crate::store::tenant::COOLING {
             // Paused, its files not all moved yet: asking again finishes the moves.
             return self.settle_storage(id).await;
         }
-        self.store.pause_tenant(&Actor(ADMIN.into()), id)?;
+        self.store.pause_tenant(&Actor(actor.into()), id)?;
         // New requests see the pause at once; the assignment goes when the worker has unloaded.
         self.forget_tenant_state(id);
         if let Some(p) = self.store.placement(id)? {

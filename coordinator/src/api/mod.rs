@@ -162,6 +162,8 @@ pub struct Service {
     /// The snapshot store and the tenants with a snapshot operation running.
     pub(crate) snapshots: snapshots::Snapshots,
     dashboard: Option<Arc<crate::dashboard::Dashboard>>,
+    /// The relay the outbox sends through, if `[mail]` is configured.
+    pub(crate) mailer: crate::mail::SharedMailer,
 }
 
 /// The large-message pool: one thread per core in the `SCHED_IDLE` class, where messages over
@@ -217,6 +219,8 @@ pub struct Parts {
     pub snapshots: crate::snapshot::Settings,
     /// The dashboard, if configured.
     pub dashboard: Option<Arc<crate::dashboard::Dashboard>>,
+    /// The mail relay, if configured.
+    pub mailer: crate::mail::SharedMailer,
 }
 
 impl Service {
@@ -260,6 +264,7 @@ impl Service {
             privacy: parts.privacy,
             snapshots: snapshots::Snapshots::new(parts.snapshots),
             dashboard: parts.dashboard,
+            mailer: parts.mailer,
         })
     }
 
@@ -605,6 +610,10 @@ impl Service {
         let restricted = matches!(op, Op::ListCollections(_))
             .then(|| identity.collections.clone())
             .flatten();
+        let upserted = match &op {
+            Op::Upsert(r) => r.points.len() as u64,
+            _ => 0,
+        };
         let mut reply = match idempotency::key_of(&op) {
             Some(key) => {
                 let key = key.to_owned();
@@ -612,6 +621,7 @@ impl Service {
             }
             None => self.route_sized(tenant, Some(tier), op, large).await?,
         };
+        self.count_upserted(tenant, upserted);
         // A key restricted to named collections lists only those.
         if let (Some(allowed), Reply::Collections(list)) = (restricted, &mut reply) {
             list.collections.retain(|c| allowed.contains(&c.name));

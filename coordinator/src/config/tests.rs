@@ -291,7 +291,9 @@ fn kek_rotation_days_and_job_intervals_are_bounded() {
             ("rotate_keks", 3600),
             ("flush_usage", 60),
             ("census", 86_400),
-            ("snapshots", 3600)
+            ("snapshots", 3600),
+            ("anomalies", 3600),
+            ("send_mail", 60)
         ]
     );
     assert_eq!(config.tiers["free"].snapshot_every_hours, 0);
@@ -399,4 +401,55 @@ client_secret_file = "google.secret"
     // Without the sections: no dashboard, no allowances.
     let config = Config::load(&write_config(dir.path(), "")).unwrap();
     assert!(config.dashboard.is_none() && config.outbound.allow_hosts.is_empty());
+}
+
+#[test]
+fn the_example_mail_relay_and_anomaly_policy_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    let example = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/coordinator.example.toml"
+    ))
+    .unwrap()
+    .replace("/etc/vaultvec/", "")
+    .replace("/var/lib/vaultvec/", "");
+    // Uncomment the [mail] table.
+    let mut in_mail = false;
+    let lines: Vec<String> = example
+        .lines()
+        .map(|line| {
+            if line == "# [mail]" {
+                in_mail = true;
+            } else if line.is_empty() {
+                in_mail = false;
+            }
+            match line.strip_prefix("# ") {
+                Some(rest) if in_mail => rest.to_owned(),
+                _ => line.to_owned(),
+            }
+        })
+        .collect();
+    fs::create_dir_all(dir.path().join("secrets")).unwrap();
+    write(
+        dir.path(),
+        "secrets/smtp.password",
+        "hunter2-but-longer",
+        0o600,
+    );
+    let path = write(dir.path(), "example.toml", &lines.join("\n"), 0o600);
+    let config = Config::load(&path).unwrap();
+    let mail = config.mail.expect("[mail]");
+    assert_eq!(mail.tls, crate::mail::MailTls::Implicit);
+    assert_eq!(mail.port, 465);
+    assert_eq!(mail.from.email.to_string(), "alerts@example.com");
+    // The password is not in the debug form.
+    assert!(!format!("{mail:?}").contains("hunter2"));
+    let pro = &config.tiers["pro"].anomaly;
+    assert_eq!(pro.threshold, 8.0);
+    assert!(!pro.auto_pause);
+    assert_eq!(
+        config.tiers["free"].anomaly,
+        crate::billing::AnomalyPolicy::default()
+    );
 }

@@ -533,6 +533,12 @@ impl Dashboard {
     }
 
     /// Whether `email` is an operator's.
+    /// The operators' addresses (`[dashboard] operators`).
+    pub fn operators(&self) -> &[String] {
+        &self.config.operators
+    }
+
+    /// Whether `email` is an operator's.
     pub fn is_operator(&self, email: &str) -> bool {
         crate::store::dashboard::normalize_email(email)
             .is_ok_and(|e| self.config.operators.contains(&e))

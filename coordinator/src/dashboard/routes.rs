@@ -241,6 +241,18 @@ pub const DASHBOARD_ROUTES: &[DashboardRoute] = &[
     ),
     route(
         "GET",
+        "/dashboard/t/{tenant}/settings",
+        Permission::Tenant(Action::SettingsRead),
+        "page_settings",
+    ),
+    route(
+        "POST",
+        "/dashboard/t/{tenant}/settings",
+        Permission::Tenant(Action::SettingsWrite),
+        "page_save_settings",
+    ),
+    route(
+        "GET",
         "/dashboard/t/{tenant}/audit/export",
         Permission::Tenant(Action::AuditRead),
         "page_audit_export",
@@ -278,6 +290,8 @@ fn handler(name: &str) -> MethodRouter<Svc> {
         "page_audit" => get(pages::audit_page),
         "page_snapshots" => get(pages::snapshots_page),
         "page_take_snapshot" => post(pages::take_snapshot),
+        "page_settings" => get(pages::settings_page),
+        "page_save_settings" => post(pages::save_settings),
         "page_audit_export" => get(pages::audit_export),
         other => unreachable!("dashboard route {other} has no handler"),
     }

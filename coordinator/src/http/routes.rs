@@ -275,4 +275,17 @@ pub const ROUTES: &[RouteSpec] = &[
         Policy::Admin,
         "admin_remove_member",
     ),
+    route(
+        "GET",
+        "/admin/v1/tenants/{tenant}/anomalies",
+        Policy::Admin,
+        "admin_list_anomalies",
+    ),
+    route("GET", "/admin/v1/outbox", Policy::Admin, "admin_outbox"),
+    route(
+        "POST",
+        "/admin/v1/mail/test",
+        Policy::Admin,
+        "admin_test_mail",
+    ),
 ];

@@ -1,10 +1,11 @@
 //! Usage counting and the daily census.
 //!
 //! Every tenant request the coordinator answers (either transport, refused ones too) counts in
-//! memory against the tenant and the UTC day of the scheduler's clock; searches (single or batch,
-//! a batch once) count as searches too. The `flush_usage` job (every minute by default) adds the
-//! counts to `usage_days` in one transaction, and the coordinator flushes once more when it
-//! stops; a crash loses at most the counts since the last flush.
+//! memory against the tenant and the UTC hour of the scheduler's clock; searches (single or batch,
+//! a batch once) count as searches too, and an upsert that succeeds counts its points. The
+//! `flush_usage` job (every minute by default) adds the counts to `usage_days` and `usage_hours`
+//! in one transaction, and the coordinator flushes once more when it stops; a crash loses at most
+//! the counts since the last flush.
 //!
 //! The `census` job (daily by default) flushes, then writes one row per live tenant for each
 //! UTC day that ended since the last census (at most [`MAX_CATCH_UP_DAYS`] back): its tier, its
@@ -20,6 +21,7 @@ use proto::vaultvec::v1 as api;
 
 use crate::api::error::ApiError;
 use crate::api::{Op, Reply, Service, off_runtime};
+use crate::store::billing::HourUsage;
 use crate::store::census::{CensusRow, day_number, day_of};
 use proto::vaultvec::cluster::v1 as cluster;
 
@@ -31,28 +33,43 @@ pub const CENSUS: &str = "census";
 pub const MAX_CATCH_UP_DAYS: u64 = 31;
 
 const DAY_MS: u64 = 86_400_000;
+const HOUR_MS: u64 = 3_600_000;
 
-/// Requests and searches per day number and tenant since the last flush.
+/// Requests, searches and upserted points per hour number and tenant since the last flush.
 #[derive(Default)]
 pub struct Usage(parking_lot::Mutex<Counts>);
 
-type Counts = HashMap<u64, HashMap<String, (u64, u64)>>;
+type Counts = HashMap<u64, HashMap<String, HourUsage>>;
 
 impl Usage {
-    fn count(&self, tenant: &str, day: u64, search: bool) {
+    fn count(&self, tenant: &str, hour: u64, add: impl FnOnce(&mut HourUsage)) {
         let mut counts = self.0.lock();
-        let day = counts.entry(day).or_default();
-        // The tenant's string is copied only for its first request of the day.
-        let c = match day.get_mut(tenant) {
+        let hour_counts = counts.entry(hour).or_default();
+        // The tenant's string is copied only for its first count of the hour.
+        let c = match hour_counts.get_mut(tenant) {
             Some(c) => c,
-            None => day.entry(tenant.to_owned()).or_default(),
+            None => hour_counts.entry(tenant.to_owned()).or_default(),
         };
-        c.0 += 1;
-        c.1 += u64::from(search);
+        c.hour = hour;
+        add(c);
     }
 
     fn take(&self) -> Counts {
         std::mem::take(&mut *self.0.lock())
+    }
+
+    fn put_back(&self, taken: Counts) {
+        let mut counts = self.0.lock();
+        for (hour, tenants) in taken {
+            let hour_counts = counts.entry(hour).or_default();
+            for (tenant, u) in tenants {
+                let c = hour_counts.entry(tenant).or_default();
+                c.hour = hour;
+                c.requests += u.requests;
+                c.searches += u.searches;
+                c.upserted += u.upserted;
+            }
+        }
     }
 }
 
@@ -63,40 +80,53 @@ impl Service {
         if tenant.is_empty() {
             return;
         }
-        let day = self.jobs.clock.now_ms() / DAY_MS;
+        let hour = self.jobs.clock.now_ms() / HOUR_MS;
         let search = matches!(endpoint, "search" | "search_batch");
-        self.jobs.usage.count(tenant, day, search);
+        self.jobs.usage.count(tenant, hour, |c| {
+            c.requests += 1;
+            c.searches += u64::from(search);
+        });
     }
 
-    /// Adds the counts since the last flush to the store. Counts that could not be written are
-    /// put back, to be written at the next flush.
+    /// Counts `points` upserted by `tenant` (an upsert that succeeded).
+    pub(crate) fn count_upserted(&self, tenant: &str, points: u64) {
+        if points == 0 {
+            return;
+        }
+        let hour = self.jobs.clock.now_ms() / HOUR_MS;
+        self.jobs
+            .usage
+            .count(tenant, hour, |c| c.upserted += points);
+    }
+
+    /// Adds the counts since the last flush to the store (per day and per hour, in one
+    /// transaction). Counts that could not be written are put back, to be written at the next
+    /// flush.
     pub fn flush_usage(&self) -> (&'static str, serde_json::Value) {
         let taken = self.jobs.usage.take();
-        let rows: Vec<(String, String, u64, u64)> = taken
-            .iter()
-            .flat_map(|(day, tenants)| {
-                let day = day_of(day * DAY_MS);
-                tenants.iter().map(move |(tenant, (requests, searches))| {
-                    (tenant.clone(), day.clone(), *requests, *searches)
-                })
-            })
+        let mut days: HashMap<(String, String), (u64, u64)> = HashMap::new();
+        let mut hours = Vec::new();
+        for (hour, tenants) in &taken {
+            let day = day_of(hour * HOUR_MS);
+            for (tenant, u) in tenants {
+                let d = days.entry((tenant.clone(), day.clone())).or_default();
+                d.0 += u.requests;
+                d.1 += u.searches;
+                hours.push((tenant.clone(), *u));
+            }
+        }
+        let rows: Vec<(String, String, u64, u64)> = days
+            .into_iter()
+            .map(|((tenant, day), (requests, searches))| (tenant, day, requests, searches))
             .collect();
-        match self.store.add_usage(&rows) {
+        match self.store.add_usage(&rows, &hours) {
             Ok(()) => (
                 "ok",
-                serde_json::json!({ "tenant_days": rows.len(),
+                serde_json::json!({ "tenant_days": rows.len(), "tenant_hours": hours.len(),
                     "requests": rows.iter().map(|r| r.2).sum::<u64>() }),
             ),
             Err(err) => {
-                let mut counts = self.jobs.usage.0.lock();
-                for (day, tenants) in taken {
-                    let day = counts.entry(day).or_default();
-                    for (tenant, (requests, searches)) in tenants {
-                        let c = day.entry(tenant).or_default();
-                        c.0 += requests;
-                        c.1 += searches;
-                    }
-                }
+                self.jobs.usage.put_back(taken);
                 tracing::error!(error = %err, "writing usage failed; kept for the next flush");
                 (
                     "error",

@@ -15,6 +15,9 @@
 //! whose last scheduled snapshot is at least that old, then deletes its scheduled snapshots past
 //! the newest `snapshot_keep` (`crate::api::snapshots`; snapshots taken on request are kept).
 //!
+//! `anomalies` (`crate::billing`) watches usage for spikes; `send_mail` (`crate::mail`) sends
+//! the outbox.
+//!
 //! `verify_audit` re-verifies every audit chain (links, hashes, HMAC signatures);
 //! a chain that does not verify raises an integrity alert: an error log line naming the chain
 //! and the first bad row, `vaultvec_audit_integrity_alerts` counted, and an
@@ -109,16 +112,22 @@ fn next_slot(scheduled_ms: u64, end_ms: u64, every_ms: u64) -> u64 {
 }
 
 impl Service {
-    /// Runs the scheduled jobs until dropped.
-    pub async fn run_jobs_forever(&self) {
+    /// Schedules every job's first run (a job already scheduled keeps its next run): done when
+    /// the coordinator opens, so the schedule is in place before any request can ask for it.
+    pub fn schedule_jobs(&self) {
         let jobs = &self.jobs;
         let now = jobs.clock.now_ms();
         for spec in &jobs.specs {
             let first = now.saturating_add(millis(spec.every));
-            if let Err(err) = off_runtime(|| self.store.schedule_job(spec.name, first, first)) {
+            if let Err(err) = self.store.schedule_job(spec.name, first, first) {
                 tracing::error!(job = spec.name, error = %err, "scheduling a job failed; it does not run");
             }
         }
+    }
+
+    /// Runs the scheduled jobs until dropped ([`Service::schedule_jobs`] first).
+    pub async fn run_jobs_forever(&self) {
+        let jobs = &self.jobs;
         loop {
             let rows = match off_runtime(|| self.store.jobs()) {
                 Ok(rows) => rows,
@@ -154,6 +163,8 @@ impl Service {
             FLUSH_USAGE => off_runtime(|| self.flush_usage()),
             CENSUS => self.take_census().await,
             SNAPSHOTS => self.run_scheduled_snapshots().await,
+            crate::billing::ANOMALIES => self.watch_anomalies().await,
+            crate::mail::SEND_MAIL => self.deliver_mail().await,
             other => (
                 "error",
                 serde_json::json!({ "error": format!("no job is named {other}") }),

@@ -78,6 +78,10 @@ struct Inner {
     allowed: Vec<Allowed>,
     lookup: Arc<dyn Lookup>,
     http: reqwest::Client,
+    /// The TLS client configuration: the system's roots and `ca_file`'s (SMTP's implicit TLS).
+    tls: Arc<rustls::ClientConfig>,
+    /// `ca_file` as read (SMTP's STARTTLS, which lettre's TLS does).
+    ca_pem: Option<Vec<u8>>,
 }
 
 /// Name resolution: the system's ([`SystemLookup`]) outside tests.
@@ -130,6 +134,7 @@ impl Outbound {
             allowed.push(allowance);
         }
         let mut roots = rustls::RootCertStore::empty();
+        let mut ca_pem = None;
         let native = rustls_native_certs::load_native_certs();
         for cert in native.certs {
             let _ = roots.add(cert);
@@ -149,6 +154,7 @@ impl Outbound {
                 anyhow::bail!("[outbound] ca_file {} holds no certificate", path.display());
             }
             tracing::info!(path = %path.display(), certificates = added, "outbound calls also trust these roots");
+            ca_pem = Some(pem);
         }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -156,6 +162,7 @@ impl Outbound {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
+        let tls_config = Arc::new(tls.clone());
         let guard = Arc::new(Guard {
             allowed: allowed.clone(),
             lookup: lookup.clone(),
@@ -174,6 +181,8 @@ impl Outbound {
                 allowed,
                 lookup,
                 http,
+                tls: tls_config,
+                ca_pem,
             }),
         })
     }
@@ -320,6 +329,17 @@ impl Outbound {
             headers: response.headers().clone(),
             body,
         })
+    }
+
+    /// The TLS client configuration every outbound TLS connection uses (the system's roots and
+    /// `[outbound] ca_file`'s).
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.inner.tls.clone()
+    }
+
+    /// `[outbound] ca_file`'s certificates (PEM), if one is configured.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.inner.ca_pem.as_deref()
     }
 
     /// The HTTP client, to build requests with (send them with [`Outbound::send`]).

@@ -69,7 +69,7 @@ fn last(conn: &Connection, chain: &str) -> Result<Option<AuditRow>> {
 }
 
 /// [`Error::NotFound`] unless `chain` is the platform's or a tenant's that was ever created.
-fn check_chain(conn: &Connection, chain: &str) -> Result<()> {
+pub(super) fn check_chain(conn: &Connection, chain: &str) -> Result<()> {
     if chain == PLATFORM_CHAIN || tenant::load(conn, chain)?.is_some() {
         return Ok(());
     }

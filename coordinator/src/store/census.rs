@@ -93,12 +93,18 @@ pub fn check_day(day: &str) -> Result<()> {
 }
 
 impl Store {
-    /// Adds requests and searches to tenants' days (the usage flush), in one transaction.
-    pub fn add_usage(&self, counts: &[(String, String, u64, u64)]) -> Result<()> {
-        if counts.is_empty() {
+    /// Adds requests and searches to tenants' days, and requests, searches and upserted points
+    /// to their hours (the usage flush), in one transaction.
+    pub fn add_usage(
+        &self,
+        counts: &[(String, String, u64, u64)],
+        hours: &[(String, super::billing::HourUsage)],
+    ) -> Result<()> {
+        if counts.is_empty() && hours.is_empty() {
             return Ok(());
         }
         self.write(|tx| {
+            super::billing::add_hours_in(tx, hours)?;
             let mut stmt = tx.prepare(
                 "INSERT INTO usage_days (tenant, day, requests, searches) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (tenant, day) DO UPDATE SET requests = requests + ?3, \

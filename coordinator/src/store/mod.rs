@@ -29,6 +29,7 @@
 //! the lock across an `.await` (it is never handed out).
 
 mod audit;
+pub mod billing;
 pub mod census;
 pub mod dashboard;
 mod jobs;

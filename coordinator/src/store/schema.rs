@@ -351,7 +351,70 @@ ALTER TABLE snapshots_v15 RENAME TO snapshots;
 CREATE INDEX snapshots_of_tenant ON snapshots (tenant, created_ms);
 ";
 
+/// Migration 16: billing. `usage_hours` holds each tenant's requests, searches and upserted
+/// points per UTC hour (hours since the epoch), added to by the usage flush and pruned past
+/// 35 days. `anomalies` holds each usage spike the anomaly watch found (one per tenant, metric and
+/// period), with the audit row that records it and whether it paused the tenant.
+/// `tenant_settings` holds what a tenant's owner sets on the dashboard. `outbox` holds mail to
+/// send: a row is written in the transaction of what caused it and stays until the relay
+/// accepted it (`sent_ms`), retried with a growing delay meanwhile.
+const V16: &str = "
+CREATE TABLE usage_hours (
+    tenant TEXT NOT NULL,
+    hour INTEGER NOT NULL CHECK (hour >= 0),
+    requests INTEGER NOT NULL CHECK (requests >= 0),
+    searches INTEGER NOT NULL CHECK (searches >= 0),
+    upserted INTEGER NOT NULL CHECK (upserted >= 0),
+    PRIMARY KEY (tenant, hour)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX usage_hours_by_hour ON usage_hours (hour);
+CREATE TABLE anomalies (
+    id INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants (id),
+    metric TEXT NOT NULL CHECK (metric IN ('requests', 'searches', 'upserted', 'stored_bytes')),
+    -- Start of the hour (or, for stored bytes, the census day) the spike was in, Unix ms.
+    period_ms INTEGER NOT NULL,
+    period_len_ms INTEGER NOT NULL,
+    value INTEGER NOT NULL,
+    median REAL NOT NULL,
+    mad REAL NOT NULL,
+    threshold REAL NOT NULL,
+    score REAL NOT NULL,
+    found_ms INTEGER NOT NULL,
+    audit_chain TEXT NOT NULL,
+    audit_seq INTEGER NOT NULL,
+    audit_hash TEXT NOT NULL,
+    -- 1 when the tier pauses on anomalies; paused_ms once the pause was made.
+    auto_pause INTEGER NOT NULL CHECK (auto_pause IN (0, 1)),
+    paused_ms INTEGER,
+    UNIQUE (tenant, metric, period_ms)
+) STRICT;
+CREATE INDEX anomalies_of_tenant ON anomalies (tenant, found_ms);
+CREATE TABLE tenant_settings (
+    tenant TEXT NOT NULL PRIMARY KEY REFERENCES tenants (id),
+    -- JSON array of addresses that receive the tenant's notifications beside its owners.
+    notify_emails TEXT NOT NULL,
+    -- The tenant's anomaly threshold (within its tier's range), or NULL for the tier's.
+    anomaly_threshold REAL,
+    updated_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    recipient TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    -- The audit row the mail is about (`<chain>#<seq>`).
+    audit_ref TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_attempt_ms INTEGER NOT NULL,
+    last_error TEXT,
+    sent_ms INTEGER
+) STRICT;
+CREATE INDEX outbox_due ON outbox (sent_ms, next_attempt_ms);
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
 pub(crate) const MIGRATIONS: &[&str] = &[
-    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15,
+    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16,
 ];

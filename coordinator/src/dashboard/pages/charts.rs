@@ -1,8 +1,8 @@
 //! The overview's usage charts: SVG line charts the server draws with plotters, one image per
 //! chart (`GET /dashboard/t/{tenant}/charts/{chart}`). Daily figures come from the census (its
 //! points and stored bytes, and each day's requests and searches) with today's requests and
-//! searches so far from the usage counters (flushed every minute); hourly figures from the
-//! hourly usage counters. The images carry only dates and numbers the server formats.
+//! searches so far from the usage counters (flushed every minute); hourly figures (requests,
+//! searches, upserted points, the last 48 hours) from `usage_hours`, flushed every minute too. The images carry only dates and numbers the server formats.
 
 use std::sync::Arc;
 
@@ -47,7 +47,25 @@ const DAILY: &[Chart] = &[
     },
 ];
 
-const HOURLY: &[Chart] = &[];
+const HOURLY: &[Chart] = &[
+    Chart {
+        id: "hourly-requests",
+        title: "Requests per hour",
+    },
+    Chart {
+        id: "hourly-searches",
+        title: "Searches per hour",
+    },
+    Chart {
+        id: "hourly-upserted",
+        title: "Points upserted per hour",
+    },
+];
+
+/// Hours the hourly charts show, the current one included.
+pub(super) const HOURS: u64 = 48;
+
+const HOUR_MS: u64 = 3_600_000;
 
 fn listed(charts: &[Chart]) -> Vec<Value> {
     charts
@@ -83,6 +101,9 @@ pub(in super::super) async fn chart(
     let series = crate::api::off_runtime(|| match chart.as_str() {
         "daily-requests" | "daily-searches" | "daily-points" | "daily-bytes" => {
             daily(&s, &tenant, &chart, now)
+        }
+        "hourly-requests" | "hourly-searches" | "hourly-upserted" => {
+            hourly(&s, &tenant, &chart, now)
         }
         _ => Err(ApiError::new(
             crate::api::error::Code::NotFound,
@@ -139,6 +160,31 @@ fn daily(s: &Service, tenant: &str, chart: &str, now: u64) -> Result<Series, Api
         };
         labels.push(day[5..].to_owned());
         values.push(value);
+    }
+    Ok(Series { labels, values })
+}
+
+/// The last [`HOURS`] hours of `chart` for `tenant`, ending with the current hour (counts are
+/// flushed every minute): an hour without usage is 0.
+fn hourly(s: &Service, tenant: &str, chart: &str, now: u64) -> Result<Series, ApiError> {
+    let last = now / HOUR_MS;
+    let first = last.saturating_sub(HOURS - 1);
+    let rows = s.store.usage_hours(tenant, first, last)?;
+    let mut labels = Vec::new();
+    let mut values = Vec::new();
+    for hour in first..=last {
+        let u = rows
+            .iter()
+            .find(|r| r.hour == hour)
+            .copied()
+            .unwrap_or_default();
+        let value = match chart {
+            "hourly-requests" => u.requests,
+            "hourly-searches" => u.searches,
+            _ => u.upserted,
+        };
+        labels.push(format!("{:02}:00", hour % 24));
+        values.push(Some(value as f64));
     }
     Ok(Series { labels, values })
 }

@@ -13,6 +13,7 @@ mod audit;
 mod charts;
 mod collections;
 mod people;
+mod settings;
 mod snapshots;
 
 use std::sync::{Arc, OnceLock};
@@ -37,6 +38,7 @@ pub(super) use collections::{
 pub(super) use people::{
     create_key, invite_member, keys_page, members_page, remove_member, revoke_key, set_role,
 };
+pub(super) use settings::{save_settings, settings_page};
 pub(super) use snapshots::{snapshots_page, take_snapshot};
 
 type Svc = Arc<Service>;
@@ -67,6 +69,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("members.html", include_str!("templates/members.html")),
     ("audit.html", include_str!("templates/audit.html")),
     ("snapshots.html", include_str!("templates/snapshots.html")),
+    ("settings.html", include_str!("templates/settings.html")),
 ];
 
 /// The stylesheet, served at `/dashboard/assets/style.css`.
@@ -125,6 +128,7 @@ fn can(auth: &TenantAuth) -> Value {
         audit_read => may(AuditRead),
         collections_write => may(CollectionsWrite),
         settings_read => may(SettingsRead),
+        settings_write => may(SettingsWrite),
         snapshots_read => may(SnapshotsRead),
         snapshots_write => may(SnapshotsWrite),
     }
@@ -376,7 +380,30 @@ pub(super) async fn overview(State(s): State<Svc>, auth: TenantAuth) -> Response
         })
         .unwrap_or_default();
     let today = crate::store::census::day_of(auth.now_ms);
+    let anomalies: Vec<Value> =
+        match crate::api::off_runtime(|| s.store.anomalies_of(&auth.tenant, 20)) {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|a| {
+                    let value = if a.anomaly.metric == "stored_bytes" {
+                        human_bytes(a.anomaly.value)
+                    } else {
+                        a.anomaly.value.to_string()
+                    };
+                    context! {
+                        day => time_of(a.anomaly.period_ms),
+                        metric => a.anomaly.metric,
+                        value => value,
+                        median => format!("{:.1}", a.anomaly.median),
+                        audit_seq => a.audit_seq,
+                        paused => a.paused_ms.is_some() && a.anomaly.auto_pause,
+                    }
+                })
+                .collect(),
+            Err(err) => return error_page(Some(&auth), err.into(), "/dashboard"),
+        };
     let ctx = context! {
+        anomalies => anomalies,
         state => state,
         tier => if tenant.paused_from.is_some() { format!("paused (was {tier_name})") } else { tier_name },
         limits => limits,

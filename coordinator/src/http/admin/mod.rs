@@ -21,10 +21,12 @@ use crate::api::admin::parse_scopes;
 use crate::api::error::ApiError;
 use crate::store::Tenant;
 
+mod billing;
 mod fleet;
 mod members;
 mod snapshots;
 
+use billing::{list_anomalies, outbox, test_mail};
 use fleet::{drain_worker, move_tenant, placements, rebalance, undrain_worker, workers};
 use members::{add_member, list_members, remove_member};
 use snapshots::{
@@ -66,6 +68,9 @@ pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
         "admin_verify_snapshot" => post(verify_snapshot),
         "admin_restore_snapshot" => post(restore_snapshot),
         "admin_delete_snapshot" => delete(delete_snapshot),
+        "admin_list_anomalies" => get(list_anomalies),
+        "admin_outbox" => get(outbox),
+        "admin_test_mail" => post(test_mail),
         other => unreachable!("route {other} has no handler"),
     }
 }

@@ -235,6 +235,14 @@ pub struct Metrics {
     pub auth_failures: Counter,
     /// Audit chains found not to verify by the scheduled verification.
     pub audit_integrity_alerts: Counter,
+    /// Billing anomalies recorded.
+    pub billing_anomalies: Counter,
+    /// Mails the relay accepted.
+    pub mail_sent: Counter,
+    /// Attempts at a mail that failed (each is tried again).
+    pub mail_failed: Counter,
+    /// Mails waiting in the outbox after the last `send_mail` run.
+    pub mail_waiting: Gauge,
     /// Workers connected now.
     pub workers_connected: Gauge,
     /// Each worker's health and figures.
@@ -257,6 +265,10 @@ impl Metrics {
         });
         let auth_failures = Counter::default();
         let audit_integrity_alerts = Counter::default();
+        let billing_anomalies = Counter::default();
+        let mail_sent = Counter::default();
+        let mail_failed = Counter::default();
+        let mail_waiting = Gauge::default();
         let workers_connected = Gauge::default();
         registry.register("requests", "API requests", requests.clone());
         registry.register(
@@ -275,6 +287,22 @@ impl Metrics {
             audit_integrity_alerts.clone(),
         );
         registry.register(
+            "billing_anomalies",
+            "billing anomalies recorded",
+            billing_anomalies.clone(),
+        );
+        registry.register("mail_sent", "mails the relay accepted", mail_sent.clone());
+        registry.register(
+            "mail_failed",
+            "attempts at a mail that failed (each is tried again)",
+            mail_failed.clone(),
+        );
+        registry.register(
+            "mail_waiting",
+            "mails waiting in the outbox after the last send_mail run",
+            mail_waiting.clone(),
+        );
+        registry.register(
             "workers_connected",
             "workers connected now",
             workers_connected.clone(),
@@ -287,6 +315,10 @@ impl Metrics {
             latency,
             auth_failures,
             audit_integrity_alerts,
+            billing_anomalies,
+            mail_sent,
+            mail_failed,
+            mail_waiting,
             workers_connected,
             workers,
         }

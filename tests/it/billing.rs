@@ -2,8 +2,8 @@
 //! (`tests/python/smtp_server.py`, aiosmtpd over TLS on loopback) reached through the outbound
 //! guard with an explicit allowance:
 //! - a tenant's hourly requests jump past its baseline: the anomaly is recorded and audited, the
-//!   tenant (whose tier says so) is paused, and the mail to its owners and notification addresses
-//!   waits while the relay is down, then arrives over STARTTLS naming the audit row;
+//!   tenant (whose tier says so) is paused, and the mail to its owners, notification addresses and
+//!   the operators waits while the relay is down, then arrives over STARTTLS naming the audit row;
 //! - a test mail over implicit TLS; a relay that does not offer STARTTLS is sent nothing (no
 //!   downgrade to plain text).
 
@@ -26,6 +26,8 @@ use super::python::repo_root;
 const T0: u64 = 1_800_000_000_000;
 const HOUR: Duration = Duration::from_secs(3600);
 const MINUTE: Duration = Duration::from_secs(60);
+/// An operator's address (`[dashboard] operators`).
+const OPERATOR: &str = "root@ops.example";
 /// Hours of steady usage before the spike: more than the 7 days the watch looks back.
 const BASELINE_HOURS: u64 = 170;
 
@@ -37,6 +39,14 @@ fn with_mail(config: &mut Config) {
     let (mail, outbound, clock) = SETUP.lock().unwrap().clone().expect("the setup");
     config.mail = Some(mail);
     config.outbound = outbound;
+    // Operators hear of every anomaly (no login provider is needed for that).
+    config.dashboard = Some(coordinator::dashboard::DashboardConfig {
+        public_url: url::Url::parse("https://vaultvec.test").unwrap(),
+        idle: Duration::from_secs(1800),
+        absolute: Duration::from_secs(43_200),
+        providers: Vec::new(),
+        operators: vec![OPERATOR.into()],
+    });
     config.clock = clock;
     let pro = config.tiers.get_mut("pro").unwrap();
     pro.anomaly.min_hourly = 20;
@@ -260,7 +270,10 @@ async fn a_spike_is_audited_pauses_the_tenant_and_its_mail_arrives_once_the_rela
     // The relay is down: the mail waits, tried again later, never dropped.
     advance_for(&cluster, &clock, MINUTE, SEND_MAIL).await;
     let queued = outbox(&cluster).await;
-    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert_eq!(queued.len(), 3, "{queued:?}");
+    assert_eq!(cluster.metric("vaultvec_billing_anomalies_total").await, 1);
+    assert_eq!(cluster.metric("vaultvec_mail_waiting").await, 3);
+    assert_eq!(cluster.metric("vaultvec_mail_failed_total").await, 3);
     for mail in &queued {
         assert_eq!(mail["audit_ref"], format!("acme#{seq}"), "{mail}");
         assert!(mail["sent_ms"].is_null(), "{mail}");
@@ -270,12 +283,12 @@ async fn a_spike_is_audited_pauses_the_tenant_and_its_mail_arrives_once_the_rela
             "{mail}"
         );
     }
-    // Back: the next attempts deliver both, over STARTTLS, naming the audit row.
+    // Back: the next attempts deliver them, over STARTTLS, naming the audit row.
     let mut relay = Relay::start(dir.path(), "starttls", port).await;
     assert_eq!(relay.port, port);
     advance_for(&cluster, &clock, 2 * MINUTE, SEND_MAIL).await;
     let mut to = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let mail = relay.mail().await;
         assert_eq!(mail["tls"], true, "{mail}");
         assert_eq!(mail["mail_from"], "alerts@vaultvec.test");
@@ -299,6 +312,8 @@ async fn a_spike_is_audited_pauses_the_tenant_and_its_mail_arrives_once_the_rela
     );
     let sent = outbox(&cluster).await;
     assert!(sent.iter().all(|m| m["sent_ms"].is_u64()), "{sent:?}");
+    assert_eq!(cluster.metric("vaultvec_mail_sent_total").await, 3);
+    assert_eq!(cluster.metric("vaultvec_mail_waiting").await, 0);
     // The same hour is never reported twice.
     let before = runs(&cluster, ANOMALIES).await;
     clock.advance(HOUR);

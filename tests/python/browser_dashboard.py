@@ -10,7 +10,8 @@ Protocol with the Rust test:
 3. Writes the nginx config from deploy/nginx/vaultvec.conf (only the listen addresses, the
    certificate paths and the upstream are changed), starts nginx, and drives the browser:
    login page -> OpenID Connect login -> tenants -> overview (charts) -> collections -> API
-   keys (create, use it against the API through nginx, revoke) -> members (invite) -> audit
+   keys (create, use it against the API through nginx, revoke) -> members (invite) -> settings
+   (notification address and threshold saved) -> audit
    log (verified) -> logout -> GitHub-style login -> logout. Screenshots of each page go to
    the artifacts directory.
 4. Prints "RESULT <json>" and exits 0, or prints what failed and exits 1.
@@ -218,6 +219,22 @@ class Flow:
         self.find("#invite-member button[type=submit]").click()
         self.find(f"tr[data-member='{self.setup['invite']}']")
         self.shot("members")
+
+        self.open(f"/dashboard/t/{tenant}/settings")
+        emails = self.find("#settings textarea[name=emails]")
+        emails.clear()
+        emails.send_keys("billing@example.com")
+        threshold = self.find("#settings input[name=threshold]")
+        threshold.clear()
+        threshold.send_keys("12")
+        self.find("#settings button[type=submit]").click()
+        WebDriverWait(self.driver, 10).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#settings input[name=threshold]")
+            .get_attribute("value") == "12"
+        )
+        assert "billing@example.com" in self.find("#settings textarea[name=emails]").get_attribute("value")
+        self.shot("settings")
+        result["settings_saved"] = True
 
         self.open(f"/dashboard/t/{tenant}/audit")
         status = self.text("#chain-status")

@@ -246,6 +246,7 @@ impl Service {
             .collect();
         let row = self.store.record_anomaly(anomaly, draft, &mails)?;
         if let Some(row) = &row {
+            self.metrics.billing_anomalies.inc();
             tracing::warn!(tenant = %tenant, metric = %anomaly.metric, value = anomaly.value, audit_seq = row.seq, mails = mails.len(), "billing anomaly");
         }
         Ok(row.map(|r| r.seq))

@@ -375,6 +375,19 @@ pub struct SessionAuth {
     pub id: String,
 }
 
+/// 401 without a valid session: a page (with a way back to the login page) for a browser's GET
+/// of a page, plain text for the JSON routes and anything else.
+fn unauthenticated(parts: &Parts, message: &str) -> Response {
+    if parts.method == Method::GET && !parts.uri.path().starts_with("/dashboard/v1/") {
+        return pages::error_page(
+            None,
+            crate::api::error::ApiError::new(crate::api::error::Code::Unauthenticated, message),
+            "/dashboard",
+        );
+    }
+    plain(StatusCode::UNAUTHORIZED, message)
+}
+
 impl FromRequestParts<Svc> for SessionAuth {
     type Rejection = Response;
 
@@ -383,11 +396,11 @@ impl FromRequestParts<Svc> for SessionAuth {
             return Err(not_configured());
         };
         let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else {
-            return Err(plain(StatusCode::UNAUTHORIZED, "log in first"));
+            return Err(unauthenticated(parts, "log in first"));
         };
         let Some(session) = dashboard.session(id) else {
-            return Err(plain(
-                StatusCode::UNAUTHORIZED,
+            return Err(unauthenticated(
+                parts,
                 "the session has ended; log in again",
             ));
         };

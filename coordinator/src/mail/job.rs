@@ -22,6 +22,11 @@ impl Service {
             }
         };
         let Some(mailer) = self.mailer.clone() else {
+            if let Ok(waiting) = off_runtime(|| self.store.unsent_mail()) {
+                self.metrics
+                    .mail_waiting
+                    .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+            }
             let outcome = if due.is_empty() { "ok" } else { "error" };
             return (
                 outcome,
@@ -38,12 +43,14 @@ impl Service {
             let recorded = match &result {
                 Ok(()) => {
                     sent += 1;
+                    self.metrics.mail_sent.inc();
                     off_runtime(|| self.store.mail_attempted(mail.id, at, Ok(())))
                 }
                 Err(error) => {
                     let next = at.saturating_add(
                         u64::try_from(super::retry_delay(attempts).as_millis()).unwrap_or(u64::MAX),
                     );
+                    self.metrics.mail_failed.inc();
                     tracing::warn!(mail = mail.id, attempts, error = %error, "sending a mail failed; tried again later");
                     failed.push(serde_json::json!({ "id": mail.id, "error": error }));
                     off_runtime(|| self.store.mail_attempted(mail.id, at, Err((error, next))))

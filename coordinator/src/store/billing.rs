@@ -481,6 +481,18 @@ impl Store {
         })
     }
 
+    /// How many mails are not sent yet.
+    pub fn unsent_mail(&self) -> Result<u64> {
+        let n: i64 = self.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT count(*) FROM outbox WHERE sent_ms IS NULL",
+                [],
+                |row| row.get(0),
+            )?)
+        })?;
+        from_sql_int("unsent mail", n)
+    }
+
     /// Deletes mail sent before `before` (Unix ms); answers how many went.
     pub fn prune_sent_mail(&self, before: u64) -> Result<usize> {
         let before = to_sql_int("time", before)?;

@@ -98,8 +98,9 @@ async fn a_browser_logs_in_through_nginx_manages_keys_and_members_reads_the_audi
     assert_eq!(result["api_with_key"], 200, "{result}");
     assert_eq!(result["api_after_revoke"], 401, "{result}");
     assert_eq!(result["audit_verified"], true, "{result}");
+    assert_eq!(result["settings_saved"], true, "{result}");
     let shots = result["screenshots"].as_array().unwrap();
-    assert!(shots.len() >= 9, "{result}");
+    assert!(shots.len() >= 10, "{result}");
     for shot in shots {
         let file = artifacts.join(shot.as_str().unwrap());
         let bytes = std::fs::read(&file).unwrap();
@@ -108,11 +109,11 @@ async fn a_browser_logs_in_through_nginx_manages_keys_and_members_reads_the_audi
 
     // What the browser did is in the tenant's chain, in alice's name, and verifies.
     let key_id = result["key_id"].as_str().unwrap();
-    for action in ["key.create", "key.revoke", "member.add"] {
+    for action in ["key.create", "key.revoke", "member.add", "settings.update"] {
         let rows = h.audit("acme", action).await;
         assert!(
             rows.iter().any(|r| r["actor"] == "user:alice@example.com"
-                && (action == "member.add" || r["resource"] == key_id)),
+                && (!action.starts_with("key.") || r["resource"] == key_id)),
             "{action}: {rows:?}"
         );
     }

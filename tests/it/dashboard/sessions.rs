@@ -83,7 +83,24 @@ async fn every_dashboard_route_that_needs_a_session_refuses_without_one() {
             }
             request.send()
         };
-        assert_eq!(send(None).await.unwrap().status().as_u16(), 401, "{path}");
+        let refused = send(None).await.unwrap();
+        assert_eq!(refused.status().as_u16(), 401, "{path}");
+        // A page asked for by a browser says to log in, with the way to the login page; the JSON
+        // routes and the forms answer plain text.
+        let kind = refused.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = refused.text().await.unwrap();
+        if route.method == "GET" && !path.starts_with("/dashboard/v1/") {
+            assert!(kind.starts_with("text/html"), "{path}: {kind}");
+            assert!(
+                body.contains("log in first") && body.contains("href=\"/dashboard\""),
+                "{path}: {body}"
+            );
+        } else {
+            assert!(kind.starts_with("text/plain"), "{path}: {kind}");
+        }
         let forged = "__Host-vv_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned();
         assert_eq!(
             send(Some(forged)).await.unwrap().status().as_u16(),

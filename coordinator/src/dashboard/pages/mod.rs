@@ -164,6 +164,7 @@ pub(super) fn error_page(auth: Option<&TenantAuth>, err: ApiError, back: &str) -
 fn title_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 | 422 => "That did not work",
+        401 => "Please log in",
         403 => "Not allowed",
         404 => "Not found",
         409 => "Conflict",

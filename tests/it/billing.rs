@@ -308,7 +308,11 @@ async fn a_spike_is_audited_pauses_the_tenant_and_its_mail_arrives_once_the_rela
     to.sort_by_key(|v| v.to_string());
     assert_eq!(
         to,
-        [json!("alice@acme.example"), json!("billing@acme.example")]
+        [
+            json!("alice@acme.example"),
+            json!("billing@acme.example"),
+            json!(OPERATOR)
+        ]
     );
     let sent = outbox(&cluster).await;
     assert!(sent.iter().all(|m| m["sent_ms"].is_u64()), "{sent:?}");

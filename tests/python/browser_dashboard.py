@@ -37,6 +37,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 # Selenium never downloads a driver (the Debian one is given): nothing leaves loopback.
@@ -123,7 +124,10 @@ class Flow:
         self.setup = setup
         self.ca = ca
         self.shots = []
-        self.wait = WebDriverWait(driver, 30)
+        # A page that reloads while a condition reads it leaves stale elements: look again.
+        self.wait = WebDriverWait(
+            driver, 30, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+        )
 
     def shot(self, name):
         path = os.path.join(ARTIFACTS, f"{len(self.shots) + 1:02d}-{name}.png")
@@ -228,7 +232,7 @@ class Flow:
         threshold.clear()
         threshold.send_keys("12")
         self.find("#settings button[type=submit]").click()
-        WebDriverWait(self.driver, 10).until(
+        self.wait.until(
             lambda d: d.find_element(By.CSS_SELECTOR, "#settings input[name=threshold]")
             .get_attribute("value") == "12"
         )

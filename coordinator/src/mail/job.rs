@@ -22,11 +22,7 @@ impl Service {
             }
         };
         let Some(mailer) = self.mailer.clone() else {
-            if let Ok(waiting) = off_runtime(|| self.store.unsent_mail()) {
-                self.metrics
-                    .mail_waiting
-                    .set(i64::try_from(waiting).unwrap_or(i64::MAX));
-            }
+            self.count_waiting_mail();
             let outcome = if due.is_empty() { "ok" } else { "error" };
             return (
                 outcome,
@@ -61,6 +57,7 @@ impl Service {
                 tracing::error!(mail = mail.id, error = %err, "recording a mail attempt failed");
             }
         }
+        self.count_waiting_mail();
         if let Err(err) =
             off_runtime(|| self.store.prune_sent_mail(now.saturating_sub(KEEP_SENT_MS)))
         {
@@ -71,5 +68,19 @@ impl Service {
             outcome,
             serde_json::json!({ "due": due.len(), "sent": sent, "failed": failed }),
         )
+    }
+
+    /// Sets `vaultvec_mail_waiting` to the mails not sent yet.
+    fn count_waiting_mail(&self) {
+        match off_runtime(|| self.store.unsent_mail()) {
+            Ok(waiting) => self
+                .metrics
+                .mail_waiting
+                .set(i64::try_from(waiting).unwrap_or(i64::MAX)),
+            Err(err) => {
+                tracing::warn!(error = %err, "counting unsent mail failed");
+                0
+            }
+        };
     }
 }

@@ -62,12 +62,7 @@ struct Relay {
 
 impl Relay {
     async fn start(dir: &std::path::Path, mode: &str, port: u16) -> Relay {
-        let python = repo_root().join("target/py-venv/bin/python");
-        assert!(
-            python.exists(),
-            "{} is missing: run `bash scripts/py-env.sh` first (scripts/test.sh does)",
-            python.display()
-        );
+        let python = super::python::venv_python();
         let mut child = tokio::process::Command::new(python)
             .arg(repo_root().join("tests/python/smtp_server.py"))
             .args([dir.join("relay.pem"), dir.join("relay.key")])
@@ -158,14 +153,7 @@ async fn start(
 
 /// Runs of job `name` so far.
 async fn runs(cluster: &Cluster, name: &str) -> u64 {
-    let (status, body) = cluster.admin("GET", "/admin/v1/jobs", None).await;
-    assert_eq!(status, 200, "{body}");
-    body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {body}"))["runs"]
+    super::jobs::job(cluster, name).await["runs"]
         .as_u64()
         .unwrap()
 }

@@ -20,7 +20,7 @@ fn on_the_test_clock(config: &mut coordinator::config::Config) {
 }
 
 /// Job `name` as `GET /admin/v1/jobs` shows it.
-async fn job(cluster: &Cluster, name: &str) -> Value {
+pub(crate) async fn job(cluster: &Cluster, name: &str) -> Value {
     let (status, body) = cluster.admin("GET", "/admin/v1/jobs", None).await;
     assert_eq!(status, 200, "{body}");
     body["jobs"]

@@ -19,15 +19,21 @@ pub(crate) fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_grpcio_and_requests_clients() {
-    let root = repo_root();
-    let python = root.join("target/py-venv/bin/python");
+/// The venv's Python (`scripts/py-env.sh` makes it; scripts/test.sh runs that first).
+pub(crate) fn venv_python() -> PathBuf {
+    let python = repo_root().join("target/py-venv/bin/python");
     assert!(
         python.exists(),
         "{} is missing: run `bash scripts/py-env.sh` first (scripts/test.sh does)",
         python.display()
     );
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_and_requests_clients() {
+    let root = repo_root();
+    let python = venv_python();
     let script = root.join("tests/python/test_clients.py");
 
     let cluster = Cluster::start(2).await;

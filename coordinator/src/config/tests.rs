@@ -142,17 +142,22 @@ fn a_key_of_another_certificate_or_no_pem_is_refused() {
     assert!(format!("{err:#}").contains("no PEM CERTIFICATE"), "{err:#}");
 }
 
-#[test]
-fn the_example_config_parses_with_and_without_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), "");
-    let example = fs::read_to_string(concat!(
+/// The shipped example config with its absolute paths made relative (to the test's directory).
+fn example_config() -> String {
+    fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/coordinator.example.toml"
     ))
     .unwrap()
     .replace("/etc/vaultvec/", "")
-    .replace("/var/lib/vaultvec/", "");
+    .replace("/var/lib/vaultvec/", "")
+}
+
+#[test]
+fn the_example_config_parses_with_and_without_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    let example = example_config();
     let path = write(dir.path(), "example.toml", &example, 0o600);
     let config = Config::load(&path).unwrap();
     assert!(config.cluster_tls.is_none());
@@ -407,13 +412,7 @@ client_secret_file = "google.secret"
 fn the_example_mail_relay_and_anomaly_policy_parse() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), "");
-    let example = fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/coordinator.example.toml"
-    ))
-    .unwrap()
-    .replace("/etc/vaultvec/", "")
-    .replace("/var/lib/vaultvec/", "");
+    let example = example_config();
     // Uncomment the [mail] table.
     let mut in_mail = false;
     let lines: Vec<String> = example

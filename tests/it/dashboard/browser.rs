@@ -44,7 +44,7 @@ async fn a_browser_logs_in_through_nginx_manages_keys_and_members_reads_the_audi
     }
     let artifacts = repo_root().join("target/test-artifacts/dashboard");
     let _ = std::fs::remove_dir_all(&artifacts);
-    let python = repo_root().join("target/py-venv/bin/python");
+    let python = crate::python::venv_python();
     let mut driver = tokio::process::Command::new(&python)
         .arg(repo_root().join("tests/python/browser_dashboard.py"))
         .arg(&artifacts)

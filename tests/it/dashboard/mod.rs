@@ -98,12 +98,7 @@ pub(crate) async fn start_at(public_url: &str) -> Harness {
     std::fs::write(&cert_file, cert).unwrap();
     std::fs::write(&key_file, key).unwrap();
     ca.write_cert(&ca_file);
-    let python = repo_root().join("target/py-venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `bash scripts/py-env.sh` first (scripts/test.sh does)",
-        python.display()
-    );
+    let python = super::python::venv_python();
     let mut child = tokio::process::Command::new(python)
         .arg(repo_root().join("tests/python/oidc_provider.py"))
         .args([&cert_file, &key_file])

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use coordinator::billing::ANOMALIES;
 use coordinator::config::Config;
-use coordinator::jobs::ManualClock;
+use coordinator::jobs::{CENSUS, ManualClock};
 use coordinator::mail::{MailConfig, MailTls, SEND_MAIL};
 use coordinator::outbound::OutboundConfig;
 use serde_json::{Value, json};
@@ -50,6 +50,7 @@ fn with_mail(config: &mut Config) {
     config.clock = clock;
     let pro = config.tiers.get_mut("pro").unwrap();
     pro.anomaly.min_hourly = 20;
+    pro.anomaly.min_stored_bytes = 1024;
     pro.anomaly.auto_pause = true;
 }
 
@@ -378,6 +379,54 @@ async fn a_relay_that_does_not_offer_starttls_is_sent_nothing() {
             .unwrap()
             .contains("does not offer STARTTLS"),
         "{mail}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_bytes_that_jump_past_the_census_baseline_are_an_anomaly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = relay_files(dir.path());
+    let (cluster, clock) = start(ca_file, MailTls::Starttls, free_port()).await;
+    let key = cluster.tenant("acme", Some("pro")).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    // Four census days of slow growth: 20 points a day.
+    for day in 0..4u64 {
+        crate::snapshots::put(&cluster, &key, day * 20..(day + 1) * 20, "a").await;
+        advance_for(&cluster, &clock, 24 * HOUR, CENSUS).await;
+    }
+    let (_, body) = cluster
+        .admin("GET", "/admin/v1/tenants/acme/anomalies", None)
+        .await;
+    assert!(
+        !body.to_string().contains("stored_bytes"),
+        "slow growth is not an anomaly: {body}"
+    );
+    // Then 2,000 points in a day; the census records them, the next watch judges that day.
+    crate::snapshots::put(&cluster, &key, 100..2100, "b").await;
+    advance_for(&cluster, &clock, 24 * HOUR, CENSUS).await;
+    advance_for(&cluster, &clock, HOUR, ANOMALIES).await;
+    let (_, body) = cluster
+        .admin("GET", "/admin/v1/tenants/acme/anomalies", None)
+        .await;
+    let bytes: Vec<&Value> = body["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["metric"] == "stored_bytes")
+        .collect();
+    assert_eq!(bytes.len(), 1, "{body}");
+    assert_eq!(bytes[0]["period_len_ms"], 86_400_000, "{body}");
+    assert!(
+        bytes[0]["value"].as_f64().unwrap() > 10.0 * bytes[0]["median"].as_f64().unwrap(),
+        "{body}"
+    );
+    let (_, export) = cluster.admin("GET", "/admin/v1/audit/acme", None).await;
+    let rows = audit_rows(&export, "billing.anomaly");
+    assert!(
+        rows.iter()
+            .any(|r| r["seq"] == bytes[0]["audit_seq"] && r["details"]["metric"] == "stored_bytes"),
+        "{rows:?}"
     );
     cluster.shutdown().await;
 }

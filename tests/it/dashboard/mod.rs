@@ -6,11 +6,15 @@
 //!   callbacks cut off;
 //! - `sessions.rs`: cookies, fixation, idle and absolute timeouts, every route without a session
 //!   (INV-19);
+//! - `pages.rs`: the HTML pages (CSP, forms and their CSRF field, collections, keys, members,
+//!   the audit log, the operator view); `owner.rs`: snapshots, settings and hourly usage;
+//!   `browser.rs`: all of it in headless Chromium through nginx;
 //! - `tenant.rs`: every tenant route against every role, keys made and revoked in the dashboard
 //!   and used against the API, members, the verified chain; the admin API's members routes.
 
 mod browser;
 mod login;
+mod owner;
 mod pages;
 mod sessions;
 mod tenant;

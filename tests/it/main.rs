@@ -27,6 +27,7 @@ mod routes;
 mod schema;
 mod search;
 mod secrets;
+mod snapshot_store;
 mod snapshots;
 mod tenancy;
 mod tls;

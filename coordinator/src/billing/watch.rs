@@ -5,7 +5,7 @@ use super::{AnomalyPolicy, BASELINE_DAYS, MIN_BASELINE_DAYS, MIN_BASELINE_HOURS,
 use crate::api::{Service, off_runtime};
 use crate::audit::Draft;
 use crate::config::PAUSED_TIER;
-use crate::store::billing::{HourUsage, NewAnomaly, NewMail};
+use crate::store::billing::{HourUsage, NewAnomaly, NewMail, every_hour};
 use crate::store::census::day_of;
 use crate::store::{Error, Tenant};
 
@@ -149,17 +149,12 @@ impl Service {
         let first = (last.saturating_sub(BASELINE_DAYS * 24)).max(tenant.created_ms / HOUR_MS + 1);
         if last >= first && (last - first) as usize >= MIN_BASELINE_HOURS {
             let rows = self.store.usage_hours(&tenant.id, first, last)?;
-            let at = |hour: u64| {
-                rows.iter()
-                    .find(|r| r.hour == hour)
-                    .copied()
-                    .unwrap_or_default()
-            };
-            let current = at(last);
+            let hours = every_hour(&rows, first, last);
+            let (current, before) = hours.split_last().expect("first <= last");
             for (metric, get) in HOURLY {
-                let baseline: Vec<u64> = (first..last).map(|h| get(&at(h))).collect();
-                if let Some(a) = assess(&baseline, get(&current), threshold, policy.min_hourly) {
-                    out.push(spike(metric, last * HOUR_MS, HOUR_MS, get(&current), a));
+                let baseline: Vec<u64> = before.iter().map(get).collect();
+                if let Some(a) = assess(&baseline, get(current), threshold, policy.min_hourly) {
+                    out.push(spike(metric, last * HOUR_MS, HOUR_MS, get(current), a));
                 }
             }
         }

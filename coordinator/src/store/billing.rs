@@ -112,6 +112,27 @@ pub struct TenantSettings {
     pub anomaly_threshold: Option<f64>,
 }
 
+/// Every hour from `first` to `last` (inclusive) in order, from the rows [`Store::usage_hours`]
+/// answers (an hour without a row has no usage): one pass, however many hours.
+pub fn every_hour(rows: &[HourUsage], first: u64, last: u64) -> Vec<HourUsage> {
+    let mut hours: Vec<HourUsage> = (first..=last)
+        .map(|hour| HourUsage {
+            hour,
+            ..HourUsage::default()
+        })
+        .collect();
+    for row in rows {
+        if let Some(slot) = row
+            .hour
+            .checked_sub(first)
+            .and_then(|i| hours.get_mut(usize::try_from(i).ok()?))
+        {
+            *slot = *row;
+        }
+    }
+    hours
+}
+
 /// The audit reference a mail names: `<chain>#<seq>`.
 pub fn audit_ref(row: &AuditRow) -> String {
     format!("{}#{}", row.chain, row.seq)

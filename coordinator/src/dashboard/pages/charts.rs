@@ -172,12 +172,8 @@ fn hourly(s: &Service, tenant: &str, chart: &str, now: u64) -> Result<Series, Ap
     let rows = s.store.usage_hours(tenant, first, last)?;
     let mut labels = Vec::new();
     let mut values = Vec::new();
-    for hour in first..=last {
-        let u = rows
-            .iter()
-            .find(|r| r.hour == hour)
-            .copied()
-            .unwrap_or_default();
+    for u in crate::store::billing::every_hour(&rows, first, last) {
+        let hour = u.hour;
         let value = match chart {
             "hourly-requests" => u.requests,
             "hourly-searches" => u.searches,

@@ -16,6 +16,7 @@ pub mod billing;
 pub mod cluster;
 pub mod config;
 pub mod dashboard;
+pub mod failpoint;
 pub mod grpc;
 pub mod http;
 pub mod jobs;
@@ -313,6 +314,10 @@ impl Coordinator {
         service
             .resume_drains()
             .map_err(|err| anyhow::anyhow!("resuming drains: {}", err.message))?;
+        // Restores cut short: their tenants answer `restoring` until each is settled.
+        service
+            .hold_unsettled_restores()
+            .map_err(|err| anyhow::anyhow!("listing unsettled restores: {}", err.message))?;
         let repair = tokio::spawn({
             let service = service.clone();
             let stop = internal.clone();
@@ -349,6 +354,23 @@ impl Coordinator {
                 moves_service.finish_moves_on(&worker).await;
                 moves_service.drop_leftovers_on(&worker).await;
                 moves_service.finish_storage_moves_on(&worker).await;
+                moves_service.settle_restores(Some(&worker)).await;
+            }
+        });
+        // A restore whose switch failed or went unanswered is settled by this pass (and by its
+        // worker's next hello).
+        let settling = tokio::spawn({
+            let service = service.clone();
+            let stop = internal.clone();
+            async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = every.tick() => service.settle_restores(None).await,
+                    }
+                }
             }
         });
 
@@ -393,6 +415,7 @@ impl Coordinator {
         internal.cancel();
         cluster.await.context("cluster listener")?;
         let _ = moves.await;
+        let _ = settling.await;
         let _ = repair.await;
         let _ = scheduler.await;
         // Usage counted since the last flush is kept.

@@ -258,6 +258,18 @@ pub const ROUTES: &[RouteSpec] = &[
         "admin_delete_snapshot",
     ),
     route(
+        "GET",
+        "/admin/v1/tenants/{tenant}/snapshots/{snapshot}/archive",
+        Policy::Admin,
+        "admin_download_snapshot",
+    ),
+    route(
+        "PUT",
+        "/admin/v1/tenants/{tenant}/snapshots/{snapshot}/archive",
+        Policy::Admin,
+        "admin_upload_snapshot",
+    ),
+    route(
         "POST",
         "/admin/v1/tenants/{tenant}/members",
         Policy::Admin,

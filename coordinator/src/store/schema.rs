@@ -414,7 +414,39 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (sent_ms, next_attempt_ms);
 ";
 
+/// Migration 17: snapshots brought back from elsewhere (origin `upload`, so the table is rebuilt
+/// with the wider check), and `restores`: a restore under way, written before it stages anything
+/// on its worker and removed with the audit row of its outcome, so that a crash in between is
+/// settled at the next start (`store::restores`). `files` is the JSON listing of the snapshot's
+/// files (path, length, SHA-256); `started` says whether its `started` row was written.
+const V17: &str = "
+CREATE TABLE snapshots_v17 (
+    id TEXT NOT NULL PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants (id),
+    created_ms INTEGER NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('admin', 'schedule', 'owner', 'upload')),
+    files INTEGER NOT NULL CHECK (files >= 0),
+    bytes INTEGER NOT NULL CHECK (bytes >= 0),
+    archive_bytes INTEGER NOT NULL CHECK (archive_bytes >= 0),
+    -- JSON array of the tenant's KEK versions when it was taken.
+    kek_versions TEXT NOT NULL
+) STRICT;
+INSERT INTO snapshots_v17 (id, tenant, created_ms, origin, files, bytes, archive_bytes, kek_versions)
+    SELECT id, tenant, created_ms, origin, files, bytes, archive_bytes, kek_versions FROM snapshots;
+DROP TABLE snapshots;
+ALTER TABLE snapshots_v17 RENAME TO snapshots;
+CREATE INDEX snapshots_of_tenant ON snapshots (tenant, created_ms);
+CREATE TABLE restores (
+    tenant TEXT NOT NULL PRIMARY KEY REFERENCES tenants (id),
+    snapshot TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    files TEXT NOT NULL,
+    started INTEGER NOT NULL CHECK (started IN (0, 1)),
+    began_ms INTEGER NOT NULL
+) STRICT;
+";
+
 /// Every migration, in order. The schema version of a database is how many of these it has had.
 pub(crate) const MIGRATIONS: &[&str] = &[
-    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16,
+    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16, V17,
 ];

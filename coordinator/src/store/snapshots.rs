@@ -16,7 +16,7 @@ pub struct SnapshotRow {
     pub tenant: String,
     /// When it was taken, Unix ms.
     pub created_ms: u64,
-    /// `admin` (on request) or `schedule`.
+    /// `admin` (on request), `schedule`, `owner` (from the dashboard) or `upload`.
     pub origin: String,
     /// Files in it.
     pub files: u64,

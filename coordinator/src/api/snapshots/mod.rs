@@ -46,10 +46,14 @@ use crate::store::{Actor, SnapshotRow, tenant as tenant_state};
 
 use cluster::transfer_tenant::Step;
 
+mod archive;
 mod clone;
 mod restore;
 mod schedule;
+mod settle;
 mod take;
+
+pub use archive::Upload;
 
 /// Bytes of a file fetched or sent per step.
 const PIECE_BYTES: usize = 1 << 20;
@@ -62,6 +66,8 @@ pub const ORIGIN_ADMIN: &str = "admin";
 pub const ORIGIN_SCHEDULE: &str = "schedule";
 /// The tenant's owner, from the dashboard.
 pub const ORIGIN_OWNER: &str = "owner";
+/// An archive uploaded into the store (`PUT .../snapshots/{id}/archive`).
+pub const ORIGIN_UPLOAD: &str = "upload";
 
 /// The service's snapshot state: settings, and the tenants with a snapshot operation running.
 pub(crate) struct Snapshots {
@@ -120,7 +126,7 @@ pub struct SnapshotView {
     pub tenant: String,
     /// When it was taken, Unix ms.
     pub created_ms: u64,
-    /// `admin`, `schedule` or `owner` (from the dashboard).
+    /// `admin`, `schedule`, `owner` (from the dashboard) or `upload`.
     pub origin: String,
     /// Files in it.
     pub files: u64,
@@ -233,6 +239,18 @@ impl Service {
             .or_default()
             .clone();
         lock.lock_owned().await
+    }
+
+    /// `tenant`'s lifecycle lock if nothing holds it now.
+    fn try_lifecycle_lock(&self, tenant: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let lock = self
+            .snapshots
+            .lifecycle
+            .lock()
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone();
+        lock.try_lock_owned().ok()
     }
 
     /// A live tenant whose files are on its workers (not paused, not moving).

@@ -47,13 +47,20 @@ impl Service {
                 .await;
         }
         let primary = fenced.worker.clone();
+        // Recorded before anything is staged: a crash from here on is settled at the next start
+        // (`settle`).
+        self.store
+            .begin_restore(tenant, id, &primary, &meta.files)?;
+        crate::failpoint::hit("restore.recorded");
         if let Err(err) = self.stage_restore(&row, &meta, &primary).await {
             let _ = self
                 .transfer(&primary, tenant, Step::ImportAbort(cluster::ImportAbort {}))
                 .await;
             self.forget_tenant_state(tenant);
+            self.store.forget_restore(tenant)?;
             return Err(err);
         }
+        crate::failpoint::hit("restore.staged");
         if !replicas.is_empty() {
             self.store.mark_stale(
                 &Actor("system".into()),
@@ -68,8 +75,17 @@ impl Service {
         });
         // Recorded before the switch (an action that cannot be recorded is not taken) as
         // `started`, and as `ok` once it is done: a crash in between leaves no `ok` row for a
-        // restore that did not switch.
-        self.audit_required(tenant, "snapshot.restore", "started", details.clone())?;
+        // restore that did not switch, and the next start finds out which it was.
+        let admin = Actor("admin".into());
+        if let Err(err) = self.store.restore_started(&admin, tenant, details.clone()) {
+            let _ = self
+                .transfer(&primary, tenant, Step::ImportAbort(cluster::ImportAbort {}))
+                .await;
+            self.forget_tenant_state(tenant);
+            self.store.forget_restore(tenant)?;
+            return Err(err.into());
+        }
+        crate::failpoint::hit("restore.started");
         // The restored files' DEKs are wrapped by the snapshot's KEK versions: none of them may
         // be destroyed as merely retired now.
         for v in &meta.kek_versions {
@@ -94,29 +110,24 @@ impl Service {
                 }),
             )
             .await;
+        crate::failpoint::hit("restore.committed");
         self.forget_tenant_state(tenant);
         if let Err(err) = committed {
-            let details = serde_json::json!({ "snapshot": id, "error": err.message });
-            let _ = self.audit_required(tenant, "snapshot.restore", "error", details);
+            // The worker refused the switch, or its answer was lost and the switch may have
+            // happened. The record stays and the tenant keeps answering `restoring` (the marker
+            // is not dropped here) until the settling pass has listed the worker's files and
+            // recorded which it was (`settle`).
+            std::mem::forget(_restoring);
+            tracing::warn!(tenant, error = %err.message, "a restore's switch failed or its answer was lost; the settling pass finds out which");
             return Err(err);
         }
-        let audit_row = self.audit_required(tenant, "snapshot.restore", "ok", details)?;
+        let audit_row = self.store.end_restore(&admin, tenant, "ok", details)?;
         drop(_turn);
         drop(_restoring);
         // A rotation re-wraps the restored files under a new KEK version (so they need none of
-        // the snapshot's) and retires or destroys the old versions as usual.
-        let kek_version = match self.rotate_kek_locked(tenant, "system").await {
-            Ok(rotation) => Some(rotation.kek_version),
-            Err(err) => {
-                tracing::warn!(tenant, error = %err, "the KEK rotation after a restore failed; the snapshot's KEK versions stay");
-                None
-            }
-        };
-        for worker in &replicas {
-            if let Err(err) = self.catch_up(tenant, worker).await {
-                tracing::warn!(tenant, worker = %worker, error = %err, "a replica did not catch up after a restore; the repair pass tries again");
-            }
-        }
+        // the snapshot's) and retires or destroys the old versions as usual; the replicas catch
+        // up.
+        let kek_version = self.finish_restore(tenant).await;
         tracing::info!(tenant, snapshot = id, worker = %primary, "tenant restored from a snapshot");
         Ok(Restored {
             tenant: tenant.to_owned(),

@@ -30,7 +30,8 @@ use billing::{list_anomalies, outbox, test_mail};
 use fleet::{drain_worker, move_tenant, placements, rebalance, undrain_worker, workers};
 use members::{add_member, list_members, remove_member};
 use snapshots::{
-    delete_snapshot, list_snapshots, restore_snapshot, take_snapshot, verify_snapshot,
+    delete_snapshot, download_snapshot, list_snapshots, restore_snapshot, take_snapshot,
+    upload_snapshot, verify_snapshot,
 };
 
 type Svc = Arc<Service>;
@@ -68,6 +69,8 @@ pub(super) fn handler(name: &str) -> MethodRouter<Svc> {
         "admin_verify_snapshot" => post(verify_snapshot),
         "admin_restore_snapshot" => post(restore_snapshot),
         "admin_delete_snapshot" => delete(delete_snapshot),
+        "admin_download_snapshot" => get(download_snapshot),
+        "admin_upload_snapshot" => put(upload_snapshot),
         "admin_list_anomalies" => get(list_anomalies),
         "admin_outbox" => get(outbox),
         "admin_test_mail" => post(test_mail),
@@ -123,14 +126,33 @@ where
     F: FnOnce(Svc, D) -> Fut,
     Fut: Future<Output = Result<Response, ApiError>>,
 {
+    admin_raw(service, endpoint, peer, headers.clone(), |s| async move {
+        // Nothing of the body is read before the token is checked.
+        let body = super::read_body(&headers, body, super::MAX_ADMIN_BODY_BYTES).await?;
+        let args = parse_json(&body)?;
+        f(s, args).await
+    })
+    .await
+}
+
+/// Checks the admin token, then runs `f`, which reads the request's body (if any) itself;
+/// logs and counts the request.
+async fn admin_raw<F, Fut>(
+    service: Svc,
+    endpoint: &'static str,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    f: F,
+) -> Response
+where
+    F: FnOnce(Svc) -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
     let started = Instant::now();
     let result = async {
         let client = service.client_ip(Some(peer.ip()), super::forwarded_for(&headers));
         service.check_admin(bearer(&headers), client)?;
-        // Nothing of the body is read before the token is checked.
-        let body = super::read_body(&headers, body, super::MAX_ADMIN_BODY_BYTES).await?;
-        let args = parse_json(&body)?;
-        f(service.clone(), args).await
+        f(service.clone()).await
     }
     .await;
     finish(&service, "admin", endpoint, "", "admin", started, result)

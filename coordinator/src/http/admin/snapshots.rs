@@ -9,8 +9,16 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::super::path::Path;
-use super::{NoArgs, Svc, admin, json, no_body};
+use super::{NoArgs, Svc, admin, admin_raw, json, no_body};
 use crate::api::error::ApiError;
+use crate::api::snapshots::Upload;
+
+/// How long an upload may send nothing before it is cut off.
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Bytes of an upload gathered before they are written to its file (off the runtime).
+const UPLOAD_WRITE_BYTES: usize = 1 << 20;
+/// Bytes of an archive read per piece of a download.
+const DOWNLOAD_PIECE_BYTES: usize = 256 << 10;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,4 +147,107 @@ pub(super) async fn delete_snapshot(
         },
     )
     .await
+}
+
+/// Streams a snapshot's archive out of the store (`application/x-tar`, its length declared).
+pub(super) async fn download_snapshot(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Response {
+    admin_raw(s, "admin_download_snapshot", peer, h, |s| async move {
+        let (file, len) = tokio::task::spawn_blocking(move || s.snapshot_archive(&tenant, &id))
+            .await
+            .map_err(|e| ApiError::internal(format!("opening the archive failed: {e}")))??;
+        let file = tokio::fs::File::from_std(file);
+        let pieces = futures_util::stream::try_unfold(file, |mut file| async move {
+            use tokio::io::AsyncReadExt;
+            let mut piece = vec![0u8; DOWNLOAD_PIECE_BYTES];
+            let n = file.read(&mut piece).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
+            piece.truncate(n);
+            Ok(Some((axum::body::Bytes::from(piece), file)))
+        });
+        let mut response = Response::new(Body::from_stream(pieces));
+        let headers = response.headers_mut();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/x-tar"),
+        );
+        headers.insert(axum::http::header::CONTENT_LENGTH, len.into());
+        Ok(response)
+    })
+    .await
+}
+
+/// Takes an archive into the store as snapshot `id` of the tenant: streamed to a private file,
+/// then checked whole and kept only if it passes (`Service::finish_upload`).
+pub(super) async fn upload_snapshot(
+    State(s): State<Svc>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Path((tenant, id)): Path<(String, String)>,
+    b: Body,
+) -> Response {
+    let declared = h
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    admin_raw(s, "admin_upload_snapshot", peer, h, |s| async move {
+        // Nothing of the body is read before the token, the tenant, the id and the declared
+        // length are checked.
+        let upload = {
+            let s = s.clone();
+            tokio::task::spawn_blocking(move || s.begin_upload(&tenant, &id, declared))
+                .await
+                .map_err(|e| ApiError::internal(format!("starting the upload failed: {e}")))??
+        };
+        let upload = receive(upload, b).await?;
+        let view = detached(async move { s.finish_upload(upload, "admin").await }).await?;
+        Ok(super::super::render(json(view)?))
+    })
+    .await
+}
+
+/// Writes the body into the upload's file, a piece at a time; refused when the client sends
+/// nothing for [`UPLOAD_IDLE`] or the upload passes its limit.
+async fn receive(mut upload: Upload, body: Body) -> Result<Upload, ApiError> {
+    let mut body = std::pin::pin!(body);
+    let mut pending: Vec<u8> = Vec::with_capacity(UPLOAD_WRITE_BYTES);
+    loop {
+        let frame = tokio::time::timeout(UPLOAD_IDLE, http_body_util::BodyExt::frame(&mut body))
+            .await
+            .map_err(|_| {
+                ApiError::invalid(format!(
+                    "the upload sent nothing for {} s",
+                    UPLOAD_IDLE.as_secs()
+                ))
+            })?;
+        let end = match frame {
+            None => true,
+            Some(Err(err)) => {
+                return Err(ApiError::invalid(format!(
+                    "could not read the request body: {err}"
+                )));
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    pending.extend_from_slice(&data);
+                }
+                false
+            }
+        };
+        if end || pending.len() >= UPLOAD_WRITE_BYTES {
+            let piece = std::mem::take(&mut pending);
+            upload = tokio::task::spawn_blocking(move || upload.write(&piece).map(|()| upload))
+                .await
+                .map_err(|e| ApiError::internal(format!("writing the upload failed: {e}")))??;
+        }
+        if end {
+            return Ok(upload);
+        }
+    }
 }

@@ -180,6 +180,7 @@ fn a_fresh_file_gets_every_migration() {
             "outbox",
             "placements",
             "replicas",
+            "restores",
             "sessions",
             "snapshots",
             "tenant_settings",

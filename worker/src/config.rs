@@ -53,8 +53,9 @@ pub struct Config {
     /// Bounds the storage engine enforces on every request.
     pub limits: storage::Limits,
     /// For tests only: called with the tenant and the operation's name on the thread that runs a
-    /// tenant request, just before its work starts, so a test can hold a request there. Never set
-    /// from the configuration file.
+    /// tenant request, just before its work starts (and with a transfer step's name, such as
+    /// `import_reuse`, before the step runs), so a test can hold a request there. Never set from
+    /// the configuration file.
     #[doc(hidden)]
     pub request_hook: Option<RequestHook>,
 }

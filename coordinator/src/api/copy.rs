@@ -10,7 +10,8 @@
 //!   (a stale copy shares most of its files with the primary: sealed segments never change) and
 //!   the rest is copied from a listing of the primary. Then, under the tenant's write lock, the
 //!   primary is listed again and only what differs (the WAL, the manifest, segments sealed
-//!   meanwhile) is copied; a third listing equal to the second proves nothing changed during
+//!   meanwhile) is copied, and of a WAL the first phase staged from the same primary only the
+//!   tail appended since; a third listing equal to the second proves nothing changed during
 //!   that copy, and the target commits exactly that listing. Writes wait only for the second
 //!   phase.
 
@@ -70,7 +71,7 @@ impl Service {
             bytes,
         });
         self.begin_import(tenant, to, &listing, false).await?;
-        self.copy_missing(tenant, from, to, &listing, false, progress)
+        self.copy_missing(tenant, from, to, &listing, false, false, progress)
             .await?;
         self.commit_import(tenant, to, listing.clone()).await?;
         Ok((listing.len(), bytes))
@@ -130,21 +131,25 @@ impl Service {
             }),
         )
         .await?;
-        self.copy_missing(tenant, from, worker, first, true, &progress)
+        self.copy_missing(tenant, from, worker, first, true, false, &progress)
             .await?;
 
         // Phase 2: under the write lock, from the primary of now (it may have changed).
         let lock = self.replication.lock_of(tenant);
         let _turn = lock.write().await;
-        let Some(from) = self.stale_copy_source(tenant, worker).await? else {
+        let Some(now) = self.stale_copy_source(tenant, worker).await? else {
             return Err(ApiError::new(
                 Code::Unavailable,
                 format!("the copy of {tenant} on {worker} is no longer a stale replica"),
             ));
         };
+        // A WAL staged in the first phase from this same primary is a prefix of the one it
+        // holds now (a live WAL is only appended to): only its tail is copied.
+        let tails = now == from;
+        let from = now;
         for _ in 0..LOCKED_ROUNDS {
             let listing = self.list_files(tenant, &from, true).await?;
-            self.copy_missing(tenant, &from, worker, &listing, true, &progress)
+            self.copy_missing(tenant, &from, worker, &listing, true, tails, &progress)
                 .await?;
             if self.list_files(tenant, &from, true).await? != listing {
                 continue;
@@ -278,7 +283,11 @@ impl Service {
     /// `live` (a source that keeps serving): a file it cannot give whole (its background work
     /// deleted or replaced it since the listing) is skipped; the catch-up's next listing differs
     /// then, and a commit checks every staged file against the listing it commits, so nothing
-    /// inconsistent is kept. Otherwise any failure ends the copy.
+    /// inconsistent is kept. Otherwise any failure ends the copy. `tails`: a WAL staged shorter
+    /// than listed was staged from this source earlier in this copy, so it is a prefix of the
+    /// listed one and only the rest is copied (if it were not, the commit's digest check of the
+    /// whole file refuses it).
+    #[allow(clippy::too_many_arguments)]
     async fn copy_missing(
         &self,
         tenant: &str,
@@ -286,6 +295,7 @@ impl Service {
         to: &str,
         listing: &[cluster::TenantFile],
         live: bool,
+        tails: bool,
         progress: &(dyn Fn(CopyStep) + Sync),
     ) -> Result<(), ApiError> {
         let staged = self
@@ -293,7 +303,14 @@ impl Service {
             .await?
             .files;
         for file in listing.iter().filter(|f| !staged.contains(f)) {
-            match self.copy_file(tenant, from, to, file, progress).await {
+            let start = staged
+                .iter()
+                .find(|s| tails && s.path == file.path && s.len < file.len && is_wal(&s.path))
+                .map_or(0, |s| s.len);
+            match self
+                .copy_file(tenant, from, to, file, start, progress)
+                .await
+            {
                 Ok(()) => {}
                 Err(CopyError::Source(err)) if live => {
                     tracing::debug!(tenant, path = %file.path, error = %err, "a listed file changed before it was copied; left to the next listing");
@@ -304,16 +321,18 @@ impl Service {
         Ok(())
     }
 
-    /// Copies one file, from offset 0 (which starts it again on `to` if staged already).
+    /// Copies one file from `start`: 0 starts it again on `to` if staged already; a staged
+    /// file's length continues it.
     async fn copy_file(
         &self,
         tenant: &str,
         from: &str,
         to: &str,
         file: &cluster::TenantFile,
+        start: u64,
         progress: &(dyn Fn(CopyStep) + Sync),
     ) -> Result<(), CopyError> {
-        let mut offset = 0u64;
+        let mut offset = start;
         loop {
             let data = if offset < file.len {
                 let data = self
@@ -362,6 +381,13 @@ impl Service {
             }
         }
     }
+}
+
+/// Whether `path` (`<collection>/<file>`) is a WAL.
+fn is_wal(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with("wal-"))
 }
 
 /// Which end of a copy failed.

@@ -119,6 +119,83 @@ async fn a_returning_copy_copies_only_what_changed_while_it_was_away() {
     cluster.shutdown().await;
 }
 
+/// Bytes of the WAL files under a tenant's directory.
+fn wal_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            total += wal_bytes(&path);
+        } else if entry.file_name().to_string_lossy().starts_with("wal-") {
+            total += entry.metadata().map_or(0, |m| m.len());
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_that_grew_between_the_two_phases_is_copied_only_from_where_the_first_left_it() {
+    let mut cluster = Cluster::start_without_workers(2, replicated).await;
+    let gate = Arc::new(WorkerGate::default());
+    for i in 0..2 {
+        let config = gated_config(&cluster, i, &gate, "import_reuse");
+        cluster.start_worker_with(i, config).await;
+    }
+    let key = cluster.tenant("acme", Some("pro")).await;
+    cluster.create_collection(&key, "docs", 4).await;
+    let client = Client::new(&cluster, &key);
+    // Every point stays in the WAL (segments seal at 200,000 points).
+    for start in (0..2000).step_by(100) {
+        upsert_batch(&client, start..start + 100, 1).await;
+    }
+    let (primary, replicas) = copies(&cluster, "acme").await;
+    let replica = index_of(&replicas[0].0);
+    cluster.stop_worker(replica).await;
+    upsert_batch(&client, 2000..2100, 2).await;
+
+    // The replica returns; its catch-up lists the primary and is held at its first step on the
+    // replica while as many points again are written to the primary's WAL.
+    gate.set(true);
+    let config = gated_config(&cluster, replica, &gate, "import_reuse");
+    cluster.start_worker_with(replica, config).await;
+    let held = tokio::task::spawn_blocking({
+        let gate = gate.clone();
+        move || gate.wait_held()
+    })
+    .await
+    .unwrap();
+    assert_eq!(held, replica);
+    let primary_dir = cluster.worker_dir(index_of(&primary)).join("tenants/acme");
+    let wal_then = wal_bytes(&primary_dir);
+    for start in (3000..5000).step_by(100) {
+        upsert_batch(&client, start..start + 100, 3).await;
+    }
+    assert!(wal_bytes(&primary_dir) > wal_then * 3 / 2);
+    gate.set(false);
+    cluster.service().wait_for_replicas_settled().await;
+    let live = audited(&cluster, "acme", "replica.live").await;
+    let last = live.last().expect("a replica.live row");
+    let copied = last["bytes_copied"].as_u64().expect("bytes_copied");
+    let whole = last["bytes"].as_u64().expect("bytes");
+    eprintln!("copied {copied} of {whole} bytes; the WAL held {wal_then} when first listed");
+    // The first phase copied the WAL as first listed, the second only what was appended since:
+    // about the tenant's bytes in all. Copied whole again, it would be `whole + wal_then`.
+    assert!(
+        copied < whole + wal_then / 2,
+        "copied {copied} of {whole} bytes; the WAL held {wal_then} when first listed"
+    );
+
+    // The caught-up copy holds every point by itself.
+    cluster.kill_worker(index_of(&primary)).await;
+    let ids: Vec<u64> = (0..2100).chain(3000..5000).collect();
+    let mut versions = HashMap::new();
+    for chunk in ids.chunks(100) {
+        versions.extend(client.versions(chunk).await.expect("reading"));
+    }
+    assert_eq!(versions.len(), ids.len());
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_over_waits_for_a_single_copy_write_in_flight() {
     let mut cluster = Cluster::start_without_workers(2, |_| {}).await;

@@ -178,7 +178,11 @@ impl Worker {
         let engine = self.engine.clone();
         let copied = tenant.clone();
         let cold_root = self.config.cold_dir.clone();
+        let hook = self.config.request_hook.clone();
         self.spawn_exclusive(request_id, &tenant, "the transfer step", move || {
+            if let Some(hook) = &hook {
+                hook(copied.as_str(), name);
+            }
             let result = run(&engine, &copied, step, &cold_root);
             if let Err(err) = &result {
                 tracing::warn!(request_id, step = name, error = %err, "tenant transfer step refused");

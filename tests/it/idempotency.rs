@@ -59,6 +59,38 @@ async fn version(cluster: &Cluster, key: &str, id: u64) -> Option<u64> {
     body["points"][0]["payload"]["v"].as_u64()
 }
 
+/// Points the tenant upserted, as its hourly usage counts them (billing reads these).
+fn upserted(cluster: &Cluster, tenant: &str) -> u64 {
+    cluster.service().flush_usage();
+    cluster
+        .service()
+        .hourly_usage(tenant, 0, 1 << 40)
+        .unwrap()
+        .iter()
+        .map(|h| h.upserted)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_a_keyed_write_once_however_often_it_is_retried() {
+    let cluster = Cluster::start(1).await;
+    let key = cluster.tenant("acme", None).await;
+    cluster.create_collection(&key, "docs", 3).await;
+    let three = json!({
+        "points": (0..3).map(|id| json!({"id": id, "vector": [1.0, 2.0, 3.0]})).collect::<Vec<_>>(),
+        "idempotency_key": "three",
+    });
+    for _ in 0..3 {
+        assert_eq!(
+            upsert(&cluster, &key, three.clone()).await,
+            (200, json!({ "upserted": 3 }))
+        );
+    }
+    assert_eq!(upsert(&cluster, &key, point(7, 1, None)).await.0, 200);
+    assert_eq!(upserted(&cluster, "acme"), 4);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_write_applies_once_and_gets_its_first_outcome_even_after_a_restart() {
     let mut cluster = Cluster::start(1).await;
@@ -179,6 +211,8 @@ async fn a_write_whose_outcome_was_unknown_is_found_to_have_run_and_is_not_appli
         upsert(&cluster, &key, point(5, 1, Some("k2"))).await,
         (200, json!({ "upserted": 1 }))
     );
+    // k1 ran, so its point counts in the usage, once, with k2's.
+    assert_eq!(upserted(&cluster, "acme"), 2);
     // So another writer's change to the point is not undone by k1's retry.
     assert_eq!(upsert(&cluster, &key, point(1, 2, None)).await.0, 200);
     assert_eq!(

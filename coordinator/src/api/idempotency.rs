@@ -103,6 +103,10 @@ impl Service {
     ) -> Result<Reply, ApiError> {
         let _turn = self.write_turn(tenant).await?;
         let (collection, items) = target(&op);
+        let upserted = match &op {
+            Op::Upsert(r) => r.points.len() as u64,
+            _ => 0,
+        };
         let (op, digest) = if large {
             self.heavy(move || {
                 let digest = digest(&op);
@@ -140,6 +144,9 @@ impl Service {
             Ok(result) => {
                 let outcome = outcome_of(&result);
                 off_runtime(|| self.store.idem_finish(tenant, &key, token, &outcome))?;
+                if result.is_ok() {
+                    self.count_upserted(tenant, upserted);
+                }
                 result
             }
             Err(err) => Err(ApiError {
@@ -185,6 +192,10 @@ impl Service {
             }
         };
         if applied >= row.token {
+            // It ran: its points are counted now (its own call ended without an answer).
+            if !row.is_delete {
+                self.count_upserted(tenant, row.items);
+            }
             let reply = if row.is_delete {
                 Reply::Delete(api::DeletePointsResponse { deleted: row.items })
             } else {

@@ -615,13 +615,18 @@ impl Service {
             _ => 0,
         };
         let mut reply = match idempotency::key_of(&op) {
+            // Counts its points itself: once, when it runs, never for a retry it answers from
+            // its record.
             Some(key) => {
                 let key = key.to_owned();
                 self.keyed_write(tenant, tier, op, large, key).await?
             }
-            None => self.route_sized(tenant, Some(tier), op, large).await?,
+            None => {
+                let reply = self.route_sized(tenant, Some(tier), op, large).await?;
+                self.count_upserted(tenant, upserted);
+                reply
+            }
         };
-        self.count_upserted(tenant, upserted);
         // A key restricted to named collections lists only those.
         if let (Some(allowed), Reply::Collections(list)) = (restricted, &mut reply) {
             list.collections.retain(|c| allowed.contains(&c.name));

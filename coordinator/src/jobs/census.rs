@@ -99,6 +99,17 @@ impl Service {
             .count(tenant, hour, |c| c.upserted += points);
     }
 
+    /// `tenant`'s flushed usage per hour, from hour `first` to `last` (hours since the epoch,
+    /// inclusive), the hours with usage only.
+    pub fn hourly_usage(
+        &self,
+        tenant: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<crate::store::billing::HourUsage>, crate::api::error::ApiError> {
+        Ok(self.store.usage_hours(tenant, first, last)?)
+    }
+
     /// Adds the counts since the last flush to the store (per day and per hour, in one
     /// transaction). Counts that could not be written are put back, to be written at the next
     /// flush.

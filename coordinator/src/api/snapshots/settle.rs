@@ -4,7 +4,8 @@
 //! with its `started` audit row before it asks the worker to switch, and forgotten with the row
 //! of its outcome. A coordinator that stops in between finds the record at its next start: the
 //! tenant answers `restoring` (503, retry) from the first request on, and when the restore's
-//! worker says hello the restore is settled. The tenant's placement moves to a new epoch and the
+//! worker says hello (or at the next pass, every 2 s, which also settles a switch that failed or
+//! whose answer was lost) the restore is settled. The tenant's placement moves to a new epoch and the
 //! worker releases it (nothing reads or writes its files meanwhile), then the worker lists the
 //! files it holds at rest (waiting for a switch it is still making: the transfer steps hold the
 //! tenant's gate). If every file of the snapshot is there with its length and digest, the switch
@@ -36,7 +37,7 @@ impl Service {
     /// another lifecycle operation (a restore still running here holds it) is left for the next
     /// pass.
     pub(crate) async fn settle_restores(&self, worker: Option<&str>) {
-        let intents = match self.store.restores() {
+        let intents = match off_runtime(|| self.store.restores()) {
             Ok(intents) => intents,
             Err(err) => {
                 tracing::error!(error = %err, "listing the restores to settle failed");
@@ -81,7 +82,7 @@ impl Service {
         self.forget_tenant_state(tenant);
         let mut details = serde_json::json!({
             "snapshot": intent.snapshot, "worker": intent.worker,
-            "settled_at_start": true,
+            "settled_later": true,
         });
         if fenced.worker != intent.worker {
             // The tenant's primary moved on while the coordinator was away: the restore's

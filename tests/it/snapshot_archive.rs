@@ -371,3 +371,47 @@ async fn hostile_and_foreign_uploads_are_refused_and_leave_nothing_behind() {
     assert_eq!(status, 200, "{body}");
     cluster.shutdown().await;
 }
+
+fn tiny_store(config: &mut coordinator::config::Config) {
+    config.snapshots.max_total_bytes = 2048;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_never_fills_the_store_past_its_bound() {
+    let mut cluster = Cluster::start_without_workers(1, tiny_store).await;
+    cluster.start_worker(0).await;
+    let acme = cluster.tenant("acme", None).await;
+    cluster.create_collection(&acme, "docs", 4).await;
+    put(&cluster, &acme, 0..100, "acme").await;
+    // The store is empty, so one snapshot starts; it takes more than the store's 2,048 bytes.
+    let id = snapshot_id(&cluster, "acme").await;
+    let archive = download(&cluster, "acme", &id).await;
+    assert!(archive.len() > 2048);
+    let (status, body) = cluster
+        .admin(
+            "DELETE",
+            &format!("/admin/v1/tenants/acme/snapshots/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Declared: refused before a byte is read.
+    let (status, body) = upload(&cluster, "acme", &id, archive.clone()).await;
+    assert_eq!(status, 429, "{body}");
+    // Streamed without a length: cut off once it passes the room left (64 MiB would be
+    // read whole and refused as not a tar if only the whole upload were checked).
+    let pieces = (0..64).map(|_| Ok::<_, std::io::Error>(vec![0u8; 1 << 20]));
+    let response = reqwest::Client::new()
+        .put(archive_url(&cluster, "acme", &id))
+        .bearer_auth(tests::ADMIN_TOKEN)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .expect("an answer before the upload ends");
+    assert_eq!(response.status(), 429);
+    assert!(store_names(&cluster, "acme").is_empty());
+    cluster.shutdown().await;
+}

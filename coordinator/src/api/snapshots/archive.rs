@@ -4,7 +4,8 @@
 //!
 //! An upload is streamed into a temporary file of the store (`.<id>.tar.tmp` in the tenant's
 //! directory, 0600, created exclusively, removed if the upload fails and by the sweep at start),
-//! never past the largest archive the store's limits allow. Only then is it read whole and checked
+//! never past the largest archive the store's limits allow nor the room left in the store
+//! (`max_total_bytes`). Only then is it read whole and checked
 //! exactly as a restore checks a stored archive (`crate::snapshot::read_archive`: entry kinds and
 //! names, duplicates, counts and sizes, the description's signature by this coordinator's audit
 //! key, that it is of this tenant and names the id uploaded, every length and digest). It is kept
@@ -24,6 +25,9 @@ pub struct Upload {
     file: Option<std::fs::File>,
     written: u64,
     limit: u64,
+    /// Room left in the store when the upload began (`[snapshots] max_total_bytes` less the
+    /// recorded archives): an upload never fills the disk past the store's bound.
+    room: u64,
     kept: bool,
 }
 
@@ -48,6 +52,9 @@ impl Upload {
         if after > self.limit {
             return Err(too_large_archive(self.limit));
         }
+        if after > self.room {
+            return Err(no_room(self.room));
+        }
         let file = self
             .file
             .as_mut()
@@ -57,6 +64,16 @@ impl Upload {
         self.written = after;
         Ok(())
     }
+}
+
+fn no_room(room: u64) -> ApiError {
+    ApiError::new(
+        Code::ResourceExhausted,
+        format!(
+            "the snapshot store has room for {room} more bytes of archives \
+             ([snapshots] max_total_bytes); delete snapshots first"
+        ),
+    )
 }
 
 fn too_large_archive(limit: u64) -> ApiError {
@@ -131,6 +148,14 @@ impl Service {
         if declared.is_some_and(|len| len > limit) {
             return Err(too_large_archive(limit));
         }
+        let room = self
+            .snapshots
+            .settings
+            .max_total_bytes
+            .saturating_sub(self.store.snapshot_store_bytes()?);
+        if declared.is_some_and(|len| len > room) {
+            return Err(no_room(room));
+        }
         let dir = self.snapshots.settings.dir.join(tenant);
         private_dir(&dir)?;
         let tmp = dir.join(format!(".{id}.tar.tmp"));
@@ -159,6 +184,7 @@ impl Service {
             file: Some(file),
             written: 0,
             limit,
+            room,
             kept: false,
         })
     }

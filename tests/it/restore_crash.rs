@@ -260,6 +260,37 @@ impl Processes {
             .collect()
     }
 
+    /// Asks for `restore` with the coordinator started anew to abort at `step`, then starts it
+    /// again without.
+    async fn cut_restore_at(&mut self, restore: &str, step: &str) {
+        self.stop_coordinator();
+        self.start_coordinator(Some(step));
+        self.wait_for_worker().await;
+        let cut = self
+            .client
+            .post(self.url(restore))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await;
+        assert!(cut.is_err(), "{step}: the restore was answered: {cut:?}");
+        self.wait_for_abort();
+        self.start_coordinator(None);
+    }
+
+    /// How many rows of the tenant's chain have `action`.
+    async fn rows_of(&self, tenant: &str, action: &str) -> usize {
+        let (status, body) = self
+            .admin("GET", &format!("/admin/v1/audit/{tenant}"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == action)
+            .count()
+    }
+
     fn staging_left(&self) -> bool {
         staging_in(&self.root.join("worker-1"))
     }
@@ -334,18 +365,7 @@ async fn a_restore_cut_short_at_any_step_ends_wholly_on_one_side() {
     // recorded `error`, nothing staged is left.
     let mut rows = Vec::new();
     for step in ["restore.recorded", "restore.staged", "restore.started"] {
-        p.stop_coordinator();
-        p.start_coordinator(Some(step));
-        p.wait_for_worker().await;
-        let cut = p
-            .client
-            .post(p.url(&restore))
-            .bearer_auth(&p.admin_token)
-            .send()
-            .await;
-        assert!(cut.is_err(), "{step}: the restore was answered: {cut:?}");
-        p.wait_for_abort();
-        p.start_coordinator(None);
+        p.cut_restore_at(&restore, step).await;
         assert_eq!(p.settled_count(&key).await, 150, "{step}");
         rows.extend(if step == "restore.started" {
             vec!["started".to_owned(), "error".to_owned()]
@@ -354,18 +374,10 @@ async fn a_restore_cut_short_at_any_step_ends_wholly_on_one_side() {
         });
         assert_eq!(p.restore_rows("acme").await, rows, "{step}");
         assert!(!p.staging_left(), "{step}: a staging directory is left");
+        // Writes are taken; the point written is deleted again, so that each round starts
+        // from the same 150 points.
         p.put(&key, 150..151, "after").await;
         assert_eq!(p.settled_count(&key).await, 151, "{step}");
-        let (status, body) = p
-            .call(
-                "POST",
-                "/v1/collections/docs/points/count",
-                &key,
-                Some(json!({})),
-            )
-            .await;
-        assert_eq!(status, 200, "{step}: {body}");
-        // Point 150 again, so that each round starts from the same 150 + 1.
         let (status, body) = p
             .call(
                 "POST",
@@ -377,23 +389,23 @@ async fn a_restore_cut_short_at_any_step_ends_wholly_on_one_side() {
         assert_eq!(status, 200, "{step}: {body}");
     }
 
-    // Cut after the switch, before its outcome was recorded: the tenant is wholly restored and
-    // the restore recorded `ok` at the next start, then re-wrapped under a new KEK version.
-    p.stop_coordinator();
-    p.start_coordinator(Some("restore.committed"));
-    p.wait_for_worker().await;
-    let cut = p
-        .client
-        .post(p.url(&restore))
-        .bearer_auth(&p.admin_token)
-        .send()
-        .await;
-    assert!(cut.is_err(), "the restore was answered: {cut:?}");
-    p.wait_for_abort();
-    p.start_coordinator(None);
+    // Cut after the switch, before its outcome was recorded: the tenant is wholly restored,
+    // the restore recorded `ok` at the next start, and its files re-wrapped under a new KEK
+    // version as after a restore that was not cut.
+    let rotations = p.rows_of("acme", "kek.rotate").await;
+    p.cut_restore_at(&restore, "restore.committed").await;
     assert_eq!(p.settled_count(&key).await, 100);
     rows.extend(["started".to_owned(), "ok".to_owned()]);
     assert_eq!(p.restore_rows("acme").await, rows);
+    // (The rotation follows the switch's record, so it may land just after the tenant answers.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.rows_of("acme", "kek.rotate").await != rotations + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no KEK rotation after the restore"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(!p.staging_left(), "a staging directory is left");
     p.put(&key, 200..220, "v3").await;
     assert_eq!(p.settled_count(&key).await, 120);

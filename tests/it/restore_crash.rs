@@ -245,17 +245,20 @@ impl Processes {
         }
     }
 
-    /// The outcomes of the tenant's `snapshot.restore` rows, in order.
-    async fn restore_rows(&self, tenant: &str) -> Vec<String> {
-        let (status, body) = self
+    /// The rows of the tenant's chain with `action`, in order.
+    async fn rows(&self, tenant: &str, action: &str) -> Vec<Value> {
+        let (status, export) = self
             .admin("GET", &format!("/admin/v1/audit/{tenant}"), None)
             .await;
-        assert_eq!(status, 200, "{body}");
-        body["rows"]
-            .as_array()
-            .unwrap()
+        assert_eq!(status, 200, "{export}");
+        super::cluster::audit_rows(&export, action)
+    }
+
+    /// The outcomes of the tenant's `snapshot.restore` rows, in order.
+    async fn restore_rows(&self, tenant: &str) -> Vec<String> {
+        self.rows(tenant, "snapshot.restore")
+            .await
             .iter()
-            .filter(|r| r["action"] == "snapshot.restore")
             .map(|r| r["outcome"].as_str().unwrap().to_owned())
             .collect()
     }
@@ -275,20 +278,6 @@ impl Processes {
         assert!(cut.is_err(), "{step}: the restore was answered: {cut:?}");
         self.wait_for_abort();
         self.start_coordinator(None);
-    }
-
-    /// How many rows of the tenant's chain have `action`.
-    async fn rows_of(&self, tenant: &str, action: &str) -> usize {
-        let (status, body) = self
-            .admin("GET", &format!("/admin/v1/audit/{tenant}"), None)
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["action"] == action)
-            .count()
     }
 
     fn staging_left(&self) -> bool {
@@ -392,14 +381,14 @@ async fn a_restore_cut_short_at_any_step_ends_wholly_on_one_side() {
     // Cut after the switch, before its outcome was recorded: the tenant is wholly restored,
     // the restore recorded `ok` at the next start, and its files re-wrapped under a new KEK
     // version as after a restore that was not cut.
-    let rotations = p.rows_of("acme", "kek.rotate").await;
+    let rotations = p.rows("acme", "kek.rotate").await.len();
     p.cut_restore_at(&restore, "restore.committed").await;
     assert_eq!(p.settled_count(&key).await, 100);
     rows.extend(["started".to_owned(), "ok".to_owned()]);
     assert_eq!(p.restore_rows("acme").await, rows);
     // (The rotation follows the switch's record, so it may land just after the tenant answers.)
     let deadline = Instant::now() + Duration::from_secs(60);
-    while p.rows_of("acme", "kek.rotate").await != rotations + 1 {
+    while p.rows("acme", "kek.rotate").await.len() != rotations + 1 {
         assert!(
             Instant::now() < deadline,
             "no KEK rotation after the restore"

@@ -47,6 +47,18 @@ async fn upload(cluster: &Cluster, tenant: &str, id: &str, archive: Vec<u8>) -> 
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Deletes snapshot `id` of `tenant` from the store.
+async fn delete_snapshot(cluster: &Cluster, tenant: &str, id: &str) {
+    let (status, body) = cluster
+        .admin(
+            "DELETE",
+            &format!("/admin/v1/tenants/{tenant}/snapshots/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// The names in `tenant`'s directory of the snapshot store.
 fn store_names(cluster: &Cluster, tenant: &str) -> Vec<String> {
     let dir = archive_path(cluster, tenant, "x")
@@ -96,14 +108,7 @@ async fn an_archive_taken_out_of_the_store_comes_back_verifies_and_restores() {
     assert_eq!(status, 404);
 
     // Deleted from the store (its KEK version lives on: no rotation), then brought back.
-    let (status, body) = cluster
-        .admin(
-            "DELETE",
-            &format!("/admin/v1/tenants/acme/snapshots/{id}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    delete_snapshot(&cluster, "acme", &id).await;
     assert!(!archive_path(&cluster, "acme", &id).exists());
     let (status, body) = upload(&cluster, "acme", &id, archive.clone()).await;
     assert_eq!(status, 200, "{body}");
@@ -212,16 +217,8 @@ async fn hostile_and_foreign_uploads_are_refused_and_leave_nothing_behind() {
     let good = download(&cluster, "acme", &acme_id).await;
     let beta_archive = download(&cluster, "beta", &beta_id).await;
     // Deleted from the store, so that each upload below is of an id the store does not hold.
-    for (tenant, id) in [("acme", &acme_id), ("beta", &beta_id)] {
-        let (status, body) = cluster
-            .admin(
-                "DELETE",
-                &format!("/admin/v1/tenants/{tenant}/snapshots/{id}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    delete_snapshot(&cluster, "acme", &acme_id).await;
+    delete_snapshot(&cluster, "beta", &beta_id).await;
     let worker_files = files_under(&tenant_dir(&cluster, 0, "acme"));
 
     let mut flipped = good.clone();
@@ -387,14 +384,7 @@ async fn an_upload_never_fills_the_store_past_its_bound() {
     let id = snapshot_id(&cluster, "acme").await;
     let archive = download(&cluster, "acme", &id).await;
     assert!(archive.len() > 2048);
-    let (status, body) = cluster
-        .admin(
-            "DELETE",
-            &format!("/admin/v1/tenants/acme/snapshots/{id}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    delete_snapshot(&cluster, "acme", &id).await;
 
     // Declared: refused before a byte is read.
     let (status, body) = upload(&cluster, "acme", &id, archive.clone()).await;

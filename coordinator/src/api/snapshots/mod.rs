@@ -229,28 +229,24 @@ fn refusal(err: snapshot::ArchiveError) -> ApiError {
 }
 
 impl Service {
-    /// `tenant`'s lifecycle lock (see [`Snapshots`]), waited for.
-    pub(crate) async fn lifecycle_lock(&self, tenant: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self
-            .snapshots
+    /// `tenant`'s lifecycle mutex (see [`Snapshots`]).
+    fn lifecycle_mutex(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.snapshots
             .lifecycle
             .lock()
             .entry(tenant.to_owned())
             .or_default()
-            .clone();
-        lock.lock_owned().await
+            .clone()
+    }
+
+    /// `tenant`'s lifecycle lock, waited for.
+    pub(crate) async fn lifecycle_lock(&self, tenant: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        self.lifecycle_mutex(tenant).lock_owned().await
     }
 
     /// `tenant`'s lifecycle lock if nothing holds it now.
     fn try_lifecycle_lock(&self, tenant: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let lock = self
-            .snapshots
-            .lifecycle
-            .lock()
-            .entry(tenant.to_owned())
-            .or_default()
-            .clone();
-        lock.try_lock_owned().ok()
+        self.lifecycle_mutex(tenant).try_lock_owned().ok()
     }
 
     /// A live tenant whose files are on its workers (not paused, not moving).

@@ -243,6 +243,8 @@ pub struct Metrics {
     pub mail_failed: Counter,
     /// Mails waiting in the outbox after the last `send_mail` run.
     pub mail_waiting: Gauge,
+    /// Seconds the oldest of them has waited, at the last `send_mail` run (0: none waits).
+    pub mail_oldest_waiting_seconds: Gauge,
     /// Workers connected now.
     pub workers_connected: Gauge,
     /// Each worker's health and figures.
@@ -269,6 +271,7 @@ impl Metrics {
         let mail_sent = Counter::default();
         let mail_failed = Counter::default();
         let mail_waiting = Gauge::default();
+        let mail_oldest_waiting_seconds = Gauge::default();
         let workers_connected = Gauge::default();
         registry.register("requests", "API requests", requests.clone());
         registry.register(
@@ -303,6 +306,11 @@ impl Metrics {
             mail_waiting.clone(),
         );
         registry.register(
+            "mail_oldest_waiting_seconds",
+            "seconds the oldest mail in the outbox has waited, at the last send_mail run (0: none waits)",
+            mail_oldest_waiting_seconds.clone(),
+        );
+        registry.register(
             "workers_connected",
             "workers connected now",
             workers_connected.clone(),
@@ -319,6 +327,7 @@ impl Metrics {
             mail_sent,
             mail_failed,
             mail_waiting,
+            mail_oldest_waiting_seconds,
             workers_connected,
             workers,
         }

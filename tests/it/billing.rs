@@ -262,6 +262,8 @@ async fn a_spike_is_audited_pauses_the_tenant_and_its_mail_arrives_once_the_rela
     assert_eq!(queued.len(), 3, "{queued:?}");
     assert_eq!(cluster.metric("vaultvec_billing_anomalies_total").await, 1);
     assert_eq!(cluster.metric("vaultvec_mail_waiting").await, 3);
+    // Queued by the anomaly watch a minute (of the test clock) before this run.
+    assert!(cluster.metric("vaultvec_mail_oldest_waiting_seconds").await >= 60);
     assert_eq!(cluster.metric("vaultvec_mail_failed_total").await, 3);
     for mail in &queued {
         assert_eq!(mail["audit_ref"], format!("acme#{seq}"), "{mail}");
@@ -307,6 +309,10 @@ async fn a_spike_is_audited_pauses_the_tenant_and_its_mail_arrives_once_the_rela
     assert!(sent.iter().all(|m| m["sent_ms"].is_u64()), "{sent:?}");
     assert_eq!(cluster.metric("vaultvec_mail_sent_total").await, 3);
     assert_eq!(cluster.metric("vaultvec_mail_waiting").await, 0);
+    assert_eq!(
+        cluster.metric("vaultvec_mail_oldest_waiting_seconds").await,
+        0
+    );
     // The same hour is never reported twice.
     let before = runs(&cluster, ANOMALIES).await;
     clock.advance(HOUR);

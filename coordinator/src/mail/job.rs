@@ -70,17 +70,23 @@ impl Service {
         )
     }
 
-    /// Sets `vaultvec_mail_waiting` to the mails not sent yet.
+    /// Sets `vaultvec_mail_waiting` to the mails not sent yet, and
+    /// `vaultvec_mail_oldest_waiting_seconds` to how long the oldest of them has waited (0 when
+    /// none does): a relay that refuses mail shows as an age that keeps growing.
     fn count_waiting_mail(&self) {
         match off_runtime(|| self.store.unsent_mail()) {
-            Ok(waiting) => self
-                .metrics
-                .mail_waiting
-                .set(i64::try_from(waiting).unwrap_or(i64::MAX)),
+            Ok((waiting, oldest)) => {
+                self.metrics
+                    .mail_waiting
+                    .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+                let age_s = oldest.map_or(0, |t| self.clock().now_ms().saturating_sub(t) / 1000);
+                self.metrics
+                    .mail_oldest_waiting_seconds
+                    .set(i64::try_from(age_s).unwrap_or(i64::MAX));
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "counting unsent mail failed");
-                0
             }
-        };
+        }
     }
 }

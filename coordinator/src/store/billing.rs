@@ -502,16 +502,19 @@ impl Store {
         })
     }
 
-    /// How many mails are not sent yet.
-    pub fn unsent_mail(&self) -> Result<u64> {
-        let n: i64 = self.read(|conn| {
+    /// How many mails are not sent yet, and when the oldest of them was queued (Unix ms).
+    pub fn unsent_mail(&self) -> Result<(u64, Option<u64>)> {
+        let (n, oldest): (i64, Option<i64>) = self.read(|conn| {
             Ok(conn.query_row(
-                "SELECT count(*) FROM outbox WHERE sent_ms IS NULL",
+                "SELECT count(*), min(created_ms) FROM outbox WHERE sent_ms IS NULL",
                 [],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )?)
         })?;
-        from_sql_int("unsent mail", n)
+        Ok((
+            from_sql_int("unsent mail", n)?,
+            oldest.map(|t| from_sql_int("time", t)).transpose()?,
+        ))
     }
 
     /// Deletes mail sent before `before` (Unix ms); answers how many went.

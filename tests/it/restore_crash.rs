@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tests::{Cluster, binary};
 
+use super::snapshots::count;
+
 /// A coordinator and one worker, each a real process, on a directory `init` wrote.
 struct Processes {
     _dir: tempfile::TempDir,
@@ -464,19 +466,7 @@ async fn a_worker_killed_in_the_middle_of_a_restore_leaves_the_tenant_as_it_was(
     assert!(answer.status().is_server_error(), "{}", answer.status());
 
     cluster.start_worker_process(0).await;
-    let (status, body) = cluster
-        .http(
-            "POST",
-            "/v1/collections/docs/points/count",
-            Some(&acme),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(
-        (status, body["count"].as_u64()),
-        (200, Some(n - 1000)),
-        "{body}"
-    );
+    assert_eq!(count(&cluster, &acme).await, n - 1000);
     let (status, body) = cluster
         .admin(
             "POST",
@@ -486,14 +476,6 @@ async fn a_worker_killed_in_the_middle_of_a_restore_leaves_the_tenant_as_it_was(
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(!staging_in(&data), "a staging directory is left");
-    let (status, body) = cluster
-        .http(
-            "POST",
-            "/v1/collections/docs/points/count",
-            Some(&acme),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!((status, body["count"].as_u64()), (200, Some(n)), "{body}");
+    assert_eq!(count(&cluster, &acme).await, n);
     cluster.shutdown().await;
 }

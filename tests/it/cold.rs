@@ -243,20 +243,7 @@ async fn a_worker_killed_in_the_middle_of_either_move_leaves_the_tenant_wholly_o
     cluster.create_collection(&acme, "a", 64).await;
     // About 10 MB of files, so the copy to cold storage takes a while.
     let n = 20_000u64;
-    for start in (0..n).step_by(500) {
-        let points: Vec<Value> = (start..start + 500)
-            .map(|i| json!({"id": i, "vector": vec![i as f32; 64], "payload": {"n": i}}))
-            .collect();
-        let (status, body) = cluster
-            .http(
-                "PUT",
-                "/v1/collections/a/points",
-                Some(&acme),
-                Some(json!({ "points": points })),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    fill(&cluster, &acme, "a", n).await;
     let cold = cluster.worker_dir(0).join("cold");
     let staging = cold.join(".incoming-acme");
     let pause = tokio::spawn(
@@ -323,6 +310,25 @@ async fn a_worker_killed_in_the_middle_of_either_move_leaves_the_tenant_wholly_o
     let (status, body) = count(&cluster, &acme, "a").await;
     assert_eq!((status, body["count"].as_u64()), (200, Some(n)), "{body}");
     cluster.shutdown().await;
+}
+
+/// Upserts points 0..n of dimension 64 into `collection`, 500 a request: about 10 MB of files
+/// for 20,000, enough that copying them takes a while.
+pub(crate) async fn fill(cluster: &Cluster, key: &str, collection: &str, n: u64) {
+    for start in (0..n).step_by(500) {
+        let points: Vec<Value> = (start..(start + 500).min(n))
+            .map(|i| json!({"id": i, "vector": vec![i as f32; 64], "payload": {"n": i}}))
+            .collect();
+        let (status, body) = cluster
+            .http(
+                "PUT",
+                &format!("/v1/collections/{collection}/points"),
+                Some(key),
+                Some(json!({ "points": points })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
 }
 
 async fn placed_on(cluster: &Cluster, tenant: &str) -> String {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tests::{Cluster, binary};
 
-use super::snapshots::count;
+use super::snapshots::{count, restore};
 
 /// A coordinator and one worker, each a real process, on a directory `init` wrote.
 struct Processes {
@@ -415,20 +415,7 @@ async fn a_worker_killed_in_the_middle_of_a_restore_leaves_the_tenant_as_it_was(
     cluster.create_collection(&acme, "docs", 64).await;
     // About 10 MB of files, so that the staging takes a while.
     let n = 20_000u64;
-    for start in (0..n).step_by(500) {
-        let points: Vec<Value> = (start..start + 500)
-            .map(|i| json!({"id": i, "vector": vec![i as f32; 64], "payload": {"n": i}}))
-            .collect();
-        let (status, body) = cluster
-            .http(
-                "PUT",
-                "/v1/collections/docs/points",
-                Some(&acme),
-                Some(json!({ "points": points })),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    super::cold::fill(&cluster, &acme, "docs", n).await;
     let (status, body) = cluster
         .admin("POST", "/admin/v1/tenants/acme/snapshots", None)
         .await;
@@ -445,7 +432,7 @@ async fn a_worker_killed_in_the_middle_of_a_restore_leaves_the_tenant_as_it_was(
     assert_eq!(status, 200, "{body}");
 
     let data = cluster.worker_dir(0);
-    let restore = tokio::spawn(
+    let restoring = tokio::spawn(
         reqwest::Client::new()
             .post(cluster.url(&format!("/admin/v1/tenants/acme/snapshots/{id}/restore")))
             .bearer_auth(tests::ADMIN_TOKEN)
@@ -456,24 +443,18 @@ async fn a_worker_killed_in_the_middle_of_a_restore_leaves_the_tenant_as_it_was(
     while !staging_in(&data) {
         assert!(Instant::now() < deadline, "the staging never began");
         assert!(
-            !restore.is_finished(),
+            !restoring.is_finished(),
             "the restore ended before the staging was seen"
         );
         tokio::task::yield_now().await;
     }
     cluster.kill_worker(0).await;
-    let answer = restore.await.unwrap().unwrap();
+    let answer = restoring.await.unwrap().unwrap();
     assert!(answer.status().is_server_error(), "{}", answer.status());
 
     cluster.start_worker_process(0).await;
     assert_eq!(count(&cluster, &acme).await, n - 1000);
-    let (status, body) = cluster
-        .admin(
-            "POST",
-            &format!("/admin/v1/tenants/acme/snapshots/{id}/restore"),
-            None,
-        )
-        .await;
+    let (status, body) = restore(&cluster, "acme", &id).await;
     assert_eq!(status, 200, "{body}");
     assert!(!staging_in(&data), "a staging directory is left");
     assert_eq!(count(&cluster, &acme).await, n);

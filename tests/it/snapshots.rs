@@ -82,7 +82,8 @@ pub(crate) async fn snapshot_id(cluster: &Cluster, tenant: &str) -> String {
         .to_owned()
 }
 
-async fn restore(cluster: &Cluster, tenant: &str, id: &str) -> (u16, Value) {
+/// Restores `tenant` from its snapshot `id` through the admin API.
+pub(crate) async fn restore(cluster: &Cluster, tenant: &str, id: &str) -> (u16, Value) {
     cluster
         .admin(
             "POST",

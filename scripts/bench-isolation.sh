@@ -8,7 +8,8 @@
 # (HTTP, ef 64, top 10) for S seconds (default 10) alone (the baseline), then once beside each
 # aggressor scenario with N clients (default 32): heavy searches (ef 4096, top 1000), huge batch
 # searches (100 queries x top 100 with payloads), maximal filters, bulk upserts (1,000 points per
-# request), and an unauthenticated flood of requests declaring 64 MiB bodies. It reports the
+# request), and an unauthenticated flood of requests declaring 64 MiB bodies (after a control:
+# one idle-class memory-streaming process per core, no server involved). It reports the
 # victim's p50/p99 latency and error count against its baseline, the aggressor's request count,
 # and the coordinator's and worker's peak RSS during each scenario. With --json FILE:
 #   {"baseline": {...}, "scenarios": [{"name", "victim_p50_us", "victim_p99_us", "victim_errors",

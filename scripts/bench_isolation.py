@@ -25,6 +25,11 @@ import requests
 DIM = 128
 N_POINTS = 20_000
 SCENARIOS = ("heavy_search", "huge_batch_search", "maximal_filter", "bulk_upsert", "unauthenticated_flood")
+# A control, not an aggressor: one idle-class process per core that streams through 32 MiB of
+# memory without touching the server. The victim's tail beside it is what any background work on
+# these cores costs the victim on this host, with nothing of the server's in the way: the floor no
+# scheduling inside the server can go below.
+CONTROL = "idle_cpu_control"
 BAD_KEY = "vv_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
 
 
@@ -133,10 +138,17 @@ def aggressor(url, key, scenario, seconds, bodies, out):
         "maximal_filter": ("post", "/v1/collections/a/points/search"),
         "bulk_upsert": ("put", "/v1/collections/a/points"),
     }
-    if scenario not in routes and scenario != "unauthenticated_flood":
+    if scenario not in routes and scenario not in ("unauthenticated_flood", CONTROL):
         raise SystemExit(f"unknown scenario {scenario}")
     sent, refused = 0, 0
     end = time.monotonic() + seconds
+    if scenario == CONTROL:
+        memory = bytes(32 << 20)
+        while time.monotonic() < end:
+            memory.count(1)
+            sent += 1
+        out.put((sent, refused))
+        return
     while time.monotonic() < end:
         try:
             if scenario == "unauthenticated_flood":
@@ -202,8 +214,9 @@ def run_scenario(url, keys, pids, scenario, seconds, clients):
     agg_out = mp.Queue()
     if scenario:
         bodies = aggressor_bodies(scenario)
+        count = os.cpu_count() if scenario == CONTROL else clients
         procs += [mp.Process(target=aggressor, args=(url, keys["aggressor"], scenario, seconds, bodies, agg_out))
-                  for i in range(clients)]
+                  for i in range(count)]
     for p in procs:
         p.start()
     peak = {"coordinator": 0.0, "worker": 0.0}
@@ -248,7 +261,7 @@ def main():
     parser.add_argument("--json")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+    parser.add_argument("--scenarios", default=",".join((CONTROL,) + SCENARIOS),
                         help="comma-separated subset of the scenarios to run")
     args = parser.parse_args()
 
@@ -308,10 +321,12 @@ def main():
         run_scenario(url, keys, pids, None, min(args.seconds, 5.0), args.clients)
         baseline = run_scenario(url, keys, pids, None, args.seconds, args.clients)
         print(json.dumps(baseline), file=sys.stderr)
-        scenarios = []
-        for name in args.scenarios.split(","):
-            if name not in SCENARIOS:
-                raise SystemExit(f"unknown scenario {name}; choose from {', '.join(SCENARIOS)}")
+        scenarios, control = [], None
+        names = args.scenarios.split(",")
+        for name in names:
+            if name not in SCENARIOS + (CONTROL,):
+                raise SystemExit(f"unknown scenario {name}; choose from {', '.join(SCENARIOS + (CONTROL,))}")
+        for name in names:
             # The host's own noise (steal time on a shared VM) moves the victim's tail by itself
             # between runs, so each scenario also gets a baseline measured just before it.
             before = run_scenario(url, keys, pids, None, args.seconds, args.clients)
@@ -322,13 +337,18 @@ def main():
             row["adjacent_baseline_p99_us"] = before["victim_p99_us"]
             row["p99_vs_adjacent_baseline"] = (round(row["victim_p99_us"] / before["victim_p99_us"], 2)
                                                if row["victim_p99_us"] and before["victim_p99_us"] else None)
-            scenarios.append(row)
+            if name == CONTROL:
+                control = row
+            else:
+                scenarios.append(row)
             print(json.dumps(row), file=sys.stderr)
         result = {"clients": args.clients, "seconds": args.seconds, "cores": os.cpu_count(),
                   "baseline": baseline, "scenarios": scenarios}
+        if control:
+            result["control"] = control
         print(f"{'scenario':<24}{'p50 us':>10}{'p99 us':>10}{'p99/base':>10}{'adj p99':>10}{'p99/adj':>9}"
               f"{'errors':>8}{'aggr req':>10}{'coord MB':>10}{'worker MB':>10}")
-        for r in [baseline] + scenarios:
+        for r in [baseline] + ([control] if control else []) + scenarios:
             print(f"{r['name']:<24}{r['victim_p50_us'] or 0:>10}{r['victim_p99_us'] or 0:>10}"
                   f"{r.get('p99_vs_baseline') or 1.0:>10}{r.get('adjacent_baseline_p99_us') or '':>10}"
                   f"{r.get('p99_vs_adjacent_baseline') or '':>9}{r['victim_errors']:>8}{r['aggressor_requests']:>10}"

@@ -125,6 +125,7 @@ impl Coordinator {
             .collect();
         let heavy = api::heavy_pool().context("starting the large-message pool")?;
         let gate = storage::gate::IdleGate::start(GATE_THREAD);
+        let large = api::LargeMessages::new(config.large_message_budget_bytes);
         let mut hub = Hub::new(
             credentials,
             store.clone(),
@@ -135,6 +136,7 @@ impl Coordinator {
         .with_max_in_flight_per_tenant(config.max_in_flight_per_tenant)
         .with_refusal_budget(config.auth_failures.per_second, config.auth_failures.burst)
         .with_heavy(heavy.clone())
+        .with_budget(large.clone())
         .with_gate(gate.clone());
         if let Some(tls) = &config.cluster_tls {
             hub = hub.with_tls(tls.server_config());
@@ -161,7 +163,7 @@ impl Coordinator {
             hub: hub.clone(),
             heavy,
             gate,
-            large_message_budget_bytes: config.large_message_budget_bytes,
+            large,
             keys,
             tiers: config.tiers.clone(),
             default_tier: config.default_tier.clone(),

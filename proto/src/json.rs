@@ -280,6 +280,32 @@ pub fn map_to_struct(map: &Map<String, serde_json::Value>) -> Struct {
     }
 }
 
+/// [`map_to_struct`], consuming the map: its strings move rather than being copied, and each
+/// list is freed as it is converted, so a large filter or payload is not held twice at once.
+pub fn map_into_struct(map: Map<String, serde_json::Value>) -> Struct {
+    Struct {
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, json_into_value(v)))
+            .collect(),
+    }
+}
+
+fn json_into_value(value: serde_json::Value) -> Value {
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        // serde_json numbers are always finite.
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(ListValue {
+            values: items.into_iter().map(json_into_value).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(map_into_struct(map)),
+    };
+    Value { kind: Some(kind) }
+}
+
 fn json_to_value(value: &serde_json::Value) -> Value {
     let kind = match value {
         serde_json::Value::Null => Kind::NullValue(0),

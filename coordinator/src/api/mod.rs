@@ -69,7 +69,10 @@ struct TenantCache {
     generation: u64,
 }
 
-pub use budget::{DEFAULT_LARGE_MESSAGE_BUDGET_BYTES, LARGE_MESSAGE_EXPANSION, Reservation};
+pub use budget::{
+    DEFAULT_LARGE_MESSAGE_BUDGET_BYTES, LARGE_MESSAGE_EXPANSION, LargeMessages, Reservation,
+    collecting_answer,
+};
 
 /// Requests and answers larger than this are parsed, checked and rendered with
 /// [`off_runtime`]: their CPU time then holds up no other request's task.
@@ -191,8 +194,8 @@ pub struct Parts {
     pub heavy: Arc<rayon::ThreadPool>,
     /// The gate large messages' pieces pass (`storage::gate`), shared with the hub.
     pub gate: storage::gate::IdleGate,
-    /// Memory for large messages in flight (`budget`).
-    pub large_message_budget_bytes: usize,
+    /// Memory for large messages in flight (`budget`), shared with the hub.
+    pub large: LargeMessages,
     /// Tenant KEKs.
     pub keys: Arc<LocalKeyService>,
     /// Tiers by name.
@@ -252,7 +255,7 @@ impl Service {
             placing: tokio::sync::Mutex::new(()),
             heavy: parts.heavy,
             gate: parts.gate,
-            large: budget::LargeMessages::new(parts.large_message_budget_bytes),
+            large: parts.large,
             moving: moves::Moving::default(),
             drains: drain::Drains::default(),
             replication: replicas::Replication::default(),

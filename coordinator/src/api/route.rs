@@ -89,7 +89,10 @@ impl Service {
             drop(shared);
             return self.route_replicated(tenant, tier, op, large).await;
         };
-        let retry = (!replicas::is_write(&op)).then(|| op.clone());
+        // A read is kept to be sent again if the tenant's copies change under it; a large one
+        // is not: its copy would double what it holds, outside the large-message budget, for
+        // as long as the worker takes. Refused by a hand-over, it answers 503 to be retried.
+        let retry = (!replicas::is_write(&op) && !large).then(|| op.clone());
         match self
             .send_to(
                 &placement.worker,

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use proto::chunk::{Piece, Reassembly};
 
-use super::{Hub, MAX_FRAME_BYTES, MAX_RECEIVE_BYTES, WorkerConn, now_ms};
+use super::{Delivery, Hub, MAX_FRAME_BYTES, MAX_RECEIVE_BYTES, WorkerConn, now_ms};
 
 /// Bytes of answers arriving in pieces held per connection, all answers together.
 const MAX_REASSEMBLY_BYTES: usize = 2 * MAX_FRAME_BYTES;
@@ -79,13 +79,13 @@ impl WorkerConn {
             return;
         };
         let size = bytes.map_or_else(|| "more bytes".to_owned(), |b| format!("{b} bytes"));
-        let _ = waiter.send(error_body(
+        let _ = waiter.send(Delivery::Body(error_body(
             cluster::ErrorCode::InvalidArgument,
             format!(
                 "the answer is too large: {size}, over the {} MiB limit of one answer; ask for less (fewer ids, a smaller limit or top_k, no vectors or payloads)",
                 MAX_FRAME_BYTES >> 20
             ),
-        ));
+        )));
     }
 }
 
@@ -122,10 +122,11 @@ fn error_body(code: cluster::ErrorCode, message: impl Into<String>) -> cluster::
 
 impl Hub {
     /// A frame over [`crate::api::LARGE_MESSAGE_BYTES`] that answers a pending request (an
-    /// answer of megabytes: thousands of records, payloads) is decoded on the large-message pool,
-    /// at background priority, and handed to its waiter from there: decoding it on the
-    /// connection's task would hold up every other tenant's answers behind it (INV-24). Anything
-    /// else is given back to be decoded here.
+    /// answer of megabytes: thousands of records, payloads) is handed to its waiter undecoded:
+    /// the waiter reserves the memory its decoded form takes from the large-message budget and
+    /// decodes it on the large-message pool, at background priority ([`Hub::decode_large`]).
+    /// Decoding it on the connection's task would hold up every other tenant's answers behind it
+    /// (INV-24). Anything else is given back to be decoded here.
     pub(super) fn hand_off_large_answer(
         &self,
         conn: &WorkerConn,
@@ -134,30 +135,15 @@ impl Hub {
         if bytes.len() <= crate::api::LARGE_MESSAGE_BYTES {
             return Some(bytes);
         }
-        let Some(pool) = &self.heavy else {
+        if self.heavy.is_none() {
             return Some(bytes);
-        };
+        }
         let request_id = EnvelopeId::decode(bytes.as_ref()).map_or(0, |e| e.request_id);
         let Some(waiter) = conn.pending.lock().remove(&request_id) else {
             return Some(bytes);
         };
-        let worker = conn.id.clone();
-        pool.spawn(move || {
-            let decoded = std::panic::catch_unwind(|| cluster::Envelope::decode(bytes.as_ref()));
-            let body = match decoded {
-                Ok(Ok(cluster::Envelope {
-                    body: Some(body), ..
-                })) => body,
-                _ => {
-                    tracing::warn!(worker = %worker, request_id, bytes = bytes.len(), "the worker's answer does not decode");
-                    error_body(
-                        cluster::ErrorCode::Internal,
-                        "the worker's answer does not decode",
-                    )
-                }
-            };
-            let _ = waiter.send(body);
-        });
+        // The waiter decodes it, once it holds the memory that takes.
+        let _ = waiter.send(Delivery::Frame(bytes));
         None
     }
 
@@ -539,7 +525,7 @@ impl Hub {
                 | Body::KekVersionResponse(_)
                 | Body::TransferTenantResponse(_) => {
                     if let Some(waiter) = conn.pending.lock().remove(&env.request_id) {
-                        let _ = waiter.send(body);
+                        let _ = waiter.send(Delivery::Body(body));
                     }
                 }
                 Body::GenerateDataKey(_)

@@ -54,6 +54,15 @@ pub(crate) type WsSink = std::pin::Pin<
     Box<dyn futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Send>,
 >;
 
+/// What a waiting request is handed.
+pub(crate) enum Delivery {
+    /// Its answer, decoded.
+    Body(cluster::envelope::Body),
+    /// A large answer's frame, for the waiter to decode once it holds the memory that takes
+    /// ([`Hub::decode_large`]).
+    Frame(tokio_tungstenite::tungstenite::Bytes),
+}
+
 /// One connected worker.
 pub struct WorkerConn {
     /// The worker's id.
@@ -63,7 +72,7 @@ pub struct WorkerConn {
     urgent: AtomicUsize,
     /// The hub's gate, which pieces of large requests pass before they are written.
     gate: storage::gate::IdleGate,
-    pending: Mutex<HashMap<u64, oneshot::Sender<cluster::envelope::Body>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Delivery>>>,
     next_id: AtomicU64,
     permits: Arc<Semaphore>,
     /// Tenants this connection has acknowledged, with their epoch.
@@ -291,6 +300,8 @@ pub struct Hub {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Where large answers are decoded (`with_heavy`); without it, on the connection's task.
     heavy: Option<Arc<rayon::ThreadPool>>,
+    /// What a large answer reserves before it is decoded (`with_budget`).
+    budget: Option<crate::api::LargeMessages>,
     /// What the pieces of large requests pass before they are written (`with_gate`; without
     /// it, none is waited for).
     gate: storage::gate::IdleGate,
@@ -328,6 +339,7 @@ impl Hub {
             changed: Notify::new(),
             tls: None,
             heavy: None,
+            budget: None,
             gate: storage::gate::IdleGate::open(),
             hellos: tokio::sync::broadcast::channel(64).0,
             draining: RwLock::new(HashSet::new()),
@@ -365,6 +377,13 @@ impl Hub {
     /// core is free (`storage::gate`).
     pub fn with_gate(mut self, gate: storage::gate::IdleGate) -> Hub {
         self.gate = gate;
+        self
+    }
+
+    /// Large answers reserve their memory from `budget` before they are decoded, and wait for
+    /// it as the frame they came in, not as the larger decoded answer.
+    pub fn with_budget(mut self, budget: crate::api::LargeMessages) -> Hub {
+        self.budget = Some(budget);
         self
     }
 
@@ -528,6 +547,53 @@ impl Hub {
             .await
     }
 
+    /// Decodes a large answer's `frame` on the large-message pool, once the memory it takes is
+    /// reserved (waiting until `give_up`); the reservation goes on to the request's task
+    /// (`api::collecting_answer`), which renders the answer under it.
+    async fn decode_large(
+        &self,
+        worker: &str,
+        frame: tokio_tungstenite::tungstenite::Bytes,
+        give_up: tokio::time::Instant,
+    ) -> Result<cluster::envelope::Body, ApiError> {
+        let reservation = match &self.budget {
+            Some(budget) => {
+                let patience = give_up.saturating_duration_since(tokio::time::Instant::now());
+                Some(
+                    budget
+                        .reserve_arrived(frame.len(), patience, "answer")
+                        .await?,
+                )
+            }
+            None => None,
+        };
+        let bytes = frame.len();
+        let decode = move || match cluster::Envelope::decode(frame.as_ref()) {
+            Ok(cluster::Envelope {
+                body: Some(body), ..
+            }) => Some(body),
+            _ => None,
+        };
+        let body = match &self.heavy {
+            Some(pool) => {
+                let (tx, rx) = oneshot::channel();
+                pool.spawn(move || {
+                    let _ = tx.send(std::panic::catch_unwind(decode).ok().flatten());
+                });
+                rx.await.ok().flatten()
+            }
+            None => decode(),
+        };
+        let Some(body) = body else {
+            tracing::warn!(worker = %worker, bytes, "the worker's answer does not decode");
+            return Err(ApiError::internal("the worker's answer does not decode"));
+        };
+        if let Some(reservation) = reservation {
+            crate::api::budget::keep_for_answer(reservation);
+        }
+        Ok(body)
+    }
+
     fn connected_worker(&self, worker: &str) -> Result<Arc<WorkerConn>, ApiError> {
         self.worker(worker).ok_or_else(|| {
             ApiError::new(
@@ -574,6 +640,7 @@ impl Hub {
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().insert(request_id, tx);
         let deadline = now_ms() + timeout.as_millis() as u64;
+        let give_up = tokio::time::Instant::now() + timeout;
         let sent = conn
             .send(
                 cluster::Envelope {
@@ -589,7 +656,8 @@ impl Hub {
             return Err(err);
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(body)) => Ok(body),
+            Ok(Ok(Delivery::Body(body))) => Ok(body),
+            Ok(Ok(Delivery::Frame(frame))) => self.decode_large(&conn.id, frame, give_up).await,
             Ok(Err(_)) => Err(ApiError::new(
                 Code::Unavailable,
                 "the worker disconnected before answering; the outcome is unknown: upserts and deletes are safe to retry",

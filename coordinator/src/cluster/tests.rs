@@ -67,9 +67,13 @@ async fn an_assignment_is_recorded_on_the_connection_that_acknowledged_it() {
     let (new, _new_frames) = fake_conn("w", 8);
     hub.workers.write().insert("w".into(), new.clone());
     let waiter = old.pending.lock().remove(&id).unwrap();
-    waiter
-        .send(cluster::envelope::Body::Ack(cluster::Ack::default()))
-        .unwrap();
+    assert!(
+        waiter
+            .send(Delivery::Body(cluster::envelope::Body::Ack(
+                cluster::Ack::default()
+            )))
+            .is_ok()
+    );
     assign.await.unwrap().unwrap();
     assert_eq!(
         new.assigned_epoch("t"),
@@ -173,7 +177,7 @@ async fn a_large_answer_is_decoded_off_the_connection_task_and_reaches_its_waite
         Err(tokio::sync::oneshot::error::TryRecvError::Empty)
     ));
     release.send(()).unwrap();
-    let cluster::envelope::Body::Error(err) = answer.await.unwrap() else {
+    let Delivery::Body(cluster::envelope::Body::Error(err)) = answer.await.unwrap() else {
         panic!("not the answer sent")
     };
     assert_eq!(err.message.len(), large);
@@ -184,7 +188,7 @@ async fn a_large_answer_is_decoded_off_the_connection_task_and_reaches_its_waite
     let mut garbage = envelope(7, large).to_vec();
     *garbage.last_mut().unwrap() = 0xff; // the message is no longer UTF-8
     assert!(hub.hand_off_large_answer(&conn, garbage.into()).is_none());
-    let cluster::envelope::Body::Error(err) = answer.await.unwrap() else {
+    let Delivery::Body(cluster::envelope::Body::Error(err)) = answer.await.unwrap() else {
         panic!("no error")
     };
     assert_eq!(err.message, "the worker's answer does not decode");

@@ -199,15 +199,22 @@ impl Grpc {
             self.service.check_body_size(&identity, size)?;
             // The operation wraps the message, so its size is the message's.
             let large = size > crate::api::LARGE_MESSAGE_BYTES;
-            let reply = self
-                .service
-                .call(&identity, build(request.into_inner()), large)
-                .await?;
+            // A large answer arrives with the reservation it took before it was decoded.
+            let (reply, reserved) = crate::api::collecting_answer(self.service.call(
+                &identity,
+                build(request.into_inner()),
+                large,
+            ))
+            .await;
+            let reply = reply?;
             // A large answer holds its share of the large-message budget until it has been
             // sent (`message::MessageBudget` releases it).
             let answer_len = reply.encoded_len();
             let held = if answer_len > crate::api::LARGE_MESSAGE_BYTES {
-                let reservation = self.service.reserve_large(answer_len, "answer").await?;
+                let reservation = match reserved {
+                    Some(reservation) => reservation,
+                    None => self.service.reserve_large(answer_len, "answer").await?,
+                };
                 Some(message::Held(Arc::new(reservation)))
             } else {
                 None

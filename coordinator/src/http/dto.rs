@@ -42,7 +42,7 @@ fn id_json(id: Option<api::PointId>) -> Value {
 type Object = Option<StrictObject>;
 
 fn object(value: Object) -> Option<prost_types::Struct> {
-    value.as_ref().map(|o| proto::json::map_to_struct(&o.0))
+    value.map(|o| proto::json::map_into_struct(o.0))
 }
 
 /// A payload from the worker's answer. It passed the payload limits when it was stored.

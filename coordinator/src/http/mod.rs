@@ -300,10 +300,16 @@ async fn run<D: DeserializeOwned>(
         // smaller one (whose operation may still encode larger) is measured, at bounded cost.
         let large = body_len > crate::api::LARGE_MESSAGE_BYTES
             || op.encoded_len() > crate::api::LARGE_MESSAGE_BYTES;
-        let reply = service.call(&identity, op, large).await?;
+        // A large answer arrives with the reservation it took before it was decoded.
+        let (reply, reserved) =
+            crate::api::collecting_answer(service.call(&identity, op, large)).await;
+        let reply = reply?;
         let answer_len = reply.encoded_len();
         if answer_len > crate::api::LARGE_MESSAGE_BYTES {
-            let reserved = service.reserve_large(answer_len, "answer").await?;
+            let reserved = match reserved {
+                Some(reserved) => reserved,
+                None => service.reserve_large(answer_len, "answer").await?,
+            };
             service
                 .heavy({
                     let gate = service.gate().clone();

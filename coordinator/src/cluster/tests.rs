@@ -133,14 +133,17 @@ async fn a_request_known_to_be_large_is_encoded_on_the_large_message_pool() {
     request.abort();
 }
 
-#[tokio::test]
-async fn a_large_answer_is_decoded_off_the_connection_task_and_reaches_its_waiter() {
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_answer_reaches_its_waiter_undecoded_and_is_decoded_off_the_task_under_a_reservation()
+ {
     let dir = tempfile::tempdir().unwrap();
     let (pool, release) = busy_pool();
+    let budget = crate::api::LargeMessages::new(16 << 20);
     let hub = Arc::try_unwrap(hub(dir.path()))
         .ok()
         .unwrap()
-        .with_heavy(pool);
+        .with_heavy(pool)
+        .with_budget(budget.clone());
     let (conn, _frames) = fake_conn("w", 8);
     let envelope = |request_id: u64, len: usize| {
         let body = cluster::envelope::Body::Error(cluster::Error {
@@ -156,7 +159,7 @@ async fn a_large_answer_is_decoded_off_the_connection_task_and_reaches_its_waite
             .encode_to_vec(),
         )
     };
-    let (tx, mut answer) = tokio::sync::oneshot::channel();
+    let (tx, answer) = tokio::sync::oneshot::channel();
     conn.pending.lock().insert(5, tx);
     let large = crate::api::LARGE_MESSAGE_BYTES + 1;
     // Small frames, and large ones nobody waits for, are decoded by the caller as before.
@@ -165,33 +168,55 @@ async fn a_large_answer_is_decoded_off_the_connection_task_and_reaches_its_waite
         hub.hand_off_large_answer(&conn, envelope(6, large))
             .is_some()
     );
-    // The large answer is taken and decoded on the pool, which is busy: the connection's
-    // task goes on without it.
+    // The large answer goes to its waiter as it came, at once: the connection's task neither
+    // decodes it nor waits for anything.
     assert!(
         hub.hand_off_large_answer(&conn, envelope(5, large))
             .is_none()
     );
     assert!(conn.pending.lock().is_empty());
-    assert!(matches!(
-        answer.try_recv(),
-        Err(tokio::sync::oneshot::error::TryRecvError::Empty)
-    ));
+    let Ok(Delivery::Frame(frame)) = answer.await else {
+        panic!("the large answer was not handed over undecoded")
+    };
+    assert_eq!(
+        budget.reserved_bytes(),
+        0,
+        "nothing is reserved before the waiter"
+    );
+    // The waiter reserves 4x the frame, then decodes it on the pool, which is busy: until the
+    // pool is free the memory is held and nothing is decoded.
+    let frame_len = frame.len();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    let decoding = crate::api::collecting_answer(hub.decode_large("w", frame, give_up));
+    tokio::pin!(decoding);
+    let mut reserved = budget.watch_reserved();
+    tokio::select! {
+        _ = &mut decoding => panic!("decoded while the pool was busy"),
+        seen = reserved.wait_for(|b| *b > 0) => { seen.unwrap(); }
+    }
+    assert!(budget.reserved_bytes() >= 4 * frame_len);
     release.send(()).unwrap();
-    let Delivery::Body(cluster::envelope::Body::Error(err)) = answer.await.unwrap() else {
+    let (decoded, reservation) = decoding.await;
+    let Ok(cluster::envelope::Body::Error(err)) = decoded else {
         panic!("not the answer sent")
     };
     assert_eq!(err.message.len(), large);
+    // The reservation goes on to the request's task, to render the answer under.
+    let reservation = reservation.expect("the reservation was not handed on");
+    assert!(budget.reserved_bytes() >= 4 * frame_len);
+    drop(reservation);
+    assert_eq!(budget.reserved_bytes(), 0);
 
-    // A large frame that does not decode fails its request with an error.
-    let (tx, answer) = tokio::sync::oneshot::channel();
-    conn.pending.lock().insert(7, tx);
+    // A large frame that does not decode fails its request with an error, and holds nothing.
     let mut garbage = envelope(7, large).to_vec();
     *garbage.last_mut().unwrap() = 0xff; // the message is no longer UTF-8
-    assert!(hub.hand_off_large_answer(&conn, garbage.into()).is_none());
-    let Delivery::Body(cluster::envelope::Body::Error(err)) = answer.await.unwrap() else {
-        panic!("no error")
-    };
-    assert_eq!(err.message, "the worker's answer does not decode");
+    let (decoded, reservation) =
+        crate::api::collecting_answer(hub.decode_large("w", garbage.into(), give_up)).await;
+    let err = decoded.err().expect("garbage decoded");
+    // An internal error: its detail is logged, not told to the client.
+    assert_eq!(err.code, crate::api::error::Code::Internal);
+    assert!(reservation.is_none());
+    assert_eq!(budget.reserved_bytes(), 0);
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -212,7 +212,7 @@ async fn a_large_answer_reaches_its_waiter_undecoded_and_is_decoded_off_the_task
     *garbage.last_mut().unwrap() = 0xff; // the message is no longer UTF-8
     let (decoded, reservation) =
         crate::api::collecting_answer(hub.decode_large("w", garbage.into(), give_up)).await;
-    let err = decoded.err().expect("garbage decoded");
+    let err = decoded.expect_err("garbage decoded");
     // An internal error: its detail is logged, not told to the client.
     assert_eq!(err.code, crate::api::error::Code::Internal);
     assert!(reservation.is_none());

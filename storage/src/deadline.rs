@@ -45,8 +45,10 @@ impl Deadline {
         }
     }
 
-    /// True once the deadline has passed.
+    /// True once the deadline has passed. Also where long work of an idle-class thread pauses
+    /// (`courtesy`).
     pub fn is_past(&self) -> bool {
+        crate::courtesy::pause_if_due();
         #[cfg(test)]
         if let Some(left) = &self.trip_after {
             use std::sync::atomic::Ordering;

@@ -20,6 +20,7 @@
 //! - This crate knows nothing about networking or SQLite.
 
 pub mod collection;
+pub mod courtesy;
 pub mod crypto;
 mod deadline;
 pub mod disk;

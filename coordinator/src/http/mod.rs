@@ -228,6 +228,14 @@ pub(crate) async fn read_body_gated(
     }
 }
 
+/// [`parse_json`] for a large body, on the large-message pool: read through
+/// `storage::courtesy::Paced`, so that its idle-class thread pauses now and then.
+pub(crate) fn parse_large_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let reader = std::io::BufReader::with_capacity(8 << 10, storage::courtesy::Paced::new(body));
+    serde_json::from_reader(reader)
+        .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // An empty body reads as `{}`, so a request without arguments needs no body.
     let body = if body.is_empty() {
@@ -292,7 +300,7 @@ async fn run<D: DeserializeOwned>(
         // so one tenant's megabytes of JSON do not hold up other tenants' requests.
         let body_len = body.len();
         let op = if body_len > crate::api::LARGE_MESSAGE_BYTES {
-            service.heavy(move || build(parse_json(&body)?)).await??
+            service.heavy(move || build(parse_large_json(&body)?)).await??
         } else {
             build(parse_json(&body)?)?
         };
@@ -338,8 +346,11 @@ pub(crate) fn render_reserved(
     reserved: crate::api::Reservation,
     gate: storage::gate::IdleGate,
 ) -> Response {
-    let bytes = match serde_json::to_vec(value) {
-        Ok(bytes) => Bytes::from(bytes),
+    // Rendered through `Paced` on the large-message pool: its idle-class thread pauses now and
+    // then (`storage::courtesy`).
+    let mut out = storage::courtesy::Paced::new(Vec::with_capacity(64 << 10));
+    let bytes = match serde_json::to_writer(&mut out, value) {
+        Ok(()) => Bytes::from(out.into_inner()),
         Err(err) => {
             return ApiError::internal(format!("rendering the answer failed: {err}"))
                 .into_response();

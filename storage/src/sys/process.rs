@@ -87,6 +87,7 @@ pub fn idle_this_thread() -> io::Result<()> {
     // SAFETY: see the module docs; `param` is a live local `sched_param`, read only.
     let rc = unsafe { libc::sched_setscheduler(libc::gettid(), libc::SCHED_IDLE, &param) };
     if rc == 0 {
+        crate::courtesy::begin();
         Ok(())
     } else {
         Err(io::Error::last_os_error())

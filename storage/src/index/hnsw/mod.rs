@@ -569,9 +569,16 @@ impl Graph {
         }
         candidates.push(std::cmp::Reverse(Scored::new(entry_distance, entry)));
 
+        let mut expanded = 0u32;
         while let Some(std::cmp::Reverse(current)) = candidates.pop() {
             if current.distance() > bound && (results.len() >= ef || accept.is_none()) {
                 break;
+            }
+            expanded = expanded.wrapping_add(1);
+            if expanded.is_multiple_of(256) {
+                // An idle-class walk (a busy tenant's search, an insert while indexing) lets
+                // its core go idle now and then (`courtesy`).
+                crate::courtesy::pause_if_due();
             }
             if let Some(std::cmp::Reverse(next)) = candidates.peek() {
                 simd::prefetch(self.links(next.node(), layer), 3);

@@ -139,4 +139,23 @@ mod tests {
         .join()
         .unwrap();
     }
+
+    /// Megabytes of JSON parsed and rendered through `Paced` by an idle-class thread pause
+    /// along the way, and come out the same.
+    #[test]
+    fn paced_json_pauses_in_an_idle_class_thread() {
+        std::thread::spawn(|| {
+            crate::process::idle_background_thread();
+            let numbers: Vec<u64> = (0..1_000_000).collect();
+            let mut out = Paced::new(Vec::new());
+            serde_json::to_writer(&mut out, &numbers).unwrap();
+            let text = out.into_inner();
+            let reader = std::io::BufReader::new(Paced::new(text.as_slice()));
+            let back: Vec<u64> = serde_json::from_reader(reader).unwrap();
+            assert_eq!(back, numbers);
+            assert!(pauses() >= 1, "{} bytes moved without a pause", text.len());
+        })
+        .join()
+        .unwrap();
+    }
 }

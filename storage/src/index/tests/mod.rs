@@ -716,3 +716,31 @@ fn scored_order_is_total_cmp_then_node() {
 }
 
 mod duplicates;
+
+/// A graph walk in an idle-class thread pauses now and then (`courtesy`), so a long search or
+/// insert by a busy tenant lets its core go idle and take over a request thread waiting on the
+/// other core; in a normal thread the same walk never pauses.
+#[test]
+fn a_long_walk_pauses_in_an_idle_class_thread_and_not_in_a_normal_one() {
+    let fixture = fixture(Metric::L2);
+    let walk = || {
+        let vectors = fixture.data.vectors();
+        let query = fixture.data.queries().next().unwrap();
+        // Searches until 20 stretches of courtesy::EVERY have passed: hundreds of checkpoints.
+        let start = std::time::Instant::now();
+        while start.elapsed() < crate::courtesy::EVERY * 20 {
+            fixture.graph.search(&vectors, query, 10, 4096, None);
+        }
+        crate::courtesy::pauses()
+    };
+    assert_eq!(std::thread::scope(|s| s.spawn(walk).join().unwrap()), 0);
+    let paused = std::thread::scope(|s| {
+        s.spawn(|| {
+            crate::process::idle_background_thread();
+            walk()
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(paused >= 1, "an idle-class walk never paused");
+}

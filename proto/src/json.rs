@@ -130,6 +130,11 @@ impl<'a> Converter<'a, '_> {
     /// Charges one value carrying `bytes` bytes of text.
     fn count(&mut self, bytes: usize) -> Result<(), JsonError> {
         self.values += 1;
+        if self.values.is_multiple_of(4096) {
+            // Converting a filter or payload of megabytes on an idle-class thread pauses
+            // now and then (`storage::courtesy`).
+            storage::courtesy::pause_if_due();
+        }
         if self.values > self.bounds.max_values {
             return Err(JsonError::TooManyValues {
                 limit: self.bounds.max_values,

@@ -10,8 +10,10 @@
 //!
 //! So an idle-class thread sleeps [`PAUSE`] once at least [`EVERY`] has passed since its last
 //! pause, at the points where long work already looks at its deadline (every 1,024 points of a
-//! scan or filtered walk, each segment) and every 256 expansions of a graph walk (searches and
-//! inserts). Measured beside the noisy-neighbour benchmark's victim, on 2 cores: two idle-class
+//! scan or filtered walk, each segment), every 256 expansions of a graph walk (searches and
+//! inserts), each condition of a filter parsed, every 4,096 values of a filter or payload
+//! converted from protobuf to JSON (`proto::json`), and every 16 KiB of JSON parsed or rendered
+//! through [`Paced`]. Measured beside the noisy-neighbour benchmark's victim, on 2 cores: two idle-class
 //! processes streaming through memory put its p99 at 2.25-2.5x its baseline without pauses and
 //! 1.07-1.11x with a 50 us pause every 2 MiB (README, "Benchmark tenant isolation"). The cost is
 //! at most `PAUSE / EVERY` of the idle-class work's speed (sleeps overshoot by the timer slack).
@@ -138,6 +140,38 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// A filter at its limits (256 conditions of 1,024 values) parsed by an idle-class thread
+    /// pauses between its conditions; parsed by a normal one, it never does.
+    #[test]
+    fn a_maximal_filter_is_parsed_with_pauses_in_an_idle_class_thread() {
+        let values: Vec<String> = (0..1024).map(|i| format!("tag-{i}")).collect();
+        let conditions: Vec<_> = (0..256)
+            .map(|i| serde_json::json!({"key": format!("f{i}"), "match": {"any": values}}))
+            .collect();
+        let filter = serde_json::json!({ "should": conditions });
+        let parse = || {
+            let start = Instant::now();
+            while start.elapsed() < EVERY * 20 {
+                crate::filter::Filter::from_value(
+                    filter.clone(),
+                    &crate::filter::FilterLimits::default(),
+                )
+                .unwrap();
+            }
+            pauses()
+        };
+        assert_eq!(std::thread::scope(|s| s.spawn(parse).join().unwrap()), 0);
+        let paused = std::thread::scope(|s| {
+            s.spawn(|| {
+                crate::process::idle_background_thread();
+                parse()
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(paused >= 1, "a maximal filter parsed without a pause");
     }
 
     /// Megabytes of JSON parsed and rendered through `Paced` by an idle-class thread pause

@@ -243,6 +243,9 @@ impl Parser<'_> {
         let list_mark = self.path.len();
         let mut conditions = Vec::with_capacity(items.len());
         for (idx, item) in items.iter().enumerate() {
+            // A filter of hundreds of long lists, parsed on an idle-class thread, pauses now
+            // and then (`courtesy`).
+            crate::courtesy::pause_if_due();
             push_index(&mut self.path, idx);
             conditions.push(self.condition(item, depth)?);
             self.path.truncate(list_mark);

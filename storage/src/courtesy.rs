@@ -114,29 +114,34 @@ pub fn pauses() -> u64 {
 mod tests {
     use super::*;
 
-    /// A normal thread never pauses; an idle-class one pauses once its stretch has passed, and
-    /// not again until the next has.
+    /// A normal thread never pauses; an idle-class one pauses at a look once its stretch has
+    /// passed, and not at one before. Timing-free: the test waits for the clock, never on it.
     #[test]
     fn only_idle_class_threads_pause_and_only_when_due() {
         std::thread::spawn(|| {
-            let spin = |d: Duration| {
+            let wait_out_a_stretch = || {
                 let start = Instant::now();
-                while start.elapsed() < d {
-                    pause_if_due();
+                while start.elapsed() <= EVERY {
+                    std::hint::spin_loop();
                 }
             };
-            spin(EVERY * 4);
+            wait_out_a_stretch();
+            pause_if_due();
             assert_eq!(pauses(), 0, "a normal thread paused");
             crate::process::idle_background_thread();
             assert!(
                 LAST.with(Cell::get).is_some(),
                 "not marked on entering the idle class"
             );
+            for n in 1..=3 {
+                wait_out_a_stretch();
+                pause_if_due();
+                assert_eq!(pauses(), n, "no pause once a stretch had passed");
+            }
+            // A look before the stretch has passed (its last pause set ahead of now) does not.
+            LAST.with(|last| last.set(Some(Instant::now() + Duration::from_secs(3600))));
             pause_if_due();
-            assert_eq!(pauses(), 0, "paused before its stretch had passed");
-            spin(EVERY * 10);
-            let n = pauses();
-            assert!((5..=10).contains(&n), "{n} pauses in 10 stretches of work");
+            assert_eq!(pauses(), 3, "paused before its stretch had passed");
         })
         .join()
         .unwrap();
@@ -151,22 +156,29 @@ mod tests {
             .map(|i| serde_json::json!({"key": format!("f{i}"), "match": {"any": values}}))
             .collect();
         let filter = serde_json::json!({ "should": conditions });
-        let parse = || {
-            let start = Instant::now();
-            while start.elapsed() < EVERY * 20 {
+        // Parses until the thread has paused, at most 200 times (each parse takes well over a
+        // stretch of EVERY, so an idle-class thread pauses within two).
+        let parse = |most: usize| {
+            for _ in 0..most {
                 crate::filter::Filter::from_value(
                     filter.clone(),
                     &crate::filter::FilterLimits::default(),
                 )
                 .unwrap();
+                if pauses() > 0 {
+                    break;
+                }
             }
             pauses()
         };
-        assert_eq!(std::thread::scope(|s| s.spawn(parse).join().unwrap()), 0);
+        assert_eq!(
+            std::thread::scope(|s| s.spawn(|| parse(3)).join().unwrap()),
+            0
+        );
         let paused = std::thread::scope(|s| {
             s.spawn(|| {
                 crate::process::idle_background_thread();
-                parse()
+                parse(200)
             })
             .join()
             .unwrap()

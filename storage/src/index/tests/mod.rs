@@ -723,21 +723,27 @@ mod duplicates;
 #[test]
 fn a_long_walk_pauses_in_an_idle_class_thread_and_not_in_a_normal_one() {
     let fixture = fixture(Metric::L2);
-    let walk = || {
+    let walk = |most: usize| {
         let vectors = fixture.data.vectors();
         let query = fixture.data.queries().next().unwrap();
-        // Searches until 20 stretches of courtesy::EVERY have passed: hundreds of checkpoints.
-        let start = std::time::Instant::now();
-        while start.elapsed() < crate::courtesy::EVERY * 20 {
+        // Searches until the thread has paused, at most 2,000 times: each search walks
+        // thousands of nodes, so the clock passes a stretch of courtesy::EVERY within a few.
+        for _ in 0..most {
             fixture.graph.search(&vectors, query, 10, 4096, None);
+            if crate::courtesy::pauses() > 0 {
+                break;
+            }
         }
         crate::courtesy::pauses()
     };
-    assert_eq!(std::thread::scope(|s| s.spawn(walk).join().unwrap()), 0);
+    assert_eq!(
+        std::thread::scope(|s| s.spawn(|| walk(20)).join().unwrap()),
+        0
+    );
     let paused = std::thread::scope(|s| {
         s.spawn(|| {
             crate::process::idle_background_thread();
-            walk()
+            walk(2000)
         })
         .join()
         .unwrap()

@@ -15,7 +15,8 @@
 //! converted from protobuf to JSON (`proto::json`), and every 16 KiB of JSON parsed or rendered
 //! through [`Paced`]. Measured beside the noisy-neighbour benchmark's victim, on 2 cores: two idle-class
 //! processes streaming through memory put its p99 at 2.25-2.5x its baseline without pauses and
-//! 1.07-1.11x with a 50 us pause every 2 MiB (README, "Benchmark tenant isolation"). The cost is
+//! 1.07-1.11x with a 50 us pause every 2 MiB (a one-off variant of the benchmark's control row;
+//! ARCHITECTURE, "What the scheduler still does"). The cost is
 //! at most `PAUSE / EVERY` of the idle-class work's speed (sleeps overshoot by the timer slack).
 //! Normal threads never pause: [`pause_if_due`] is one thread-local read for them.
 
